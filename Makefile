@@ -1,0 +1,38 @@
+# kubelvs: everything runs as root on Linux (network namespaces, netlink, sysctls).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+APT_PACKAGES := python3 python3-venv python3-pip iproute2 nftables ipvsadm kmod \
+                qemu-system-x86 linux-image-amd64 busybox-static iputils-ping curl procps
+
+.PHONY: setup test test-machine test-vm demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); fi
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+## Both tiers: the machine's kernel, then one VM boot with Debian's kernel (real IPVS).
+test: setup
+	$(MAKE) test-machine
+	$(MAKE) test-vm
+
+test-machine: setup
+	$(PY) -m pytest -q -m "not kernel_ipvs" tests
+
+test-vm: setup
+	scripts/vm-run -- $(PY) -m pytest -q -m kernel_ipvs -p no:cacheprovider tests
+
+demo: setup
+	scripts/vm-run -- $(PY) -m kubelvs.demo_vm
+
+bench: setup
+	scripts/vm-run -- $(PY) bench/ipvs_sync.py --out bench/results
+
+clean:
+	rm -rf $(VENV) .vmtmp

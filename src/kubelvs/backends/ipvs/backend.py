@@ -1,0 +1,147 @@
+"""Kernel IPVS over generic netlink: read the whole table, apply a plan pipelined."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterable, Sequence
+
+from ...errors import ApplyError, BackendError, BackendUnavailable, FieldError
+from ...kernel import sysctl
+from ...kernel.netns import entered
+from ...model import DesiredState, ObservedState, RealServerKey, RealServerStats, ServiceKey, VirtualService
+from ...planner import (
+    AddRealServer,
+    AddService,
+    DeleteRealServer,
+    DeleteService,
+    EditRealServer,
+    EditService,
+    Operation,
+    SetSysctl,
+    SetTimeouts,
+    describe,
+)
+from ..base import ipvs_available
+from . import wire
+from .genl import GenlSocket, Request
+
+__all__ = ["IpvsBackend"]
+
+
+class IpvsBackend:
+    """IPVS in one network namespace. Not thread-safe: one user of the socket at a time."""
+
+    name = "ipvs"
+
+    def __init__(self, *, netns: str | None = None) -> None:
+        self._netns = netns
+        if not ipvs_available():
+            raise BackendUnavailable("this kernel has no IPVS (CONFIG_IP_VS unset or the ip_vs module missing)")
+        with entered(netns):  # the socket stays in this namespace for its whole life
+            self._sock = GenlSocket("IPVS")
+
+    def close(self) -> None:
+        self._sock.close()
+
+    # ------------------------------------------------------------------ read
+
+    def read(self, *, sysctls: Iterable[str] = ()) -> ObservedState:
+        try:
+            services: dict[ServiceKey, VirtualService] = {}
+            stats: dict[tuple[ServiceKey, RealServerKey], RealServerStats] = {}
+            for msg in self._sock.dump(wire.Cmd.GET_SERVICE):
+                svc = wire.decode_service(msg)
+                realservers = []
+                for dmsg in self._sock.dump(wire.Cmd.GET_DEST, wire.service_key_attrs(svc.key)):
+                    rs, st = wire.decode_dest(dmsg)
+                    realservers.append(rs)
+                    stats[(svc.key, rs.key)] = st
+                services[svc.key] = svc.with_realservers(realservers)
+            (config,) = self._sock.request(wire.Cmd.GET_CONFIG)
+            timeouts = wire.decode_timeouts(config)
+        except OSError as exc:
+            raise BackendError(f"reading the IPVS table: {exc.strerror or exc}") from exc
+        values: dict[str, int] = {}
+        with entered(self._netns):
+            for name in sysctls:
+                value = sysctl.read(name)
+                if value is not None:
+                    values[name] = value
+        return ObservedState(services=services, timeouts=timeouts, sysctls=values, stats=stats)
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(self, ops: Sequence[Operation]) -> None:
+        # Runs of netlink operations go out pipelined; a sysctl write sits between runs.
+        run: list[Request] = []
+        for index, op in enumerate(ops):
+            if isinstance(op, SetSysctl):
+                self._flush(run, ops)
+                run = []
+                self._set_sysctl(index, op)
+            else:
+                cmd, attrs = _request(op)
+                run.append((cmd, attrs, index))
+        self._flush(run, ops)
+
+    def _flush(self, run: list[Request], ops: Sequence[Operation]) -> None:
+        if not run:
+            return
+        failures = self._sock.pipeline(run)
+        if failures:
+            index, code = failures[0]
+            raise ApplyError(index, describe(ops[index]), _explain(ops[index], code), errno=code)
+
+    def _set_sysctl(self, index: int, op: SetSysctl) -> None:
+        try:
+            with entered(self._netns):
+                sysctl.write(op.name, op.value)
+        except OSError as exc:
+            raise ApplyError(index, describe(op), exc.strerror or str(exc), errno=exc.errno) from exc
+
+    def problems(self, desired: DesiredState) -> list[FieldError]:
+        problems = []
+        for name in desired.sysctls:
+            with entered(self._netns):
+                present = sysctl.exists(name)
+            if not present:
+                problems.append(FieldError(f"sysctls.{name}", "does not exist on this kernel"))
+        return problems
+
+
+def _request(op: Operation) -> tuple[wire.Cmd, bytes]:
+    match op:
+        case AddService(service=s):
+            return wire.Cmd.NEW_SERVICE, wire.service_attrs(s)
+        case EditService(service=s):
+            return wire.Cmd.SET_SERVICE, wire.service_attrs(s)
+        case DeleteService(key=k):
+            return wire.Cmd.DEL_SERVICE, wire.service_key_attrs(k)
+        case AddRealServer(service=k, realserver=r):
+            return wire.Cmd.NEW_DEST, wire.service_key_attrs(k) + wire.dest_attrs(r)
+        case EditRealServer(service=k, realserver=r):
+            return wire.Cmd.SET_DEST, wire.service_key_attrs(k) + wire.dest_attrs(r)
+        case DeleteRealServer(service=k, realserver=r):
+            return wire.Cmd.DEL_DEST, wire.service_key_attrs(k) + wire.dest_key_attrs(r)
+        case SetTimeouts(timeouts=t):
+            return wire.Cmd.SET_CONFIG, wire.config_attrs(t)
+    raise TypeError(f"not a netlink operation: {op!r}")
+
+
+def _explain(op: Operation, code: int) -> str:
+    """The kernel's errno in the terms of the operation that got it."""
+    name = errno.errorcode.get(code, str(code))
+    if code == errno.EEXIST:
+        return f"{name}: it already exists in the kernel (changed by someone else since it was read?)"
+    if code == errno.ESRCH:
+        return f"{name}: the virtual service does not exist in the kernel"
+    if code == errno.ENOENT:
+        if isinstance(op, (AddService, EditService)):
+            return f"{name}: scheduler {op.service.scheduler!r} is not available in this kernel (module ip_vs_{op.service.scheduler})"
+        return f"{name}: the real server does not exist in the kernel"
+    if code == errno.EINVAL:
+        return (
+            f"{name}: the kernel rejected the values (for a real server: its address must be routable "
+            "in this network namespace; for a service: scheduler flags or netmask)"
+        )
+    return name

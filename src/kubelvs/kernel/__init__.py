@@ -1,0 +1,1 @@
+"""Small side-effecting helpers shared by backends and roles: namespaces and sysctls."""

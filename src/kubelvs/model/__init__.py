@@ -1,0 +1,8 @@
+"""The desired/observed load-balancing state and its validation (no I/O)."""
+
+from .types import *  # noqa: F403
+from .types import __all__ as _types_all
+from .validate import *  # noqa: F403
+from .validate import __all__ as _validate_all
+
+__all__ = [*_types_all, *_validate_all]

@@ -1,0 +1,237 @@
+"""The load-balancing state as plain, frozen values.
+
+Identity is kept apart from attributes (kube-proxy's ``RealServer.Equal`` compares
+address and port only): a real server is *the same one* when its ``key`` is equal,
+and *unchanged* when the whole value is equal. The planner relies on this to emit
+an edit instead of delete + add, which would drop the real server's connections.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+__all__ = [
+    "IPAddress",
+    "IPNetwork",
+    "Forward",
+    "Protocol",
+    "RealServer",
+    "RealServerKey",
+    "RealServerStats",
+    "ServiceKey",
+    "VirtualService",
+    "Timeouts",
+    "Ownership",
+    "LBState",
+    "DesiredState",
+    "ObservedState",
+    "KNOWN_SCHEDULERS",
+    "SCHED_FLAGS",
+    "parse_address",
+]
+
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Every scheduler in Linux's net/netfilter/ipvs (ip_vs_<name>.c).
+KNOWN_SCHEDULERS = frozenset(
+    {"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos"}
+)
+
+#: Scheduler flags ipvsadm accepts with ``-b``, per scheduler. ``flag-N`` are the raw bits.
+SCHED_FLAGS: Mapping[str, frozenset[str]] = {
+    "sh": frozenset({"sh-fallback", "sh-port"}),
+    "mh": frozenset({"mh-fallback", "mh-port"}),
+}
+
+
+class Protocol(enum.StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+    SCTP = "sctp"
+
+
+class Forward(enum.StrEnum):
+    """Packet-forwarding method of a real server (ipvsadm ``-m``, ``-g``, ``-i``)."""
+
+    NAT = "nat"  # "Masq": rewrites the destination address and port; replies must return through the director
+    DR = "dr"  # "Route": rewrites the destination MAC only; the real server must hold the VIP
+    TUN = "tun"  # "Tunnel": IPIP-encapsulates; the real server must hold the VIP and accept ipip
+    LOCAL = "local"  # "Local": the kernel picks this when the real server is the director itself
+
+
+def parse_address(text: str) -> IPAddress:
+    """Parse an IPv4/IPv6 address; ``[v6]`` brackets are accepted."""
+    return ipaddress.ip_address(text.strip().strip("[]"))
+
+
+@dataclass(frozen=True, slots=True)
+class RealServerKey:
+    address: IPAddress
+    port: int
+
+    def __str__(self) -> str:
+        return _hostport(self.address, self.port)
+
+    def sort_key(self) -> tuple[int, int, int]:
+        # IPv4 and IPv6 addresses are not orderable against each other.
+        return (self.address.version, int(self.address), self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class RealServer:
+    """A real server of one virtual service. ``u_thresh``/``l_thresh`` 0 mean "no limit"."""
+
+    address: IPAddress
+    port: int
+    weight: int = 1
+    forward: Forward = Forward.DR
+    u_thresh: int = 0
+    l_thresh: int = 0
+
+    @property
+    def key(self) -> RealServerKey:
+        return RealServerKey(self.address, self.port)
+
+    def __str__(self) -> str:
+        return (
+            f"{_hostport(self.address, self.port)} {self.forward} w={self.weight}"
+            + (f" x={self.u_thresh}" if self.u_thresh else "")
+            + (f" y={self.l_thresh}" if self.l_thresh else "")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RealServerStats:
+    """Counters the kernel keeps per real server. Not part of the desired state."""
+
+    active_conns: int = 0
+    inactive_conns: int = 0
+    persist_conns: int = 0
+    conns: int = 0
+    in_packets: int = 0
+    out_packets: int = 0
+    in_bytes: int = 0
+    out_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceKey:
+    """Identity of a virtual service: ``protocol VIP:port``, or ``fwmark N`` (then address is None)."""
+
+    family: int  # 4 or 6
+    protocol: Protocol
+    address: IPAddress | None
+    port: int
+    fwmark: int = 0
+
+    @staticmethod
+    def for_fwmark(fwmark: int, family: int = 4) -> ServiceKey:
+        # The kernel stores fwmark services with protocol TCP and no address.
+        return ServiceKey(family, Protocol.TCP, None, 0, fwmark)
+
+    def __str__(self) -> str:
+        if self.fwmark:
+            return f"FWM {self.fwmark}" + (" IPv6" if self.family == 6 else "")
+        assert self.address is not None
+        return f"{self.protocol.upper()} {_hostport(self.address, self.port)}"
+
+    def sort_key(self) -> tuple[int, int, str, int, int]:
+        # Total order across families and fwmark services (None is not orderable).
+        return (self.family, self.fwmark, str(self.protocol), int(self.address or 0), self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualService:
+    """A virtual service with its real servers (sorted by key, one per key)."""
+
+    key: ServiceKey
+    scheduler: str = "wlc"
+    persistence: int = 0  # seconds; 0 = not persistent (ipvsadm -p)
+    netmask: int | None = None  # persistence granularity as a prefix length; None = host (/32, /128)
+    flags: frozenset[str] = frozenset()  # scheduler flags (mh-port, ...) and "ops" (one-packet scheduling)
+    realservers: tuple[RealServer, ...] = ()
+    name: str = field(default="", compare=False)  # the config's name; not kernel state
+
+    def realserver_map(self) -> dict[RealServerKey, RealServer]:
+        return {rs.key: rs for rs in self.realservers}
+
+    def attributes_equal(self, other: VirtualService) -> bool:
+        """Service-level attributes equal (real servers not compared)."""
+        return (
+            self.scheduler == other.scheduler
+            and self.persistence == other.persistence
+            and self.effective_netmask == other.effective_netmask
+            and self.flags == other.flags
+        )
+
+    @property
+    def effective_netmask(self) -> int:
+        return self.netmask if self.netmask is not None else (32 if self.key.family == 4 else 128)
+
+    def with_realservers(self, realservers: Iterable[RealServer]) -> VirtualService:
+        return VirtualService(
+            key=self.key,
+            scheduler=self.scheduler,
+            persistence=self.persistence,
+            netmask=self.netmask,
+            flags=self.flags,
+            realservers=tuple(sorted(realservers, key=lambda r: r.key.sort_key())),
+            name=self.name,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """IPVS connection timeouts in seconds (``ipvsadm --set tcp tcpfin udp``)."""
+
+    tcp: int
+    tcpfin: int
+    udp: int
+
+    def __str__(self) -> str:
+        return f"tcp={self.tcp} tcpfin={self.tcpfin} udp={self.udp}"
+
+
+@dataclass(frozen=True, slots=True)
+class Ownership:
+    """What kubelvs may program and delete: virtual services with a VIP inside ``cidrs``
+    or a fwmark inside ``fwmarks``. Everything else in the kernel is foreign."""
+
+    cidrs: tuple[IPNetwork, ...] = ()
+    fwmarks: tuple[range, ...] = ()
+
+    def owns(self, key: ServiceKey) -> bool:
+        if key.fwmark:
+            return any(key.fwmark in r for r in self.fwmarks)
+        assert key.address is not None
+        return any(key.address in net for net in self.cidrs)
+
+
+@dataclass(frozen=True, slots=True)
+class LBState:
+    """Virtual services, global timeouts and sysctls: what one kernel holds (or should)."""
+
+    services: Mapping[ServiceKey, VirtualService] = field(default_factory=dict)
+    timeouts: Timeouts | None = None  # None: not managed / unknown
+    sysctls: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState(LBState):
+    ownership: Ownership = Ownership()
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedState(LBState):
+    """What a backend read from the kernel, with counters per (service, real server)."""
+
+    stats: Mapping[tuple[ServiceKey, RealServerKey], RealServerStats] = field(default_factory=dict)
+
+
+def _hostport(address: IPAddress, port: int) -> str:
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"

@@ -1,0 +1,160 @@
+"""Operations a plan is made of, and their effect on a state (pure).
+
+``apply_ops`` is the reference semantics of every backend: after a backend applies a
+plan without error, reading the kernel back must equal ``apply_ops(before, plan)``.
+The long-running director uses it to keep its picture of the kernel current
+without dumping the kernel after every change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import TypeAlias
+
+from ..model import (
+    ObservedState,
+    RealServer,
+    RealServerKey,
+    RealServerStats,
+    ServiceKey,
+    Timeouts,
+    VirtualService,
+)
+
+__all__ = [
+    "AddService",
+    "EditService",
+    "DeleteService",
+    "AddRealServer",
+    "EditRealServer",
+    "DeleteRealServer",
+    "SetTimeouts",
+    "SetSysctl",
+    "Operation",
+    "apply_ops",
+    "describe",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AddService:
+    """Create a virtual service (its real servers follow as AddRealServer)."""
+
+    service: VirtualService
+
+
+@dataclass(frozen=True, slots=True)
+class EditService:
+    """Change scheduler, persistence, netmask or flags of an existing service."""
+
+    service: VirtualService
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteService:
+    key: ServiceKey
+
+
+@dataclass(frozen=True, slots=True)
+class AddRealServer:
+    service: ServiceKey
+    realserver: RealServer
+
+
+@dataclass(frozen=True, slots=True)
+class EditRealServer:
+    service: ServiceKey
+    realserver: RealServer
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRealServer:
+    service: ServiceKey
+    realserver: RealServerKey
+
+
+@dataclass(frozen=True, slots=True)
+class SetTimeouts:
+    timeouts: Timeouts
+
+
+@dataclass(frozen=True, slots=True)
+class SetSysctl:
+    name: str
+    value: int
+
+
+Operation: TypeAlias = (
+    AddService | EditService | DeleteService | AddRealServer | EditRealServer | DeleteRealServer | SetTimeouts | SetSysctl
+)
+
+
+def describe(op: Operation) -> str:
+    """One line per operation, ``+`` add, ``~`` change, ``-`` delete (like a diff)."""
+    match op:
+        case AddService(service=s):
+            return f"+ service {s.key} {_service_attrs(s)}"
+        case EditService(service=s):
+            return f"~ service {s.key} {_service_attrs(s)}"
+        case DeleteService(key=k):
+            return f"- service {k}"
+        case AddRealServer(service=k, realserver=r):
+            return f"+ realserver {k} -> {r}"
+        case EditRealServer(service=k, realserver=r):
+            return f"~ realserver {k} -> {r}"
+        case DeleteRealServer(service=k, realserver=r):
+            return f"- realserver {k} -> {r}"
+        case SetTimeouts(timeouts=t):
+            return f"~ timeouts {t}"
+        case SetSysctl(name=n, value=v):
+            return f"~ sysctl {n}={v}"
+    raise TypeError(op)
+
+
+def _service_attrs(s: VirtualService) -> str:
+    parts = [f"scheduler={s.scheduler}"]
+    if s.persistence:
+        parts.append(f"persistence={s.persistence}")
+    if s.netmask is not None:
+        parts.append(f"netmask=/{s.netmask}")
+    if s.flags:
+        parts.append("flags=" + ",".join(sorted(s.flags)))
+    return " ".join(parts)
+
+
+def apply_ops(state: ObservedState, ops: Iterable[Operation]) -> ObservedState:
+    """The state the kernel holds after applying ``ops`` to ``state`` without error.
+
+    Counters of new real servers start at zero; deleted ones lose theirs, as in the kernel.
+    """
+    services = dict(state.services)
+    stats = dict(state.stats)
+    timeouts = state.timeouts
+    sysctls = dict(state.sysctls)
+    for op in ops:
+        match op:
+            case AddService(service=s) | EditService(service=s):
+                old = services.get(s.key)
+                services[s.key] = replace(s, realservers=old.realservers if old else ())
+            case DeleteService(key=k):
+                old = services.pop(k)
+                for rs in old.realservers:
+                    stats.pop((k, rs.key), None)
+            case AddRealServer(service=k, realserver=r) | EditRealServer(service=k, realserver=r):
+                svc = services[k]
+                rss = svc.realserver_map()
+                rss[r.key] = r
+                services[k] = svc.with_realservers(rss.values())
+                stats.setdefault((k, r.key), RealServerStats())
+            case DeleteRealServer(service=k, realserver=rk):
+                svc = services[k]
+                rss = svc.realserver_map()
+                del rss[rk]
+                services[k] = svc.with_realservers(rss.values())
+                stats.pop((k, rk), None)
+            case SetTimeouts(timeouts=t):
+                timeouts = t
+            case SetSysctl(name=n, value=v):
+                sysctls[n] = v
+    return ObservedState(services=services, timeouts=timeouts, sysctls=sysctls, stats=stats)

@@ -1,0 +1,185 @@
+"""The planner: a pure function from (desired, observed) to an ordered list of operations.
+
+It never does I/O and touches only what the desired state's ``ownership`` covers:
+virtual services outside the owned ranges are reported as foreign and left alone
+(kube-proxy deleting kube-vip's services, kube-vip #454, is what this prevents).
+
+Real servers are matched by (address, port), so an edited Service port can never
+leave the old ``:80`` real server beside the new ``:6379`` one (the seed's first
+incident, kube-router #715): whatever is not desired is removed.
+
+Given ``keys``, only those services are compared, so a one-service change costs
+O(that service), not O(all services) as in kube-proxy's syncProxyRules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from ..model import (
+    DesiredState,
+    ObservedState,
+    Protocol,
+    RealServer,
+    RealServerKey,
+    RealServerStats,
+    ServiceKey,
+    VirtualService,
+)
+from .ops import (
+    AddRealServer,
+    AddService,
+    DeleteRealServer,
+    DeleteService,
+    EditRealServer,
+    EditService,
+    Operation,
+    SetSysctl,
+    SetTimeouts,
+)
+
+__all__ = ["Plan", "plan"]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Operations in the order they must be applied, plus what was deliberately not touched."""
+
+    ops: tuple[Operation, ...] = ()
+    foreign: tuple[ServiceKey, ...] = ()  # kernel services outside the owned ranges
+    draining: tuple[tuple[ServiceKey, RealServerKey], ...] = field(default=())  # weight 0, waiting for 0 connections
+
+    def __bool__(self) -> bool:
+        return bool(self.ops)
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+
+def plan(
+    desired: DesiredState,
+    observed: ObservedState,
+    *,
+    graceful: bool = False,
+    keys: Iterable[ServiceKey] | None = None,
+) -> Plan:
+    """Operations that turn ``observed`` into ``desired``.
+
+    ``graceful``: a real server that is no longer desired first gets weight 0 and is
+    deleted once it has no active or inactive connections (kube-proxy's graceful
+    termination). UDP and SCTP are deleted at once, as kube-proxy does, because
+    ``expire_nodest_conn`` ends their flows cleanly.
+
+    ``keys``: compare only these services (the ones a change touched). Timeouts and
+    sysctls are always compared; they are few.
+    """
+    ownership = desired.ownership
+    if keys is None:
+        candidates = set(desired.services) | set(observed.services)
+    else:
+        candidates = set(keys)
+    foreign = sorted(
+        (k for k in candidates if k in observed.services and not ownership.owns(k)), key=ServiceKey.sort_key
+    )
+
+    ops: list[Operation] = []
+    for name, value in sorted(desired.sysctls.items()):
+        if observed.sysctls.get(name) != value:
+            ops.append(SetSysctl(name, value))
+    if desired.timeouts is not None and desired.timeouts != observed.timeouts:
+        ops.append(SetTimeouts(desired.timeouts))
+
+    draining: list[tuple[ServiceKey, RealServerKey]] = []
+    service_ops: list[Operation] = []
+    for key in sorted(candidates, key=ServiceKey.sort_key):
+        if not ownership.owns(key):
+            continue
+        want = desired.services.get(key)
+        have = observed.services.get(key)
+        if want is None:
+            if have is not None:
+                service_ops += _remove_service(have, observed, graceful, draining)
+            continue
+        if have is None:
+            service_ops.append(AddService(want))
+            service_ops += [AddRealServer(key, rs) for rs in want.realservers]
+            continue
+        if not want.attributes_equal(have):
+            service_ops.append(EditService(want))
+        service_ops += _realserver_ops(want, have, observed, graceful, draining)
+    # Deletions of whole services first: they free nothing the adds need, but doing them
+    # early means a failed add later in the plan never leaves a stale service behind.
+    deletes = [op for op in service_ops if isinstance(op, DeleteService)]
+    ops += deletes + [op for op in service_ops if not isinstance(op, DeleteService)]
+    return Plan(ops=tuple(ops), foreign=tuple(foreign), draining=tuple(draining))
+
+
+def _realserver_ops(
+    want: VirtualService,
+    have: VirtualService,
+    observed: ObservedState,
+    graceful: bool,
+    draining: list[tuple[ServiceKey, RealServerKey]],
+) -> list[Operation]:
+    key = want.key
+    wanted = want.realserver_map()
+    ops: list[Operation] = []
+    for rs in have.realservers:
+        if rs.key not in wanted:
+            ops += _remove_realserver(key, rs, observed, graceful, draining)
+    existing = have.realserver_map()
+    for rs in want.realservers:
+        old = existing.get(rs.key)
+        if old is None:
+            ops.append(AddRealServer(key, rs))
+        elif old != rs:
+            ops.append(EditRealServer(key, rs))
+    return ops
+
+
+def _remove_realserver(
+    key: ServiceKey,
+    rs: RealServer,
+    observed: ObservedState,
+    graceful: bool,
+    draining: list[tuple[ServiceKey, RealServerKey]],
+) -> list[Operation]:
+    if not graceful or key.protocol in (Protocol.UDP, Protocol.SCTP) and not key.fwmark:
+        return [DeleteRealServer(key, rs.key)]
+    if rs.weight != 0:
+        draining.append((key, rs.key))
+        return [EditRealServer(key, _with_weight(rs, 0))]
+    if _connections(observed.stats, key, rs.key) == 0:
+        return [DeleteRealServer(key, rs.key)]
+    draining.append((key, rs.key))
+    return []
+
+
+def _remove_service(
+    have: VirtualService,
+    observed: ObservedState,
+    graceful: bool,
+    draining: list[tuple[ServiceKey, RealServerKey]],
+) -> list[Operation]:
+    key = have.key
+    if not graceful or key.protocol in (Protocol.UDP, Protocol.SCTP) and not key.fwmark:
+        return [DeleteService(key)]
+    ops: list[Operation] = []
+    drained_before = len(draining)
+    for rs in have.realservers:
+        if rs.weight != 0:
+            ops.append(EditRealServer(key, _with_weight(rs, 0)))
+        elif not _connections(observed.stats, key, rs.key):
+            continue
+        draining.append((key, rs.key))
+    return ops if len(draining) > drained_before else [DeleteService(key)]
+
+
+def _connections(stats: Mapping[tuple[ServiceKey, RealServerKey], RealServerStats], key: ServiceKey, rs: RealServerKey) -> int:
+    s = stats.get((key, rs))
+    return 0 if s is None else s.active_conns + s.inactive_conns
+
+
+def _with_weight(rs: RealServer, weight: int) -> RealServer:
+    return RealServer(rs.address, rs.port, weight, rs.forward, rs.u_thresh, rs.l_thresh)
