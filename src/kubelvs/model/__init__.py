@@ -2,7 +2,9 @@
 
 from .types import *  # noqa: F403
 from .types import __all__ as _types_all
+from .sysctls import *  # noqa: F403
+from .sysctls import __all__ as _sysctls_all
 from .validate import *  # noqa: F403
 from .validate import __all__ as _validate_all
 
-__all__ = [*_types_all, *_validate_all]
+__all__ = [*_types_all, *_sysctls_all, *_validate_all]

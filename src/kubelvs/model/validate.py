@@ -76,7 +76,7 @@ def validated_state(
     if errors:
         raise ConfigError(errors)
     return DesiredState(
-        services={s.key: s for s in services},
+        services={s.key: s.with_realservers(s.realservers) for s in services},
         timeouts=timeouts,
         sysctls=dict(sysctls or {}),
         ownership=ownership,

@@ -39,7 +39,7 @@ from .ops import (
     SetTimeouts,
 )
 
-__all__ = ["Plan", "plan"]
+__all__ = ["Plan", "changed_services", "plan"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,3 +183,10 @@ def _connections(stats: Mapping[tuple[ServiceKey, RealServerKey], RealServerStat
 
 def _with_weight(rs: RealServer, weight: int) -> RealServer:
     return RealServer(rs.address, rs.port, weight, rs.forward, rs.u_thresh, rs.l_thresh)
+
+
+def changed_services(old: DesiredState, new: DesiredState) -> set[ServiceKey]:
+    """Keys of the services that differ between two desired states (added, removed or edited).
+    Real servers count, names do not (they are not kernel state)."""
+    keys = set(old.services) | set(new.services)
+    return {k for k in keys if old.services.get(k) != new.services.get(k)}

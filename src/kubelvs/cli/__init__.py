@@ -1,0 +1,1 @@
+"""The kubelvs command line."""

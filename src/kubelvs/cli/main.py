@@ -1,0 +1,69 @@
+"""The ``kubelvs`` command line: builds the parser from feature modules and maps
+errors to exit codes. Errors print as one line per problem; a traceback only with
+``--debug``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+from ..errors import ApplyError, CapabilityError, ConfigError, KubelvsError
+from . import exit_codes
+
+__all__ = ["COMMAND_MODULES", "build_parser", "main"]
+
+#: Modules that add subcommands through ``register(subparsers)``.
+COMMAND_MODULES: list[str] = [
+    "kubelvs.cli.commands",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubelvs",
+        description="LVS (IPVS) and nftables load balancing for Kubernetes Services on bare metal.",
+    )
+    parser.add_argument("--debug", action="store_true", help="print tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return exit_codes.INTERRUPTED
+    except (KubelvsError, PermissionError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        title, lines = _describe(exc)
+        print(f"kubelvs: {title}:", file=sys.stderr)
+        for line in lines:
+            print(f"  {line}", file=sys.stderr)
+        return exit_codes.ERROR
+
+
+def _describe(exc: Exception) -> tuple[str, list[str]]:
+    if isinstance(exc, ConfigError):
+        return "invalid configuration (nothing was changed)", [str(e) for e in exc.errors]
+    if isinstance(exc, CapabilityError):
+        return "the backend cannot do this (nothing was changed)", [str(p) for p in exc.problems]
+    if isinstance(exc, ApplyError):
+        return "apply stopped", [
+            str(exc),
+            "the operations before it were applied; once the cause is fixed, apply again to converge",
+        ]
+    if isinstance(exc, PermissionError):
+        return "error", [f"{exc} (kubelvs needs root for netlink, network namespaces and sysctls)"]
+    return "error", [str(exc)]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

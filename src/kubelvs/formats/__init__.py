@@ -1,0 +1,1 @@
+"""Text formats kubelvs reads and writes (ipvsadm, /proc, sysctl, netstat, ip)."""

@@ -1,0 +1,1 @@
+"""Where desired state comes from: the YAML config file, ipvsadm save files, Kubernetes."""

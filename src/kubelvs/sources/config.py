@@ -1,0 +1,212 @@
+"""The YAML config file: owned ranges, timeouts, sysctls and services.
+
+pydantic checks the shape (types, unknown keys) at the edge; the result becomes the
+frozen model and goes through ``model.validate`` for the rules that span fields.
+Both kinds of problem come out as FieldError with the YAML path, e.g.
+``services[0] (whoami).realservers[1].port: dr cannot map ports ...``.
+The reference of every key is docs/config.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import ConfigError, FieldError, ParseError
+from ..model import (
+    DesiredState,
+    Forward,
+    IPNetwork,
+    Ownership,
+    Protocol,
+    RealServer,
+    ServiceKey,
+    Timeouts,
+    VirtualService,
+    parse_address,
+    validate,
+)
+
+__all__ = ["Config", "RealServerSpec", "ServiceSpec", "TimeoutsSpec", "load_config", "parse_config", "to_desired"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RealServerSpec(_Strict):
+    address: str
+    port: int | None = None  # default: the service's port
+    weight: int = 1
+    forward: Forward | None = None  # default: the service's forward
+    u_thresh: int = 0
+    l_thresh: int = 0
+
+
+class ServiceSpec(_Strict):
+    name: str = ""
+    vip: str | None = None
+    port: int | None = None
+    protocol: Protocol = Protocol.TCP
+    fwmark: int | None = None
+    family: Literal[4, 6] = 4  # only for fwmark services; otherwise taken from vip
+    scheduler: str = "wlc"
+    flags: list[str] = Field(default_factory=list)
+    persistence: int = 0
+    netmask: int | None = None
+    forward: Forward = Forward.DR
+    realservers: list[RealServerSpec] = Field(default_factory=list)
+
+
+class TimeoutsSpec(_Strict):
+    tcp: int
+    tcpfin: int
+    udp: int
+
+
+class Config(_Strict):
+    owned_cidrs: list[str] = Field(default_factory=list)
+    owned_fwmarks: list[str | int] = Field(default_factory=list)
+    timeouts: TimeoutsSpec | None = None
+    recommended_sysctls: bool = True
+    sysctls: dict[str, int] = Field(default_factory=dict)
+    graceful: bool = False
+    services: list[ServiceSpec] = Field(default_factory=list)
+    kubernetes: dict[str, Any] | None = None  # read by kubelvs.sources.kubernetes
+
+    @field_validator("owned_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for text in value:
+            ipaddress.ip_network(text, strict=False)  # ValueError -> pydantic error on this field
+        return value
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def parse_config(data: Any, *, source: str = "config") -> Config:
+    """Check the shape of already-loaded YAML/JSON data."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError([FieldError("(top level)", f"{source} must be a mapping of keys, got {type(data).__name__}")])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([FieldError(_path(e["loc"]), e["msg"]) for e in exc.errors()]) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and shape-check a YAML config file (``-`` is not special here)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ParseError(str(p), None, exc.strerror or str(exc)) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ParseError(str(p), mark.line + 1 if mark else None, str(getattr(exc, "problem", exc))) from exc
+    return parse_config(data, source=str(p))
+
+
+def _fwmark_ranges(items: list[str | int]) -> tuple[list[range], list[FieldError]]:
+    out: list[range] = []
+    errors: list[FieldError] = []
+    for i, item in enumerate(items):
+        text = str(item)
+        try:
+            lo, _, hi = text.partition("-")
+            first, last = int(lo, 0), int(hi or lo, 0)
+            if not 1 <= first <= last <= 2**32 - 1:
+                raise ValueError
+            out.append(range(first, last + 1))
+        except ValueError:
+            errors.append(FieldError(f"owned_fwmarks[{i}]", f"{text!r} is not a fwmark or a range N-M within 1..4294967295"))
+    return out, errors
+
+
+def to_desired(config: Config, *, extra_sysctls: Mapping[str, int] | None = None) -> DesiredState:
+    """The validated desired state of ``config``; raises ConfigError listing every problem.
+
+    ``extra_sysctls`` (the recommended ones, computed by the caller for its backend and
+    kernel) go under the config's own ``sysctls``, which win.
+    """
+    errors: list[FieldError] = []
+    cidrs: list[IPNetwork] = [ipaddress.ip_network(c, strict=False) for c in config.owned_cidrs]
+    fwmarks, fw_errors = _fwmark_ranges(config.owned_fwmarks)
+    errors += fw_errors
+    services: list[VirtualService] = []
+    for i, spec in enumerate(config.services):
+        where = f"services[{i}]" + (f" ({spec.name})" if spec.name else "")
+        svc = _service(spec, where, errors)
+        if svc is not None:
+            services.append(svc)
+    timeouts = Timeouts(config.timeouts.tcp, config.timeouts.tcpfin, config.timeouts.udp) if config.timeouts else None
+    sysctls = {**(extra_sysctls or {}), **config.sysctls}
+    ownership = Ownership(cidrs=tuple(cidrs), fwmarks=tuple(fwmarks))
+    if not errors:  # index paths only line up when every service could be built
+        errors += validate(services, ownership=ownership, timeouts=timeouts, sysctls=sysctls)
+    if errors:
+        raise ConfigError(errors)
+    # The model keeps real servers sorted by key, as the kernel read-back does.
+    ordered = {s.key: s.with_realservers(s.realservers) for s in services}
+    return DesiredState(services=ordered, timeouts=timeouts, sysctls=sysctls, ownership=ownership)
+
+
+def _service(spec: ServiceSpec, where: str, errors: list[FieldError]) -> VirtualService | None:
+    if spec.fwmark is not None:
+        if spec.vip is not None or spec.port is not None:
+            errors.append(FieldError(where, "give either fwmark or vip/port, not both"))
+            return None
+        key = ServiceKey.for_fwmark(spec.fwmark, spec.family)
+        service_port = 0
+    else:
+        if spec.vip is None or spec.port is None:
+            errors.append(FieldError(where, "a service needs vip and port (or fwmark)"))
+            return None
+        try:
+            vip = parse_address(spec.vip)
+        except ValueError:
+            errors.append(FieldError(f"{where}.vip", f"{spec.vip!r} is not an IPv4 or IPv6 address"))
+            return None
+        key = ServiceKey(vip.version, spec.protocol, vip, spec.port)
+        service_port = spec.port
+    realservers = []
+    for j, rs in enumerate(spec.realservers):
+        try:
+            address = parse_address(rs.address)
+        except ValueError:
+            errors.append(FieldError(f"{where}.realservers[{j}].address", f"{rs.address!r} is not an IPv4 or IPv6 address"))
+            continue
+        realservers.append(
+            RealServer(
+                address=address,
+                port=service_port if rs.port is None else rs.port,
+                weight=rs.weight,
+                forward=rs.forward or spec.forward,
+                u_thresh=rs.u_thresh,
+                l_thresh=rs.l_thresh,
+            )
+        )
+    # Keep config order here: validation names realservers[j] by position.
+    return VirtualService(
+        key=key,
+        scheduler=spec.scheduler,
+        persistence=spec.persistence,
+        netmask=spec.netmask,
+        flags=frozenset(spec.flags),
+        realservers=tuple(realservers),
+        name=spec.name,
+    )
