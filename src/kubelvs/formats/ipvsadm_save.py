@@ -7,7 +7,8 @@ Lines look like (ipvsadm 1.26-1.31):
     -A -f 100 -6 -s rr -p 300
     -A --sctp-service [2001:db8::1]:9 -s wlc -p 300 -M 64
 
-Only numeric output (``-Sn``) is accepted: ``-S`` without ``-n`` prints host and
+Field order and spelling follow ipvsadm 1.31 (Debian 12) exactly; the tests compare
+with its real output. Only numeric output (``-Sn``) is accepted: ``-S`` without ``-n`` prints host and
 service names that cannot be turned back into addresses without lookups.
 """
 
@@ -176,23 +177,28 @@ def format_save(services: Iterable[VirtualService]) -> str:
     """The services as ``ipvsadm -Sn`` prints them (feed it to ``ipvsadm -R``)."""
     lines = []
     for svc in services:
+        # Field order of ipvsadm 1.31's print_service_entry: -s, -p [-M], -b, -o.
         head = f"-A {_service_switch(svc.key)} -s {svc.scheduler}"
-        sched_flags = sorted(f for f in svc.flags if f != "ops")
-        if sched_flags:
-            named = SCHED_FLAGS.get(svc.scheduler, frozenset())
-            head += " -b " + ",".join(sorted(sched_flags, key=lambda f: (f not in named, f)))
         if svc.persistence:
             head += f" -p {svc.persistence}"
             if svc.netmask is not None:
                 head += " -M " + (
                     str(ipaddress.IPv4Network(f"0.0.0.0/{svc.netmask}").netmask) if svc.key.family == 4 else str(svc.netmask)
                 )
+        sched_flags = [f for f in svc.flags if f != "ops"]
+        if sched_flags:
+            named = SCHED_FLAGS.get(svc.scheduler, frozenset())
+            head += " -b " + ",".join(sorted(sched_flags, key=lambda f: (f not in named, f)))
         if "ops" in svc.flags:
             head += " -o"
         lines.append(head)
         for rs in svc.realservers:
             host = f"[{rs.address}]" if rs.address.version == 6 else str(rs.address)
             line = f"-a {_service_switch(svc.key)} -r {host}:{rs.port} {_SWITCH_OF_FWD[rs.forward]} -w {rs.weight}"
+            if rs.forward is Forward.TUN:
+                line += " --tun-type ipip"
+            # ipvsadm -S never prints thresholds (they are lost in its save files);
+            # we keep them, and ipvsadm -R reads them back.
             if rs.u_thresh:
                 line += f" -x {rs.u_thresh}"
             if rs.l_thresh:

@@ -43,6 +43,7 @@ __all__ = [
     "dest_key_attrs",
     "config_attrs",
     "decode_service",
+    "decode_service_key",
     "decode_dest",
     "decode_timeouts",
 ]
@@ -220,18 +221,26 @@ def _attrs(nla: Any) -> dict[str, Any]:
     return {name: value for name, value in nla["attrs"]}
 
 
-def decode_service(msg: IpvsMessage, *, name: str = "") -> VirtualService:
-    a = _attrs(msg.get_attr("IPVS_CMD_ATTR_SERVICE"))
+def decode_service_key(msg: IpvsMessage) -> ServiceKey:
+    return _service_key_of(_attrs(msg.get_attr("IPVS_CMD_ATTR_SERVICE")))
+
+
+def _service_key_of(a: dict[str, Any]) -> ServiceKey:
     family = _FAMILY[a["IPVS_SVC_ATTR_AF"]]
     if a.get("IPVS_SVC_ATTR_FWMARK"):
-        key = ServiceKey.for_fwmark(a["IPVS_SVC_ATTR_FWMARK"], family)
-    else:
-        key = ServiceKey(
-            family,
-            _PROTO_FROM_KERNEL[a["IPVS_SVC_ATTR_PROTOCOL"]],
-            parse_address(a["IPVS_SVC_ATTR_ADDR"]),
-            a["IPVS_SVC_ATTR_PORT"],
-        )
+        return ServiceKey.for_fwmark(a["IPVS_SVC_ATTR_FWMARK"], family)
+    return ServiceKey(
+        family,
+        _PROTO_FROM_KERNEL[a["IPVS_SVC_ATTR_PROTOCOL"]],
+        parse_address(a["IPVS_SVC_ATTR_ADDR"]),
+        a["IPVS_SVC_ATTR_PORT"],
+    )
+
+
+def decode_service(msg: IpvsMessage, *, name: str = "") -> VirtualService:
+    a = _attrs(msg.get_attr("IPVS_CMD_ATTR_SERVICE"))
+    key = _service_key_of(a)
+    family = key.family
     scheduler = a.get("IPVS_SVC_ATTR_SCHED_NAME", "")
     raw_flags = a["IPVS_SVC_ATTR_FLAGS"]["flags"]
     flags: set[str] = set()

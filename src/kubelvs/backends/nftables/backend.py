@@ -1,0 +1,385 @@
+"""The nftables data plane: read the ``kubelvs`` tables back into the model, apply a
+plan as ONE nft transaction (all of it or nothing).
+
+The backend keeps a picture of the elements it wrote (rebuilt by every ``read``), so
+a plan is turned into an element diff of only the services it touches: a one real
+server change with 10,000 services present is a transaction of a few elements.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ...errors import ApplyError, BackendError, FieldError
+from ...kernel import sysctl
+from ...kernel.netns import entered
+from ...model import (
+    DesiredState,
+    Forward,
+    ObservedState,
+    ServiceKey,
+    VirtualService,
+)
+from ...planner import (
+    AddRealServer,
+    AddService,
+    DeleteRealServer,
+    DeleteService,
+    EditRealServer,
+    EditService,
+    Operation,
+    SetSysctl,
+    SetTimeouts,
+    apply_ops,
+    describe,
+)
+from . import neigh, ruleset
+from .nft import Nft, NftError
+from .ruleset import Element, Neighbour
+
+__all__ = ["NftablesBackend", "tun_supported"]
+
+_PER_SERVICE_SETS = frozenset({"nat_svc", "nat_keys", "dr_svc", "nat_slots", "dr_slots", "nat_rs", "dr_rs"})
+_NEIGHBOUR_SETS = frozenset({"dr_mac", "dr_smac", "dr_dev"})
+
+
+def tun_supported() -> bool:
+    """True when the kernel can make IPIP tunnels (built in, or the ipip module loads)."""
+    if os.path.exists("/sys/module/ipip") or os.path.exists("/proc/sys/net/ipv4/conf/tunl0"):
+        return True
+    import subprocess
+
+    subprocess.run(["modprobe", "-q", "ipip"], check=False, capture_output=True)
+    return os.path.exists("/sys/module/ipip")
+
+
+@dataclass
+class _Picture:
+    """What the kubelvs tables hold, as of the last read or successful apply."""
+
+    state: ObservedState
+    skeleton: bool
+    own: dict[ServiceKey, frozenset[Element]] = field(default_factory=dict)
+    shared_of: dict[ServiceKey, frozenset[Element]] = field(default_factory=dict)
+    shared: Counter[Element] = field(default_factory=Counter)
+    shared_present: set[Element] = field(default_factory=set)
+    dr_of: dict[ServiceKey, frozenset[str]] = field(default_factory=dict)
+    neighbours: dict[str, Neighbour] = field(default_factory=dict)
+    device_chains: dict[int, str] = field(default_factory=dict)
+    dirty: set[ServiceKey] = field(default_factory=set)  # kernel elements differ from the model
+
+
+class NftablesBackend:
+    """nftables in one network namespace. Not thread-safe."""
+
+    name = "nftables"
+
+    def __init__(self, *, netns: str | None = None) -> None:
+        self._netns = netns
+        self._nft = Nft(netns=netns)
+        self._pic: _Picture | None = None
+
+    def close(self) -> None:
+        self._pic = None
+
+    # ------------------------------------------------------------------ read
+
+    def read(self, *, sysctls: Iterable[str] = ()) -> ObservedState:
+        self._pic = self._load()
+        observed = self._pic.state
+        values: dict[str, int] = {}
+        with entered(self._netns):
+            for name in sysctls:
+                value = sysctl.read(name)
+                if value is not None:
+                    values[name] = value
+        return ObservedState(services=observed.services, timeouts=observed.timeouts, sysctls=values, stats=observed.stats)
+
+    def _load(self) -> _Picture:
+        docs = [d for d in (self._nft.list_table(f, ruleset.TABLE) for f in ("ip", "netdev")) if d is not None]
+        parsed = ruleset.parse_tables(docs)
+        for family, comment in parsed.tables.items():
+            if comment != ruleset.SKELETON_VERSION:
+                raise BackendError(
+                    f"table {family} {ruleset.TABLE} was not made by this version of kubelvs "
+                    f"(no {ruleset.SKELETON_VERSION} marker chain); remove it with: nft delete table {family} {ruleset.TABLE}"
+                )
+        state = ObservedState(services=parsed.services, timeouts=parsed.timeouts, stats=parsed.stats)
+        pic = _Picture(state=state, skeleton=set(parsed.tables) == {"ip", "netdev"})
+        pic.device_chains = dict(parsed.device_chains)
+        actual: dict[ServiceKey, set[Element]] = {}
+        marks: dict[int, dict[str, str | int]] = {}
+        for e in parsed.elements:
+            if e.set in _PER_SERVICE_SETS:
+                actual.setdefault(_key_of(e), set()).add(e)
+            elif e.set in _NEIGHBOUR_SETS:
+                assert isinstance(e.value, (str, int))
+                marks.setdefault(int(e.key[0]), {})[e.set] = e.value
+            else:
+                pic.shared_present.add(e)
+        for key, elements in actual.items():
+            pic.own[key] = frozenset(elements)
+        for key, svc in parsed.services.items():
+            try:
+                built = ruleset.service_elements(svc)
+            except ValueError:
+                pic.dirty.add(key)
+                continue
+            if built.own != pic.own.get(key):
+                pic.dirty.add(key)  # e.g. slots edited by hand: rewritten at the next apply
+            pic.shared_of[key] = built.shared
+            pic.shared.update(built.shared)
+            pic.dr_of[key] = built.dr_addresses
+        pic.dirty |= set(actual) - set(parsed.services)  # elements of no service
+        for mark, values in marks.items():
+            if set(values) == _NEIGHBOUR_SETS:
+                device = str(values["dr_dev"])
+                ifindex = next((i for i, d in pic.device_chains.items() if d == device), 0)
+                pic.neighbours[str(ipaddress.IPv4Address(mark))] = Neighbour(
+                    mac=str(values["dr_mac"]), own_mac=str(values["dr_smac"]), device=device, ifindex=ifindex
+                )
+        return pic
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(self, ops: Sequence[Operation]) -> None:
+        if not ops:
+            return
+        for index, op in enumerate(ops):
+            if isinstance(op, SetSysctl):
+                self._set_sysctl(index, op)
+        model_ops = [(i, op) for i, op in enumerate(ops) if not isinstance(op, SetSysctl)]
+        if not model_ops:
+            return
+        if self._pic is None:
+            self._pic = self._load()
+        pic = self._pic
+        first_index, first_op = model_ops[0]
+        try:
+            new_state = apply_ops(pic.state, [op for _, op in model_ops])
+        except KeyError as exc:
+            raise ApplyError(first_index, describe(first_op), f"the service does not exist in the kernel: {exc}") from exc
+
+        touched: dict[ServiceKey, int] = {}
+        for index, op in model_ops:
+            key = _op_key(op)
+            if key is not None:
+                touched.setdefault(key, index)
+        for key in pic.dirty:
+            touched.setdefault(key, first_index)
+
+        adds: set[Element] = set()
+        deletes: set[Element] = set()
+        new_own: dict[ServiceKey, frozenset[Element]] = {}
+        new_shared_of: dict[ServiceKey, frozenset[Element]] = {}
+        new_dr_of: dict[ServiceKey, frozenset[str]] = {}
+        for key, index in touched.items():
+            svc = new_state.services.get(key)
+            if svc is None:
+                built = ruleset.ServiceElements(frozenset(), frozenset(), frozenset())
+            else:
+                try:
+                    built = ruleset.service_elements(svc)
+                except ValueError as exc:
+                    raise ApplyError(index, describe(ops[index]), str(exc)) from exc
+            old = pic.own.get(key, frozenset())
+            deletes |= old - built.own
+            adds |= built.own - old
+            new_own[key] = built.own
+            new_shared_of[key] = built.shared
+            new_dr_of[key] = built.dr_addresses
+
+        shared = Counter(pic.shared)
+        for key in touched:
+            shared.subtract(pic.shared_of.get(key, frozenset()))
+            shared.update(new_shared_of[key])
+        wanted_shared = {e for e, n in shared.items() if n > 0}
+        adds |= wanted_shared - pic.shared_present
+        deletes |= pic.shared_present - wanted_shared
+
+        # DR real servers: their neighbours, and an ingress hook on every device they sit on.
+        dr_of = {k: v for k, v in pic.dr_of.items() if k not in touched}
+        dr_of.update({k: v for k, v in new_dr_of.items() if v})
+        needed = set().union(*dr_of.values()) if dr_of else set()
+        neighbours = {rip: nb for rip, nb in pic.neighbours.items() if rip in needed}
+        for rip in sorted(needed - set(neighbours)):
+            try:
+                neighbours[rip] = neigh.resolve(self._netns, rip)
+            except neigh.NeighbourError as exc:
+                index = next((touched[k] for k, v in new_dr_of.items() if rip in v), first_index)
+                raise ApplyError(index, describe(ops[index]), f"DR real server {rip}: {exc}") from exc
+        for rip, nb in pic.neighbours.items():
+            if neighbours.get(rip) != nb:
+                deletes |= ruleset.neighbour_elements(rip, nb)
+        for rip, nb in neighbours.items():
+            if pic.neighbours.get(rip) != nb:
+                adds |= ruleset.neighbour_elements(rip, nb)
+        devices = {nb.ifindex: nb.device for nb in neighbours.values()}
+
+        script: list[str] = []
+        if not pic.skeleton:
+            script.append(ruleset.skeleton_text())
+        for ifindex, device in sorted(devices.items()):
+            if ifindex not in pic.device_chains:
+                script.append(ruleset.device_chain_text(device, ifindex))
+        # Deletions first: an element whose value changed is deleted and re-added.
+        script += ruleset.elements_text("delete", deletes)
+        script += ruleset.elements_text("add", adds)
+        timeouts = next((op.timeouts for _, op in model_ops if isinstance(op, SetTimeouts)), None)
+        if timeouts is not None:
+            script.append(ruleset.timeouts_text(timeouts, replace=pic.state.timeouts is not None))
+        for ifindex in sorted(set(pic.device_chains) - set(devices)):
+            script.append(ruleset.delete_device_chain_text(ifindex))
+        if script:
+            try:
+                self._nft.run_script("".join(script))
+            except NftError as exc:
+                self._pic = None  # unknown now: the next apply or read starts from the kernel
+                more = f" (and {len(model_ops) - 1} more operations in the same transaction, none applied)"
+                raise ApplyError(first_index, describe(first_op) + (more if len(model_ops) > 1 else ""), str(exc)) from exc
+
+        pic.state = ObservedState(services=new_state.services, timeouts=new_state.timeouts, stats=new_state.stats)
+        pic.skeleton = True
+        for key in touched:
+            if new_own[key]:
+                pic.own[key] = new_own[key]
+            else:
+                pic.own.pop(key, None)
+            pic.shared_of[key] = new_shared_of[key]
+            pic.dr_of[key] = new_dr_of[key]
+        pic.shared = +shared
+        pic.shared_present = wanted_shared
+        pic.neighbours = neighbours
+        pic.device_chains = devices
+        pic.dirty = set()
+
+    def _set_sysctl(self, index: int, op: SetSysctl) -> None:
+        try:
+            with entered(self._netns):
+                sysctl.write(op.name, op.value)
+        except OSError as exc:
+            raise ApplyError(index, describe(op), exc.strerror or str(exc), errno=exc.errno) from exc
+
+    # ------------------------------------------------------------------ neighbours
+
+    def refresh_neighbours(self) -> list[str]:
+        """Re-resolve every DR real server's MAC and update the ones that changed
+        (a replaced NIC, a VM moved). Returns the addresses whose entry changed."""
+        if self._pic is None:
+            self._pic = self._load()
+        pic = self._pic
+        changed: dict[str, Neighbour] = {}
+        for rip, old in pic.neighbours.items():
+            try:
+                nb = neigh.resolve(self._netns, rip)
+            except neigh.NeighbourError:
+                continue  # keep the last known MAC: better than dropping the real server here
+            if nb != old:
+                changed[rip] = nb
+        if not changed:
+            return []
+        deletes: set[Element] = set()
+        adds: set[Element] = set()
+        for rip, nb in changed.items():
+            deletes |= ruleset.neighbour_elements(rip, pic.neighbours[rip])
+            adds |= ruleset.neighbour_elements(rip, nb)
+        devices = dict(pic.device_chains)
+        script = list(ruleset.elements_text("delete", deletes)) + list(ruleset.elements_text("add", adds))
+        for nb in changed.values():
+            if nb.ifindex not in devices:
+                script.insert(0, ruleset.device_chain_text(nb.device, nb.ifindex))
+                devices[nb.ifindex] = nb.device
+        try:
+            self._nft.run_script("".join(script))
+        except NftError:
+            self._pic = None
+            raise
+        pic.neighbours.update(changed)
+        pic.device_chains = devices
+        return sorted(changed)
+
+    # ------------------------------------------------------------------ capabilities
+
+    def problems(self, desired: DesiredState) -> list[FieldError]:
+        problems: list[FieldError] = []
+        for name in desired.sysctls:
+            with entered(self._netns):
+                present = sysctl.exists(name)
+            if not present:
+                problems.append(FieldError(f"sysctls.{name}", "does not exist on this kernel"))
+        tun = None
+        for key, svc in sorted(desired.services.items(), key=lambda kv: kv[0].sort_key()):
+            where = f"services[{svc.name or key}]"
+            problems += _service_problems(where, svc)
+            if any(rs.forward is Forward.TUN for rs in svc.realservers):
+                tun = tun_supported() if tun is None else tun
+                reason = (
+                    "forward tun (IPIP) is not implemented by the nftables backend yet; use dr or nat"
+                    if tun
+                    else "forward tun needs IPIP tunnels, and this kernel has no ipip support "
+                    "(CONFIG_NET_IPIP unset, no ipip module); use dr or nat"
+                )
+                problems.append(FieldError(f"{where}.realservers", reason))
+        return problems
+
+
+def _service_problems(where: str, svc: VirtualService) -> list[FieldError]:
+    out: list[FieldError] = []
+    key = svc.key
+    if key.fwmark:
+        out.append(FieldError(f"{where}.fwmark", "fwmark services are not supported by the nftables backend"))
+        return out
+    if key.family != 4:
+        out.append(FieldError(f"{where}.vip", "IPv6 services are not supported by the nftables backend yet"))
+        return out
+    if svc.scheduler not in ruleset.SUPPORTED_SCHEDULERS:
+        out.append(
+            FieldError(
+                f"{where}.scheduler",
+                f"{svc.scheduler!r} needs per-connection counts nftables does not keep; "
+                "the nftables backend supports rr, wrr, sh and mh",
+            )
+        )
+    if svc.persistence:
+        out.append(FieldError(f"{where}.persistence", "not supported by the nftables backend; sh or mh give client affinity"))
+    if "ops" in svc.flags:
+        out.append(FieldError(f"{where}.flags", "one-packet scheduling (ops) is not supported by the nftables backend"))
+    methods = {rs.forward for rs in svc.realservers}
+    if len(methods - {Forward.TUN}) > 1:
+        out.append(
+            FieldError(f"{where}.realservers", "the nftables backend needs one forwarding method per service (dr or nat)")
+        )
+    seen: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for i, rs in enumerate(svc.realservers):
+        at = f"{where}.realservers[{i}]"
+        if rs.forward is Forward.LOCAL:
+            out.append(FieldError(f"{at}.forward", "forward local is not supported by the nftables backend"))
+        if rs.u_thresh or rs.l_thresh:
+            out.append(FieldError(f"{at}", "connection thresholds (u_thresh/l_thresh) are not supported by the nftables backend"))
+        if rs.forward is Forward.NAT and rs.port == 0:
+            out.append(FieldError(f"{at}.port", "a NAT real server needs a port (0 is not a port to DNAT to)"))
+        if rs.forward is Forward.DR:
+            if rs.address in seen:
+                out.append(FieldError(f"{at}.address", f"{rs.address} appears twice in one DR service"))
+            seen.add(rs.address)
+    return out
+
+
+def _key_of(e: Element) -> ServiceKey:
+    vip, proto, port = e.key[:3]
+    return ruleset.service_key((vip, proto, port))
+
+
+def _op_key(op: Operation) -> ServiceKey | None:
+    match op:
+        case AddService(service=s) | EditService(service=s):
+            return s.key
+        case DeleteService(key=k):
+            return k
+        case AddRealServer(service=k) | EditRealServer(service=k) | DeleteRealServer(service=k):
+            return k
+    return None

@@ -1,0 +1,31 @@
+"""kubelvs doctor: find LVS/IPVS failure modes in a bundle of captured outputs or on the
+live host, and print the commands that fix them.
+
+    analyse(Bundle.load(dir))        -> list[Finding], errors first
+    analyse(live_bundle(netns=...))  -> the same for the running kernel / one namespace
+    analyse_site({host: Bundle})     -> per host, with DR real servers matched to directors
+    collect(dir, netns=...)          -> write a bundle
+"""
+
+from .analyse import analyse, analyse_site
+from .bundle import FILES, ROLES, Bundle
+from .findings import FINDING_IDS, Finding, Severity
+from .live import collect, live_bundle, live_texts
+from .report import exit_code, render_json, render_text
+
+__all__ = [
+    "FILES",
+    "FINDING_IDS",
+    "ROLES",
+    "Bundle",
+    "Finding",
+    "Severity",
+    "analyse",
+    "analyse_site",
+    "collect",
+    "exit_code",
+    "live_bundle",
+    "live_texts",
+    "render_json",
+    "render_text",
+]

@@ -1,0 +1,87 @@
+"""``kubelvs doctor [--bundle DIR] [-o text|json]`` and ``kubelvs doctor collect DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .analyse import analyse, analyse_site
+from .bundle import FILES, ROLES, Bundle
+from .live import collect, live_bundle
+from .report import exit_code, render_json, render_text
+
+__all__ = ["register", "main"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("doctor", help="find LVS/IPVS failure modes on this host or in a captured bundle")
+    _configure(p)
+
+
+def _configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", metavar="DIR", help="analyse this bundle (a directory of captured outputs, or a "
+                   "directory of such directories, one per host); default: the live host")
+    p.add_argument("--netns", metavar="NAME", help="analyse the live network namespace NAME")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument("--backend", choices=("auto", "ipvs", "nftables"), default="auto",
+                   help="accepted for symmetry with other commands; doctor reads every data plane it finds")
+    p.set_defaults(func=run_doctor)
+    sub = p.add_subparsers(dest="doctor_command")
+    c = sub.add_parser("collect", help="capture a bundle from the live host into DIR")
+    c.add_argument("directory", metavar="DIR")
+    c.add_argument("--netns", metavar="NAME", help="collect inside network namespace NAME")
+    c.add_argument("--role", choices=ROLES, help="write role.txt (otherwise doctor infers the role)")
+    c.add_argument("--no-kubectl", action="store_true", help="do not ask the Kubernetes API")
+    c.set_defaults(func=run_collect)
+
+
+def _is_bundle(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, name)) for name in FILES)
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    try:
+        if args.bundle:
+            if not os.path.isdir(args.bundle):
+                print(f"kubelvs doctor: {args.bundle}: not a directory", file=sys.stderr)
+                return 2
+            if _is_bundle(args.bundle):
+                findings = analyse(Bundle.load(args.bundle))
+            else:
+                hosts = sorted(d for d in os.listdir(args.bundle) if _is_bundle(os.path.join(args.bundle, d)))
+                if not hosts:
+                    print(f"kubelvs doctor: {args.bundle}: no bundle files in it (expected e.g. {', '.join(list(FILES)[:3])})",
+                          file=sys.stderr)
+                    return 2
+                site = analyse_site({h: Bundle.load(os.path.join(args.bundle, h)) for h in hosts})
+                if args.output == "json":
+                    print(render_json(site))
+                else:
+                    print("\n".join(render_text(fs, host=h) for h, fs in site.items()), end="")
+                return max(exit_code(fs) for fs in site.values())
+        else:
+            findings = analyse(live_bundle(args.netns))
+    except OSError as exc:
+        print(f"kubelvs doctor: {exc}", file=sys.stderr)
+        return 2
+    print(render_json(findings) if args.output == "json" else render_text(findings), end="\n" if args.output == "json" else "")
+    return exit_code(findings)
+
+
+def run_collect(args: argparse.Namespace) -> int:
+    try:
+        written = collect(args.directory, netns=args.netns, role=args.role, kubectl=False if args.no_kubectl else None)
+    except OSError as exc:
+        print(f"kubelvs doctor collect: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} files to {args.directory}: {' '.join(written)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kubelvs.doctor``: the doctor command on its own."""
+    p = argparse.ArgumentParser(prog="kubelvs doctor")
+    _configure(p)
+    args = p.parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,73 @@
+"""What doctor reports: a finding with its evidence and the commands that fix it."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Finding", "Severity", "FINDING_IDS"]
+
+
+class Severity(enum.IntEnum):
+    """Ordered: a report lists errors first; exit 1 from WARNING up."""
+
+    INFO = 1  # worth knowing, not breaking traffic
+    WARNING = 2  # breaks or will break some traffic
+    ERROR = 3  # breaking traffic now
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+#: Every id doctor can report, in the order a report lists findings of equal severity
+#: (the seed's incidents first: they are what users hit; causes before symptoms).
+FINDING_IDS = (
+    "stale-realserver",
+    "rp-filter-strict",
+    "local-vip-loop",
+    "dr-vip-not-on-realserver",
+    "dr-arp-ignore",
+    "dr-arp-announce",
+    "dr-port-mapping",
+    "ip-forward-off",
+    "syn-recv-stuck",  # after its causes: the report leads with the cause when both are found
+    "missing-realserver",
+    "missing-virtual-service",
+    "tw-recycle-enabled",
+    "paws-rejects",
+    "tcpfin-timeout-long",
+    "timewait-heavy",
+    "conntrack-near-full",
+    "conn-reuse-mode",
+    "expire-nodest-conn-off",
+    "ipvs-timeout-below-keepalive",
+    "weight-zero-leftover",
+    "input-unparsed",
+    "check-failed",
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    id: str
+    severity: Severity
+    summary: str  # one line: what is wrong, with the names and numbers
+    explanation: str  # plain words: what goes wrong for the user's traffic
+    evidence: tuple[str, ...] = ()  # "file:line: text" the finding is based on
+    fix: tuple[str, ...] = ()  # exact commands; '#' lines are remarks
+    subject: str = field(default="", compare=False)  # what it is about (VIP, interface), for ordering
+
+    def sort_key(self) -> tuple[int, int, str]:
+        order = FINDING_IDS.index(self.id) if self.id in FINDING_IDS else len(FINDING_IDS)
+        return (-int(self.severity), order, self.subject)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "severity": str(self.severity),
+            "summary": self.summary,
+            "explanation": self.explanation,
+            "evidence": list(self.evidence),
+            "fix": list(self.fix),
+        }

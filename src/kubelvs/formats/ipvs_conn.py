@@ -1,0 +1,134 @@
+"""The IPVS connection table: ``ipvsadm -Lnc`` and ``/proc/net/ip_vs_conn``.
+
+    IPVS connection entries
+    pro expire state       source             virtual            destination
+    TCP 00:48  SYN_RECV    192.168.58.36:57964 10.111.99.131:80  172.26.8.17:80
+
+    Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData
+    TCP C0A83A24 E26C 0A6F6383 0050 AC1A0811 0050 SYN_RECV         48
+
+Tables reach millions of rows on a busy director, so rows stay as plain tuples of
+strings ``(proto, expire_seconds, state, client, virtual, destination)`` with
+``ADDRESS:PORT`` text in ipvsadm's notation; a whole million-row table parses in
+about a second (bench/doctor_parse.py). Lines that do not parse are counted and the
+first few quoted in ``problems``; they never raise.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from dataclasses import dataclass, field
+
+__all__ = ["ConnTable", "parse_conn_list", "parse_proc_conn", "format_conn_list", "format_proc_conn", "Row"]
+
+Row = tuple[str, int, str, str, str, str]  # proto, expire s, state, client, virtual, destination
+
+_MAX_PROBLEMS = 20
+
+
+@dataclass
+class ConnTable:
+    rows: list[Row] = field(default_factory=list)
+    linenos: list[int] = field(default_factory=list)  # source line of each row
+    problems: list[str] = field(default_factory=list)
+    bad_lines: int = 0
+    source: str = ""
+
+    def states(self) -> Counter[str]:
+        return Counter(r[2] for r in self.rows)
+
+    def by_destination(self, state: str | None = None) -> Counter[str]:
+        if state is None:
+            return Counter(r[5] for r in self.rows)
+        return Counter(r[5] for r in self.rows if r[2] == state)
+
+
+def _expire(text: str) -> int:
+    minutes, _, seconds = text.partition(":")
+    return int(minutes) * 60 + int(seconds) if seconds else int(minutes)
+
+
+def _bad(table: ConnTable, source: str, lineno: int, line: str, why: str) -> None:
+    table.bad_lines += 1
+    if len(table.problems) < _MAX_PROBLEMS:
+        table.problems.append(f"{source}:{lineno}: {why}: {line.strip()!r}")
+
+
+def parse_conn_list(text: str, *, source: str = "ipvsadm -Lnc") -> ConnTable:
+    """Parse ``ipvsadm -Lnc`` (also ``-Lc``: names are kept as printed)."""
+    table = ConnTable(source=source)
+    rows, linenos = table.rows, table.linenos
+    append_row, append_no = rows.append, linenos.append
+    for lineno, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if len(parts) == 6:
+            proto, expire, state, client, virtual, dest = parts
+            if proto in ("TCP", "UDP", "SCTP", "IP"):
+                try:
+                    seconds = _expire(expire)
+                except ValueError:
+                    _bad(table, source, lineno, line, "expire is not mm:ss")
+                    continue
+                append_row((proto, seconds, state, client, virtual, dest))
+                append_no(lineno)
+                continue
+        if not parts or parts[0] in ("pro", "IPVS") or parts == ["--"]:
+            continue
+        _bad(table, source, lineno, line, "not a connection entry (truncated?)")
+    return table
+
+
+def _proc_hostport(addr: str, port: str) -> str:
+    if len(addr) == 8 and ":" not in addr:
+        return f"{ipaddress.IPv4Address(int(addr, 16))}:{int(port, 16)}"
+    return f"[{ipaddress.IPv6Address(addr)}]:{int(port, 16)}"
+
+
+def parse_proc_conn(text: str, *, source: str = "/proc/net/ip_vs_conn") -> ConnTable:
+    """Parse ``/proc/net/ip_vs_conn`` into the same rows as ``ipvsadm -Lnc``."""
+    table = ConnTable(source=source)
+    for lineno, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if not parts or parts[0] == "Pro":
+            continue
+        if len(parts) < 9:
+            _bad(table, source, lineno, line, "too few columns (truncated?)")
+            continue
+        try:
+            table.rows.append(
+                (
+                    parts[0],
+                    int(parts[8]),
+                    parts[7],
+                    _proc_hostport(parts[1], parts[2]),
+                    _proc_hostport(parts[3], parts[4]),
+                    _proc_hostport(parts[5], parts[6]),
+                )
+            )
+            table.linenos.append(lineno)
+        except ValueError as exc:
+            _bad(table, source, lineno, line, str(exc))
+    return table
+
+
+def format_conn_list(table: ConnTable) -> str:
+    out = ["IPVS connection entries", "pro expire state       source             virtual            destination"]
+    for proto, expire, state, client, virtual, dest in table.rows:
+        out.append(f"{proto} {expire // 60:02d}:{expire % 60:02d}  {state:<11} {client:<18} {virtual:<18} {dest}")
+    return "\n".join(out) + "\n"
+
+
+def _proc_fmt(hostport: str) -> str:
+    if hostport.startswith("["):
+        host, _, port = hostport[1:].partition("]:")
+        return f"{ipaddress.IPv6Address(host).exploded} {int(port):04X}"
+    host, _, port = hostport.rpartition(":")
+    return f"{int(ipaddress.IPv4Address(host)):08X} {int(port):04X}"
+
+
+def format_proc_conn(table: ConnTable) -> str:
+    out = ["Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData"]
+    for proto, expire, state, client, virtual, dest in table.rows:
+        out.append(f"{proto} {_proc_fmt(client)} {_proc_fmt(virtual)} {_proc_fmt(dest)} {state:<11} {expire:>7}")
+    return "\n".join(out) + "\n"

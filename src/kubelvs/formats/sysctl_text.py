@@ -1,0 +1,71 @@
+"""``sysctl -a`` output and sysctl.conf files: ``name = value`` lines.
+
+``sysctl`` prints an interface name containing dots with slashes
+(``net.ipv4.conf.eth0/100.rp_filter`` is interface ``eth0.100``); ``conf_key``
+undoes that. Values are kept as text (some are several numbers separated by tabs);
+``int_value`` reads the first number. Comment lines, ``sysctl: permission denied``
+noise and lines without ``=`` are skipped and counted in ``problems``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Sysctls", "parse_sysctl", "format_sysctl", "conf_key"]
+
+
+@dataclass
+class Sysctls:
+    values: dict[str, str] = field(default_factory=dict)
+    lines: dict[str, tuple[int, str]] = field(default_factory=dict)  # name -> (line number, line)
+    problems: list[str] = field(default_factory=list)
+
+    def int_value(self, name: str) -> int | None:
+        text = self.values.get(name)
+        if text is None:
+            return None
+        try:
+            return int(text.split()[0])
+        except (ValueError, IndexError):
+            return None
+
+    def evidence(self, name: str, source: str = "sysctl.txt") -> str:
+        lineno, line = self.lines.get(name, (0, f"{name} = {self.values.get(name, '?')}"))
+        return f"{source}:{lineno}: {line}" if lineno else f"{source}: {line}"
+
+    def interfaces(self, family: str = "ipv4") -> list[str]:
+        """Interface names that have a ``net.<family>.conf.<iface>.*`` entry (not all/default)."""
+        prefix = f"net.{family}.conf."
+        names = {conf_key(n)[0] for n in self.values if n.startswith(prefix)}
+        return sorted(n for n in names if n and n not in ("all", "default"))
+
+
+def conf_key(name: str) -> tuple[str, str]:
+    """``net.ipv4.conf.eth0/100.rp_filter`` -> (``eth0.100``, ``rp_filter``); ("", "") if not a conf key."""
+    parts = name.split(".")
+    if len(parts) < 5 or parts[2] != "conf":
+        return "", ""
+    return ".".join(parts[3:-1]).replace("/", "."), parts[-1]
+
+
+def parse_sysctl(text: str, *, source: str = "sysctl -a") -> Sysctls:
+    out = Sysctls()
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip().rstrip("\r")
+        if not line or line.startswith(("#", ";")):
+            continue
+        name, sep, value = line.partition("=")
+        name = name.strip().lstrip("-")  # sysctl.conf: "-name = v" ignores errors
+        if not sep or not name or " " in name:
+            if len(out.problems) < 20:
+                out.problems.append(f"{source}:{lineno}: not 'name = value': {line!r}")
+            continue
+        if name.startswith(("net/", "kernel/", "fs/", "vm/")):  # slash form: dots are literal
+            name = ".".join(p.replace(".", "/") for p in name.split("/"))
+        out.values[name] = value.strip()
+        out.lines[name] = (lineno, line)
+    return out
+
+
+def format_sysctl(values: dict[str, str]) -> str:
+    return "".join(f"{name} = {value}\n" for name, value in values.items())

@@ -1,0 +1,1 @@
+"""Network-namespace labs: topology toolkit (netlab) and tiny servers (servers)."""

@@ -1,0 +1,198 @@
+"""A small network-namespace lab: hosts on one L2 segment, commands and servers in them.
+
+Every namespace is called ``<prefix>-<role>`` and the prefix must start with
+``kubelvs-`` (the project's rule: nothing outside our own namespaces is touched).
+The segment is a Linux bridge inside its own namespace (``<prefix>-sw``); each host
+gets one end of a veth pair, the other end is a bridge port.
+
+``Lab.teardown`` kills the processes the lab started (by PID), then whatever still
+runs inside its namespaces, then deletes the namespaces: also after a failure
+half-way through building. Use it as a context manager.
+
+Used by the scenario tests, the benchmarks and (later) ``kubelvs lab up|down``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+
+__all__ = ["Lab", "LabError", "Host", "Process", "NETNS_PREFIX"]
+
+NETNS_PREFIX = "kubelvs-"
+
+
+class LabError(Exception):
+    """A lab command failed; carries the command and its stderr."""
+
+
+@dataclass(frozen=True, slots=True)
+class Process:
+    """A background process started in a namespace."""
+
+    pid: int
+    netns: str
+    argv: tuple[str, ...]
+    popen: subprocess.Popen[bytes] = field(compare=False, repr=False)
+
+
+@dataclass(slots=True)
+class Host:
+    """A namespace attached to the segment through ``ifname``."""
+
+    netns: str
+    ifname: str
+    addresses: list[str]  # with prefix length, e.g. "10.0.0.2/24"
+    mac: str = ""
+
+    @property
+    def ip(self) -> str:
+        """The first address without its prefix length."""
+        return self.addresses[0].split("/")[0]
+
+
+def _check_name(name: str) -> None:
+    if not name.startswith(NETNS_PREFIX):
+        raise ValueError(f"namespace {name!r} must start with {NETNS_PREFIX!r}")
+    if len(name) > 200 or "/" in name:
+        raise ValueError(f"namespace name {name!r} is not usable")
+
+
+class Lab:
+    """Namespaces ``<prefix>-<role>`` on one bridge segment. Not thread-safe."""
+
+    def __init__(self, prefix: str) -> None:
+        _check_name(prefix)
+        self.prefix = prefix
+        self.namespaces: list[str] = []
+        self.processes: list[Process] = []
+        self.hosts: dict[str, Host] = {}
+        self._switch: str | None = None
+        self._ports = 0
+
+    # --------------------------------------------------------------- building
+
+    def namespace(self, role: str) -> str:
+        """Create ``<prefix>-<role>`` with ``lo`` up."""
+        name = f"{self.prefix}-{role}"
+        _check_name(name)
+        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+        self.namespaces.append(name)
+        self.run(name, "ip", "link", "set", "lo", "up")
+        return name
+
+    def switch(self) -> str:
+        """The segment's namespace (created on first use) holding bridge ``br0``."""
+        if self._switch is None:
+            self._switch = self.namespace("sw")
+            self.run(self._switch, "ip", "link", "add", "br0", "type", "bridge")
+            self.run(self._switch, "ip", "link", "set", "br0", "up")
+        return self._switch
+
+    def host(self, role: str, addresses: Sequence[str], *, ifname: str = "eth0") -> Host:
+        """A new namespace with ``ifname`` on the segment carrying ``addresses`` (CIDR form)."""
+        sw = self.switch()
+        ns = self.namespace(role)
+        self._ports += 1
+        port = f"p{self._ports}"
+        self.run(sw, "ip", "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns)
+        self.run(sw, "ip", "link", "set", port, "master", "br0", "up")
+        for address in addresses:
+            ipaddress.ip_interface(address)  # a clear error for a typo, before ip(8) sees it
+            self.run(ns, "ip", "addr", "add", address, "dev", ifname)
+        self.run(ns, "ip", "link", "set", ifname, "up")
+        (link,) = json.loads(self.run(ns, "ip", "-j", "link", "show", "dev", ifname).stdout)
+        host = Host(netns=ns, ifname=ifname, addresses=list(addresses), mac=str(link["address"]))
+        self.hosts[role] = host
+        return host
+
+    # --------------------------------------------------------------- running
+
+    def run(
+        self, netns: str, *argv: str, check: bool = True, timeout: float = 30, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` inside ``netns`` and wait for it."""
+        cmd = ["ip", "netns", "exec", netns, *argv]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, input=input)
+        if check and proc.returncode != 0:
+            raise LabError(f"{' '.join(argv)} (in {netns}) exited {proc.returncode}: {proc.stderr.strip()}")
+        return proc
+
+    def sysctl(self, netns: str, name: str, value: int | str) -> None:
+        self.run(netns, "sysctl", "-qw", f"{name}={value}")
+
+    def start(self, netns: str, *argv: str) -> Process:
+        """Start ``argv`` in the background inside ``netns``; stop it with ``stop``."""
+        popen = subprocess.Popen(
+            ["ip", "netns", "exec", netns, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        proc = Process(pid=popen.pid, netns=netns, argv=tuple(argv), popen=popen)
+        self.processes.append(proc)
+        return proc
+
+    def start_python(self, netns: str, module: str, *args: str) -> Process:
+        """``python -m module args`` with this interpreter, inside ``netns``."""
+        return self.start(netns, sys.executable, "-m", module, *args)
+
+    def stop(self, proc: Process, *, timeout: float = 3) -> None:
+        """Stop one process we started (SIGTERM, then SIGKILL), by its PID."""
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait(timeout)
+        if proc.popen.stderr is not None:
+            proc.popen.stderr.close()
+        if proc in self.processes:
+            self.processes.remove(proc)
+
+    def wait_listening(self, netns: str, port: int, *, udp: bool = False, timeout: float = 10) -> None:
+        """Wait until something in ``netns`` listens on ``port``."""
+        deadline = time.monotonic() + timeout
+        flag = "-lun" if udp else "-ltn"
+        while True:
+            out = self.run(netns, "ss", "-H", flag, f"sport = :{port}", check=False).stdout
+            if out.strip():
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"nothing listens on {'udp' if udp else 'tcp'} port {port} in {netns}")
+            time.sleep(0.05)
+
+    # --------------------------------------------------------------- teardown
+
+    def teardown(self) -> None:
+        """Remove everything the lab made. Safe to call twice and after partial setup."""
+        for proc in list(self.processes):
+            try:
+                self.stop(proc, timeout=2)
+            except (OSError, subprocess.SubprocessError):
+                pass
+        for name in reversed(self.namespaces):
+            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+            for pid in pids:  # children of ours that outlived their parent; only inside our namespace
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        self.namespaces.clear()
+        self.hosts.clear()
+        self._switch = None
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.teardown()

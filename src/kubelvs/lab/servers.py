@@ -1,0 +1,166 @@
+"""Tiny lab servers and a client that reports which server answered.
+
+    python -m kubelvs.lab.servers http --name rs1 --port 8080
+    python -m kubelvs.lab.servers udp  --name rs1 --port 5353
+    python -m kubelvs.lab.servers probe --target 10.0.0.200:80 --count 20 [--udp] [--source A,B]
+
+Both servers answer with one JSON object: ``{"server": NAME, "client": "ip:port",
+"local": "ip:port"}`` - who answered, the client address it saw (to tell NAT from
+SNAT), and the address it was reached on (the VIP in DR mode). The HTTP server keeps
+connections alive when asked to, so a test can hold an established connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import socket
+import struct
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+__all__ = ["Answer", "http_get", "udp_ask", "HttpConnection", "main"]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    server: str
+    client: str  # as the server saw it
+    local: str  # the address the server was reached on
+    source: str = ""  # the source address the client bound to ("" = kernel's choice)
+
+
+def _hostport(addr: tuple[str, int] | tuple[str, int, int, int]) -> str:
+    return f"{addr[0]}:{addr[1]}"
+
+
+# ---------------------------------------------------------------------- servers
+
+
+def serve_http(name: str, port: int, bind: str = "0.0.0.0") -> None:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive when the client asks for it
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            body = json.dumps(
+                {"server": name, "client": _hostport(self.client_address), "local": _hostport(self.connection.getsockname())}
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    with Server((bind, port), Handler) as server:
+        server.serve_forever()
+
+
+def serve_udp(name: str, port: int, bind: str = "0.0.0.0") -> None:
+    """Echo server that answers *from the address it was reached on* (IP_PKTINFO), as
+    DNS servers do: in DR mode that is the VIP on lo, not the interface's address."""
+    ip_pktinfo = getattr(socket, "IP_PKTINFO", 8)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IP, ip_pktinfo, 1)
+        sock.bind((bind, port))
+        while True:
+            data, ancdata, _flags, peer = sock.recvmsg(65535, socket.CMSG_SPACE(12))
+            local = ""
+            cmsgs = []
+            for level, kind, raw in ancdata:
+                if level == socket.IPPROTO_IP and kind == ip_pktinfo and len(raw) >= 12:
+                    _ifindex, _spec, dst = struct.unpack("=I4s4s", raw[:12])
+                    local = f"{socket.inet_ntoa(dst)}:{port}"
+                    # Reply with source = the destination we were reached on.
+                    cmsgs.append((socket.IPPROTO_IP, ip_pktinfo, struct.pack("=I4s4s", 0, dst, b"\0" * 4)))
+            reply = json.dumps({"server": name, "client": _hostport(peer), "local": local, "echo": data.decode(errors="replace")})
+            sock.sendmsg([reply.encode()], cmsgs, 0, peer)
+
+
+# ---------------------------------------------------------------------- clients
+
+
+def http_get(host: str, port: int, *, source: str = "", timeout: float = 3.0) -> Answer:
+    """One GET on a new connection."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout, source_address=(source, 0) if source else None)
+    try:
+        conn.request("GET", "/", headers={"Connection": "close"})
+        data = json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+    return Answer(data["server"], data["client"], data["local"], source)
+
+
+class HttpConnection:
+    """A kept-alive connection: every ``get`` reuses the same TCP connection."""
+
+    def __init__(self, host: str, port: int, *, timeout: float = 3.0) -> None:
+        self._conn = http.client.HTTPConnection(host, port, timeout=timeout)
+
+    def get(self) -> Answer:
+        self._conn.request("GET", "/")
+        data = json.loads(self._conn.getresponse().read())
+        return Answer(data["server"], data["client"], data["local"])
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def udp_ask(host: str, port: int, *, source: str = "", timeout: float = 2.0, payload: bytes = b"ping") -> Answer:
+    """One datagram from a new socket (a new source port: a new flow)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.bind((source, 0))
+        sock.sendto(payload, (host, port))
+        data, peer = sock.recvfrom(65535)
+    reply = json.loads(data)
+    return Answer(reply["server"], reply["client"], _hostport(peer), source)
+
+
+def probe(host: str, port: int, *, count: int, udp: bool = False, sources: Iterable[str] = ("",)) -> list[Answer]:
+    """``count`` requests from every source address, each on a new connection/flow."""
+    ask = udp_ask if udp else http_get
+    return [ask(host, port, source=src) for src in sources for _ in range(count)]
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kubelvs.lab.servers", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for kind in ("http", "udp"):
+        p = sub.add_parser(kind, help=f"run a {kind} server that answers with its name")
+        p.add_argument("--name", required=True)
+        p.add_argument("--port", type=int, required=True)
+        p.add_argument("--bind", default="0.0.0.0")
+    p = sub.add_parser("probe", help="send requests and print who answered, one JSON object per line")
+    p.add_argument("--target", required=True, help="HOST:PORT")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--udp", action="store_true")
+    p.add_argument("--source", default="", help="comma-separated source addresses to bind")
+    args = parser.parse_args(argv)
+    if args.command == "http":
+        serve_http(args.name, args.port, args.bind)
+    elif args.command == "udp":
+        serve_udp(args.name, args.port, args.bind)
+    else:
+        host, _, port = args.target.rpartition(":")
+        sources = args.source.split(",") if args.source else [""]
+        for answer in probe(host, int(port), count=args.count, udp=args.udp, sources=sources):
+            print(json.dumps({"server": answer.server, "client": answer.client, "local": answer.local, "source": answer.source}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

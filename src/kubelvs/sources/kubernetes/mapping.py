@@ -1,0 +1,358 @@
+"""Kubernetes objects -> the director's desired state (pure).
+
+One virtual service per (VIP, port, protocol) of every Service we serve:
+
+- VIPs: ``spec.externalIPs`` inside ``kubernetes.external_ip_cidrs`` (any other is
+  rejected with a Warning Event: CVE-2020-8554 is about exactly such addresses), and
+  for type LoadBalancer Services of our class the addresses IPAM assigned.
+- Real servers: the Ready, schedulable, not excluded nodes' addresses (the first of
+  ``node_address_types`` in the VIP's family). DR and TUN keep the Service port (the
+  node holds the VIP and its kube-proxy serves VIP:port as an external IP); NAT
+  rewrites to nodeIP:nodePort, so it needs a nodePort.
+- ``externalTrafficPolicy: Local``: only nodes with a ready endpoint, weighted by
+  their number of ready endpoints; a node left with only terminating (still serving)
+  endpoints gets weight 0: no new connections, established ones finish.
+- Session affinity ClientIP -> persistence with the Service's timeout.
+- A VIP:port claimed by two Services goes to the older one; the other gets an Event.
+
+``Mapper`` caches each Service's virtual services and recomputes only the Services
+whose inputs changed (its own object, its EndpointSlices, its addresses, the node set),
+so a burst of changes costs O(changed Services) plus one merge.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ...model import (
+    KNOWN_SCHEDULERS,
+    SCHED_FLAGS,
+    DesiredState,
+    Forward,
+    IPAddress,
+    RealServer,
+    ServiceKey,
+    VirtualService,
+)
+from ...model.validate import MAX_TIMEOUT, MAX_WEIGHT
+from . import annotations as ann
+from .ipam import IpamResult, allocate
+from .objects import EndpointSlice, EventSpec, Node, ObjectId, Service
+from .settings import KubeSettings
+
+__all__ = ["Snapshot", "MappingResult", "Mapper", "compute", "vips_for_node", "NodeTarget"]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the mapping reads: the current objects by (namespace, name)."""
+
+    services: Mapping[ObjectId, Service] = field(default_factory=dict)
+    slices: Mapping[ObjectId, EndpointSlice] = field(default_factory=dict)
+    nodes: Mapping[ObjectId, Node] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTarget:
+    name: str
+    v4: IPAddress | None
+    v6: IPAddress | None
+
+    def address(self, family: int) -> IPAddress | None:
+        return self.v4 if family == 4 else self.v6
+
+
+@dataclass(frozen=True, slots=True)
+class MappingResult:
+    desired: DesiredState
+    owners: Mapping[ServiceKey, ObjectId]  # which Service each virtual service serves
+    events: tuple[EventSpec, ...]
+    status: Mapping[ObjectId, tuple[str, ...]]  # status.loadBalancer.ingress to write (leader only)
+    node_vips: Mapping[str, frozenset[IPAddress]]  # node name -> VIPs it must hold (DR/TUN)
+    ipam: IpamResult
+
+    def names(self) -> dict[ServiceKey, str]:
+        return {k: s.name for k, s in self.desired.services.items()}
+
+
+def node_targets(nodes: Iterable[Node], settings: KubeSettings) -> tuple[NodeTarget, ...]:
+    """Eligible nodes with their address per family, sorted by name."""
+    out = []
+    for node in sorted(nodes, key=lambda n: n.name):
+        if not node.eligible:
+            continue
+        found: dict[int, IPAddress] = {}
+        for wanted in settings.node_address_types:
+            for type_, text in node.addresses:
+                if type_ != wanted:
+                    continue
+                try:
+                    ip = ipaddress.ip_address(text)
+                except ValueError:
+                    continue
+                found.setdefault(ip.version, ip)
+        if found:
+            out.append(NodeTarget(node.name, found.get(4), found.get(6)))
+    return tuple(out)
+
+
+def _event(svc: Service, reason: str, message: str, type_: str = "Warning") -> EventSpec:
+    return EventSpec(svc.namespace, svc.name, svc.uid, reason, message, type_)
+
+
+@dataclass(frozen=True, slots=True)
+class _Fragment:
+    services: tuple[VirtualService, ...]
+    events: tuple[EventSpec, ...]
+
+
+def service_vips(svc: Service, assigned: Sequence[IPAddress], settings: KubeSettings) -> tuple[list[IPAddress], list[EventSpec]]:
+    """The Service's VIPs: allowed externalIPs, then its assigned LoadBalancer addresses."""
+    vips: list[IPAddress] = []
+    events: list[EventSpec] = []
+    if svc.type == "ExternalName":
+        return vips, events
+    allowed = ", ".join(str(c) for c in settings.external_ip_cidrs) or "none"
+    for text in svc.external_ips:
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            events.append(_event(svc, "InvalidExternalIP", f"externalIPs: {text!r} is not an IP address"))
+            continue
+        if not settings.external_ip_allowed(ip):
+            events.append(
+                _event(
+                    svc,
+                    "ExternalIPNotAllowed",
+                    f"externalIP {ip} is outside the allowed ranges (kubernetes.external_ip_cidrs: {allowed}); "
+                    "not programmed (an arbitrary externalIP could capture another destination's traffic, CVE-2020-8554)",
+                )
+            )
+            continue
+        pool = next((p for p in settings.pools if ip in p), None)
+        if pool is not None:
+            events.append(
+                _event(
+                    svc,
+                    "ExternalIPInPool",
+                    f"externalIP {ip} is inside LoadBalancer pool {pool.name}, whose addresses only IPAM assigns; "
+                    f"not programmed (ask for it with type LoadBalancer and {ann.LOAD_BALANCER_IPS})",
+                )
+            )
+            continue
+        if ip not in vips:
+            vips.append(ip)
+    for ip in assigned:
+        if ip not in vips:
+            vips.append(ip)
+    return vips, events
+
+
+def service_fragment(
+    svc: Service,
+    vips: Sequence[IPAddress],
+    slices: Sequence[EndpointSlice],
+    targets: Sequence[NodeTarget],
+    settings: KubeSettings,
+) -> tuple[list[VirtualService], list[EventSpec]]:
+    """The virtual services of one Service (before conflicts between Services are resolved)."""
+    events: list[EventSpec] = []
+    if not vips or not svc.ports:
+        return [], events
+    forward_text = svc.annotation(ann.FORWARD)
+    scheduler = svc.annotation(ann.SCHEDULER) or settings.default_scheduler
+    flags_text = svc.annotation(ann.SCHEDULER_FLAGS) or ""
+    flags = frozenset(f.strip() for f in flags_text.split(",") if f.strip())
+    bad = []
+    if forward_text is not None and forward_text not in ("dr", "tun", "nat"):
+        bad.append(f"{ann.FORWARD}: {forward_text!r} is not dr, tun or nat")
+    if scheduler not in KNOWN_SCHEDULERS:
+        bad.append(f"{ann.SCHEDULER}: unknown IPVS scheduler {scheduler!r}")
+    elif flags - SCHED_FLAGS.get(scheduler, frozenset()):
+        bad.append(
+            f"{ann.SCHEDULER_FLAGS}: {', '.join(sorted(flags - SCHED_FLAGS.get(scheduler, frozenset())))} "
+            f"not valid with scheduler {scheduler}"
+        )
+    if bad:
+        events.append(_event(svc, "InvalidAnnotation", "; ".join(bad) + "; the Service is not programmed"))
+        return [], events
+    forward = Forward(forward_text) if forward_text else settings.default_forward
+    persistence = min(svc.affinity_timeout, MAX_TIMEOUT)
+
+    out: list[VirtualService] = []
+    for port in svc.ports:
+        if forward is Forward.NAT and not port.node_port:
+            events.append(
+                _event(
+                    svc,
+                    "NATNeedsNodePort",
+                    f"port {port.name or port.port}: forward nat sends to nodeIP:nodePort, and this port has no nodePort; "
+                    "not programmed",
+                )
+            )
+            continue
+        rs_port = port.node_port if forward is Forward.NAT else port.port
+        assert rs_port is not None
+        for vip in vips:
+            weights = _weights(svc, port.name, vip.version, slices, targets)
+            realservers = []
+            for target, weight in weights:
+                address = target.address(vip.version)
+                assert address is not None
+                realservers.append(RealServer(address, rs_port, weight, forward))
+            key = ServiceKey(vip.version, port.protocol, vip, port.port)
+            out.append(
+                VirtualService(
+                    key=key,
+                    scheduler=scheduler,
+                    persistence=persistence,
+                    flags=flags,
+                    name=f"{svc.namespace}/{svc.name}:{port.name or port.port}",
+                ).with_realservers(realservers)
+            )
+    return out, events
+
+
+def _weights(
+    svc: Service, port_name: str, family: int, slices: Sequence[EndpointSlice], targets: Sequence[NodeTarget]
+) -> list[tuple[NodeTarget, int]]:
+    usable = [t for t in targets if t.address(family) is not None]
+    if not svc.local_traffic:
+        return [(t, 1) for t in usable]
+    ready: dict[str, int] = {}
+    terminating: dict[str, int] = {}
+    address_type = f"IPv{family}"
+    for sl in slices:
+        if sl.address_type != address_type:
+            continue  # dual-stack Services have a slice per family: count each pod once
+        if sl.port_names is not None and port_name not in sl.port_names:
+            continue
+        for ep in sl.endpoints:
+            if not ep.node_name:
+                continue
+            if ep.ready and not ep.terminating:
+                ready[ep.node_name] = ready.get(ep.node_name, 0) + 1
+            elif ep.serving and ep.terminating:
+                terminating[ep.node_name] = terminating.get(ep.node_name, 0) + 1
+    out = []
+    for t in usable:
+        if ready.get(t.name):
+            out.append((t, min(ready[t.name], MAX_WEIGHT)))
+        elif terminating.get(t.name):
+            out.append((t, 0))  # weight 0: established connections finish, new ones go elsewhere
+    return out
+
+
+class Mapper:
+    """Maps snapshots to desired states, recomputing only the Services whose inputs changed."""
+
+    def __init__(self, settings: KubeSettings) -> None:
+        self.settings = settings
+        self._cache: dict[ObjectId, tuple[tuple[object, ...], _Fragment]] = {}
+        self._targets: tuple[NodeTarget, ...] = ()
+        self.recomputed = 0  # Services recomputed by the last ``map`` call (for tests and the benchmark)
+
+    def map(self, snap: Snapshot) -> MappingResult:
+        settings = self.settings
+        ipam = allocate(snap.services.values(), settings)
+        targets = node_targets(snap.nodes.values(), settings)
+        if targets != self._targets:
+            self._cache.clear()  # the node set changed: every Service's real servers may change
+            self._targets = targets
+        by_service: dict[ObjectId, list[EndpointSlice]] = {}
+        for sl in snap.slices.values():
+            if sl.service_name:
+                by_service.setdefault((sl.namespace, sl.service_name), []).append(sl)
+
+        fragments: list[tuple[Service, _Fragment]] = []
+        events: list[EventSpec] = list(ipam.events)
+        recomputed = 0
+        for sid in list(self._cache):
+            if sid not in snap.services:
+                del self._cache[sid]
+        for sid, svc in snap.services.items():
+            slices = sorted(by_service.get(sid, ()), key=lambda s: s.name)
+            assigned = ipam.assigned.get(sid, ())
+            inputs = (svc, assigned, tuple(slices) if svc.local_traffic else ())
+            cached = self._cache.get(sid)
+            if cached is not None and _same(cached[0], inputs):
+                frag = cached[1]
+            else:
+                recomputed += 1
+                vips, ev1 = service_vips(svc, assigned, settings)
+                vss, ev2 = service_fragment(svc, vips, slices, targets, settings)
+                frag = _Fragment(tuple(vss), tuple(ev1 + ev2))
+                self._cache[sid] = (inputs, frag)
+            fragments.append((svc, frag))
+            events += frag.events
+        self.recomputed = recomputed
+        services, owners, conflict_events = _resolve(fragments, settings)
+        events += conflict_events
+        node_vips = _node_vips(services, targets)
+        desired = DesiredState(services=services, ownership=settings.ownership)
+        return MappingResult(
+            desired=desired, owners=owners, events=tuple(events), status=ipam.status, node_vips=node_vips, ipam=ipam
+        )
+
+
+def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    # Objects are replaced, never mutated: identity first, equality as the fallback.
+    return all(x is y or x == y for x, y in zip(a, b, strict=True))
+
+
+def _resolve(
+    fragments: list[tuple[Service, _Fragment]], settings: KubeSettings
+) -> tuple[dict[ServiceKey, VirtualService], dict[ServiceKey, ObjectId], list[EventSpec]]:
+    services: dict[ServiceKey, VirtualService] = {}
+    owners: dict[ServiceKey, Service] = {}
+    events: list[EventSpec] = []
+    ownership = settings.ownership
+    for svc, frag in sorted(fragments, key=lambda f: f[0].age_key):
+        for vs in frag.services:
+            if not ownership.owns(vs.key):
+                # Pools and external_ip_cidrs are checked to lie inside owned_cidrs, so
+                # this is a safety net: nothing outside the owned ranges is programmed.
+                events.append(_event(svc, "VIPNotOwned", f"{vs.key} is outside owned_cidrs; not programmed"))
+                continue
+            holder = owners.get(vs.key)
+            if holder is None:
+                services[vs.key] = vs
+                owners[vs.key] = svc
+            elif holder.id != svc.id:
+                events.append(
+                    _event(
+                        svc,
+                        "VIPPortConflict",
+                        f"{vs.key} is already served for Service {holder.ref}, created earlier "
+                        f"({holder.created}); this port is not programmed",
+                    )
+                )
+    return services, {k: v.id for k, v in owners.items()}, events
+
+
+def _node_vips(services: Mapping[ServiceKey, VirtualService], targets: Sequence[NodeTarget]) -> dict[str, frozenset[IPAddress]]:
+    by_address: dict[IPAddress, str] = {}
+    for t in targets:
+        for a in (t.v4, t.v6):
+            if a is not None:
+                by_address[a] = t.name
+    out: dict[str, set[IPAddress]] = {}
+    for key, vs in services.items():
+        assert key.address is not None
+        for rs in vs.realservers:
+            if rs.forward in (Forward.DR, Forward.TUN) and rs.address in by_address:
+                out.setdefault(by_address[rs.address], set()).add(key.address)
+    return {name: frozenset(v) for name, v in out.items()}
+
+
+def compute(snap: Snapshot, settings: KubeSettings) -> MappingResult:
+    """The desired state of ``snap`` (no cache)."""
+    return Mapper(settings).map(snap)
+
+
+def vips_for_node(result: MappingResult, node_name: str) -> frozenset[IPAddress]:
+    """The VIPs node ``node_name`` must hold (on lo, with arp_ignore=1/arp_announce=2) to
+    serve its DR and TUN real servers; empty for a node that is no real server."""
+    return result.node_vips.get(node_name, frozenset())

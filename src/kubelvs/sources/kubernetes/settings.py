@@ -1,0 +1,211 @@
+"""The ``kubernetes:`` section of the config file, typed and validated.
+
+The core config passes the section through raw (``Config.kubernetes``); this module
+checks its shape with pydantic and the cross-field rules (pools and allowed external
+IP ranges inside ``owned_cidrs``, pools that do not overlap) itself. Every problem
+comes out as a FieldError with the YAML path, e.g.
+``kubernetes.lb_pools[0].cidrs[1]: '10.1.0.0/33' is not a network``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ...errors import ConfigError, FieldError
+from ...model import KNOWN_SCHEDULERS, Forward, IPNetwork, Ownership
+
+__all__ = ["KubernetesSpec", "PoolSpec", "Pool", "KubeSettings", "parse_kubernetes", "ANNOTATION_PREFIX"]
+
+#: Every annotation kubelvs reads starts with this (documented in docs/kubernetes.md).
+ANNOTATION_PREFIX = "kubelvs.io/"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PoolSpec(_Strict):
+    name: str
+    cidrs: list[str]
+    auto_assign: bool = True  # False: only Services that name the pool (or request an IP in it) get its addresses
+
+
+class LeaderSpec(_Strict):
+    enabled: bool = True
+    namespace: str = "kube-system"
+    name: str = "kubelvs-director"
+    lease_seconds: int = Field(default=15, ge=2)
+    renew_seconds: float = Field(default=5.0, gt=0)
+
+
+class KubernetesSpec(_Strict):
+    external_ip_cidrs: list[str] = Field(default_factory=list)
+    lb_pools: list[PoolSpec] = Field(default_factory=list)
+    load_balancer_class: str = "kubelvs.io/lvs"
+    manage_unclassed: bool = True  # also serve type LoadBalancer Services without loadBalancerClass
+    default_forward: Literal["dr", "tun", "nat"] = "dr"
+    default_scheduler: str = "mh"
+    node_address_types: list[str] = Field(default_factory=lambda: ["InternalIP", "ExternalIP"])
+    coalesce_ms: int = Field(default=100, ge=0, le=60_000)
+    resync_seconds: float = Field(default=60.0, gt=0)  # full kernel sync
+    relist_seconds: float = Field(default=900.0, gt=0)  # full re-list of the API objects
+    watch_timeout_seconds: int = Field(default=300, ge=1)
+    backoff_max_seconds: float = Field(default=30.0, gt=0)
+    leader: LeaderSpec = LeaderSpec()
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    name: str
+    cidrs: tuple[IPNetwork, ...]
+    auto_assign: bool = True
+
+    def __contains__(self, address: object) -> bool:
+        return any(address in net for net in self.cidrs)
+
+    def size(self) -> int:
+        return sum(_usable(net) for net in self.cidrs)
+
+
+@dataclass(frozen=True, slots=True)
+class KubeSettings:
+    """The validated section. ``ownership`` comes from the top-level ``owned_cidrs``."""
+
+    ownership: Ownership
+    external_ip_cidrs: tuple[IPNetwork, ...] = ()
+    pools: tuple[Pool, ...] = ()
+    load_balancer_class: str = "kubelvs.io/lvs"
+    manage_unclassed: bool = True
+    default_forward: Forward = Forward.DR
+    default_scheduler: str = "mh"
+    node_address_types: tuple[str, ...] = ("InternalIP", "ExternalIP")
+    coalesce_seconds: float = 0.1
+    resync_seconds: float = 60.0
+    relist_seconds: float = 900.0
+    watch_timeout_seconds: int = 300
+    backoff_max_seconds: float = 30.0
+    leader_enabled: bool = True
+    leader_namespace: str = "kube-system"
+    leader_name: str = "kubelvs-director"
+    lease_seconds: int = 15
+    renew_seconds: float = 5.0
+
+    def external_ip_allowed(self, address: object) -> bool:
+        return any(address in net for net in self.external_ip_cidrs)
+
+    def pool(self, name: str) -> Pool | None:
+        return next((p for p in self.pools if p.name == name), None)
+
+
+def _usable(net: IPNetwork) -> int:
+    # As ``hosts()`` counts them: IPv4 /30 and wider lose the network and broadcast
+    # addresses, IPv6 /126 and wider the subnet-router anycast address.
+    if net.version == 4 and net.prefixlen < 31:
+        return net.num_addresses - 2
+    if net.version == 6 and net.prefixlen < 127:
+        return net.num_addresses - 1
+    return net.num_addresses
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    out = "kubernetes"
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _net(text: str, where: str, errors: list[FieldError]) -> IPNetwork | None:
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        errors.append(FieldError(where, f"{text!r} is not a network ({exc})"))
+        return None
+
+
+def parse_kubernetes(data: Any, ownership: Ownership) -> KubeSettings:
+    """Validate the raw ``kubernetes:`` mapping; raise ConfigError listing every problem."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([FieldError("kubernetes", f"must be a mapping of keys, got {type(data).__name__}")])
+    try:
+        spec = KubernetesSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([FieldError(_path(e["loc"]), e["msg"]) for e in exc.errors()]) from None
+
+    errors: list[FieldError] = []
+    owned = ", ".join(str(c) for c in ownership.cidrs) or "none"
+
+    def inside_owned(net: IPNetwork, where: str) -> None:
+        if not any(net.version == o.version and net.subnet_of(o) for o in ownership.cidrs):  # type: ignore[arg-type]
+            errors.append(FieldError(where, f"{net} is not inside owned_cidrs ({owned}); kubelvs only programs VIPs it owns"))
+
+    ext: list[IPNetwork] = []
+    for i, text in enumerate(spec.external_ip_cidrs):
+        where = f"kubernetes.external_ip_cidrs[{i}]"
+        net = _net(text, where, errors)
+        if net is not None:
+            inside_owned(net, where)
+            ext.append(net)
+
+    pools: list[Pool] = []
+    seen_names: set[str] = set()
+    taken: list[tuple[IPNetwork, str]] = []
+    for i, p in enumerate(spec.lb_pools):
+        where = f"kubernetes.lb_pools[{i}]"
+        if not p.name:
+            errors.append(FieldError(f"{where}.name", "must not be empty"))
+        elif p.name in seen_names:
+            errors.append(FieldError(f"{where}.name", f"duplicate pool name {p.name!r}"))
+        seen_names.add(p.name)
+        if not p.cidrs:
+            errors.append(FieldError(f"{where}.cidrs", "a pool needs at least one network"))
+        nets: list[IPNetwork] = []
+        for j, text in enumerate(p.cidrs):
+            at = f"{where}.cidrs[{j}]"
+            net = _net(text, at, errors)
+            if net is None:
+                continue
+            inside_owned(net, at)
+            for other, other_at in taken:
+                if other.version == net.version and net.overlaps(other):  # type: ignore[arg-type]
+                    errors.append(FieldError(at, f"{net} overlaps {other} of {other_at}"))
+            # A pool may lie inside external_ip_cidrs (the issue's own example does); the
+            # mapping then refuses externalIPs inside a pool, so IPAM alone hands them out.
+            taken.append((net, at))
+            nets.append(net)
+        pools.append(Pool(p.name, tuple(nets), p.auto_assign))
+
+    if spec.default_scheduler not in KNOWN_SCHEDULERS:
+        errors.append(
+            FieldError("kubernetes.default_scheduler", f"unknown IPVS scheduler {spec.default_scheduler!r}")
+        )
+    if not spec.node_address_types:
+        errors.append(FieldError("kubernetes.node_address_types", "needs at least one address type (e.g. InternalIP)"))
+    if errors:
+        raise ConfigError(errors)
+    return KubeSettings(
+        ownership=ownership,
+        external_ip_cidrs=tuple(ext),
+        pools=tuple(pools),
+        load_balancer_class=spec.load_balancer_class,
+        manage_unclassed=spec.manage_unclassed,
+        default_forward=Forward(spec.default_forward),
+        default_scheduler=spec.default_scheduler,
+        node_address_types=tuple(spec.node_address_types),
+        coalesce_seconds=spec.coalesce_ms / 1000,
+        resync_seconds=spec.resync_seconds,
+        relist_seconds=spec.relist_seconds,
+        watch_timeout_seconds=spec.watch_timeout_seconds,
+        backoff_max_seconds=spec.backoff_max_seconds,
+        leader_enabled=spec.leader.enabled,
+        leader_namespace=spec.leader.namespace,
+        leader_name=spec.leader.name,
+        lease_seconds=spec.leader.lease_seconds,
+        renew_seconds=spec.leader.renew_seconds,
+    )

@@ -1,0 +1,205 @@
+"""One behaviour suite for every data plane.
+
+The same tests run against nftables on the machine's kernel (tier 1) and against
+IPVS in the VM (``kernel_ipvs``, tier 2): the ``backend_name`` parameter carries
+the tier's marker, so ``-m "not kernel_ipvs"`` runs the nftables half and
+``-m kernel_ipvs`` the IPVS half.
+
+Topology (one bridge segment, namespaces ``kubelvs-t<token>-<role>``)::
+
+    client  10.0.0.10/24 (+ 10.0.0.101-140 as extra sources)
+    director 10.0.0.2/24, 10.1.0.1/24, VIP 10.0.0.200/32
+    DR:  rs1..rs3 10.0.0.11-13/24, VIP on lo, arp_ignore=1, arp_announce=2
+    NAT: rs1..rs3 10.1.0.11-13/24, default route via the director (return path)
+
+HTTP servers listen on 80 (DR: the port cannot change) or 8080 (NAT: the service
+port 80 maps to it), UDP echo on 5353.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from kubelvs.backends import Backend
+from kubelvs.backends.base import open_backend
+from kubelvs.kernel.netns import entered
+from kubelvs.lab.netlab import Host, Lab
+from kubelvs.lab.servers import Answer, HttpConnection, probe
+from kubelvs.model import (
+    DesiredState,
+    Forward,
+    Ownership,
+    Protocol,
+    RealServer,
+    ServiceKey,
+    Timeouts,
+    VirtualService,
+)
+from kubelvs.planner import plan
+from kubelvs.roles.director import Director
+
+VIP = "10.0.0.200"
+CLIENT_SOURCES = [f"10.0.0.{i}" for i in range(101, 141)]
+HTTP_PORT = {Forward.DR: 80, Forward.NAT: 8080}
+UDP_PORT = 5353
+
+BACKENDS = [
+    pytest.param("nftables", marks=pytest.mark.netns, id="nftables"),
+    pytest.param("ipvs", marks=pytest.mark.kernel_ipvs, id="ipvs"),
+]
+
+
+@dataclass
+class Env:
+    """A built topology for one backend and one forwarding mode."""
+
+    lab: Lab
+    backend_name: str
+    mode: Forward
+    backend: Backend
+    director: Host
+    client: Host
+    realservers: list[Host]
+    names: dict[str, str] = field(default_factory=dict)  # real server IP -> server name
+
+    @property
+    def http_key(self) -> ServiceKey:
+        return ServiceKey(4, Protocol.TCP, ipaddress.ip_address(VIP), 80)
+
+    @property
+    def udp_key(self) -> ServiceKey:
+        return ServiceKey(4, Protocol.UDP, ipaddress.ip_address(VIP), UDP_PORT)
+
+    def rs_ip(self, index: int) -> str:
+        return self.realservers[index].ip
+
+    def service(
+        self,
+        scheduler: str,
+        weights: Sequence[int],
+        *,
+        udp: bool = False,
+        flags: frozenset[str] = frozenset(),
+    ) -> VirtualService:
+        """The HTTP (or UDP) service over the first ``len(weights)`` real servers."""
+        key = self.udp_key if udp else self.http_key
+        port = UDP_PORT if udp else HTTP_PORT[self.mode]
+        rss = [
+            RealServer(ipaddress.ip_address(self.rs_ip(i)), port, w, self.mode) for i, w in enumerate(weights)
+        ]
+        return VirtualService(key=key, scheduler=scheduler, flags=flags).with_realservers(rss)
+
+    def sync(self, *services: VirtualService, timeouts: Timeouts | None = None) -> DesiredState:
+        """Converge the director to exactly ``services``; assert the kernel reads back as desired."""
+        desired = DesiredState(
+            services={s.key: s for s in services},
+            timeouts=timeouts,
+            ownership=Ownership(cidrs=(ipaddress.ip_network("10.0.0.0/24"),)),
+        )
+        Director(self.backend).sync(desired)
+        after = self.backend.read()
+        assert plan(desired, after).ops == (), "the kernel does not read back as the desired state"
+        return desired
+
+    def ask(self, count: int, *, udp: bool = False, sources: Sequence[str] = ("",)) -> list[Answer]:
+        port = UDP_PORT if udp else 80
+        with entered(self.client.netns):
+            return probe(VIP, port, count=count, udp=udp, sources=sources)
+
+    def keepalive(self) -> HttpConnection:
+        with entered(self.client.netns):
+            conn = HttpConnection(VIP, 80)
+            conn.get()  # connects inside the client's namespace
+        return conn
+
+    @staticmethod
+    def tally(answers: Sequence[Answer]) -> Counter[str]:
+        return Counter(a.server for a in answers)
+
+
+def _build(lab: Lab, backend_name: str, mode: Forward) -> Env:
+    client = lab.host("cl", ["10.0.0.10/24"] + [f"{a}/24" for a in CLIENT_SOURCES])
+    director = lab.host("dir", ["10.0.0.2/24", "10.1.0.1/24", f"{VIP}/32"])
+    for name, value in [
+        ("net.ipv4.ip_forward", 1),
+        ("net.ipv4.conf.all.send_redirects", 0),
+        ("net.ipv4.conf.eth0.send_redirects", 0),
+    ]:
+        lab.sysctl(director.netns, name, value)
+    realservers = []
+    names = {}
+    for i in range(3):
+        role = f"rs{i + 1}"
+        if mode is Forward.DR:
+            rs = lab.host(role, [f"10.0.0.{11 + i}/24"])
+            lab.run(rs.netns, "ip", "addr", "add", f"{VIP}/32", "dev", "lo")
+            for conf in ("all", "eth0"):
+                lab.sysctl(rs.netns, f"net.ipv4.conf.{conf}.arp_ignore", 1)
+                lab.sysctl(rs.netns, f"net.ipv4.conf.{conf}.arp_announce", 2)
+        else:
+            rs = lab.host(role, [f"10.1.0.{11 + i}/24"])
+            lab.run(rs.netns, "ip", "route", "add", "default", "via", "10.1.0.1")
+        lab.start_python(rs.netns, "kubelvs.lab.servers", "http", "--name", role, "--port", str(HTTP_PORT[mode]))
+        lab.start_python(rs.netns, "kubelvs.lab.servers", "udp", "--name", role, "--port", str(UDP_PORT))
+        realservers.append(rs)
+        names[rs.ip] = role
+    for rs in realservers:
+        lab.wait_listening(rs.netns, HTTP_PORT[mode])
+        lab.wait_listening(rs.netns, UDP_PORT, udp=True)
+    backend = open_backend(backend_name, netns=director.netns)  # type: ignore[arg-type]
+    return Env(lab, backend_name, mode, backend, director, client, realservers, names)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    name: str = request.param
+    return name
+
+
+@pytest.fixture(scope="module")
+def envs(backend_name: str) -> Iterator[dict[Forward, Env]]:
+    """Lazily built topologies, one per forwarding mode, torn down after the module."""
+    labs: list[Lab] = []
+    built: dict[Forward, Env] = {}
+
+    class Lazy(dict[Forward, Env]):
+        def __missing__(self, mode: Forward) -> Env:
+            lab = Lab(f"kubelvs-t{secrets.token_hex(3)}")
+            labs.append(lab)
+            env = _build(lab, backend_name, mode)
+            built[mode] = env
+            self[mode] = env
+            return env
+
+    try:
+        yield Lazy()
+    finally:
+        for env in built.values():
+            env.backend.close()
+        for lab in labs:
+            lab.teardown()
+
+
+@pytest.fixture(params=[Forward.DR, Forward.NAT], ids=["dr", "nat"])
+def env(request: pytest.FixtureRequest, envs: dict[Forward, Env]) -> Env:
+    e: Env = envs[request.param]
+    return e
+
+
+@pytest.fixture
+def nat_env(envs: dict[Forward, Env]) -> Env:
+    return envs[Forward.NAT]
+
+
+@pytest.fixture
+def dr_env(envs: dict[Forward, Env]) -> Env:
+    return envs[Forward.DR]
