@@ -29,7 +29,7 @@ test-vm: setup
 	scripts/vm-run -- $(PY) -m pytest -q -m kernel_ipvs -p no:cacheprovider tests
 
 demo: setup
-	scripts/vm-run -- $(PY) -m kubelvs.demo_vm
+	scripts/vm-run -- scripts/demo-ipvs
 
 bench: setup
 	scripts/vm-run -- $(PY) bench/ipvs_sync.py --out bench/results

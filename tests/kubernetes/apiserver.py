@@ -62,6 +62,7 @@ class FakeApiServer:
         self.events: list[Obj] = []
         self.status_patches: list[tuple[str, str, Obj]] = []
         self.requests: list[tuple[str, str]] = []  # (method, path?query)
+        self.authorization: set[str] = set()  # Authorization headers seen
         self._fail: list[int] = []
         self._watchers: set[asyncio.Queue[tuple[str, str, Obj] | None]] = set()
         self._responses: set[web.StreamResponse] = set()
@@ -154,6 +155,8 @@ class FakeApiServer:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs))
+        if "Authorization" in request.headers:
+            self.authorization.add(request.headers["Authorization"])
         if self._fail:
             code = self._fail.pop(0)
             return web.json_response(status(code, "InternalError", "injected failure"), status=code)

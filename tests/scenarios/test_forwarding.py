@@ -77,8 +77,10 @@ def test_mh_is_sticky_and_removing_a_realserver_moves_only_its_flows(env: Env) -
     env.sync(env.service("mh", [1, 1]))  # rs3 removed
     after = _assignment(env)
     moved = [src for src in CLIENT_SOURCES if before[src] != after[src]]
-    assert all(before[src] == "rs3" for src in moved), "a flow of a remaining real server moved"
-    assert sorted(moved) == sorted(src for src in CLIENT_SOURCES if before[src] == "rs3")
+    collateral = [src for src in moved if before[src] != "rs3"]
+    # Maglev moves a few percent of the other servers' flows too (IPVS mh as well).
+    assert len(collateral) <= 0.05 * len(CLIENT_SOURCES), (collateral, before, after)
+    assert {src for src in CLIENT_SOURCES if before[src] == "rs3"} <= set(moved)
     assert "rs3" not in after.values()
 
 

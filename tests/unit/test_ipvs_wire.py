@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 
+from kubelvs.backends.ipvs import decode as dec
 from kubelvs.backends.ipvs import wire
 from kubelvs.model import Forward, RealServer, Timeouts, VirtualService
 
 from ..strategies import services
 
 
-def decode(cmd: wire.Cmd, attrs: bytes) -> wire.IpvsMessage:
-    msg = wire.IpvsMessage(wire.encode_request(0x1F, cmd, attrs, flags=wire.NLM_F_REQUEST, seq=42))
-    msg.decode()
+def decode(cmd: wire.Cmd, attrs: bytes) -> dec.IpvsMessage:
+    msg = dec.decode(wire.encode_request(0x1F, cmd, attrs, flags=wire.NLM_F_REQUEST, seq=42))
     assert msg["header"]["sequence_number"] == 42 and msg["cmd"] == cmd
     return msg
 
@@ -22,7 +22,7 @@ def decode(cmd: wire.Cmd, attrs: bytes) -> wire.IpvsMessage:
 @given(services())
 def test_service_round_trips_through_pyroute2(svc: VirtualService) -> None:
     msg = decode(wire.Cmd.NEW_SERVICE, wire.service_attrs(svc))
-    assert wire.decode_service(msg) == svc.with_realservers(())
+    assert dec.decode_service(msg) == svc.with_realservers(())
 
 
 @settings(max_examples=300)
@@ -30,14 +30,16 @@ def test_service_round_trips_through_pyroute2(svc: VirtualService) -> None:
 def test_dest_round_trips_through_pyroute2(svc: VirtualService) -> None:
     for rs in svc.realservers:
         msg = decode(wire.Cmd.NEW_DEST, wire.service_key_attrs(svc.key) + wire.dest_attrs(rs))
-        decoded, _stats = wire.decode_dest(msg)
+        decoded, _stats = dec.decode_dest(msg)
         assert decoded == rs
-        assert wire.decode_service_key(msg) == svc.key
+        assert dec.decode_service_key(msg) == svc.key
 
 
 def test_timeouts_round_trip() -> None:
-    msg = decode(wire.Cmd.SET_CONFIG, wire.config_attrs(Timeouts(900, 30, 300)))
-    assert wire.decode_timeouts(msg) == Timeouts(900, 30, 300)
+    raw = wire.encode_request(0x1F, wire.Cmd.SET_CONFIG, wire.config_attrs(Timeouts(900, 30, 300)), flags=1, seq=1)
+    msg = dec.decode(raw)
+    assert [msg.get_attr(f"IPVS_CMD_ATTR_TIMEOUT_{n}") for n in ("TCP", "TCP_FIN", "UDP")] == [900, 30, 300]
+    assert wire.parse_config_reply(raw) == Timeouts(900, 30, 300)
 
 
 def test_forward_codes_match_ip_vs_h() -> None:

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-import yaml
+import yaml_rs
 
 from ..backends import Backend, open_backend
 from ..errors import BackendUnavailable, ConfigError, KubelvsError
@@ -215,7 +215,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     doc["services"] = [_service_yaml(s) for s in services]
     # Check that what we print is a valid config before printing it.
     to_desired(parse_config(doc, source="imported config"))
-    yaml.safe_dump(doc, sys.stdout, sort_keys=False)
+    sys.stdout.write(yaml_rs.dumps(doc))
     return exit_codes.OK
 
 

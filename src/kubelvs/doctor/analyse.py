@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..model import Forward
 from . import checks_dr, checks_ipvs, checks_kernel
@@ -51,15 +51,17 @@ def _guarded(name: str, run: Callable[[], Iterable[Finding]]) -> Iterator[Findin
         )
 
 
-def analyse(bundle: Bundle, *, dr_vips: Iterable[str] = ()) -> list[Finding]:
+def analyse(bundle: Bundle, *, dr_vips: Iterable[str] = (),
+            remote: Mapping[str, Sequence[Finding]] | None = None) -> list[Finding]:
     """Every finding for one host, errors first. ``dr_vips``: VIPs a director sends to this
-    host in DR/TUN mode (from ``analyse_site``)."""
+    host in DR/TUN mode; ``remote``: findings of the hosts owning real-server addresses,
+    by address (both from ``analyse_site``)."""
     findings: list[Finding] = []
     for check in CHECKS:
         findings.extend(_guarded(check.__name__, lambda c=check: c(bundle)))  # type: ignore[misc]
     vips = tuple(dr_vips)
     findings.extend(_guarded("check_dr_realserver", lambda: checks_dr.check_dr_realserver(bundle, dr_vips=vips)))
-    syn = list(_guarded("check_syn_recv", lambda: checks_dr.check_syn_recv(bundle, findings)))
+    syn = list(_guarded("check_syn_recv", lambda: checks_dr.check_syn_recv(bundle, findings, remote=remote or {})))
     if any(f.id == "syn-recv-stuck" for f in syn):
         # A cause of connections hanging right now is breaking traffic: raise it to error.
         findings = [dataclasses.replace(f, severity=Severity.ERROR) if f.id in _SYN_CAUSES else f for f in findings]
@@ -103,4 +105,10 @@ def analyse_site(bundles: Mapping[str, Bundle]) -> dict[str, list[Finding]]:
                 if rs.forward in (Forward.DR, Forward.TUN) and host is not None and host != name:
                     if str(svc.key.address) not in vips[host]:
                         vips[host].append(str(svc.key.address))
-    return {name: analyse(b, dr_vips=vips[name]) for name, b in bundles.items()}
+    # Real-server hosts first, so a director's SYN_RECV diagnosis can name their problems.
+    results: dict[str, list[Finding]] = {}
+    order = sorted(bundles, key=lambda n: bool(bundles[n].services))
+    for name in order:
+        remote = {str(a): results[h] for a, h in owner.items() if h != name and h in results}
+        results[name] = analyse(bundles[name], dr_vips=vips[name], remote=remote)
+    return {name: results[name] for name in bundles}

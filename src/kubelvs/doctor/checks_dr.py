@@ -4,7 +4,7 @@ SYN_RECV diagnosis that draws on every other check."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from ..formats.iproute import Address, Interface
 from ..model import Forward
@@ -42,10 +42,12 @@ def l2_interfaces(bundle: Bundle) -> list[Interface]:
     """Interfaces that answer ARP for the host: Ethernet, up, with a global IPv4 address."""
     out = []
     for iface in bundle.interfaces or []:
-        if iface.link_type != "ether" or iface.kind in ("dummy", "veth") or iface.name in ("kube-ipvs0",):
+        # Pod-side veths carry no global IPv4 address on the host, so the address test below
+        # leaves them out; a veth with one is the host's uplink (as in netns labs).
+        if iface.link_type != "ether" or iface.kind == "dummy" or iface.name == "kube-ipvs0":
             continue
-        if iface.name.startswith(("veth", "cali", "docker", "cni", "kube-bridge", "br-")):
-            continue
+        if iface.name.startswith(("cali", "docker", "cni", "kube-bridge", "flannel")):
+            continue  # container bridges: the VIP's ARP is answered on the uplink
         if "NOARP" in iface.flags or not iface.up:
             continue
         if any(a.ip.version == 4 and a.scope == "global" for a in iface.addresses):
@@ -182,8 +184,10 @@ def _accept_local_on(bundle: Bundle, l2: list[Interface]) -> list[Interface]:
     return [i for i in l2 if bundle.conf(i.name, "accept_local", combine="or") == 1]
 
 
-def check_syn_recv(bundle: Bundle, earlier: list[Finding]) -> Iterator[Finding]:
-    """syn-recv-stuck, with the likely causes ranked from the other findings and the bundle."""
+def check_syn_recv(bundle: Bundle, earlier: list[Finding], *,
+                   remote: Mapping[str, Sequence[Finding]] | None = None) -> Iterator[Finding]:
+    """syn-recv-stuck, with the likely causes ranked from the other findings and the bundle
+    (and from the real server's own findings when a whole site was analysed)."""
     groups = syn_recv_groups(bundle)
     if not groups:
         return
@@ -191,6 +195,10 @@ def check_syn_recv(bundle: Bundle, earlier: list[Finding]) -> Iterator[Finding]:
     for dest, n, total, ev in groups:
         causes: list[tuple[int, str]] = []
         rs_forward = _forward_of(bundle, dest)
+        for f in (remote or {}).get(dest.rsplit(":", 1)[0].strip("[]"), []):
+            if f.id in ("rp-filter-strict", "dr-vip-not-on-realserver", "local-vip-loop", "dr-arp-ignore",
+                        "conntrack-near-full"):
+                causes.append((99, f"on the real server {dest.rsplit(':', 1)[0]} itself: {f.id}: {f.summary}"))
         if "rp-filter-strict" in ids:
             causes.append((90, "strict rp_filter drops the tunnelled/asymmetric packets: " + ids["rp-filter-strict"].summary))
         for f in earlier:
@@ -201,7 +209,7 @@ def check_syn_recv(bundle: Bundle, earlier: list[Finding]) -> Iterator[Finding]:
         if "ip-forward-off" in ids and rs_forward in (Forward.NAT, None):
             causes.append((85, "ip_forward is off: NAT replies are not forwarded back to the client"))
         if rs_forward in (Forward.DR, Forward.TUN):
-            causes.append((70, f"{dest} is a {rs_forward} real server: it must hold the VIP (on lo) and not filter "
+            causes.append((70, f"{dest} is a {'Route' if rs_forward is Forward.DR else 'Tunnel'} real server: it must hold the VIP (on lo) and not filter "
                                "it (arp_ignore/arp_announce, rp_filter on its tunnel device); run doctor on that host"))
         if "conntrack-near-full" in ids:
             causes.append((60, "the conntrack table is (nearly) full: " + ids["conntrack-near-full"].summary))
@@ -217,6 +225,10 @@ def check_syn_recv(bundle: Bundle, earlier: list[Finding]) -> Iterator[Finding]:
             for rs in svc.realservers:
                 if ipvsadm_rs(rs) == dest:
                     svc_lines = [f"ipvsadm -d {ipvsadm_service(svc.key)} -r {dest}   # take it out of rotation meanwhile"]
+        for f in (remote or {}).get(dest.rsplit(":", 1)[0].strip("[]"), []):
+            if f.id in ("rp-filter-strict", "dr-vip-not-on-realserver", "local-vip-loop") and f.fix:
+                svc_lines.append(f"# on the real server {dest.rsplit(':', 1)[0]}:")
+                svc_lines.extend(line for line in f.fix if not line.startswith("#"))
         yield Finding(
             id="syn-recv-stuck",
             severity=Severity.ERROR,

@@ -79,8 +79,8 @@ def check_kube_sync(bundle: Bundle) -> Iterator[Finding]:
         node_backed = all(str(rs.address) in node_ips and rs.forward in (Forward.DR, Forward.TUN) for rs in svc.realservers)
         for rs in svc.realservers:
             addr = str(rs.address)
-            if (addr, rs.port) in expected:
-                continue
+            if (addr, rs.port) in expected or rs.weight == 0:
+                continue  # weight 0: draining, gets no new connections (weight-zero-leftover's business)
             if addr in node_ips and rs.forward in (Forward.DR, Forward.TUN):
                 continue  # an LVS-DR external IP in front of the nodes (the seed's fourth part)
             ports = sorted(by_addr.get(addr, []))
@@ -171,7 +171,8 @@ def _stale_without_kube(bundle: Bundle, services: list[VirtualService]) -> Itera
     for svc in services:
         by_addr: dict[str, list[RealServer]] = {}
         for rs in svc.realservers:
-            by_addr.setdefault(str(rs.address), []).append(rs)
+            if rs.weight:
+                by_addr.setdefault(str(rs.address), []).append(rs)
         for addr, group in by_addr.items():
             if len(group) < 2 or svc.key.fwmark:
                 continue

@@ -60,35 +60,50 @@ def parse_conn_list(text: str, *, source: str = "ipvsadm -Lnc") -> ConnTable:
     table = ConnTable(source=source)
     rows, linenos = table.rows, table.linenos
     append_row, append_no = rows.append, linenos.append
-    for lineno, line in enumerate(text.splitlines(), 1):
+    protos = {"TCP", "UDP", "SCTP", "IP"}
+    expires: dict[str, int] = {}  # a table has a few thousand distinct mm:ss values: parse each once
+    lineno = 0
+    for line in text.splitlines():
+        lineno += 1
         parts = line.split()
-        if len(parts) == 6:
-            proto, expire, state, client, virtual, dest = parts
-            if proto in ("TCP", "UDP", "SCTP", "IP"):
+        if len(parts) == 6 and parts[0] in protos:
+            seconds = expires.get(parts[1])
+            if seconds is None:
                 try:
-                    seconds = _expire(expire)
+                    seconds = expires[parts[1]] = _expire(parts[1])
                 except ValueError:
                     _bad(table, source, lineno, line, "expire is not mm:ss")
                     continue
-                append_row((proto, seconds, state, client, virtual, dest))
-                append_no(lineno)
-                continue
+            parts[1] = seconds  # type: ignore[call-overload]
+            append_row(tuple(parts))  # type: ignore[arg-type]
+            append_no(lineno)
+            continue
         if not parts or parts[0] in ("pro", "IPVS") or parts == ["--"]:
             continue
         _bad(table, source, lineno, line, "not a connection entry (truncated?)")
     return table
 
 
-def _proc_hostport(addr: str, port: str) -> str:
-    if len(addr) == 8 and ":" not in addr:
-        return f"{ipaddress.IPv4Address(int(addr, 16))}:{int(port, 16)}"
-    return f"[{ipaddress.IPv6Address(addr)}]:{int(port, 16)}"
-
-
 def parse_proc_conn(text: str, *, source: str = "/proc/net/ip_vs_conn") -> ConnTable:
     """Parse ``/proc/net/ip_vs_conn`` into the same rows as ``ipvsadm -Lnc``."""
     table = ConnTable(source=source)
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # Addresses and ports repeat across rows (VIPs, real servers): convert each hex text once.
+    addrs: dict[str, str] = {}
+    ports: dict[str, str] = {}
+
+    def hostport(addr: str, port: str) -> str:
+        a = addrs.get(addr)
+        if a is None:
+            a = addrs[addr] = str(ipaddress.IPv4Address(int(addr, 16))) if len(addr) == 8 else f"[{ipaddress.IPv6Address(addr)}]"
+        p = ports.get(port)
+        if p is None:
+            p = ports[port] = str(int(port, 16))
+        return f"{a}:{p}"
+
+    rows, linenos = table.rows, table.linenos
+    lineno = 0
+    for line in text.splitlines():
+        lineno += 1
         parts = line.split()
         if not parts or parts[0] == "Pro":
             continue
@@ -96,17 +111,9 @@ def parse_proc_conn(text: str, *, source: str = "/proc/net/ip_vs_conn") -> ConnT
             _bad(table, source, lineno, line, "too few columns (truncated?)")
             continue
         try:
-            table.rows.append(
-                (
-                    parts[0],
-                    int(parts[8]),
-                    parts[7],
-                    _proc_hostport(parts[1], parts[2]),
-                    _proc_hostport(parts[3], parts[4]),
-                    _proc_hostport(parts[5], parts[6]),
-                )
-            )
-            table.linenos.append(lineno)
+            rows.append((parts[0], int(parts[8]), parts[7], hostport(parts[1], parts[2]),
+                         hostport(parts[3], parts[4]), hostport(parts[5], parts[6])))
+            linenos.append(lineno)
         except ValueError as exc:
             _bad(table, source, lineno, line, str(exc))
     return table

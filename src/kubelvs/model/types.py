@@ -9,6 +9,7 @@ an edit instead of delete + add, which would drop the real server's connections.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -64,8 +65,12 @@ class Forward(enum.StrEnum):
     LOCAL = "local"  # "Local": the kernel picks this when the real server is the director itself
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def parse_address(text: str) -> IPAddress:
-    """Parse an IPv4/IPv6 address; ``[v6]`` brackets are accepted."""
+    """Parse an IPv4/IPv6 address; ``[v6]`` brackets are accepted.
+
+    Cached: the same node addresses come back in every service and every sync, and
+    ipaddress's parser is slow enough to dominate loading a 10,000-service config."""
     return ipaddress.ip_address(text.strip().strip("[]"))
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "SetSysctl",
     "Operation",
     "apply_ops",
+    "apply_ops_in_place",
     "describe",
 ]
 
@@ -128,10 +129,23 @@ def apply_ops(state: ObservedState, ops: Iterable[Operation]) -> ObservedState:
 
     Counters of new real servers start at zero; deleted ones lose theirs, as in the kernel.
     """
-    services = dict(state.services)
-    stats = dict(state.stats)
+    result = ObservedState(
+        services=dict(state.services), timeouts=state.timeouts, sysctls=dict(state.sysctls), stats=dict(state.stats)
+    )
+    return apply_ops_in_place(result, ops)
+
+
+def apply_ops_in_place(state: ObservedState, ops: Iterable[Operation]) -> ObservedState:
+    """Like ``apply_ops``, but updates ``state``'s own dicts: O(len(ops)), not O(state).
+
+    For a caller that owns ``state`` exclusively (the director's picture of the kernel).
+    Returns the updated state (a new value only when the timeouts changed).
+    """
+    services = state.services
+    stats = state.stats
+    sysctls = state.sysctls
+    assert isinstance(services, dict) and isinstance(stats, dict) and isinstance(sysctls, dict)
     timeouts = state.timeouts
-    sysctls = dict(state.sysctls)
     for op in ops:
         match op:
             case AddService(service=s) | EditService(service=s):
@@ -157,4 +171,6 @@ def apply_ops(state: ObservedState, ops: Iterable[Operation]) -> ObservedState:
                 timeouts = t
             case SetSysctl(name=n, value=v):
                 sysctls[n] = v
+    if timeouts == state.timeouts:
+        return state
     return ObservedState(services=services, timeouts=timeouts, sysctls=sysctls, stats=stats)

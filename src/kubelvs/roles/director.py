@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..backends import Backend
 from ..errors import CapabilityError, KubelvsError
 from ..model import DesiredState, ObservedState, ServiceKey
-from ..planner import Plan, apply_ops, plan
+from ..planner import Plan, apply_ops_in_place, plan
 
 __all__ = ["Director", "SyncResult"]
 
@@ -68,5 +68,6 @@ class Director:
         except KubelvsError:
             self._observed = None  # unknown now: the next sync reads the kernel
             raise
-        self._observed = apply_ops(observed, the_plan.ops)
+        # The picture is ours alone (read for us, or kept from the last sync): update in place.
+        self._observed = apply_ops_in_place(observed, the_plan.ops)
         return SyncResult(plan=the_plan, full=full)

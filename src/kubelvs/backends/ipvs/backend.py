@@ -35,6 +35,7 @@ class IpvsBackend:
 
     def __init__(self, *, netns: str | None = None) -> None:
         self._netns = netns
+        self._sysctls_seen: dict[str, bool] = {}
         if not ipvs_available():
             raise BackendUnavailable("this kernel has no IPVS (CONFIG_IP_VS unset or the ip_vs module missing)")
         with entered(netns):  # the socket stays in this namespace for its whole life
@@ -49,16 +50,19 @@ class IpvsBackend:
         try:
             services: dict[ServiceKey, VirtualService] = {}
             stats: dict[tuple[ServiceKey, RealServerKey], RealServerStats] = {}
-            for msg in self._sock.dump(wire.Cmd.GET_SERVICE):
-                svc = wire.decode_service(msg)
+            service_messages = self._sock.dump(wire.Cmd.GET_SERVICE)
+            if service_messages:
+                from . import decode  # pyroute2 is imported only when there is something to decode
+            for raw in service_messages:
+                svc = decode.decode_service(decode.decode(raw))
                 realservers = []
-                for dmsg in self._sock.dump(wire.Cmd.GET_DEST, wire.service_key_attrs(svc.key)):
-                    rs, st = wire.decode_dest(dmsg)
+                for draw in self._sock.dump(wire.Cmd.GET_DEST, wire.service_key_attrs(svc.key)):
+                    rs, st = decode.decode_dest(decode.decode(draw))
                     realservers.append(rs)
                     stats[(svc.key, rs.key)] = st
                 services[svc.key] = svc.with_realservers(realservers)
             (config,) = self._sock.request(wire.Cmd.GET_CONFIG)
-            timeouts = wire.decode_timeouts(config)
+            timeouts = wire.parse_config_reply(config)
         except OSError as exc:
             raise BackendError(f"reading the IPVS table: {exc.strerror or exc}") from exc
         values: dict[str, int] = {}
@@ -74,13 +78,14 @@ class IpvsBackend:
     def apply(self, ops: Sequence[Operation]) -> None:
         # Runs of netlink operations go out pipelined; a sysctl write sits between runs.
         run: list[Request] = []
+        key_attrs: dict[ServiceKey, bytes] = {}  # a service's key is encoded once, not once per real server
         for index, op in enumerate(ops):
             if isinstance(op, SetSysctl):
                 self._flush(run, ops)
                 run = []
                 self._set_sysctl(index, op)
             else:
-                cmd, attrs = _request(op)
+                cmd, attrs = _request(op, key_attrs)
                 run.append((cmd, attrs, index))
         self._flush(run, ops)
 
@@ -100,29 +105,38 @@ class IpvsBackend:
             raise ApplyError(index, describe(op), exc.strerror or str(exc), errno=exc.errno) from exc
 
     def problems(self, desired: DesiredState) -> list[FieldError]:
-        problems = []
-        for name in desired.sysctls:
+        missing = [name for name in desired.sysctls if not self._sysctl_exists(name)]
+        return [FieldError(f"sysctls.{name}", "does not exist on this kernel") for name in missing]
+
+    def _sysctl_exists(self, name: str) -> bool:
+        # Cached: called on every sync, and which sysctls a kernel has does not change.
+        known = self._sysctls_seen.get(name)
+        if known is None:
             with entered(self._netns):
-                present = sysctl.exists(name)
-            if not present:
-                problems.append(FieldError(f"sysctls.{name}", "does not exist on this kernel"))
-        return problems
+                known = self._sysctls_seen[name] = sysctl.exists(name)
+        return known
 
 
-def _request(op: Operation) -> tuple[wire.Cmd, bytes]:
+def _request(op: Operation, key_attrs: dict[ServiceKey, bytes]) -> tuple[wire.Cmd, bytes]:
+    def key(k: ServiceKey) -> bytes:
+        attrs = key_attrs.get(k)
+        if attrs is None:
+            attrs = key_attrs[k] = wire.service_key_attrs(k)
+        return attrs
+
     match op:
         case AddService(service=s):
             return wire.Cmd.NEW_SERVICE, wire.service_attrs(s)
         case EditService(service=s):
             return wire.Cmd.SET_SERVICE, wire.service_attrs(s)
         case DeleteService(key=k):
-            return wire.Cmd.DEL_SERVICE, wire.service_key_attrs(k)
+            return wire.Cmd.DEL_SERVICE, key(k)
         case AddRealServer(service=k, realserver=r):
-            return wire.Cmd.NEW_DEST, wire.service_key_attrs(k) + wire.dest_attrs(r)
+            return wire.Cmd.NEW_DEST, key(k) + wire.dest_attrs(r)
         case EditRealServer(service=k, realserver=r):
-            return wire.Cmd.SET_DEST, wire.service_key_attrs(k) + wire.dest_attrs(r)
+            return wire.Cmd.SET_DEST, key(k) + wire.dest_attrs(r)
         case DeleteRealServer(service=k, realserver=r):
-            return wire.Cmd.DEL_DEST, wire.service_key_attrs(k) + wire.dest_key_attrs(r)
+            return wire.Cmd.DEL_DEST, key(k) + wire.dest_key_attrs(r)
         case SetTimeouts(timeouts=t):
             return wire.Cmd.SET_CONFIG, wire.config_attrs(t)
     raise TypeError(f"not a netlink operation: {op!r}")

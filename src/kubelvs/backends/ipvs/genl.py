@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterator, Sequence
 
 from ...errors import BackendError, BackendUnavailable
-from .wire import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, Cmd, IpvsMessage, encode_request
+from .wire import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, Cmd, encode_request
 
 __all__ = ["GenlSocket", "Request"]
 
@@ -97,11 +97,11 @@ class GenlSocket:
             yield kind, view[offset + 16 : offset + length], seq
             offset += (length + 3) & ~3
 
-    def dump(self, cmd: Cmd, attrs: bytes = b"") -> list[IpvsMessage]:
-        """A dump request; every reply message decoded with pyroute2's definitions."""
+    def dump(self, cmd: Cmd, attrs: bytes = b"") -> list[bytes]:
+        """A dump request; the reply messages, whole (header included), undecoded."""
         seq = self._next_seq()
         self._sock.send(encode_request(self.family_id, cmd, attrs, flags=NLM_F_REQUEST | NLM_F_DUMP, seq=seq))
-        out: list[IpvsMessage] = []
+        out: list[bytes] = []
         while True:
             for kind, body, rseq in self._messages():
                 if rseq != seq:
@@ -113,13 +113,11 @@ class GenlSocket:
                     if code == 0:
                         return out
                     raise OSError(code, f"IPVS dump {cmd.name}: {errno_mod.errorcode.get(code, code)}")
-                msg = IpvsMessage(bytes(_HDR.pack(16 + len(body), kind, 0, rseq, 0)) + bytes(body))
-                msg.decode()
-                out.append(msg)
+                out.append(_HDR.pack(16 + len(body), kind, 0, rseq, 0) + bytes(body))
 
-    def request(self, cmd: Cmd, attrs: bytes = b"") -> list[IpvsMessage]:
-        """One acknowledged request; returns the reply messages (e.g. GET_CONFIG)."""
-        replies: list[IpvsMessage] = []
+    def request(self, cmd: Cmd, attrs: bytes = b"") -> list[bytes]:
+        """One acknowledged request; returns the reply messages (e.g. GET_CONFIG), undecoded."""
+        replies: list[bytes] = []
         errors = self.pipeline([(cmd, attrs, 0)], replies)
         if errors:
             code = errors[0][1]
@@ -127,7 +125,7 @@ class GenlSocket:
         return replies
 
     def pipeline(
-        self, requests: Sequence[Request], replies: list[IpvsMessage] | None = None, *, batch: int = 256
+        self, requests: Sequence[Request], replies: list[bytes] | None = None, *, batch: int = 256
     ) -> list[tuple[int, int]]:
         """Send ``requests`` in batches of one ``send()`` each; stop after the first batch
         with an error. Returns [(tag, errno)] of the failed requests, in order.
@@ -159,9 +157,7 @@ class GenlSocket:
                         if rseq == final_seq:
                             done = True
                     elif replies is not None and rseq in tags and kind == self.family_id:
-                        msg = IpvsMessage(bytes(_HDR.pack(16 + len(body), kind, 0, rseq, 0)) + bytes(body))
-                        msg.decode()
-                        replies.append(msg)
+                        replies.append(_HDR.pack(16 + len(body), kind, 0, rseq, 0) + bytes(body))
             if failures:
                 break
         return failures

@@ -1,10 +1,9 @@
-"""IPVS generic-netlink wire format: fast encoding of requests, decoding via pyroute2.
+"""IPVS generic-netlink wire format: fast encoding of requests (decode.py decodes).
 
 Requests are packed with ``struct`` (a bulk sync sends ~110,000 of them; pyroute2's
-generic encoder costs several times more per message). Replies and dumps are
-decoded with pyroute2's ``ipvsmsg`` definitions, the reference for this family;
-the tests decode every request this module builds with pyroute2 and compare.
-Constants follow include/uapi/linux/ip_vs.h.
+generic encoder costs several times more per message). The tests decode every
+request built here with pyroute2's ``ipvsmsg`` definitions, the reference for this
+family, and compare. Constants follow include/uapi/linux/ip_vs.h.
 """
 
 from __future__ import annotations
@@ -13,26 +12,19 @@ import enum
 import ipaddress
 import socket
 import struct
-from typing import Any
-
-from pyroute2.netlink.generic.ipvs import ipvsmsg
 
 from ...model import (
-    SCHED_FLAGS,
     Forward,
     Protocol,
     RealServer,
     RealServerKey,
-    RealServerStats,
     ServiceKey,
     Timeouts,
     VirtualService,
-    parse_address,
 )
 
 __all__ = [
     "Cmd",
-    "IpvsMessage",
     "NLM_F_ACK",
     "NLM_F_DUMP",
     "NLM_F_REQUEST",
@@ -42,10 +34,7 @@ __all__ = [
     "dest_attrs",
     "dest_key_attrs",
     "config_attrs",
-    "decode_service",
-    "decode_service_key",
-    "decode_dest",
-    "decode_timeouts",
+    "parse_config_reply",
 ]
 
 GENL_VERSION = 1
@@ -87,16 +76,16 @@ F_ONEPACKET = 0x0004
 F_SCHED1, F_SCHED2, F_SCHED3 = 0x0008, 0x0010, 0x0020
 _SCHED_BITS = {"flag-1": F_SCHED1, "flag-2": F_SCHED2, "flag-3": F_SCHED3}
 # sh-fallback / mh-fallback are SCHED1, sh-port / mh-port are SCHED2 (ip_vs.h).
-_NAMED_SCHED_BITS = {"fallback": F_SCHED1, "port": F_SCHED2}
+NAMED_SCHED_BITS = {"fallback": F_SCHED1, "port": F_SCHED2}
 
 # Forwarding methods (IP_VS_CONN_F_*).
 _FWD_TO_KERNEL = {Forward.NAT: 0, Forward.LOCAL: 1, Forward.TUN: 2, Forward.DR: 3}
-_FWD_FROM_KERNEL = {v: k for k, v in _FWD_TO_KERNEL.items()}
+FWD_FROM_KERNEL = {v: k for k, v in _FWD_TO_KERNEL.items()}
 
 _PROTO_TO_KERNEL = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP, Protocol.SCTP: socket.IPPROTO_SCTP}
-_PROTO_FROM_KERNEL = {v: k for k, v in _PROTO_TO_KERNEL.items()}
+PROTO_FROM_KERNEL = {v: k for k, v in _PROTO_TO_KERNEL.items()}
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
-_FAMILY = {socket.AF_INET: 4, socket.AF_INET6: 6}
+FAMILY_OF_AF = {socket.AF_INET: 4, socket.AF_INET6: 6}
 
 _NLA = struct.Struct("=HH")
 _U16 = struct.Struct("=H")
@@ -153,7 +142,7 @@ def _service_flags(svc: VirtualService) -> int:
         elif name in _SCHED_BITS:
             flags |= _SCHED_BITS[name]
         else:  # "mh-port" -> "port"
-            flags |= _NAMED_SCHED_BITS[name.split("-", 1)[1]]
+            flags |= NAMED_SCHED_BITS[name.split("-", 1)[1]]
     return flags
 
 
@@ -182,119 +171,45 @@ def dest_key_attrs(rs: RealServerKey) -> bytes:
     )
 
 
+# The whole DEST attribute in one pack: ADDR, PORT (be16 via htons), ADDR_FAMILY,
+# FWD_METHOD, WEIGHT, U_THRESH, L_THRESH; the IPv4 and IPv6 layouts differ in ADDR only.
+_DEST = {n: struct.Struct(f"=HHHH{n}sHHH2xHHH2xHHIHHIHHIHHI") for n in (4, 16)}
+_DEST_LEN = {n: _DEST[n].size for n in (4, 16)}
+
+
 def dest_attrs(rs: RealServer) -> bytes:
-    body = (
-        _attr(_DEST_ADDR, rs.address.packed)
-        + _be16(_DEST_PORT, rs.port)
-        + _u16(_DEST_ADDR_FAMILY, _AF[rs.address.version])
-        + _u32(_DEST_FWD_METHOD, _FWD_TO_KERNEL[rs.forward])
-        + _u32(_DEST_WEIGHT, rs.weight)
-        + _u32(_DEST_U_THRESH, rs.u_thresh)
-        + _u32(_DEST_L_THRESH, rs.l_thresh)
-    )
     # TUN_TYPE is left out: the kernel's default is IPIP, the only tunnel type we model.
-    return _attr(_CMD_ATTR_DEST, body)
+    packed = rs.address.packed
+    n = len(packed)
+    return _DEST[n].pack(
+        _DEST_LEN[n], _CMD_ATTR_DEST,
+        4 + n, _DEST_ADDR, packed,
+        6, _DEST_PORT, socket.htons(rs.port),
+        6, _DEST_ADDR_FAMILY, _AF[rs.address.version],
+        8, _DEST_FWD_METHOD, _FWD_TO_KERNEL[rs.forward],
+        8, _DEST_WEIGHT, rs.weight,
+        8, _DEST_U_THRESH, rs.u_thresh,
+        8, _DEST_L_THRESH, rs.l_thresh,
+    )
 
 
 def config_attrs(t: Timeouts) -> bytes:
     return _u32(_CMD_ATTR_TIMEOUT_TCP, t.tcp) + _u32(_CMD_ATTR_TIMEOUT_TCP_FIN, t.tcpfin) + _u32(_CMD_ATTR_TIMEOUT_UDP, t.udp)
 
 
-# ---------------------------------------------------------------- decoding
-
-
-class IpvsMessage(ipvsmsg):  # type: ignore[misc]
-    """pyroute2's ipvsmsg, with the timeout attributes decoded as the u32 they are."""
-
-    nla_map = (
-        ("IPVS_CMD_ATTR_UNSPEC", "none"),
-        ("IPVS_CMD_ATTR_SERVICE", "service"),
-        ("IPVS_CMD_ATTR_DEST", "dest"),
-        ("IPVS_CMD_ATTR_DAEMON", "hex"),
-        ("IPVS_CMD_ATTR_TIMEOUT_TCP", "uint32"),
-        ("IPVS_CMD_ATTR_TIMEOUT_TCP_FIN", "uint32"),
-        ("IPVS_CMD_ATTR_TIMEOUT_UDP", "uint32"),
-    )
-
-
-def _attrs(nla: Any) -> dict[str, Any]:
-    return {name: value for name, value in nla["attrs"]}
-
-
-def decode_service_key(msg: IpvsMessage) -> ServiceKey:
-    return _service_key_of(_attrs(msg.get_attr("IPVS_CMD_ATTR_SERVICE")))
-
-
-def _service_key_of(a: dict[str, Any]) -> ServiceKey:
-    family = _FAMILY[a["IPVS_SVC_ATTR_AF"]]
-    if a.get("IPVS_SVC_ATTR_FWMARK"):
-        return ServiceKey.for_fwmark(a["IPVS_SVC_ATTR_FWMARK"], family)
-    return ServiceKey(
-        family,
-        _PROTO_FROM_KERNEL[a["IPVS_SVC_ATTR_PROTOCOL"]],
-        parse_address(a["IPVS_SVC_ATTR_ADDR"]),
-        a["IPVS_SVC_ATTR_PORT"],
-    )
-
-
-def decode_service(msg: IpvsMessage, *, name: str = "") -> VirtualService:
-    a = _attrs(msg.get_attr("IPVS_CMD_ATTR_SERVICE"))
-    key = _service_key_of(a)
-    family = key.family
-    scheduler = a.get("IPVS_SVC_ATTR_SCHED_NAME", "")
-    raw_flags = a["IPVS_SVC_ATTR_FLAGS"]["flags"]
-    flags: set[str] = set()
-    if raw_flags & F_ONEPACKET:
-        flags.add("ops")
-    named = SCHED_FLAGS.get(scheduler)
-    for suffix, bit in _NAMED_SCHED_BITS.items():
-        if raw_flags & bit:
-            flags.add(f"{scheduler}-{suffix}" if named else {F_SCHED1: "flag-1", F_SCHED2: "flag-2"}[bit])
-    if raw_flags & F_SCHED3:
-        flags.add("flag-3")
-    netmask_text = a.get("IPVS_SVC_ATTR_NETMASK", "255.255.255.255")
-    if family == 4:
-        prefix = ipaddress.IPv4Network(f"0.0.0.0/{netmask_text}").prefixlen
-    else:
-        prefix = _U32.unpack(ipaddress.IPv4Address(netmask_text).packed)[0]
-    persistent = bool(raw_flags & F_PERSISTENT)
-    return VirtualService(
-        key=key,
-        scheduler=scheduler,
-        persistence=a.get("IPVS_SVC_ATTR_TIMEOUT", 0) if persistent else 0,
-        netmask=None if prefix == (32 if family == 4 else 128) else prefix,
-        flags=frozenset(flags),
-        name=name,
-    )
-
-
-def decode_dest(msg: IpvsMessage) -> tuple[RealServer, RealServerStats]:
-    a = _attrs(msg.get_attr("IPVS_CMD_ATTR_DEST"))
-    rs = RealServer(
-        address=parse_address(a["IPVS_DEST_ATTR_ADDR"]),
-        port=a["IPVS_DEST_ATTR_PORT"],
-        weight=a["IPVS_DEST_ATTR_WEIGHT"],
-        forward=_FWD_FROM_KERNEL[a["IPVS_DEST_ATTR_FWD_METHOD"] & 0x7],
-        u_thresh=a.get("IPVS_DEST_ATTR_U_THRESH", 0),
-        l_thresh=a.get("IPVS_DEST_ATTR_L_THRESH", 0),
-    )
-    s = _attrs(a["IPVS_DEST_ATTR_STATS64"]) if "IPVS_DEST_ATTR_STATS64" in a else _attrs(a.get("IPVS_DEST_ATTR_STATS", {"attrs": []}))
-    stats = RealServerStats(
-        active_conns=a.get("IPVS_DEST_ATTR_ACTIVE_CONNS", 0),
-        inactive_conns=a.get("IPVS_DEST_ATTR_INACT_CONNS", 0),
-        persist_conns=a.get("IPVS_DEST_ATTR_PERSIST_CONNS", 0),
-        conns=s.get("IPVS_STATS_ATTR_CONNS", 0),
-        in_packets=s.get("IPVS_STATS_ATTR_INPKTS", 0),
-        out_packets=s.get("IPVS_STATS_ATTR_OUTPKTS", 0),
-        in_bytes=s.get("IPVS_STATS_ATTR_INBYTES", 0),
-        out_bytes=s.get("IPVS_STATS_ATTR_OUTBYTES", 0),
-    )
-    return rs, stats
-
-
-def decode_timeouts(msg: IpvsMessage) -> Timeouts:
+def parse_config_reply(message: bytes) -> Timeouts:
+    """Timeouts from a GET_CONFIG reply (nlmsghdr + genlmsghdr + three u32 attributes)."""
+    values: dict[int, int] = {}
+    offset = 20
+    while offset + 8 <= len(message):
+        length, kind = _NLA.unpack_from(message, offset)
+        if length < 4:
+            break
+        if kind in (_CMD_ATTR_TIMEOUT_TCP, _CMD_ATTR_TIMEOUT_TCP_FIN, _CMD_ATTR_TIMEOUT_UDP):
+            values[kind] = _U32.unpack_from(message, offset + 4)[0]
+        offset += (length + 3) & ~3
     return Timeouts(
-        tcp=msg.get_attr("IPVS_CMD_ATTR_TIMEOUT_TCP"),
-        tcpfin=msg.get_attr("IPVS_CMD_ATTR_TIMEOUT_TCP_FIN"),
-        udp=msg.get_attr("IPVS_CMD_ATTR_TIMEOUT_UDP"),
+        tcp=values.get(_CMD_ATTR_TIMEOUT_TCP, 0),
+        tcpfin=values.get(_CMD_ATTR_TIMEOUT_TCP_FIN, 0),
+        udp=values.get(_CMD_ATTR_TIMEOUT_UDP, 0),
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -21,6 +20,8 @@ from ...model import (
     DesiredState,
     Forward,
     ObservedState,
+    RealServer,
+    RealServerKey,
     ServiceKey,
     VirtualService,
 )
@@ -34,7 +35,6 @@ from ...planner import (
     Operation,
     SetSysctl,
     SetTimeouts,
-    apply_ops,
     describe,
 )
 from . import neigh, ruleset
@@ -43,7 +43,7 @@ from .ruleset import Element, Neighbour
 
 __all__ = ["NftablesBackend", "tun_supported"]
 
-_PER_SERVICE_SETS = frozenset({"nat_svc", "nat_keys", "dr_svc", "nat_slots", "dr_slots", "nat_rs", "dr_rs"})
+_PER_SERVICE_SETS = frozenset({"nat_svc", "dr_svc", "nat_slots", "dr_slots", "nat_rs", "dr_rs"})
 _NEIGHBOUR_SETS = frozenset({"dr_mac", "dr_smac", "dr_dev"})
 
 
@@ -64,9 +64,7 @@ class _Picture:
     state: ObservedState
     skeleton: bool
     own: dict[ServiceKey, frozenset[Element]] = field(default_factory=dict)
-    shared_of: dict[ServiceKey, frozenset[Element]] = field(default_factory=dict)
-    shared: Counter[Element] = field(default_factory=Counter)
-    shared_present: set[Element] = field(default_factory=set)
+    counters: set[Element] = field(default_factory=set)  # nat_in/nat_out elements seen by the last read
     dr_of: dict[ServiceKey, frozenset[str]] = field(default_factory=dict)
     neighbours: dict[str, Neighbour] = field(default_factory=dict)
     device_chains: dict[int, str] = field(default_factory=dict)
@@ -119,8 +117,8 @@ class NftablesBackend:
             elif e.set in _NEIGHBOUR_SETS:
                 assert isinstance(e.value, (str, int))
                 marks.setdefault(int(e.key[0]), {})[e.set] = e.value
-            else:
-                pic.shared_present.add(e)
+            elif e.set in ("nat_in", "nat_out", "dr_in"):
+                pic.counters.add(e)
         for key, elements in actual.items():
             pic.own[key] = frozenset(elements)
         for key, svc in parsed.services.items():
@@ -131,8 +129,6 @@ class NftablesBackend:
                 continue
             if built.own != pic.own.get(key):
                 pic.dirty.add(key)  # e.g. slots edited by hand: rewritten at the next apply
-            pic.shared_of[key] = built.shared
-            pic.shared.update(built.shared)
             pic.dr_of[key] = built.dr_addresses
         pic.dirty |= set(actual) - set(parsed.services)  # elements of no service
         for mark, values in marks.items():
@@ -160,7 +156,7 @@ class NftablesBackend:
         pic = self._pic
         first_index, first_op = model_ops[0]
         try:
-            new_state = apply_ops(pic.state, [op for _, op in model_ops])
+            new_state = _next_state(pic.state, [op for _, op in model_ops])
         except KeyError as exc:
             raise ApplyError(first_index, describe(first_op), f"the service does not exist in the kernel: {exc}") from exc
 
@@ -175,31 +171,29 @@ class NftablesBackend:
         adds: set[Element] = set()
         deletes: set[Element] = set()
         new_own: dict[ServiceKey, frozenset[Element]] = {}
-        new_shared_of: dict[ServiceKey, frozenset[Element]] = {}
         new_dr_of: dict[ServiceKey, frozenset[str]] = {}
         for key, index in touched.items():
             svc = new_state.services.get(key)
             if svc is None:
-                built = ruleset.ServiceElements(frozenset(), frozenset(), frozenset())
+                built = ruleset.ServiceElements(frozenset(), frozenset())
             else:
                 try:
                     built = ruleset.service_elements(svc)
                 except ValueError as exc:
                     raise ApplyError(index, describe(ops[index]), str(exc)) from exc
-            old = pic.own.get(key, frozenset())
-            deletes |= old - built.own
-            adds |= built.own - old
+            old = pic.own.get(key)
+            if old:
+                deletes.update(old - built.own)
+                adds.update(built.own - old)
+            else:
+                adds.update(built.own)  # a new service: no diff to compute (the cold-sync path)
             new_own[key] = built.own
-            new_shared_of[key] = built.shared
             new_dr_of[key] = built.dr_addresses
 
-        shared = Counter(pic.shared)
-        for key in touched:
-            shared.subtract(pic.shared_of.get(key, frozenset()))
-            shared.update(new_shared_of[key])
-        wanted_shared = {e for e, n in shared.items() if n > 0}
-        adds |= wanted_shared - pic.shared_present
-        deletes |= pic.shared_present - wanted_shared
+        # Counters the packet path created for real servers that no longer exist (known
+        # from the last read; nobody else deletes them, so they are still there).
+        garbage = _stale_counters(pic.counters, new_state) if pic.counters else set()
+        deletes |= garbage
 
         # DR real servers: their neighbours, and an ingress hook on every device they sit on.
         dr_of = {k: v for k, v in pic.dr_of.items() if k not in touched}
@@ -249,10 +243,8 @@ class NftablesBackend:
                 pic.own[key] = new_own[key]
             else:
                 pic.own.pop(key, None)
-            pic.shared_of[key] = new_shared_of[key]
             pic.dr_of[key] = new_dr_of[key]
-        pic.shared = +shared
-        pic.shared_present = wanted_shared
+        pic.counters -= garbage
         pic.neighbours = neighbours
         pic.device_chains = devices
         pic.dirty = set()
@@ -348,6 +340,9 @@ def _service_problems(where: str, svc: VirtualService) -> list[FieldError]:
         out.append(FieldError(f"{where}.persistence", "not supported by the nftables backend; sh or mh give client affinity"))
     if "ops" in svc.flags:
         out.append(FieldError(f"{where}.flags", "one-packet scheduling (ops) is not supported by the nftables backend"))
+    raw = sorted(f for f in svc.flags if f.startswith("flag-"))
+    if raw:
+        out.append(FieldError(f"{where}.flags", f"raw scheduler flags {', '.join(raw)} are not supported by the nftables backend"))
     methods = {rs.forward for rs in svc.realservers}
     if len(methods - {Forward.TUN}) > 1:
         out.append(
@@ -369,6 +364,22 @@ def _service_problems(where: str, svc: VirtualService) -> list[FieldError]:
     return out
 
 
+def _stale_counters(counters: set[Element], state: ObservedState) -> set[Element]:
+    """Counter elements (made by the packet path) of real servers that no longer exist:
+    NAT ``VIP . proto . RIP . RPORT``, DR ``VIP . proto . port . RIP``."""
+    live: set[tuple[str | int, ...]] = set()
+    vips = {(c.key[0], c.key[1]) for c in counters}
+    for key, svc in state.services.items():
+        vip, proto = str(key.address), str(key.protocol)
+        if (vip, proto) in vips:
+            for rs in svc.realservers:
+                if rs.forward is Forward.NAT:
+                    live.add((vip, proto, str(rs.address), rs.port))
+                else:
+                    live.add((vip, proto, key.port, int(rs.address)))
+    return {c for c in counters if c.key not in live}
+
+
 def _key_of(e: Element) -> ServiceKey:
     vip, proto, port = e.key[:3]
     return ruleset.service_key((vip, proto, port))
@@ -383,3 +394,36 @@ def _op_key(op: Operation) -> ServiceKey | None:
         case AddRealServer(service=k) | EditRealServer(service=k) | DeleteRealServer(service=k):
             return k
     return None
+
+
+def _next_state(state: ObservedState, ops: Sequence[Operation]) -> ObservedState:
+    """``planner.apply_ops`` without counters, O(ops): each touched service's real servers
+    are collected in a dict and sorted once (apply_ops re-sorts per operation, which is
+    quadratic for a cold sync of services with many real servers). Raises KeyError for
+    an operation on a service that does not exist, as apply_ops does."""
+    services = dict(state.services)
+    pending: dict[ServiceKey, dict[RealServerKey, RealServer]] = {}
+    timeouts = state.timeouts
+    for op in ops:
+        match op:
+            case AddService(service=s) | EditService(service=s):
+                if s.key not in pending:
+                    old = services.get(s.key)
+                    pending[s.key] = old.realserver_map() if old else {}
+                services[s.key] = s
+            case DeleteService(key=k):
+                del services[k]
+                pending.pop(k, None)
+            case AddRealServer(service=k, realserver=r) | EditRealServer(service=k, realserver=r):
+                if k not in pending:
+                    pending[k] = services[k].realserver_map()
+                pending[k][r.key] = r
+            case DeleteRealServer(service=k, realserver=rk):
+                if k not in pending:
+                    pending[k] = services[k].realserver_map()
+                del pending[k][rk]
+            case SetTimeouts(timeouts=t):
+                timeouts = t
+    for key, realservers in pending.items():
+        services[key] = services[key].with_realservers(realservers.values())
+    return ObservedState(services=services, timeouts=timeouts)

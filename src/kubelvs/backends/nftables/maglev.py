@@ -5,9 +5,9 @@ Two kinds, both lists of backend names indexed by slot:
 * ``maglev_table`` - Maglev consistent hashing (Eisenbud et al., NSDI 2016) with a
   prime table size, weighted the way Linux's ``ip_vs_mh`` does it: per round each
   backend claims as many entries as its weight (divided by the weights' gcd).
-  Every backend walks its own permutation of the table (offset/skip from two hashes
-  of its name), so removing a backend only frees *its* entries; the others keep
-  theirs except for a small reshuffle while the freed entries are claimed.
+  Every backend walks its own pseudo-random permutation of the table (seeded by its
+  name), so removing a backend only frees *its* entries; the others keep theirs
+  except for a small reshuffle (a few percent) while the freed entries are claimed.
 * ``wrr_table`` - a smooth weighted round-robin order (nginx's algorithm) whose
   length is the sum of the reduced weights; walking it with a counter gives
   ``wrr`` per new flow, with every backend spread out rather than bunched.
@@ -17,6 +17,7 @@ Backends with weight 0 get no slot: new flows never reach them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
@@ -24,11 +25,12 @@ from functools import reduce
 
 __all__ = ["MAGLEV_SIZE", "MAX_WRR_SLOTS", "PRIMES", "maglev_table", "wrr_table", "moved_fraction"]
 
-#: Table size for ``sh`` and ``mh`` services. Prime, as Maglev requires; the same
-#: value ip_vs_mh uses with the smallest table index. Every service gets this many map
-#: elements, so it is a trade between balance (about M/N entries per backend) and the
-#: cost of a sync with many services (see docs/nftables.md).
-MAGLEV_SIZE = 251
+#: Table size for ``sh`` and ``mh`` services. Prime, as Maglev requires (the second
+#: of ip_vs_mh's sizes). Every such service costs this many map elements, so it is a
+#: trade between disruption and sync cost: removing one of 3 backends moves 7.6% of
+#: the *other* backends' flows with 251 entries, 0.8% with 509, 0.4% with 1021
+#: (measured with this code; see docs/nftables.md and tests/nftables/test_maglev.py).
+MAGLEV_SIZE = 509
 
 #: Primes ip_vs_mh offers as table sizes.
 PRIMES = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)
@@ -41,6 +43,32 @@ def _hash(name: str, salt: bytes) -> int:
     # Stable across processes and machines (Python's hash() is salted per process):
     # two directors computing the table for the same service must agree.
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8, key=salt).digest(), "big")
+
+
+_MASK = (1 << 64) - 1
+
+
+@functools.lru_cache(maxsize=8192)
+def _permutation(name: str, size: int) -> tuple[int, ...]:
+    """Backend ``name``'s preference list: a pseudo-random permutation of the table.
+
+    The Maglev paper derives it as ``(offset + j * skip) mod M``. That is cheap, but two
+    backends whose skips are equal (or related) walk the table in lockstep and fight
+    over the same entries: removing a third backend then moved up to 20% of the
+    *remaining* backends' flows (found by tests/nftables/test_maglev.py). A full
+    Fisher-Yates shuffle driven by splitmix64 keeps that under ~5%.
+    """
+    state = _hash(name, b"kubelvs-perm")
+    perm = list(range(size))
+    for i in range(size - 1, 0, -1):
+        state = (state + 0x9E3779B97F4A7C15) & _MASK
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+        z ^= z >> 31
+        j = z % (i + 1)
+        perm[i], perm[j] = perm[j], perm[i]
+    return tuple(perm)
 
 
 def _reduced(weights: Mapping[str, int]) -> dict[str, int]:
@@ -63,8 +91,7 @@ def maglev_table(weights: Mapping[str, int], size: int = MAGLEV_SIZE) -> list[st
     if not turns:
         return table
     names = sorted(turns)  # a fixed order: the table must not depend on dict order
-    offset = {n: _hash(n, b"kubelvs-offset") % size for n in names}
-    skip = {n: _hash(n, b"kubelvs-skip") % (size - 1) + 1 for n in names}
+    prefs = {n: _permutation(n, size) for n in names}
     nxt = dict.fromkeys(names, 0)
     filled = 0
     while True:
@@ -72,7 +99,7 @@ def maglev_table(weights: Mapping[str, int], size: int = MAGLEV_SIZE) -> list[st
             for _ in range(turns[n]):
                 # Next preferred, still-free entry of n's permutation.
                 while True:
-                    c = (offset[n] + nxt[n] * skip[n]) % size
+                    c = prefs[n][nxt[n]]
                     nxt[n] += 1
                     if table[c] is None:
                         break
@@ -93,6 +120,8 @@ def wrr_table(weights: Mapping[str, int], *, weighted: bool = True, max_slots: i
     if not reduced:
         return []
     total = sum(reduced.values())
+    if total == len(reduced) and total <= max_slots:
+        return sorted(reduced)  # all equal: plain round robin (the common case, kept O(n))
     if total > max_slots:
         reduced = _scale(reduced, max_slots)
         total = sum(reduced.values())

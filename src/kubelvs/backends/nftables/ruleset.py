@@ -9,14 +9,16 @@ The *skeleton* (maps, scheduler chains, hooks) is fixed; a service is nothing bu
 map elements, so any change is a small element transaction (a per-service chain
 costs ~10x more at 10,000 services, see /work/shared/notes/kernel-and-lab.md):
 
-``nat_svc``/``dr_svc``  ``VIP . proto . port -> goto <scheduler chain>``, comment =
-                        scheduler and flags (what ``read`` needs to rebuild the model)
-``nat_keys``            ``VIP . proto . port`` of NAT services (timeout rules)
+``nat_svc``/``dr_svc``  ``VIP . proto . port -> goto <scheduler chain>``; the chain's name
+                        is the scheduler, flags and slot count (``nat_wrr_4``, ``dr_mh_p``)
 ``nat_slots``           ``VIP . proto . port . slot -> RIP . RPORT`` (dnat target)
 ``dr_slots``            ``VIP . proto . port . slot -> mark`` where mark = the RIP as u32
-``nat_rs``              ``VIP . proto . port . RIP . RPORT -> weight`` (model only)
-``dr_rs``               ``VIP . proto . port . RIP -> RPORT . weight`` with a counter
-``nat_in``/``nat_out``  ``VIP . proto . RIP . RPORT`` with counters (forward hook)
+``nat_rs``              ``VIP . proto . port . RIP . RPORT -> weight``, only for real servers
+                        the slots do not describe (weight != 1, or no slot: weight 0)
+``dr_rs``               ``VIP . proto . port . RIP -> RPORT . weight``, likewise (and port != VIP's)
+``dr_in``               ``VIP . proto . port . RIP`` with a counter, added by the packet path
+``nat_in``/``nat_out``  ``VIP . proto . RIP . RPORT`` with counters, added by the packet path
+                        (forward hook) when a real server first sees traffic
 ``dr_mac``/``dr_smac``/``dr_dev``  ``RIP -> real server MAC / own MAC / out device``
 
 A scheduler chain turns the packet into a slot: ``numgen inc mod N`` (NAT rr/wrr:
@@ -35,7 +37,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 from ...model import (
     Forward,
@@ -70,6 +72,8 @@ __all__ = [
     "parse_tables",
     "service_forward",
     "service_key",
+    "scheduler_chain",
+    "parse_scheduler_chain",
 ]
 
 TABLE = "kubelvs"
@@ -84,16 +88,16 @@ HASH_SEED = 0x6B6C7673
 #: nf_conntrack's defaults, which ``nft list`` leaves out of a ct timeout policy.
 CT_DEFAULTS = {"established": 432000, "fin_wait": 120, "time_wait": 120, "replied": 120, "unreplied": 30}
 
+#: Capacity of the dynamic NAT counter sets (one element per real server with traffic).
+COUNTER_SET_SIZE = 1048576
 _CHUNK = 20000  # elements per ``add element`` line: the size the notes measured
-_PORT_FLAGS = frozenset({"sh-port", "mh-port"})
 
 Value: TypeAlias = tuple[str | int, ...] | str | int | None
 
 
-@dataclass(frozen=True, slots=True)
-class Element:
-    """One set/map element. ``value`` is None for a set, a verdict text (``goto x``,
-    ``drop``) for a verdict map; ``comment`` only on service elements."""
+class Element(NamedTuple):
+    """One set/map element (a NamedTuple: hundreds of thousands are built per sync). ``value`` is None for a set, a verdict text (``goto x``,
+    ``drop``) for a verdict map; ``comment`` is read back but kubelvs writes none."""
 
     family: str
     set: str
@@ -114,11 +118,9 @@ class Neighbour:
 
 @dataclass(frozen=True, slots=True)
 class ServiceElements:
-    """Elements of one service: ``own`` belong to it alone, ``shared`` may be shared with
-    other services of the same VIP (NAT counters keyed without the service port)."""
+    """The elements of one service, and the DR real servers that need neighbour elements."""
 
     own: frozenset[Element]
-    shared: frozenset[Element]
     dr_addresses: frozenset[str]  # real servers that need neighbour elements
 
 
@@ -136,14 +138,6 @@ def service_forward(svc: VirtualService) -> Forward:
     return method
 
 
-def _rs_name(rs: RealServer) -> str:
-    return str(rs.key)
-
-
-def _mark(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
-    return int(address)
-
-
 def service_elements(svc: VirtualService) -> ServiceElements:
     """Every element that represents ``svc`` (pure; the input of the diff in the backend)."""
     key = svc.key
@@ -155,40 +149,64 @@ def service_elements(svc: VirtualService) -> ServiceElements:
     kind = "dr" if forward is Forward.DR else "nat"
     family = "netdev" if kind == "dr" else "ip"
     vip, proto, port = str(key.address), str(key.protocol), key.port
-    by_name = {_rs_name(rs): rs for rs in svc.realservers}
+    # str(IPv4Address) is slow; each real server's address is formatted once.
+    rips = {rs: str(rs.address) for rs in svc.realservers}
+    by_name = {f"{rip}:{rs.port}": rs for rs, rip in rips.items()}
     weights = {name: rs.weight for name, rs in by_name.items()}
 
     table: Sequence[str | None]
     if svc.scheduler in ("rr", "wrr"):
         table = wrr_table(weights, weighted=svc.scheduler == "wrr")
-        chain = f"{kind}_rr_{len(table)}" if table else f"{kind}_none"
     else:
         table = maglev_table(weights, MAGLEV_SIZE)
-        chain = (f"{kind}_mhp" if svc.flags & _PORT_FLAGS else f"{kind}_mh") if any(table) else f"{kind}_none"
         if not any(table):
             table = []
+    chain = scheduler_chain(kind, svc.scheduler, svc.flags, len(table))
 
-    own: set[Element] = set()
-    shared: set[Element] = set()
-    own.add(Element(family, f"{kind}_svc", (vip, proto, port), f"goto {chain}", _service_comment(svc)))
-    if kind == "nat":
-        own.add(Element(family, "nat_keys", (vip, proto, port)))
-    for slot, name in enumerate(table):
-        assert name is not None
-        rs = by_name[name]
-        value: Value = (str(rs.address), rs.port) if kind == "nat" else _mark(rs.address)
-        own.add(Element(family, f"{kind}_slots", (vip, proto, port, slot), value))
+    own: list[Element] = [Element(family, f"{kind}_svc", (vip, proto, port), f"goto {chain}")]
+    values: dict[str, Value] = {
+        name: ((rips[rs], rs.port) if kind == "nat" else int(rs.address)) for name, rs in by_name.items()
+    }
+    slots = f"{kind}_slots"
+    own += [Element(family, slots, (vip, proto, port, slot), values[name]) for slot, name in enumerate(table) if name]
+    # A real server is known from its slots; only what the slots cannot say is stored:
+    # a weight other than 1, no slot at all (weight 0), a DR port other than the VIP's.
+    in_table = set(table)
     dr_addresses: set[str] = set()
-    for rs in svc.realservers:
-        rip = str(rs.address)
+    for name, rs in by_name.items():
         if kind == "nat":
-            own.add(Element(family, "nat_rs", (vip, proto, port, rip, rs.port), rs.weight))
-            shared.add(Element(family, "nat_in", (vip, proto, rip, rs.port)))
-            shared.add(Element(family, "nat_out", (vip, proto, rip, rs.port)))
+            if rs.weight != 1 or name not in in_table:
+                own.append(Element(family, "nat_rs", (vip, proto, port, rips[rs], rs.port), rs.weight))
         else:
-            own.add(Element(family, "dr_rs", (vip, proto, port, _mark(rs.address)), (rs.port, rs.weight)))
-            dr_addresses.add(rip)
-    return ServiceElements(frozenset(own), frozenset(shared), frozenset(dr_addresses))
+            dr_addresses.add(rips[rs])
+            if rs.weight != 1 or name not in in_table or rs.port != port:
+                own.append(Element(family, "dr_rs", (vip, proto, port, int(rs.address)), (rs.port, rs.weight)))
+    return ServiceElements(frozenset(own), frozenset(dr_addresses))
+
+
+def scheduler_chain(kind: str, scheduler: str, flags: frozenset[str], slots: int) -> str:
+    """The chain a service's verdict-map element jumps to. Its name *is* the stored
+    scheduler and flags (``read`` parses it back): no per-element comment needed,
+    which halves the cost of the service map."""
+    if scheduler in ("rr", "wrr"):
+        return f"{kind}_{scheduler}_{slots}"
+    suffix = ("p" if f"{scheduler}-port" in flags else "") + ("f" if f"{scheduler}-fallback" in flags else "")
+    return f"{kind}_{scheduler}" + (f"_{suffix}" if suffix else "") + ("" if slots else "_0")
+
+
+def parse_scheduler_chain(chain: str) -> tuple[str, frozenset[str]] | None:
+    """Inverse of ``scheduler_chain``: (scheduler, flags), None for a foreign name."""
+    parts = chain.split("_")
+    if len(parts) < 2 or parts[0] not in ("nat", "dr") or parts[1] not in SUPPORTED_SCHEDULERS:
+        return None
+    scheduler = parts[1]
+    flags: set[str] = set()
+    if scheduler in ("sh", "mh") and len(parts) > 2 and parts[2] != "0":
+        if "p" in parts[2]:
+            flags.add(f"{scheduler}-port")
+        if "f" in parts[2]:
+            flags.add(f"{scheduler}-fallback")
+    return scheduler, frozenset(flags)
 
 
 def neighbour_elements(rip: str, nb: Neighbour) -> frozenset[Element]:
@@ -202,54 +220,63 @@ def neighbour_elements(rip: str, nb: Neighbour) -> frozenset[Element]:
     )
 
 
-def _service_comment(svc: VirtualService) -> str:
-    text = f"sched={svc.scheduler}"
-    if svc.flags:
-        text += ";flags=" + ",".join(sorted(svc.flags))
-    return text
-
-
-def _parse_comment(comment: str) -> tuple[str, frozenset[str]]:
-    fields = dict(part.split("=", 1) for part in comment.split(";") if "=" in part)
-    flags = frozenset(f for f in fields.get("flags", "").split(",") if f)
-    return fields.get("sched", "rr"), flags
-
-
 # ---------------------------------------------------------------------- text
+
+
+def _scheduler_chains(kind: str) -> list[tuple[str, str]]:
+    """(name, body) of every scheduler chain of ``kind`` ("nat" or "dr")."""
+    key = "ip daddr . meta l4proto . th dport"
+    seed = f"seed {HASH_SEED:#x}"
+    if kind == "nat":
+        # New connections only (nat chains see the first packet); conntrack keeps the rest.
+        def pick(slot: str) -> str:
+            return f"jump nat_timeouts; dnat ip to {key} . {slot} map @nat_slots;"
+        rr_slot = "numgen inc mod {n}"
+    else:
+        # No connection state in netdev: every packet of a flow must hash to the same slot.
+        def pick(slot: str) -> str:
+            return f"meta mark set {key} . {slot} map @dr_slots goto dr_out;"
+        rr_slot = f"jhash ip saddr . th sport mod {{n}} {seed}"
+    chains: list[tuple[str, str]] = []
+    for scheduler in ("rr", "wrr"):
+        chains.append((f"{kind}_{scheduler}_0", "drop;"))
+        for n in range(1, MAX_WRR_SLOTS + 1):
+            chains.append((f"{kind}_{scheduler}_{n}", pick(rr_slot.format(n=n))))
+    for scheduler in ("sh", "mh"):
+        for suffix in ("", "_p", "_f", "_pf"):
+            source = "ip saddr . th sport" if "p" in suffix else "ip saddr"
+            chains.append((f"{kind}_{scheduler}{suffix}", pick(f"jhash {source} mod {MAGLEV_SIZE} {seed}")))
+            chains.append((f"{kind}_{scheduler}{suffix}_0", "drop;"))
+    return chains
 
 
 def skeleton_text() -> str:
     """Both tables with every map and chain, no elements: the fixed part of the ruleset."""
     key = "ip daddr . meta l4proto . th dport"
+    counter_set = f"size {COUNTER_SET_SIZE}; flags dynamic; counter;"
     lines = [
         f"table ip {TABLE} {{",
         f'  comment "{_TABLE_COMMENT}"',
         f"  chain {SKELETON_VERSION} {{ }}",
         f"  map nat_svc {{ typeof {key} : verdict; }}",
-        # The same keys as a plain set: the raw-priority timeout rules cannot look up
-        # nat_svc (the kernel refuses a lookup whose verdicts lead to dnat chains there).
-        f"  set nat_keys {{ typeof {key}; }}",
         f"  map nat_slots {{ typeof {key} . numgen inc mod 2 : ip daddr . th dport; }}",
         f"  map nat_rs {{ typeof {key} . ip daddr . th dport : meta mark; }}",
-        "  set nat_in { typeof ip daddr . meta l4proto . ip daddr . th dport; counter; }",
-        "  set nat_out { typeof ip daddr . meta l4proto . ip daddr . th dport; counter; }",
+        # Counters appear when traffic flows (``update`` from the packet path): a sync
+        # writes none of them, which halves the elements of a cold sync.
+        f"  set nat_in {{ typeof ip daddr . meta l4proto . ip daddr . th dport; {counter_set} }}",
+        f"  set nat_out {{ typeof ip daddr . meta l4proto . ip daddr . th dport; {counter_set} }}",
         # New connections to a VIP, from outside (prerouting) and from the director itself.
         f"  chain nat_pre {{ type nat hook prerouting priority dstnat; policy accept; {key} vmap @nat_svc; }}",
         f"  chain nat_local {{ type nat hook output priority -100; policy accept; {key} vmap @nat_svc; }}",
-        "  chain nat_none { drop; }",
-        f"  chain nat_mh {{ dnat ip to {key} . jhash ip saddr mod {MAGLEV_SIZE} seed {HASH_SEED:#x} map @nat_slots; }}",
-        f"  chain nat_mhp {{ dnat ip to {key} . jhash ip saddr . th sport mod {MAGLEV_SIZE} seed {HASH_SEED:#x} map @nat_slots; }}",
+        # ct timeout rules (SetTimeouts); runs for new NAT connections, before confirmation.
+        "  chain nat_timeouts { }",
     ]
-    for n in range(1, MAX_WRR_SLOTS + 1):
-        lines.append(f"  chain nat_rr_{n} {{ dnat ip to {key} . numgen inc mod {n} map @nat_slots; }}")
+    lines += [f"  chain {name} {{ {body} }}" for name, body in _scheduler_chains("nat")]
     lines += [
-        # Timeouts are attached before conntrack creates the entry (priority raw).
-        "  chain ct_pre { type filter hook prerouting priority raw; policy accept; }",
-        "  chain ct_local { type filter hook output priority raw; policy accept; }",
         # Per real server counters: after DNAT the packet carries the RIP, conntrack the VIP.
         "  chain count { type filter hook forward priority filter; policy accept;",
-        "    ct direction original ct original ip daddr . meta l4proto . ip daddr . th dport @nat_in",
-        "    ct direction reply ct original ip daddr . meta l4proto . ip saddr . th sport @nat_out",
+        "    ct status dnat ct direction original update @nat_in { ct original ip daddr . meta l4proto . ip daddr . th dport }",
+        "    ct status dnat ct direction reply update @nat_out { ct original ip daddr . meta l4proto . ip saddr . th sport }",
         "  }",
         "}",
         f"table netdev {TABLE} {{",
@@ -257,27 +284,20 @@ def skeleton_text() -> str:
         f"  chain {SKELETON_VERSION} {{ }}",
         f"  map dr_svc {{ typeof {key} : verdict; }}",
         f"  map dr_slots {{ typeof {key} . numgen inc mod 2 : meta mark; }}",
-        f"  map dr_rs {{ typeof {key} . meta mark : th dport . meta mark; counter; }}",
+        f"  map dr_rs {{ typeof {key} . meta mark : th dport . meta mark; }}",
+        f"  set dr_in {{ typeof {key} . meta mark; {counter_set} }}",
         "  map dr_mac { typeof meta mark : ether daddr; }",
         "  map dr_smac { typeof meta mark : ether saddr; }",
         "  map dr_dev { typeof meta mark : meta oif; }",
-        "  chain dr_none { drop; }",
         # The real server gets the frame unchanged but for the MACs: dst = its MAC, src =
         # ours (else the bridge learns the client's MAC on our port and the real server's
         # replies come back to us instead of going to the client).
         "  chain dr_out {",
-        f"    {key} . meta mark @dr_rs ether saddr set meta mark map @dr_smac"
+        f"    update @dr_in {{ {key} . meta mark }} ether saddr set meta mark map @dr_smac"
         " ether daddr set meta mark map @dr_mac fwd to meta mark map @dr_dev",
         "  }",
-        f"  chain dr_mh {{ meta mark set {key} . jhash ip saddr mod {MAGLEV_SIZE} seed {HASH_SEED:#x} map @dr_slots goto dr_out; }}",
-        f"  chain dr_mhp {{ meta mark set {key} . jhash ip saddr . th sport mod {MAGLEV_SIZE} seed {HASH_SEED:#x} map @dr_slots goto dr_out; }}",
     ]
-    for n in range(1, MAX_WRR_SLOTS + 1):
-        # No connection state in netdev: rr/wrr hash the flow so all its packets agree.
-        lines.append(
-            f"  chain dr_rr_{n} {{ meta mark set {key} . jhash ip saddr . th sport mod {n} seed {HASH_SEED:#x}"
-            " map @dr_slots goto dr_out; }"
-        )
+    lines += [f"  chain {name} {{ {body} }}" for name, body in _scheduler_chains("dr")]
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -306,12 +326,13 @@ def timeouts_text(timeouts: Timeouts, *, replace: bool) -> str:
     IPVS ``tcp`` is conntrack's established timeout, ``udp`` both UDP timeouts, and
     ``tcpfin`` the states of a closing connection (fin_wait and time_wait): after the
     seed's ``ipvsadm --set 900 30 300`` a closed connection leaves the table after 30 s.
+    The rules live in ``nat_timeouts``, which every NAT scheduler chain jumps to, so
+    they apply to new connections to a VIP only.
     """
     out: list[str] = []
     if replace:
         out += [
-            f"flush chain ip {TABLE} ct_pre",
-            f"flush chain ip {TABLE} ct_local",
+            f"flush chain ip {TABLE} nat_timeouts",
             f"delete ct timeout ip {TABLE} kl_tcp",
             f"delete ct timeout ip {TABLE} kl_udp",
         ]
@@ -321,38 +342,26 @@ def timeouts_text(timeouts: Timeouts, *, replace: bool) -> str:
         f" fin_wait: {t.tcpfin}, time_wait: {t.tcpfin} }}; }}",
         f"add ct timeout ip {TABLE} kl_udp {{ protocol udp; l3proto ip; policy = {{ unreplied: {t.udp}, replied: {t.udp} }}; }}",
     ]
-    for chain in ("ct_pre", "ct_local"):
-        for proto in ("tcp", "udp"):
-            out.append(
-                f"add rule ip {TABLE} {chain} ip daddr . meta l4proto . th dport @nat_keys"
-                f' meta l4proto {proto} ct timeout set "kl_{proto}"'
-            )
+    for proto in ("tcp", "udp"):
+        out.append(f'add rule ip {TABLE} nat_timeouts meta l4proto {proto} ct timeout set "kl_{proto}"')
     return "\n".join(out) + "\n"
 
 
-def _fmt(value: str | int) -> str:
-    if isinstance(value, int):
-        return str(value)
-    if value in ("tcp", "udp", "sctp") or ":" in value or value[:1].isdigit():
-        return value  # protocol names, MACs, addresses
-    return f'"{value}"'  # interface names
-
-
-def _fmt_key(key: tuple[str | int, ...]) -> str:
-    return " . ".join(_fmt(v) for v in key)
+def _fmt_value(set_name: str, value: Value) -> str:
+    if isinstance(value, tuple):
+        return " . ".join(map(str, value))
+    if set_name == "dr_dev":
+        return f'"{value}"'  # an interface name
+    return str(value)  # verdicts ("goto x", "drop"), MACs, numbers
 
 
 def _fmt_element(e: Element, with_value: bool) -> str:
-    text = _fmt_key(e.key)
+    # Every key part is an address, a protocol name or a number: str() is nft syntax.
+    text = " . ".join(map(str, e.key))
     if e.comment:
         text += f' comment "{e.comment}"'
     if with_value and e.value is not None:
-        if isinstance(e.value, tuple):
-            text += " : " + _fmt_key(e.value)
-        elif isinstance(e.value, str) and (e.value.startswith("goto ") or e.value in ("drop", "accept")):
-            text += " : " + e.value
-        else:
-            text += " : " + _fmt(e.value)
+        text += " : " + _fmt_value(e.set, e.value)
     return text
 
 
@@ -361,11 +370,10 @@ def elements_text(verb: str, elements: Iterable[Element]) -> Iterator[str]:
     groups: dict[tuple[str, str], list[Element]] = {}
     for e in elements:
         groups.setdefault((e.family, e.set), []).append(e)
+    with_value = verb == "add"
     for (family, name), items in sorted(groups.items()):
-        items.sort(key=lambda e: tuple(str(k) for k in e.key))
         for start in range(0, len(items), _CHUNK):
-            chunk = items[start : start + _CHUNK]
-            body = ", ".join(_fmt_element(e, verb == "add") for e in chunk)
+            body = ", ".join([_fmt_element(e, with_value) for e in items[start : start + _CHUNK]])
             yield f"{verb} element {family} {TABLE} {name} {{ {body} }}\n"
 
 
@@ -464,33 +472,59 @@ def parse_tables(documents: Sequence[Mapping[str, Any]]) -> ParsedTables:
 
 def _rebuild(out: ParsedTables, counters: Mapping[tuple[str, tuple[str | int, ...]], tuple[int, int]]) -> None:
     services: dict[ServiceKey, VirtualService] = {}
-    realservers: dict[ServiceKey, list[RealServer]] = {}
+    kinds: dict[ServiceKey, str] = {}
+    realservers: dict[ServiceKey, dict[tuple[str, int], RealServer]] = {}
     for e in out.elements:
-        if e.set in ("nat_svc", "dr_svc"):
+        if e.set in ("nat_svc", "dr_svc") and isinstance(e.value, str) and e.value.startswith("goto "):
+            parsed = parse_scheduler_chain(e.value[5:])
+            if parsed is None:
+                continue
             sk = service_key(e.key)
-            sched, flags = _parse_comment(e.comment)
-            services[sk] = VirtualService(key=sk, scheduler=sched, flags=flags)
+            services[sk] = VirtualService(key=sk, scheduler=parsed[0], flags=parsed[1])
+            kinds[sk] = e.set[:-4]
+            realservers[sk] = {}
+    # Real servers with a slot and the defaults (weight 1, DR port = VIP port) ...
+    for e in out.elements:
+        if e.set == "nat_slots":
+            sk = service_key(e.key[:3])
+            assert isinstance(e.value, tuple)
+            rip, rport = str(e.value[0]), int(e.value[1])
+            if sk in realservers and (rip, rport) not in realservers[sk]:
+                realservers[sk][(rip, rport)] = RealServer(ipaddress.ip_address(rip), rport, 1, Forward.NAT)
+        elif e.set == "dr_slots":
+            sk = service_key(e.key[:3])
+            rip = str(ipaddress.IPv4Address(int(e.value)))  # type: ignore[arg-type]
+            if sk in realservers and (rip, -1) not in realservers[sk]:
+                realservers[sk][(rip, -1)] = RealServer(ipaddress.ip_address(rip), sk.port, 1, Forward.DR)
+    # ... and what the slots cannot say: weights other than 1, slot-less real servers, DR ports.
     for e in out.elements:
         if e.set == "nat_rs":
             vip, proto, port, rip, rport = e.key
             sk = service_key((vip, proto, port))
-            assert isinstance(e.value, int)
-            rs = RealServer(ipaddress.ip_address(rip), int(rport), e.value, Forward.NAT)
-            realservers.setdefault(sk, []).append(rs)
-            pin, bin_ = counters.get(("nat_in", (vip, proto, rip, rport)), (0, 0))
-            pout, bout = counters.get(("nat_out", (vip, proto, rip, rport)), (0, 0))
-            out.stats[(sk, rs.key)] = RealServerStats(in_packets=pin, in_bytes=bin_, out_packets=pout, out_bytes=bout)
+            if sk in realservers:
+                assert isinstance(e.value, int)
+                realservers[sk][(str(rip), int(rport))] = RealServer(ipaddress.ip_address(rip), int(rport), e.value, Forward.NAT)
         elif e.set == "dr_rs":
             vip, proto, port, mark = e.key
             sk = service_key((vip, proto, port))
-            assert isinstance(e.value, tuple)
-            rport, weight = e.value
-            rs = RealServer(ipaddress.IPv4Address(int(mark)), int(rport), int(weight), Forward.DR)
-            realservers.setdefault(sk, []).append(rs)
-            pin, bin_ = counters.get(("dr_rs", e.key), (0, 0))
-            out.stats[(sk, rs.key)] = RealServerStats(in_packets=pin, in_bytes=bin_)
+            if sk in realservers:
+                assert isinstance(e.value, tuple)
+                rport, weight = e.value
+                rip = str(ipaddress.IPv4Address(int(mark)))
+                realservers[sk][(rip, -1)] = RealServer(ipaddress.ip_address(rip), int(rport), int(weight), Forward.DR)
     for sk, svc in services.items():
-        out.services[sk] = svc.with_realservers(realservers.get(sk, ()))
+        full = svc.with_realservers(realservers[sk].values())
+        out.services[sk] = full
+        vip, proto = str(sk.address), str(sk.protocol)
+        for rs in full.realservers:
+            rip = str(rs.address)
+            if rs.forward is Forward.NAT:
+                pin, bin_ = counters.get(("nat_in", (vip, proto, rip, rs.port)), (0, 0))
+                pout, bout = counters.get(("nat_out", (vip, proto, rip, rs.port)), (0, 0))
+            else:
+                pin, bin_ = counters.get(("dr_in", (vip, proto, sk.port, int(rs.address))), (0, 0))
+                pout = bout = 0  # replies go from the real server straight to the client
+            out.stats[(sk, rs.key)] = RealServerStats(in_packets=pin, in_bytes=bin_, out_packets=pout, out_bytes=bout)
 
 
 def service_key(key: tuple[str | int, ...]) -> ServiceKey:

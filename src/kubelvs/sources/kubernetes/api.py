@@ -78,12 +78,16 @@ class KubeApi:
         """``kubeconfig``, else the in-cluster service account (when run as a pod), else
         ``~/.kube/config``."""
         cfg = k8s_client.Configuration()
-        if kubeconfig is not None:
-            await k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
-        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-            k8s_config.load_incluster_config(client_configuration=cfg)
-        else:
-            await k8s_config.load_kube_config(client_configuration=cfg)
+        try:
+            if kubeconfig is not None:
+                await k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+            elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+                k8s_config.load_incluster_config(client_configuration=cfg)
+            else:
+                await k8s_config.load_kube_config(client_configuration=cfg)
+        except (k8s_config.ConfigException, OSError, ValueError) as exc:
+            where = str(kubeconfig) if kubeconfig else "in-cluster service account or ~/.kube/config"
+            raise ApiError(0, "NoConfig", f"cannot load the Kubernetes client config ({where}): {exc}") from exc
         return cls(k8s_client.ApiClient(configuration=cfg))
 
     @classmethod

@@ -28,7 +28,7 @@ from . import annotations as ann
 from .objects import EventSpec, ObjectId, Service
 from .settings import KubeSettings, Pool
 
-__all__ = ["IpamResult", "allocate", "is_managed_lb", "requested_ips", "sharing_key"]
+__all__ = ["IpamResult", "allocate", "ipam_key", "is_managed_lb", "requested_ips", "sharing_key"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +45,26 @@ def is_managed_lb(svc: Service, settings: KubeSettings) -> bool:
     if svc.load_balancer_class is None:
         return settings.manage_unclassed
     return svc.load_balancer_class == settings.load_balancer_class
+
+
+def ipam_key(svc: Service, settings: KubeSettings) -> tuple[object, ...]:
+    """Everything of ``svc`` that ``allocate`` reads: equal keys, equal allocation."""
+    if svc.type != "LoadBalancer" and not svc.ingress_ips:
+        return (svc.id,)
+    share = sharing_key(svc)
+    return (
+        svc.id,
+        svc.uid,
+        svc.created,
+        svc.type,
+        svc.load_balancer_class,
+        requested_ips(svc),
+        svc.annotation(ann.ADDRESS_POOL),
+        share,
+        svc.ports if share else (),
+        svc.ingress_ips,
+        svc.ip_families,
+    )
 
 
 def requested_ips(svc: Service) -> tuple[str, ...]:

@@ -58,6 +58,7 @@ class LeaderElector:
         self.clock = clock
         self._renewed_at: float | None = None  # our clock when we last renewed successfully
         self.transitions = 0  # times this elector became leader
+        self.on_elected: Callable[[], None] | None = None  # e.g. wake the writer at once
 
     @property
     def is_leader(self) -> bool:
@@ -115,6 +116,8 @@ class LeaderElector:
         self._renewed_at = now
         if not was:
             self.transitions += 1
+            if self.on_elected is not None:
+                self.on_elected()
             log.info("became the status writer (Lease %s/%s)", self.namespace, self.name)
         return True
 

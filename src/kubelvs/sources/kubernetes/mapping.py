@@ -38,7 +38,7 @@ from ...model import (
 )
 from ...model.validate import MAX_TIMEOUT, MAX_WEIGHT
 from . import annotations as ann
-from .ipam import IpamResult, allocate
+from .ipam import IpamResult, allocate, ipam_key
 from .objects import EndpointSlice, EventSpec, Node, ObjectId, Service
 from .settings import KubeSettings
 
@@ -70,11 +70,16 @@ class MappingResult:
     owners: Mapping[ServiceKey, ObjectId]  # which Service each virtual service serves
     events: tuple[EventSpec, ...]
     status: Mapping[ObjectId, tuple[str, ...]]  # status.loadBalancer.ingress to write (leader only)
-    node_vips: Mapping[str, frozenset[IPAddress]]  # node name -> VIPs it must hold (DR/TUN)
+    targets: tuple[NodeTarget, ...]  # the eligible nodes, by name
     ipam: IpamResult
 
     def names(self) -> dict[ServiceKey, str]:
         return {k: s.name for k, s in self.desired.services.items()}
+
+    def node_vips(self) -> dict[str, frozenset[IPAddress]]:
+        """Node name -> the VIPs it must hold (DR/TUN). Computed on demand: only the
+        node agent asks, and it costs O(all real servers)."""
+        return _node_vips(self.desired.services, self.targets)
 
 
 def node_targets(nodes: Iterable[Node], settings: KubeSettings) -> tuple[NodeTarget, ...]:
@@ -252,11 +257,19 @@ class Mapper:
         self.settings = settings
         self._cache: dict[ObjectId, tuple[tuple[object, ...], _Fragment]] = {}
         self._targets: tuple[NodeTarget, ...] = ()
+        self._ipam: tuple[tuple[object, ...], IpamResult] | None = None
         self.recomputed = 0  # Services recomputed by the last ``map`` call (for tests and the benchmark)
 
     def map(self, snap: Snapshot) -> MappingResult:
         settings = self.settings
-        ipam = allocate(snap.services.values(), settings)
+        # IPAM reads only a few fields of each Service: when none of them changed, the
+        # allocation cannot have changed either (a port edit does not re-run it).
+        ipam_inputs = tuple(ipam_key(s, settings) for s in snap.services.values())
+        if self._ipam is not None and self._ipam[0] == ipam_inputs:
+            ipam = self._ipam[1]
+        else:
+            ipam = allocate(snap.services.values(), settings)
+            self._ipam = (ipam_inputs, ipam)
         targets = node_targets(snap.nodes.values(), settings)
         if targets != self._targets:
             self._cache.clear()  # the node set changed: every Service's real servers may change
@@ -290,10 +303,9 @@ class Mapper:
         self.recomputed = recomputed
         services, owners, conflict_events = _resolve(fragments, settings)
         events += conflict_events
-        node_vips = _node_vips(services, targets)
         desired = DesiredState(services=services, ownership=settings.ownership)
         return MappingResult(
-            desired=desired, owners=owners, events=tuple(events), status=ipam.status, node_vips=node_vips, ipam=ipam
+            desired=desired, owners=owners, events=tuple(events), status=ipam.status, targets=targets, ipam=ipam
         )
 
 
@@ -355,4 +367,13 @@ def compute(snap: Snapshot, settings: KubeSettings) -> MappingResult:
 def vips_for_node(result: MappingResult, node_name: str) -> frozenset[IPAddress]:
     """The VIPs node ``node_name`` must hold (on lo, with arp_ignore=1/arp_announce=2) to
     serve its DR and TUN real servers; empty for a node that is no real server."""
-    return result.node_vips.get(node_name, frozenset())
+    target = next((t for t in result.targets if t.name == node_name), None)
+    if target is None:
+        return frozenset()  # not an eligible node: it must hold no VIP
+    mine = {a for a in (target.v4, target.v6) if a is not None}
+    return frozenset(
+        key.address
+        for key, vs in result.desired.services.items()
+        if key.address is not None
+        and any(rs.address in mine and rs.forward in (Forward.DR, Forward.TUN) for rs in vs.realservers)
+    )

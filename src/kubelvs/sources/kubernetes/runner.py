@@ -152,7 +152,9 @@ async def _main(args: argparse.Namespace, config: Config, base: DesiredState, se
                         await elector.release()
                 return exit_codes.OK
 
-            dl = DirectorLoop(store, reconciler, settings, writer=writer, elector=elector, resync=args.resync or settings.resync_seconds)
+            dl = DirectorLoop(store, reconciler, settings, writer=writer, elector=elector, resync=_resync(args, settings))
+            if elector is not None:
+                elector.on_elected = dl.coalescer.poke
             tasks = [asyncio.create_task(dl.run(stop))]
             if manifests is not None:
                 tasks.append(asyncio.create_task(watch_manifests(store, manifests, poll=args.poll, stop=stop)))
@@ -181,6 +183,13 @@ async def _main(args: argparse.Namespace, config: Config, base: DesiredState, se
     finally:
         if api is not None:
             await api.close()
+
+
+def _resync(args: argparse.Namespace, settings: KubeSettings) -> float:
+    # --resync has a default (60) in the shared director parser: the config's
+    # kubernetes.resync_seconds wins unless the flag was given another value.
+    flag = getattr(args, "resync", None)
+    return float(flag) if flag not in (None, 60.0) else settings.resync_seconds
 
 
 class DirectorLoop:

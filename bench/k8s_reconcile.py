@@ -1,0 +1,251 @@
+"""Benchmark of the Kubernetes source at scale: 10,000 Services x 10 nodes.
+
+The whole director runs in one process: watches against the stand-in API server
+(tests/kubernetes/apiserver.py, the real wire protocol over loopback HTTP), the store,
+the coalescer (100 ms), the mapping with IPAM, and the planner, with a data plane that
+is either the in-memory reference (``memory``: control-plane cost alone) or nftables in
+a fresh network namespace (``nftables``: the kernel programmed).
+
+Measured: the time from the LAST event to the end of the sync that programmed it
+(``DirectorLoop.last_programmed``), for one Service edit, a burst of 100 edits, and a
+node going NotReady (which touches every Service). Also measured: the first full
+reconcile after the initial list, and the director's memory (RSS growth while it
+builds its state; the stand-in server's own copies are counted before that). Baseline,
+measured in the same run: a full recompute plus a full sync of everything, which is
+what kube-proxy's syncProxyRules does on every change. The ratios compare against it.
+A benchmark, not a timed test: nothing here passes or fails on a number.
+
+    .venv/bin/python bench/k8s_reconcile.py [--services 10000] [--nodes 10] [--backend memory|nftables]
+Results: bench/results/k8s_reconcile-<backend>.json and .md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import platform
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kubelvs.model import DesiredState, Ownership  # noqa: E402
+from kubelvs.roles.director import Director  # noqa: E402
+from kubelvs.sources.kubernetes.api import KubeApi  # noqa: E402
+from kubelvs.sources.kubernetes.mapping import Mapper  # noqa: E402
+from kubelvs.sources.kubernetes.reconciler import Reconciler  # noqa: E402
+from kubelvs.sources.kubernetes.runner import DirectorLoop  # noqa: E402
+from kubelvs.sources.kubernetes.settings import parse_kubernetes  # noqa: E402
+from kubelvs.sources.kubernetes.tracker import KINDS, Store  # noqa: E402
+from kubelvs.sources.kubernetes.watch import WatchStats, watch_kind  # noqa: E402
+from tests.kubernetes import k8sobjects as k  # noqa: E402
+from tests.kubernetes.apiserver import FakeApiServer  # noqa: E402
+from tests.kubernetes.memory_backend import MemoryBackend  # noqa: E402
+
+OWNED = "10.128.0.0/16"
+POOL = "10.128.0.0/17"
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def node_ip(i: int) -> str:
+    return f"192.168.10.{i + 1}"
+
+
+class NftNamespace:
+    """A fresh namespace with permanent neighbours for the node addresses (DR needs MACs)."""
+
+    def __init__(self, nodes: int) -> None:
+        self.name = f"kubelvs-bench-{secrets.token_hex(3)}"
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        sh = lambda *a: subprocess.run(["ip", "-n", self.name, *a], check=True)  # noqa: E731
+        sh("link", "set", "lo", "up")
+        sh("link", "add", "v0", "type", "veth", "peer", "name", "v1")
+        sh("link", "set", "v0", "up")
+        sh("link", "set", "v1", "up")
+        sh("addr", "add", "192.168.10.254/24", "dev", "v0")
+        for i in range(nodes):
+            sh("neigh", "replace", node_ip(i), "lladdr", f"02:00:00:00:0a:{i + 1:02x}", "dev", "v0", "nud", "permanent")
+
+    def close(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+async def wait(cond: Any, timeout: float = 600) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise TimeoutError("benchmark step did not converge")
+        await asyncio.sleep(0.01)
+
+
+async def bench(n_services: int, n_nodes: int, backend_name: str) -> dict[str, Any]:
+    server = FakeApiServer(bookmark_interval=5)
+    await server.start()
+    for i in range(n_nodes):
+        server.put(k.node(f"node{i}", node_ip(i)))
+    for i in range(n_services):
+        name = f"svc{i:05d}"
+        ns = f"ns{i % 50}"
+        server.put(k.service(name, namespace=ns, type="LoadBalancer", created=f"2026-11-20T10:{i // 3600 % 60:02d}:{i % 60:02d}Z"))
+        eps = k.endpointslice(name, [k.endpoint(f"node{i % n_nodes}", f"10.230.{i // 250}.{i % 250}"),
+                                     k.endpoint(f"node{(i + 1) % n_nodes}", f"10.231.{i // 250}.{i % 250}")], namespace=ns)
+        server.put(eps)
+    server.history.clear()  # the stand-in's own event log is not the director's memory
+    rss_server = rss_mib()
+
+    settings = parse_kubernetes(
+        {"lb_pools": [{"name": "default", "cidrs": [POOL]}], "coalesce_ms": 100},
+        Ownership(cidrs=(ipaddress.ip_network(OWNED),)),
+    )
+    nsobj = None
+    if backend_name == "nftables":
+        from kubelvs.backends.nftables import NftablesBackend
+
+        nsobj = NftNamespace(n_nodes)
+        backend: Any = NftablesBackend(netns=nsobj.name)
+    else:
+        backend = MemoryBackend()
+    api = KubeApi.for_url(server.url)
+    store = Store()
+    reconciler = Reconciler(settings, base=DesiredState(ownership=settings.ownership), director=Director(backend))
+    loop = DirectorLoop(store, reconciler, settings, resync=3600)
+    stop = asyncio.Event()
+    stats = {kind: WatchStats() for kind in KINDS}
+    results: dict[str, Any] = {"services": n_services, "nodes": n_nodes, "backend": backend_name}
+    try:
+        t0 = time.perf_counter()
+        tasks = [asyncio.create_task(loop.run(stop))]
+        tasks += [asyncio.create_task(watch_kind(api, kind, store, stats=stats[kind], stop=stop)) for kind in KINDS]
+        await wait(lambda: loop.reconciles >= 1)
+        results["initial_list_map_full_sync_s"] = time.perf_counter() - t0
+        results["virtual_services"] = len(reconciler.last_desired.services) if reconciler.last_desired else 0
+        results["realservers"] = sum(len(v.realservers) for v in reconciler.last_desired.services.values()) if reconciler.last_desired else 0
+        results["rss_director_mib"] = round(rss_mib() - rss_server, 1)
+        results["rss_total_mib"] = round(rss_mib(), 1)
+
+        async def after(change: Any, check: Any) -> float:
+            before = loop.reconciles
+            await asyncio.sleep(0.3)
+            change()
+            t_last = time.monotonic()
+            await wait(lambda: loop.reconciles > before and check())
+            return loop.last_programmed - t_last
+
+        one = []
+        for r in range(5):
+            name, ns = f"svc{r * 7:05d}", f"ns{(r * 7) % 50}"
+            svc = server.get("Service", ns, name)
+            svc["spec"]["ports"][0]["port"] = 8000 + r
+            one.append(await after(lambda s=svc: server.put(s), lambda r=r: any(
+                key.port == 8000 + r for key in (reconciler.last_desired.services if reconciler.last_desired else {})
+            )))
+        results["one_service_edit_s"] = statistics.median(one)
+        results["one_service_recomputed"] = reconciler.mapper.recomputed
+
+        def burst() -> None:
+            for j in range(100):
+                i = (n_services // 2 + j) % n_services
+                name, ns = f"svc{i:05d}", f"ns{i % 50}"
+                svc = server.get("Service", ns, name)
+                svc["spec"]["ports"][0]["port"] = 9000
+                server.put(svc)
+
+        results["burst_100_edits_s"] = await after(burst, lambda: sum(
+            1 for key in (reconciler.last_desired.services if reconciler.last_desired else {}) if key.port == 9000) == 100)
+        results["burst_reconciles"] = loop.reconciles
+
+        def node_down() -> None:
+            node = server.get("Node", "", "node3")
+            node["status"]["conditions"][1]["status"] = "False"
+            server.put(node)
+
+        results["node_not_ready_s"] = await after(node_down, lambda: all(
+            len(v.realservers) == n_nodes - 1 for v in list((reconciler.last_desired.services if reconciler.last_desired else {}).values())[:50]))
+
+        # Baseline: recompute everything and sync everything (kube-proxy's way), same state.
+        snap = store.snapshot()
+        base_times = []
+        for _ in range(3):
+            reconciler.mapper = Mapper(settings)
+            t = time.perf_counter()
+            await asyncio.to_thread(reconciler.reconcile, snap, full=True)
+            base_times.append(time.perf_counter() - t)
+        results["baseline_full_recompute_and_sync_s"] = statistics.median(base_times)
+        base = results["baseline_full_recompute_and_sync_s"]
+        results["ratio_one_edit_to_baseline"] = results["one_service_edit_s"] / base
+        results["ratio_burst_to_baseline"] = results["burst_100_edits_s"] / base
+        results["ratio_node_to_baseline"] = results["node_not_ready_s"] / base
+        results["rss_peak_mib"] = round(rss_mib(), 1)
+        stop.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await api.close()
+        await server.close()
+        backend.close()
+        if nsobj is not None:
+            nsobj.close()
+    return results
+
+
+def markdown(r: dict[str, Any]) -> str:
+    rows = [
+        ("first reconcile after the initial list (list + map + full sync)", f"{r['initial_list_map_full_sync_s']:.2f} s", ""),
+        ("one Service edit: last event -> programmed (median of 5)", f"{r['one_service_edit_s'] * 1000:.0f} ms", f"{r['ratio_one_edit_to_baseline']:.2f}"),
+        ("100 Service edits in a burst: last event -> programmed", f"{r['burst_100_edits_s'] * 1000:.0f} ms", f"{r['ratio_burst_to_baseline']:.2f}"),
+        ("one node NotReady (every Service changes): last event -> programmed", f"{r['node_not_ready_s'] * 1000:.0f} ms", f"{r['ratio_node_to_baseline']:.2f}"),
+        ("baseline: full recompute + full sync (kube-proxy's way)", f"{r['baseline_full_recompute_and_sync_s'] * 1000:.0f} ms", "1.00"),
+        ("director memory (RSS growth while building its state)", f"{r['rss_director_mib']} MiB", ""),
+        ("process RSS at the end (stand-in server included)", f"{r['rss_peak_mib']} MiB", ""),
+    ]
+    out = [
+        f"# Kubernetes source: {r['services']:,} Services x {r['nodes']} nodes, backend {r['backend']}",
+        "",
+        f"{r['virtual_services']:,} virtual services, {r['realservers']:,} real servers; coalescing 100 ms (included in the latencies).",
+        f"Machine: {r['machine']}; {r['date']}.",
+        "",
+        "| step | time | ratio to baseline |",
+        "| --- | --- | --- |",
+        *[f"| {a} | {b} | {c} |" for a, b, c in rows],
+        "",
+    ]
+    return "\n".join(out)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--services", type=int, default=10_000)
+    p.add_argument("--nodes", type=int, default=10)
+    p.add_argument("--backend", choices=("memory", "nftables"), default="memory")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    a = p.parse_args()
+    r = asyncio.run(bench(a.services, a.nodes, a.backend))
+    r["machine"] = f"{platform.machine()} {os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}"
+    r["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    a.out.mkdir(parents=True, exist_ok=True)
+    stem = a.out / f"k8s_reconcile-{a.backend}"
+    stem.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(r))
+    print(markdown(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

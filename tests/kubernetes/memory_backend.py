@@ -1,0 +1,50 @@
+"""An in-memory data plane with the Backend interface, for tests of the control loop
+that need no kernel (the kernel-backed end-to-end test is test_e2e_ipvs.py).
+It applies plans with ``apply_ops``, the reference semantics every backend follows."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+
+from kubelvs.errors import ApplyError, FieldError
+from kubelvs.model import DesiredState, ObservedState
+from kubelvs.planner import Operation, apply_ops, describe
+
+
+class MemoryBackend:
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.state = ObservedState()
+        self.applies: list[list[Operation]] = []
+        self.reads = 0
+        self.fail_next_apply = False
+        self.lock = threading.Lock()
+
+    def read(self, *, sysctls: Iterable[str] = ()) -> ObservedState:
+        with self.lock:
+            self.reads += 1
+            return self.state
+
+    def apply(self, ops: Sequence[Operation]) -> None:
+        with self.lock:
+            if self.fail_next_apply and ops:
+                self.fail_next_apply = False
+                raise ApplyError(0, describe(ops[0]), "injected failure")
+            self.applies.append(list(ops))
+            self.state = apply_ops(self.state, ops)
+
+    def problems(self, desired: DesiredState) -> list[FieldError]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+    def table(self) -> dict[str, list[tuple[str, int, int, str]]]:
+        """``{"TCP 10.240.0.201:80": [(address, port, weight, forward)]}``"""
+        with self.lock:
+            return {
+                str(k): [(str(r.address), r.port, r.weight, str(r.forward)) for r in vs.realservers]
+                for k, vs in self.state.services.items()
+            }

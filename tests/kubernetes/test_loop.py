@@ -1,0 +1,162 @@
+"""The running director against the stand-in API server: converges on changes with
+one coalesced reconcile, keeps the kernel through an outage, writes status and Events
+as the only leader among several active-active directors."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from . import k8sobjects as k
+from .apiserver import FakeApiServer
+from .helpers import settings
+from .stack import DirectorStack
+from .test_watch import until
+
+WHOAMI = "TCP 10.240.0.201:80"
+
+
+def run(body: Any, **kw: Any) -> Any:
+    async def main() -> Any:
+        server = FakeApiServer(**kw)
+        await server.start()
+        try:
+            return await body(server)
+        finally:
+            await server.close()
+
+    return asyncio.run(main())
+
+
+def seed(server: FakeApiServer) -> None:
+    for obj in k.seed_objects():
+        server.put(obj)
+
+
+def test_converges_on_edits_incrementally() -> None:
+    async def body(server: FakeApiServer) -> None:
+        seed(server)
+        d = DirectorStack(server.url, settings(), identity="d1")
+        d.start()
+        await until(lambda: WHOAMI in d.backend.table())
+        assert d.backend.table()[WHOAMI] == [("10.240.0.101", 80, 1, "dr"), ("10.240.0.102", 80, 1, "dr")]
+        reads = d.backend.reads
+        # Port change: the old VIP:80 goes, VIP:8080 comes (kube-router #715 cannot happen).
+        svc = server.get("Service", "default", "whoami")
+        svc["spec"]["ports"][0]["port"] = 8080
+        server.put(svc)
+        await until(lambda: "TCP 10.240.0.201:8080" in d.backend.table() and WHOAMI not in d.backend.table())
+        # Node removed.
+        server.delete("Node", "", "node2")
+        await until(lambda: d.backend.table()["TCP 10.240.0.201:8080"] == [("10.240.0.101", 8080, 1, "dr")])
+        assert d.backend.reads == reads  # incremental: planned against memory, no kernel re-read
+        await d.close()
+
+    run(body)
+
+
+def test_burst_of_changes_is_one_reconcile() -> None:
+    async def body(server: FakeApiServer) -> None:
+        seed(server)
+        d = DirectorStack(server.url, settings({**{"external_ip_cidrs": ["10.240.0.192/26"]}, "coalesce_ms": 300}), identity="d1")
+        d.start()
+        await until(lambda: WHOAMI in d.backend.table())
+        await asyncio.sleep(0.2)
+        before = d.loop.reconciles
+        applies = len(d.backend.applies)
+        for i in range(20):
+            server.put(k.service(f"burst{i}", external_ips=[f"10.240.0.{220 + i}"]))
+        await until(lambda: len(d.backend.table()) == 21, timeout=5)
+        await asyncio.sleep(0.4)
+        assert d.loop.reconciles - before == 1
+        assert len(d.backend.applies) - applies == 1
+        assert d.reconciler.mapper.recomputed == 20  # only the new Services were mapped
+        await d.close()
+
+    run(body)
+
+
+def test_outage_keeps_kernel_then_converges() -> None:
+    async def body(server: FakeApiServer) -> None:
+        seed(server)
+        d = DirectorStack(server.url, settings(), identity="d1", resync=0.3)
+        d.start()
+        await until(lambda: WHOAMI in d.backend.table())
+        table = d.backend.table()
+        await server.stop()
+        await asyncio.sleep(1.2)  # several resync periods and watch retries while away
+        assert d.backend.table() == table
+        assert d.loop.failures == 0 and sum(s.errors for s in d.stats.values()) >= 3
+        server.delete("Node", "", "node1")  # changed while we could not see it
+        await server.start()
+        await until(lambda: d.backend.table()[WHOAMI] == [("10.240.0.102", 80, 1, "dr")], timeout=8)
+        await d.close()
+
+    run(body)
+
+
+def test_failed_apply_is_repaired_by_a_full_sync() -> None:
+    async def body(server: FakeApiServer) -> None:
+        seed(server)
+        d = DirectorStack(server.url, settings(), identity="d1", resync=30)
+        d.start()
+        await until(lambda: WHOAMI in d.backend.table())
+        d.backend.fail_next_apply = True
+        server.put(k.service("second", external_ips=["10.240.0.202"], created="2026-11-21T00:00:00Z"))
+        await until(lambda: "TCP 10.240.0.202:80" in d.backend.table(), timeout=5)
+        assert d.loop.failures == 1
+        await d.close()
+
+    run(body)
+
+
+def test_leader_writes_status_and_events_once_among_two_directors() -> None:
+    async def body(server: FakeApiServer) -> None:
+        seed(server)
+        server.put(k.service("lb", type="LoadBalancer", created="2026-11-21T00:00:00Z"))
+        server.put(k.service("evil", external_ips=["1.2.3.4"], created="2026-11-21T00:00:01Z"))
+        a = DirectorStack(server.url, settings(), identity="a")
+        b = DirectorStack(server.url, settings(), identity="b")
+        a.start()
+        b.start()
+        lb = "TCP 10.240.0.225:80"
+        await until(lambda: lb in a.backend.table() and lb in b.backend.table())
+        assert a.backend.table() == b.backend.table()  # active-active: the same desired state
+        await until(lambda: server.get("Service", "default", "lb")["status"]["loadBalancer"].get("ingress") == [{"ip": "10.240.0.225", "ipMode": "VIP"}])
+        await until(lambda: any(e["reason"] == "ExternalIPNotAllowed" for e in server.events))
+        await asyncio.sleep(0.5)
+        assert [e.is_leader for e in (a.elector, b.elector)].count(True) == 1
+        assert len(server.status_patches) == 1
+        reasons = sorted(e["reason"] for e in server.events)
+        assert reasons == ["ExternalIPNotAllowed", "IPAllocated"]  # posted once, not once per director
+        ev = next(e for e in server.events if e["reason"] == "ExternalIPNotAllowed")
+        assert ev["involvedObject"]["name"] == "evil" and ev["type"] == "Warning" and ev["source"]["component"] == "kubelvs-director"
+        # The leader goes away: the other takes over the writing within the lease time.
+        leader, other = (a, b) if a.elector.is_leader else (b, a)
+        await leader.close()
+        await until(lambda: other.elector.is_leader, timeout=5)
+        svc = server.get("Service", "default", "lb")
+        svc["spec"]["type"] = "ClusterIP"  # type change: the address is released
+        server.put(svc)
+        await until(lambda: not server.get("Service", "default", "lb")["status"]["loadBalancer"].get("ingress"))
+        await until(lambda: lb not in other.backend.table())
+        await other.close()
+
+    run(body)
+
+
+def test_exhausted_pool_event_through_the_api() -> None:
+    async def body(server: FakeApiServer) -> None:
+        seed(server)
+        section = {"external_ip_cidrs": ["10.240.0.192/27"], "lb_pools": [{"name": "tiny", "cidrs": ["10.240.0.240/31"]}]}
+        for i in range(3):
+            server.put(k.service(f"lb{i}", type="LoadBalancer", created=f"2026-11-21T00:00:0{i}Z"))
+        d = DirectorStack(server.url, settings(section), identity="d1")
+        d.start()
+        await until(lambda: any(e["reason"] == "AllocationFailed" for e in server.events))
+        ev = next(e for e in server.events if e["reason"] == "AllocationFailed")
+        assert ev["involvedObject"]["name"] == "lb2"
+        assert ev["message"] == "no free address in pool(s) tiny (2 addresses, all in use)"
+        await d.close()
+
+    run(body)

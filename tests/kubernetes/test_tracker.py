@@ -1,0 +1,72 @@
+"""The store (previous/current per object, no-ops dropped) and the bounded coalescer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from kubelvs.sources.kubernetes.tracker import Coalescer, Store
+
+from . import k8sobjects as k
+
+
+def test_heartbeat_and_resource_version_churn_are_no_ops() -> None:
+    pokes = []
+    store = Store(on_change=lambda: pokes.append(1))
+    node = k.node("node1", "10.240.0.101")
+    assert store.apply("Node", "ADDED", node)
+    beat = k.with_rv(node, "2")
+    beat["status"]["conditions"][1]["lastHeartbeatTime"] = "2026-11-26T06:00:10Z"
+    assert not store.apply("Node", "MODIFIED", beat)
+    assert len(pokes) == 1
+
+
+def test_previous_current_and_back_to_start_drops_out() -> None:
+    store = Store()
+    svc = k.service("a", external_ips=["10.240.0.201"])
+    store.apply("Service", "ADDED", svc)
+    store.take_changes()
+    edited = k.service("a", external_ips=["10.240.0.202"])
+    store.apply("Service", "MODIFIED", edited)
+    store.apply("Service", "MODIFIED", k.service("a", external_ips=["10.240.0.203"]))
+    [change] = store.take_changes()
+    assert change.previous is not None and change.previous.external_ips == ("10.240.0.201",)
+    assert change.current is not None and change.current.external_ips == ("10.240.0.203",)
+    store.apply("Service", "MODIFIED", edited)
+    store.apply("Service", "MODIFIED", k.service("a", external_ips=["10.240.0.203"]))
+    assert store.take_changes() == []  # went back to where it was
+
+
+def test_relist_finds_deletions_and_initialization() -> None:
+    store = Store()
+    store.replace("Node", [k.node("a", "10.240.0.101"), k.node("b", "10.240.0.102")])
+    assert not store.initialized
+    store.replace("Service", [])
+    store.replace("EndpointSlice", [])
+    assert store.initialized
+    store.take_changes()
+    assert store.replace("Node", [k.node("b", "10.240.0.102")]) == 1
+    [change] = store.take_changes()
+    assert change.id == ("", "a") and change.current is None
+
+
+def test_coalescer_bounds_the_delay_under_continuous_churn() -> None:
+    async def body() -> tuple[float, int]:
+        c = Coalescer(0.1)
+        stop = False
+
+        async def churn() -> None:
+            while not stop:
+                c.poke()
+                await asyncio.sleep(0.01)
+
+        task = asyncio.create_task(churn())
+        t = time.monotonic()
+        assert await c.wait(timeout=1)
+        elapsed = time.monotonic() - t
+        stop = True
+        await task
+        return elapsed, c.wakeups
+
+    elapsed, wakeups = asyncio.run(body())
+    assert 0.09 <= elapsed < 0.5 and wakeups == 1  # a debounce would never have fired

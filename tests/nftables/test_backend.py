@@ -1,0 +1,256 @@
+"""The nftables backend against the machine's kernel, each test in a fresh namespace.
+
+DR real servers need a MAC: the namespace gets a veth with permanent neighbour
+entries, so DR services can be programmed without real hosts behind them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+from collections.abc import Callable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kubelvs.backends.base import ipvs_available, open_backend
+from kubelvs.backends.nftables import NftablesBackend
+from kubelvs.errors import ApplyError
+from kubelvs.model import (
+    DesiredState,
+    Forward,
+    Ownership,
+    Protocol,
+    RealServer,
+    ServiceKey,
+    Timeouts,
+    VirtualService,
+)
+from kubelvs.planner import AddRealServer, DeleteService, apply_ops, plan
+from kubelvs.roles.director import Director
+
+pytestmark = pytest.mark.netns
+
+OWN = Ownership(cidrs=(ipaddress.ip_network("10.0.0.0/24"),))
+DR_POOL = [f"10.0.1.{i}" for i in range(2, 7)]
+NAT_POOL = [f"10.0.2.{i}" for i in range(2, 7)]
+
+
+def ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(text)
+
+
+def _sh(ns: str, *args: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, *args], check=True, capture_output=True, text=True).stdout
+
+
+def _prepare(ns: str) -> None:
+    """A link with permanent neighbours for the DR pool."""
+    subprocess.run(["ip", "-n", ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1"], check=True)
+    for dev in ("v0", "v1"):
+        subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
+    subprocess.run(["ip", "-n", ns, "addr", "add", "10.0.1.1/24", "dev", "v0"], check=True)
+    for i, addr in enumerate(DR_POOL):
+        subprocess.run(
+            ["ip", "-n", ns, "neigh", "replace", addr, "lladdr", f"02:00:00:00:01:{i + 2:02x}", "dev", "v0", "nud", "permanent"],
+            check=True,
+        )
+
+
+@pytest.fixture
+def nsb(netns: str) -> tuple[str, NftablesBackend]:
+    _prepare(netns)
+    return netns, NftablesBackend(netns=netns)
+
+
+def _desired(*services: VirtualService, timeouts: Timeouts | None = None) -> DesiredState:
+    return DesiredState(services={s.key: s for s in services}, timeouts=timeouts, ownership=OWN)
+
+
+def _svc(vip: str, port: int, sched: str, rss: list[tuple[str, int, int, Forward]], proto: Protocol = Protocol.TCP,
+         flags: frozenset[str] = frozenset()) -> VirtualService:
+    key = ServiceKey(4, proto, ip(vip), port)
+    return VirtualService(key=key, scheduler=sched, flags=flags).with_realservers(
+        RealServer(ip(a), p, w, f) for a, p, w, f in rss
+    )
+
+
+# ---------------------------------------------------------------- sequences
+
+
+@st.composite
+def services(draw: st.DrawFn) -> VirtualService:
+    vip = draw(st.sampled_from(["10.0.0.1", "10.0.0.2"]))
+    proto = draw(st.sampled_from([Protocol.TCP, Protocol.UDP]))
+    port = draw(st.sampled_from([80, 443]))
+    sched = draw(st.sampled_from(["rr", "wrr", "sh", "mh"]))
+    flags = frozenset({f"{sched}-port"}) if sched in ("sh", "mh") and draw(st.booleans()) else frozenset()
+    forward = draw(st.sampled_from([Forward.DR, Forward.NAT]))
+    pool = DR_POOL if forward is Forward.DR else NAT_POOL
+    addrs = draw(st.lists(st.sampled_from(pool), unique=True, max_size=4))
+    rss = [
+        (a, port if forward is Forward.DR else draw(st.sampled_from([8080, 8443])), draw(st.integers(0, 5)), forward)
+        for a in addrs
+    ]
+    return _svc(vip, port, sched, rss, proto, flags)
+
+
+desired_states = st.builds(
+    lambda svcs, t: _desired(*{s.key: s for s in svcs}.values(), timeouts=t),
+    st.lists(services(), max_size=5),
+    st.one_of(st.none(), st.builds(Timeouts, st.integers(1, 2000), st.integers(1, 300), st.integers(1, 600))),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(desired_states, min_size=1, max_size=5), incremental=st.booleans())
+def test_read_back_equals_the_last_desired_state(
+    make_netns: Callable[[str], str], steps: list[DesiredState], incremental: bool
+) -> None:
+    ns = make_netns("seq")
+    _prepare(ns)
+    backend = NftablesBackend(netns=ns)
+    director = Director(backend)
+    last_timeouts = None
+    previous: DesiredState | None = None
+    for desired in steps:
+        changed = None
+        if incremental and previous is not None:
+            changed = {k for k in set(desired.services) | set(previous.services)
+                       if desired.services.get(k) != previous.services.get(k)}
+        director.sync(desired, changed=changed)
+        previous = desired
+        last_timeouts = desired.timeouts or last_timeouts
+        fresh = NftablesBackend(netns=ns).read()  # a new process' view: nothing cached
+        assert fresh.services == desired.services
+        assert fresh.timeouts == last_timeouts
+        assert plan(desired, fresh).ops == ()
+        # The backend's own picture after apply equals what the kernel says.
+        assert director.observed is not None and director.observed.services == fresh.services
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-c", "list", "ruleset"], check=True, capture_output=True)
+    subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+# ---------------------------------------------------------------- transactions
+
+
+def test_a_failed_plan_changes_nothing_and_the_next_sync_converges(nsb: tuple[str, NftablesBackend]) -> None:
+    ns, backend = nsb
+    a = _svc("10.0.0.1", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT)])
+    b = _svc("10.0.0.2", 80, "rr", [("10.0.2.3", 8080, 1, Forward.NAT)])
+    Director(backend).sync(_desired(a, b))
+    before = _sh(ns, "nft", "list", "ruleset")
+    # Someone deletes service b behind our back; our picture still has it.
+    _sh(ns, "nft", "delete", "element", "ip", "kubelvs", "nat_svc", "{ 10.0.0.2 . tcp . 80 }")
+    tampered = _sh(ns, "nft", "list", "ruleset")
+    assert tampered != before
+    ops = [AddRealServer(a.key, RealServer(ip("10.0.2.4"), 8080, 1, Forward.NAT)), DeleteService(b.key)]
+    with pytest.raises(ApplyError) as err:
+        backend.apply(ops)
+    assert "none applied" in str(err.value) and "No such file" in str(err.value)
+    assert _sh(ns, "nft", "list", "ruleset") == tampered  # the add before it was not applied either
+    # A full sync reads the kernel, sees the damage (b's leftover elements) and repairs it.
+    want = _desired(a.with_realservers([*a.realservers, RealServer(ip("10.0.2.4"), 8080, 1, Forward.NAT)]))
+    Director(backend).sync(want)
+    fresh = NftablesBackend(netns=ns).read()
+    assert fresh.services == want.services
+    assert "10.0.0.2" not in _sh(ns, "nft", "list", "table", "ip", "kubelvs")
+
+
+def test_other_tables_are_never_touched(nsb: tuple[str, NftablesBackend]) -> None:
+    ns, backend = nsb
+    subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", "-f", "-"],
+        input="table inet foreign {\n chain c { type filter hook input priority 0; tcp dport 22 accept; }\n}\n"
+        "table ip nat {\n chain p { type nat hook prerouting priority -100; }\n}\n",
+        text=True, check=True,
+    )
+    foreign = _sh(ns, "nft", "list", "table", "inet", "foreign") + _sh(ns, "nft", "list", "table", "ip", "nat")
+    svc = _svc("10.0.0.1", 80, "mh", [("10.0.1.2", 80, 1, Forward.DR), ("10.0.1.3", 80, 2, Forward.DR)])
+    Director(backend).sync(_desired(svc, timeouts=Timeouts(900, 30, 300)))
+    Director(backend).sync(_desired())
+    assert _sh(ns, "nft", "list", "table", "inet", "foreign") + _sh(ns, "nft", "list", "table", "ip", "nat") == foreign
+
+
+def test_one_realserver_change_is_a_small_transaction(nsb: tuple[str, NftablesBackend], monkeypatch: pytest.MonkeyPatch) -> None:
+    ns, backend = nsb
+    svcs = [_svc(f"10.0.0.{i}", 80, "rr", [(a, 8080, 1, Forward.NAT) for a in NAT_POOL[:3]]) for i in range(1, 60)]
+    director = Director(backend)
+    director.sync(_desired(*svcs))
+    scripts: list[str] = []
+    real = backend._nft.run_script
+    monkeypatch.setattr(backend._nft, "run_script", lambda s: (scripts.append(s), real(s))[1])
+    changed = svcs[5].with_realservers([*svcs[5].realservers, RealServer(ip(NAT_POOL[3]), 8080, 1, Forward.NAT)])
+    director.sync(_desired(*svcs[:5], changed, *svcs[6:]), changed={changed.key})
+    (script,) = scripts
+    assert "10.0.0.6 " in script and "10.0.0.7 " not in script
+    assert script.count("\n") <= 12, script
+
+
+# ---------------------------------------------------------------- DR neighbours
+
+
+def test_dr_realserver_without_arp_answer_is_refused_clearly(nsb: tuple[str, NftablesBackend]) -> None:
+    ns, backend = nsb
+    svc = _svc("10.0.0.1", 80, "rr", [("10.0.1.99", 80, 1, Forward.DR)])
+    with pytest.raises(ApplyError, match=r"10\.0\.1\.99.*does not answer ARP"):
+        Director(backend).sync(_desired(svc))
+    svc = _svc("10.0.0.1", 80, "rr", [("192.0.2.9", 80, 1, Forward.DR)])
+    with pytest.raises(ApplyError, match=r"192\.0\.2\.9"):
+        Director(backend).sync(_desired(svc))
+    assert NftablesBackend(netns=ns).read().services == {}
+
+
+def test_mac_changes_are_picked_up(nsb: tuple[str, NftablesBackend]) -> None:
+    ns, backend = nsb
+    svc = _svc("10.0.0.1", 80, "rr", [("10.0.1.2", 80, 1, Forward.DR)])
+    Director(backend).sync(_desired(svc))
+    assert "02:00:00:00:01:02" in _sh(ns, "nft", "list", "map", "netdev", "kubelvs", "dr_mac")
+    subprocess.run(["ip", "-n", ns, "neigh", "replace", "10.0.1.2", "lladdr", "02:00:00:00:0a:0a", "dev", "v0",
+                    "nud", "permanent"], check=True)
+    assert backend.refresh_neighbours() == ["10.0.1.2"]
+    listing = _sh(ns, "nft", "list", "map", "netdev", "kubelvs", "dr_mac")
+    assert "02:00:00:00:0a:0a" in listing and "02:00:00:00:01:02" not in listing
+    assert backend.refresh_neighbours() == []
+
+
+# ---------------------------------------------------------------- capabilities
+
+
+def test_problems_name_the_field_and_the_reason(nsb: tuple[str, NftablesBackend]) -> None:
+    _, backend = nsb
+    tun = _svc("10.0.0.1", 80, "rr", [("10.0.1.2", 80, 1, Forward.TUN)])
+    wlc = _svc("10.0.0.2", 80, "wlc", [("10.0.2.2", 80, 1, Forward.NAT)])
+    mixed = _svc("10.0.0.3", 80, "rr", [("10.0.2.2", 80, 1, Forward.NAT), ("10.0.1.2", 80, 1, Forward.DR)])
+    problems = {p.field: p.reason for p in backend.problems(_desired(tun, wlc, mixed))}
+    tun_reason = problems["services[TCP 10.0.0.1:80].realservers"]
+    if not subprocess.run(["modprobe", "-n", "ipip"], capture_output=True).returncode == 0:
+        assert "no ipip" in tun_reason
+    assert "tun" in tun_reason
+    assert "rr, wrr, sh and mh" in problems["services[TCP 10.0.0.2:80].scheduler"]
+    assert "one forwarding method" in problems["services[TCP 10.0.0.3:80].realservers"]
+
+
+@pytest.mark.skipif(ipvs_available(), reason="this kernel has IPVS: auto picks ipvs")
+def test_auto_picks_nftables_without_ipvs(netns: str) -> None:
+    assert open_backend("auto", netns=netns).name == "nftables"
+
+
+# ---------------------------------------------------------------- timeouts
+
+
+def test_timeouts_reach_conntrack(nsb: tuple[str, NftablesBackend]) -> None:
+    """The seed's ``ipvsadm --set 900 30 300``: closing connections leave after 30 s."""
+    ns, backend = nsb
+    svc = _svc("10.0.0.1", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT)])
+    Director(backend).sync(_desired(svc, timeouts=Timeouts(900, 30, 300)))
+    policy = {
+        item["ct timeout"]["name"]: item["ct timeout"]["policy"]
+        for item in json.loads(_sh(ns, "nft", "-j", "list", "table", "ip", "kubelvs"))["nftables"]
+        if "ct timeout" in item
+    }
+    assert policy["kl_tcp"] == {"established": 900, "fin_wait": 30, "time_wait": 30}
+    assert policy["kl_udp"]["replied"] == 300
+    assert backend.read().timeouts == Timeouts(900, 30, 300)
