@@ -15,26 +15,36 @@ from . import exit_codes
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
-#: Modules that add subcommands through ``register(subparsers)``.
-COMMAND_MODULES: list[str] = [
-    "kubelvs.cli.commands",
-]
+#: Modules that add subcommands through ``register(subparsers)``, with the commands each
+#: adds. Only the module of the command being run is imported (pip's lazy registry):
+#: start-up is a visible share of a one-shot ``kubelvs apply``, and far more on a slow
+#: filesystem, e.g. the VM tier's 9p root where every file an import looks at costs a
+#: round trip. ``kubelvs --help`` imports them all.
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "kubelvs.cli.commands": ("validate", "diff", "apply", "status", "export", "import", "director"),
+    "kubelvs.doctor.cli": ("doctor",),
+    "kubelvs.roles.node_cli": ("node",),
+    "kubelvs.lab.cli": ("lab", "demo"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubelvs",
         description="LVS (IPVS) and nftables load balancing for Kubernetes Services on bare metal.",
     )
     parser.add_argument("--debug", action="store_true", help="print tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    wanted = next((a for a in (argv or ()) if not a.startswith("-")), None)
+    modules = [m for m, names in COMMAND_MODULES.items() if wanted in names] or list(COMMAND_MODULES)
+    for name in modules:
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

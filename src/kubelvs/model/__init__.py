@@ -1,9 +1,9 @@
 """The desired/observed load-balancing state and its validation (no I/O)."""
 
-from .types import *  # noqa: F403
-from .types import __all__ as _types_all
 from .sysctls import *  # noqa: F403
 from .sysctls import __all__ as _sysctls_all
+from .types import *  # noqa: F403
+from .types import __all__ as _types_all
 from .validate import *  # noqa: F403
 from .validate import __all__ as _validate_all
 

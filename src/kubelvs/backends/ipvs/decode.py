@@ -20,7 +20,17 @@ from ...model import (
     VirtualService,
     parse_address,
 )
-from .wire import F_ONEPACKET, F_PERSISTENT, F_SCHED1, F_SCHED2, F_SCHED3, FAMILY_OF_AF, FWD_FROM_KERNEL, NAMED_SCHED_BITS, PROTO_FROM_KERNEL
+from .wire import (
+    F_ONEPACKET,
+    F_PERSISTENT,
+    F_SCHED1,
+    F_SCHED2,
+    F_SCHED3,
+    FAMILY_OF_AF,
+    FWD_FROM_KERNEL,
+    NAMED_SCHED_BITS,
+    PROTO_FROM_KERNEL,
+)
 
 __all__ = ["IpvsMessage", "decode", "decode_dest", "decode_service", "decode_service_key"]
 
