@@ -97,7 +97,7 @@ class Lab:
 
     def server(self, ns: str, *ports: int) -> None:
         proc = subprocess.Popen(["ip", "netns", "exec", ns, PY, "-c", SERVER, *map(str, ports)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert proc.stdout is not None
         proc.stdout.readline()
         self.servers.append(proc)
@@ -117,6 +117,8 @@ class Lab:
         for proc in self.servers:
             proc.kill()
             proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
         for name in reversed(self.namespaces):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kubelvs.formats.ipvsadm_list import (
@@ -37,6 +37,7 @@ def listings(draw: st.DrawFn) -> Listing:
     return Listing(services=svcs, stats=stats, version="1.2.1 (size=4096)")
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(listings())
 def test_ln_round_trip(listing: Listing) -> None:
     back = parse_listing(format_listing(listing))
@@ -45,6 +46,7 @@ def test_ln_round_trip(listing: Listing) -> None:
     assert back.stats == listing.stats
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(listings())
 def test_proc_ip_vs_round_trip(listing: Listing) -> None:
     back = parse_proc_ip_vs(format_proc_ip_vs(listing))
@@ -135,3 +137,16 @@ def test_timeout() -> None:
 def test_ipv6_service_text() -> None:
     listing = parse_listing("TCP  [2001:db8::1]:443 rr\n  -> [2001:db8::2]:8443 Masq 1 0 0\n")
     assert listing.services[0].realservers[0].address == parse_address("2001:db8::2")
+
+
+def test_kernel_and_ipvsadm_listings_captured_together_agree() -> None:
+    """vm-* fixtures: /proc/net/ip_vs (hex) and ipvsadm -Ln of the same real IPVS table."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "fixtures" / "bundles"
+    pairs = sorted(root.glob("vm-*/**/ipvsadm-Ln.txt"))
+    assert len(pairs) >= 8
+    for ln in pairs:
+        a = parse_listing(ln.read_text())
+        b = parse_proc_ip_vs(ln.with_name("proc-net-ip_vs.txt").read_text())
+        assert a.problems == b.problems == [] and a.services == b.services, ln

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kubelvs.formats.netstat import Counters, format_netstat_s, format_proc_netstat, parse_netstat_s, parse_proc_netstat
@@ -16,6 +16,7 @@ _NAME = st.from_regex(r"net\.ipv4\.(conf\.[a-z0-9/-]{1,10}\.[a-z_]{1,12}|[a-z_]{
 _VALUE = st.from_regex(r"[0-9]{1,6}(\t[0-9]{1,6}){0,2}", fullmatch=True)
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(_NAME, _VALUE, max_size=20))
 def test_sysctl_round_trip(values: dict[str, str]) -> None:
     parsed = parse_sysctl(format_sysctl(values))
@@ -36,6 +37,7 @@ def test_sysctl_interface_with_dot_and_conf_files() -> None:
     assert parsed.lines["net.ipv4.tcp_tw_recycle"][0] == 3
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(["TcpExt", "IpExt", "Tcp", "MPTcpExt"]),
                        st.dictionaries(st.from_regex(r"[A-Z][A-Za-z0-9]{0,15}", fullmatch=True), st.integers(0, 2**63),
                                        min_size=1, max_size=10), max_size=4))

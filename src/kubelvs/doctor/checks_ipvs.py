@@ -296,13 +296,13 @@ def check_conn_table(bundle: Bundle) -> Iterator[Finding]:
                 "Most of the connection table is connections that already ended. Closing entries keep "
                 "their (client, VIP) tuple and memory for minutes; with many short connections a client "
                 "reusing a port hits the old entry and its SYN is mis-handled or delayed. tcpfin governs "
-                "IPVS's FIN_WAIT entries (TIME_WAIT entries live 120 s in the kernel's IPVS table): 30 s is "
-                "plenty on a LAN."
+                "IPVS's FIN_WAIT entries: 30 s is plenty on a LAN. TIME_WAIT entries keep the kernel's fixed "
+                "120 s whatever --set says, so their share only falls with fewer short connections."
             ),
             evidence=(f"ipvsadm-timeout.txt: Timeout (tcp tcpfin udp): {timeouts.tcp} {timeouts.tcpfin} {timeouts.udp}",
                       summary_line, *samples),
             fix=(f"ipvsadm --set {timeouts.tcp} 30 {timeouts.udp}",
-                 "# with kube-proxy: --ipvs-tcpfin-timeout=30s (kube-router: --ipvs-... equivalents) or it is reset"),
+                 "# kube-proxy sets it again at start: give it --ipvs-tcpfin-timeout=30s"),
             subject="timeouts",
         )
     if tw >= 1000 and tw / tcp_total >= 0.3:
@@ -319,8 +319,8 @@ def check_conn_table(bundle: Bundle) -> Iterator[Finding]:
             evidence=(summary_line, *samples),
             fix=(
                 *((f"ipvsadm --set {timeouts.tcp} 30 {timeouts.udp}",) if timeouts and timeouts.tcpfin > 30 else ()),
-                "sysctl -w net.ipv4.vs.conn_reuse_mode=1   # on kernels >= 5.9: reschedule reused ports",
                 "# use keep-alive / connection pooling in the clients",
+                "# on kernels >= 5.9 keep net.ipv4.vs.conn_reuse_mode=1 (the default): reused ports are rescheduled",
             ),
             subject="conns",
         )

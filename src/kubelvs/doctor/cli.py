@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from ..cli import exit_codes
 from .analyse import analyse, analyse_site
 from .bundle import FILES, ROLES, Bundle
 from .live import collect, live_bundle
@@ -45,7 +46,7 @@ def run_doctor(args: argparse.Namespace) -> int:
         if args.bundle:
             if not os.path.isdir(args.bundle):
                 print(f"kubelvs doctor: {args.bundle}: not a directory", file=sys.stderr)
-                return 2
+                return exit_codes.ERROR
             if _is_bundle(args.bundle):
                 findings = analyse(Bundle.load(args.bundle))
             else:
@@ -53,20 +54,28 @@ def run_doctor(args: argparse.Namespace) -> int:
                 if not hosts:
                     print(f"kubelvs doctor: {args.bundle}: no bundle files in it (expected e.g. {', '.join(list(FILES)[:3])})",
                           file=sys.stderr)
-                    return 2
+                    return exit_codes.ERROR
                 site = analyse_site({h: Bundle.load(os.path.join(args.bundle, h)) for h in hosts})
                 if args.output == "json":
-                    print(render_json(site))
+                    _emit(render_json(site) + "\n")
                 else:
-                    print("\n".join(render_text(fs, host=h) for h, fs in site.items()), end="")
+                    _emit("\n".join(render_text(fs, host=h) for h, fs in site.items()))
                 return max(exit_code(fs) for fs in site.values())
         else:
             findings = analyse(live_bundle(args.netns))
     except OSError as exc:
         print(f"kubelvs doctor: {exc}", file=sys.stderr)
-        return 2
-    print(render_json(findings) if args.output == "json" else render_text(findings), end="\n" if args.output == "json" else "")
+        return exit_codes.ERROR
+    _emit(render_json(findings) + "\n" if args.output == "json" else render_text(findings))
     return exit_code(findings)
+
+
+def _emit(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `kubelvs doctor | head`: the reader is gone, not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def run_collect(args: argparse.Namespace) -> int:
@@ -74,9 +83,9 @@ def run_collect(args: argparse.Namespace) -> int:
         written = collect(args.directory, netns=args.netns, role=args.role, kubectl=False if args.no_kubectl else None)
     except OSError as exc:
         print(f"kubelvs doctor collect: {exc}", file=sys.stderr)
-        return 2
+        return exit_codes.ERROR
     print(f"wrote {len(written)} files to {args.directory}: {' '.join(written)}")
-    return 0
+    return exit_codes.OK
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,7 +127,7 @@ def _ipvs_timeouts() -> str | None:
         sock = GenlSocket("IPVS")
         try:
             (config,) = sock.request(wire.Cmd.GET_CONFIG)
-            return format_timeout(wire.decode_timeouts(config))
+            return format_timeout(wire.parse_config_reply(config))
         finally:
             sock.close()
     except Exception:  # noqa: BLE001 - a missing source is not fatal

@@ -46,6 +46,7 @@ for (_sec, _sentence), _name in _SENTENCES.items():
     _NAME_OF.setdefault((_sec, _name), _sentence)
 
 _NUMBER_FIRST = re.compile(r"^(\d+) (.+)$")
+_NUMBER_INSIDE = re.compile(r"^(\D+?) (\d+) (.+)$")
 _NAME_VALUE = re.compile(r"^([A-Za-z][\w -]*): (-?\d+)$")
 
 
@@ -91,6 +92,12 @@ def parse_netstat_s(text: str, *, source: str = "netstat -s") -> Counters:
         if m:
             out.sections.setdefault(section, {})[m.group(1)] = int(m.group(2))
             out.lines[(section, m.group(1))] = (lineno, stripped)
+            continue
+        m = _NUMBER_INSIDE.match(stripped)
+        if m:  # "Quick ack mode was activated 8 times": kept as "... activated N times"
+            key = f"{m.group(1)} N {m.group(3)}"
+            out.sections.setdefault(section, {})[key] = int(m.group(2))
+            out.lines[(section, key)] = (lineno, stripped)
             continue
         if stripped.endswith(":"):  # "ICMP input histogram:"
             continue
@@ -142,6 +149,8 @@ def format_netstat_s(counters: Counters) -> str:
             sentence = _NAME_OF.get((section, name))
             if sentence is not None:
                 out.append(f"    {value} {sentence}")
+            elif " N " in name:
+                out.append("    " + name.replace(" N ", f" {value} ", 1))
             elif re.fullmatch(r"[A-Za-z][\w-]*", name):
                 out.append(f"    {name}: {value}")
             else:

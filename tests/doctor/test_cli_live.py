@@ -1,0 +1,82 @@
+"""The doctor command, collect, and live analysis of a network namespace (machine kernel)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kubelvs.cli.main import main
+from kubelvs.doctor import Bundle, analyse, collect, live_bundle
+
+from .conftest import BUNDLES, ids
+
+
+def test_cli_text_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor", "--bundle", str(BUNDLES / "vm-healthy")]) == 0
+    assert capsys.readouterr().out == "no findings\n"
+    assert main(["doctor", "--bundle", str(BUNDLES / "vm-stale")]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("1 error\n\n[error] stale-realserver: ")
+    assert "  fix:\n    ipvsadm -d -t 10.96.0.20:6379 -r 10.0.2.2:80\n" in out
+
+
+def test_cli_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor", "--bundle", str(BUNDLES / "vm-ip-forward-off"), "-o", "json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert [f["id"] for f in data["findings"]] == ["ip-forward-off", "syn-recv-stuck"]
+    for f in data["findings"]:
+        assert {"id", "severity", "summary", "evidence", "fix"} <= set(f)
+
+
+def test_cli_site_and_info_only_exit_zero(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["doctor", "--bundle", str(BUNDLES / "vm-tun-rp-filter")]) == 1
+    assert "== director ==" in capsys.readouterr().out
+    (tmp_path / "uname.txt").write_text("6.1.0\n")
+    (tmp_path / "sysctl-conf.txt").write_text("net.ipv4.tcp_tw_recycle = 1\n")
+    assert main(["doctor", "--bundle", str(tmp_path)]) == 0  # only an info finding
+    assert "[info] tw-recycle-enabled" in capsys.readouterr().out
+
+
+def test_cli_bad_bundle(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["doctor", "--bundle", str(tmp_path / "nope")]) == 2
+    assert main(["doctor", "--bundle", str(tmp_path)]) == 2
+    assert "no bundle files" in capsys.readouterr().err
+
+
+@pytest.mark.netns
+def test_collect_and_live_in_a_namespace(make_netns: Callable[[str], str], tmp_path: Path) -> None:
+    ns = make_netns("dr")
+    peer = make_netns("seg")
+    subprocess.run(["ip", "-n", peer, "link", "add", "to-node", "type", "veth", "peer", "name", "eth1", "netns", ns], check=True)
+    for n, dev, addr in ((peer, "to-node", "10.240.0.200/24"), (ns, "eth1", "10.240.0.101/24")):
+        subprocess.run(["ip", "-n", n, "addr", "add", addr, "dev", dev], check=True)
+        subprocess.run(["ip", "-n", n, "link", "set", dev, "up"], check=True)
+    subprocess.run(["ip", "-n", ns, "addr", "add", "10.240.0.201/32", "dev", "lo"], check=True)
+    # arp_ignore left at 0: the real server answers ARP for its VIP
+    written = collect(str(tmp_path / "b"), netns=ns, role="node", kubectl=False)
+    assert {"sysctl.txt", "ip-addr.txt", "proc-net-netstat.txt", "uname.txt", "role.txt"} <= set(written)
+    from_files = analyse(Bundle.load(str(tmp_path / "b")))
+    live = analyse(live_bundle(ns, kubectl=False))
+    assert ids(from_files) == ids(live) == ["dr-arp-ignore", "dr-arp-announce"]
+    subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.eth1.arp_ignore=1",
+                    "net.ipv4.conf.eth1.arp_announce=2"], check=True)
+    assert analyse(live_bundle(ns, kubectl=False)) == []
+
+
+@pytest.mark.netns
+def test_collect_command_with_missing_tools(make_netns: Callable[[str], str], tmp_path: Path) -> None:
+    ns = make_netns("bare")
+    env = dict(os.environ, PATH="/nonexistent")  # no ip, sysctl, netstat, nft, ipvsadm
+    done = subprocess.run([sys.executable, "-m", "kubelvs.doctor", "collect", str(tmp_path / "b"), "--netns", ns,
+                           "--no-kubectl"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    files = set(os.listdir(tmp_path / "b"))
+    assert {"sysctl.txt", "ip-addr.txt", "proc-net-netstat.txt", "uname.txt"} <= files  # the direct sources
+    assert "not installed" in (tmp_path / "b" / "collect-errors.txt").read_text()
+    assert analyse(Bundle.load(str(tmp_path / "b"))) == []

@@ -1,0 +1,230 @@
+"""Every finding id: a bundle that triggers it and healthy bundles that must not.
+
+Bundles under tests/fixtures/bundles/vm-* were captured with `kubelvs doctor collect` on
+real IPVS (Debian 6.1 in the VM tier) and m-* on the machine's kernel, both from states
+built in namespaces by tests/doctor/scenarios.py. Where a state cannot be built on either
+kernel (tw_recycle is gone since 4.12, conn_reuse_mode's bug needs < 5.9, a conntrack table
+near full), one value of a real capture is changed, and the test says so.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from kubelvs.doctor import FINDING_IDS, Bundle, Severity, analyse, analyse_site
+
+from .conftest import BUNDLES, ids, load
+
+HEALTHY = ["vm-healthy", "m-node-healthy", "m-dr-node-healthy", "seed-stale-port-fixed"]
+
+
+def _site(name: str) -> dict[str, list]:  # type: ignore[type-arg]
+    root = BUNDLES / name
+    return analyse_site({d.name: Bundle.load(str(d)) for d in sorted(root.iterdir()) if d.is_dir()})
+
+
+def _set_sysctl(bundle: Bundle, name: str, value: int | str) -> Bundle:
+    text = bundle.texts["sysctl.txt"]
+    line = f"{name} = {value}"
+    new, n = re.subn(rf"^{re.escape(name)} = .*$", line, text, flags=re.M)
+    bundle.texts["sysctl.txt"] = new if n else text + line + "\n"
+    bundle.__dict__.pop("sysctls", None)
+    return bundle
+
+
+@pytest.mark.parametrize("name", HEALTHY)
+def test_healthy_bundles_have_no_findings(name: str) -> None:
+    assert analyse(load(name)) == []
+
+
+def test_healthy_tun_site_after_the_seeds_fix() -> None:
+    assert all(fs == [] for fs in _site("vm-tun-rp-filter-fixed").values())
+
+
+# -------------------------------------------------------------- IPVS table vs Kubernetes
+
+def test_stale_realserver_on_real_ipvs() -> None:
+    findings = analyse(load("vm-stale"))
+    assert ids(findings) == ["stale-realserver"]
+    f = findings[0]
+    assert f.fix[0] == "ipvsadm -d -t 10.96.0.20:6379 -r 10.0.2.2:80"
+    assert "ipvsadm-Ln.txt:5: -> 10.0.2.2:80" in " ".join(f.evidence)
+
+
+def test_stale_realserver_from_proc_only() -> None:
+    b = load("vm-stale")
+    for name in ("ipvsadm-Ln.txt", "ipvsadm-Sn.txt"):
+        del b.texts[name]
+    (f,) = analyse(b)
+    assert f.id == "stale-realserver" and any(e.startswith("proc-net-ip_vs.txt:") for e in f.evidence)
+
+
+def test_missing_realserver_and_virtual_service() -> None:
+    b = load("vm-healthy")
+    kube = json.loads(b.texts["kubectl.json"])
+    kube["items"][1]["endpoints"].append({"addresses": ["10.0.2.4"], "conditions": {"ready": True}})
+    svc = json.loads(json.dumps(kube["items"][0]))
+    svc["metadata"]["name"] = "api"
+    svc["spec"]["clusterIP"], svc["spec"]["clusterIPs"] = "10.96.0.11", ["10.96.0.11"]
+    kube["items"].append(svc)
+    b.texts["kubectl.json"] = json.dumps(kube)
+    findings = analyse(b)
+    assert ids(findings) == ["missing-realserver", "missing-virtual-service"]
+    assert "10.0.2.4:8080" in findings[0].summary
+    assert findings[1].fix[0] == "ipvsadm -A -t 10.96.0.11:80 -s rr"
+
+
+def test_not_ready_endpoint_is_not_missing_and_unready_is_not_stale() -> None:
+    b = load("vm-healthy")
+    kube = json.loads(b.texts["kubectl.json"])
+    kube["items"][1]["endpoints"][1]["conditions"]["ready"] = False
+    kube["items"][1]["endpoints"].append({"addresses": ["10.0.2.9"], "conditions": {"ready": False}})
+    b.texts["kubectl.json"] = json.dumps(kube)
+    assert analyse(b) == []
+
+
+def test_weight_zero_leftover() -> None:
+    findings = analyse(load("vm-weight-zero"))
+    assert ids(findings) == ["weight-zero-leftover"]
+    assert findings[0].severity is Severity.WARNING
+    assert findings[0].fix == ("ipvsadm -d -t 10.96.0.25:80 -r 10.0.2.3:8080",)
+
+
+def test_dr_port_mapping_programmed_over_netlink() -> None:
+    findings = analyse(load("vm-dr-port"))
+    assert ids(findings) == ["dr-port-mapping"]
+    assert findings[0].fix[1] == "ipvsadm -a -t 10.96.0.30:80 -r 10.0.2.2:80 -g -w 1"
+
+
+def test_dr_site_director_ports_are_fine() -> None:
+    assert analyse(load("seed-dr-site/director")) == []
+
+
+# -------------------------------------------------------------- connection table
+
+def test_timewait_on_real_ipvs() -> None:
+    findings = analyse(load("vm-timewait"))
+    assert ids(findings) == ["tcpfin-timeout-long", "timewait-heavy", "ipvs-timeout-below-keepalive"]
+    assert findings[0].fix[0] == "ipvsadm --set 900 30 300"
+    assert findings[2].fix[0] == "ipvsadm --set 7260 120 300"
+
+
+def test_syn_recv_through_a_tunnel_with_strict_rp_filter() -> None:
+    site = _site("vm-tun-rp-filter")
+    assert ids(site["realserver"]) == ["rp-filter-strict"]
+    assert "tunl0" in site["realserver"][0].summary
+    assert "IPReversePathFilter" in site["realserver"][0].explanation
+    (syn,) = site["director"]
+    assert syn.id == "syn-recv-stuck" and "10.0.3.2:80" in syn.summary
+    assert "1. on the real server 10.0.3.2 itself: rp-filter-strict" in syn.explanation
+    assert "sysctl -w net.ipv4.conf.tunl0.rp_filter=0" in syn.fix
+
+
+def test_syn_recv_without_ip_forward() -> None:
+    findings = analyse(load("vm-ip-forward-off"))
+    assert ids(findings) == ["ip-forward-off", "syn-recv-stuck"]
+    assert findings[0].fix[0] == "sysctl -w net.ipv4.ip_forward=1"
+    assert "1. ip_forward is off" in findings[1].explanation
+
+
+# -------------------------------------------------------------- kernel settings
+
+def test_rp_filter_strict_on_vxlan_and_bridge() -> None:
+    findings = analyse(load("m-rp-filter-tunnel"))
+    assert ids(findings) == ["rp-filter-strict"]
+    assert "kube-bridge" in findings[0].summary and "tun-192168926" in findings[0].summary
+    assert "em1" not in findings[0].summary
+
+
+def test_tw_recycle_on_an_old_kernel() -> None:
+    # changed value: the option does not exist on kernels >= 4.12
+    b = _set_sysctl(load("m-node-healthy"), "net.ipv4.tcp_tw_recycle", 1)
+    b.texts["uname.txt"] = "4.9.0-8-amd64\n"
+    findings = analyse(b)
+    assert ids(findings) == ["tw-recycle-enabled"] and findings[0].severity is Severity.ERROR
+
+
+def _set_counter(bundle: Bundle, name: str, value: int) -> Bundle:
+    from kubelvs.formats.netstat import format_proc_netstat, parse_proc_netstat
+
+    counters = parse_proc_netstat(bundle.texts["proc-net-netstat.txt"])
+    counters.sections["TcpExt"][name] = value
+    bundle.texts["proc-net-netstat.txt"] = format_proc_netstat(counters)
+    bundle.__dict__.pop("counters", None)
+    return bundle
+
+
+def test_paws_rejects_on_a_nat_director() -> None:
+    # changed value: PAWSEstab of the real capture raised to the seed's 17855
+    b = _set_counter(load("vm-healthy"), "PAWSEstab", 17855)
+    findings = analyse(b)
+    assert ids(findings) == ["paws-rejects"] and findings[0].severity is Severity.WARNING
+    assert any("Masq" in e for e in findings[0].evidence)  # the NAT it is based on
+
+
+def test_paws_rejects_without_nat_is_only_info() -> None:
+    b = _set_counter(load("m-node-healthy"), "PAWSEstab", 17855)
+    (f,) = analyse(b)
+    assert f.id == "paws-rejects" and f.severity is Severity.INFO
+
+
+def test_few_paws_rejects_are_noise() -> None:
+    assert analyse(_set_counter(load("vm-healthy"), "PAWSEstab", 12)) == []
+
+
+def test_conn_reuse_mode_on_old_kernel() -> None:
+    # changed value: the VM's kernel (6.1) has the fix; the capture's default mode 1 is kept
+    b = load("vm-healthy")
+    assert b.sysctl("net.ipv4.vs.conn_reuse_mode") == 1
+    b.texts["uname.txt"] = "5.4.0-150-generic\n"
+    findings = analyse(b)
+    assert ids(findings) == ["conn-reuse-mode"]
+    assert findings[0].fix[0] == "sysctl -w net.ipv4.vs.conn_reuse_mode=0"
+
+
+def test_conntrack_near_full() -> None:
+    b = load("m-node-healthy")
+    limit = b.sysctl("net.netfilter.nf_conntrack_max")
+    assert limit
+    _set_sysctl(b, "net.netfilter.nf_conntrack_count", limit * 95 // 100)
+    (f,) = analyse(b)
+    assert f.id == "conntrack-near-full" and f.severity is Severity.ERROR
+
+
+def test_expire_nodest_conn_off() -> None:
+    b = _set_sysctl(load("vm-healthy"), "net.ipv4.vs.expire_nodest_conn", 0)
+    assert ids(analyse(b)) == ["expire-nodest-conn-off"]
+
+
+# -------------------------------------------------------------- DR real servers
+
+def test_dr_arp_on_a_real_node() -> None:
+    findings = analyse(load("m-dr-node-arp"))
+    assert ids(findings) == ["dr-arp-ignore", "dr-arp-announce"]
+    assert findings[0].severity is Severity.ERROR
+
+
+def test_local_vip_loop_on_a_real_node() -> None:
+    findings = analyse(load("m-dr-node-loop"))
+    assert ids(findings) == ["local-vip-loop"]
+
+
+def test_dr_vip_missing_among_several() -> None:
+    b = load("m-dr-node-healthy")
+    kube = json.loads(b.texts["kubectl.json"])
+    kube["items"][0]["spec"]["externalIPs"].append("10.240.0.202")
+    b.texts["kubectl.json"] = json.dumps(kube)
+    findings = analyse(b)
+    assert ids(findings) == ["dr-vip-not-on-realserver"]
+    assert findings[0].fix[0] == "ip addr add 10.240.0.202/32 dev lo"
+
+
+# -------------------------------------------------------------- the report as a whole
+
+def test_every_id_is_documented() -> None:
+    doc = (BUNDLES.parent.parent.parent / "docs" / "doctor.md").read_text()
+    for fid in FINDING_IDS:
+        assert f"`{fid}`" in doc, fid
