@@ -219,7 +219,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"# Kubernetes source: {r['services']:,} Services x {r['nodes']} nodes, backend {r['backend']}",
         "",
         f"{r['virtual_services']:,} virtual services, {r['realservers']:,} real servers; coalescing 100 ms (included in the latencies).",
-        f"Machine: {r['machine']}; {r['date']}.",
+        f"Machine: {r['machine']}; {r['date']}; load average at the end {r.get('loadavg_1m_at_end', '?')}"
+        " (absolute times depend on it; the ratios were measured in the same run).",
         "",
         "| step | time | ratio to baseline |",
         "| --- | --- | --- |",
@@ -239,6 +240,7 @@ def main() -> int:
     r = asyncio.run(bench(a.services, a.nodes, a.backend))
     r["machine"] = f"{platform.machine()} {os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}"
     r["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    r["loadavg_1m_at_end"] = round(os.getloadavg()[0], 1)  # other work on the machine skews absolute times
     a.out.mkdir(parents=True, exist_ok=True)
     stem = a.out / f"k8s_reconcile-{a.backend}"
     stem.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")

@@ -27,6 +27,7 @@ import base64
 import copy
 import json
 import socket
+import threading
 from typing import Any
 
 from aiohttp import web
@@ -86,17 +87,16 @@ class FakeApiServer:
         await self._site.start()
 
     async def stop(self) -> None:
-        """An outage: stop listening and cut every open watch."""
-        if self._site is not None:
-            await self._site.stop()
-            self._site = None
+        """An outage: stop listening and close every connection, kept-alive ones included
+        (a stopped site alone would still serve them). ``start`` brings it back."""
         self.drop_watches()
-
-    async def close(self) -> None:
-        await self.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self._site = None
+
+    async def close(self) -> None:
+        await self.stop()
 
     # ------------------------------------------------------------ faults
 
@@ -308,3 +308,29 @@ def _merge(base: Obj, patch: Obj) -> Obj:
         else:
             out[k] = v
     return out
+
+
+class ServerThread:
+    """The stand-in API server on its own event loop, for code that runs asyncio.run itself."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = FakeApiServer()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        async def wrapper() -> Any:
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(5)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()

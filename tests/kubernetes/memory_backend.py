@@ -25,7 +25,9 @@ class MemoryBackend:
     def read(self, *, sysctls: Iterable[str] = ()) -> ObservedState:
         with self.lock:
             self.reads += 1
-            return self.state
+            # A fresh value, as a kernel dump is: the director updates its picture in place.
+            st = self.state
+            return ObservedState(services=dict(st.services), timeouts=st.timeouts, sysctls=dict(st.sysctls), stats=dict(st.stats))
 
     def apply(self, ops: Sequence[Operation]) -> None:
         with self.lock:

@@ -6,10 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -24,7 +21,7 @@ from kubelvs.sources.kubernetes.runner import DirectorLoop
 from kubelvs.sources.kubernetes.tracker import Store
 
 from . import k8sobjects as k
-from .apiserver import FakeApiServer
+from .apiserver import ServerThread
 from .helpers import settings
 from .memory_backend import MemoryBackend
 from .test_watch import until
@@ -138,51 +135,6 @@ def test_manifest_directory_edits_converge(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- against the stand-in via kubeconfig
-
-
-class ServerThread:
-    """The stand-in API server on its own event loop, for code that runs asyncio.run itself."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.server = FakeApiServer()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def call(self, fn: Any, *args: Any) -> Any:
-        async def wrapper() -> Any:
-            return fn(*args)
-
-        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(5)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
-
-@pytest.fixture
-def api_server(tmp_path: Path) -> Iterator[tuple[ServerThread, Path]]:
-    with ServerThread() as st:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "stand-in", "cluster": {"server": st.server.url}}],
-                    "users": [{"name": "director", "user": {"token": "t0ken"}}],
-                    "contexts": [{"name": "c", "context": {"cluster": "stand-in", "user": "director"}}],
-                    "current-context": "c",
-                }
-            )
-        )
-        yield st, kubeconfig
 
 
 def test_kubernetes_dry_run_via_kubeconfig(api_server: tuple[ServerThread, Path], capsys: pytest.CaptureFixture[str]) -> None:
