@@ -158,14 +158,18 @@ def main() -> int:
         "cold_sync": [],
         "one_realserver_change": [],
     }
+    # Results are written after every step: a long run cut short still leaves data.
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
             results["cold_sync"].append(cold_sync(n, Path(tmp)))  # type: ignore[attr-defined]
-            print(json.dumps(results["cold_sync"][-1]), flush=True)  # type: ignore[index]
-    for n in args.sizes:
-        results["one_realserver_change"].append(one_change(n, args.rounds))  # type: ignore[attr-defined]
-        print(json.dumps(results["one_realserver_change"][-1]), flush=True)  # type: ignore[index]
-    (args.out / "ipvs_sync.json").write_text(json.dumps(results, indent=2) + "\n")
+            write(results, args.out)
+            results["one_realserver_change"].append(one_change(n, args.rounds))  # type: ignore[attr-defined]
+            write(results, args.out)
+    return 0
+
+
+def write(results: dict[str, object], out: Path) -> None:
+    (out / "ipvs_sync.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [
         "# IPVS control-plane benchmark",
         "",
@@ -194,9 +198,8 @@ def main() -> int:
             f"| {row['services']} | {row['library_cold_sync_s']} | {row['rounds']} | {row['change_median_ms']} | {row['change_max_ms']} |"
         )
     lines += ["", "Target: under 10 ms regardless of the number of services.", ""]
-    (args.out / "ipvs_sync.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-    return 0
+    (out / "ipvs_sync.md").write_text("\n".join(lines))
+    print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":

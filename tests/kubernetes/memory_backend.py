@@ -40,6 +40,9 @@ class MemoryBackend:
     def problems(self, desired: DesiredState) -> list[FieldError]:
         return []
 
+    def refresh(self) -> list[str]:
+        return []
+
     def close(self) -> None:
         pass
 

@@ -28,7 +28,7 @@ from kubelvs.model import (
     Timeouts,
     VirtualService,
 )
-from kubelvs.planner import AddRealServer, DeleteService, apply_ops, plan
+from kubelvs.planner import AddRealServer, DeleteService, plan
 from kubelvs.roles.director import Director
 
 pytestmark = pytest.mark.netns
@@ -210,10 +210,10 @@ def test_mac_changes_are_picked_up(nsb: tuple[str, NftablesBackend]) -> None:
     assert "02:00:00:00:01:02" in _sh(ns, "nft", "list", "map", "netdev", "kubelvs", "dr_mac")
     subprocess.run(["ip", "-n", ns, "neigh", "replace", "10.0.1.2", "lladdr", "02:00:00:00:0a:0a", "dev", "v0",
                     "nud", "permanent"], check=True)
-    assert backend.refresh_neighbours() == ["10.0.1.2"]
+    assert backend.refresh() == ["10.0.1.2"]
     listing = _sh(ns, "nft", "list", "map", "netdev", "kubelvs", "dr_mac")
     assert "02:00:00:00:0a:0a" in listing and "02:00:00:00:01:02" not in listing
-    assert backend.refresh_neighbours() == []
+    assert backend.refresh() == []
 
 
 # ---------------------------------------------------------------- capabilities

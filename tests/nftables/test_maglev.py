@@ -87,8 +87,8 @@ def test_wrr_order_has_the_reduced_weights(weights: dict[str, int]) -> None:
     order = wrr_table(weights)
     counts = Counter(order)
     if sum(weights.values()) <= 64:
-        from math import gcd
         from functools import reduce
+        from math import gcd
 
         g = reduce(gcd, weights.values())
         assert counts == Counter({n: w // g for n, w in weights.items()})

@@ -38,6 +38,11 @@ class Backend(Protocol):
         """What in ``desired`` this backend or kernel cannot do (empty when all is possible)."""
         ...
 
+    def refresh(self) -> list[str]:
+        """Upkeep of what the programmed state depends on outside the plan (nftables DR:
+        the real servers' MAC addresses). Called on every full sync; returns what changed."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -129,8 +129,24 @@ class Lab:
     def sysctl(self, netns: str, name: str, value: int | str) -> None:
         self.run(netns, "sysctl", "-qw", f"{name}={value}")
 
-    def start(self, netns: str, *argv: str) -> Process:
-        """Start ``argv`` in the background inside ``netns``; stop it with ``stop``."""
+    def start(self, netns: str, *argv: str, log: str | os.PathLike[str] | None = None) -> Process:
+        """Start ``argv`` in the background inside ``netns``; stop it with ``stop``.
+
+        ``log``: write its stdout and stderr to this file and start it in its own
+        session, so it outlives this Python process (``kubelvs lab up`` returns while
+        the lab keeps running; ``lab down`` finds it again through its namespace)."""
+        if log is not None:
+            with open(log, "ab") as out:
+                popen = subprocess.Popen(
+                    ["ip", "netns", "exec", netns, *argv],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            proc = Process(pid=popen.pid, netns=netns, argv=tuple(argv), popen=popen)
+            self.processes.append(proc)
+            return proc
         popen = subprocess.Popen(
             ["ip", "netns", "exec", netns, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
@@ -138,9 +154,11 @@ class Lab:
         self.processes.append(proc)
         return proc
 
-    def start_python(self, netns: str, module: str, *args: str) -> Process:
-        """``python -m module args`` with this interpreter, inside ``netns``."""
-        return self.start(netns, sys.executable, "-m", module, *args)
+    def start_python(
+        self, netns: str, module: str, *args: str, log: str | os.PathLike[str] | None = None
+    ) -> Process:
+        """``python -m module args`` with this interpreter, inside ``netns`` (``log``: see ``start``)."""
+        return self.start(netns, sys.executable, "-m", module, *args, log=log)
 
     def stop(self, proc: Process, *, timeout: float = 3) -> None:
         """Stop one process we started (SIGTERM, then SIGKILL), by its PID."""
@@ -156,7 +174,7 @@ class Lab:
         if proc in self.processes:
             self.processes.remove(proc)
 
-    def wait_listening(self, netns: str, port: int, *, udp: bool = False, timeout: float = 10) -> None:
+    def wait_listening(self, netns: str, port: int, *, udp: bool = False, timeout: float = 60) -> None:
         """Wait until something in ``netns`` listens on ``port``."""
         deadline = time.monotonic() + timeout
         flag = "-lun" if udp else "-ltn"

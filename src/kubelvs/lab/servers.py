@@ -4,7 +4,8 @@
     python -m kubelvs.lab.servers udp  --name rs1 --port 5353
     python -m kubelvs.lab.servers probe --target 10.0.0.200:80 --count 20 [--udp] [--source A,B]
 
-Both servers answer with one JSON object: ``{"server": NAME, "client": "ip:port",
+``GET /bytes/N`` answers N zero bytes (throughput benchmarks). Both servers answer
+other requests with one JSON object: ``{"server": NAME, "client": "ip:port",
 "local": "ip:port"}`` - who answered, the client address it saw (to tell NAT from
 SNAT), and the address it was reached on (the VIP in DR mode). The HTTP server keeps
 connections alive when asked to, so a test can hold an established connection.
@@ -44,7 +45,10 @@ def serve_http(name: str, port: int, bind: str = "0.0.0.0") -> None:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive when the client asks for it
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
+            if self.path.startswith("/bytes/"):  # bulk data for throughput benchmarks
+                self._bulk(int(self.path.split("/")[2]))
+                return
             body = json.dumps(
                 {"server": name, "client": _hostport(self.client_address), "local": _hostport(self.connection.getsockname())}
             ).encode()
@@ -53,6 +57,16 @@ def serve_http(name: str, port: int, bind: str = "0.0.0.0") -> None:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def _bulk(self, size: int) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            chunk = b"\0" * 65536
+            while size > 0:
+                self.wfile.write(chunk[: min(size, len(chunk))])
+                size -= len(chunk)
 
         def log_message(self, format: str, *args: object) -> None:
             pass

@@ -55,6 +55,8 @@ class Director:
         self.check(desired)
         full = changed is None or self._observed is None
         if full:
+            if not dry_run:
+                self.backend.refresh()  # e.g. a real server's MAC changed (nftables DR)
             observed = self.backend.read(sysctls=desired.sysctls)
             changed = None
         else:

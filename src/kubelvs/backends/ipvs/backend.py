@@ -104,6 +104,10 @@ class IpvsBackend:
         except OSError as exc:
             raise ApplyError(index, describe(op), exc.strerror or str(exc), errno=exc.errno) from exc
 
+    def refresh(self) -> list[str]:
+        """Nothing to do: the kernel resolves real servers' MACs itself in IPVS-DR."""
+        return []
+
     def problems(self, desired: DesiredState) -> list[FieldError]:
         missing = [name for name in desired.sysctls if not self._sysctl_exists(name)]
         return [FieldError(f"sysctls.{name}", "does not exist on this kernel") for name in missing]

@@ -8,9 +8,11 @@ server change with 10,000 services present is a transaction of a few elements.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ...errors import ApplyError, BackendError, FieldError
@@ -21,7 +23,6 @@ from ...model import (
     Forward,
     ObservedState,
     RealServer,
-    RealServerKey,
     ServiceKey,
     VirtualService,
 )
@@ -66,6 +67,7 @@ class _Picture:
     own: dict[ServiceKey, frozenset[Element]] = field(default_factory=dict)
     counters: set[Element] = field(default_factory=set)  # nat_in/nat_out elements seen by the last read
     dr_of: dict[ServiceKey, frozenset[str]] = field(default_factory=dict)
+    dr_refs: Counter[str] = field(default_factory=Counter)  # DR real server -> services using it
     neighbours: dict[str, Neighbour] = field(default_factory=dict)
     device_chains: dict[int, str] = field(default_factory=dict)
     dirty: set[ServiceKey] = field(default_factory=set)  # kernel elements differ from the model
@@ -80,6 +82,10 @@ class NftablesBackend:
         self._netns = netns
         self._nft = Nft(netns=netns)
         self._pic: _Picture | None = None
+        # problems() runs before every sync; a desired state mostly holds the same
+        # VirtualService objects as the last one, so their findings are kept by identity.
+        self._checked: dict[int, tuple[VirtualService, list[FieldError]]] = {}
+        self._tun: bool | None = None
 
     def close(self) -> None:
         self._pic = None
@@ -130,6 +136,7 @@ class NftablesBackend:
             if built.own != pic.own.get(key):
                 pic.dirty.add(key)  # e.g. slots edited by hand: rewritten at the next apply
             pic.dr_of[key] = built.dr_addresses
+            pic.dr_refs.update(built.dr_addresses)
         pic.dirty |= set(actual) - set(parsed.services)  # elements of no service
         for mark, values in marks.items():
             if set(values) == _NEIGHBOUR_SETS:
@@ -196,9 +203,11 @@ class NftablesBackend:
         deletes |= garbage
 
         # DR real servers: their neighbours, and an ingress hook on every device they sit on.
-        dr_of = {k: v for k, v in pic.dr_of.items() if k not in touched}
-        dr_of.update({k: v for k, v in new_dr_of.items() if v})
-        needed = set().union(*dr_of.values()) if dr_of else set()
+        dr_refs = Counter(pic.dr_refs)  # O(distinct DR real servers), not O(services)
+        for key in touched:
+            dr_refs.subtract(pic.dr_of.get(key, ()))
+            dr_refs.update(new_dr_of[key])
+        needed = {rip for rip, n in dr_refs.items() if n > 0}
         neighbours = {rip: nb for rip, nb in pic.neighbours.items() if rip in needed}
         for rip in sorted(needed - set(neighbours)):
             try:
@@ -245,6 +254,7 @@ class NftablesBackend:
                 pic.own.pop(key, None)
             pic.dr_of[key] = new_dr_of[key]
         pic.counters -= garbage
+        pic.dr_refs = +dr_refs
         pic.neighbours = neighbours
         pic.device_chains = devices
         pic.dirty = set()
@@ -258,7 +268,7 @@ class NftablesBackend:
 
     # ------------------------------------------------------------------ neighbours
 
-    def refresh_neighbours(self) -> list[str]:
+    def refresh(self) -> list[str]:
         """Re-resolve every DR real server's MAC and update the ones that changed
         (a replaced NIC, a VM moved). Returns the addresses whose entry changed."""
         if self._pic is None:
@@ -303,24 +313,34 @@ class NftablesBackend:
                 present = sysctl.exists(name)
             if not present:
                 problems.append(FieldError(f"sysctls.{name}", "does not exist on this kernel"))
-        tun = None
-        for key, svc in sorted(desired.services.items(), key=lambda kv: kv[0].sort_key()):
-            where = f"services[{svc.name or key}]"
-            problems += _service_problems(where, svc)
-            if any(rs.forward is Forward.TUN for rs in svc.realservers):
-                tun = tun_supported() if tun is None else tun
-                reason = (
-                    "forward tun (IPIP) is not implemented by the nftables backend yet; use dr or nat"
-                    if tun
-                    else "forward tun needs IPIP tunnels, and this kernel has no ipip support "
-                    "(CONFIG_NET_IPIP unset, no ipip module); use dr or nat"
-                )
-                problems.append(FieldError(f"{where}.realservers", reason))
+        checked: dict[int, tuple[VirtualService, list[FieldError]]] = {}
+        for key, svc in desired.services.items():
+            hit = self._checked.get(id(svc))
+            if hit is not None and hit[0] is svc:
+                found = hit[1]
+            else:
+                found = _service_problems(f"services[{svc.name or key}]", svc, self._tun_supported)
+            checked[id(svc)] = (svc, found)
+            problems += found
+        self._checked = checked
         return problems
 
+    def _tun_supported(self) -> bool:
+        if self._tun is None:
+            self._tun = tun_supported()
+        return self._tun
 
-def _service_problems(where: str, svc: VirtualService) -> list[FieldError]:
+
+def _service_problems(where: str, svc: VirtualService, tun_supported: Callable[[], bool]) -> list[FieldError]:
     out: list[FieldError] = []
+    if any(rs.forward is Forward.TUN for rs in svc.realservers):
+        reason = (
+            "forward tun (IPIP) is not implemented by the nftables backend yet; use dr or nat"
+            if tun_supported()
+            else "forward tun needs IPIP tunnels, and this kernel has no ipip support "
+            "(CONFIG_NET_IPIP unset, no ipip module); use dr or nat"
+        )
+        out.append(FieldError(f"{where}.realservers", reason))
     key = svc.key
     if key.fwmark:
         out.append(FieldError(f"{where}.fwmark", "fwmark services are not supported by the nftables backend"))
@@ -402,28 +422,35 @@ def _next_state(state: ObservedState, ops: Sequence[Operation]) -> ObservedState
     quadratic for a cold sync of services with many real servers). Raises KeyError for
     an operation on a service that does not exist, as apply_ops does."""
     services = dict(state.services)
-    pending: dict[ServiceKey, dict[RealServerKey, RealServer]] = {}
+    # (address, port) tuples, not RealServerKey: building 100,000 frozen keys is slow.
+    pending: dict[ServiceKey, dict[tuple[object, int], RealServer]] = {}
     timeouts = state.timeouts
+
+    def realservers_of(k: ServiceKey) -> dict[tuple[object, int], RealServer]:
+        if k not in pending:
+            pending[k] = {(r.address, r.port): r for r in services[k].realservers}
+        return pending[k]
+
     for op in ops:
         match op:
             case AddService(service=s) | EditService(service=s):
                 if s.key not in pending:
                     old = services.get(s.key)
-                    pending[s.key] = old.realserver_map() if old else {}
+                    pending[s.key] = {(r.address, r.port): r for r in old.realservers} if old else {}
                 services[s.key] = s
             case DeleteService(key=k):
                 del services[k]
                 pending.pop(k, None)
             case AddRealServer(service=k, realserver=r) | EditRealServer(service=k, realserver=r):
-                if k not in pending:
-                    pending[k] = services[k].realserver_map()
-                pending[k][r.key] = r
+                realservers_of(k)[(r.address, r.port)] = r
             case DeleteRealServer(service=k, realserver=rk):
-                if k not in pending:
-                    pending[k] = services[k].realserver_map()
-                del pending[k][rk]
+                del realservers_of(k)[(rk.address, rk.port)]
             case SetTimeouts(timeouts=t):
                 timeouts = t
     for key, realservers in pending.items():
-        services[key] = services[key].with_realservers(realservers.values())
+        svc = services[key]
+        rss = tuple(realservers.values())
+        if rss != svc.realservers:  # equal for a new service: AddService carried the full list
+            rss = tuple(sorted(rss, key=lambda r: (r.address.version, int(r.address), r.port)))
+            services[key] = dataclasses.replace(svc, realservers=rss)
     return ObservedState(services=services, timeouts=timeouts)

@@ -52,7 +52,9 @@ class Nft:
         """Apply ``script`` (nft text) as ONE transaction: all of it or nothing."""
         proc = self._run(["-f", "-"], stdin=script)
         if proc.returncode != 0:
-            raise NftError(f"nft rejected the transaction: {_first_error(proc.stderr)}{_quote(script, _error_line(proc.stderr))}", proc.stderr, _error_line(proc.stderr))
+            line = _error_line(proc.stderr)
+            message = f"nft rejected the transaction: {_first_error(proc.stderr)}{_quote(script, line)}"
+            raise NftError(message, proc.stderr, line)
 
     def check_script(self, script: str) -> str | None:
         """Dry run (``nft -c``): None when the kernel would accept ``script``, else the error."""

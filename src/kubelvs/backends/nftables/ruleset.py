@@ -34,6 +34,8 @@ bugs. Reads use ``nft -j list table``.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import ipaddress
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -471,49 +473,57 @@ def parse_tables(documents: Sequence[Mapping[str, Any]]) -> ParsedTables:
 
 
 def _rebuild(out: ParsedTables, counters: Mapping[tuple[str, tuple[str | int, ...]], tuple[int, int]]) -> None:
-    services: dict[ServiceKey, VirtualService] = {}
-    kinds: dict[ServiceKey, str] = {}
-    realservers: dict[ServiceKey, dict[tuple[str, int], RealServer]] = {}
+    by_set: dict[str, list[Element]] = {}
     for e in out.elements:
-        if e.set in ("nat_svc", "dr_svc") and isinstance(e.value, str) and e.value.startswith("goto "):
+        by_set.setdefault(e.set, []).append(e)
+    services: dict[ServiceKey, VirtualService] = {}
+    realservers: dict[ServiceKey, dict[tuple[str, int], RealServer]] = {}
+    for e in by_set.get("nat_svc", []) + by_set.get("dr_svc", []):
+        if isinstance(e.value, str) and e.value.startswith("goto "):
             parsed = parse_scheduler_chain(e.value[5:])
             if parsed is None:
                 continue
             sk = service_key(e.key)
             services[sk] = VirtualService(key=sk, scheduler=parsed[0], flags=parsed[1])
-            kinds[sk] = e.set[:-4]
             realservers[sk] = {}
     # Real servers with a slot and the defaults (weight 1, DR port = VIP port) ...
-    for e in out.elements:
-        if e.set == "nat_slots":
-            sk = service_key(e.key[:3])
-            assert isinstance(e.value, tuple)
-            rip, rport = str(e.value[0]), int(e.value[1])
-            if sk in realservers and (rip, rport) not in realservers[sk]:
-                realservers[sk][(rip, rport)] = RealServer(ipaddress.ip_address(rip), rport, 1, Forward.NAT)
-        elif e.set == "dr_slots":
-            sk = service_key(e.key[:3])
-            rip = str(ipaddress.IPv4Address(int(e.value)))  # type: ignore[arg-type]
-            if sk in realservers and (rip, -1) not in realservers[sk]:
-                realservers[sk][(rip, -1)] = RealServer(ipaddress.ip_address(rip), sk.port, 1, Forward.DR)
+    seen: set[tuple[tuple[str | int, ...], Value]] = set()
+    for e in by_set.get("nat_slots", []):
+        svc_key = e.key[:3]
+        if (svc_key, e.value) in seen:
+            continue
+        seen.add((svc_key, e.value))
+        sk = service_key(svc_key)
+        assert isinstance(e.value, tuple)
+        rip, rport = str(e.value[0]), int(e.value[1])
+        if sk in realservers:
+            realservers[sk][(rip, rport)] = RealServer(_address(rip), rport, 1, Forward.NAT)
+    for e in by_set.get("dr_slots", []):
+        svc_key = e.key[:3]
+        if (svc_key, e.value) in seen:
+            continue
+        seen.add((svc_key, e.value))
+        sk = service_key(svc_key)
+        rip = _mark_address(int(e.value))  # type: ignore[arg-type]
+        if sk in realservers:
+            realservers[sk][(rip, -1)] = RealServer(_address(rip), sk.port, 1, Forward.DR)
     # ... and what the slots cannot say: weights other than 1, slot-less real servers, DR ports.
-    for e in out.elements:
-        if e.set == "nat_rs":
-            vip, proto, port, rip, rport = e.key
-            sk = service_key((vip, proto, port))
-            if sk in realservers:
-                assert isinstance(e.value, int)
-                realservers[sk][(str(rip), int(rport))] = RealServer(ipaddress.ip_address(rip), int(rport), e.value, Forward.NAT)
-        elif e.set == "dr_rs":
-            vip, proto, port, mark = e.key
-            sk = service_key((vip, proto, port))
-            if sk in realservers:
-                assert isinstance(e.value, tuple)
-                rport, weight = e.value
-                rip = str(ipaddress.IPv4Address(int(mark)))
-                realservers[sk][(rip, -1)] = RealServer(ipaddress.ip_address(rip), int(rport), int(weight), Forward.DR)
+    for e in by_set.get("nat_rs", []):
+        sk = service_key(e.key[:3])
+        if sk in realservers:
+            assert isinstance(e.value, int)
+            nat_ip, nat_port = str(e.key[3]), int(e.key[4])
+            realservers[sk][(nat_ip, nat_port)] = RealServer(_address(nat_ip), nat_port, e.value, Forward.NAT)
+    for e in by_set.get("dr_rs", []):
+        sk = service_key(e.key[:3])
+        if sk in realservers:
+            assert isinstance(e.value, tuple)
+            dr_port, weight = e.value
+            dr_ip = _mark_address(int(e.key[3]))
+            realservers[sk][(dr_ip, -1)] = RealServer(_address(dr_ip), int(dr_port), int(weight), Forward.DR)
     for sk, svc in services.items():
-        full = svc.with_realservers(realservers[sk].values())
+        rss = tuple(sorted(realservers[sk].values(), key=lambda r: (r.address.version, int(r.address), r.port)))
+        full = dataclasses.replace(svc, realservers=rss)  # with_realservers' order, without its key objects
         out.services[sk] = full
         vip, proto = str(sk.address), str(sk.protocol)
         for rs in full.realservers:
@@ -527,6 +537,19 @@ def _rebuild(out: ParsedTables, counters: Mapping[tuple[str, tuple[str | int, ..
             out.stats[(sk, rs.key)] = RealServerStats(in_packets=pin, in_bytes=bin_, out_packets=pout, out_bytes=bout)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _mark_address(mark: int) -> str:
+    return str(ipaddress.IPv4Address(mark))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(text)
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def service_key(key: tuple[str | int, ...]) -> ServiceKey:
+    """The ServiceKey of an element key's ``VIP . proto . port`` (cached: a read meets each
+    service once per slot)."""
     vip, proto, port = key
-    return ServiceKey(4, Protocol(str(proto)), ipaddress.ip_address(vip), int(port))
+    return ServiceKey(4, Protocol(str(proto)), _address(str(vip)), int(port))
