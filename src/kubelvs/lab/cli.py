@@ -1,0 +1,191 @@
+"""``kubelvs lab up|down|status|exec|scenario`` and ``kubelvs demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from ..cli import exit_codes
+from .netlab import LabError
+from .topology import DEFAULT_PREFIX, LabSpec, build, down, lab_namespaces, load_info
+
+__all__ = ["register"]
+
+
+def _spec_args(p: argparse.ArgumentParser, *, prefix: str) -> None:
+    p.add_argument("--prefix", default=prefix, help=f"namespace prefix (default {prefix})")
+    p.add_argument("--topology", choices=("dr", "nat", "tun"), default="dr", help="forwarding method (tun: kernels with ipip)")
+    p.add_argument("--nodes", type=int, default=2, help="worker nodes (default 2)")
+    p.add_argument("--pods", type=int, default=2, help="whoami pods per node (default 2)")
+    p.add_argument("--directors", type=int, default=1, help="directors (more than one needs --router: ECMP)")
+    p.add_argument("--router", action="store_true", help="put the client behind a router namespace (always for nat)")
+    p.add_argument("--vip", default="10.240.0.201")
+    p.add_argument("--scheduler", default="rr")
+    p.add_argument(
+        "--backend", choices=("auto", "ipvs", "nftables"), default="auto",
+        help="the director's data plane (auto: IPVS when the kernel has it, else nftables)",
+    )
+
+
+def _spec(args: argparse.Namespace, **overrides: object) -> LabSpec:
+    values: dict[str, object] = {
+        "prefix": args.prefix, "topology": args.topology, "nodes": args.nodes, "pods": args.pods,
+        "directors": args.directors, "router": args.router, "vip": args.vip, "scheduler": args.scheduler,
+        "backend": args.backend,
+    }
+    values.update(overrides)
+    return LabSpec(**values)  # type: ignore[arg-type]
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    lab = sub.add_parser("lab", help="a network-namespace lab of the seed's LVS-DR setup (client, directors, nodes, pods)")
+    lsub = lab.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
+
+    p = lsub.add_parser("up", help="build the lab and start director, node agents and pods")
+    _spec_args(p, prefix=DEFAULT_PREFIX)
+    p.add_argument("--no-director", action="store_true", help="do not start kubelvs director")
+    p.add_argument("--no-agents", action="store_true", help="do not start kubelvs node on the workers")
+    p.set_defaults(func=cmd_up)
+
+    p = lsub.add_parser("down", help="remove the lab: namespaces, links, processes (by prefix; also after a crash)")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX)
+    p.set_defaults(func=cmd_down)
+
+    p = lsub.add_parser("status", help="show the lab's hosts, addresses and processes")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX)
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_status)
+
+    p = lsub.add_parser("exec", help="run a command in a lab host: kubelvs lab exec client -- curl http://10.240.0.201")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX)
+    p.add_argument("host", help="client, router, dir1, node1, node1-pod1 or whoami-node1-1")
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="the command (after --)")
+    p.set_defaults(func=cmd_exec)
+
+    p = lsub.add_parser("scenario", help="reproduce one of the seed's incidents, then fix it (exit 0 = both shown)")
+    p.add_argument("name", nargs="?", help="scenario name (see --list)")
+    p.add_argument("--list", action="store_true", help="list the scenarios")
+    p.add_argument("--prefix", default="kubelvs-scn")
+    p.add_argument("--backend", choices=("auto", "ipvs", "nftables"), default="auto")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_scenario)
+
+    p = sub.add_parser("demo", help="lab up, 30 requests to the VIP, who answered, proof of DR, lab down")
+    _spec_args(p, prefix="kubelvs-demolab")
+    p.add_argument("-n", "--requests", type=int, default=30)
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_demo)
+
+
+def _err(message: str) -> int:
+    print(f"kubelvs: {message}", file=sys.stderr)
+    return exit_codes.ERROR
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    try:
+        running = build(_spec(args, director=not args.no_director, agents=not args.no_agents))
+    except LabError as exc:
+        return _err(str(exc))
+    info = running.info
+    print(f"lab {info.spec.prefix} is up ({info.spec.topology}, director backend {info.backend})")
+    print(f"  client {info.client_ip}    VIP {info.spec.vip}:{info.spec.port}")
+    for name, ip in info.director_ips.items():
+        print(f"  {name} {ip}")
+    for node in info.nodes:
+        print(f"  {node.name} {node.ip}  pods: " + ", ".join(f"{p.name} {p.ip}" for p in node.pods))
+    print(f"  try: kubelvs lab exec client -- python3 -m kubelvs.lab.servers probe --target {info.spec.vip}:{info.spec.port} --count 6")
+    print(f"  state and logs: {info.state_dir}; remove with: kubelvs lab down --prefix {info.spec.prefix}")
+    return exit_codes.OK
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    try:
+        removed = down(args.prefix)
+    except LabError as exc:
+        return _err(str(exc))
+    namespaces = sum(1 for r in removed if r.startswith("namespace"))
+    processes = sum(1 for r in removed if r.startswith("process"))
+    print(f"lab {args.prefix} removed: {namespaces} namespace(s), {processes} process(es)" if removed else f"no lab {args.prefix}: nothing to remove")
+    return exit_codes.OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    present = lab_namespaces(args.prefix)
+    try:
+        info = load_info(args.prefix)
+    except LabError as exc:
+        if present:
+            print(f"lab {args.prefix}: no record, but {len(present)} namespace(s) are left over; run: kubelvs lab down --prefix {args.prefix}")
+            return exit_codes.CHANGES
+        return _err(str(exc))
+    procs = {key: _alive(pid) for key, pid in info.pids.items()}
+    missing = sorted(set(info.namespaces) - set(present))
+    if args.output == "json":
+        json.dump({"prefix": args.prefix, "topology": info.spec.topology, "backend": info.backend,
+                   "namespaces": sorted(present), "missing": missing, "processes": procs}, sys.stdout, indent=2)
+        print()
+    else:
+        print(f"lab {args.prefix}: {info.spec.topology}, director backend {info.backend}, VIP {info.spec.vip}:{info.spec.port}")
+        for role in info.roles():
+            print(f"  {role:<14} {info.netns_of(role)}" + ("" if info.netns_of(role) in present else "   MISSING"))
+        for key, alive in sorted(procs.items()):
+            print(f"  {key:<28} pid {info.pids[key]:<8} {'running' if alive else 'NOT RUNNING'}")
+    healthy = not missing and all(procs.values())
+    return exit_codes.OK if healthy else exit_codes.CHANGES
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        return _err("exec: give the command after --")
+    try:
+        netns = load_info(args.prefix).netns_of(args.host)
+    except LabError as exc:
+        return _err(str(exc))
+    os.execvp("ip", ["ip", "netns", "exec", netns, *argv])
+
+
+def cmd_scenario(args: argparse.Namespace) -> int:
+    from .scenarios import SCENARIOS, run_scenario
+
+    if args.list or not args.name:
+        for name, scn in SCENARIOS.items():
+            print(f"{name:<18} {scn.summary}" + (f"   [{scn.needs}]" if scn.needs else ""))
+        return exit_codes.OK
+    if args.name not in SCENARIOS:
+        return _err(f"scenario: {args.name!r} is not one of {', '.join(SCENARIOS)}")
+    try:
+        result = run_scenario(args.name, prefix=args.prefix, backend=args.backend, log=None if args.output == "json" else print)
+    except LabError as exc:
+        return _err(str(exc))
+    if args.output == "json":
+        json.dump(result.as_json(), sys.stdout, indent=2)
+        print()
+    else:
+        print(result.render())
+    return exit_codes.OK if result.ok else exit_codes.CHANGES
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import print_result, run_demo
+
+    if args.requests < 1:
+        return _err(f"requests: {args.requests} must be at least 1")
+    log = None if args.output == "json" else (lambda m: print(f"# {m}", flush=True))
+    try:
+        result = run_demo(_spec(args), args.requests, log=log)
+    except LabError as exc:
+        return _err(str(exc))
+    print_result(result, args.output)
+    return exit_codes.OK if result.ok else exit_codes.CHANGES

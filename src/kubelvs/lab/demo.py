@@ -1,0 +1,161 @@
+"""``kubelvs demo``: the seed's LVS-DR external IP end to end, with one command.
+
+Lab up (director running ``kubelvs director``, workers running ``kubelvs node``), N
+requests from the client to the VIP, a table of which pod and node answered (the
+seed's three ``curl`` outputs), the director's counters as the proof that replies
+bypassed it, lab down - also when something fails half-way.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .topology import LabSpec, RunningLab, build, down, lab_namespaces
+from .traffic import DirectorCounters, Result, requests, tally
+
+__all__ = ["DemoResult", "render", "run_demo"]
+
+DEMO_PREFIX = "kubelvs-demolab"  # not "kubelvs-demo": scripts/demo-ipvs names its namespace kubelvs-demo-<pid>
+
+
+@dataclass
+class DemoResult:
+    topology: str
+    backend: str
+    vip: str
+    port: int
+    client: str
+    requests: int
+    succeeded: int
+    by_pod: dict[str, int]
+    by_node: dict[str, int]
+    replies_via_director: int  # reply packets (from the VIP or a real server) that reached a director
+    requests_via_director: int  # request packets to the VIP that reached a director
+    pods: list[str] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)
+    answers: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Every request answered, every node's pods answered, and replies took the
+        path of the forwarding method (bypass the director in DR/TUN, cross it in NAT)."""
+        # Every pod must have answered once there were enough requests to expect it
+        # (5 per pod: a pod missed by chance then has odds below 1 in 10,000 here).
+        all_pods = set(self.by_pod) == set(self.pods) or self.requests < 5 * len(self.pods)
+        spread = all_pods and set(self.by_node) == set(self.nodes)
+        path_ok = self.replies_via_director > 0 if self.topology == "nat" else self.replies_via_director == 0
+        return self.succeeded == self.requests and spread and path_ok and self.requests_via_director > 0
+
+    def as_json(self) -> dict[str, Any]:
+        out = {
+            "requests": self.requests,
+            "succeeded": self.succeeded,
+            "by_pod": self.by_pod,
+            "by_node": self.by_node,
+            "replies_via_director": self.replies_via_director,
+        }
+        extra = asdict(self)
+        for key in out:
+            extra.pop(key)
+        extra.pop("answers")
+        return {**out, **extra, "ok": self.ok}
+
+
+def measure(running: RunningLab, count: int) -> DemoResult:
+    """Send ``count`` requests through a built, running lab and collect the result."""
+    info = running.info
+    spec = info.spec
+    sources = (
+        [(p.ip, spec.target_port) for n in info.nodes for p in n.pods]
+        if spec.topology == "nat"
+        else [(n.ip, spec.port) for n in info.nodes]
+    )
+    counters = [DirectorCounters(ns, vip=spec.vip, port=spec.port, reply_sources=sources) for ns in info.directors.values()]
+    results = requests(info.client, spec.vip, spec.port, count)
+    by_pod, by_node = tally(results, info.pod_node())
+    reqs = reps = 0
+    for c in counters:
+        a, b = c.read()
+        reqs += a
+        reps += b
+    return DemoResult(
+        topology=spec.topology,
+        backend=info.backend,
+        vip=spec.vip,
+        port=spec.port,
+        client=info.client_ip,
+        requests=count,
+        succeeded=sum(r.ok for r in results),
+        by_pod=dict(sorted(by_pod.items())),
+        by_node=dict(sorted(by_node.items())),
+        replies_via_director=reps,
+        requests_via_director=reqs,
+        pods=sorted(info.pod_node()),
+        nodes=[n.name for n in info.nodes],
+        answers=[_answer(r, info.pod_node()) for r in results],
+    )
+
+
+def _answer(r: Result, pod_node: dict[str, str]) -> dict[str, Any]:
+    return {"ok": r.ok, "pod": r.pod, "node": pod_node.get(r.pod, ""), "client": r.client, "error": r.error}
+
+
+def run_demo(spec: LabSpec, count: int, *, log: Any = None) -> DemoResult:
+    """Build, measure, tear down (always)."""
+    say = log or (lambda _msg: None)
+    if lab_namespaces(spec.prefix):
+        say(f"removing a lab left over by an earlier run: {spec.prefix}")
+        down(spec.prefix)
+    say(f"lab up: {spec.topology}, {spec.nodes} nodes x {spec.pods} pods, backend {spec.backend} ...")
+    running = build(spec)
+    try:
+        say(f"director running `kubelvs director --backend {spec.backend}` ({running.info.backend}); node agents ready")
+        return measure(running, count)
+    finally:
+        running.teardown()
+        down(spec.prefix)  # anything teardown could not reach (it is by prefix)
+        say("lab down")
+
+
+def render(result: DemoResult) -> str:
+    lines = [
+        f"$ curl http://{result.vip}" + (f":{result.port}" if result.port != 80 else "")
+        + f"   x{result.requests}, from the client {result.client}",
+        f"  {'#':>3}  {'Hostname (pod)':<18} {'node':<7} RemoteAddr (as the pod saw it)",
+    ]
+    for i, a in enumerate(result.answers, 1):
+        if a["ok"]:
+            lines.append(f"  {i:>3}  {a['pod']:<18} {a['node']:<7} {a['client']}")
+        else:
+            lines.append(f"  {i:>3}  FAILED: {a['error']}")
+    lines.append("")
+    lines.append(f"succeeded: {result.succeeded}/{result.requests}")
+    lines.append("by pod:  " + ", ".join(f"{k} {v}" for k, v in result.by_pod.items()))
+    lines.append("by node: " + ", ".join(f"{k} {v}" for k, v in result.by_node.items()))
+    missing = sorted(set(result.pods) - set(result.by_pod))
+    if missing:
+        lines.append("pods that never answered: " + ", ".join(missing))
+    lines.append(
+        f"director: {result.requests_via_director} request packets to {result.vip}:{result.port} arrived, "
+        f"{result.replies_via_director} reply packets came back through it"
+    )
+    if result.topology == "nat":
+        verdict = "NAT: replies return through the director (they must: it undoes the DNAT)"
+    elif result.replies_via_director == 0:
+        verdict = f"{result.topology.upper()}: every reply bypassed the director (nodes answered the client directly from the VIP)"
+    else:
+        verdict = f"NOT {result.topology.upper()}: replies crossed the director"
+    lines.append(verdict)
+    lines.append(f"backend: {result.backend}; result: {'OK' if result.ok else 'FAILED'}")
+    return "\n".join(lines) + "\n"
+
+
+def print_result(result: DemoResult, output: str) -> None:
+    if output == "json":
+        json.dump(result.as_json(), sys.stdout, indent=2)
+        print()
+    else:
+        sys.stdout.write(render(result))

@@ -1,0 +1,116 @@
+"""The seed's incidents as lab scenarios: each shows the symptom with real TCP
+connections, applies the fix, and shows it gone.
+
+A scenario passes (``ok``) only when the symptom was reproduced *and* then fixed; a
+scenario that cannot reproduce its symptom fails too (it would prove nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..topology import down, lab_namespaces
+
+__all__ = ["SCENARIOS", "Phase", "Scenario", "ScenarioResult", "run_scenario"]
+
+
+@dataclass
+class Phase:
+    """One half of a scenario: what was measured, and whether it looked as expected."""
+
+    title: str
+    expected: bool  # before: the symptom showed; after: the fix worked
+    facts: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    backend: str
+    before: Phase
+    after: Phase | None  # None when the symptom could not be reproduced (then not ok)
+
+    @property
+    def ok(self) -> bool:
+        return self.before.expected and self.after is not None and self.after.expected
+
+    def as_json(self) -> dict[str, Any]:
+        return {"scenario": self.name, "backend": self.backend, "ok": self.ok,
+                "before": asdict(self.before), "after": asdict(self.after) if self.after else None}
+
+    def render(self) -> str:
+        lines = [f"scenario {self.name} (director backend {self.backend})"]
+        for label, phase in (("BEFORE", self.before), ("AFTER", self.after)):
+            if phase is None:
+                lines.append(f"{label}: not run (the symptom did not show)")
+                continue
+            mark = "as expected" if phase.expected else "NOT as expected"
+            lines.append(f"{label}: {phase.title} -> {mark}")
+            for k, v in phase.facts.items():
+                lines.append(f"    {k}: {v}")
+            for n in phase.notes:
+                lines.append(f"    {n}")
+        lines.append("result: " + ("symptom reproduced, then fixed" if self.ok else "FAILED"))
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    summary: str
+    run: Callable[..., ScenarioResult]
+    needs: str = ""  # e.g. "kernel with ipip + IPVS (VM tier)"
+
+
+def _registry() -> dict[str, Scenario]:
+    from . import dr_arp, rp_filter, stale_realserver, worker_local_vip
+
+    return {
+        "stale-realserver": Scenario(stale_realserver.SUMMARY, stale_realserver.run),
+        "worker-local-vip": Scenario(worker_local_vip.SUMMARY, worker_local_vip.run),
+        "dr-arp": Scenario(dr_arp.SUMMARY, dr_arp.run),
+        "rp-filter": Scenario(rp_filter.SUMMARY, rp_filter.run, needs=rp_filter.NEEDS),
+    }
+
+
+class _Lazy(dict[str, Scenario]):
+    """Imports the scenario modules on first use (the CLI lists them without a lab)."""
+
+    def _load(self) -> None:
+        if not super().__len__():
+            self.update(_registry())
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        self._load()
+        return super().__iter__()
+
+    def __getitem__(self, key: str) -> Scenario:
+        self._load()
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self._load()
+        return super().__contains__(key)
+
+    def items(self):  # type: ignore[no-untyped-def]
+        self._load()
+        return super().items()
+
+    def __len__(self) -> int:
+        self._load()
+        return super().__len__()
+
+
+SCENARIOS: dict[str, Scenario] = _Lazy()
+
+
+def run_scenario(name: str, *, prefix: str = "kubelvs-scn", backend: str = "auto", log: Callable[[str], None] | None = None) -> ScenarioResult:
+    """Run one scenario in a fresh lab ``prefix`` and always remove the lab afterwards."""
+    if lab_namespaces(prefix):
+        down(prefix)
+    try:
+        return SCENARIOS[name].run(prefix=prefix, backend=backend, log=log or (lambda _m: None))
+    finally:
+        down(prefix)

@@ -1,0 +1,553 @@
+"""The seed's LVS-DR external-IP setup as network namespaces on one machine.
+
+    client 10.240.0.10 ──┐                          (or, with a router / in nat:
+    dir1   10.240.0.2  ──┤ segment 10.240.0.0/24     client 192.168.58.36 ─ router
+    node1  10.240.0.101 ─┤ (bridge in <prefix>-sw)   192.168.58.254 / 10.240.0.254)
+    node2  10.240.0.102 ─┘
+      └ cbr0 10.230.N.1/24 ─ pods whoami-nodeN-M 10.230.N.(9+M):8080
+
+- Every director holds the VIP on eth0 (it answers ARP for it, as in the seed) and runs
+  the real ``kubelvs director -f director.yaml --backend auto`` (IPVS where the kernel
+  has it, nftables otherwise).
+- Every worker runs what kube-proxy installs for the Service's external IP (the seed's
+  three KUBE-SERVICES rules, as nftables in table ``ip kubelvs_lab_proxy``): traffic to
+  VIP:80 that comes from outside, or that is addressed to a VIP the node holds, is
+  marked for masquerade and DNATed to one of the node's pods on 8080. (kube-proxy picks
+  from all pods of the cluster; the lab keeps each node's traffic on its own pods -
+  externalTrafficPolicy: Local - so that "which node answered" is visible.) A counter
+  ``vip_forwarded`` counts VIP packets the node *routes on* (the accept_local loop).
+- Every worker runs ``kubelvs node -f director.yaml`` (VIP on lo, arp_ignore/announce,
+  rp_filter), unless the caller (a scenario) wants to show the node without it.
+- Every pod runs the whoami server (``kubelvs.lab.servers http``): it answers with its
+  pod name and the client address it saw.
+
+The lab's record (spec, hosts, PIDs, config, logs) lives in ``/run/kubelvs/lab/<prefix>/``
+so that ``lab status|exec|down`` in another process find it; ``down`` needs only the
+prefix: it removes every namespace called ``<prefix>-*`` (killing what runs inside by
+PID first) and that directory, also when the process that built the lab crashed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .netlab import NETNS_PREFIX, Lab, LabError
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "PROXY_TABLE",
+    "STATE_ROOT",
+    "LabInfo",
+    "LabSpec",
+    "NodeInfo",
+    "PodInfo",
+    "RunningLab",
+    "build",
+    "director_config",
+    "down",
+    "lab_namespaces",
+    "load_info",
+]
+
+DEFAULT_PREFIX = "kubelvs-lab"
+STATE_ROOT = Path("/run/kubelvs/lab")
+PROXY_TABLE = "kubelvs_lab_proxy"
+SEGMENT = ipaddress.ip_network("10.240.0.0/24")
+CLIENT_NET = ipaddress.ip_network("192.168.58.0/24")
+MASQ_MARK = 0x4000  # KUBE-MARK-MASQ
+#: Seconds to wait for a lab process to be ready. Generous: in the VM tier (emulated CPU,
+#: shared with other VMs) a Python start-up alone has taken over a minute. A process
+#: that exits is noticed at once, so a real failure does not wait this long.
+READY_TIMEOUT = 900.0
+
+Topology = Literal["dr", "nat", "tun"]
+
+
+@dataclass(frozen=True, slots=True)
+class LabSpec:
+    """What to build. Defaults: the seed's whoami Service with external IP 10.240.0.201."""
+
+    prefix: str = DEFAULT_PREFIX
+    topology: Topology = "dr"
+    nodes: int = 2
+    pods: int = 2  # per node
+    directors: int = 1
+    router: bool = False  # client on 192.168.58.0/24 behind a router namespace (always on for nat)
+    vip: str = "10.240.0.201"
+    port: int = 80  # the Service port (= the external IP's port)
+    target_port: int = 8080  # the pods' port
+    scheduler: str = "rr"
+    backend: str = "auto"
+    director: bool = True  # start ``kubelvs director``
+    agents: bool = True  # start ``kubelvs node`` on every worker (dr, tun)
+
+    def check(self) -> None:
+        """Raise LabError naming the field when the spec cannot be built."""
+        if not self.prefix.startswith(NETNS_PREFIX) or "/" in self.prefix or len(self.prefix) > 40:
+            raise LabError(f"prefix: {self.prefix!r} must start with {NETNS_PREFIX!r} and be at most 40 characters")
+        if self.topology not in ("dr", "nat", "tun"):
+            raise LabError(f"topology: {self.topology!r} is not dr, nat or tun")
+        if not 1 <= self.nodes <= 50:
+            raise LabError(f"nodes: {self.nodes} is not within 1..50")
+        if not 1 <= self.pods <= 50:
+            raise LabError(f"pods: {self.pods} is not within 1..50")
+        if not 1 <= self.directors <= 8:
+            raise LabError(f"directors: {self.directors} is not within 1..8")
+        if self.directors > 1 and not self.with_router:
+            raise LabError("directors: more than one director needs the router (it spreads the VIP over them by ECMP)")
+        if self.directors > 1 and self.topology == "nat":
+            raise LabError("directors: nat needs the replies back through the one director that saw the request; use 1")
+        vip = ipaddress.ip_address(self.vip)
+        if vip not in SEGMENT or vip == SEGMENT.network_address or vip == SEGMENT.broadcast_address:
+            raise LabError(f"vip: {self.vip} must be an address inside the segment {SEGMENT}")
+        taken = {2 + d for d in range(self.directors)} | {100 + n for n in range(1, self.nodes + 1)} | {10, 254}
+        if int(vip) - int(SEGMENT.network_address) in taken:
+            raise LabError(f"vip: {self.vip} is a lab host's address")
+        for name in ("port", "target_port"):
+            value = getattr(self, name)
+            if not 1 <= value <= 65535:
+                raise LabError(f"{name}: {value} is not a TCP port")
+
+    @property
+    def with_router(self) -> bool:
+        return self.router or self.topology == "nat"
+
+
+@dataclass(frozen=True, slots=True)
+class PodInfo:
+    name: str
+    node: str
+    netns: str
+    ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    name: str
+    netns: str
+    ip: str
+    mac: str
+    pod_cidr: str
+    pods: tuple[PodInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LabInfo:
+    """Everything another process needs to use or inspect a built lab (saved as JSON)."""
+
+    spec: LabSpec
+    client: str  # namespace
+    client_ip: str
+    router: str | None
+    directors: dict[str, str]  # name -> namespace
+    director_ips: dict[str, str]
+    director_macs: dict[str, str]
+    nodes: tuple[NodeInfo, ...]
+    config: str  # director YAML
+    state_dir: str
+    namespaces: tuple[str, ...]
+    pids: dict[str, int] = field(default_factory=dict)  # "director dir1", "agent node1", "pod whoami-node1-1"
+    backend: str = ""  # what ``auto`` became
+
+    def netns_of(self, role: str) -> str:
+        """``client``, ``router``, ``dir1``, ``node1``, ``whoami-node1-1``/``node1-pod1``, or a full namespace name."""
+        if role in self.namespaces:
+            return role
+        candidate = f"{self.spec.prefix}-{role}"
+        if candidate in self.namespaces:
+            return candidate
+        for node in self.nodes:
+            for pod in node.pods:
+                if pod.name == role:
+                    return pod.netns
+        raise LabError(f"no host {role!r} in lab {self.spec.prefix} (hosts: {', '.join(self.roles())})")
+
+    def roles(self) -> list[str]:
+        return [n[len(self.spec.prefix) + 1 :] for n in self.namespaces if n != f"{self.spec.prefix}-sw"]
+
+    def pod_node(self) -> dict[str, str]:
+        return {p.name: n.name for n in self.nodes for p in n.pods}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @staticmethod
+    def from_json(text: str) -> LabInfo:
+        d = json.loads(text)
+        nodes = tuple(
+            NodeInfo(**{**n, "pods": tuple(PodInfo(**p) for p in n["pods"])}) for n in d.pop("nodes")
+        )
+        spec = LabSpec(**d.pop("spec"))
+        return LabInfo(spec=spec, nodes=nodes, **{**d, "namespaces": tuple(d["namespaces"])})
+
+
+def state_dir(prefix: str) -> Path:
+    return STATE_ROOT / prefix
+
+
+def load_info(prefix: str = DEFAULT_PREFIX) -> LabInfo:
+    path = state_dir(prefix) / "lab.json"
+    try:
+        return LabInfo.from_json(path.read_text())
+    except FileNotFoundError:
+        raise LabError(f"no lab {prefix!r} is up (no {path}); start one with: kubelvs lab up") from None
+
+
+# ---------------------------------------------------------------------- config
+
+
+def director_config(spec: LabSpec, nodes: list[NodeInfo]) -> str:
+    """The director's YAML: the whoami Service's external IP over the workers (dr/tun)
+    or over the pods with port mapping (nat)."""
+    forward = {"dr": "dr", "tun": "tun", "nat": "nat"}[spec.topology]
+    if spec.topology == "nat":
+        rss = [f"      - address: {p.ip}\n        port: {spec.target_port}\n" for n in nodes for p in n.pods]
+    else:
+        rss = [f"      - address: {n.ip}\n" for n in nodes]
+    return (
+        "# Written by kubelvs lab: the seed's whoami Service, external IP on the segment.\n"
+        f"owned_cidrs: [{spec.vip}/32]\n"
+        "services:\n"
+        "  - name: whoami\n"
+        f"    vip: {spec.vip}\n"
+        f"    port: {spec.port}\n"
+        f"    scheduler: {spec.scheduler}\n"
+        f"    forward: {forward}\n"
+        "    realservers:\n" + "".join(rss)
+    )
+
+
+def proxy_ruleset(spec: LabSpec, node: NodeInfo) -> str:
+    """What kube-proxy installs on a worker for the external IP (the seed's iptables
+    rules in nftables form; physdev matching is left out: pods here are routed, not bridged)."""
+    vip, port = spec.vip, spec.port
+    match = f"ip daddr {vip} tcp dport {port}"
+    eps = "".join(
+        f"  chain ep{i} {{ meta l4proto tcp dnat to {p.ip}:{spec.target_port}; }}\n" for i, p in enumerate(node.pods)
+    )
+    vmap = ", ".join(f"{i} : goto ep{i}" for i in range(len(node.pods)))
+    return (
+        f"table ip {PROXY_TABLE} {{\n"
+        "  counter vip_forwarded { }\n"
+        "  chain services {\n"
+        f"    {match} meta mark set meta mark | {MASQ_MARK:#x}\n"  # KUBE-MARK-MASQ
+        f"    {match} fib saddr type != local goto svc\n"  # from outside the node
+        f"    {match} fib daddr type local goto svc\n"  # the node holds the VIP (on lo)
+        "  }\n"
+        f"  chain svc {{ numgen random mod {len(node.pods)} vmap {{ {vmap} }}; }}\n"
+        + eps
+        + "  chain prerouting { type nat hook prerouting priority dstnat; policy accept; jump services; }\n"
+        "  chain output { type nat hook output priority -100; policy accept; jump services; }\n"
+        "  chain postrouting { type nat hook postrouting priority srcnat; policy accept;\n"
+        f"    meta mark & {MASQ_MARK:#x} == {MASQ_MARK:#x} masquerade; }}\n"
+        "  chain forward { type filter hook forward priority filter; policy accept;\n"
+        f'    ip daddr {vip} counter name "vip_forwarded"; }}\n'
+        "}\n"
+    )
+
+
+# ---------------------------------------------------------------------- build
+
+
+@dataclass
+class RunningLab:
+    """A built lab in this process: the netlab ``Lab`` plus its saved record."""
+
+    lab: Lab
+    info: LabInfo
+
+    def save(self) -> None:
+        (Path(self.info.state_dir) / "lab.json").write_text(self.info.to_json())
+
+    def run(self, role: str, *argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return self.lab.run(self.info.netns_of(role), *argv, check=check, timeout=timeout)
+
+    def log(self, name: str) -> Path:
+        return Path(self.info.state_dir) / f"{name}.log"
+
+    def start_director(self, name: str = "dir1", *, config: str | None = None) -> int:
+        ns = self.info.directors[name]
+        proc = self.lab.start_python(
+            ns, "kubelvs", "director", "-f", config or self.info.config, "--backend", self.info.spec.backend,
+            "--poll", "0.3", log=self.log(f"director-{name}"),
+        )
+        self.info.pids[f"director {name}"] = proc.pid
+        self.save()
+        return proc.pid
+
+    def start_agent(self, node: str) -> int:
+        info = next(n for n in self.info.nodes if n.name == node)
+        proc = self.lab.start_python(
+            info.netns, "kubelvs", "node", "-f", self.info.config, "--interface", "eth0",
+            "--state-dir", str(Path(self.info.state_dir) / "node-state" / node), "--poll", "1",
+            log=self.log(f"agent-{node}"),
+        )
+        self.info.pids[f"agent {node}"] = proc.pid
+        self.save()
+        return proc.pid
+
+    def stop(self, key: str) -> None:
+        """Stop one process of the lab by its record key (``director dir1``, ``agent node1``)."""
+        pid = self.info.pids.pop(key, None)
+        for proc in list(self.lab.processes):
+            if proc.pid == pid:
+                self.lab.stop(proc)
+        self.save()
+
+    def wait_director(self, name: str = "dir1", *, timeout: float = READY_TIMEOUT) -> None:
+        """Until the director has done its first full sync (its log says so)."""
+        path = self.log(f"director-{name}")
+        self._wait(lambda: "full sync" in _read(path), timeout, f"director {name} did not sync", path,
+                   pid=self.info.pids.get(f"director {name}"))
+
+    def wait_agent(self, node: str, *, timeout: float = READY_TIMEOUT) -> None:
+        """Until the node holds the VIP (the agent put it on lo or kubelvs0)."""
+        ns = next(n.netns for n in self.info.nodes if n.name == node)
+        vip = f"{self.info.spec.vip}/32"
+
+        def has_vip() -> bool:
+            out = self.lab.run(ns, "ip", "-o", "addr", "show", check=False).stdout
+            return f" {vip} " in out
+
+        self._wait(has_vip, timeout, f"node agent on {node} did not put {vip} in place", self.log("agent-" + node),
+                   pid=self.info.pids.get(f"agent {node}"))
+
+    def _wait(self, ready: Any, timeout: float, what: str, log: Path, *, pid: int | None = None) -> None:
+        """Poll ``ready``; fail early when the process ``pid`` (director, agent) exited.
+        The log is read when failing, not before: the process may still be writing it."""
+        deadline = time.monotonic() + timeout
+        proc = next((p for p in self.lab.processes if p.pid == pid), None)
+        while not ready():
+            if proc is not None and proc.popen.poll() is not None:
+                raise LabError(f"{what}; it exited with status {proc.popen.returncode}; its log:\n{_read(log)}")
+            if time.monotonic() > deadline:
+                raise LabError(f"{what} within {timeout:.0f} s; its log:\n{_read(log)}")
+            time.sleep(0.1)
+
+    def teardown(self) -> None:
+        self.lab.teardown()
+        shutil.rmtree(self.info.state_dir, ignore_errors=True)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def build(spec: LabSpec) -> RunningLab:
+    """Build the lab, start its servers (and director and node agents as the spec says),
+    wait until they are ready. On any failure everything built so far is removed."""
+    spec.check()
+    if lab_namespaces(spec.prefix):
+        raise LabError(f"lab {spec.prefix} is already up (or left over): run kubelvs lab down --prefix {spec.prefix}")
+    from ..backends.base import ipvs_available
+
+    backend = spec.backend if spec.backend != "auto" else ("ipvs" if ipvs_available() else "nftables")
+    if spec.topology == "tun":
+        from ..backends.nftables.backend import tun_supported
+
+        if not tun_supported():
+            raise LabError("topology: tun needs IPIP tunnels and this kernel has no ipip; run it in the VM (scripts/vm-run)")
+        if spec.director and backend != "ipvs":
+            raise LabError(f"topology: tun needs the ipvs backend (the {backend} backend has no TUN forwarding)")
+    sdir = state_dir(spec.prefix)
+    shutil.rmtree(sdir, ignore_errors=True)
+    sdir.mkdir(parents=True)
+    lab = Lab(spec.prefix)
+    try:
+        running = _build(lab, spec, sdir, backend)
+    except subprocess.TimeoutExpired as exc:
+        lab.teardown()
+        shutil.rmtree(sdir, ignore_errors=True)
+        raise LabError(f"building the lab timed out: {' '.join(map(str, exc.cmd))} took over {exc.timeout:.0f} s") from exc
+    except BaseException:
+        lab.teardown()
+        shutil.rmtree(sdir, ignore_errors=True)
+        raise
+    return running
+
+
+def _build(lab: Lab, spec: LabSpec, sdir: Path, backend: str) -> RunningLab:
+    seg = SEGMENT.network_address
+    plen = SEGMENT.prefixlen
+    vip = spec.vip
+    # --- the segment's hosts
+    router_ns: str | None = None
+    if spec.with_router:
+        router = lab.host("router", [f"{seg + 254}/{plen}"])
+        router_ns = router.netns
+        client_ns = lab.namespace("client")
+        lab.run(router_ns, "ip", "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", client_ns)
+        lab.run(router_ns, "ip", "addr", "add", f"{CLIENT_NET.network_address + 254}/24", "dev", "eth1")
+        lab.run(router_ns, "ip", "link", "set", "eth1", "up")
+        client_ip = str(CLIENT_NET.network_address + 36)
+        lab.run(client_ns, "ip", "addr", "add", f"{client_ip}/24", "dev", "eth0")
+        lab.run(client_ns, "ip", "link", "set", "eth0", "up")
+        lab.run(client_ns, "ip", "route", "add", "default", "via", str(CLIENT_NET.network_address + 254))
+        lab.sysctl(router_ns, "net.ipv4.ip_forward", 1)
+    else:
+        client = lab.host("client", [f"{seg + 10}/{plen}"])
+        client_ns, client_ip = client.netns, client.ip
+    directors: dict[str, str] = {}
+    director_ips: dict[str, str] = {}
+    director_macs: dict[str, str] = {}
+    for d in range(1, spec.directors + 1):
+        name = f"dir{d}"
+        host = lab.host(name, [f"{seg + 1 + d}/{plen}", f"{vip}/32"])
+        directors[name], director_ips[name], director_macs[name] = host.netns, host.ip, host.mac
+        for key, value in (("net.ipv4.conf.all.send_redirects", 0), ("net.ipv4.conf.eth0.send_redirects", 0)):
+            lab.sysctl(host.netns, key, value)
+        if spec.with_router:
+            lab.run(host.netns, "ip", "route", "add", str(CLIENT_NET), "via", str(seg + 254))
+        if spec.topology == "nat":
+            lab.sysctl(host.netns, "net.ipv4.ip_forward", 1)
+    if router_ns is not None:
+        hops = [ip for ip in director_ips.values()]
+        if len(hops) == 1:
+            lab.run(router_ns, "ip", "route", "add", f"{vip}/32", "via", hops[0])
+        else:
+            nexthops = [w for ip in hops for w in ("nexthop", "via", ip)]
+            lab.sysctl(router_ns, "net.ipv4.fib_multipath_hash_policy", 1)  # L4 hash: flows spread
+            lab.run(router_ns, "ip", "route", "add", f"{vip}/32", *nexthops)
+    # --- workers and pods
+    nodes: list[NodeInfo] = []
+    for n in range(1, spec.nodes + 1):
+        name = f"node{n}"
+        host = lab.host(name, [f"{seg + 100 + n}/{plen}"])
+        ns = host.netns
+        lab.sysctl(ns, "net.ipv4.ip_forward", 1)  # it routes its pods' traffic, as a k8s node does
+        if spec.with_router:
+            via = director_ips["dir1"] if spec.topology == "nat" else str(seg + 254)
+            lab.run(ns, "ip", "route", "add", str(CLIENT_NET), "via", via)
+        pod_cidr = ipaddress.ip_network(f"10.230.{n}.0/24")
+        gw = pod_cidr.network_address + 1
+        lab.run(ns, "ip", "link", "add", "cbr0", "type", "bridge")
+        lab.run(ns, "ip", "addr", "add", f"{gw}/24", "dev", "cbr0")
+        lab.run(ns, "ip", "link", "set", "cbr0", "up")
+        pods = []
+        for m in range(1, spec.pods + 1):
+            pod_ns = lab.namespace(f"{name}-pod{m}")
+            pod_ip = str(pod_cidr.network_address + 9 + m)
+            lab.run(ns, "ip", "link", "add", f"vp{m}", "type", "veth", "peer", "name", "eth0", "netns", pod_ns)
+            lab.run(ns, "ip", "link", "set", f"vp{m}", "master", "cbr0", "up")
+            lab.run(pod_ns, "ip", "addr", "add", f"{pod_ip}/24", "dev", "eth0")
+            lab.run(pod_ns, "ip", "link", "set", "eth0", "up")
+            lab.run(pod_ns, "ip", "route", "add", "default", "via", str(gw))
+            pods.append(PodInfo(name=f"whoami-{name}-{m}", node=name, netns=pod_ns, ip=pod_ip))
+        node_info = NodeInfo(name=name, netns=ns, ip=host.ip, mac=host.mac, pod_cidr=str(pod_cidr), pods=tuple(pods))
+        nodes.append(node_info)
+        # The first nft in a VM loads modules on an emulated CPU: allow minutes.
+        lab.run(ns, "nft", "-f", "-", input=proxy_ruleset(spec, node_info), timeout=300)
+    if spec.topology == "nat":
+        for node in nodes:
+            for dns in directors.values():
+                lab.run(dns, "ip", "route", "add", node.pod_cidr, "via", node.ip)
+    config = sdir / "director.yaml"
+    config.write_text(director_config(spec, nodes))
+    info = LabInfo(
+        spec=spec, client=client_ns, client_ip=client_ip, router=router_ns, directors=directors,
+        director_ips=director_ips, director_macs=director_macs, nodes=tuple(nodes), config=str(config),
+        state_dir=str(sdir), namespaces=tuple(lab.namespaces), backend=backend,
+    )
+    running = RunningLab(lab, info)
+    running.save()
+    # --- processes
+    for node in nodes:
+        for pod in node.pods:
+            proc = lab.start_python(
+                pod.netns, "kubelvs.lab.servers", "http", "--name", pod.name, "--port", str(spec.target_port),
+                log=running.log(f"pod-{pod.name}"),
+            )
+            info.pids[f"pod {pod.name}"] = proc.pid
+    running.save()
+    if spec.agents and spec.topology in ("dr", "tun"):
+        for node in nodes:
+            running.start_agent(node.name)
+    if spec.director:
+        for name in directors:
+            running.start_director(name)
+    for node in nodes:
+        for pod in node.pods:
+            lab.wait_listening(pod.netns, spec.target_port, timeout=READY_TIMEOUT)
+    if spec.agents and spec.topology in ("dr", "tun"):
+        for node in nodes:
+            running.wait_agent(node.name)
+    if spec.director:
+        for name in directors:
+            running.wait_director(name)
+    return running
+
+
+# ---------------------------------------------------------------------- teardown
+
+
+def lab_namespaces(prefix: str) -> list[str]:
+    """Namespaces of the lab ``prefix`` that exist now (``<prefix>-*``)."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    return [n for n in names if n.startswith(prefix + "-")]
+
+
+def down(prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """Remove the lab ``prefix`` by name alone: works after a crash of the process that
+    built it. Kills the processes recorded by PID (when they still run our command) and
+    every process inside its namespaces, deletes the namespaces (their links go with
+    them) and the lab's state directory. Returns what it removed."""
+    if not prefix.startswith(NETNS_PREFIX) or "/" in prefix:
+        raise LabError(f"prefix: {prefix!r} must start with {NETNS_PREFIX!r}")
+    removed: list[str] = []
+    sdir = state_dir(prefix)
+    try:
+        pids = json.loads((sdir / "lab.json").read_text()).get("pids", {})
+    except (OSError, ValueError):
+        pids = {}
+    inodes = set()
+    for name in lab_namespaces(prefix):
+        try:
+            inodes.add(os.stat(f"/run/netns/{name}").st_ino)
+        except OSError:
+            pass
+    for key, pid in pids.items():
+        if _is_ours(int(pid), str(sdir), inodes):
+            _kill(int(pid))
+            removed.append(f"process {pid} ({key})")
+    for name in reversed(lab_namespaces(prefix)):
+        for pid in subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True, check=False).stdout.split():
+            _kill(int(pid))
+            removed.append(f"process {pid} (in {name})")
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+        removed.append(f"namespace {name}")
+    if sdir.exists():
+        shutil.rmtree(sdir, ignore_errors=True)
+        removed.append(f"directory {sdir}")
+    return removed
+
+
+def _is_ours(pid: int, sdir: str, inodes: set[int]) -> bool:
+    """Only kill a recorded PID while it is still a process of this lab (PIDs are
+    reused): it runs inside one of the lab's namespaces, or names the lab's directory."""
+    try:
+        if os.stat(f"/proc/{pid}/ns/net").st_ino in inodes:
+            return True
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return sdir in cmdline
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass

@@ -1,0 +1,169 @@
+"""Traffic and counters for the lab: real TCP requests from a namespace, and the
+director-side counters that prove whether replies crossed the director.
+
+A request is one new TCP connection with one HTTP GET (as ``curl http://VIP`` in the
+seed); a failed one is recorded with its error instead of raising, because several
+scenarios *expect* failures before their fix.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import json
+import socket
+import struct
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from ..kernel.netns import entered
+
+__all__ = ["DirectorCounters", "Result", "arp_who_has", "neighbour_mac", "nft_counter", "requests", "tally"]
+
+COUNT_TABLE = "kubelvs_lab_count"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    ok: bool
+    pod: str = ""  # who answered
+    client: str = ""  # the client address the pod saw
+    error: str = ""  # why it failed ("connection refused", "timed out", "no route to host")
+
+
+def _error(exc: BaseException) -> str:
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return {
+            errno.ECONNREFUSED: "connection refused",
+            errno.EHOSTUNREACH: "no route to host",
+            errno.ECONNRESET: "connection reset",
+            errno.ENETUNREACH: "network unreachable",
+        }.get(exc.errno, exc.strerror or str(exc))
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _one(host: str, port: int, timeout: float) -> Result:
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/", headers={"Connection": "close"})
+        data = json.loads(conn.getresponse().read())
+        return Result(True, pod=str(data["server"]), client=str(data["client"]))
+    except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
+        return Result(False, error=_error(exc))
+    finally:
+        conn.close()
+
+
+def requests(netns: str, host: str, port: int, count: int, *, timeout: float = 2.0) -> list[Result]:
+    """``count`` requests from inside ``netns``, each on a new connection."""
+    with entered(netns):
+        return [_one(host, port, timeout) for _ in range(count)]
+
+
+def tally(results: Iterable[Result], pod_node: Mapping[str, str]) -> tuple[Counter[str], Counter[str]]:
+    by_pod: Counter[str] = Counter()
+    by_node: Counter[str] = Counter()
+    for r in results:
+        if r.ok:
+            by_pod[r.pod] += 1
+            by_node[pod_node.get(r.pod, "?")] += 1
+    return by_pod, by_node
+
+
+def nft_counter(netns: str, family: str, table: str, name: str) -> int:
+    """Packets of a named nftables counter in ``netns``."""
+    proc = subprocess.run(
+        ["ip", "netns", "exec", netns, "nft", "-j", "list", "counter", family, table, name],
+        capture_output=True, text=True, check=True,
+    )
+    for item in json.loads(proc.stdout)["nftables"]:
+        if "counter" in item:
+            return int(item["counter"]["packets"])
+    raise ValueError(f"no counter {name} in {family} {table}")
+
+
+class DirectorCounters:
+    """Counters at the director's segment interface (ingress, before anything else of
+    the director sees the frame), counting only frames *addressed to the director*
+    (``pkttype host``: a frame the bridge floods to every port is not "crossing" it):
+
+    - ``requests``: packets to VIP:port - the director's share of the work;
+    - ``replies``: packets from VIP:port or from a real server's address:port - a reply
+      that came back through the director (NAT must; DR/TUN must not).
+    """
+
+    def __init__(self, netns: str, *, vip: str, port: int, reply_sources: Iterable[tuple[str, int]], device: str = "eth0") -> None:
+        self.netns = netns
+        sources = sorted({(vip, port), *reply_sources})
+        elements = ", ".join(f"{a} . {p}" for a, p in sources)
+        ruleset = (
+            f"table netdev {COUNT_TABLE} {{\n"
+            f"  set reply_src {{ type ipv4_addr . inet_service; elements = {{ {elements} }}; }}\n"
+            "  counter requests { }\n"
+            "  counter replies { }\n"
+            "  counter syns { }\n"
+            f'  chain ingress {{ type filter hook ingress device "{device}" priority -500; policy accept;\n'
+            f'    meta pkttype host ip daddr {vip} tcp dport {port} tcp flags & (syn | ack) == syn counter name "syns"\n'
+            f'    meta pkttype host ip daddr {vip} tcp dport {port} counter name "requests"\n'
+            '    meta pkttype host ip saddr . tcp sport @reply_src counter name "replies"\n'
+            "  }\n}\n"
+        )
+        subprocess.run(
+            ["ip", "netns", "exec", netns, "nft", "-f", "-"], input=ruleset, text=True, capture_output=True, check=True
+        )
+
+    def read(self) -> tuple[int, int]:
+        """(request packets, reply packets) so far."""
+        return (
+            nft_counter(self.netns, "netdev", COUNT_TABLE, "requests"),
+            nft_counter(self.netns, "netdev", COUNT_TABLE, "replies"),
+        )
+
+    def syns(self) -> int:
+        """SYNs to VIP:port that reached the director (connection attempts it saw)."""
+        return nft_counter(self.netns, "netdev", COUNT_TABLE, "syns")
+
+
+def arp_who_has(netns: str, ifname: str, target: str, *, timeout: float = 0.5) -> list[str]:
+    """Broadcast one ARP request for ``target`` from ``ifname`` in ``netns`` and return
+    the MAC of every host that answered (in order of arrival) - arping, in Python."""
+    own = json.loads(subprocess.run(["ip", "-n", netns, "-j", "addr", "show", "dev", ifname],
+                                    capture_output=True, text=True, check=True).stdout)[0]
+    mac = bytes.fromhex(own["address"].replace(":", ""))
+    src = next(a["local"] for a in own["addr_info"] if a["family"] == "inet")
+    frame = (b"\xff" * 6 + mac + b"\x08\x06"
+             + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + socket.inet_aton(src) + b"\0" * 6 + socket.inet_aton(target))
+    answers: list[str] = []
+    with entered(netns):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+    with sock:
+        sock.bind((ifname, 0x0806))
+        sock.send(frame)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                data = sock.recv(128)
+            except TimeoutError:
+                break
+            op = struct.unpack("!H", data[20:22])[0]
+            if op == 2 and data[28:32] == socket.inet_aton(target):
+                sender = ":".join(f"{b:02x}" for b in data[22:28])
+                if sender not in answers:
+                    answers.append(sender)
+    return answers
+
+
+def neighbour_mac(netns: str, address: str, ifname: str = "eth0") -> str | None:
+    """The MAC ``netns``'s neighbour table holds for ``address`` (None: no entry)."""
+    out = json.loads(subprocess.run(["ip", "-n", netns, "-j", "neigh", "show", address, "dev", ifname],
+                                    capture_output=True, text=True, check=True).stdout or "[]")
+    for entry in out:
+        if entry.get("lladdr"):
+            return str(entry["lladdr"]).lower()
+    return None

@@ -1,0 +1,118 @@
+"""``kubelvs demo`` and the seed's scenarios, end to end with real TCP connections.
+
+The machine's kernel runs them with the nftables backend (``netns``); the VM tier
+(``kernel_ipvs``) runs the same with IPVS, plus the scenarios that need ipip.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from kubelvs.lab.demo import run_demo
+from kubelvs.lab.scenarios import SCENARIOS, run_scenario
+from kubelvs.lab.topology import LabSpec, lab_namespaces
+
+from .conftest import root_links
+
+MACHINE = pytest.mark.netns
+VM = pytest.mark.kernel_ipvs
+
+
+def _kubelvs(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kubelvs", *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@MACHINE
+def test_demo_json_spreads_over_every_pod_and_proves_dr(prefix: str) -> None:
+    links = root_links()
+    result = _kubelvs("demo", "--prefix", prefix, "-o", "json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["requests"] == doc["succeeded"] == 30
+    assert set(doc["by_node"]) == {"node1", "node2"}
+    assert set(doc["by_pod"]) == {"whoami-node1-1", "whoami-node1-2", "whoami-node2-1", "whoami-node2-2"}
+    assert sum(doc["by_pod"].values()) == sum(doc["by_node"].values()) == 30
+    assert doc["replies_via_director"] == 0  # DR: no reply crossed the director ...
+    assert doc["requests_via_director"] >= 30 * 3  # ... while every request did (SYN, ACK, GET, ACK, FIN)
+    assert doc["backend"] == "nftables"
+    assert lab_namespaces(prefix) == [] and root_links() == links  # the demo took its lab down
+
+
+@MACHINE
+def test_demo_text_shows_the_curl_table(prefix: str) -> None:
+    result = _kubelvs("demo", "--prefix", prefix, "-n", "12", "--pods", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "$ curl http://10.240.0.201   x12, from the client 10.240.0.10" in result.stdout
+    assert "DR: every reply bypassed the director" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if re.match(r"^\s+\d+\s+whoami-node\d-1\s+node\d\s+10\.230\.", line)]
+    assert len(rows) == 12  # one row per curl: pod, node, RemoteAddr
+
+
+@MACHINE
+def test_nat_replies_do_cross_the_director_so_the_counter_is_not_blind(prefix: str) -> None:
+    result = run_demo(LabSpec(prefix=prefix, topology="nat"), 12)
+    assert result.succeeded == 12
+    assert result.replies_via_director > 0
+    assert {a["client"].split(":")[0] for a in result.answers} == {"192.168.58.36"}  # no SNAT in NAT mode
+    assert result.ok
+
+
+@MACHINE
+def test_two_directors_behind_an_ecmp_router(prefix: str) -> None:
+    result = run_demo(LabSpec(prefix=prefix, router=True, directors=2), 30)
+    assert result.ok, result.as_json()
+    assert result.replies_via_director == 0
+
+
+@VM
+def test_demo_with_ipvs(prefix: str) -> None:
+    result = run_demo(LabSpec(prefix=prefix, backend="ipvs"), 30)
+    assert result.backend == "ipvs"
+    assert result.ok, result.as_json()
+
+
+@VM
+def test_tun_demo_with_ipvs(prefix: str) -> None:
+    result = run_demo(LabSpec(prefix=prefix, topology="tun", backend="ipvs"), 20)
+    assert result.ok, result.as_json()
+
+
+def test_scenario_list() -> None:
+    result = _kubelvs("lab", "scenario", "--list")
+    assert result.returncode == 0
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert names == ["stale-realserver", "worker-local-vip", "dr-arp", "rp-filter"]
+    assert list(SCENARIOS) == names
+
+
+@MACHINE
+@pytest.mark.parametrize("name", ["stale-realserver", "worker-local-vip", "dr-arp"])
+def test_scenario_on_the_machine_kernel(name: str, prefix: str) -> None:
+    result = run_scenario(name, prefix=prefix, backend="nftables")
+    assert result.before.expected, result.render()  # the symptom was reproduced ...
+    assert result.after is not None and result.after.expected, result.render()  # ... and fixed
+    assert lab_namespaces(prefix) == []
+
+
+@MACHINE
+def test_scenario_cli_exit_code_and_json(prefix: str) -> None:
+    result = _kubelvs("lab", "scenario", "stale-realserver", "--prefix", prefix, "-o", "json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["ok"] and doc["before"]["facts"]["succeeded"] == "10/20" and doc["after"]["facts"]["succeeded"] == "20/20"
+    assert doc["before"]["facts"]["errors"] == ["connection refused"]
+    bad = _kubelvs("lab", "scenario", "no-such-thing")
+    assert bad.returncode == 2 and "is not one of" in bad.stderr
+
+
+@VM
+@pytest.mark.parametrize("name", ["stale-realserver", "worker-local-vip", "dr-arp", "rp-filter"])
+def test_scenario_with_ipvs(name: str, prefix: str) -> None:
+    result = run_scenario(name, prefix=prefix, backend="ipvs")
+    assert result.backend == "ipvs"
+    assert result.ok, result.render()
