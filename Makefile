@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 APT_PACKAGES := python3 python3-venv python3-pip iproute2 nftables ipvsadm kmod \
                 qemu-system-x86 linux-image-amd64 busybox-static iputils-ping curl procps
 
-.PHONY: setup test test-machine test-vm demo bench clean
+.PHONY: setup test test-machine test-vm demo demo-ipvs bench clean
 
 setup: $(VENV)/.installed
 
@@ -28,11 +28,17 @@ test-machine: setup
 test-vm: setup
 	scripts/vm-run -- $(PY) -m pytest -q -m kernel_ipvs -p no:cacheprovider tests
 
+## The seed's LVS-DR external IP end to end in a network-namespace lab on this kernel.
 demo: setup
+	$(VENV)/bin/kubelvs demo
+
+## The same config on real IPVS, in the VM kernel.
+demo-ipvs: setup
 	scripts/vm-run -- scripts/demo-ipvs
 
 bench: setup
 	scripts/vm-run -- $(PY) bench/ipvs_sync.py --out bench/results
+	$(PY) bench/nft_sync.py
 
 clean:
 	rm -rf $(VENV) .vmtmp
