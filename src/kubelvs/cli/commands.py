@@ -5,25 +5,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
 
 import yaml_rs
 
 from ..backends import Backend, open_backend
 from ..errors import BackendUnavailable, ConfigError, KubelvsError
 from ..formats.ipvsadm_save import format_save, parse_save
-from ..model import DesiredState, ServiceKey, VirtualService, kernel_version, recommended_sysctls
+from ..model import (
+    DesiredState,
+    ServiceKey,
+    VirtualService,
+    kernel_version,
+    recommended_sysctls,
+)
 from ..planner import Operation, changed_services, describe
 from ..roles.director import Director
 from ..sources.config import Config, load_config, parse_config, to_desired
 from . import exit_codes
 from .render import status_document, status_table
+from .shutdown import StopFlag
 
 __all__ = ["register", "desired_for", "service_names"]
 
@@ -258,14 +263,7 @@ def cmd_director(args: argparse.Namespace) -> int:
 
         return run_kubernetes(args)
     backend = _open(args)
-    stopping = False
-
-    def stop(_sig: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping = StopFlag()
     try:
         config = load_config(args.file)
         director = Director(backend, graceful=args.graceful or config.graceful)

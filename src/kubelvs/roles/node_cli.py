@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 
 from ..cli import exit_codes
+from ..cli.shutdown import StopFlag
 from ..errors import KubelvsError
 from ..sources.config import load_config
 from .node import (
@@ -87,14 +86,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     _report(args, vips, agent.sync(vips))
     if args.once or args.file is None:
         return exit_codes.OK
-    stopping = False
-
-    def stop(_sig: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping = StopFlag()
     last = vips
     while not stopping:
         time.sleep(args.poll)
