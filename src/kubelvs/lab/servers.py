@@ -141,10 +141,19 @@ def udp_ask(host: str, port: int, *, source: str = "", timeout: float = 2.0, pay
     return Answer(reply["server"], reply["client"], _hostport(peer), source)
 
 
-def probe(host: str, port: int, *, count: int, udp: bool = False, sources: Iterable[str] = ("",)) -> list[Answer]:
+def probe(
+    host: str,
+    port: int,
+    *,
+    count: int,
+    udp: bool = False,
+    sources: Iterable[str] = ("",),
+    timeout: float | None = None,  # None: the ask function's default
+) -> list[Answer]:
     """``count`` requests from every source address, each on a new connection/flow."""
     ask = udp_ask if udp else http_get
-    return [ask(host, port, source=src) for src in sources for _ in range(count)]
+    extra = {} if timeout is None else {"timeout": timeout}
+    return [ask(host, port, source=src, **extra) for src in sources for _ in range(count)]
 
 
 # ---------------------------------------------------------------------- CLI
