@@ -36,10 +36,12 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..kernel.netns import entered
 from .netlab import NETNS_PREFIX, Lab, LabError
 
 __all__ = [
@@ -309,8 +311,17 @@ class RunningLab:
         self._wait(lambda: "full sync" in _read(path), timeout, f"director {name} did not sync", path,
                    pid=self.info.pids.get(f"director {name}"))
 
-    def wait_agent(self, node: str, *, timeout: float = READY_TIMEOUT) -> None:
-        """Until the node holds the VIP (the agent put it on lo or kubelvs0)."""
+    def wait_agent(
+        self,
+        node: str,
+        *,
+        ready: Callable[[], bool] | None = None,  # None: until the node holds the VIP
+        what: str = "",
+        timeout: float = READY_TIMEOUT,
+    ) -> None:
+        """Until ``ready()``, evaluated inside the node's namespace, holds; by default until
+        the node holds the VIP (the agent put it on lo or kubelvs0). Fails early, with the
+        agent's log, when the agent exited."""
         ns = next(n.netns for n in self.info.nodes if n.name == node)
         vip = f"{self.info.spec.vip}/32"
 
@@ -318,8 +329,13 @@ class RunningLab:
             out = self.lab.run(ns, "ip", "-o", "addr", "show", check=False).stdout
             return f" {vip} " in out
 
-        self._wait(has_vip, timeout, f"node agent on {node} did not put {vip} in place", self.log("agent-" + node),
-                   pid=self.info.pids.get(f"agent {node}"))
+        def in_node() -> bool:
+            assert ready is not None
+            with entered(ns):
+                return ready()
+
+        self._wait(in_node if ready else has_vip, timeout, f"node agent on {node} did not {what or f'put {vip} in place'}",
+                   self.log("agent-" + node), pid=self.info.pids.get(f"agent {node}"))
 
     def _wait(self, ready: Any, timeout: float, what: str, log: Path, *, pid: int | None = None) -> None:
         """Poll ``ready``; fail early when the process ``pid`` (director, agent) exited.

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 
 from ...kernel import sysctl
-from ...kernel.netns import entered
 from ..topology import LabSpec, build
 from ..traffic import DirectorCounters, arp_who_has, neighbour_mac, requests, tally
 from . import Phase, ScenarioResult
@@ -72,16 +71,15 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None]) -> ScenarioRes
         log("starting the node agent on every worker")
         for node in info.nodes:
             running.start_agent(node.name)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 60  # for all the agents together
         for node in info.nodes:
-            while True:
-                with entered(node.netns):
-                    done = sysctl.read("net.ipv4.conf.eth0.arp_ignore") == 1 and sysctl.read("net.ipv4.conf.eth0.arp_announce") == 2
-                if done:
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the node agent on {node.name} did not set arp_ignore/arp_announce")
-                time.sleep(0.1)
+            running.wait_agent(
+                node.name,
+                ready=lambda: sysctl.read("net.ipv4.conf.eth0.arp_ignore") == 1
+                and sysctl.read("net.ipv4.conf.eth0.arp_announce") == 2,
+                what="set arp_ignore/arp_announce",
+                timeout=max(0.0, deadline - time.monotonic()),
+            )
         after, who, via, entry = measure("the same with the node agent (arp_ignore=1, arp_announce=2)")
         after.expected = (
             who == ["director"] and entry == director_mac and via == REQUESTS

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 
 from ...kernel import sysctl
-from ...kernel.netns import entered
 from ..netlab import LabError
 from ..topology import LabSpec, build
 from ..traffic import requests, tally
@@ -89,16 +88,18 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None]) -> ScenarioRes
         log("starting the node agent on every worker")
         for node in info.nodes:
             running.start_agent(node.name)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 120  # for all the agents together
         for node in info.nodes:
-            while True:
-                with entered(node.netns):
-                    eff = max(sysctl.read("net.ipv4.conf.all.rp_filter") or 0, sysctl.read("net/ipv4/conf/tunl0/rp_filter") or 0)
-                if eff == 0:  # tunl0 has no address: only 0 lets decapsulated packets in
-                    break
-                if time.monotonic() > deadline:
-                    raise LabError(f"the node agent on {node.name} did not loosen rp_filter")
-                time.sleep(0.2)
+            running.wait_agent(
+                node.name,
+                # tunl0 has no address: only an effective 0 lets decapsulated packets in.
+                ready=lambda: max(
+                    sysctl.read("net.ipv4.conf.all.rp_filter") or 0, sysctl.read("net/ipv4/conf/tunl0/rp_filter") or 0
+                )
+                == 0,
+                what="loosen rp_filter",
+                timeout=max(0.0, deadline - time.monotonic()),
+            )
         results = requests(info.client, spec.vip, spec.port, REQUESTS, timeout=3)
         ok = sum(r.ok for r in results)
         _, by_node = tally(results, info.pod_node())
