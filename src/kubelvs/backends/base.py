@@ -66,9 +66,7 @@ def open_backend(name: BackendName = "auto", *, netns: str | None = None) -> Bac
 
         return IpvsBackend(netns=netns)
     if name == "nftables":
-        try:
-            from .nftables import NftablesBackend  # type: ignore[import-not-found,unused-ignore]
-        except ImportError as exc:
-            raise BackendUnavailable("the nftables backend is not available in this version of kubelvs") from exc
-        return NftablesBackend(netns=netns)  # type: ignore[no-any-return,unused-ignore]
+        from .nftables import NftablesBackend
+
+        return NftablesBackend(netns=netns)
     raise BackendUnavailable(f"unknown backend {name!r} (use auto, ipvs or nftables)")
