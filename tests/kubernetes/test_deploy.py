@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from kubelvs.sources.config import parse_config
+from kubelvs.cli.main import build_parser
+from kubelvs.roles.node import STATE_DIR
+from kubelvs.sources.config import parse_config, to_desired
 from kubelvs.sources.kubernetes.api import PATHS
 from kubelvs.sources.kubernetes.settings import parse_kubernetes
-from kubelvs.sources.config import to_desired
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -48,7 +50,11 @@ def test_director_rbac_is_the_minimum() -> None:
 
 
 def test_node_agent_only_reads() -> None:
-    assert {v for _, _, v, _ in rules("ClusterRole", "kubelvs-node")} == {"get", "list", "watch"}
+    # Exactly the three kinds the shared list + watch reads; no status, events or Leases.
+    assert rules("ClusterRole", "kubelvs-node") == {
+        *{("", r, v, "*") for r in ("services", "nodes") for v in ("get", "list", "watch")},
+        *{("discovery.k8s.io", "endpointslices", v, "*") for v in ("get", "list", "watch")},
+    }
 
 
 def test_workloads_and_config() -> None:
@@ -64,3 +70,39 @@ def test_workloads_and_config() -> None:
     assert s.pools[0].name == "default"
     unit = (DEPLOY / "kubelvs-director.service").read_text()
     assert "ExecStart=/usr/local/bin/kubelvs director --kubernetes" in unit
+
+
+def _expand(arg: str, values: dict[str, str]) -> str:
+    """The kubelet's $(VAR) expansion of a container's command."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: values.get(m.group(1), m.group(0)), arg)
+
+
+def test_node_daemonset_command_is_the_cli_contract() -> None:
+    (ds,) = docs("node-daemonset.yaml")
+    spec = ds["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    command = [_expand(a, {"NODE_NAME": "worker-1"}) for a in container["command"]]
+    assert command[0] == "kubelvs"
+    args = build_parser(command[1:]).parse_args(command[1:])  # the real parser: unknown flags fail here
+    assert (args.command, args.kubernetes, args.node_name, args.kubeconfig) == ("node", True, "worker-1", None)
+    assert not (args.once or args.dry_run or args.revert or args.vip or args.from_manifests)
+    # The config file is the ConfigMap's key, mounted where -f points.
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    (cm,) = docs("config.yaml")
+    assert args.file.parent.as_posix() == mounts["config"]["mountPath"] and mounts["config"]["readOnly"] is True
+    assert volumes["config"]["configMap"]["name"] == cm["metadata"]["name"]
+    assert args.file.name in cm["data"]
+    # The agent's record of what it set outlives the container (the host's directory).
+    assert args.state_dir == STATE_DIR
+    assert mounts["state"]["mountPath"] == STATE_DIR.as_posix()
+    assert volumes["state"]["hostPath"]["path"] == STATE_DIR.as_posix()
+    # The host's network: VIPs on its lo; privileged for NET_ADMIN and a writable /proc/sys.
+    assert spec["hostNetwork"] is True and container["securityContext"] == {"privileged": True}
+    assert {"operator": "Exists"} in spec["tolerations"]
+    # Its ServiceAccount is bound to the read-only ClusterRole only.
+    bindings = [d for d in docs("rbac.yaml") if d["kind"] in ("ClusterRoleBinding", "RoleBinding")
+                and any(s["name"] == spec["serviceAccountName"] for s in d["subjects"])]
+    assert [(b["kind"], b["roleRef"]["name"]) for b in bindings] == [("ClusterRoleBinding", "kubelvs-node")]

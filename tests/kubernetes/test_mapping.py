@@ -206,3 +206,31 @@ def test_mapper_recomputes_only_changed_services() -> None:
     r = m.map(snapshot(objs))
     assert m.recomputed == 10  # a node change touches every Service
     assert rs_table(r, "10.240.0.200", 80) == [("10.240.0.102", 80, 1, "dr")]
+
+
+def test_node_agent_view_tun_vips_and_transient_node_states() -> None:
+    from kubelvs.model import Forward
+    from kubelvs.sources.config import parse_config
+    from kubelvs.sources.kubernetes.mapping import holding_view
+    from kubelvs.sources.kubernetes.noderunner import NodeVips
+
+    tun = k.service("tun", external_ips=["10.240.0.202"], annotations={ANN + "forward": "tun"})
+    objs = [*k.seed_objects(), tun]
+    r = run(objs)
+    assert vips_for_node(r, "node1") == {ip_address("10.240.0.201"), ip_address("10.240.0.202")}
+    assert vips_for_node(r, "node1", forwards=(Forward.TUN,)) == {ip_address("10.240.0.202")}
+    config = parse_config({"owned_cidrs": ["10.240.0.0/24"], "kubernetes": {"external_ip_cidrs": ["10.240.0.192/26"]}})
+    want = NodeVips(settings(), config, "node1").compute(snapshot(objs))
+    assert (want.vips, want.mode, want.found) == (("10.240.0.201", "10.240.0.202"), "tun", True)
+
+    # NotReady, cordoned, being deleted: not a real server for the director, but the node
+    # keeps holding what it serves (a graceful drain still sends it connections).
+    for state in ({"ready": False}, {"unschedulable": True}, {"deleting": True}):
+        snap = snapshot([k.node("node1", "10.240.0.101", **state), k.node("node2", "10.240.0.102"), *objs[2:]])
+        assert vips_for_node(Mapper(settings()).map(snap), "node1") == frozenset()  # the director's view
+        assert vips_for_node(Mapper(settings()).map(holding_view(snap, "node1")), "node1") == {
+            ip_address("10.240.0.201"), ip_address("10.240.0.202")
+        }
+        assert holding_view(snap, "node2") is snap  # only its own node is looked at differently
+    excluded = snapshot([k.node("node1", "10.240.0.101", labels={"node.kubernetes.io/exclude-from-external-load-balancers": ""}), *objs[1:]])
+    assert vips_for_node(Mapper(settings()).map(holding_view(excluded, "node1")), "node1") == frozenset()

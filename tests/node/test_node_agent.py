@@ -217,3 +217,17 @@ def test_tun_mode_brings_up_tunl0_with_loose_rp_filter_and_reverts(node: str, tm
     assert subprocess.run(["ip", "-n", node, "link", "show", "kubelvs0"], capture_output=True, check=False).returncode != 0
     assert _get(node, "net.ipv4.conf.all.rp_filter") == 1
     assert _get(node, "net.ipv4.conf.lo.rp_filter") == 0 and _get(node, "net.ipv4.conf.eth0.rp_filter") == 0
+
+
+def test_cli_dry_run_with_a_config_file_touches_nothing(node: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text(
+        f"owned_cidrs: [{VIP}/32]\nservices:\n  - name: whoami\n    vip: {VIP}\n    port: 80\n    scheduler: rr\n"
+        "    forward: dr\n    realservers:\n      - address: 10.240.0.101\n"
+    )
+    assert main(["node", "--netns", node, "-f", str(cfg), "--dry-run", "-o", "json", "--state-dir", str(tmp_path / "s")]) == 0
+    assert json.loads(capsys.readouterr().out) == {"vips": [VIP], "mode": "dr"}
+    assert f"{VIP}/32" not in _lo_addrs(node) and _get(node, "net.ipv4.conf.eth0.arp_ignore") == 0
+    assert not (tmp_path / "s").exists()
+    assert main(["node", "--netns", node, "--dry-run"]) == 2
+    assert "give the VIPs with --vip, a config with -f, or --kubernetes" in capsys.readouterr().err

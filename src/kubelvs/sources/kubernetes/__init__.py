@@ -11,6 +11,10 @@ Layers (each module one concern):
     watch       list + watch per kind: resourceVersion, bookmarks, 410 relist, backoff
     leader      Lease-based leader election for the one status/Event writer
     manifests   the offline source: ``kubectl get -o yaml`` files in a directory
+    source      API (list + watch) or manifests -> Store: shared by director and node agent
+    loop        the coalesced reconcile loop, shared by director and node agent
     reconciler  ties them together and drives ``roles.director.Director``
     runner      ``kubelvs director --kubernetes | --from-manifests``
+    noderunner  ``kubelvs node --kubernetes | --from-manifests``: the VIPs the mapping
+                gives this node -> ``roles.node.NodeAgent``
 """

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ...model import (
     KNOWN_SCHEDULERS,
@@ -42,7 +42,7 @@ from .ipam import IpamResult, allocate, ipam_key
 from .objects import EndpointSlice, EventSpec, Node, ObjectId, Service
 from .settings import KubeSettings
 
-__all__ = ["Snapshot", "MappingResult", "Mapper", "compute", "vips_for_node", "NodeTarget"]
+__all__ = ["Mapper", "MappingResult", "NodeTarget", "Snapshot", "compute", "holding_view", "vips_for_node"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,16 +364,40 @@ def compute(snap: Snapshot, settings: KubeSettings) -> MappingResult:
     return Mapper(settings).map(snap)
 
 
-def vips_for_node(result: MappingResult, node_name: str) -> frozenset[IPAddress]:
+def vips_for_node(
+    result: MappingResult, node_name: str, *, forwards: Iterable[Forward] = (Forward.DR, Forward.TUN)
+) -> frozenset[IPAddress]:
     """The VIPs node ``node_name`` must hold (on lo, with arp_ignore=1/arp_announce=2) to
-    serve its DR and TUN real servers; empty for a node that is no real server."""
+    serve its DR and TUN real servers (weight 0 included: their connections finish);
+    empty for a node that is no real server. ``forwards=(Forward.TUN,)``: only the VIPs
+    it serves by TUN (the node agent's mode)."""
     target = next((t for t in result.targets if t.name == node_name), None)
     if target is None:
         return frozenset()  # not an eligible node: it must hold no VIP
     mine = {a for a in (target.v4, target.v6) if a is not None}
+    wanted = frozenset(forwards)
     return frozenset(
         key.address
         for key, vs in result.desired.services.items()
-        if key.address is not None
-        and any(rs.address in mine and rs.forward in (Forward.DR, Forward.TUN) for rs in vs.realservers)
+        if key.address is not None and any(rs.address in mine and rs.forward in wanted for rs in vs.realservers)
     )
+
+
+def holding_view(snap: Snapshot, node_name: str) -> Snapshot:
+    """``snap`` as the node agent of ``node_name`` maps it: its own node counts as
+    eligible while it exists, even when it is NotReady, cordoned or being deleted.
+
+    Those states are transient, and the director may still send the node the
+    established connections of a graceful drain (weight 0). Holding the VIP while the
+    director sends nothing new is harmless: arp_ignore/arp_announce stay set, so the
+    node never answers or announces it. A node labelled
+    ``node.kubernetes.io/exclude-from-external-load-balancers`` (a standing decision,
+    not a drain) or deleted holds nothing. Everything else, including
+    ``externalTrafficPolicy: Local`` without a local endpoint, is the director's
+    mapping unchanged."""
+    node = snap.nodes.get(("", node_name))
+    if node is None or node.eligible or node.excluded:
+        return snap
+    nodes = dict(snap.nodes)
+    nodes[node.id] = replace(node, ready=True, unschedulable=False, deleting=False)
+    return Snapshot(services=snap.services, slices=snap.slices, nodes=nodes)

@@ -4,9 +4,10 @@
         -> Reconciler (map, diff, sync only what changed) -> kernel
         -> StatusWriter (only while this director holds the Lease)
 
-The data plane never waits for the API server or for leadership: while the API is
-away the store keeps the last objects, so the kernel keeps its state; a full sync
-runs every ``resync_seconds`` and after any failure.
+The list + watch plumbing (``source``) and the loop (``loop``) are shared with the node
+agent (``noderunner``). The data plane never waits for the API server or for
+leadership: while the API is away the store keeps the last objects, so the kernel keeps
+its state; a full sync runs every ``resync_seconds`` and after any failure.
 """
 
 from __future__ import annotations
@@ -16,31 +17,32 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import socket
 import sys
-import time
 from collections.abc import Mapping
-from pathlib import Path
 
 from ...backends import open_backend
 from ...cli import exit_codes
 from ...cli.render import status_document
-from ...errors import KubelvsError
-from ...model import DesiredState, ServiceKey, VirtualService, kernel_version, recommended_sysctls
+from ...model import (
+    DesiredState,
+    ServiceKey,
+    VirtualService,
+    kernel_version,
+    recommended_sysctls,
+)
 from ...roles.director import Director
 from ..config import Config, load_config, to_desired
-from .api import ApiError, KubeApi
 from .leader import LeaderElector
-from .manifests import load_into, watch_manifests
-from .mapping import MappingResult
+from .loop import ReconcileLoop
+from .mapping import MappingResult, Snapshot
 from .reconciler import Reconciler
 from .settings import KubeSettings, parse_kubernetes
-from .tracker import KINDS, Coalescer, Store
-from .watch import Backoff, WatchStats, list_kind, watch_kind
+from .source import ObjectSource, stop_on_signals
+from .tracker import Store
 from .writer import StatusWriter
 
-__all__ = ["run", "identity", "render_text", "DirectorLoop"]
+__all__ = ["DirectorLoop", "identity", "render_text", "run"]
 
 log = logging.getLogger("kubelvs.kubernetes")
 
@@ -74,38 +76,12 @@ def render_text(result: MappingResult, desired: DesiredState) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def _initial_list(api: KubeApi, store: Store, stats: dict[str, WatchStats], settings: KubeSettings) -> None:
-    backoff = Backoff(settings.backoff_max_seconds)
-    for kind in KINDS:
-        for attempt in range(5):
-            try:
-                await list_kind(api, kind, store, stats[kind])
-                break
-            except ApiError as exc:
-                if attempt == 4:
-                    raise
-                log.warning("listing %s: %s; retrying", kind, exc)
-                await asyncio.sleep(backoff.next())
-
-
 async def _main(args: argparse.Namespace, config: Config, base: DesiredState, settings: KubeSettings) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
-    store = Store()
-    stats = {kind: WatchStats() for kind in KINDS}
-    api: KubeApi | None = None
-    manifests: Path | None = args.from_manifests
+    stop = stop_on_signals()
+    source = ObjectSource(settings, kubeconfig=args.kubeconfig, manifests=args.from_manifests, poll=args.poll)
     try:
-        if manifests is not None:
-            load_into(store, manifests)
-        else:
-            api = await KubeApi.connect(args.kubeconfig)
-            await _initial_list(api, store, stats, settings)
+        await source.open()
+        store, api = source.store, source.api
 
         if args.dry_run:
             result, desired = Reconciler(settings, base=base).compute(store.snapshot())
@@ -155,22 +131,9 @@ async def _main(args: argparse.Namespace, config: Config, base: DesiredState, se
             dl = DirectorLoop(store, reconciler, settings, writer=writer, elector=elector, resync=_resync(args, settings))
             if elector is not None:
                 elector.on_elected = dl.coalescer.poke
-            tasks = [asyncio.create_task(dl.run(stop))]
-            if manifests is not None:
-                tasks.append(asyncio.create_task(watch_manifests(store, manifests, poll=args.poll, stop=stop)))
-            else:
-                assert api is not None
-                for kind in KINDS:
-                    tasks.append(
-                        asyncio.create_task(
-                            watch_kind(
-                                api, kind, store, stats=stats[kind], timeout_seconds=settings.watch_timeout_seconds,
-                                relist_seconds=settings.relist_seconds, backoff_max=settings.backoff_max_seconds, stop=stop,
-                            )
-                        )
-                    )
-                if elector is not None:
-                    tasks.append(asyncio.create_task(elector.run(stop)))
+            tasks = [asyncio.create_task(dl.run(stop)), *source.start(stop)]
+            if elector is not None:
+                tasks.append(asyncio.create_task(elector.run(stop)))
             await stop.wait()
             for t in tasks:
                 t.cancel()
@@ -181,8 +144,7 @@ async def _main(args: argparse.Namespace, config: Config, base: DesiredState, se
         finally:
             backend.close()
     finally:
-        if api is not None:
-            await api.close()
+        await source.close()
 
 
 def _resync(args: argparse.Namespace, settings: KubeSettings) -> float:
@@ -192,8 +154,9 @@ def _resync(args: argparse.Namespace, settings: KubeSettings) -> float:
     return float(flag) if flag not in (None, 60.0) else settings.resync_seconds
 
 
-class DirectorLoop:
-    """Reconciles after each coalesced burst of changes and on the resync timer."""
+class DirectorLoop(ReconcileLoop):
+    """Maps and syncs the director's kernel after each coalesced burst of changes and on
+    the resync timer; the Lease holder then writes Service status and Events."""
 
     def __init__(
         self,
@@ -205,49 +168,15 @@ class DirectorLoop:
         elector: LeaderElector | None = None,
         resync: float | None = None,
     ) -> None:
-        self.store = store
+        super().__init__(store, settings, resync=resync)
         self.reconciler = reconciler
         self.writer = writer
         self.elector = elector
-        self.resync = resync or settings.resync_seconds
-        self.coalescer = Coalescer(settings.coalesce_seconds)
-        store.on_change = self.coalescer.poke
-        self.reconciles = 0
-        self.failures = 0
-        self.last_programmed = 0.0  # time.monotonic() when the kernel was last programmed
 
-    async def run(self, stop: asyncio.Event) -> None:
-        while not self.store.initialized and not stop.is_set():
-            await self.coalescer.wait(timeout=0.5)
-        backoff = Backoff(self.resync)
-        full = True
-        last_full = time.monotonic()
-        while not stop.is_set():
-            if time.monotonic() - last_full >= self.resync:
-                full = True
-            snap = self.store.snapshot()
-            self.store.take_changes()
-            try:
-                # In a thread: a large sync must not starve the watches of the event loop.
-                await asyncio.to_thread(self.reconciler.reconcile, snap, full=full)
-                self.reconciles += 1
-                self.last_programmed = time.monotonic()
-                if full:
-                    last_full = time.monotonic()
-                full = False
-                backoff.reset()
-                wait = max(0.0, self.resync - (time.monotonic() - last_full))
-            except KubelvsError as exc:
-                self.failures += 1
-                full = True
-                wait = backoff.next()
-                log.error("sync failed, full sync again in %.1f s: %s", wait, exc)
-            if self.writer is not None and self.reconciler.last_result is not None:
-                if self.elector is None or self.elector.is_leader:
-                    await self.writer.write(self.reconciler.last_result, snap.services)
-            waiter = asyncio.create_task(self.coalescer.wait(timeout=wait))
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            for t in (waiter, stopper):
-                t.cancel()
-            await asyncio.gather(waiter, stopper, return_exceptions=True)
+    def step(self, snap: Snapshot, *, full: bool) -> None:
+        self.reconciler.reconcile(snap, full=full)
+
+    async def after(self, snap: Snapshot) -> None:
+        leader = self.elector is None or self.elector.is_leader
+        if self.writer is not None and self.reconciler.last_result is not None and leader:
+            await self.writer.write(self.reconciler.last_result, snap.services)
