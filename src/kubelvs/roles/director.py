@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..backends import Backend
 from ..errors import CapabilityError, KubelvsError
 from ..model import DesiredState, ObservedState, ServiceKey
-from ..planner import Plan, apply_ops_in_place, plan
+from ..planner import Operation, Plan, apply_ops_in_place, plan
 
 __all__ = ["Director", "SyncResult"]
 
@@ -35,10 +35,18 @@ class Director:
         self.backend = backend
         self.graceful = graceful
         self._observed: ObservedState | None = None
+        # Operations applied to the kernel but not yet to ``_observed``: the picture is
+        # brought up to date when it is next needed, so a one-shot ``kubelvs apply``
+        # (which never syncs again) does not pay for updating it.
+        self._unfolded: tuple[Operation, ...] = ()
 
     @property
     def observed(self) -> ObservedState | None:
         """The director's picture of the kernel after the last successful sync."""
+        if self._unfolded and self._observed is not None:
+            # The picture is ours alone (read for us, or kept from the last sync): update in place.
+            self._observed = apply_ops_in_place(self._observed, self._unfolded)
+        self._unfolded = ()
         return self._observed
 
     def check(self, desired: DesiredState) -> None:
@@ -60,16 +68,15 @@ class Director:
             observed = self.backend.read(sysctls=desired.sysctls)
             changed = None
         else:
-            assert self._observed is not None
-            observed = self._observed
+            observed = self.observed
+            assert observed is not None
         the_plan = plan(desired, observed, graceful=self.graceful, keys=changed)
         if dry_run:
             return SyncResult(plan=the_plan, full=full)
         try:
             self.backend.apply(the_plan.ops)
         except KubelvsError:
-            self._observed = None  # unknown now: the next sync reads the kernel
+            self._observed, self._unfolded = None, ()  # unknown now: the next sync reads the kernel
             raise
-        # The picture is ours alone (read for us, or kept from the last sync): update in place.
-        self._observed = apply_ops_in_place(observed, the_plan.ops)
+        self._observed, self._unfolded = observed, tuple(the_plan.ops)
         return SyncResult(plan=the_plan, full=full)
