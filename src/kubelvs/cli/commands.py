@@ -282,12 +282,15 @@ def cmd_director(args: argparse.Namespace) -> int:
                 new_stamp = _stamp(args.file)
                 if new_stamp != stamp:
                     stamp = new_stamp
-                    new = desired_for(load_config(args.file), backend)
-                    # Timeouts, sysctls and owned ranges are global: compare everything then.
-                    same_globals = (new.timeouts, new.sysctls, new.ownership) == (
-                        desired.timeouts, desired.sysctls, desired.ownership)
-                    keys = changed_services(desired, new) if same_globals else None
-                    desired = new
+                    if new_stamp is None:
+                        _log(f"{args.file} is missing, the kernel keeps the last good state", ())
+                    else:
+                        new = desired_for(load_config(args.file), backend)
+                        # Timeouts, sysctls and owned ranges are global: compare everything then.
+                        same_globals = (new.timeouts, new.sysctls, new.ownership) == (
+                            desired.timeouts, desired.sysctls, desired.ownership)
+                        keys = changed_services(desired, new) if same_globals else None
+                        desired = new
                 if retry_full or time.monotonic() - last_full >= args.resync:
                     keys = None
                 if keys is None:
@@ -307,8 +310,13 @@ def cmd_director(args: argparse.Namespace) -> int:
         backend.close()
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    st = path.stat()
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """When the file last changed; None while it is missing (an editor or a config
+    manager replacing it by rename): the director then keeps what it has."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
     return (st.st_mtime_ns, st.st_size)
 
 
