@@ -3,8 +3,9 @@
 The whole director runs in one process: watches against the stand-in API server
 (tests/kubernetes/apiserver.py, the real wire protocol over loopback HTTP), the store,
 the coalescer (100 ms), the mapping with IPAM, and the planner, with a data plane that
-is either the in-memory reference (``memory``: control-plane cost alone) or nftables in
-a fresh network namespace (``nftables``: the kernel programmed).
+is either the in-memory reference (``memory``: control-plane cost alone), nftables in
+a fresh network namespace (``nftables``: the kernel programmed), or IPVS in a fresh
+namespace (``ipvs``, in the VM: ``scripts/vm-run -- .venv/bin/python bench/k8s_reconcile.py --backend ipvs``).
 
 Measured: the time from the LAST event to the end of the sync that programmed it
 (``DirectorLoop.last_programmed``), for one Service edit, a burst of 100 edits, and a
@@ -15,7 +16,7 @@ measured in the same run: a full recompute plus a full sync of everything, which
 what kube-proxy's syncProxyRules does on every change. The ratios compare against it.
 A benchmark, not a timed test: nothing here passes or fails on a number.
 
-    .venv/bin/python bench/k8s_reconcile.py [--services 10000] [--nodes 10] [--backend memory|nftables]
+    .venv/bin/python bench/k8s_reconcile.py [--services 10000] [--nodes 10] [--backend memory|nftables|ipvs]
 Results: bench/results/k8s_reconcile-<backend>.json and .md
 """
 
@@ -68,7 +69,8 @@ def node_ip(i: int) -> str:
 
 
 class NftNamespace:
-    """A fresh namespace with permanent neighbours for the node addresses (DR needs MACs)."""
+    """A fresh namespace with permanent neighbours for the node addresses (nftables DR needs
+    their MACs; IPVS needs them routable)."""
 
     def __init__(self, nodes: int) -> None:
         self.name = f"kubelvs-bench-{secrets.token_hex(3)}"
@@ -94,7 +96,7 @@ async def wait(cond: Any, timeout: float = 600) -> None:
         await asyncio.sleep(0.01)
 
 
-async def bench(n_services: int, n_nodes: int, backend_name: str) -> dict[str, Any]:
+async def bench(n_services: int, n_nodes: int, backend_name: str, baseline_rounds: int = 3) -> dict[str, Any]:
     server = FakeApiServer(bookmark_interval=5)
     await server.start()
     for i in range(n_nodes):
@@ -114,11 +116,11 @@ async def bench(n_services: int, n_nodes: int, backend_name: str) -> dict[str, A
         Ownership(cidrs=(ipaddress.ip_network(OWNED),)),
     )
     nsobj = None
-    if backend_name == "nftables":
-        from kubelvs.backends.nftables import NftablesBackend
+    if backend_name in ("nftables", "ipvs"):
+        from kubelvs.backends import open_backend
 
         nsobj = NftNamespace(n_nodes)
-        backend: Any = NftablesBackend(netns=nsobj.name)
+        backend: Any = open_backend(backend_name, netns=nsobj.name)
     else:
         backend = MemoryBackend()
     api = KubeApi.for_url(server.url)
@@ -181,7 +183,7 @@ async def bench(n_services: int, n_nodes: int, backend_name: str) -> dict[str, A
         # Baseline: recompute everything and sync everything (kube-proxy's way), same state.
         snap = store.snapshot()
         base_times = []
-        for _ in range(3):
+        for _ in range(baseline_rounds):
             reconciler.mapper = Mapper(settings)
             t = time.perf_counter()
             await asyncio.to_thread(reconciler.reconcile, snap, full=True)
@@ -234,10 +236,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--services", type=int, default=10_000)
     p.add_argument("--nodes", type=int, default=10)
-    p.add_argument("--backend", choices=("memory", "nftables"), default="memory")
+    p.add_argument("--backend", choices=("memory", "nftables", "ipvs"), default="memory")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--baseline-rounds", type=int, default=3, help="full recompute + sync rounds (median); 1 in the VM")
     a = p.parse_args()
-    r = asyncio.run(bench(a.services, a.nodes, a.backend))
+    r = asyncio.run(bench(a.services, a.nodes, a.backend, a.baseline_rounds))
     r["machine"] = f"{platform.machine()} {os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}"
     r["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     r["loadavg_1m_at_end"] = round(os.getloadavg()[0], 1)  # other work on the machine skews absolute times
