@@ -121,15 +121,71 @@ class Bundle:
             return None
 
     @functools.cached_property
-    def services(self) -> list[VirtualService] | None:
+    def ipvs_services(self) -> list[VirtualService] | None:
         """The IPVS table: from the listing, else from ``ipvsadm -Sn``; None when neither was captured."""
         if self.listing is not None and (self.listing.services or not self.save):
             return self.listing.services
         return self.save
 
+    @functools.cached_property
+    def nft_services(self) -> list[VirtualService] | None:
+        """The kubelvs nftables data plane's table (``ip kubelvs`` / ``netdev kubelvs`` in
+        nft.json), read back with the backend's own parser; None when nft.json has no such
+        table. The same virtual services and real servers IPVS would hold."""
+        if not self.has("nft.json"):
+            return None
+        import json
+
+        from ..backends.nftables import ruleset
+
+        try:
+            items = json.loads(self.texts["nft.json"])["nftables"]
+        except (ValueError, KeyError, TypeError):
+            return None  # parse_nft_json (self.nft) reports it
+        ours = []
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict) or len(item) != 1:
+                continue
+            (kind, body), = item.items()
+            if not isinstance(body, dict) or body.get("family") not in ("ip", "netdev"):
+                continue
+            if (body.get("name") if kind == "table" else body.get("table")) == ruleset.TABLE:
+                ours.append(item)
+        if not ours:
+            return None
+        try:
+            parsed = ruleset.parse_tables([{"nftables": ours}])
+        except (ValueError, KeyError, TypeError, AssertionError) as exc:
+            self.problems.append(f"nft.json: table {ruleset.TABLE} could not be read back: {exc}")
+            return None
+        return list(parsed.services.values())
+
+    @functools.cached_property
+    def services(self) -> list[VirtualService] | None:
+        """The load balancer's table: IPVS when captured, else the kubelvs nftables data
+        plane's (``services_source`` says which); None when neither was captured."""
+        if self.ipvs_services is not None:
+            return self.ipvs_services
+        return self.nft_services
+
+    @property
+    def services_source(self) -> str:
+        """``ipvs``, ``nftables`` or "" (no table captured)."""
+        if self.ipvs_services is not None:
+            return "ipvs"
+        return "nftables" if self.nft_services is not None else ""
+
+    @property
+    def plane(self) -> str:
+        """How reports name the data plane whose table ``services`` is."""
+        return "the kubelvs nftables table" if self.services_source == "nftables" else "IPVS"
+
     def rs_evidence(self, key: ServiceKey, rs: RealServer | None = None) -> list[str]:
         """The lines that show a service (and one of its real servers)."""
         out = []
+        if self.services_source == "nftables":
+            out.append(f"nft.json: table kubelvs: {key}" + (f" -> {rs.key} {rs.forward} weight {rs.weight}" if rs else ""))
+            return out
         listing = self.listing if self.services is (self.listing.services if self.listing else None) else None
         source = self.listing_source if listing else "ipvsadm-Sn.txt"
         if listing is not None:

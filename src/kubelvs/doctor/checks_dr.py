@@ -46,8 +46,11 @@ def l2_interfaces(bundle: Bundle) -> list[Interface]:
         # leaves them out; a veth with one is the host's uplink (as in netns labs).
         if iface.link_type != "ether" or iface.kind == "dummy" or iface.name == "kube-ipvs0":
             continue
-        if iface.name.startswith(("cali", "docker", "cni", "kube-bridge", "flannel")):
-            continue  # container bridges: the VIP's ARP is answered on the uplink
+        if iface.name.startswith(("cali", "docker", "cni", "kube-bridge", "flannel", "cbr")):
+            # Container bridges (cbr0: kubenet's): only the node's pods are on them, and they
+            # reach the VIP through their gateway, never by ARP; the VIP's ARP is answered on
+            # the uplink. (A host bridge holding the uplink, br0, stays: clients ARP there.)
+            continue
         if "NOARP" in iface.flags or not iface.up:
             continue
         if any(a.ip.version == 4 and a.scope == "global" for a in iface.addresses):

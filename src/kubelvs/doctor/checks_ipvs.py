@@ -11,7 +11,8 @@ from ..model import Forward, Protocol, RealServer, ServiceKey, VirtualService
 from .bundle import Bundle
 from .findings import Finding, Severity
 
-__all__ = ["check_kube_sync", "check_weight_zero", "check_dr_port_mapping", "check_conn_table", "ipvsadm_service", "ipvsadm_rs"]
+__all__ = ["check_kube_sync", "check_weight_zero", "check_dr_port_mapping", "check_conn_table", "ipvsadm_service", "ipvsadm_rs",
+           "remove_rs_fix"]
 
 _SWITCH = {Protocol.TCP: "-t", Protocol.UDP: "-u", Protocol.SCTP: "--sctp-service"}
 _FWD = {Forward.NAT: "-m", Forward.DR: "-g", Forward.TUN: "-i", Forward.LOCAL: "-g"}
@@ -28,6 +29,21 @@ def ipvsadm_service(key: ServiceKey) -> str:
 
 def ipvsadm_rs(rs: RealServer) -> str:
     return f"[{rs.address}]:{rs.port}" if rs.address.version == 6 else f"{rs.address}:{rs.port}"
+
+
+def remove_rs_fix(bundle: Bundle, key: ServiceKey, rs: RealServer, then: str) -> tuple[str, ...]:
+    """The commands that take one real server out of the bundle's load-balancer table
+    (``then``: the remark that follows for IPVS)."""
+    if bundle.services_source == "nftables":
+        # The kubelvs nftables table spreads a real server over several sets and maps: no
+        # single nft command removes it; its owner re-converges it.
+        return (f"kubelvs apply -f CONFIG   # CONFIG: kubelvs director's config; removes {ipvsadm_rs(rs)} from {key}",
+                "# kubelvs director does the same at its next full sync (--resync) once its source is right")
+    return (f"ipvsadm -d {ipvsadm_service(key)} -r {ipvsadm_rs(rs)}", then)
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _kube_index(bundle: Bundle) -> dict[tuple[str, str, int], ServicePort]:
@@ -85,7 +101,7 @@ def check_kube_sync(bundle: Bundle) -> Iterator[Finding]:
                 continue  # an LVS-DR external IP in front of the nodes (the seed's fourth part)
             ports = sorted(by_addr.get(addr, []))
             if ports:
-                why = (f"{sp.ref} has endpoint {addr}:{','.join(map(str, ports))} but IPVS also sends to port {rs.port}: "
+                why = (f"{sp.ref} has endpoint {addr}:{','.join(map(str, ports))} but {bundle.plane} also sends to port {rs.port}: "
                        f"left over from an earlier port/targetPort")
             else:
                 why = f"{addr} is not an endpoint of {sp.ref} any more"
@@ -94,15 +110,15 @@ def check_kube_sync(bundle: Bundle) -> Iterator[Finding]:
                 severity=Severity.ERROR,
                 summary=f"{svc.key}: real server {ipvsadm_rs(rs)} matches no endpoint of {sp.ref} ({why})",
                 explanation=(
-                    f"IPVS keeps scheduling new connections for {svc.key} to {ipvsadm_rs(rs)} (weight {rs.weight}). "
+                    f"{_cap(bundle.plane)} keeps scheduling new connections for {svc.key} to {ipvsadm_rs(rs)} (weight {rs.weight}). "
                     "Nothing Kubernetes knows of answers there, so that share of the connections hangs or is "
                     "refused: with rr over two real servers, every second connection fails. This is what a "
                     "Service port edit leaves behind in proxies that key real servers by address only."
                 ),
                 evidence=(*bundle.rs_evidence(svc.key, rs), f"{_kube_name(bundle)}: {sp.ref} port {sp.port}/{sp.protocol} "
                           f"targetPort {sp.target_port}, endpoints {_fmt_eps(sp.endpoints)}"),
-                fix=(f"ipvsadm -d {ipvsadm_service(svc.key)} -r {ipvsadm_rs(rs)}",
-                     "# then restart or resync the proxy that programs this VIP, so it does not come back"),
+                fix=remove_rs_fix(bundle, svc.key, rs,
+                                  "# then restart or resync the proxy that programs this VIP, so it does not come back"),
                 subject=f"{svc.key} {rs.key}",
             )
         if node_backed and svc.realservers:
@@ -119,13 +135,15 @@ def check_kube_sync(bundle: Bundle) -> Iterator[Finding]:
                     "programs IPVS is behind (stuck, crashed, or failing to apply)."
                 ),
                 evidence=(*bundle.rs_evidence(svc.key), f"{_kube_name(bundle)}: {sp.ref} endpoints {_fmt_eps(sp.endpoints)}"),
-                fix=(f"ipvsadm -a {ipvsadm_service(svc.key)} -r {addr}:{port} -m -w 1",
+                fix=((f"ipvsadm -a {ipvsadm_service(svc.key)} -r {addr}:{port} -m -w 1"
+                      if bundle.services_source != "nftables" else "kubelvs apply -f CONFIG   # after adding it there"),
                      "# and find out why the proxy did not add it (its logs)"),
                 subject=f"{svc.key} {addr}:{port}",
             )
     yield from _stale_without_kube(bundle, unjudged)
     if not matched_kinds:
         return  # no IPVS service belongs to this cluster: not a Kubernetes IPVS host
+    table_file = bundle.listing_source or ("nft.json" if bundle.services_source == "nftables" else "ipvsadm-Sn.txt")
     for sp in bundle.kube.ports:
         if sp.type == "ExternalName":
             continue
@@ -137,16 +155,18 @@ def check_kube_sync(bundle: Bundle) -> Iterator[Finding]:
             yield Finding(
                 id="missing-virtual-service",
                 severity=Severity.WARNING,
-                summary=f"{sp.ref}: no IPVS virtual service for {sp.protocol} {ip}:{port}",
+                summary=f"{sp.ref}: no {bundle.plane} virtual service for {sp.protocol} {ip}:{port}",
                 explanation=(
                     f"Connections to {ip}:{port} are not load-balanced on this host: they time out or reach "
                     "whatever else holds the address. Other services are programmed, so the proxy skipped or "
                     "lost this one."
                 ),
                 evidence=(f"{_kube_name(bundle)}: {sp.ref} {sp.type} {ip}:{port}/{sp.protocol}",
-                          f"{bundle.listing_source or 'ipvsadm-Sn.txt'}: no '{sp.protocol} {ip}:{port}' service line"),
+                          f"{table_file}: no '{sp.protocol} {ip}:{port}' service"),
                 fix=(f"ipvsadm -A {_service_of(sp.protocol, ip, port)} -s rr",
-                     "# then add its endpoints with ipvsadm -a, or resync the proxy"),
+                     "# then add its endpoints with ipvsadm -a, or resync the proxy")
+                if bundle.services_source != "nftables" else
+                ("kubelvs apply -f CONFIG   # after adding the service there",),
                 subject=f"{ip}:{port}",
             )
 
@@ -195,7 +215,7 @@ def _stale_without_kube(bundle: Bundle, services: list[VirtualService]) -> Itera
                     summary=(f"{svc.key}: {addr} is a real server on ports "
                              f"{', '.join(str(r.port) for r in group)}; port {rs.port} looks left over ({reason})"),
                     explanation=(
-                        f"IPVS schedules connections for {svc.key} to {ipvsadm_rs(rs)} as well. A pod serves a "
+                        f"{_cap(bundle.plane)} schedules connections for {svc.key} to {ipvsadm_rs(rs)} as well. A pod serves a "
                         "Service port on one target port, so one of the two is left over from an earlier "
                         "port/targetPort (a Service edit the proxy did not clean up). Connections scheduled to it "
                         "fail: with rr over two real servers, every second one. No Kubernetes data was captured "
@@ -203,8 +223,8 @@ def _stale_without_kube(bundle: Bundle, services: list[VirtualService]) -> Itera
                     ),
                     evidence=tuple(bundle.rs_evidence(svc.key)[:1])
                     + tuple(line for r in group for line in bundle.rs_evidence(svc.key, r)[-1:]),
-                    fix=(f"ipvsadm -d {ipvsadm_service(svc.key)} -r {ipvsadm_rs(rs)}",
-                         "# or delete and re-create the Service so the proxy rebuilds its real servers"),
+                    fix=remove_rs_fix(bundle, svc.key, rs,
+                                      "# or delete and re-create the Service so the proxy rebuilds its real servers"),
                     subject=f"{svc.key} {rs.key}",
                 )
 

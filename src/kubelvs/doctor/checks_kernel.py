@@ -22,14 +22,20 @@ __all__ = [
     "sysctl_w",
 ]
 
-# Interfaces that carry tunnelled or asymmetric LVS traffic: IPIP/GRE tunnels (kube-router's
-# tun-<ip>, tunl0), bridges (kube-bridge, docker0, cni0, br-*), kube-router's dummy.
+# Interfaces that carry tunnelled or asymmetric LVS traffic: IPIP/GRE/VXLAN tunnels
+# (kube-router's tun-<ip>, tunl0: decapsulated packets keep the client's source, whose route
+# back leaves through the uplink), and kube-router's kube-bridge and kube-dummy-if (with DSR
+# its pods answer from the VIP, so those replies enter kube-bridge with a source routed
+# elsewhere). Other bridges (docker0, cni0, kubenet's cbr0, br-*) are not: the pods or VMs
+# behind them answer from their own addresses, routed back through the same bridge, so
+# strict rp_filter there drops nothing of LVS's (the lab's cbr0 after the node agent's fix,
+# tests/doctor/test_lab_bundles.py). A bridge that is a host's uplink is an uplink.
 _TUNNEL_NAME = re.compile(
-    r"^(tunl\d*|tun[-\d]|ipip|ip6tnl|gre|gretap|erspan|sit\d|vxlan|flannel|kube-bridge|kube-dummy-if|cni\d*|"
-    r"docker\d+|br-|br\d|virbr|wg\d|geneve|cilium_|vxlan\.calico)"
+    r"^(tunl\d*|tun[-\d]|ipip|ip6tnl|gre|gretap|erspan|sit\d|vxlan|flannel|kube-bridge|kube-dummy-if|"
+    r"wg\d|geneve|cilium_|vxlan\.calico)"
 )
 _TUNNEL_LINK = {"ipip", "gre", "tunnel6", "sit", "ip6tnl", "none", "ipip6", "gre6"}
-_TUNNEL_KIND = {"ipip", "gre", "gretap", "vxlan", "bridge", "ip6tnl", "sit", "geneve", "wireguard", "ip6gre"}
+_TUNNEL_KIND = {"ipip", "gre", "gretap", "vxlan", "ip6tnl", "sit", "geneve", "wireguard", "ip6gre"}
 
 
 def sysctl_w(name: str, value: int) -> str:
@@ -219,7 +225,7 @@ def check_conn_reuse(bundle: Bundle) -> Iterator[Finding]:
 def check_keepalive(bundle: Bundle) -> Iterator[Finding]:
     timeouts = bundle.timeouts
     keepalive = bundle.sysctl("net.ipv4.tcp_keepalive_time")
-    if timeouts is None or keepalive is None or not bundle.services or timeouts.tcp >= keepalive:
+    if timeouts is None or keepalive is None or not bundle.ipvs_services or timeouts.tcp >= keepalive:
         return
     yield Finding(
         id="ipvs-timeout-below-keepalive",
@@ -286,7 +292,7 @@ def check_ip_forward(bundle: Bundle) -> Iterator[Finding]:
 
 def check_expire_nodest(bundle: Bundle) -> Iterator[Finding]:
     value = bundle.sysctl("net.ipv4.vs.expire_nodest_conn")
-    if value != 0 or not bundle.services:
+    if value != 0 or not bundle.ipvs_services:
         return
     yield Finding(
         id="expire-nodest-conn-off",

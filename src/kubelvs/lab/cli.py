@@ -70,7 +70,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--prefix", default="kubelvs-scn")
     p.add_argument("--backend", choices=("auto", "ipvs", "nftables"), default="auto")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument("--no-doctor", action="store_true", help="do not run kubelvs doctor on the lab in each phase")
     p.set_defaults(func=cmd_scenario)
+
+    p = lsub.add_parser("doctor", help="run kubelvs doctor on every director and worker of the lab (as one site)")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX)
+    p.add_argument("--host", action="append", metavar="HOST", help="only this host (dir1, node1, ...); repeatable")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("demo", help="lab up, 30 requests to the VIP, who answered, proof of DR, lab down")
     _spec_args(p, prefix="kubelvs-demolab")
@@ -166,7 +173,8 @@ def cmd_scenario(args: argparse.Namespace) -> int:
     if args.name not in SCENARIOS:
         return _err(f"scenario: {args.name!r} is not one of {', '.join(SCENARIOS)}")
     try:
-        result = run_scenario(args.name, prefix=args.prefix, backend=args.backend, log=None if args.output == "json" else print)
+        result = run_scenario(args.name, prefix=args.prefix, backend=args.backend, log=None if args.output == "json" else print,
+                              doctor=not args.no_doctor)
     except LabError as exc:
         return _err(str(exc))
     if args.output == "json":
@@ -175,6 +183,26 @@ def cmd_scenario(args: argparse.Namespace) -> int:
     else:
         print(result.render())
     return exit_codes.OK if result.ok else exit_codes.CHANGES
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from ..doctor import exit_code, render_json, render_text
+    from .doctor import diagnose
+
+    try:
+        info = load_info(args.prefix)
+        known = [*info.directors, *(n.name for n in info.nodes)]
+        for host in args.host or []:
+            if host not in known:
+                return _err(f"host: {host!r} is not one of {', '.join(known)}")
+        site = diagnose(info, hosts=args.host)
+    except LabError as exc:
+        return _err(str(exc))
+    if args.output == "json":
+        print(render_json(site))
+    else:
+        print("\n".join(render_text(fs, host=h) for h, fs in site.items()), end="")
+    return max((exit_code(fs) for fs in site.values()), default=exit_codes.OK)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -42,10 +42,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..kernel.netns import entered
+from .kube import lab_kubectl_json
 from .netlab import NETNS_PREFIX, Lab, LabError
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "KUBECTL_FILE",
+    "LAB_TIMEOUTS",
     "PROXY_TABLE",
     "STATE_ROOT",
     "LabInfo",
@@ -63,6 +66,7 @@ __all__ = [
 DEFAULT_PREFIX = "kubelvs-lab"
 STATE_ROOT = Path("/run/kubelvs/lab")
 PROXY_TABLE = "kubelvs_lab_proxy"
+KUBECTL_FILE = "kubectl.json"  # in the state directory: the lab's Service for kubelvs doctor
 SEGMENT = ipaddress.ip_network("10.240.0.0/24")
 CLIENT_NET = ipaddress.ip_network("192.168.58.0/24")
 MASQ_MARK = 0x4000  # KUBE-MARK-MASQ
@@ -72,6 +76,9 @@ MASQ_MARK = 0x4000  # KUBE-MARK-MASQ
 READY_TIMEOUT = 900.0
 
 Topology = Literal["dr", "nat", "tun"]
+#: The director's connection timeouts (tcp, tcpfin, udp): the kernel's 900 s TCP default is
+#: below Linux's default tcp_keepalive_time of 7200 s, which drops idle connections.
+LAB_TIMEOUTS = (7260, 30, 300)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +225,9 @@ def director_config(spec: LabSpec, nodes: list[NodeInfo]) -> str:
     return (
         "# Written by kubelvs lab: the seed's whoami Service, external IP on the segment.\n"
         f"owned_cidrs: [{spec.vip}/32]\n"
+        "# Above tcp_keepalive_time (7200 s), so an idle connection's entry outlives the first\n"
+        "# keep-alive probe (kubelvs doctor: ipvs-timeout-below-keepalive); tcpfin 30 s as the seed.\n"
+        f"timeouts: {{tcp: {LAB_TIMEOUTS[0]}, tcpfin: {LAB_TIMEOUTS[1]}, udp: {LAB_TIMEOUTS[2]}}}\n"
         "services:\n"
         "  - name: whoami\n"
         f"    vip: {spec.vip}\n"
@@ -375,8 +385,6 @@ def build(spec: LabSpec) -> RunningLab:
 
         if not tun_supported():
             raise LabError("topology: tun needs IPIP tunnels and this kernel has no ipip; run it in the VM (scripts/vm-run)")
-        if spec.director and backend != "ipvs":
-            raise LabError(f"topology: tun needs the ipvs backend (the {backend} backend has no TUN forwarding)")
     sdir = state_dir(spec.prefix)
     shutil.rmtree(sdir, ignore_errors=True)
     sdir.mkdir(parents=True)
@@ -471,6 +479,8 @@ def _build(lab: Lab, spec: LabSpec, sdir: Path, backend: str) -> RunningLab:
                 lab.run(dns, "ip", "route", "add", node.pod_cidr, "via", node.ip)
     config = sdir / "director.yaml"
     config.write_text(director_config(spec, nodes))
+    # The Service the lab stands for, as kubectl prints it: what doctor compares with.
+    (sdir / KUBECTL_FILE).write_text(lab_kubectl_json(spec, nodes))
     info = LabInfo(
         spec=spec, client=client_ns, client_ip=client_ip, router=router_ns, directors=directors,
         director_ips=director_ips, director_macs=director_macs, nodes=tuple(nodes), config=str(config),

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..topology import down, lab_namespaces
+from ..doctor import diagnose, digest, first_line
+from ..topology import LabInfo, down, lab_namespaces
 
-__all__ = ["SCENARIOS", "Phase", "Scenario", "ScenarioResult", "run_scenario"]
+__all__ = ["SCENARIOS", "Phase", "Scenario", "ScenarioResult", "examine", "run_scenario"]
 
 
 @dataclass
@@ -24,6 +25,9 @@ class Phase:
     expected: bool  # before: the symptom showed; after: the fix worked
     facts: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: ``kubelvs doctor`` run while this phase's state was in place: per host, the findings
+    #: (id, severity, summary) worst first; empty when the doctor was not run.
+    doctor: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -53,8 +57,19 @@ class ScenarioResult:
                 lines.append(f"    {k}: {v}")
             for n in phase.notes:
                 lines.append(f"    {n}")
+            for host, findings in phase.doctor.items():
+                lines.append(f"    doctor on {host}: {first_line(findings)}")
         lines.append("result: " + ("symptom reproduced, then fixed" if self.ok else "FAILED"))
         return "\n".join(lines)
+
+
+def examine(phase: Phase, info: LabInfo, *, enabled: bool, hosts: list[str] | None = None,
+            kubectl: str | None = None) -> None:
+    """The scenarios' doctor step: run ``kubelvs doctor`` on ``hosts`` of the lab (default:
+    every director and worker, as one site) while the phase's state (the symptom, or the
+    fix) is in place, and keep its findings in the phase."""
+    if enabled:
+        phase.doctor = digest(diagnose(info, hosts=hosts, kubectl=kubectl))
 
 
 @dataclass(frozen=True)
@@ -106,11 +121,13 @@ class _Lazy(dict[str, Scenario]):
 SCENARIOS: dict[str, Scenario] = _Lazy()
 
 
-def run_scenario(name: str, *, prefix: str = "kubelvs-scn", backend: str = "auto", log: Callable[[str], None] | None = None) -> ScenarioResult:
-    """Run one scenario in a fresh lab ``prefix`` and always remove the lab afterwards."""
+def run_scenario(name: str, *, prefix: str = "kubelvs-scn", backend: str = "auto", log: Callable[[str], None] | None = None,
+                 doctor: bool = True) -> ScenarioResult:
+    """Run one scenario in a fresh lab ``prefix`` and always remove the lab afterwards.
+    ``doctor``: also run ``kubelvs doctor`` on the affected hosts in both phases."""
     if lab_namespaces(prefix):
         down(prefix)
     try:
-        return SCENARIOS[name].run(prefix=prefix, backend=backend, log=log or (lambda _m: None))
+        return SCENARIOS[name].run(prefix=prefix, backend=backend, log=log or (lambda _m: None), doctor=doctor)
     finally:
         down(prefix)

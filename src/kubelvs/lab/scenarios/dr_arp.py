@@ -19,14 +19,14 @@ from collections.abc import Callable
 from ...kernel import sysctl
 from ..topology import LabSpec, build
 from ..traffic import DirectorCounters, arp_who_has, neighbour_mac, requests, tally
-from . import Phase, ScenarioResult
+from . import Phase, ScenarioResult, examine
 
 SUMMARY = "real servers without arp_ignore/arp_announce answer ARP for the VIP and steal the director's traffic; the node agent stops it"
 
 REQUESTS = 20
 
 
-def run(*, prefix: str, backend: str, log: Callable[[str], None]) -> ScenarioResult:
+def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool = True) -> ScenarioResult:
     spec = LabSpec(prefix=prefix, topology="dr", backend=backend, agents=False)
     log("lab up: dr; workers get the VIP on lo by hand, without the ARP sysctls")
     running = build(spec)
@@ -66,6 +66,7 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None]) -> ScenarioRes
         before, who, via, entry = measure("VIP on the workers' lo, arp_ignore=0 / arp_announce=0")
         stolen = any(w != "director" for w in who) or entry != director_mac
         before.expected = stolen and via < REQUESTS
+        examine(before, info, enabled=doctor)
         if not before.expected:
             return ScenarioResult("dr-arp", info.backend, before, None)
         log("starting the node agent on every worker")
@@ -81,6 +82,7 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None]) -> ScenarioRes
                 timeout=max(0.0, deadline - time.monotonic()),
             )
         after, who, via, entry = measure("the same with the node agent (arp_ignore=1, arp_announce=2)")
+        examine(after, info, enabled=doctor)
         after.expected = (
             who == ["director"] and entry == director_mac and via == REQUESTS
             and after.facts["succeeded"] == f"{REQUESTS}/{REQUESTS}"

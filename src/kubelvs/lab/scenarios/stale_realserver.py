@@ -15,6 +15,7 @@ NAT topology: the director maps the Service port to the pods (IPVS Masq, as kube
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Callable
 
 from ...backends.base import open_backend
@@ -25,13 +26,17 @@ from ...model import (
     Protocol,
     RealServer,
     ServiceKey,
+    Timeouts,
     VirtualService,
+    kernel_version,
+    recommended_sysctls,
 )
 from ...planner import AddRealServer, AddService, DeleteService, Operation, describe
 from ...roles.director import Director
-from ..topology import LabSpec, build
+from ..kube import Endpoint, kubectl_json
+from ..topology import LAB_TIMEOUTS, LabSpec, build
 from ..traffic import requests, tally
-from . import Phase, ScenarioResult
+from . import Phase, ScenarioResult, examine
 
 SUMMARY = "Service edited 80 -> 6379 leaves a stale real server (naive reconciler): ~half the connections fail; kubelvs converges"
 
@@ -62,7 +67,7 @@ def naive_update(old: VirtualService, new: VirtualService) -> list[Operation]:
     return ops
 
 
-def run(*, prefix: str, backend: str, log: Callable[[str], None]) -> ScenarioResult:
+def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool = True) -> ScenarioResult:
     spec = LabSpec(prefix=prefix, topology="nat", port=6379, target_port=6379, backend=backend, director=False, agents=False, nodes=1, pods=1)
     log("lab up: nat, one pod running a server on 6379 (the redis)")
     running = build(spec)
@@ -93,9 +98,19 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None]) -> ScenarioRes
                 "by_pod": dict(by_pod),
             },
         )
+        # The doctor compares the table with the Service as edited (what kubectl would show).
+        kubectl = kubectl_json(name=edited.name, vip=spec.vip, port=6379, target_port=6379,
+                               endpoints=[Endpoint(p.name, n.name, p.ip) for n in info.nodes for p in n.pods],
+                               nodes=[(n.name, n.ip) for n in info.nodes])
+        examine(before, info, enabled=doctor, hosts=["dir1"], kubectl=kubectl)
         if not before.expected:
             return ScenarioResult("stale-realserver", be.name, before, None)
-        desired = DesiredState(services={edited.key: edited}, ownership=ownership)
+        # What ``kubelvs director`` converges to (cli desired_for): the Service, the sysctls it
+        # recommends for this backend and kernel, and the lab's connection timeouts.
+        desired = DesiredState(
+            services={edited.key: edited}, ownership=ownership, timeouts=Timeouts(*LAB_TIMEOUTS),
+            sysctls=recommended_sysctls(be.name, kernel_version(os.uname().release), [edited]),
+        )
         result = Director(be).sync(desired)
         table = be.read().services
         results = requests(info.client, spec.vip, 6379, REQUESTS)
@@ -109,6 +124,7 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None]) -> ScenarioRes
                 "succeeded": f"{ok}/{REQUESTS}",
             },
         )
+        examine(after, info, enabled=doctor, hosts=["dir1"], kubectl=kubectl)
         return ScenarioResult("stale-realserver", be.name, before, after)
     finally:
         be.close()

@@ -20,14 +20,14 @@ from collections.abc import Callable
 
 from ..topology import PROXY_TABLE, LabSpec, build
 from ..traffic import nft_counter, requests, tally
-from . import Phase, ScenarioResult
+from . import Phase, ScenarioResult, examine
 
 SUMMARY = "a worker without the VIP connects to the VIP: packets loop director<->node until the TTL runs out; VIP on lo fixes it"
 
 REQUESTS = 16
 
 
-def run(*, prefix: str, backend: str, log: Callable[[str], None]) -> ScenarioResult:
+def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool = True) -> ScenarioResult:
     spec = LabSpec(prefix=prefix, topology="dr", backend=backend, agents=False)
     log("lab up: dr; node agents only on the other workers")
     running = build(spec)
@@ -57,6 +57,7 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None]) -> ScenarioRes
             },
             notes=[f"each looping SYN is routed by {node1.name} about once per TTL step (TTL 64 -> 0)"],
         )
+        examine(before, info, enabled=doctor)
         if not before.expected:
             return ScenarioResult("worker-local-vip", info.backend, before, None)
         log(f"starting the node agent on {node1.name}")
@@ -77,6 +78,7 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None]) -> ScenarioRes
             },
             notes=["kube-proxy's `--dst-type LOCAL` rule now matches in OUTPUT: node1 serves itself from its own pods"],
         )
+        examine(after, info, enabled=doctor)
         return ScenarioResult("worker-local-vip", info.backend, before, after)
     finally:
         running.teardown()
