@@ -223,6 +223,11 @@ def markdown(r: dict[str, Any]) -> str:
         f"{r['virtual_services']:,} virtual services, {r['realservers']:,} real servers; coalescing 100 ms (included in the latencies).",
         f"Machine: {r['machine']}; {r['date']}; load average at the end {r.get('loadavg_1m_at_end', '?')}"
         " (absolute times depend on it; the ratios were measured in the same run).",
+        *([
+            "Run in the VM (qemu with an emulated CPU, no KVM; the host's 2 cores shared with other work):",
+            "Python runs 10-20x slower there than on the host, so read the ratios, not the absolute times.",
+            "The baseline reads the whole IPVS table back, as a full resync does.",
+        ] if r["backend"] == "ipvs" else []),
         "",
         "| step | time | ratio to baseline |",
         "| --- | --- | --- |",
