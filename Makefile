@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 APT_PACKAGES := python3 python3-venv python3-pip iproute2 nftables ipvsadm kmod \
-                qemu-system-x86 linux-image-amd64 busybox-static iputils-ping curl procps
+                qemu-system-x86 linux-image-amd64 busybox-static iputils-ping curl procps \
+                iperf3 wrk
 
-.PHONY: setup test test-machine test-vm demo demo-ipvs bench clean
+.PHONY: setup test test-machine test-vm demo demo-ipvs bench bench-dr clean
 
 setup: $(VENV)/.installed
 
@@ -39,6 +40,14 @@ demo-ipvs: setup
 bench: setup
 	scripts/vm-run -- $(PY) bench/ipvs_sync.py --out bench/results
 	$(PY) bench/nft_sync.py
+
+## The DR data path in the VM: direct vs IPVS-DR vs nftables-DR with wrk and iperf3 (~12 min).
+## The host's /proc/loadavg is copied into a file the VM reads, so the report records the load.
+bench-dr: setup
+	@mkdir -p .vmtmp; load=$$(mktemp .vmtmp/host-loadavg.XXXXXX); \
+	( while cat /proc/loadavg > $$load.new && mv $$load.new $$load; do sleep 5; done ) & sampler=$$!; \
+	scripts/vm-run -- $(PY) bench/dr_datapath.py --out bench/results --host-loadavg $$load; rc=$$?; \
+	kill $$sampler; rm -f $$load $$load.new; exit $$rc
 
 clean:
 	rm -rf $(VENV) .vmtmp

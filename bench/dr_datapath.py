@@ -2,19 +2,43 @@
 
     scripts/vm-run -- .venv/bin/python bench/dr_datapath.py --out bench/results
 
-One bridge segment: client, director (VIP on eth0), one real server (VIP on lo,
-arp_ignore/arp_announce) running ``kubelvs.lab.servers http``. Three paths, same
-server, same client (curl, so the client is not Python):
+One bridge segment: a client, a director (VIP on eth0) and one real server (VIP on
+``lo``, arp_ignore/arp_announce). The real server runs C programs, so Python is on
+no packet's path: ``busybox httpd`` (a small static file; it forks per connection
+and closes every connection) and ``iperf3 -s``. The client runs ``wrk`` and
+``iperf3``. Three paths to the same server from the same client:
 
-* ``direct``: client -> real server's own address (no director at all, baseline);
+* ``direct``: client -> real server's own address (no director: the baseline);
 * ``ipvs-dr``: client -> VIP, director programmed by the IPVS backend;
 * ``nftables-dr``: client -> VIP, director programmed by the nftables backend.
 
-Requests/second: ``--requests`` GETs, a new TCP connection each (``Connection:
-close``), one curl process. Throughput: ``--size`` bytes downloaded ``--repeat``
-times. Rounds alternate the paths; medians are reported with ratios to ``direct``.
-Absolute numbers under emulation (no KVM) mean little; the ratios are the result.
-The server is Python, so requests/second is bounded by it on every path alike.
+Exactly one data plane holds the VIP's services at a time (the other is synced to an
+empty state; for ``direct`` both are), and each round runs the paths in a rotated
+order, so slow drift of the shared machine falls on every path alike. Per path and
+round:
+
+* requests/second: ``wrk -t1 -c8 -H 'Connection: close'`` - a new TCP connection per
+  request, so the director schedules every request (SYN and all);
+* throughput client -> server: ``iperf3 -c HOST`` (in DR only this direction
+  crosses the director);
+* throughput server -> client: ``iperf3 -R`` (only the client's ACKs cross the
+  director; should be about ``direct``).
+
+The traffic is checked, so a misconfigured path cannot pass as fast: the director's
+counters for the service (IPVS stats / nftables ``dr_in`` counters, both through the
+backend's ``read()``) must grow by at least the packets wrk needed and by at least the
+bytes iperf3's server received, with no reply packets (``out`` = 0: replies bypass
+the director); on ``direct`` neither data plane may hold a service. wrk must see no
+socket errors and no non-2xx answer, and a curl through each path must return the
+served file.
+
+Medians over the rounds with ratios to ``direct``; JSON and a markdown table in
+``--out``. The VM emulates its CPU (qemu TCG, no KVM) and every namespace shares its
+2 vCPUs, so the director's per-packet work competes with the client's and the
+server's: absolute numbers mean little, the ratios are the result. The machine's load
+is recorded: the VM's own, a CPU calibration loop per round, and the host's when
+``--host-loadavg FILE`` names a file the host keeps writing ``/proc/loadavg`` into
+(``make bench-dr`` does that).
 """
 
 from __future__ import annotations
@@ -22,110 +46,504 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import platform
+import re
 import secrets
+import shutil
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from kubelvs.backends.base import ipvs_available, open_backend  # noqa: E402
-from kubelvs.lab.netlab import Lab  # noqa: E402
-from kubelvs.model import DesiredState, Forward, Ownership, Protocol, RealServer, ServiceKey, VirtualService  # noqa: E402
-from kubelvs.roles.director import Director  # noqa: E402
+from kubelvs.backends.base import Backend, BackendName, ipvs_available, open_backend
+from kubelvs.lab.netlab import Lab
+from kubelvs.model import (
+    DesiredState,
+    Forward,
+    ObservedState,
+    Ownership,
+    Protocol,
+    RealServer,
+    RealServerStats,
+    ServiceKey,
+    VirtualService,
+)
+from kubelvs.roles.director import Director
 
 VIP = "10.0.0.200"
+HTTP_PORT = 80
+IPERF_PORT = 5201
+OWNED = Ownership(cidrs=(ipaddress.ip_network("10.0.0.0/24"),))
+HTTP_KEY = ServiceKey(4, Protocol.TCP, ipaddress.ip_address(VIP), HTTP_PORT)
+IPERF_KEY = ServiceKey(4, Protocol.TCP, ipaddress.ip_address(VIP), IPERF_PORT)
+TOOLS = ("wrk", "iperf3", "busybox", "curl")
+PLANES: dict[str, BackendName] = {"ipvs-dr": "ipvs", "nftables-dr": "nftables"}
 
 
-def build(lab: Lab) -> tuple[str, str, str]:
+class BenchError(Exception):
+    """A path did not carry the traffic the way it must; the run's numbers are void."""
+
+
+# ----------------------------------------------------------------------------- lab
+
+
+def build(lab: Lab, body: bytes, docroot: Path) -> tuple[str, str, str]:
     client = lab.host("cl", ["10.0.0.10/24"])
     director = lab.host("dir", ["10.0.0.2/24", f"{VIP}/32"])
+    # As the scenario suite's director; DR itself needs no forwarding, NAT would.
+    for name, value in [
+        ("net.ipv4.ip_forward", 1),
+        ("net.ipv4.conf.all.send_redirects", 0),
+        ("net.ipv4.conf.eth0.send_redirects", 0),
+    ]:
+        lab.sysctl(director.netns, name, value)
     rs = lab.host("rs1", ["10.0.0.11/24"])
     lab.run(rs.netns, "ip", "addr", "add", f"{VIP}/32", "dev", "lo")
     for conf in ("all", "eth0"):
         lab.sysctl(rs.netns, f"net.ipv4.conf.{conf}.arp_ignore", 1)
         lab.sysctl(rs.netns, f"net.ipv4.conf.{conf}.arp_announce", 2)
-    lab.start_python(rs.netns, "kubelvs.lab.servers", "http", "--name", "rs1", "--port", "80")
-    lab.wait_listening(rs.netns, 80)
+    (docroot / "index.html").write_bytes(body)
+    lab.start(rs.netns, "busybox", "httpd", "-f", "-p", str(HTTP_PORT), "-h", str(docroot))
+    lab.start(rs.netns, "iperf3", "-s", "-p", str(IPERF_PORT))
+    lab.wait_listening(rs.netns, HTTP_PORT)
+    lab.wait_listening(rs.netns, IPERF_PORT)
     return client.netns, director.netns, rs.ip
 
 
 def desired(rs_ip: str) -> DesiredState:
-    key = ServiceKey(4, Protocol.TCP, ipaddress.ip_address(VIP), 80)
-    svc = VirtualService(key=key, scheduler="rr").with_realservers([RealServer(ipaddress.ip_address(rs_ip), 80, 1, Forward.DR)])
-    return DesiredState(services={key: svc}, ownership=Ownership(cidrs=(ipaddress.ip_network("10.0.0.0/24"),)))
+    services = {}
+    for key in (HTTP_KEY, IPERF_KEY):
+        rs = RealServer(ipaddress.ip_address(rs_ip), key.port, 1, Forward.DR)
+        services[key] = VirtualService(key=key, scheduler="rr").with_realservers([rs])
+    return DesiredState(services=services, ownership=OWNED)
 
 
-def rps(lab: Lab, client: str, host: str, n: int) -> float:
-    urls = [f"http://{host}/"] * n
+def counters(backend: Backend, key: ServiceKey, observed: ObservedState | None = None) -> RealServerStats:
+    """The service's one real server's counters (zeros when the service is absent)."""
+    stats = [st for (svc, _), st in (observed or backend.read()).stats.items() if svc == key]
+    if len(stats) > 1:
+        raise BenchError(f"{backend.name}: {len(stats)} real servers under {key}, expected 1")
+    return stats[0] if stats else RealServerStats()
+
+
+def delta(after: RealServerStats, before: RealServerStats) -> dict[str, int]:
+    return {f: getattr(after, f) - getattr(before, f) for f in ("in_packets", "in_bytes", "out_packets", "out_bytes")}
+
+
+# ----------------------------------------------------------------------------- tools
+
+
+def run_wrk(lab: Lab, client: str, host: str, secs: float, connections: int) -> dict[str, float]:
+    out = lab.run(
+        client,
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{secs:g}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-H",
+        "Connection: close",
+        f"http://{host}/",
+        timeout=secs + 60,
+    ).stdout
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m or not rate:
+        raise BenchError(f"wrk printed no result:\n{out}")
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    p50 = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+    p50_ms = float(p50.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[p50.group(2)] if p50 else float("nan")
+    return {
+        "requests": int(m.group(1)),
+        "rps": float(rate.group(1)),
+        "socket_errors": sum(int(g) for g in errors.groups()) if errors else 0,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "latency_p50_ms": p50_ms,
+    }
+
+
+def run_iperf(lab: Lab, client: str, host: str, secs: float, reverse: bool) -> dict[str, float]:
+    argv = [
+        "iperf3",
+        "-c",
+        host,
+        "-p",
+        str(IPERF_PORT),
+        "-t",
+        f"{secs:g}",
+        "-O",
+        "1",
+        "-J",
+    ]
+    if reverse:
+        argv.append("-R")
+    proc = lab.run(client, *argv, timeout=secs + 60, check=False)
+    try:
+        report = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"iperf3 {'-R ' if reverse else ''}to {host}: no JSON ({proc.stderr.strip()})") from exc
+    if "error" in report or proc.returncode != 0:
+        raise BenchError(f"iperf3 {'-R ' if reverse else ''}to {host}: {report.get('error', proc.stderr.strip())}")
+    received = report["end"]["sum_received"]
+    return {
+        "mbit_s": received["bits_per_second"] / 1e6,
+        "bytes": int(received["bytes"]),  # payload the receiving end got (omitted first second excluded)
+        "sent_bytes": int(report["end"]["sum_sent"]["bytes"]),
+        "retransmits": int(report["end"]["sum_sent"].get("retransmits", 0)),
+    }
+
+
+def curl_body(lab: Lab, client: str, host: str) -> bytes:
+    proc = lab.run(
+        client,
+        "curl",
+        "-sS",
+        "--max-time",
+        "20",
+        f"http://{host}/",
+        timeout=30,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BenchError(f"curl http://{host}/ failed: {proc.stderr.strip()}")
+    return proc.stdout.encode()
+
+
+def calibrate() -> float:
+    """Milliseconds of a fixed pure-CPU loop: how fast this (emulated, shared) CPU is now."""
     t = time.perf_counter()
-    lab.run(client, "curl", "-s", "-o", "/dev/null", "-H", "Connection: close", "--max-time", "300", *urls, timeout=400)
-    return n / (time.perf_counter() - t)
+    x = 0
+    for i in range(300_000):
+        x ^= i * 7
+    return (time.perf_counter() - t) * 1e3
 
 
-def throughput(lab: Lab, client: str, host: str, size: int, repeat: int) -> float:
-    urls = [f"http://{host}/bytes/{size}"] * repeat
-    t = time.perf_counter()
-    lab.run(client, "curl", "-s", "-o", "/dev/null", "--max-time", "300", *urls, timeout=400)
-    return size * repeat * 8 / (time.perf_counter() - t) / 1e6  # Mbit/s
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def host_loadavg(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def measure(
+    lab: Lab,
+    client: str,
+    host: str,
+    backend: Backend | None,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """One path's three measurements, with the director's counter deltas checked."""
+
+    def snapshot() -> dict[ServiceKey, RealServerStats]:
+        if backend is None:
+            return {}
+        # IPVS (6.1) publishes its per-CPU counters from the estimator timer, every 2 s:
+        # the counters are settled when two reads more than 2 s apart agree. nftables
+        # counters are exact at once.
+        gap = 2.5 if backend.name == "ipvs" else 0.2
+        deadline = time.monotonic() + 20
+        last = None
+        while True:
+            observed = backend.read()  # one read for both services
+            now = {key: counters(backend, key, observed) for key in (HTTP_KEY, IPERF_KEY)}
+            if now == last or time.monotonic() > deadline:
+                return now
+            last = now
+            time.sleep(gap)
+
+    def moved(
+        key: ServiceKey, after: dict[ServiceKey, RealServerStats], before: dict[ServiceKey, RealServerStats]
+    ) -> dict[str, int]:
+        return delta(after[key], before[key]) if backend else {}
+
+    # wrk and iperf3 use different services, so one settled snapshot after both covers
+    # both (each snapshot of IPVS costs a few seconds of waiting).
+    s0 = snapshot()
+    rps = run_wrk(lab, client, host, args.wrk_secs, args.connections)
+    fwd = run_iperf(lab, client, host, args.iperf_secs, reverse=False)
+    s1 = snapshot()
+    rev = run_iperf(lab, client, host, args.iperf_secs, reverse=True)
+    s2 = snapshot()
+    c_http, c_fwd, c_rev = moved(HTTP_KEY, s1, s0), moved(IPERF_KEY, s1, s0), moved(IPERF_KEY, s2, s1)
+    if rps["socket_errors"] > 0.005 * max(rps["requests"], 1) or rps["non_2xx"]:
+        raise BenchError(
+            f"wrk to {host}: {rps['socket_errors']} socket errors, {rps['non_2xx']} non-2xx in {rps['requests']}"
+        )
+    if backend is not None:
+        # A request on a new connection is at least SYN, request, FIN from the client.
+        if c_http["in_packets"] < 3 * rps["requests"]:
+            raise BenchError(f"{backend.name}: {c_http['in_packets']} packets for {rps['requests']} requests")
+        if c_fwd["in_bytes"] < fwd["bytes"]:
+            raise BenchError(
+                f"{backend.name}: director counted {c_fwd['in_bytes']} bytes, iperf3 server got {fwd['bytes']}"
+            )
+        if c_rev["in_packets"] == 0:
+            raise BenchError(f"{backend.name}: no ACKs of iperf3 -R crossed the director")
+        for c in (c_http, c_fwd, c_rev):
+            if c["out_packets"] or c["out_bytes"]:
+                raise BenchError(f"{backend.name}: replies crossed the director ({c}): not DR")
+    return {
+        "wrk": rps,
+        "iperf_fwd": fwd,
+        "iperf_rev": rev,
+        "counters": {"http": c_http, "iperf_fwd": c_fwd, "iperf_rev": c_rev},
+    }
+
+
+class Switch:
+    """Which data plane holds the VIP's services: exactly one, or none for ``direct``."""
+
+    def __init__(self, backends: dict[str, Backend], rs_ip: str) -> None:
+        self.backends = backends
+        self.directors = {name: Director(b) for name, b in backends.items()}
+        self.full = desired(rs_ip)
+        self.empty = DesiredState(ownership=OWNED)
+        self.holder: str | None = None  # unknown at first: every plane is synced
+
+    def to(self, path: str) -> None:
+        """Program ``path``'s plane (after emptying the one that held the services) and
+        check that every plane reads back as intended."""
+        first = self.holder is None
+        for name, director in sorted(self.directors.items(), key=lambda kv: kv[0] == path):  # empty ones first
+            if first or name in (path, self.holder):
+                director.sync(self.full if name == path else self.empty)
+        self.holder = path
+        for name, backend in self.backends.items():
+            held = set(backend.read().services)
+            want = {HTTP_KEY, IPERF_KEY} if name == path else set()
+            if held != want:
+                raise BenchError(f"{name} holds {sorted(map(str, held))} while measuring {path}")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--size", type=int, default=20_000_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--wrk-secs", type=int, default=5)
+    parser.add_argument(
+        "--iperf-secs",
+        type=int,
+        default=4,
+        help="each direction; the first second is omitted",
+    )
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--body", type=int, default=612, help="bytes of the served file")
+    parser.add_argument(
+        "--no-ipvs",
+        action="store_true",
+        help="run without the ipvs-dr path (kernels without IPVS)",
+    )
+    parser.add_argument(
+        "--host-loadavg",
+        help="a file the host keeps /proc/loadavg in (sampled per round)",
+    )
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
-    paths = ["direct", "nftables-dr"] + (["ipvs-dr"] if ipvs_available() else [])
-    results: dict[str, dict[str, list[float]]] = {p: {"rps": [], "mbit_s": []} for p in paths}
-    with Lab(f"kubelvs-bench{secrets.token_hex(2)}") as lab:
-        client, director_ns, rs_ip = build(lab)
-        backends = {name: open_backend(name.split("-")[0], netns=director_ns) for name in paths if name != "direct"}  # type: ignore[arg-type]
-        empty = DesiredState(ownership=desired(rs_ip).ownership)
-        for _ in range(args.rounds):
-            for path in paths:
-                for name, backend in backends.items():  # exactly one data plane holds the VIP
-                    Director(backend).sync(desired(rs_ip) if name == path else empty)
-                host = rs_ip if path == "direct" else VIP
-                results[path]["rps"].append(rps(lab, client, host, args.requests))
-                results[path]["mbit_s"].append(throughput(lab, client, host, args.size, args.repeat))
-                print(path, results[path]["rps"][-1], results[path]["mbit_s"][-1], flush=True)
-        for backend in backends.values():
-            Director(backend).sync(empty)
-    med = {p: {k: statistics.median(v) for k, v in r.items()} for p, r in results.items()}
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        print(
+            f"dr_datapath: missing {', '.join(missing)} (apt-get install iperf3 wrk busybox-static curl)",
+            file=sys.stderr,
+        )
+        return 2
+    if not args.no_ipvs and not ipvs_available():
+        print(
+            "dr_datapath: this kernel has no IPVS; run it in the VM (scripts/vm-run) or pass --no-ipvs",
+            file=sys.stderr,
+        )
+        return 2
+    paths = ["direct", "ipvs-dr", "nftables-dr"] if not args.no_ipvs else ["direct", "nftables-dr"]
+    runs: list[dict[str, Any]] = []
+    load: list[dict[str, Any]] = []
+    body = b"kubelvs dr_datapath " + secrets.token_hex(args.body).encode()[: max(args.body - 21, 0)] + b"\n"
+    started = time.time()
+    with (
+        tempfile.TemporaryDirectory(prefix="kubelvs-bench-www") as www,
+        Lab(f"kubelvs-bench{secrets.token_hex(2)}") as lab,
+    ):
+        client, director_ns, rs_ip = build(lab, body, Path(www))
+        print(f"lab built at {time.time() - started:.1f} s", flush=True)
+        backends = {p: open_backend(PLANES[p], netns=director_ns) for p in paths if p in PLANES}
+        print(f"backends open at {time.time() - started:.1f} s", flush=True)
+        switch = Switch(backends, rs_ip)
+        try:
+            for path in paths:  # every path serves the file before anything is timed (and ARP is warm)
+                t0 = time.perf_counter()
+                switch.to(path)
+                t1 = time.perf_counter()
+                got = curl_body(lab, client, rs_ip if path == "direct" else VIP)
+                print(f"{path}: switched in {t1 - t0:.1f} s, curl {time.perf_counter() - t1:.1f} s", flush=True)
+                if got != body:
+                    raise BenchError(f"{path}: the answer is not the served file ({got[:60]!r})")
+            print(f"every path answers, at {time.time() - started:.1f} s", flush=True)
+            for r in range(args.rounds):
+                order = paths[r % len(paths) :] + paths[: r % len(paths)]
+                load.append(
+                    {
+                        "round": r,
+                        "vm_loadavg": os.getloadavg(),
+                        "calibration_ms": calibrate(),
+                        "host_loadavg": host_loadavg(args.host_loadavg),
+                    }
+                )
+                for path in order:
+                    t0 = time.perf_counter()
+                    switch.to(path)
+                    t1 = time.perf_counter()
+                    host = rs_ip if path == "direct" else VIP
+                    m = measure(lab, client, host, backends.get(path), args)
+                    runs.append(
+                        {
+                            "round": r,
+                            "path": path,
+                            **m,
+                            "switch_s": t1 - t0,
+                            "measure_s": time.perf_counter() - t1,
+                        }
+                    )
+                    print(
+                        f"round {r} {path:12s} {m['wrk']['rps']:8.0f} req/s  fwd {m['iperf_fwd']['mbit_s']:8.0f} Mbit/s"
+                        f"  rev {m['iperf_rev']['mbit_s']:8.0f} Mbit/s  (switch {t1 - t0:.1f} s, measure {time.perf_counter() - t1:.1f} s)",
+                        flush=True,
+                    )
+            load.append(
+                {
+                    "round": "end",
+                    "vm_loadavg": os.getloadavg(),
+                    "calibration_ms": calibrate(),
+                    "host_loadavg": host_loadavg(args.host_loadavg),
+                }
+            )
+        finally:
+            for backend in backends.values():
+                try:
+                    Director(backend).sync(DesiredState(ownership=OWNED))
+                finally:
+                    backend.close()
+    print(f"torn down at {time.time() - started:.1f} s", flush=True)
+    meta = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+    }
+    write_report(args, meta, paths, runs, load, time.time() - started)
+    return 0
+
+
+def write_report(
+    args: argparse.Namespace,
+    meta: dict[str, Any],
+    paths: list[str],
+    runs: list[dict[str, Any]],
+    load: list[dict[str, Any]],
+    wall: float,
+) -> None:
+    metrics: dict[str, Callable[[dict[str, Any]], float]] = {
+        "rps": lambda m: m["wrk"]["rps"],
+        "latency_p50_ms": lambda m: m["wrk"]["latency_p50_ms"],
+        "fwd_mbit_s": lambda m: m["iperf_fwd"]["mbit_s"],
+        "rev_mbit_s": lambda m: m["iperf_rev"]["mbit_s"],
+    }
+    by = {(m["round"], m["path"]): m for m in runs}
+    rounds = sorted({m["round"] for m in runs})
+    med = {p: {k: statistics.median(f(by[r, p]) for r in rounds) for k, f in metrics.items()} for p in paths}
+    # Paired: each round's value over the same round's direct value, so the machine's slow
+    # drift (the CPU calibration varies 2x and more) cancels; median and range over rounds.
+    paired = {p: {k: [f(by[r, p]) / f(by[r, "direct"]) for r in rounds] for k, f in metrics.items()} for p in paths}
+    ratio = {p: {k: statistics.median(v) for k, v in paired[p].items()} for p in paths}
+    spread = {p: {k: [f(by[r, p]) for r in rounds] for k, f in metrics.items()} for p in paths}
+    cal = [x["calibration_ms"] for x in load]
+    vm_load = [x["vm_loadavg"][0] for x in load]
+    host_1m = [float(x["host_loadavg"].split()[0]) for x in load if x["host_loadavg"]]
     report = {
         "benchmark": "dr_datapath",
-        "kernel": platform.release(),
-        "requests": args.requests,
-        "bytes": args.size * args.repeat,
-        "rounds": args.rounds,
+        **meta,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "host_loadavg")},
+        "wall_s": wall,
         "median": med,
-        "ratio_to_direct": {p: {k: med[p][k] / med["direct"][k] for k in med[p]} for p in med},
-        "raw": results,
+        "ratio_to_direct": ratio,
+        "per_round_ratio_to_direct": paired,
+        "load": load,
+        "runs": runs,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "dr_datapath.json").write_text(json.dumps(report, indent=2) + "\n")
+    host_line = (
+        f"host load average (1 min) {min(host_1m):.1f}-{max(host_1m):.1f} on 2 cores"
+        if host_1m
+        else "host load average not recorded (no --host-loadavg)"
+    )
     md = [
-        "# DR data path: IPVS vs nftables vs direct (same run)",
+        "# DR data path: IPVS-DR vs nftables-DR vs direct (same run)",
         "",
-        f"Kernel {report['kernel']} (VM, emulated CPU: read the ratios, not the absolute numbers).",
-        f"{args.requests} requests (new connection each) and {args.repeat} x {args.size // 1_000_000} MB per round; "
-        f"median of {args.rounds} rounds. Server: Python http.server; client: curl.",
+        f"Kernel {meta['kernel']}, CPU {meta['cpu_model']!r} x {meta['cpus']}, shared by client, director and",
+        "real server (in the VM, `scripts/vm-run`: qemu without KVM, an emulated CPU): read the ratios,",
+        "not the absolute numbers.",
+        f"{meta['date']}, {len(rounds)} rounds (paths in rotated order); {wall / 60:.1f} min in all.",
+        (
+            f"Machine load: {host_line}; VM load average {min(vm_load):.1f}-{max(vm_load):.1f};"
+            f" CPU calibration loop {min(cal):.0f}-{max(cal):.0f} ms (same work each round)."
+        ),
         "",
-        "| path | requests/s | ratio to direct | throughput (Mbit/s) | ratio to direct |",
-        "|---|---:|---:|---:|---:|",
+        f"- requests/s: `wrk -t1 -c{args.connections} -d{args.wrk_secs:g}s -H 'Connection: close'`,",
+        f"  a new TCP connection per request, against busybox httpd serving a {args.body}-byte file;",
+        f"- client -> server: `iperf3 -t {args.iperf_secs:g} -O 1` (the direction that crosses the director in DR);",
+        "- server -> client: `iperf3 -R` (only the client's ACKs cross the director).",
+        "",
+        "Checked in every DR measurement: the director's counters for the service (read through the",
+        "backend) grew by >= 3 packets per request and >= the bytes iperf3's server received, and",
+        "counted no reply packets; on `direct` neither data plane held a service; wrk saw no errors.",
+        "",
+        "Values: median over the rounds. Ratio: median of the per-round ratios to `direct` measured in",
+        "the same round, with their range (min-max) in brackets.",
+        "",
+        "| path | requests/s | ratio | client->server Mbit/s | ratio | server->client Mbit/s | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def cell(p: str, k: str, digits: int) -> str:
+        rs = paired[p][k]
+        return f"{med[p][k]:.{digits}f} | {ratio[p][k]:.2f} ({min(rs):.2f}-{max(rs):.2f})"
+
+    for p in paths:
+        md.append(f"| {p} | {cell(p, 'rps', 0)} | {cell(p, 'fwd_mbit_s', 0)} | {cell(p, 'rev_mbit_s', 0)} |")
+    md += [
+        "",
+        "Values per round (in round order):",
+        "",
+        "| path | requests/s | client->server Mbit/s | server->client Mbit/s | wrk p50 latency ms (median) |",
+        "|---|---|---|---|---:|",
     ]
     for p in paths:
-        r = report["ratio_to_direct"][p]  # type: ignore[index]
-        md.append(f"| {p} | {med[p]['rps']:.0f} | {r['rps']:.2f} | {med[p]['mbit_s']:.0f} | {r['mbit_s']:.2f} |")
+        sp = spread[p]
+        md.append(
+            f"| {p} | {' '.join(f'{v:.0f}' for v in sp['rps'])} | {' '.join(f'{v:.0f}' for v in sp['fwd_mbit_s'])}"
+            f" | {' '.join(f'{v:.0f}' for v in sp['rev_mbit_s'])} | {med[p]['latency_p50_ms']:.0f} |"
+        )
     (out / "dr_datapath.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
-    return 0
 
 
 if __name__ == "__main__":
