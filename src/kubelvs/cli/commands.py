@@ -168,7 +168,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     backend = _open(args)
     try:
         desired = desired_for(config, backend)
-        result = Director(backend, graceful=args.graceful or config.graceful).sync(desired, dry_run=args.dry_run)
+        director = Director(backend, graceful=args.graceful or config.graceful, keep_picture=False)
+        result = director.sync(desired, dry_run=args.dry_run)
     finally:
         backend.close()
     _print_plan([describe(op) for op in result.plan.ops], len(result.plan.foreign), len(result.plan.draining))

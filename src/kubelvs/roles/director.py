@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..backends import Backend
 from ..errors import CapabilityError, KubelvsError
 from ..model import DesiredState, ObservedState, ServiceKey
-from ..planner import Operation, Plan, apply_ops_in_place, plan
+from ..planner import Plan, apply_ops_in_place, plan
 
 __all__ = ["Director", "SyncResult"]
 
@@ -31,22 +31,18 @@ class SyncResult:
 class Director:
     """Reconciles ``backend`` to desired states handed to ``sync``. Not thread-safe."""
 
-    def __init__(self, backend: Backend, *, graceful: bool = False) -> None:
+    def __init__(self, backend: Backend, *, graceful: bool = False, keep_picture: bool = True) -> None:
+        """``keep_picture=False`` for a one-shot reconcile (``kubelvs apply``): the picture
+        of the kernel is what makes later syncs O(changed), and updating it costs as much
+        as planning; a process that exits after one sync has no use for it."""
         self.backend = backend
         self.graceful = graceful
+        self.keep_picture = keep_picture
         self._observed: ObservedState | None = None
-        # Operations applied to the kernel but not yet to ``_observed``: the picture is
-        # brought up to date when it is next needed, so a one-shot ``kubelvs apply``
-        # (which never syncs again) does not pay for updating it.
-        self._unfolded: tuple[Operation, ...] = ()
 
     @property
     def observed(self) -> ObservedState | None:
         """The director's picture of the kernel after the last successful sync."""
-        if self._unfolded and self._observed is not None:
-            # The picture is ours alone (read for us, or kept from the last sync): update in place.
-            self._observed = apply_ops_in_place(self._observed, self._unfolded)
-        self._unfolded = ()
         return self._observed
 
     def check(self, desired: DesiredState) -> None:
@@ -68,15 +64,16 @@ class Director:
             observed = self.backend.read(sysctls=desired.sysctls)
             changed = None
         else:
-            observed = self.observed
-            assert observed is not None
+            assert self._observed is not None
+            observed = self._observed
         the_plan = plan(desired, observed, graceful=self.graceful, keys=changed)
         if dry_run:
             return SyncResult(plan=the_plan, full=full)
         try:
             self.backend.apply(the_plan.ops)
         except KubelvsError:
-            self._observed, self._unfolded = None, ()  # unknown now: the next sync reads the kernel
+            self._observed = None  # unknown now: the next sync reads the kernel
             raise
-        self._observed, self._unfolded = observed, tuple(the_plan.ops)
+        # The picture is ours alone (read for us, or kept from the last sync): update in place.
+        self._observed = apply_ops_in_place(observed, the_plan.ops) if self.keep_picture else None
         return SyncResult(plan=the_plan, full=full)
