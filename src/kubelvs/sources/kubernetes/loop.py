@@ -59,8 +59,7 @@ class ReconcileLoop:
         while not stop.is_set():
             if time.monotonic() - last_full >= self.resync:
                 full = True
-            snap = self.store.snapshot()
-            self.store.take_changes()
+            snap = self.store.snapshot(take_changes=True)  # the mapping reads only what changed
             try:
                 await asyncio.to_thread(self.step, snap, full=full)
                 self.reconciles += 1

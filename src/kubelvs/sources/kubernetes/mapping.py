@@ -16,8 +16,10 @@ One virtual service per (VIP, port, protocol) of every Service we serve:
 - A VIP:port claimed by two Services goes to the older one; the other gets an Event.
 
 ``Mapper`` caches each Service's virtual services and recomputes only the Services
-whose inputs changed (its own object, its EndpointSlices, its addresses, the node set),
-so a burst of changes costs O(changed Services) plus one merge.
+whose inputs changed (its own object, its EndpointSlices, its addresses, the node set).
+Fed the store's changes with the snapshot, it also resolves only the VIP:ports those
+Services claim, so a burst of changes costs O(changed Services), not O(all Services)
+(IPAM still runs over every Service, but only when a field it reads changed).
 """
 
 from __future__ import annotations
@@ -42,7 +44,17 @@ from .ipam import IpamResult, allocate, ipam_key
 from .objects import EndpointSlice, EventSpec, Node, ObjectId, Service
 from .settings import KubeSettings
 
-__all__ = ["Mapper", "MappingResult", "NodeTarget", "Snapshot", "compute", "holding_view", "vips_for_node"]
+__all__ = ["Mapper", "MappingResult", "NodeTarget", "Snapshot", "SnapshotChanges", "compute", "holding_view", "vips_for_node"]
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChanges:
+    """The (kind, id) of every object that changed in ``store`` between its snapshot
+    number ``since`` and this one (``since + 1``): what an incremental map reads."""
+
+    store: object
+    since: int
+    ids: frozenset[tuple[str, ObjectId]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +64,7 @@ class Snapshot:
     services: Mapping[ObjectId, Service] = field(default_factory=dict)
     slices: Mapping[ObjectId, EndpointSlice] = field(default_factory=dict)
     nodes: Mapping[ObjectId, Node] = field(default_factory=dict)
+    changes: SnapshotChanges | None = None  # None: unknown, map everything
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +85,9 @@ class MappingResult:
     status: Mapping[ObjectId, tuple[str, ...]]  # status.loadBalancer.ingress to write (leader only)
     targets: tuple[NodeTarget, ...]  # the eligible nodes, by name
     ipam: IpamResult
+    # Keys whose virtual service differs from the previous map's (added, removed or
+    # edited; names do not count); None when this map was not incremental.
+    changed: frozenset[ServiceKey] | None = None
 
     def names(self) -> dict[ServiceKey, str]:
         return {k: s.name for k, s in self.desired.services.items()}
@@ -251,42 +267,102 @@ def _weights(
 
 
 class Mapper:
-    """Maps snapshots to desired states, recomputing only the Services whose inputs changed."""
+    """Maps snapshots to desired states, recomputing only the Services whose inputs changed.
+
+    Given a snapshot that carries the store's changes since the snapshot this mapper
+    saw last (``Snapshot.changes``), a map costs O(changed Services): the slices are
+    indexed by Service, the VIP:port claims are kept per key, and only the keys the
+    changed Services claim(ed) are resolved again. Any other snapshot (the first one,
+    one from another store, a gap) is mapped whole, with the per-Service cache.
+    """
 
     def __init__(self, settings: KubeSettings) -> None:
         self.settings = settings
         self._cache: dict[ObjectId, tuple[tuple[object, ...], _Fragment]] = {}
         self._targets: tuple[NodeTarget, ...] = ()
-        self._ipam: tuple[tuple[object, ...], IpamResult] | None = None
+        self._ipam: IpamResult | None = None
+        self._ipam_keys: dict[ObjectId, tuple[object, ...]] = {}
+        # Incremental state, valid for the snapshot ``_seen`` names.
+        self._seen: tuple[object, int] | None = None
+        self._slices: dict[ObjectId, dict[ObjectId, EndpointSlice]] = {}  # Service id -> its slices
+        self._slice_service: dict[ObjectId, ObjectId] = {}  # slice id -> Service id
+        self._placed: dict[ObjectId, _Fragment] = {}  # Service id -> the fragment resolved
+        self._claims: dict[ServiceKey, set[ObjectId]] = {}  # owned key -> Services whose fragment has it
+        self._services: dict[ServiceKey, VirtualService] = {}  # key -> the winner's virtual service
+        self._owners: dict[ServiceKey, ObjectId] = {}
+        self._frag_events: dict[ObjectId, tuple[EventSpec, ...]] = {}
+        self._conflicts: dict[ObjectId, tuple[EventSpec, ...]] = {}
         self.recomputed = 0  # Services recomputed by the last ``map`` call (for tests and the benchmark)
 
-    def map(self, snap: Snapshot) -> MappingResult:
+    def map(self, snap: Snapshot, *, full: bool = False) -> MappingResult:
+        """``full``: map the whole snapshot even when it carries the changes (the
+        periodic full reconcile checks the incremental bookkeeping this way too)."""
         settings = self.settings
+        changes = snap.changes
+        incremental = (
+            not full and changes is not None and self._seen is not None and self._seen == (changes.store, changes.since)
+        )
+        self._seen = None  # set again only when this map completes
+        if incremental:
+            assert changes is not None
+            dirty = {oid for kind, oid in changes.ids if kind == "Service"}
+            self._reindex_slices((oid for kind, oid in changes.ids if kind == "EndpointSlice"), snap, dirty)
+        else:
+            for index in (self._slices, self._slice_service, self._placed, self._claims, self._services, self._owners,
+                          self._frag_events, self._conflicts):
+                index.clear()
+            self._reindex_slices(snap.slices, snap, set())
+            dirty = set(snap.services)
+
         # IPAM reads only a few fields of each Service: when none of them changed, the
         # allocation cannot have changed either (a port edit does not re-run it).
-        ipam_inputs = tuple(ipam_key(s, settings) for s in snap.services.values())
-        if self._ipam is not None and self._ipam[0] == ipam_inputs:
-            ipam = self._ipam[1]
+        # ``_ipam`` is None from the moment a key changes until ``allocate`` returns, so
+        # a map interrupted in between cannot leave a stale allocation behind.
+        old_ipam = self._ipam
+        if incremental:
+            for sid in [d for d in dirty if d in self._ipam_keys or d in snap.services]:
+                svc = snap.services.get(sid)
+                new_key = ipam_key(svc, settings) if svc is not None else None
+                if new_key != self._ipam_keys.get(sid):
+                    self._ipam = None
+                    if new_key is None:
+                        del self._ipam_keys[sid]
+                    else:
+                        self._ipam_keys[sid] = new_key
         else:
-            ipam = allocate(snap.services.values(), settings)
-            self._ipam = (ipam_inputs, ipam)
+            keys = {sid: ipam_key(s, settings) for sid, s in snap.services.items()}
+            if keys != self._ipam_keys:
+                self._ipam = None
+            self._ipam_keys = keys
+        if self._ipam is None:
+            ipam = self._ipam = allocate(snap.services.values(), settings)
+            if incremental and old_ipam is not None:
+                old = old_ipam.assigned
+                dirty |= {s for s in old.keys() | ipam.assigned.keys() if old.get(s) != ipam.assigned.get(s)}
+        else:
+            ipam = self._ipam
+
         targets = node_targets(snap.nodes.values(), settings)
         if targets != self._targets:
             self._cache.clear()  # the node set changed: every Service's real servers may change
             self._targets = targets
-        by_service: dict[ObjectId, list[EndpointSlice]] = {}
-        for sl in snap.slices.values():
-            if sl.service_name:
-                by_service.setdefault((sl.namespace, sl.service_name), []).append(sl)
+            dirty |= set(snap.services)
 
-        fragments: list[tuple[Service, _Fragment]] = []
-        events: list[EventSpec] = list(ipam.events)
+        # Recompute the dirty Services' fragments (the cache still saves the unchanged
+        # ones: a full map of an unchanged snapshot recomputes nothing).
         recomputed = 0
-        for sid in list(self._cache):
-            if sid not in snap.services:
-                del self._cache[sid]
-        for sid, svc in snap.services.items():
-            slices = sorted(by_service.get(sid, ()), key=lambda s: s.name)
+        if not incremental:
+            for sid in list(self._cache):
+                if sid not in snap.services:
+                    del self._cache[sid]
+        updates: list[tuple[ObjectId, _Fragment | None]] = []
+        for sid in dirty:
+            svc = snap.services.get(sid)
+            if svc is None:
+                self._cache.pop(sid, None)
+                updates.append((sid, None))
+                continue
+            slices = sorted(self._slices.get(sid, {}).values(), key=lambda s: s.name)
             assigned = ipam.assigned.get(sid, ())
             inputs = (svc, assigned, tuple(slices) if svc.local_traffic else ())
             cached = self._cache.get(sid)
@@ -298,41 +374,113 @@ class Mapper:
                 vss, ev2 = service_fragment(svc, vips, slices, targets, settings)
                 frag = _Fragment(tuple(vss), tuple(ev1 + ev2))
                 self._cache[sid] = (inputs, frag)
-            fragments.append((svc, frag))
-            events += frag.events
+            updates.append((sid, frag))
         self.recomputed = recomputed
-        services, owners, conflict_events = _resolve(fragments, settings)
-        events += conflict_events
-        desired = DesiredState(services=services, ownership=settings.ownership)
-        return MappingResult(
-            desired=desired, owners=owners, events=tuple(events), status=ipam.status, targets=targets, ipam=ipam
+        if not incremental:
+            # Oldest first, so that the desired state's order does not depend on the store's.
+            updates.sort(key=lambda u: snap.services[u[0]].age_key)
+        changed = self._resolve(updates, snap)
+
+        # Events in an order that does not depend on the store's: IPAM's, then each
+        # Service's own, then the VIP:port conflicts, oldest Service first.
+        events = list(ipam.events)
+        for sid in sorted(self._frag_events, key=lambda sid: snap.services[sid].age_key):
+            events += self._frag_events[sid]
+        for sid in sorted(self._conflicts, key=lambda sid: snap.services[sid].age_key):
+            events += self._conflicts[sid]
+        desired = DesiredState(services=dict(self._services), ownership=settings.ownership)
+        result = MappingResult(
+            desired=desired,
+            owners=dict(self._owners),
+            events=tuple(events),
+            status=ipam.status,
+            targets=targets,
+            ipam=ipam,
+            changed=frozenset(changed) if incremental else None,
         )
+        if changes is not None:
+            self._seen = (changes.store, changes.since + 1)
+        return result
 
+    def _reindex_slices(self, ids: Iterable[ObjectId], snap: Snapshot, dirty: set[ObjectId]) -> None:
+        """Move the slices ``ids`` to their current Service's group; both Services get dirty."""
+        for slice_id in ids:
+            old_sid = self._slice_service.pop(slice_id, None)
+            if old_sid is not None:
+                group = self._slices[old_sid]
+                del group[slice_id]
+                if not group:
+                    del self._slices[old_sid]
+                dirty.add(old_sid)
+            sl = snap.slices.get(slice_id)
+            if sl is not None and sl.service_name:
+                sid = (sl.namespace, sl.service_name)
+                self._slices.setdefault(sid, {})[slice_id] = sl
+                self._slice_service[slice_id] = sid
+                dirty.add(sid)
 
-def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
-    # Objects are replaced, never mutated: identity first, equality as the fallback.
-    return all(x is y or x == y for x, y in zip(a, b, strict=True))
-
-
-def _resolve(
-    fragments: list[tuple[Service, _Fragment]], settings: KubeSettings
-) -> tuple[dict[ServiceKey, VirtualService], dict[ServiceKey, ObjectId], list[EventSpec]]:
-    services: dict[ServiceKey, VirtualService] = {}
-    owners: dict[ServiceKey, Service] = {}
-    events: list[EventSpec] = []
-    ownership = settings.ownership
-    for svc, frag in sorted(fragments, key=lambda f: f[0].age_key):
-        for vs in frag.services:
-            if not ownership.owns(vs.key):
-                # Pools and external_ip_cidrs are checked to lie inside owned_cidrs, so
-                # this is a safety net: nothing outside the owned ranges is programmed.
-                events.append(_event(svc, "VIPNotOwned", f"{vs.key} is outside owned_cidrs; not programmed"))
+    def _resolve(self, updates: list[tuple[ObjectId, _Fragment | None]], snap: Snapshot) -> set[ServiceKey]:
+        """Place the updated fragments; a VIP:port claimed by several Services goes to
+        the oldest. Returns the keys whose virtual service changed."""
+        owns = self.settings.ownership.owns
+        placed, claims, services, owners = self._placed, self._claims, self._services, self._owners
+        touched: set[ServiceKey] = set()
+        recheck: set[ObjectId] = set()  # Services whose conflict events may have changed
+        for sid, frag in updates:
+            old = placed.pop(sid, None)
+            self._frag_events.pop(sid, None)
+            self._conflicts.pop(sid, None)
+            if old is not None:
+                for vs in old.services:
+                    claimants = claims.get(vs.key)
+                    if claimants is not None:
+                        claimants.discard(sid)
+                        touched.add(vs.key)
+            if frag is None:
                 continue
-            holder = owners.get(vs.key)
-            if holder is None:
-                services[vs.key] = vs
-                owners[vs.key] = svc
-            elif holder.id != svc.id:
+            placed[sid] = frag
+            recheck.add(sid)
+            if frag.events:
+                self._frag_events[sid] = frag.events
+            for vs in frag.services:
+                if owns(vs.key):
+                    claims.setdefault(vs.key, set()).add(sid)
+                    touched.add(vs.key)
+        changed: set[ServiceKey] = set()
+        for key in touched:
+            before = services.get(key)
+            claimants = claims.get(key)
+            if not claimants:
+                claims.pop(key, None)
+                services.pop(key, None)
+                owners.pop(key, None)
+            else:
+                if len(claimants) == 1:
+                    [winner] = claimants
+                else:
+                    winner = min(claimants, key=lambda s: snap.services[s].age_key)
+                    recheck |= claimants  # the losers' events name the holder
+                services[key] = next(vs for vs in placed[winner].services if vs.key == key)
+                owners[key] = winner
+                recheck.add(winner)
+            if services.get(key) != before:
+                changed.add(key)
+        for sid in recheck:
+            frag = placed.get(sid)
+            if frag is None:
+                continue
+            events: list[EventSpec] = []
+            for vs in frag.services:
+                holder_id = owners.get(vs.key)  # every owned key of a placed fragment has one
+                if holder_id == sid:
+                    continue
+                svc = snap.services[sid]
+                if holder_id is None:
+                    # Pools and external_ip_cidrs are checked to lie inside owned_cidrs, so
+                    # this is a safety net: nothing outside the owned ranges is programmed.
+                    events.append(_event(svc, "VIPNotOwned", f"{vs.key} is outside owned_cidrs; not programmed"))
+                    continue
+                holder = snap.services[holder_id]
                 events.append(
                     _event(
                         svc,
@@ -341,7 +489,16 @@ def _resolve(
                         f"({holder.created}); this port is not programmed",
                     )
                 )
-    return services, {k: v.id for k, v in owners.items()}, events
+            if events:
+                self._conflicts[sid] = tuple(events)
+            else:
+                self._conflicts.pop(sid, None)
+        return changed
+
+
+def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    # Objects are replaced, never mutated: identity first, equality as the fallback.
+    return all(x is y or x == y for x, y in zip(a, b, strict=True))
 
 
 def _node_vips(services: Mapping[ServiceKey, VirtualService], targets: Sequence[NodeTarget]) -> dict[str, frozenset[IPAddress]]:
@@ -400,4 +557,4 @@ def holding_view(snap: Snapshot, node_name: str) -> Snapshot:
         return snap
     nodes = dict(snap.nodes)
     nodes[node.id] = replace(node, ready=True, unschedulable=False, deleting=False)
-    return Snapshot(services=snap.services, slices=snap.slices, nodes=nodes)
+    return replace(snap, nodes=nodes)  # the Mapper reads every node on every map: ``changes`` stays valid

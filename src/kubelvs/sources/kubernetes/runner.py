@@ -26,6 +26,7 @@ from ...cli import exit_codes
 from ...cli.render import status_document
 from ...model import (
     DesiredState,
+    Forward,
     ServiceKey,
     VirtualService,
     kernel_version,
@@ -42,7 +43,7 @@ from .source import ObjectSource, stop_on_signals
 from .tracker import Store
 from .writer import StatusWriter
 
-__all__ = ["DirectorLoop", "identity", "render_text", "run"]
+__all__ = ["DirectorLoop", "RecommendedSysctls", "identity", "render_text", "run"]
 
 log = logging.getLogger("kubelvs.kubernetes")
 
@@ -99,11 +100,7 @@ async def _main(args: argparse.Namespace, config: Config, base: DesiredState, se
             director = Director(backend, graceful=args.graceful or config.graceful)
             kernel = kernel_version(os.uname().release)
 
-            def extra(services: Mapping[ServiceKey, VirtualService]) -> dict[str, int]:
-                if not config.recommended_sysctls:
-                    return {}
-                return recommended_sysctls(backend.name, kernel, services.values())
-
+            extra = RecommendedSysctls(backend.name, kernel) if config.recommended_sysctls else None
             reconciler = Reconciler(settings, base=base, director=director, extra_sysctls=extra)
             writer = StatusWriter(api, identity=identity()) if api is not None else None
             elector = (
@@ -145,6 +142,38 @@ async def _main(args: argparse.Namespace, config: Config, base: DesiredState, se
             backend.close()
     finally:
         await source.close()
+
+
+class RecommendedSysctls:
+    """``recommended_sysctls`` for the reconciler, kept up to date per changed service.
+
+    They depend on the services only through "does any real server use NAT", and
+    answering that by scanning every real server (100,000 at 10,000 Services, and all
+    of them whenever none uses NAT) cost about 60 ms on every reconcile. So the keys of
+    the services that use NAT are kept, and only those services are handed over."""
+
+    def __init__(self, backend: str, kernel: tuple[int, int]) -> None:
+        self.backend = backend
+        self.kernel = kernel
+        self.nat: set[ServiceKey] = set()
+
+    def __call__(
+        self, services: Mapping[ServiceKey, VirtualService], changed: frozenset[ServiceKey] | None
+    ) -> dict[str, int]:
+        if changed is None:
+            self.nat = {k for k, vs in services.items() if _uses_nat(vs)}
+        else:
+            for k in changed:
+                vs = services.get(k)
+                if vs is not None and _uses_nat(vs):
+                    self.nat.add(k)
+                else:
+                    self.nat.discard(k)
+        return recommended_sysctls(self.backend, self.kernel, (services[k] for k in self.nat))
+
+
+def _uses_nat(vs: VirtualService) -> bool:
+    return any(rs.forward is Forward.NAT for rs in vs.realservers)
 
 
 def _resync(args: argparse.Namespace, settings: KubeSettings) -> float:

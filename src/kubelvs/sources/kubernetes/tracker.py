@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .mapping import Snapshot
+from .mapping import Snapshot, SnapshotChanges
 from .objects import EndpointSlice, Node, ObjectId, Service, object_id, parse_object
 
 __all__ = ["KINDS", "Change", "Store", "Coalescer"]
@@ -43,6 +43,7 @@ class Store:
         self.synced: set[str] = set()  # kinds listed at least once
         self.on_change = on_change  # None for tests that poll
         self.last_event = 0.0  # time.monotonic() of the last real change
+        self._taken = 0  # how many times the pending changes were taken
 
     @property
     def initialized(self) -> bool:
@@ -96,14 +97,25 @@ class Store:
     def take_changes(self) -> list[Change]:
         out = [Change(kind, oid, prev, cur) for (kind, oid), (prev, cur) in self._pending.items()]
         self._pending.clear()
+        self._taken += 1
         return out
 
-    def snapshot(self) -> Snapshot:
-        # Shallow copies: the values are frozen, only the dicts change afterwards.
+    def snapshot(self, *, take_changes: bool = False) -> Snapshot:
+        """The current objects. ``take_changes``: also take the pending changes, which
+        the snapshot carries (``Snapshot.changes``) so that a Mapper that mapped the
+        previous such snapshot maps only what changed since."""
+        changes = None
+        if take_changes:
+            changes = SnapshotChanges(store=self, since=self._taken, ids=frozenset(self._pending))
+            self._pending.clear()
+            self._taken += 1
+        # Shallow copies: the values are frozen, only the dicts change afterwards. (Copying
+        # 10,000 entries is a C loop of well under a millisecond.)
         return Snapshot(
             services=dict(self._objects["Service"]),  # type: ignore[arg-type]
             slices=dict(self._objects["EndpointSlice"]),  # type: ignore[arg-type]
             nodes=dict(self._objects["Node"]),  # type: ignore[arg-type]
+            changes=changes,
         )
 
     def count(self, kind: str) -> int:
