@@ -11,6 +11,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
+from ..bulk import no_gc
 from ..errors import ApplyError, CapabilityError, ConfigError, KubelvsError
 from . import exit_codes
 
@@ -27,6 +28,10 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "kubelvs.roles.node_cli": ("node",),
     "kubelvs.lab.cli": ("lab", "demo"),
 }
+
+
+#: Commands that do one piece of work and exit; the others run for long.
+ONE_SHOT = frozenset({"validate", "diff", "apply", "status", "export", "import"})
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -53,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        if args.command in ONE_SHOT:
+            with no_gc():  # short-lived: load, plan, apply, exit (see kubelvs.bulk)
+                return func(args)
         return func(args)
     except KeyboardInterrupt:
         return exit_codes.INTERRUPTED

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..backends import Backend
+from ..bulk import no_gc
 from ..errors import CapabilityError, KubelvsError
 from ..model import DesiredState, ObservedState, ServiceKey
 from ..planner import Plan, apply_ops_in_place, plan
@@ -56,6 +57,10 @@ class Director:
     ) -> SyncResult:
         """Converge to ``desired``. ``changed``: only these services changed since the
         last sync (use the in-memory picture); None: read the kernel and compare all."""
+        with no_gc():
+            return self._sync(desired, changed, dry_run)
+
+    def _sync(self, desired: DesiredState, changed: Iterable[ServiceKey] | None, dry_run: bool) -> SyncResult:
         self.check(desired)
         full = changed is None or self._observed is None
         if full:
