@@ -9,7 +9,9 @@ For each size N (services x 10 NAT real servers, scheduler rr unless stated):
   ``nft -f`` of the very same transaction text (what nft + kernel cost alone);
 * one-real-server change with N services present: ``Director.sync(changed={key})``,
   median and p95 over ``--rounds`` (add, then remove, one real server);
-* full read back of N services (``backend.read()``);
+* full read back of N services (``backend.read()`` of a new backend: the kernel's
+  sets over nfnetlink, decoded, compared with the services' models), and the
+  director's full resync with nothing to change (refresh + read + plan);
 * at the smallest size also: the per-service-chain layout (one chain per service,
   ``numgen`` with an anonymous map) as a second baseline, and an ``mh`` run.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import platform
 import resource
 import statistics
@@ -71,9 +74,10 @@ class Netns:
 
 
 def cpu() -> float:
-    """CPU seconds (user + sys) of this process and its waited-for children (nft: the
-    kernel's work on a netlink transaction is charged to the nft process). On a shared,
-    loaded machine this is the stable measure; wall time is reported beside it."""
+    """CPU seconds (user + sys) of this process and its waited-for children (the kernel's
+    work on a netlink transaction is charged to whoever sent it: kubelvs itself through
+    libnftables, the nft process for the baseline). On a shared, loaded machine this is
+    the stable measure; wall time is reported beside it."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
@@ -130,6 +134,14 @@ def case(n: int, per: int, scheduler: str, rounds: int, tag: str) -> dict[str, o
         result["one_rs_change_median_ms"] = statistics.median(times) * 1000
         result["one_rs_change_p95_ms"] = sorted(times)[max(0, int(len(times) * 0.95) - 1)] * 1000
         result["one_rs_change_cpu_median_ms"] = statistics.median(cpus) * 1000
+
+        # The director's periodic full resync with nothing to change: refresh, read the
+        # kernel, plan all services against it, apply nothing.
+        t, c = time.perf_counter(), cpu()
+        resync = director.sync(desired)
+        result["full_resync_s"] = time.perf_counter() - t
+        result["full_resync_cpu_s"] = cpu() - c
+        assert resync.full and not resync.plan.ops
     with Netns(f"kubelvs-bench-{tag}-b") as ns:
         # Baseline: the same transaction text through bare nft into an empty namespace.
         result["baseline_nft_f_s"], result["baseline_nft_f_cpu_s"] = nft_f(ns, cold_script)
@@ -151,6 +163,11 @@ def per_service_chains(n: int, per: int) -> tuple[float, float]:
         return nft_f(ns, "\n".join(lines) + "\n")
 
 
+def _loadavg() -> list[str]:
+    with open("/proc/loadavg") as f:
+        return f.read().split()[:3]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
@@ -158,6 +175,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
+    load_before = _loadavg()
     rows = []
     for n in args.sizes:
         rows.append(case(n, args.per, "rr", args.rounds, f"rr{n}"))
@@ -170,7 +188,9 @@ def main() -> int:
         "benchmark": "nft_sync",
         "kernel": platform.release(),
         "nft": subprocess.run(["nft", "--version"], capture_output=True, text=True).stdout.strip(),
-        "load_before": open("/proc/loadavg").read().split()[:3],
+        "load_before": load_before,
+        "load_after": _loadavg(),
+        "cpus": os.cpu_count(),
         "cases": rows,
         "per_service_chains_baseline": {"services": small, "nft_f_s": chains[0], "nft_f_cpu_s": chains[1]},
         "targets": {"cold_sync_10000_s": 2.0, "one_rs_change_ms": 20.0},
@@ -181,20 +201,26 @@ def main() -> int:
     md = [
         "# nftables backend: sync benchmark",
         "",
-        f"Kernel {report['kernel']}, {report['nft']}; load average before: {' '.join(report['load_before'])}.",
+        (
+            f"Kernel {report['kernel']}, {report['nft']}; {report['cpus']} CPUs; load average (1, 5, 15 min) "
+            f"before: {' '.join(report['load_before'])}, after: {' '.join(report['load_after'])}."
+        ),
         "Each case in a fresh network namespace; 10 NAT real servers per service.",
         "",
-        "CPU = user + sys seconds of kubelvs and its nft child (the kernel's work on a transaction",
-        "is charged to nft): stable on a shared machine. Wall = elapsed, inflated by the load above.",
+        "CPU = user + sys seconds of the process and its children (kubelvs runs transactions through",
+        "libnftables in its own process; the baseline runs the nft command; either way the kernel's",
+        "work on a transaction is charged to whoever sent it): the stable measure on a shared machine.",
+        "Wall = elapsed, inflated by the load above.",
         "",
-        "| services | sched | elements | cold sync CPU (wall) s | bare `nft -f` of the same text CPU (wall) s | ratio (CPU) | read back CPU (wall) s | one-RS change CPU median; wall median / p95 (ms) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| services | sched | elements | cold sync CPU (wall) s | bare `nft -f` of the same text CPU (wall) s | ratio (CPU) "
+        "| read back CPU (wall) s | full resync, no change CPU (wall) s | one-RS change CPU median; wall median / p95 (ms) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         md.append(
             f"| {r['services']} | {r['scheduler']} | {r['elements']} | {r['cold_sync_cpu_s']:.2f} ({r['cold_sync_s']:.2f}) "
             f"| {r['baseline_nft_f_cpu_s']:.2f} ({r['baseline_nft_f_s']:.2f}) | {r['cold_vs_bare_nft_cpu']:.2f} "
-            f"| {r['read_cpu_s']:.2f} ({r['read_s']:.2f}) "
+            f"| {r['read_cpu_s']:.2f} ({r['read_s']:.2f}) | {r['full_resync_cpu_s']:.2f} ({r['full_resync_s']:.2f}) "
             f"| {r['one_rs_change_cpu_median_ms']:.1f}; {r['one_rs_change_median_ms']:.1f} / {r['one_rs_change_p95_ms']:.1f} |"
         )
     rr_small = next(r for r in rows if r["scheduler"] == "rr" and r["services"] == small)

@@ -82,6 +82,14 @@ def test_tun_demo_with_ipvs(prefix: str) -> None:
     assert result.ok, result.as_json()
 
 
+@VM
+def test_tun_demo_with_nftables(prefix: str) -> None:
+    result = run_demo(LabSpec(prefix=prefix, topology="tun", backend="nftables"), 20)
+    assert result.backend == "nftables"
+    assert result.ok, result.as_json()
+    assert result.replies_via_director == 0
+
+
 def test_scenario_list() -> None:
     result = _kubelvs("lab", "scenario", "--list")
     assert result.returncode == 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import subprocess
 from collections.abc import Callable
 
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kubelvs.backends.base import ipvs_available, open_backend
-from kubelvs.backends.nftables import NftablesBackend
+from kubelvs.backends.nftables import NftablesBackend, ruleset
 from kubelvs.errors import ApplyError
 from kubelvs.model import (
     DesiredState,
@@ -125,12 +126,34 @@ def test_read_back_equals_the_last_desired_state(
         last_timeouts = desired.timeouts or last_timeouts
         fresh = NftablesBackend(netns=ns).read()  # a new process' view: nothing cached
         assert fresh.services == desired.services
+        _assert_netlink_read_equals_nft(ns, backend)
         assert fresh.timeouts == last_timeouts
         assert plan(desired, fresh).ops == ()
         # The backend's own picture after apply equals what the kernel says.
         assert director.observed is not None and director.observed.services == fresh.services
         subprocess.run(["ip", "netns", "exec", ns, "nft", "-c", "list", "ruleset"], check=True, capture_output=True)
     subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def _assert_netlink_read_equals_nft(ns: str, backend: NftablesBackend) -> None:
+    """The backend's own decoding of the kernel's binary set elements (netlink.py) says
+    exactly what nft itself says about the same tables (its JSON listing)."""
+    listings = [
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "list", "table", family, "kubelvs"],
+                       capture_output=True, text=True, check=False)
+        for family in ("ip", "netdev")
+    ]
+    docs = [json.loads(p.stdout) for p in listings if p.returncode == 0]  # no table before the first apply
+    by_nft = ruleset.parse_tables(docs)
+    by_netlink, _ = backend._read_kernel()
+    assert by_netlink.elements == by_nft.elements
+    assert by_netlink.services == by_nft.services
+    assert by_netlink.timeouts == by_nft.timeouts
+    assert by_netlink.tables == by_nft.tables
+    # nft 1.0.6's JSON leaves a netdev chain's device out; its text has it.
+    text = _sh(ns, "nft", "list", "chains", "netdev")
+    hooks = re.findall(r'chain dr_in_(\d+) \{\s*type filter hook ingress device "([^"]+)"', text)
+    assert by_netlink.device_chains == {int(index): device for index, device in hooks}
 
 
 # ---------------------------------------------------------------- transactions
@@ -189,6 +212,49 @@ def test_one_realserver_change_is_a_small_transaction(nsb: tuple[str, NftablesBa
     assert script.count("\n") <= 12, script
 
 
+def test_elements_edited_by_hand_are_seen_and_rewritten(nsb: tuple[str, NftablesBackend]) -> None:
+    """A comment, a changed slot and a foreign element in our maps: read marks those
+    services, and the next apply writes exactly what the model says."""
+    ns, backend = nsb
+    a = _svc("10.0.0.1", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT), ("10.0.2.3", 8080, 1, Forward.NAT)])
+    b = _svc("10.0.0.2", 80, "mh", [("10.0.1.2", 80, 1, Forward.DR), ("10.0.1.3", 80, 2, Forward.DR)])
+    director = Director(backend)
+    director.sync(_desired(a, b))
+    clean = _sh(ns, "nft", "list", "ruleset")
+    edits = (
+        "delete element ip kubelvs nat_slots { 10.0.0.1 . tcp . 80 . 0 }\n"
+        'add element ip kubelvs nat_slots { 10.0.0.1 . tcp . 80 . 0 comment "by hand" : 10.0.2.9 . 9090 }\n'
+        "add element ip kubelvs nat_svc { 10.0.0.3 . udp . 53 : goto nat_rr_1 }\n"
+        "delete element netdev kubelvs dr_slots { 10.0.0.2 . tcp . 80 . 7 }\n"
+    )
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=edits, text=True, check=True)
+    _assert_netlink_read_equals_nft(ns, backend)
+    parsed, _ = backend._read_kernel()
+    assert any(e.comment == "by hand" for e in parsed.elements)
+    observed = NftablesBackend(netns=ns).read()
+    assert set(observed.services) == {a.key, b.key, ServiceKey(4, Protocol.UDP, ip("10.0.0.3"), 53)}
+    director.sync(_desired(a, b))  # a full sync: reads, sees the edits, repairs them
+    assert _sh(ns, "nft", "list", "ruleset") == clean
+
+
+def test_a_read_by_the_same_backend_sees_any_commit_since(nsb: tuple[str, NftablesBackend]) -> None:
+    """An unchanged table is not dumped again (its generation has not moved), but any
+    transaction since - even in another table - makes the next read a full one."""
+    ns, backend = nsb
+    a = _svc("10.0.0.1", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT)])
+    b = _svc("10.0.0.2", 80, "rr", [("10.0.2.3", 8080, 1, Forward.NAT)])
+    director = Director(backend)
+    director.sync(_desired(a, b))
+    assert backend.read().services == {a.key: a, b.key: b}
+    _sh(ns, "nft", "delete", "element", "ip", "kubelvs", "nat_svc", "{ 10.0.0.2 . tcp . 80 }")
+    assert set(backend.read().services) == {a.key}
+    director.sync(_desired(a, b))  # a full sync repairs it
+    assert backend.read().services == {a.key: a, b.key: b}
+    _sh(ns, "nft", "add", "table", "inet", "unrelated")
+    _sh(ns, "nft", "delete", "element", "ip", "kubelvs", "nat_svc", "{ 10.0.0.1 . tcp . 80 }")
+    assert set(backend.read().services) == {b.key}
+
+
 # ---------------------------------------------------------------- DR neighbours
 
 
@@ -201,6 +267,18 @@ def test_dr_realserver_without_arp_answer_is_refused_clearly(nsb: tuple[str, Nft
     with pytest.raises(ApplyError, match=r"192\.0\.2\.9"):
         Director(backend).sync(_desired(svc))
     assert NftablesBackend(netns=ns).read().services == {}
+
+
+def test_a_restarted_director_keeps_one_ingress_hook_per_device(nsb: tuple[str, NftablesBackend]) -> None:
+    """nft 1.0.6's JSON listing leaves out a netdev chain's device: a backend that read
+    through it added a second hook (``dr_in_0``) on the same device after a restart."""
+    ns, backend = nsb
+    a = _svc("10.0.0.1", 80, "rr", [("10.0.1.2", 80, 1, Forward.DR)])
+    b = _svc("10.0.0.2", 80, "rr", [("10.0.1.3", 80, 1, Forward.DR)])
+    Director(backend).sync(_desired(a))
+    Director(NftablesBackend(netns=ns)).sync(_desired(a, b))  # a new process
+    chains = re.findall(r"chain (dr_in_\d+)", _sh(ns, "nft", "list", "chains", "netdev"))
+    assert len(chains) == 1, chains
 
 
 def test_mac_changes_are_picked_up(nsb: tuple[str, NftablesBackend]) -> None:

@@ -132,3 +132,20 @@ def test_counters_and_timeouts_are_read() -> None:
     assert (stats.in_packets, stats.in_bytes, stats.out_packets) == (7, 700, 0)
     # nft leaves out values equal to conntrack's defaults (udp replied 120).
     assert parsed.timeouts == Timeouts(900, 30, 120)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from(["rr", "wrr", "sh", "mh"]), realservers, st.sampled_from([Forward.DR, Forward.NAT]),
+       st.sampled_from([Protocol.TCP, Protocol.UDP]), st.booleans())
+def test_service_text_writes_exactly_the_service_elements(sched: str, rss: list[tuple[str, int, int]], forward: Forward,
+                                                          proto: Protocol, port_flag: bool) -> None:
+    """The cold-sync renderer (text straight from the model) and the diff path (Element
+    tuples, then text) must write the same elements: later diffs assume it."""
+    flags = frozenset({f"{sched}-port"}) if port_flag and sched in ("sh", "mh") else frozenset()
+    svc = _svc(sched, [(a, p, w, forward) for a, p, w in rss], flags, proto)
+    direct: dict[tuple[str, str], list[str]] = {}
+    dr_addresses = ruleset.service_text(svc, direct)
+    built = service_elements(svc)
+    via_elements = ruleset.group_elements(built.own, with_value=True)
+    assert {k: sorted(v) for k, v in direct.items()} == {k: sorted(v) for k, v in via_elements.items()}
+    assert dr_addresses == built.dr_addresses

@@ -1,15 +1,20 @@
-"""Running the ``nft`` command inside a network namespace.
+"""Running nft transactions inside a network namespace.
 
-The child inherits the namespace of the thread that forks it, so ``nft`` runs inside
-``entered(netns)``; no ``ip netns exec`` process in between.
+Through libnftables in this process (the library the ``nft`` command is a thin
+wrapper of) when it can be loaded, else through the ``nft`` command. A one-real-server
+change is a transaction of a few elements: starting ``nft`` for it cost 5 ms of CPU
+and 8-16 ms of wall time, the library call 1 ms. Either way the transaction runs in
+the namespace of the calling thread, so both run inside ``entered(netns)``; no
+``ip netns exec`` process in between.
 """
 
 from __future__ import annotations
 
-import json
+import ctypes
+import ctypes.util
+import os
 import shutil
 import subprocess
-from typing import Any
 
 from ...errors import BackendError, BackendUnavailable
 from ...kernel.netns import entered
@@ -33,28 +38,34 @@ class Nft:
             raise BackendUnavailable("the nft command is not installed (Debian package nftables)")
         self.path = path
         self.netns = netns
+        self._ctx: _Context | None = None
 
     def _run(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         with entered(self.netns):
             return subprocess.run([self.path, *args], input=stdin, capture_output=True, text=True, check=False)
 
-    def list_table(self, family: str, table: str) -> dict[str, Any] | None:
-        """The table as nft JSON, or None when it does not exist."""
-        proc = self._run(["-j", "list", "table", family, table])
-        if proc.returncode != 0:
-            if "No such file or directory" in proc.stderr:
-                return None
-            raise BackendError(f"nft list table {family} {table}: {proc.stderr.strip()}")
-        doc: dict[str, Any] = json.loads(proc.stdout)
-        return doc
-
     def run_script(self, script: str) -> None:
         """Apply ``script`` (nft text) as ONE transaction: all of it or nothing."""
+        lib = _library()
+        if lib is not None:
+            with entered(self.netns):
+                if self._ctx is None:  # its netlink socket belongs to the namespace it is made in
+                    self._ctx = _Context(lib)
+                failed, stderr = self._ctx.run(script)
+            if failed:
+                line = _error_line(stderr)
+                raise NftError(f"nft rejected the transaction: {_first_error(stderr)}{_quote(script, line)}", stderr, line)
+            return
         proc = self._run(["-f", "-"], stdin=script)
         if proc.returncode != 0:
             line = _error_line(proc.stderr)
             message = f"nft rejected the transaction: {_first_error(proc.stderr)}{_quote(script, line)}"
             raise NftError(message, proc.stderr, line)
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            self._ctx.free()
+            self._ctx = None
 
     def check_script(self, script: str) -> str | None:
         """Dry run (``nft -c``): None when the kernel would accept ``script``, else the error."""
@@ -87,3 +98,65 @@ def _quote(script: str, line: int | None) -> str:
         return ""
     text = lines[line - 1]
     return f" (in: {text[:200]}{'...' if len(text) > 200 else ''})"
+
+
+class _Context:
+    """One libnftables context (``struct nft_ctx``), its output and errors buffered."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._lib = lib
+        self._ptr = lib.nft_ctx_new(0)  # NFT_CTX_DEFAULT
+        if not self._ptr:
+            raise BackendUnavailable("libnftables: nft_ctx_new failed")
+        lib.nft_ctx_buffer_output(self._ptr)  # nothing on our stdout/stderr
+        lib.nft_ctx_buffer_error(self._ptr)
+
+    def run(self, script: str) -> tuple[bool, str]:
+        """(failed, error text) of ``script`` run as one transaction.
+
+        The script goes in as a file (an anonymous memfd): for input from a buffer
+        libnftables 1.0.6 names no line number and quotes the buffer's first line as
+        the failing one; for a file its errors are those of ``nft -f``."""
+        fd = os.memfd_create("kubelvs-nft", os.MFD_CLOEXEC)
+        try:
+            data = memoryview(script.encode())
+            while data:
+                data = data[os.write(fd, data) :]
+            rc = self._lib.nft_run_cmd_from_filename(self._ptr, f"/proc/self/fd/{fd}".encode())
+        finally:
+            os.close(fd)
+        # Reading a buffer also empties it for the next command.
+        self._lib.nft_ctx_get_output_buffer(self._ptr)
+        errors = self._lib.nft_ctx_get_error_buffer(self._ptr) or b""
+        return rc != 0, errors.decode(errors="replace")
+
+    def free(self) -> None:
+        if self._ptr:
+            self._lib.nft_ctx_free(self._ptr)
+            self._ptr = None
+
+
+_LIB: ctypes.CDLL | None = None
+_LIB_TRIED = False
+
+
+def _library() -> ctypes.CDLL | None:
+    """libnftables, loaded once; None when it is not installed (the nft command is used)."""
+    global _LIB, _LIB_TRIED
+    if not _LIB_TRIED:
+        _LIB_TRIED = True
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("nftables") or "libnftables.so.1")
+        except OSError:
+            return None
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+        for name in ("nft_ctx_buffer_output", "nft_ctx_buffer_error"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p]
+        for name in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p]
+            getattr(lib, name).restype = ctypes.c_char_p
+        lib.nft_run_cmd_from_filename.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        _LIB = lib
+    return _LIB

@@ -1,0 +1,305 @@
+"""TUN real servers: one IPIP device per real server, owned by kubelvs.
+
+The DR path picks a real server in the ``netdev`` ingress hook; for a TUN service
+(``tun_svc``) the chosen packet is handed to ``kvt<RIP in hex>``, an ``ipip`` device
+with ``remote RIP local <our address toward it>``, which encapsulates it. Checked on
+Debian's 6.1 kernel:
+
+- ``fwd to "kvt..."`` does NOT work: nf_fwd_netdev pushes the Ethernet header back
+  before handing the frame to the device, so the tunnel encapsulates the Ethernet
+  header too and the real server's ``tunl0`` decapsulates garbage;
+- ``fwd ip to ip daddr device "kvt..."`` (nft_fwd_neigh) hands over the packet at its
+  IP header through the device's neighbour output, which for a NOARP device is the
+  device's own transmit: ``ipip_tunnel_xmit`` encapsulates the IP packet as it is.
+
+Devices are named from the address itself (``kvt0a00000b`` = 10.0.0.11, 11 of the 15
+characters a name may have): no collisions, and a read knows which real server a
+device is for. Only links of type ipip whose name is ours are ever changed or removed.
+
+Each tunnel is bound to the device its real server is routed through (``dev``), and
+the ingress hook goes on that device, as for DR: a one-armed director, clients
+arrive on the device that leads to the real servers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import subprocess
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from ...model import Forward, ServiceKey, VirtualService
+from .ruleset import Element
+
+__all__ = [
+    "PREFIX",
+    "Tunnel",
+    "TunnelChange",
+    "TunnelError",
+    "TunnelState",
+    "address_of",
+    "device_name",
+    "list_tunnels",
+    "resolve",
+    "tun_addresses",
+]
+
+PREFIX = "kvt"
+_NAME = re.compile(rf"^{PREFIX}([0-9a-f]{{8}})$")
+
+
+class TunnelError(Exception):
+    """A tunnel to a real server cannot be made (no route, no ipip, ...); ``rip`` names it."""
+
+    def __init__(self, message: str, rip: str | None = None) -> None:
+        super().__init__(message)
+        self.rip = rip
+
+
+@dataclass(frozen=True, slots=True)
+class Tunnel:
+    """An IPIP device of ours: to ``remote`` from ``local``, bound to ``underlay``."""
+
+    name: str
+    remote: str
+    local: str
+    underlay: str  # the device toward the real server (where the ingress hook goes)
+    ifindex: int  # the underlay's ifindex
+
+
+def device_name(rip: str) -> str:
+    return f"{PREFIX}{int(ipaddress.IPv4Address(rip)):08x}"
+
+
+def address_of(name: str) -> str | None:
+    """The real server a device name of ours is for; None for any other name."""
+    m = _NAME.match(name)
+    return str(ipaddress.IPv4Address(int(m.group(1), 16))) if m else None
+
+
+def tun_addresses(svc: VirtualService | None) -> frozenset[str]:
+    """The TUN real servers of ``svc`` (one forwarding method per service: ``problems``)."""
+    if svc is None or not svc.realservers or svc.realservers[0].forward is not Forward.TUN:
+        return frozenset()
+    return frozenset(str(rs.address) for rs in svc.realservers)
+
+
+def _ip(netns: str | None, *args: str, json_out: bool = True) -> list[dict[str, object]]:
+    cmd = ["ip"] + (["-j"] if json_out else []) + (["-n", netns] if netns else []) + list(args)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise TunnelError(proc.stderr.strip() or f"{' '.join(cmd)} failed")
+    if not json_out:
+        return []
+    out = json.loads(proc.stdout or "[]")
+    return out if isinstance(out, list) else []
+
+
+def resolve(netns: str | None, rip: str) -> Tunnel:
+    """The tunnel that reaches ``rip``: our source address and device on its route."""
+    try:
+        routes = _ip(netns, "route", "get", rip)
+    except TunnelError as exc:
+        raise TunnelError(f"no route to {rip} ({exc})") from exc
+    if not routes or not routes[0].get("dev"):
+        raise TunnelError(f"no route to {rip}")
+    route = routes[0]
+    if route.get("type", "unicast") != "unicast" or route["dev"] == "lo":
+        raise TunnelError(f"{rip} is not a remote unicast address here (route type {route.get('type')}, dev {route['dev']})")
+    local = route.get("prefsrc")
+    if not local:
+        raise TunnelError(f"the route to {rip} has no source address for the tunnel")
+    device = str(route["dev"])
+    (link,) = _ip(netns, "link", "show", "dev", device)
+    return Tunnel(device_name(rip), rip, str(local), device, int(link["ifindex"]))  # type: ignore[call-overload]
+
+
+def list_tunnels(netns: str | None) -> dict[str, Tunnel]:
+    """Our IPIP devices in the namespace, by real server address (none without ipip)."""
+    links = _ip(netns, "-d", "link", "show")
+    index = {str(link.get("ifname")): int(link["ifindex"]) for link in links}  # type: ignore[call-overload]
+    out: dict[str, Tunnel] = {}
+    for link in links:
+        name = str(link.get("ifname"))
+        rip = address_of(name)
+        info = link.get("linkinfo") or {}
+        if rip is None or not isinstance(info, dict) or info.get("info_kind") != "ipip":
+            continue
+        data = info.get("info_data") or {}
+        flags = link.get("flags") or []
+        underlay = str(data.get("link", ""))
+        remote, local = str(data.get("remote", "")), str(data.get("local", ""))
+        if "UP" not in flags:  # type: ignore[operator]
+            underlay = ""  # not usable as it is: recreated
+        out[rip] = Tunnel(name, remote, local, underlay, index.get(underlay, 0))
+    return out
+
+
+def _create(netns: str | None, t: Tunnel) -> None:
+    try:
+        _ip(netns, "link", "add", t.name, "type", "ipip", "remote", t.remote, "local", t.local, "dev", t.underlay,
+            json_out=False)
+    except TunnelError as exc:
+        if "Unknown device type" in str(exc) or "not supported" in str(exc).lower():
+            raise TunnelError("this kernel has no ipip support (CONFIG_NET_IPIP unset, no ipip module)") from exc
+        raise
+    try:
+        _ip(netns, "link", "set", t.name, "up", json_out=False)
+    except TunnelError:
+        _delete(netns, t.name)
+        raise
+
+
+def _delete(netns: str | None, name: str) -> None:
+    if address_of(name) is None:  # never touch a device that is not ours
+        raise ValueError(f"{name} is not a kubelvs tunnel device")
+    subprocess.run(["ip"] + (["-n", netns] if netns else []) + ["link", "del", name], capture_output=True, check=False)
+
+
+def _element(rip: str, name: str | int) -> Element:
+    return Element("netdev", "tun_dev", (int(ipaddress.IPv4Address(rip)),), name)
+
+
+@dataclass
+class TunnelState:
+    """What the backend's picture knows about TUN: devices, the ``tun_dev`` map, and
+    which services use which real servers (refcounts, as for DR neighbours)."""
+
+    devices: dict[str, Tunnel] = field(default_factory=dict)  # in the kernel, ours (RIP -> device)
+    elements: dict[str, str | int] = field(default_factory=dict)  # tun_dev in the kernel: RIP -> device (or a stale ifindex)
+    of: dict[ServiceKey, frozenset[str]] = field(default_factory=dict)
+    refs: Counter[str] = field(default_factory=Counter)
+    extension: bool = False  # the tables have tun_svc, tun_dev and tun_out
+
+    @classmethod
+    def load(
+        cls, netns: str | None, by_set: Mapping[str, Iterable[Element]], services: Mapping[ServiceKey, VirtualService]
+    ) -> TunnelState:
+        state = cls(extension="tun_svc" in by_set and "tun_dev" in by_set)
+        if state.extension:  # else no TUN was ever programmed here: no ``ip`` run per read
+            try:
+                state.devices = list_tunnels(netns)
+            except TunnelError:
+                state.devices = {}
+        for e in by_set.get("tun_dev", ()):
+            assert isinstance(e.value, (str, int))
+            state.elements[str(ipaddress.IPv4Address(int(e.key[0])))] = e.value
+        for key, svc in services.items():
+            addresses = tun_addresses(svc)
+            if addresses:
+                state.of[key] = addresses
+                state.refs.update(addresses)
+        return state
+
+    def change(
+        self,
+        netns: str | None,
+        touched: Iterable[ServiceKey],
+        services: Mapping[ServiceKey, VirtualService],
+        *,
+        verify: bool = False,
+    ) -> TunnelChange:
+        """What the touched services (now ``services``) need; ``verify``: re-resolve every
+        needed tunnel (routes or addresses changed). Raises TunnelError(rip) naming the
+        real server; nothing is changed until ``TunnelChange.make_devices``."""
+        of = dict(self.of)
+        refs = Counter(self.refs)
+        for key in touched:  # every service of a cold sync: the common case is quick
+            new = tun_addresses(services.get(key))
+            old = of.get(key)
+            if old is None and not new:
+                continue
+            refs.subtract(old or ())
+            refs.update(new)
+            if new:
+                of[key] = new
+            else:
+                of.pop(key, None)
+        needed = sorted(rip for rip, n in refs.items() if n > 0)
+        change = TunnelChange(netns, self, of, +refs)
+        # As they are now when verifying, and before the first TUN ever (a read lists no
+        # devices then: leftovers of an interrupted apply are found here and reused or removed).
+        devices = list_tunnels(netns) if verify or (needed and not self.extension) else self.devices
+        for rip in needed:
+            have = devices.get(rip)
+            want = have
+            if have is None or not have.underlay or verify:
+                try:
+                    want = resolve(netns, rip)
+                except TunnelError as exc:
+                    raise TunnelError(f"TUN real server {rip}: {exc}", rip) from exc
+            assert want is not None
+            if have != want:
+                change.create.append(want)
+                if have is not None:
+                    change.replace.append(have)
+            change.devices[rip] = want
+            if have != want or self.elements.get(rip) != want.name:
+                if rip in self.elements:
+                    change.deletes.add(_element(rip, self.elements[rip]))
+                change.adds.add(_element(rip, want.name))
+        for rip, value in self.elements.items():
+            if rip not in change.devices:
+                change.deletes.add(_element(rip, value))
+        change.remove = [t for rip, t in devices.items() if rip not in change.devices]
+        change.extension = bool(needed) and not self.extension
+        return change
+
+
+@dataclass
+class TunnelChange:
+    """One apply's tunnel work: devices to (re)create before the nft transaction, the
+    ``tun_dev`` elements it carries, devices to remove once it succeeded."""
+
+    netns: str | None
+    old: TunnelState
+    of: dict[ServiceKey, frozenset[str]]
+    refs: Counter[str]
+    devices: dict[str, Tunnel] = field(default_factory=dict)  # needed, RIP -> device
+    create: list[Tunnel] = field(default_factory=list)
+    replace: list[Tunnel] = field(default_factory=list)  # existing devices that ``create`` replaces
+    remove: list[Tunnel] = field(default_factory=list)
+    adds: set[Element] = field(default_factory=set)
+    deletes: set[Element] = field(default_factory=set)
+    extension: bool = False
+    _made: list[Tunnel] = field(default_factory=list)
+
+    @property
+    def underlays(self) -> dict[int, str]:
+        """ifindex -> device of every device that needs the ingress hook."""
+        return {t.ifindex: t.underlay for t in self.devices.values()}
+
+    def make_devices(self) -> None:
+        """Create the missing (or changed) devices; the nft elements name them, so this
+        runs before the transaction. On failure the ones made here are removed again."""
+        try:
+            for t in self.create:
+                if t in self.replace or any(r.name == t.name for r in self.replace):
+                    _delete(self.netns, t.name)
+                _create(self.netns, t)
+                self._made.append(t)
+        except TunnelError as exc:
+            self.rollback()
+            raise TunnelError(f"TUN real server {t.remote}: {exc}", t.remote) from exc
+
+    def rollback(self) -> None:
+        """The transaction failed: remove the devices made for it (a replaced device is
+        gone; the next sync, which reads the kernel, makes it again)."""
+        for t in self._made:
+            _delete(self.netns, t.name)
+        self._made.clear()
+
+    def commit(self) -> TunnelState:
+        """The transaction succeeded: remove the devices no real server needs any more."""
+        for t in self.remove:
+            _delete(self.netns, t.name)
+        return TunnelState(
+            devices=dict(self.devices),
+            elements={rip: t.name for rip, t in self.devices.items()},
+            of=self.of,
+            refs=self.refs,
+            extension=self.old.extension or self.extension,
+        )
