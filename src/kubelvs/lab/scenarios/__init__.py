@@ -7,6 +7,7 @@ scenario that cannot reproduce its symptom fails too (it would prove nothing).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -61,6 +62,28 @@ class ScenarioResult:
                 lines.append(f"    doctor on {host}: {first_line(findings)}")
         lines.append("result: " + ("symptom reproduced, then fixed" if self.ok else "FAILED"))
         return "\n".join(lines)
+
+
+#: Seconds to wait at most for a director's SYN_RECV entries of a failed phase to go
+#: (IPVS's SYN_RECV timeout is 60 s from the last SYN; slack for the emulated VM).
+SYN_RECV_EXPIRY = 150.0
+
+
+def ipvs_states(netns: str, run: Callable[..., Any]) -> list[str]:
+    """The states of the IPVS connection entries in ``netns`` (none without IPVS)."""
+    text = run(netns, "cat", "/proc/net/ip_vs_conn", check=False).stdout
+    return [parts[7] for parts in (line.split() for line in text.splitlines()[1:]) if len(parts) >= 8]
+
+
+def wait_syn_recv_expired(netns: str, run: Callable[..., Any]) -> float:
+    """Wait (at most SYN_RECV_EXPIRY) until the director in ``netns`` holds no SYN_RECV
+    entry; return the seconds waited. A failed phase leaves them for 60 s: what the next
+    phase shows of the connection table (and what the doctor reads in it, as
+    ``syn-recv-stuck``) must be that phase's own."""
+    start = time.monotonic()
+    while "SYN_RECV" in ipvs_states(netns, run) and time.monotonic() - start < SYN_RECV_EXPIRY:
+        time.sleep(1)
+    return time.monotonic() - start
 
 
 def examine(phase: Phase, info: LabInfo, *, enabled: bool, hosts: list[str] | None = None,

@@ -20,27 +20,12 @@ from ...kernel import sysctl
 from ..netlab import LabError
 from ..topology import LabSpec, build
 from ..traffic import requests, tally
-from . import Phase, ScenarioResult, examine
+from . import Phase, ScenarioResult, examine, ipvs_states, wait_syn_recv_expired
 
 SUMMARY = "strict rp_filter on a TUN real server: SYN_RECV at the director, clients time out; the node agent turns it off on tunl0, loose elsewhere"
 NEEDS = "IPVS and ipip: VM tier (scripts/vm-run)"
 
 REQUESTS = 6
-#: Seconds to wait at most for the director's SYN_RECV entries of the failed phase to go
-#: (IPVS's SYN_RECV timeout is 60 s from the last SYN; slack for the emulated VM).
-SYN_RECV_EXPIRY = 150.0
-
-
-def _ipvs_states(netns: str, running_run: Callable[..., object]) -> list[str]:
-    text = running_run(netns, "cat", "/proc/net/ip_vs_conn", check=False).stdout  # type: ignore[attr-defined]
-    states = []
-    for line in text.splitlines()[1:]:
-        parts = line.split()
-        if len(parts) >= 8:
-            states.append(parts[7])
-    return states
-
-
 def _rp_drops(netns: str, run: Callable[..., object]) -> int:
     text = run(netns, "cat", "/proc/net/netstat").stdout  # type: ignore[attr-defined]
     lines = text.splitlines()
@@ -73,7 +58,7 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
                 running.lab.sysctl(node.netns, key, value)
         drops0 = sum(_rp_drops(n.netns, run_) for n in info.nodes)
         results = requests(info.client, spec.vip, spec.port, REQUESTS, timeout=2)
-        states = _ipvs_states(info.directors["dir1"], run_)
+        states = ipvs_states(info.directors["dir1"], run_)
         drops = sum(_rp_drops(n.netns, run_) for n in info.nodes) - drops0
         failed = [r for r in results if not r.ok]
         before = Phase(
@@ -107,14 +92,10 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
         # The director still holds the failed attempts in SYN_RECV (IPVS keeps such an entry
         # 60 s after the last retransmitted SYN): let them expire, so that what the after
         # phase shows of the connection table (and what doctor reads in it) is the fix's.
-        waited = time.monotonic()
-        deadline = waited + SYN_RECV_EXPIRY
-        while "SYN_RECV" in _ipvs_states(info.directors["dir1"], run_) and time.monotonic() < deadline:
-            time.sleep(1)
-        waited = time.monotonic() - waited
+        waited = wait_syn_recv_expired(info.directors["dir1"], run_)
         results = requests(info.client, spec.vip, spec.port, REQUESTS, timeout=3)
         ok = sum(r.ok for r in results)
-        states = _ipvs_states(info.directors["dir1"], run_)
+        states = ipvs_states(info.directors["dir1"], run_)
         _, by_node = tally(results, info.pod_node())
         after = Phase(
             "the same with the node agent (effective rp_filter: tunl0 off, eth0 loose)",
