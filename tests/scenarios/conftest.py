@@ -42,6 +42,7 @@ from kubelvs.model import (
     Timeouts,
     VirtualService,
 )
+from kubelvs.model.sysctls import kernel_version, recommended_sysctls
 from kubelvs.planner import plan
 from kubelvs.roles.director import Director
 
@@ -97,14 +98,16 @@ class Env:
         return VirtualService(key=key, scheduler=scheduler, flags=flags).with_realservers(rss)
 
     def sync(self, *services: VirtualService, timeouts: Timeouts | None = None) -> DesiredState:
-        """Converge the director to exactly ``services``; assert the kernel reads back as desired."""
+        """Converge the director to exactly ``services``, with the sysctls ``kubelvs apply``
+        and ``kubelvs director`` set by default; assert the kernel reads back as desired."""
         desired = DesiredState(
             services={s.key: s for s in services},
             timeouts=timeouts,
+            sysctls=recommended_sysctls(self.backend_name, kernel_version(os.uname().release), services),
             ownership=Ownership(cidrs=(ipaddress.ip_network("10.0.0.0/24"),)),
         )
         Director(self.backend).sync(desired)
-        after = self.backend.read()
+        after = self.backend.read(sysctls=desired.sysctls)
         assert plan(desired, after).ops == (), "the kernel does not read back as the desired state"
         return desired
 

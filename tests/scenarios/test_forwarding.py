@@ -6,12 +6,16 @@ listed in docs/nftables.md (e.g. DR keeps no connection state under nftables).
 
 from __future__ import annotations
 
+import json
+import re
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
 
 import pytest
 
+from kubelvs.kernel.netns import entered
 from kubelvs.model import Forward, RealServerStats
 
 from .conftest import CLIENT_SOURCES, HTTP_PORT, UDP_PORT, VIP, Env
@@ -104,6 +108,41 @@ def test_weight_zero_stops_new_flows(env: Env) -> None:
             assert held.get().server == first
     finally:
         held.close()
+
+
+def _get_from_port(env: Env, port: int) -> tuple[str, int]:
+    """One HTTP/1.0 GET from the client's (10.0.0.10, ``port``): the server closes first,
+    so the client keeps no TIME_WAIT and the same port can connect again at once.
+    Returns the answering server and the local port used."""
+    with entered(env.client.netns), socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.settimeout(10)
+        sock.bind(("10.0.0.10", port))
+        sock.connect((VIP, 80))
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+        return json.loads(reply.partition(b"\r\n\r\n")[2])["server"], sock.getsockname()[1]
+
+
+def test_a_reused_client_port_is_not_black_holed_after_its_realserver_is_deleted(dr_env: Env) -> None:
+    """The seed's stale-real-server incident, at the connection level. In DR the director
+    sees only the client's half, so IPVS keeps a finished connection in FIN_WAIT, which
+    conn_reuse_mode=1 does not reschedule: a new SYN from the same client port follows it
+    to its real server, and when that one was deleted the SYN is dropped for the whole
+    FIN_WAIT timeout - unless expire_nodest_conn=1, which the director sets. nftables DR
+    keeps no connection state, so the SYN is scheduled afresh there anyway."""
+    env = dr_env
+    env.sync(env.service("rr", [0, 0, 1]))  # only rs3 takes new flows
+    server, port = _get_from_port(env, 0)
+    assert server == "rs3"
+    if env.backend_name == "ipvs":
+        table = env.lab.run(env.director.netns, "ipvsadm", "-Lnc").stdout
+        assert re.search(rf"FIN_WAIT\s+10\.0\.0\.10:{port}\s+{re.escape(VIP)}:80\s+10\.0\.0\.13:80", table), table
+    env.sync(env.service("rr", [1, 1]))  # rs3 deleted
+    server, _ = _get_from_port(env, port)  # 10 s: more than the SYN retransmits need
+    assert server in {"rs1", "rs2"}
 
 
 def _stats_after(
