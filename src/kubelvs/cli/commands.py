@@ -30,7 +30,7 @@ from . import exit_codes
 from .render import status_document, status_table
 from .shutdown import StopFlag
 
-__all__ = ["register", "desired_for", "service_names"]
+__all__ = ["desired_for", "register", "service_names"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -105,9 +105,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 # ---------------------------------------------------------------- helpers
 
 
-def desired_for(config: Config, backend: Backend | None) -> DesiredState:
-    """The config's desired state, plus the recommended sysctls of ``backend`` (see docs/config.md)."""
-    desired = to_desired(config)
+def desired_for(config: Config, backend: Backend | None, desired: DesiredState | None = None) -> DesiredState:
+    """The config's desired state (``desired``, when already built from it), plus the
+    recommended sysctls of ``backend`` (see docs/config.md)."""
+    desired = desired or to_desired(config)
     if backend is None or not config.recommended_sysctls:
         return desired
     extra = recommended_sysctls(backend.name, kernel_version(os.uname().release), desired.services.values())
@@ -144,7 +145,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"{args.file}: valid ({len(desired.services)} services); backend capabilities not checked: {exc}")
         return exit_codes.OK
     try:
-        Director(backend).check(desired_for(config, backend))
+        Director(backend).check(desired_for(config, backend, desired))
     finally:
         backend.close()
     print(f"{args.file}: valid ({len(desired.services)} services, backend {backend.name})")

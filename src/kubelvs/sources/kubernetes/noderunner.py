@@ -72,7 +72,8 @@ class NodeWant:
 
 
 def _sorted(addresses: set[str]) -> tuple[str, ...]:
-    return tuple(sorted(addresses, key=lambda a: (ipaddress.ip_address(a).version, int(ipaddress.ip_address(a)))))
+    parsed = sorted((ipaddress.ip_address(a) for a in addresses), key=lambda a: (a.version, int(a)))
+    return tuple(str(a) for a in parsed)
 
 
 class NodeVips:
