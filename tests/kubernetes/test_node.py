@@ -18,9 +18,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 import yaml
@@ -95,7 +95,8 @@ def kubeconfig(path: Path, url: str) -> Path:
 
 class NodeStack:
     """The agent of node1 as ``kubelvs node --kubernetes`` runs it: ObjectSource (list +
-    watch through a kubeconfig), NodeLoop, a real NodeAgent on the namespace."""
+    watch through a kubeconfig), NodeLoop, a real NodeAgent on the namespace; running
+    inside ``async with``."""
 
     def __init__(self, server: FakeApiServer, ns: str, tmp: Path, *, resync: float = 30.0) -> None:
         config = parse_config({"owned_cidrs": ["10.240.0.0/24"], "kubernetes": SECTION})
@@ -110,11 +111,12 @@ class NodeStack:
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
 
-    async def start(self) -> None:
+    async def __aenter__(self) -> Self:
         await self.source.open()
         self.tasks = [asyncio.create_task(self.loop.run(self.stop)), *self.source.start(self.stop)]
+        return self
 
-    async def close(self) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self.stop.set()
         for t in self.tasks:
             t.cancel()
@@ -122,16 +124,24 @@ class NodeStack:
         await self.source.close()
 
 
-def run(body: Callable[[FakeApiServer], Any]) -> Any:
-    async def amain() -> Any:
+def run_node(
+    ns: str, tmp: Path, body: Callable[[FakeApiServer, NodeStack], Awaitable[None]], *, resync: float = 30.0
+) -> None:
+    """Runs ``body`` with node1's agent (in ``ns``) started against a fresh stand-in API
+    server that serves ``cluster()``; stops the agent, then the server, even on failure."""
+
+    async def amain() -> None:
         server = FakeApiServer()
         await server.start()
         try:
-            return await body(server)
+            for obj in cluster():
+                server.put(obj)
+            async with NodeStack(server, ns, tmp, resync=resync) as n:
+                await body(server, n)
         finally:
             await server.close()
 
-    return asyncio.run(amain())
+    asyncio.run(amain())
 
 
 async def wait_held(ns: str, want: set[str], timeout: float = 8.0) -> None:
@@ -163,111 +173,90 @@ def cluster() -> list[dict[str, Any]]:
 
 
 def test_node_holds_the_vips_it_serves_and_drops_deleted_ones(node1: str, tmp_path: Path) -> None:
-    async def body(server: FakeApiServer) -> None:
-        for obj in cluster():
-            server.put(obj)
-        n = NodeStack(server, node1, tmp_path)
-        await n.start()
-        try:
-            await wait_held(node1, {"10.240.0.201", "10.240.0.225"})
-            assert conf(node1, "net.ipv4.conf.eth0.arp_ignore") == 1
-            assert conf(node1, "net.ipv4.conf.eth0.arp_announce") == 2
-            want = n.reports[-1][0]
-            assert (want.vips, want.mode, want.found) == (("10.240.0.201", "10.240.0.225"), "dr", True)
+    async def body(server: FakeApiServer, n: NodeStack) -> None:
+        await wait_held(node1, {"10.240.0.201", "10.240.0.225"})
+        assert conf(node1, "net.ipv4.conf.eth0.arp_ignore") == 1
+        assert conf(node1, "net.ipv4.conf.eth0.arp_announce") == 2
+        want = n.reports[-1][0]
+        assert (want.vips, want.mode, want.found) == (("10.240.0.201", "10.240.0.225"), "dr", True)
 
-            server.delete("Service", "default", "whoami")
-            await wait_held(node1, {"10.240.0.225"})
+        server.delete("Service", "default", "whoami")
+        await wait_held(node1, {"10.240.0.225"})
 
-            # Local policy: a ready endpoint on node1 makes it a real server (VIP held); only a
-            # terminating, still serving one keeps it at weight 0 (held: its connections
-            # finish); none left: not a real server, no VIP.
-            slice_ = lambda *eps: k.endpointslice("local", list(eps))
-            server.put(slice_(k.endpoint("node2", "10.230.2.9"), k.endpoint("node1", "10.230.1.4")))
-            await wait_held(node1, {"10.240.0.225", "10.240.0.204"})
-            server.put(slice_(k.endpoint("node2", "10.230.2.9"), k.endpoint("node1", "10.230.1.4", ready=False, serving=True, terminating=True)))
-            await asyncio.sleep(0.3)
-            assert held(node1) == {"10.240.0.225", "10.240.0.204"}
-            server.put(slice_(k.endpoint("node2", "10.230.2.9")))
-            await wait_held(node1, {"10.240.0.225"})
+        # Local policy: a ready endpoint on node1 makes it a real server (VIP held); only a
+        # terminating, still serving one keeps it at weight 0 (held: its connections
+        # finish); none left: not a real server, no VIP.
+        slice_ = lambda *eps: k.endpointslice("local", list(eps))
+        server.put(slice_(k.endpoint("node2", "10.230.2.9"), k.endpoint("node1", "10.230.1.4")))
+        await wait_held(node1, {"10.240.0.225", "10.240.0.204"})
+        server.put(slice_(k.endpoint("node2", "10.230.2.9"), k.endpoint("node1", "10.230.1.4", ready=False, serving=True, terminating=True)))
+        await asyncio.sleep(0.3)
+        assert held(node1) == {"10.240.0.225", "10.240.0.204"}
+        server.put(slice_(k.endpoint("node2", "10.230.2.9")))
+        await wait_held(node1, {"10.240.0.225"})
 
-            # The last VIP goes: the node is put back as found (the agent's semantics).
-            server.delete("Service", "default", "lb")
-            await wait_held(node1, set())
-            await until(lambda: not tmp_path.joinpath("state").exists() or not any(tmp_path.joinpath("state").iterdir()))
-            assert conf(node1, "net.ipv4.conf.eth0.arp_ignore") == 0
-            assert conf(node1, "net.ipv4.conf.eth0.arp_announce") == 0
-        finally:
-            await n.close()
+        # The last VIP goes: the node is put back as found (the agent's semantics).
+        server.delete("Service", "default", "lb")
+        await wait_held(node1, set())
+        await until(lambda: not tmp_path.joinpath("state").exists() or not any(tmp_path.joinpath("state").iterdir()))
+        assert conf(node1, "net.ipv4.conf.eth0.arp_ignore") == 0
+        assert conf(node1, "net.ipv4.conf.eth0.arp_announce") == 0
 
-    run(body)
+    run_node(node1, tmp_path, body)
 
 
 def test_cordoned_or_notready_node_keeps_its_vips_excluded_or_deleted_drops_them(node1: str, tmp_path: Path) -> None:
-    async def body(server: FakeApiServer) -> None:
-        for obj in cluster():
-            server.put(obj)
-        n = NodeStack(server, node1, tmp_path)
-        await n.start()
-        try:
-            await wait_held(node1, {"10.240.0.201", "10.240.0.225"})
-            server.put(k.node("node1", "10.240.0.101", unschedulable=True))  # kubectl cordon
-            await asyncio.sleep(0.3)
-            assert held(node1) == {"10.240.0.201", "10.240.0.225"}
-            server.put(k.node("node1", "10.240.0.101", ready=False, unschedulable=True))
-            # Still following the Services while cordoned and NotReady: a new one it would serve ...
-            server.put(k.service("later", external_ips=["10.240.0.205"], created="2026-11-22T00:00:00Z"))
-            await wait_held(node1, {"10.240.0.201", "10.240.0.225", "10.240.0.205"})
-            server.delete("Service", "default", "later")  # ... and a deletion
-            await wait_held(node1, {"10.240.0.201", "10.240.0.225"})
-            server.put(k.node("node1", "10.240.0.101"))  # uncordoned, Ready: nothing to do
-            await asyncio.sleep(0.3)
-            assert held(node1) == {"10.240.0.201", "10.240.0.225"}
+    async def body(server: FakeApiServer, n: NodeStack) -> None:
+        await wait_held(node1, {"10.240.0.201", "10.240.0.225"})
+        server.put(k.node("node1", "10.240.0.101", unschedulable=True))  # kubectl cordon
+        await asyncio.sleep(0.3)
+        assert held(node1) == {"10.240.0.201", "10.240.0.225"}
+        server.put(k.node("node1", "10.240.0.101", ready=False, unschedulable=True))
+        # Still following the Services while cordoned and NotReady: a new one it would serve ...
+        server.put(k.service("later", external_ips=["10.240.0.205"], created="2026-11-22T00:00:00Z"))
+        await wait_held(node1, {"10.240.0.201", "10.240.0.225", "10.240.0.205"})
+        server.delete("Service", "default", "later")  # ... and a deletion
+        await wait_held(node1, {"10.240.0.201", "10.240.0.225"})
+        server.put(k.node("node1", "10.240.0.101"))  # uncordoned, Ready: nothing to do
+        await asyncio.sleep(0.3)
+        assert held(node1) == {"10.240.0.201", "10.240.0.225"}
 
-            # Excluded from load balancers: a standing decision, not a drain: nothing held.
-            server.put(k.node("node1", "10.240.0.101", labels={"node.kubernetes.io/exclude-from-external-load-balancers": ""}))
-            await wait_held(node1, set())
-            server.put(k.node("node1", "10.240.0.101"))
-            await wait_held(node1, {"10.240.0.201", "10.240.0.225"})
-            # Deleted from the cluster: nothing held.
-            server.delete("Node", "", "node1")
-            await wait_held(node1, set())
-            assert n.reports[-1][0].found is False
-        finally:
-            await n.close()
+        # Excluded from load balancers: a standing decision, not a drain: nothing held.
+        server.put(k.node("node1", "10.240.0.101", labels={"node.kubernetes.io/exclude-from-external-load-balancers": ""}))
+        await wait_held(node1, set())
+        server.put(k.node("node1", "10.240.0.101"))
+        await wait_held(node1, {"10.240.0.201", "10.240.0.225"})
+        # Deleted from the cluster: nothing held.
+        server.delete("Node", "", "node1")
+        await wait_held(node1, set())
+        assert n.reports[-1][0].found is False
 
-    run(body)
+    run_node(node1, tmp_path, body)
 
 
 def test_api_outage_and_500s_keep_the_vips_then_converge(node1: str, tmp_path: Path) -> None:
-    async def body(server: FakeApiServer) -> None:
-        for obj in cluster():
-            server.put(obj)
-        n = NodeStack(server, node1, tmp_path, resync=0.3)
-        await n.start()
-        try:
-            await wait_held(node1, {"10.240.0.201", "10.240.0.225"})
-            await server.stop()
-            await asyncio.sleep(1.5)  # several resyncs and watch retries while the API is away
-            assert held(node1) == {"10.240.0.201", "10.240.0.225"}
-            assert conf(node1, "net.ipv4.conf.eth0.arp_ignore") == 1
-            assert n.loop.failures == 0 and sum(s.errors for s in n.source.stats.values()) >= 3
-            assert n.loop.reconciles >= 3  # the resync steps ran, and changed nothing
-            server.delete("Service", "default", "whoami")  # changed while the node could not see it
-            server.put(k.service("new", external_ips=["10.240.0.206"], created="2026-11-22T00:00:00Z"))
-            await server.start()
-            await wait_held(node1, {"10.240.0.225", "10.240.0.206"})
+    async def body(server: FakeApiServer, n: NodeStack) -> None:
+        await wait_held(node1, {"10.240.0.201", "10.240.0.225"})
+        await server.stop()
+        await asyncio.sleep(1.5)  # several resyncs and watch retries while the API is away
+        assert held(node1) == {"10.240.0.201", "10.240.0.225"}
+        assert conf(node1, "net.ipv4.conf.eth0.arp_ignore") == 1
+        assert n.loop.failures == 0 and sum(s.errors for s in n.source.stats.values()) >= 3
+        assert n.loop.reconciles >= 3  # the resync steps ran, and changed nothing
+        server.delete("Service", "default", "whoami")  # changed while the node could not see it
+        server.put(k.service("new", external_ips=["10.240.0.206"], created="2026-11-22T00:00:00Z"))
+        await server.start()
+        await wait_held(node1, {"10.240.0.225", "10.240.0.206"})
 
-            # 500s on every request for a while (watches dropped, re-lists refused): kept.
-            server.fail_next(12, 500)
-            server.drop_watches()
-            await until(lambda: not server._fail, timeout=10)
-            assert held(node1) == {"10.240.0.225", "10.240.0.206"}
-            server.delete("Service", "default", "new")
-            await wait_held(node1, {"10.240.0.225"})
-        finally:
-            await n.close()
+        # 500s on every request for a while (watches dropped, re-lists refused): kept.
+        server.fail_next(12, 500)
+        server.drop_watches()
+        await until(lambda: not server._fail, timeout=10)
+        assert held(node1) == {"10.240.0.225", "10.240.0.206"}
+        server.delete("Service", "default", "new")
+        await wait_held(node1, {"10.240.0.225"})
 
-    run(body)
+    run_node(node1, tmp_path, body, resync=0.3)
 
 
 # ------------------------------------------------------------------ the CLI, as processes

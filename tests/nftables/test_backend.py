@@ -22,21 +22,17 @@ from kubelvs.errors import ApplyError
 from kubelvs.model import (
     DesiredState,
     Forward,
-    Ownership,
     Protocol,
     RealServer,
     ServiceKey,
     Timeouts,
-    VirtualService,
 )
 from kubelvs.planner import AddRealServer, DeleteService, plan
 from kubelvs.roles.director import Director
 
-pytestmark = pytest.mark.netns
+from .strategies import DR_POOL, NAT_POOL, desired_states, make_desired, make_service
 
-OWN = Ownership(cidrs=(ipaddress.ip_network("10.0.0.0/24"),))
-DR_POOL = [f"10.0.1.{i}" for i in range(2, 7)]
-NAT_POOL = [f"10.0.2.{i}" for i in range(2, 7)]
+pytestmark = pytest.mark.netns
 
 
 def ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -66,47 +62,11 @@ def nsb(netns: str) -> tuple[str, NftablesBackend]:
     return netns, NftablesBackend(netns=netns)
 
 
-def _desired(*services: VirtualService, timeouts: Timeouts | None = None) -> DesiredState:
-    return DesiredState(services={s.key: s for s in services}, timeouts=timeouts, ownership=OWN)
-
-
-def _svc(vip: str, port: int, sched: str, rss: list[tuple[str, int, int, Forward]], proto: Protocol = Protocol.TCP,
-         flags: frozenset[str] = frozenset()) -> VirtualService:
-    key = ServiceKey(4, proto, ip(vip), port)
-    return VirtualService(key=key, scheduler=sched, flags=flags).with_realservers(
-        RealServer(ip(a), p, w, f) for a, p, w, f in rss
-    )
-
-
 # ---------------------------------------------------------------- sequences
 
 
-@st.composite
-def services(draw: st.DrawFn) -> VirtualService:
-    vip = draw(st.sampled_from(["10.0.0.1", "10.0.0.2"]))
-    proto = draw(st.sampled_from([Protocol.TCP, Protocol.UDP]))
-    port = draw(st.sampled_from([80, 443]))
-    sched = draw(st.sampled_from(["rr", "wrr", "sh", "mh"]))
-    flags = frozenset({f"{sched}-port"}) if sched in ("sh", "mh") and draw(st.booleans()) else frozenset()
-    forward = draw(st.sampled_from([Forward.DR, Forward.NAT]))
-    pool = DR_POOL if forward is Forward.DR else NAT_POOL
-    addrs = draw(st.lists(st.sampled_from(pool), unique=True, max_size=4))
-    rss = [
-        (a, port if forward is Forward.DR else draw(st.sampled_from([8080, 8443])), draw(st.integers(0, 5)), forward)
-        for a in addrs
-    ]
-    return _svc(vip, port, sched, rss, proto, flags)
-
-
-desired_states = st.builds(
-    lambda svcs, t: _desired(*{s.key: s for s in svcs}.values(), timeouts=t),
-    st.lists(services(), max_size=5),
-    st.one_of(st.none(), st.builds(Timeouts, st.integers(1, 2000), st.integers(1, 300), st.integers(1, 600))),
-)
-
-
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(steps=st.lists(desired_states, min_size=1, max_size=5), incremental=st.booleans())
+@given(steps=st.lists(desired_states(), min_size=1, max_size=5), incremental=st.booleans())
 def test_read_back_equals_the_last_desired_state(
     make_netns: Callable[[str], str], steps: list[DesiredState], incremental: bool
 ) -> None:
@@ -161,9 +121,9 @@ def _assert_netlink_read_equals_nft(ns: str, backend: NftablesBackend) -> None:
 
 def test_a_failed_plan_changes_nothing_and_the_next_sync_converges(nsb: tuple[str, NftablesBackend]) -> None:
     ns, backend = nsb
-    a = _svc("10.0.0.1", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT)])
-    b = _svc("10.0.0.2", 80, "rr", [("10.0.2.3", 8080, 1, Forward.NAT)])
-    Director(backend).sync(_desired(a, b))
+    a = make_service("10.0.0.1", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT)])
+    b = make_service("10.0.0.2", 80, "rr", [("10.0.2.3", 8080, 1, Forward.NAT)])
+    Director(backend).sync(make_desired(a, b))
     before = _sh(ns, "nft", "list", "ruleset")
     # Someone deletes service b behind our back; our picture still has it.
     _sh(ns, "nft", "delete", "element", "ip", "kubelvs", "nat_svc", "{ 10.0.0.2 . tcp . 80 }")
@@ -175,7 +135,7 @@ def test_a_failed_plan_changes_nothing_and_the_next_sync_converges(nsb: tuple[st
     assert "none applied" in str(err.value) and "No such file" in str(err.value)
     assert _sh(ns, "nft", "list", "ruleset") == tampered  # the add before it was not applied either
     # A full sync reads the kernel, sees the damage (b's leftover elements) and repairs it.
-    want = _desired(a.with_realservers([*a.realservers, RealServer(ip("10.0.2.4"), 8080, 1, Forward.NAT)]))
+    want = make_desired(a.with_realservers([*a.realservers, RealServer(ip("10.0.2.4"), 8080, 1, Forward.NAT)]))
     Director(backend).sync(want)
     fresh = NftablesBackend(netns=ns).read()
     assert fresh.services == want.services
@@ -191,22 +151,22 @@ def test_other_tables_are_never_touched(nsb: tuple[str, NftablesBackend]) -> Non
         text=True, check=True,
     )
     foreign = _sh(ns, "nft", "list", "table", "inet", "foreign") + _sh(ns, "nft", "list", "table", "ip", "nat")
-    svc = _svc("10.0.0.1", 80, "mh", [("10.0.1.2", 80, 1, Forward.DR), ("10.0.1.3", 80, 2, Forward.DR)])
-    Director(backend).sync(_desired(svc, timeouts=Timeouts(900, 30, 300)))
-    Director(backend).sync(_desired())
+    svc = make_service("10.0.0.1", 80, "mh", [("10.0.1.2", 80, 1, Forward.DR), ("10.0.1.3", 80, 2, Forward.DR)])
+    Director(backend).sync(make_desired(svc, timeouts=Timeouts(900, 30, 300)))
+    Director(backend).sync(make_desired())
     assert _sh(ns, "nft", "list", "table", "inet", "foreign") + _sh(ns, "nft", "list", "table", "ip", "nat") == foreign
 
 
 def test_one_realserver_change_is_a_small_transaction(nsb: tuple[str, NftablesBackend], monkeypatch: pytest.MonkeyPatch) -> None:
     ns, backend = nsb
-    svcs = [_svc(f"10.0.0.{i}", 80, "rr", [(a, 8080, 1, Forward.NAT) for a in NAT_POOL[:3]]) for i in range(1, 60)]
+    svcs = [make_service(f"10.0.0.{i}", 80, "rr", [(a, 8080, 1, Forward.NAT) for a in NAT_POOL[:3]]) for i in range(1, 60)]
     director = Director(backend)
-    director.sync(_desired(*svcs))
+    director.sync(make_desired(*svcs))
     scripts: list[str] = []
     real = backend._nft.run_script
     monkeypatch.setattr(backend._nft, "run_script", lambda s: (scripts.append(s), real(s))[1])
     changed = svcs[5].with_realservers([*svcs[5].realservers, RealServer(ip(NAT_POOL[3]), 8080, 1, Forward.NAT)])
-    director.sync(_desired(*svcs[:5], changed, *svcs[6:]), changed={changed.key})
+    director.sync(make_desired(*svcs[:5], changed, *svcs[6:]), changed={changed.key})
     (script,) = scripts
     assert "10.0.0.6 " in script and "10.0.0.7 " not in script
     assert script.count("\n") <= 12, script
@@ -216,10 +176,10 @@ def test_elements_edited_by_hand_are_seen_and_rewritten(nsb: tuple[str, Nftables
     """A comment, a changed slot and a foreign element in our maps: read marks those
     services, and the next apply writes exactly what the model says."""
     ns, backend = nsb
-    a = _svc("10.0.0.1", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT), ("10.0.2.3", 8080, 1, Forward.NAT)])
-    b = _svc("10.0.0.2", 80, "mh", [("10.0.1.2", 80, 1, Forward.DR), ("10.0.1.3", 80, 2, Forward.DR)])
+    a = make_service("10.0.0.1", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT), ("10.0.2.3", 8080, 1, Forward.NAT)])
+    b = make_service("10.0.0.2", 80, "mh", [("10.0.1.2", 80, 1, Forward.DR), ("10.0.1.3", 80, 2, Forward.DR)])
     director = Director(backend)
-    director.sync(_desired(a, b))
+    director.sync(make_desired(a, b))
     clean = _sh(ns, "nft", "list", "ruleset")
     edits = (
         "delete element ip kubelvs nat_slots { 10.0.0.1 . tcp . 80 . 0 }\n"
@@ -233,7 +193,7 @@ def test_elements_edited_by_hand_are_seen_and_rewritten(nsb: tuple[str, Nftables
     assert any(e.comment == "by hand" for e in parsed.elements)
     observed = NftablesBackend(netns=ns).read()
     assert set(observed.services) == {a.key, b.key, ServiceKey(4, Protocol.UDP, ip("10.0.0.3"), 53)}
-    director.sync(_desired(a, b))  # a full sync: reads, sees the edits, repairs them
+    director.sync(make_desired(a, b))  # a full sync: reads, sees the edits, repairs them
     assert _sh(ns, "nft", "list", "ruleset") == clean
 
 
@@ -241,14 +201,14 @@ def test_a_read_by_the_same_backend_sees_any_commit_since(nsb: tuple[str, Nftabl
     """An unchanged table is not dumped again (its generation has not moved), but any
     transaction since - even in another table - makes the next read a full one."""
     ns, backend = nsb
-    a = _svc("10.0.0.1", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT)])
-    b = _svc("10.0.0.2", 80, "rr", [("10.0.2.3", 8080, 1, Forward.NAT)])
+    a = make_service("10.0.0.1", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT)])
+    b = make_service("10.0.0.2", 80, "rr", [("10.0.2.3", 8080, 1, Forward.NAT)])
     director = Director(backend)
-    director.sync(_desired(a, b))
+    director.sync(make_desired(a, b))
     assert backend.read().services == {a.key: a, b.key: b}
     _sh(ns, "nft", "delete", "element", "ip", "kubelvs", "nat_svc", "{ 10.0.0.2 . tcp . 80 }")
     assert set(backend.read().services) == {a.key}
-    director.sync(_desired(a, b))  # a full sync repairs it
+    director.sync(make_desired(a, b))  # a full sync repairs it
     assert backend.read().services == {a.key: a, b.key: b}
     _sh(ns, "nft", "add", "table", "inet", "unrelated")
     _sh(ns, "nft", "delete", "element", "ip", "kubelvs", "nat_svc", "{ 10.0.0.1 . tcp . 80 }")
@@ -260,12 +220,12 @@ def test_a_read_by_the_same_backend_sees_any_commit_since(nsb: tuple[str, Nftabl
 
 def test_dr_realserver_without_arp_answer_is_refused_clearly(nsb: tuple[str, NftablesBackend]) -> None:
     ns, backend = nsb
-    svc = _svc("10.0.0.1", 80, "rr", [("10.0.1.99", 80, 1, Forward.DR)])
+    svc = make_service("10.0.0.1", 80, "rr", [("10.0.1.99", 80, 1, Forward.DR)])
     with pytest.raises(ApplyError, match=r"10\.0\.1\.99.*does not answer ARP"):
-        Director(backend).sync(_desired(svc))
-    svc = _svc("10.0.0.1", 80, "rr", [("192.0.2.9", 80, 1, Forward.DR)])
+        Director(backend).sync(make_desired(svc))
+    svc = make_service("10.0.0.1", 80, "rr", [("192.0.2.9", 80, 1, Forward.DR)])
     with pytest.raises(ApplyError, match=r"192\.0\.2\.9"):
-        Director(backend).sync(_desired(svc))
+        Director(backend).sync(make_desired(svc))
     assert NftablesBackend(netns=ns).read().services == {}
 
 
@@ -273,18 +233,18 @@ def test_a_restarted_director_keeps_one_ingress_hook_per_device(nsb: tuple[str, 
     """nft 1.0.6's JSON listing leaves out a netdev chain's device: a backend that read
     through it added a second hook (``dr_in_0``) on the same device after a restart."""
     ns, backend = nsb
-    a = _svc("10.0.0.1", 80, "rr", [("10.0.1.2", 80, 1, Forward.DR)])
-    b = _svc("10.0.0.2", 80, "rr", [("10.0.1.3", 80, 1, Forward.DR)])
-    Director(backend).sync(_desired(a))
-    Director(NftablesBackend(netns=ns)).sync(_desired(a, b))  # a new process
+    a = make_service("10.0.0.1", 80, "rr", [("10.0.1.2", 80, 1, Forward.DR)])
+    b = make_service("10.0.0.2", 80, "rr", [("10.0.1.3", 80, 1, Forward.DR)])
+    Director(backend).sync(make_desired(a))
+    Director(NftablesBackend(netns=ns)).sync(make_desired(a, b))  # a new process
     chains = re.findall(r"chain (dr_in_\d+)", _sh(ns, "nft", "list", "chains", "netdev"))
     assert len(chains) == 1, chains
 
 
 def test_mac_changes_are_picked_up(nsb: tuple[str, NftablesBackend]) -> None:
     ns, backend = nsb
-    svc = _svc("10.0.0.1", 80, "rr", [("10.0.1.2", 80, 1, Forward.DR)])
-    Director(backend).sync(_desired(svc))
+    svc = make_service("10.0.0.1", 80, "rr", [("10.0.1.2", 80, 1, Forward.DR)])
+    Director(backend).sync(make_desired(svc))
     assert "02:00:00:00:01:02" in _sh(ns, "nft", "list", "map", "netdev", "kubelvs", "dr_mac")
     subprocess.run(["ip", "-n", ns, "neigh", "replace", "10.0.1.2", "lladdr", "02:00:00:00:0a:0a", "dev", "v0",
                     "nud", "permanent"], check=True)
@@ -299,10 +259,10 @@ def test_mac_changes_are_picked_up(nsb: tuple[str, NftablesBackend]) -> None:
 
 def test_problems_name_the_field_and_the_reason(nsb: tuple[str, NftablesBackend]) -> None:
     _, backend = nsb
-    tun = _svc("10.0.0.1", 80, "rr", [("10.0.1.2", 80, 1, Forward.TUN)])
-    wlc = _svc("10.0.0.2", 80, "wlc", [("10.0.2.2", 80, 1, Forward.NAT)])
-    mixed = _svc("10.0.0.3", 80, "rr", [("10.0.2.2", 80, 1, Forward.NAT), ("10.0.1.2", 80, 1, Forward.DR)])
-    problems = {p.field: p.reason for p in backend.problems(_desired(tun, wlc, mixed))}
+    tun = make_service("10.0.0.1", 80, "rr", [("10.0.1.2", 80, 1, Forward.TUN)])
+    wlc = make_service("10.0.0.2", 80, "wlc", [("10.0.2.2", 80, 1, Forward.NAT)])
+    mixed = make_service("10.0.0.3", 80, "rr", [("10.0.2.2", 80, 1, Forward.NAT), ("10.0.1.2", 80, 1, Forward.DR)])
+    problems = {p.field: p.reason for p in backend.problems(make_desired(tun, wlc, mixed))}
     tun_reason = problems["services[TCP 10.0.0.1:80].realservers"]
     if not subprocess.run(["modprobe", "-n", "ipip"], capture_output=True).returncode == 0:
         assert "no ipip" in tun_reason
@@ -322,8 +282,8 @@ def test_auto_picks_nftables_without_ipvs(netns: str) -> None:
 def test_timeouts_reach_conntrack(nsb: tuple[str, NftablesBackend]) -> None:
     """The seed's ``ipvsadm --set 900 30 300``: closing connections leave after 30 s."""
     ns, backend = nsb
-    svc = _svc("10.0.0.1", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT)])
-    Director(backend).sync(_desired(svc, timeouts=Timeouts(900, 30, 300)))
+    svc = make_service("10.0.0.1", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT)])
+    Director(backend).sync(make_desired(svc, timeouts=Timeouts(900, 30, 300)))
     policy = {
         item["ct timeout"]["name"]: item["ct timeout"]["policy"]
         for item in json.loads(_sh(ns, "nft", "-j", "list", "table", "ip", "kubelvs"))["nftables"]

@@ -35,13 +35,13 @@ from kubelvs.model import (
     Protocol,
     RealServer,
     ServiceKey,
-    Timeouts,
     VirtualService,
 )
 from kubelvs.planner import plan
 from kubelvs.roles.director import Director
 
-from .test_backend import DR_POOL, NAT_POOL, _desired, _prepare, _svc
+from .strategies import desired_states, make_desired, make_service
+from .test_backend import _prepare
 from .test_ruleset import _as_nft_json as as_nft_json
 from .test_ruleset import _svc as ruleset_svc
 from .test_ruleset import realservers as rs_lists
@@ -104,10 +104,10 @@ def test_tun_is_refused_without_ipip_before_anything_changes(netns: str) -> None
     if tun_supported():
         pytest.skip("this kernel has ipip: the VM tests below forward TUN")
     backend = NftablesBackend(netns=netns)
-    tun = _svc("10.0.0.1", 80, "rr", [("10.0.1.2", 80, 1, Forward.TUN)])
-    nat = _svc("10.0.0.2", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT)])
+    tun = make_service("10.0.0.1", 80, "rr", [("10.0.1.2", 80, 1, Forward.TUN)])
+    nat = make_service("10.0.0.2", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT)])
     with pytest.raises(CapabilityError) as err:
-        Director(backend).sync(_desired(nat, tun))
+        Director(backend).sync(make_desired(nat, tun))
     problems = {p.field: p.reason for p in err.value.problems}
     assert set(problems) == {"services[TCP 10.0.0.1:80].realservers"}
     assert "forward tun needs IPIP tunnels" in problems["services[TCP 10.0.0.1:80].realservers"]
@@ -286,36 +286,13 @@ def test_a_tun_realserver_without_a_route_is_refused_and_nothing_changes(tunlab:
 # ---------------------------------------------------------------- VM tier: read back
 
 
-TUN_POOL = DR_POOL  # the same addresses as DR elsewhere: the method is per service
-
-
-@st.composite
-def services(draw: st.DrawFn) -> VirtualService:
-    vip = draw(st.sampled_from(["10.0.0.1", "10.0.0.2"]))
-    proto = draw(st.sampled_from([Protocol.TCP, Protocol.UDP]))
-    port = draw(st.sampled_from([80, 443]))
-    sched = draw(st.sampled_from(["rr", "wrr", "sh", "mh"]))
-    flags = frozenset({f"{sched}-port"}) if sched in ("sh", "mh") and draw(st.booleans()) else frozenset()
-    forward = draw(st.sampled_from([Forward.TUN, Forward.TUN, Forward.DR, Forward.NAT]))
-    pool = NAT_POOL if forward is Forward.NAT else TUN_POOL
-    addrs = draw(st.lists(st.sampled_from(pool), unique=True, max_size=4))
-    rss = [
-        (a, draw(st.sampled_from([8080, 8443])) if forward is Forward.NAT else port, draw(st.integers(0, 5)), forward)
-        for a in addrs
-    ]
-    return _svc(vip, port, sched, rss, proto, flags)
-
-
-desired_states = st.builds(
-    lambda svcs, t: _desired(*{s.key: s for s in svcs}.values(), timeouts=t),
-    st.lists(services(), max_size=5),
-    st.one_of(st.none(), st.builds(Timeouts, st.integers(1, 2000), st.integers(1, 300), st.integers(1, 600))),
-)
+# Half the services tunnel; the others are DR or NAT, next to them in the same state.
+TUN_STATES = desired_states((Forward.TUN, Forward.TUN, Forward.DR, Forward.NAT))
 
 
 @pytest.mark.kernel_ipvs
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(steps=st.lists(desired_states, min_size=1, max_size=4), incremental=st.booleans())
+@given(steps=st.lists(TUN_STATES, min_size=1, max_size=4), incremental=st.booleans())
 def test_read_back_with_tun_equals_the_last_desired_state(
     make_netns: Callable[[str], str], steps: list[DesiredState], incremental: bool
 ) -> None:
