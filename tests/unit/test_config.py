@@ -60,7 +60,7 @@ def test_bad_address_and_cidr_named() -> None:
     assert [e.field for e in info.value.errors] == ["services[0].vip"]
     with pytest.raises(ConfigError) as info:
         parse_config({"owned_cidrs": ["10.0.0.0/33"]})
-    assert info.value.errors[0].field == "owned_cidrs"
+    assert info.value.errors[0].field == "owned_cidrs[0]"  # the item, not just the list
 
 
 def test_realserver_inherits_port_and_forward_and_may_override() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -50,11 +49,6 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # pydantic looks for plugins by scanning every installed distribution's entry points
-    # the first time a model is built: a directory walk that cost more than the whole
-    # config validation of a one-shot command. kubelvs uses none; a user who wants one
-    # can still set the variable to their own choice.
-    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     args = build_parser(argv).parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

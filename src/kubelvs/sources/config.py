@@ -1,7 +1,8 @@
 """The YAML config file: owned ranges, timeouts, sysctls and services.
 
-pydantic checks the shape (types, unknown keys) at the edge; the result becomes the
-frozen model and goes through ``model.validate`` for the rules that span fields.
+``shape`` checks the shape (types, unknown and missing keys) at the edge into frozen
+dataclasses; the result becomes the model and goes through ``model.validate`` for the
+rules that span fields.
 Both kinds of problem come out as FieldError with the YAML path, e.g.
 ``services[0] (whoami).realservers[1].port: dr cannot map ports ...``.
 The reference of every key is docs/config.md.
@@ -11,12 +12,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml_rs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ConfigError, FieldError, ParseError
 from ..model import (
@@ -32,6 +33,7 @@ from ..model import (
     parse_address,
     validate,
 )
+from . import shape
 
 __all__ = [
     "Config",
@@ -45,11 +47,8 @@ __all__ = [
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RealServerSpec(_Strict):
+@dataclass(frozen=True, slots=True)
+class RealServerSpec:
     address: str
     port: int | None = None  # default: the service's port
     weight: int = 1
@@ -58,7 +57,8 @@ class RealServerSpec(_Strict):
     l_thresh: int = 0
 
 
-class ServiceSpec(_Strict):
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
     name: str = ""
     vip: str | None = None
     port: int | None = None
@@ -66,42 +66,92 @@ class ServiceSpec(_Strict):
     fwmark: int | None = None
     family: Literal[4, 6] = 4  # only for fwmark services; otherwise taken from vip
     scheduler: str = "wlc"
-    flags: list[str] = Field(default_factory=list)
+    flags: tuple[str, ...] = ()
     persistence: int = 0
     netmask: int | None = None
     forward: Forward = Forward.DR
-    realservers: list[RealServerSpec] = Field(default_factory=list)
+    realservers: tuple[RealServerSpec, ...] = ()
 
 
-class TimeoutsSpec(_Strict):
+@dataclass(frozen=True, slots=True)
+class TimeoutsSpec:
     tcp: int
     tcpfin: int
     udp: int
 
 
-class Config(_Strict):
-    owned_cidrs: list[str] = Field(default_factory=list)
-    owned_fwmarks: list[str | int] = Field(default_factory=list)
+@dataclass(frozen=True, slots=True)
+class Config:
+    owned_cidrs: tuple[str, ...] = ()
+    owned_fwmarks: tuple[str | int, ...] = ()
     timeouts: TimeoutsSpec | None = None
     recommended_sysctls: bool = True
-    sysctls: dict[str, int] = Field(default_factory=dict)
+    sysctls: dict[str, int] = field(default_factory=dict)
     graceful: bool = False
-    services: list[ServiceSpec] = Field(default_factory=list)
+    services: tuple[ServiceSpec, ...] = ()
     kubernetes: dict[str, Any] | None = None  # read by kubelvs.sources.kubernetes
 
-    @field_validator("owned_cidrs")
-    @classmethod
-    def _cidrs(cls, value: list[str]) -> list[str]:
-        for text in value:
-            ipaddress.ip_network(text, strict=False)  # ValueError -> pydantic error on this field
+
+def _network(value: Any) -> str:
+    text = shape.string(value)
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError as exc:
+        raise shape.Invalid(str(exc)) from None  # "'10.0.0.0/33' does not appear to be an IPv4 or IPv6 network"
+    return text
+
+
+def _string_or_integer(value: Any) -> str | int:
+    if isinstance(value, str):
         return value
+    return shape.integer(value)
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
+_CONFIG = shape.Record(
+    Config,
+    {
+        "owned_cidrs": shape.list_of(_network),
+        "owned_fwmarks": shape.list_of(_string_or_integer),
+        "timeouts": shape.optional(
+            shape.Record(TimeoutsSpec, {"tcp": shape.integer, "tcpfin": shape.integer, "udp": shape.integer})
+        ),
+        "recommended_sysctls": shape.boolean,
+        "sysctls": shape.mapping_of(shape.integer),
+        "graceful": shape.boolean,
+        "services": shape.list_of(
+            shape.Record(
+                ServiceSpec,
+                {
+                    "name": shape.string,
+                    "vip": shape.optional(shape.string),
+                    "port": shape.optional(shape.integer),
+                    "protocol": shape.choice(Protocol),
+                    "fwmark": shape.optional(shape.integer),
+                    "family": shape.choice(4, 6),
+                    "scheduler": shape.string,
+                    "flags": shape.list_of(shape.string),
+                    "persistence": shape.integer,
+                    "netmask": shape.optional(shape.integer),
+                    "forward": shape.choice(Forward),
+                    "realservers": shape.list_of(
+                        shape.Record(
+                            RealServerSpec,
+                            {
+                                "address": shape.string,
+                                "port": shape.optional(shape.integer),
+                                "weight": shape.integer,
+                                "forward": shape.optional(shape.choice(Forward)),
+                                "u_thresh": shape.integer,
+                                "l_thresh": shape.integer,
+                            },
+                        )
+                    ),
+                },
+            )
+        ),
+        "kubernetes": shape.optional(shape.mapping_of(lambda value: value)),  # checked by kubelvs.sources.kubernetes
+    },
+)
 
 
 def parse_config(data: Any, *, source: str = "config") -> Config:
@@ -110,10 +160,10 @@ def parse_config(data: Any, *, source: str = "config") -> Config:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError([FieldError("(top level)", f"{source} must be a mapping of keys, got {type(data).__name__}")])
-    try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError([FieldError(_path(e["loc"]), e["msg"]) for e in exc.errors()]) from None
+    config, errors = _CONFIG.parse(data)
+    if config is None:
+        raise ConfigError(errors)
+    return config
 
 
 def load_config(path: str | Path) -> Config:
@@ -138,7 +188,7 @@ def parse_yaml(text: str, *, source: str) -> Any:
         raise ParseError(source, int(match.group(1)) if match else None, reason) from exc
 
 
-def _fwmark_ranges(items: list[str | int]) -> tuple[list[range], list[FieldError]]:
+def _fwmark_ranges(items: Sequence[str | int]) -> tuple[list[range], list[FieldError]]:
     out: list[range] = []
     errors: list[FieldError] = []
     for i, item in enumerate(items):

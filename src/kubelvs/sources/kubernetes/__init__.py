@@ -3,7 +3,7 @@
 Layers (each module one concern):
 
     objects     typed, frozen views of the API's JSON (only the fields we use)
-    settings    the ``kubernetes:`` section of the config file (pydantic, at the edge)
+    settings    the ``kubernetes:`` section of the config file, checked at the edge
     ipam        pure: LoadBalancer IP allocation from pools, rebuilt from status
     mapping     pure: objects + allocations -> DesiredState, Events, VIPs per node
     tracker     object store with previous/current per object, and the coalescer

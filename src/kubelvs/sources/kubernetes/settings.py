@@ -1,8 +1,8 @@
 """The ``kubernetes:`` section of the config file, typed and validated.
 
 The core config passes the section through raw (``Config.kubernetes``); this module
-checks its shape with pydantic and the cross-field rules (pools and allowed external
-IP ranges inside ``owned_cidrs``, pools that do not overlap) itself. Every problem
+checks its shape (``kubelvs.sources.shape``) and the cross-field rules (pools and
+allowed external IP ranges inside ``owned_cidrs``, pools that do not overlap). Every problem
 comes out as a FieldError with the YAML path, e.g.
 ``kubernetes.lb_pools[0].cidrs[1]: '10.1.0.0/33' is not a network``.
 """
@@ -10,53 +10,86 @@ comes out as a FieldError with the YAML path, e.g.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Any
 
 from ...errors import ConfigError, FieldError
 from ...model import KNOWN_SCHEDULERS, Forward, IPNetwork, Ownership
+from .. import shape
 
-__all__ = ["KubernetesSpec", "PoolSpec", "Pool", "KubeSettings", "parse_kubernetes", "ANNOTATION_PREFIX"]
+__all__ = ["ANNOTATION_PREFIX", "KubeSettings", "KubernetesSpec", "Pool", "PoolSpec", "parse_kubernetes"]
 
 #: Every annotation kubelvs reads starts with this (documented in docs/kubernetes.md).
 ANNOTATION_PREFIX = "kubelvs.io/"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PoolSpec(_Strict):
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
     name: str
-    cidrs: list[str]
+    cidrs: tuple[str, ...]
     auto_assign: bool = True  # False: only Services that name the pool (or request an IP in it) get its addresses
 
 
-class LeaderSpec(_Strict):
+@dataclass(frozen=True, slots=True)
+class LeaderSpec:
     enabled: bool = True
     namespace: str = "kube-system"
     name: str = "kubelvs-director"
-    lease_seconds: int = Field(default=15, ge=2)
-    renew_seconds: float = Field(default=5.0, gt=0)
+    lease_seconds: int = 15
+    renew_seconds: float = 5.0
 
 
-class KubernetesSpec(_Strict):
-    external_ip_cidrs: list[str] = Field(default_factory=list)
-    lb_pools: list[PoolSpec] = Field(default_factory=list)
+@dataclass(frozen=True, slots=True)
+class KubernetesSpec:
+    external_ip_cidrs: tuple[str, ...] = ()
+    lb_pools: tuple[PoolSpec, ...] = ()
     load_balancer_class: str = "kubelvs.io/lvs"
     manage_unclassed: bool = True  # also serve type LoadBalancer Services without loadBalancerClass
-    default_forward: Literal["dr", "tun", "nat"] = "dr"
+    default_forward: str = "dr"
     default_scheduler: str = "mh"
-    node_address_types: list[str] = Field(default_factory=lambda: ["InternalIP", "ExternalIP"])
-    coalesce_ms: int = Field(default=100, ge=0, le=60_000)
-    resync_seconds: float = Field(default=60.0, gt=0)  # full kernel sync
-    relist_seconds: float = Field(default=900.0, gt=0)  # full re-list of the API objects
-    watch_timeout_seconds: int = Field(default=300, ge=1)
-    backoff_max_seconds: float = Field(default=30.0, gt=0)
+    node_address_types: tuple[str, ...] = ("InternalIP", "ExternalIP")
+    coalesce_ms: int = 100
+    resync_seconds: float = 60.0  # full kernel sync
+    relist_seconds: float = 900.0  # full re-list of the API objects
+    watch_timeout_seconds: int = 300
+    backoff_max_seconds: float = 30.0
     leader: LeaderSpec = LeaderSpec()
+
+
+_POSITIVE = shape.bounded(shape.number, above=0)
+
+_SECTION = shape.Record(
+    KubernetesSpec,
+    {
+        "external_ip_cidrs": shape.list_of(shape.string),
+        "lb_pools": shape.list_of(
+            shape.Record(
+                PoolSpec,
+                {"name": shape.string, "cidrs": shape.list_of(shape.string), "auto_assign": shape.boolean},
+            )
+        ),
+        "load_balancer_class": shape.string,
+        "manage_unclassed": shape.boolean,
+        "default_forward": shape.choice("dr", "tun", "nat"),
+        "default_scheduler": shape.string,
+        "node_address_types": shape.list_of(shape.string),
+        "coalesce_ms": shape.bounded(shape.integer, minimum=0, maximum=60_000),
+        "resync_seconds": _POSITIVE,
+        "relist_seconds": _POSITIVE,
+        "watch_timeout_seconds": shape.bounded(shape.integer, minimum=1),
+        "backoff_max_seconds": _POSITIVE,
+        "leader": shape.Record(
+            LeaderSpec,
+            {
+                "enabled": shape.boolean,
+                "namespace": shape.string,
+                "name": shape.string,
+                "lease_seconds": shape.bounded(shape.integer, minimum=2),
+                "renew_seconds": _POSITIVE,
+            },
+        ),
+    },
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,13 +145,6 @@ def _usable(net: IPNetwork) -> int:
     return net.num_addresses
 
 
-def _path(loc: Sequence[int | str]) -> str:
-    out = "kubernetes"
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
-
-
 def _net(text: str, where: str, errors: list[FieldError]) -> IPNetwork | None:
     try:
         return ipaddress.ip_network(text, strict=True)
@@ -133,10 +159,9 @@ def parse_kubernetes(data: Any, ownership: Ownership) -> KubeSettings:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([FieldError("kubernetes", f"must be a mapping of keys, got {type(data).__name__}")])
-    try:
-        spec = KubernetesSpec.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError([FieldError(_path(e["loc"]), e["msg"]) for e in exc.errors()]) from None
+    spec, problems = _SECTION.parse(data, path="kubernetes")
+    if spec is None:
+        raise ConfigError(problems)
 
     errors: list[FieldError] = []
     owned = ", ".join(str(c) for c in ownership.cidrs) or "none"
