@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
@@ -69,9 +70,13 @@ class Forward(enum.StrEnum):
 def parse_address(text: str) -> IPAddress:
     """Parse an IPv4/IPv6 address; ``[v6]`` brackets are accepted.
 
-    Cached: the same node addresses come back in every service and every sync, and
+    Cached, and a plain dotted quad goes through the C parser (``inet_pton`` accepts
+    a strict subset of what ipaddress does; anything else takes ipaddress's own path):
     ipaddress's parser is slow enough to dominate loading a 10,000-service config."""
-    return ipaddress.ip_address(text.strip().strip("[]"))
+    try:
+        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+    except OSError:
+        return ipaddress.ip_address(text.strip().strip("[]"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,8 @@ class ServiceKey:
     port: int
     fwmark: int = 0
     _hash: int = field(init=False, repr=False, compare=False)  # cached, as RealServerKey's
+    # Cached on first use: a plan prints the service's key once per real server.
+    _text: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_hash", hash((self.family, self.protocol, self.address, self.port, self.fwmark)))
@@ -159,10 +166,17 @@ class ServiceKey:
         return ServiceKey(family, Protocol.TCP, None, 0, fwmark)
 
     def __str__(self) -> str:
+        try:
+            return self._text
+        except AttributeError:  # the slot is empty until the first call
+            pass
         if self.fwmark:
-            return f"FWM {self.fwmark}" + (" IPv6" if self.family == 6 else "")
-        assert self.address is not None
-        return f"{self.protocol.upper()} {_hostport(self.address, self.port)}"
+            text = f"FWM {self.fwmark}" + (" IPv6" if self.family == 6 else "")
+        else:
+            assert self.address is not None
+            text = f"{self.protocol.upper()} {_hostport(self.address, self.port)}"
+        object.__setattr__(self, "_text", text)
+        return text
 
     def sort_key(self) -> tuple[int, int, str, int, int]:
         # Total order across families and fwmark services (None is not orderable).
@@ -258,4 +272,11 @@ class ObservedState(LBState):
 
 
 def _hostport(address: IPAddress, port: int) -> str:
-    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+    return f"{_address_text(address)}:{port}"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _address_text(address: IPAddress) -> str:
+    # Cached: a plan of 100,000 real servers prints the same few node addresses over
+    # and over, and ipaddress formats one in pure Python.
+    return f"[{address}]" if address.version == 6 else str(address)
