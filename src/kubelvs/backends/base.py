@@ -7,7 +7,6 @@ read the whole table at once and apply a plan; they never decide what to change.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterable, Sequence
 from typing import Literal, Protocol
 
@@ -50,6 +49,8 @@ def ipvs_available() -> bool:
     """True when the kernel has IPVS, loading the module if it is one."""
     if os.path.exists("/proc/net/ip_vs"):
         return True
+    import subprocess  # only when the module must be loaded: start-up of one-shot commands
+
     subprocess.run(["modprobe", "-q", "ip_vs"], check=False, capture_output=True)
     return os.path.exists("/proc/net/ip_vs")
 

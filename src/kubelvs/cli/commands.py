@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -15,7 +14,6 @@ import yaml_rs
 
 from ..backends import Backend, open_backend
 from ..errors import BackendUnavailable, ConfigError, KubelvsError
-from ..formats.ipvsadm_save import format_save, parse_save
 from ..model import (
     DesiredState,
     ServiceKey,
@@ -29,6 +27,10 @@ from ..sources.config import Config, load_config, parse_config, to_desired
 from . import exit_codes
 from .render import status_document, status_table
 from .shutdown import StopFlag
+
+# json and the ipvsadm save format are imported by the commands that use them: every
+# import is start-up time of a one-shot `kubelvs apply`, which is compared with
+# `ipvsadm -R` (bench/ipvs_sync.py; cli.main imports only the command's module).
 
 __all__ = ["desired_for", "register", "service_names"]
 
@@ -124,8 +126,8 @@ def _open(args: argparse.Namespace) -> Backend:
 
 
 def _print_plan(lines: list[str], foreign: int, draining: int) -> None:
-    for line in lines:
-        print(line)
+    if lines:
+        sys.stdout.write("\n".join(lines) + "\n")  # one write: a cold sync prints 110,000 lines
     if foreign:
         print(f"# {foreign} virtual service(s) outside owned ranges left alone (foreign)")
     if draining:
@@ -189,6 +191,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     finally:
         backend.close()
     if args.output == "json":
+        import json  # imported where used: see the note at the imports
+
         json.dump(status_document(observed, names), sys.stdout, indent=2)
         print()
     else:
@@ -205,12 +209,16 @@ def cmd_export(args: argparse.Namespace) -> int:
             services = backend.read().services
         finally:
             backend.close()
+    from ..formats.ipvsadm_save import format_save  # imported where used: see the note at the imports
+
     sys.stdout.write(format_save(services[k] for k in sorted(services, key=ServiceKey.sort_key)))
     return exit_codes.OK
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if str(args.source) == "-" else args.source.read_text()
+    from ..formats.ipvsadm_save import parse_save  # imported where used: see the note at the imports
+
     services = parse_save(text, source=str(args.source))
     owned = args.owned_cidr or sorted(
         {f"{s.key.address}/{s.key.address.max_prefixlen}" for s in services if s.key.address is not None}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 
 from ..bulk import no_gc
@@ -60,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_codes.INTERRUPTED
     except (KubelvsError, PermissionError) as exc:
         if args.debug:
+            import traceback  # only here: every import is start-up time of a one-shot command
+
             traceback.print_exc()
         title, lines = _describe(exc)
         print(f"kubelvs: {title}:", file=sys.stderr)

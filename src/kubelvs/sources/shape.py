@@ -196,7 +196,7 @@ class Record(_Nested, Generic[T]):
         self.plain = {k: c for k, c in self.checks.items() if not isinstance(c, _Nested)}
 
     def check(self, value: Any, path: str, errors: list[FieldError]) -> T:
-        if not isinstance(value, Mapping):
+        if type(value) is not dict and not isinstance(value, Mapping):  # the ABC check is slow; YAML gives dicts
             raise Invalid(f"must be a mapping of keys, got {_describe(value)}")
         before = len(errors)
         keys = value.keys()

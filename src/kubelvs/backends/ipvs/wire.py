@@ -9,7 +9,6 @@ family, and compare. Constants follow include/uapi/linux/ip_vs.h.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import socket
 import struct
 
@@ -90,6 +89,7 @@ FAMILY_OF_AF = {socket.AF_INET: 4, socket.AF_INET6: 6}
 _NLA = struct.Struct("=HH")
 _U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
+_U32_BE = struct.Struct("!I")
 _BE16 = struct.Struct("!H")
 _NLMSG_GENL = struct.Struct("=IHHIIBBH")
 
@@ -149,7 +149,7 @@ def _service_flags(svc: VirtualService) -> int:
 def service_attrs(svc: VirtualService) -> bytes:
     """The nested SERVICE attribute with every field (for add and edit)."""
     if svc.key.family == 4:
-        netmask = int(ipaddress.IPv4Network(f"0.0.0.0/{svc.effective_netmask}").netmask).to_bytes(4, "big")
+        netmask = _U32_BE.pack((0xFFFFFFFF << (32 - svc.effective_netmask)) & 0xFFFFFFFF)
     else:
         # The kernel takes an IPv6 persistence netmask as a prefix length in host order.
         netmask = _U32.pack(svc.effective_netmask)
