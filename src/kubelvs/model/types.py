@@ -117,7 +117,7 @@ class RealServer:
     key: RealServerKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", RealServerKey(self.address, self.port))
+        object.__setattr__(self, "key", _realserver_key(self.address, self.port))
 
     def __str__(self) -> str:
         return (
@@ -269,6 +269,13 @@ class ObservedState(LBState):
     """What a backend read from the kernel, with counters per (service, real server)."""
 
     stats: Mapping[tuple[ServiceKey, RealServerKey], RealServerStats] = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _realserver_key(address: IPAddress, port: int) -> RealServerKey:
+    # Shared: the same nodes are real servers of every service, so a director with
+    # 10,000 services holds a few keys instead of 100,000, and builds them once.
+    return RealServerKey(address, port)
 
 
 def _hostport(address: IPAddress, port: int) -> str:
