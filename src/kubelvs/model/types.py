@@ -86,6 +86,7 @@ class RealServerKey:
     # Keys are hashed millions of times in a large sync (dict lookups in the planner and
     # the picture), and an ipaddress object hashes through hex(): cache it.
     _hash: int = field(init=False, repr=False, compare=False)
+    _text: str = field(init=False, repr=False, compare=False)  # cached on first use, as ServiceKey's
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_hash", hash((self.address, self.port)))
@@ -94,7 +95,12 @@ class RealServerKey:
         return self._hash
 
     def __str__(self) -> str:
-        return _hostport(self.address, self.port)
+        try:
+            return self._text
+        except AttributeError:  # the slot is empty until the first call
+            text = _hostport(self.address, self.port)
+            object.__setattr__(self, "_text", text)
+            return text
 
     def sort_key(self) -> tuple[int, int, int]:
         # IPv4 and IPv6 addresses are not orderable against each other.
@@ -121,7 +127,7 @@ class RealServer:
 
     def __str__(self) -> str:
         return (
-            f"{_hostport(self.address, self.port)} {self.forward} w={self.weight}"
+            f"{self.key} {self.forward} w={self.weight}"
             + (f" x={self.u_thresh}" if self.u_thresh else "")
             + (f" y={self.l_thresh}" if self.l_thresh else "")
         )

@@ -93,19 +93,19 @@ Operation: TypeAlias = (
 
 def describe(op: Operation) -> str:
     """One line per operation, ``+`` add, ``~`` change, ``-`` delete (like a diff)."""
-    match op:
-        case AddService(service=s):
-            return f"+ service {s.key} {_service_attrs(s)}"
-        case EditService(service=s):
-            return f"~ service {s.key} {_service_attrs(s)}"
-        case DeleteService(key=k):
-            return f"- service {k}"
+    match op:  # real-server operations first: they are nearly all of a large plan
         case AddRealServer(service=k, realserver=r):
             return f"+ realserver {k} -> {r}"
         case EditRealServer(service=k, realserver=r):
             return f"~ realserver {k} -> {r}"
         case DeleteRealServer(service=k, realserver=r):
             return f"- realserver {k} -> {r}"
+        case AddService(service=s):
+            return f"+ service {s.key} {_service_attrs(s)}"
+        case EditService(service=s):
+            return f"~ service {s.key} {_service_attrs(s)}"
+        case DeleteService(key=k):
+            return f"- service {k}"
         case SetTimeouts(timeouts=t):
             return f"~ timeouts {t}"
         case SetSysctl(name=n, value=v):

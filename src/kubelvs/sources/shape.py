@@ -154,8 +154,18 @@ class list_of(_Nested):
         if not isinstance(value, list | tuple):
             raise Invalid(f"must be a list, got {_describe(value)}")
         item = self.item
-        if isinstance(item, _Nested):
-            return tuple(_run(item, v, path, i, errors) for i, v in enumerate(value))
+        if isinstance(item, _Nested):  # e.g. the real servers of a service: inlined, it runs per item
+            out = []
+            for i, v in enumerate(value):
+                at_i = f"{path}[{i}]"
+                try:
+                    out.append(item.check(v, at_i, errors))
+                except Invalid as exc:
+                    errors.append(FieldError(at_i, str(exc)))
+                    out.append(None)
+                except _Reported:
+                    out.append(None)
+            return tuple(out)
         try:  # the common case first: every item fits
             return tuple(item(v) for v in value)
         except Invalid:

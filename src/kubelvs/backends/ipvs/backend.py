@@ -128,19 +128,19 @@ def _request(op: Operation, key_attrs: dict[ServiceKey, bytes]) -> tuple[wire.Cm
             attrs = key_attrs[k] = wire.service_key_attrs(k)
         return attrs
 
-    match op:
-        case AddService(service=s):
-            return wire.Cmd.NEW_SERVICE, wire.service_attrs(s)
-        case EditService(service=s):
-            return wire.Cmd.SET_SERVICE, wire.service_attrs(s)
-        case DeleteService(key=k):
-            return wire.Cmd.DEL_SERVICE, key(k)
+    match op:  # real-server operations first: they are nearly all of a large plan
         case AddRealServer(service=k, realserver=r):
             return wire.Cmd.NEW_DEST, key(k) + wire.dest_attrs(r)
         case EditRealServer(service=k, realserver=r):
             return wire.Cmd.SET_DEST, key(k) + wire.dest_attrs(r)
         case DeleteRealServer(service=k, realserver=r):
             return wire.Cmd.DEL_DEST, key(k) + wire.dest_key_attrs(r)
+        case AddService(service=s):
+            return wire.Cmd.NEW_SERVICE, wire.service_attrs(s)
+        case EditService(service=s):
+            return wire.Cmd.SET_SERVICE, wire.service_attrs(s)
+        case DeleteService(key=k):
+            return wire.Cmd.DEL_SERVICE, key(k)
         case SetTimeouts(timeouts=t):
             return wire.Cmd.SET_CONFIG, wire.config_attrs(t)
     raise TypeError(f"not a netlink operation: {op!r}")
