@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+import operator
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -88,8 +89,14 @@ class RealServerKey:
     _hash: int = field(init=False, repr=False, compare=False)
     _text: str = field(init=False, repr=False, compare=False)  # cached on first use, as ServiceKey's
 
+    # The sort order of real servers within a service (the kernel read-back's order),
+    # computed once: keys are shared (see _realserver_key), sorting happens per sync.
+    _order: tuple[int, int, int] = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "_hash", hash((self.address, self.port)))
+        # IPv4 and IPv6 addresses are not orderable against each other.
+        object.__setattr__(self, "_order", (self.address.version, int(self.address), self.port))
 
     def __hash__(self) -> int:
         return self._hash
@@ -103,8 +110,7 @@ class RealServerKey:
             return text
 
     def sort_key(self) -> tuple[int, int, int]:
-        # IPv4 and IPv6 addresses are not orderable against each other.
-        return (self.address.version, int(self.address), self.port)
+        return self._order
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +230,7 @@ class VirtualService:
             persistence=self.persistence,
             netmask=self.netmask,
             flags=self.flags,
-            realservers=tuple(sorted(realservers, key=lambda r: r.key.sort_key())),
+            realservers=tuple(sorted(realservers, key=_BY_KEY)),
             name=self.name,
         )
 
@@ -275,6 +281,9 @@ class ObservedState(LBState):
     """What a backend read from the kernel, with counters per (service, real server)."""
 
     stats: Mapping[tuple[ServiceKey, RealServerKey], RealServerStats] = field(default_factory=dict)
+
+
+_BY_KEY = operator.attrgetter("key._order")  # real servers in key order, in C
 
 
 @functools.lru_cache(maxsize=1 << 16)

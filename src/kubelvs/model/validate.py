@@ -7,8 +7,8 @@ so a user can find the line; the service's name is added when it has one.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
+from ipaddress import IPv4Address
 
 from ..errors import ConfigError, FieldError
 from .types import (
@@ -176,7 +176,10 @@ def _rs_at(where: str, index: int) -> str:
     return f"{where}.realservers[{index}]"
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def _unicast(address: IPAddress) -> bool:
-    # Cached: the same node addresses are real servers of every service.
-    return not (address.is_unspecified or address.is_multicast)
+    """Not unspecified and not multicast (ipaddress's properties, as two integer tests:
+    this runs once per real server of the whole config)."""
+    n = int(address)
+    if isinstance(address, IPv4Address):
+        return n != 0 and n >> 28 != 0xE  # 224.0.0.0/4
+    return n != 0 and n >> 120 != 0xFF  # ff00::/8

@@ -259,16 +259,8 @@ def _service(spec: ServiceSpec, where: str, errors: list[FieldError]) -> Virtual
         except ValueError:
             errors.append(FieldError(f"{where}.realservers[{j}].address", f"{rs.address!r} is not an IPv4 or IPv6 address"))
             continue
-        realservers.append(
-            RealServer(
-                address=address,
-                port=service_port if rs.port is None else rs.port,
-                weight=rs.weight,
-                forward=rs.forward or spec.forward,
-                u_thresh=rs.u_thresh,
-                l_thresh=rs.l_thresh,
-            )
-        )
+        port = service_port if rs.port is None else rs.port
+        realservers.append(RealServer(address, port, rs.weight, rs.forward or spec.forward, rs.u_thresh, rs.l_thresh))
     # Keep config order here: validation names realservers[j] by position.
     return VirtualService(
         key=key,

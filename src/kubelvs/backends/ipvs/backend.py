@@ -122,28 +122,29 @@ class IpvsBackend:
 
 
 def _request(op: Operation, key_attrs: dict[ServiceKey, bytes]) -> tuple[wire.Cmd, bytes]:
-    def key(k: ServiceKey) -> bytes:
-        attrs = key_attrs.get(k)
-        if attrs is None:
-            attrs = key_attrs[k] = wire.service_key_attrs(k)
-        return attrs
-
     match op:  # real-server operations first: they are nearly all of a large plan
         case AddRealServer(service=k, realserver=r):
-            return wire.Cmd.NEW_DEST, key(k) + wire.dest_attrs(r)
+            return wire.Cmd.NEW_DEST, _key_attrs(k, key_attrs) + wire.dest_attrs(r)
         case EditRealServer(service=k, realserver=r):
-            return wire.Cmd.SET_DEST, key(k) + wire.dest_attrs(r)
+            return wire.Cmd.SET_DEST, _key_attrs(k, key_attrs) + wire.dest_attrs(r)
         case DeleteRealServer(service=k, realserver=r):
-            return wire.Cmd.DEL_DEST, key(k) + wire.dest_key_attrs(r)
+            return wire.Cmd.DEL_DEST, _key_attrs(k, key_attrs) + wire.dest_key_attrs(r)
         case AddService(service=s):
             return wire.Cmd.NEW_SERVICE, wire.service_attrs(s)
         case EditService(service=s):
             return wire.Cmd.SET_SERVICE, wire.service_attrs(s)
         case DeleteService(key=k):
-            return wire.Cmd.DEL_SERVICE, key(k)
+            return wire.Cmd.DEL_SERVICE, _key_attrs(k, key_attrs)
         case SetTimeouts(timeouts=t):
             return wire.Cmd.SET_CONFIG, wire.config_attrs(t)
     raise TypeError(f"not a netlink operation: {op!r}")
+
+
+def _key_attrs(k: ServiceKey, cache: dict[ServiceKey, bytes]) -> bytes:
+    attrs = cache.get(k)
+    if attrs is None:
+        attrs = cache[k] = wire.service_key_attrs(k)
+    return attrs
 
 
 def _explain(op: Operation, code: int) -> str:
