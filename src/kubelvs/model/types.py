@@ -132,11 +132,10 @@ class RealServer:
         object.__setattr__(self, "key", _realserver_key(self.address, self.port))
 
     def __str__(self) -> str:
-        return (
-            f"{self.key} {self.forward} w={self.weight}"
-            + (f" x={self.u_thresh}" if self.u_thresh else "")
-            + (f" y={self.l_thresh}" if self.l_thresh else "")
-        )
+        text = f"{self.key} {self.forward} w={self.weight}"
+        if self.u_thresh or self.l_thresh:  # rare: skip the concatenations otherwise
+            text += (f" x={self.u_thresh}" if self.u_thresh else "") + (f" y={self.l_thresh}" if self.l_thresh else "")
+        return text
 
 
 @dataclass(frozen=True, slots=True)

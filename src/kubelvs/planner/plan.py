@@ -92,6 +92,7 @@ def plan(
 
     draining: list[tuple[ServiceKey, RealServerKey]] = []
     service_ops: list[Operation] = []
+    removed = False
     for key in sorted(candidates, key=ServiceKey.sort_key):
         if not ownership.owns(key):
             continue
@@ -100,6 +101,7 @@ def plan(
         if want is None:
             if have is not None:
                 service_ops += _remove_service(have, observed, graceful, draining)
+                removed = True
             continue
         if have is None:
             service_ops.append(AddService(want))
@@ -110,8 +112,9 @@ def plan(
         service_ops += _realserver_ops(want, have, observed, graceful, draining)
     # Deletions of whole services first: they free nothing the adds need, but doing them
     # early means a failed add later in the plan never leaves a stale service behind.
-    deletes = [op for op in service_ops if isinstance(op, DeleteService)]
-    ops += deletes + [op for op in service_ops if not isinstance(op, DeleteService)]
+    if removed:
+        service_ops.sort(key=lambda op: not isinstance(op, DeleteService))  # stable: keeps the rest in order
+    ops += service_ops
     return Plan(ops=tuple(ops), foreign=tuple(foreign), draining=tuple(draining))
 
 

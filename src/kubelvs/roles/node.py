@@ -99,9 +99,8 @@ def vips_for_node(config: Config, addresses: Iterable[str]) -> tuple[list[str], 
             if address in own:
                 vips.add(str(ipaddress.ip_address(svc.vip)))
                 tun = tun or forward is Forward.TUN
-    return sorted(vips, key=lambda v: (ipaddress.ip_address(v).version, int(ipaddress.ip_address(v)))), (
-        "tun" if tun else "dr"
-    )
+    ordered = sorted((ipaddress.ip_address(v) for v in vips), key=lambda a: (a.version, int(a)))
+    return [str(a) for a in ordered], ("tun" if tun else "dr")
 
 
 def _conf(iface: str, key: str) -> str:
