@@ -68,3 +68,37 @@ def test_every_command_has_help() -> None:
     for command in ("validate", "diff", "apply", "status", "export", "import", "director"):
         result = run(command, "--help")
         assert result.returncode == 0 and "usage: kubelvs " + command in result.stdout
+
+
+def test_apply_prints_a_service_added_whole_as_one_line_and_every_other_change() -> None:
+    from kubelvs.cli.commands import applied_lines
+    from kubelvs.model import ObservedState
+    from kubelvs.planner import plan
+
+    before = to_desired(
+        parse_config(
+            {
+                "owned_cidrs": ["10.240.0.0/24"],
+                "services": [{"vip": "10.240.0.1", "port": 80, "realservers": [{"address": "10.0.0.1"}]}],
+            }
+        )
+    )
+    after = to_desired(
+        parse_config(
+            {
+                "owned_cidrs": ["10.240.0.0/24"],
+                "services": [
+                    {"vip": "10.240.0.1", "port": 80, "realservers": [{"address": "10.0.0.2"}]},
+                    {"vip": "10.240.0.2", "port": 80, "realservers": [{"address": a} for a in ("10.0.0.1", "10.0.0.2", "10.0.0.3")]},
+                ],
+            }
+        )
+    )
+    observed = ObservedState(services=dict(before.services))
+    ops = plan(after, observed).ops
+    assert len(ops) == 6  # the new service and its three real servers; one real server swapped
+    assert applied_lines(ops) == [
+        "- realserver TCP 10.240.0.1:80 -> 10.0.0.1:80",
+        "+ realserver TCP 10.240.0.1:80 -> 10.0.0.2:80 dr w=1",
+        "+ service TCP 10.240.0.2:80 scheduler=wlc with 3 real server(s)",
+    ]

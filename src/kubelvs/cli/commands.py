@@ -21,7 +21,7 @@ from ..model import (
     kernel_version,
     recommended_sysctls,
 )
-from ..planner import Operation, changed_services, describe
+from ..planner import AddRealServer, AddService, Operation, changed_services, describe
 from ..roles.director import Director
 from ..sources.config import Config, load_config, parse_config, to_desired
 from . import exit_codes
@@ -32,7 +32,7 @@ from .shutdown import StopFlag
 # import is start-up time of a one-shot `kubelvs apply`, which is compared with
 # `ipvsadm -R` (bench/ipvs_sync.py; cli.main imports only the command's module).
 
-__all__ = ["desired_for", "register", "service_names"]
+__all__ = ["applied_lines", "desired_for", "register", "service_names"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -125,6 +125,23 @@ def _open(args: argparse.Namespace) -> Backend:
     return open_backend(args.backend, netns=args.netns)
 
 
+def applied_lines(ops: Iterable[Operation]) -> list[str]:
+    """What ``apply`` prints: a line per operation, as ``diff`` does, except that a
+    service added whole is one line with the number of its real servers, as
+    ``kubectl apply`` prints an object, not its fields (``kubelvs diff`` lists each)."""
+    lines = []
+    added: set[ServiceKey] = set()
+    for op in ops:
+        if type(op) is AddRealServer and op.service in added:
+            continue
+        if type(op) is AddService:
+            added.add(op.service.key)
+            lines.append(f"{describe(op)} with {len(op.service.realservers)} real server(s)")
+        else:
+            lines.append(describe(op))
+    return lines
+
+
 def _print_plan(lines: list[str], foreign: int, draining: int) -> None:
     if lines:
         sys.stdout.write("\n".join(lines) + "\n")  # one write: a cold sync prints 110,000 lines
@@ -175,7 +192,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         result = director.sync(desired, dry_run=args.dry_run)
     finally:
         backend.close()
-    _print_plan([describe(op) for op in result.plan.ops], len(result.plan.foreign), len(result.plan.draining))
+    _print_plan(applied_lines(result.plan.ops), len(result.plan.foreign), len(result.plan.draining))
     verb = "would apply" if args.dry_run else "applied"
     print(f"# {verb} {len(result.plan)} change(s) with backend {backend.name}")
     return exit_codes.OK

@@ -1,6 +1,6 @@
 """The YAML config file: owned ranges, timeouts, sysctls and services.
 
-``shape`` checks the shape (types, unknown and missing keys) at the edge into frozen
+``shape`` checks the shape (types, unknown and missing keys) at the edge into
 dataclasses; the result becomes the model and goes through ``model.validate`` for the
 rules that span fields.
 Both kinds of problem come out as FieldError with the YAML path, e.g.

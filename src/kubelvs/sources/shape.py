@@ -1,5 +1,5 @@
 """Shape checks of loaded YAML/JSON at the edge: types, unknown and missing keys,
-into frozen dataclasses.
+bounds, into dataclasses.
 
 Why not pydantic: a one-shot ``kubelvs apply`` spent more than half of its start-up
 importing pydantic and building the schemas of five small models (about 1.6 s of a
@@ -10,8 +10,8 @@ path, e.g. ``services[0].realservers[1].weight: must be an integer, got '2'``.
 
 A ``Record`` maps keys to checks; a check takes the value and returns it converted
 or raises ``Invalid``. Nested records and lists carry the path down, so a problem deep
-in the file names exactly where it is. Paths are only built when there is a problem:
-a 10,000-service file is 110,000 records.
+in the file names exactly where it is. A key's path is only built when its value has
+a problem (a 10,000-service file is 110,000 records); list items pass theirs down.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ class mapping_of(_Nested):
 
 
 class Record(_Nested, Generic[T]):
-    """A mapping with known keys, into the frozen dataclass ``cls``: every key of
+    """A mapping with known keys, into the dataclass ``cls``: every key of
     ``checks`` is a field of ``cls``; a field without a default is required."""
 
     def __init__(self, cls: type[T], checks: Mapping[str, Check | _Nested]) -> None:
