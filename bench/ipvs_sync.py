@@ -263,7 +263,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--rounds", type=int, default=50)
-    parser.add_argument("--repeat", type=int, default=3, help="cold-sync rounds per size (medians are reported)")
+    parser.add_argument("--repeat", type=int, default=5, help="cold-sync rounds per size (medians are reported)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, object] = {
