@@ -150,3 +150,18 @@ def test_deletes_of_services_come_first() -> None:
     ops = plan(_redis(6379, 6379), state).ops
     assert isinstance(ops[0], DeleteService)
     assert isinstance(ops[-1], AddRealServer)
+
+
+def test_model_objects_copy_and_pickle_with_their_cached_text() -> None:
+    # Keys cache their text on first use; a copy made before or after must still work.
+    import copy
+    import pickle
+
+    from kubelvs.model import Protocol, RealServer, ServiceKey, VirtualService, parse_address
+
+    key = ServiceKey(4, Protocol.TCP, parse_address("10.0.0.1"), 80)
+    svc = VirtualService(key).with_realservers([RealServer(parse_address("10.0.0.2"), 80)])
+    fresh = pickle.loads(pickle.dumps(svc))
+    assert fresh == svc and copy.deepcopy(svc) == svc
+    assert str(fresh.key) == "TCP 10.0.0.1:80" and str(fresh.realservers[0]) == "10.0.0.2:80 dr w=1"
+    assert str(copy.deepcopy(key)) == str(key) == "TCP 10.0.0.1:80"

@@ -87,7 +87,7 @@ class RealServerKey:
     # Keys are hashed millions of times in a large sync (dict lookups in the planner and
     # the picture), and an ipaddress object hashes through hex(): cache it.
     _hash: int = field(init=False, repr=False, compare=False)
-    _text: str = field(init=False, repr=False, compare=False)  # cached on first use, as ServiceKey's
+    _text: str = field(default="", init=False, repr=False, compare=False)  # filled on first use, as ServiceKey's
 
     # The sort order of real servers within a service (the kernel read-back's order),
     # computed once: keys are shared (see _realserver_key), sorting happens per sync.
@@ -102,12 +102,9 @@ class RealServerKey:
         return self._hash
 
     def __str__(self) -> str:
-        try:
-            return self._text
-        except AttributeError:  # the slot is empty until the first call
-            text = _hostport(self.address, self.port)
-            object.__setattr__(self, "_text", text)
-            return text
+        if not self._text:
+            object.__setattr__(self, "_text", _hostport(self.address, self.port))
+        return self._text
 
     def sort_key(self) -> tuple[int, int, int]:
         return self._order
@@ -162,8 +159,8 @@ class ServiceKey:
     port: int
     fwmark: int = 0
     _hash: int = field(init=False, repr=False, compare=False)  # cached, as RealServerKey's
-    # Cached on first use: a plan prints the service's key once per real server.
-    _text: str = field(init=False, repr=False, compare=False)
+    # Filled on first use: a plan prints the service's key once per real server.
+    _text: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_hash", hash((self.family, self.protocol, self.address, self.port, self.fwmark)))
@@ -177,17 +174,14 @@ class ServiceKey:
         return ServiceKey(family, Protocol.TCP, None, 0, fwmark)
 
     def __str__(self) -> str:
-        try:
-            return self._text
-        except AttributeError:  # the slot is empty until the first call
-            pass
-        if self.fwmark:
-            text = f"FWM {self.fwmark}" + (" IPv6" if self.family == 6 else "")
-        else:
-            assert self.address is not None
-            text = f"{self.protocol.upper()} {_hostport(self.address, self.port)}"
-        object.__setattr__(self, "_text", text)
-        return text
+        if not self._text:
+            if self.fwmark:
+                text = f"FWM {self.fwmark}" + (" IPv6" if self.family == 6 else "")
+            else:
+                assert self.address is not None
+                text = f"{self.protocol.upper()} {_hostport(self.address, self.port)}"
+            object.__setattr__(self, "_text", text)
+        return self._text
 
     def sort_key(self) -> tuple[int, int, str, int, int]:
         # Total order across families and fwmark services (None is not orderable).
