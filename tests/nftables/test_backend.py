@@ -27,7 +27,7 @@ from kubelvs.model import (
     ServiceKey,
     Timeouts,
 )
-from kubelvs.planner import AddRealServer, DeleteService, plan
+from kubelvs.planner import AddRealServer, DeleteService, changed_services, plan
 from kubelvs.roles.director import Director
 
 from .strategies import DR_POOL, NAT_POOL, desired_states, make_desired, make_service
@@ -77,10 +77,7 @@ def test_read_back_equals_the_last_desired_state(
     last_timeouts = None
     previous: DesiredState | None = None
     for desired in steps:
-        changed = None
-        if incremental and previous is not None:
-            changed = {k for k in set(desired.services) | set(previous.services)
-                       if desired.services.get(k) != previous.services.get(k)}
+        changed = changed_services(previous, desired) if incremental and previous is not None else None
         director.sync(desired, changed=changed)
         previous = desired
         last_timeouts = desired.timeouts or last_timeouts

@@ -37,7 +37,7 @@ from kubelvs.model import (
     ServiceKey,
     VirtualService,
 )
-from kubelvs.planner import plan
+from kubelvs.planner import changed_services, plan
 from kubelvs.roles.director import Director
 
 from .strategies import desired_states, make_desired, make_service
@@ -305,10 +305,7 @@ def test_read_back_with_tun_equals_the_last_desired_state(
         director = Director(backend)
         previous: DesiredState | None = None
         for desired in steps:
-            changed = None
-            if incremental and previous is not None:
-                changed = {k for k in set(desired.services) | set(previous.services)
-                           if desired.services.get(k) != previous.services.get(k)}
+            changed = changed_services(previous, desired) if incremental and previous is not None else None
             director.sync(desired, changed=changed)
             previous = desired
             fresh = NftablesBackend(netns=ns).read()

@@ -110,7 +110,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def desired_for(config: Config, backend: Backend | None, desired: DesiredState | None = None) -> DesiredState:
     """The config's desired state (``desired``, when already built from it), plus the
     recommended sysctls of ``backend`` (see docs/config.md)."""
-    desired = desired or to_desired(config)
+    if desired is None:
+        desired = to_desired(config)
     if backend is None or not config.recommended_sysctls:
         return desired
     extra = recommended_sysctls(backend.name, kernel_version(os.uname().release), desired.services.values())
@@ -144,7 +145,7 @@ def applied_lines(ops: Iterable[Operation]) -> list[str]:
 
 def _print_plan(lines: list[str], foreign: int, draining: int) -> None:
     if lines:
-        sys.stdout.write("\n".join(lines) + "\n")  # one write: a cold sync prints 110,000 lines
+        sys.stdout.write("\n".join(lines) + "\n")  # one write: a cold sync's plan is 110,000 lines
     if foreign:
         print(f"# {foreign} virtual service(s) outside owned ranges left alone (foreign)")
     if draining:

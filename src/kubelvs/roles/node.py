@@ -46,6 +46,7 @@ __all__ = [
     "NodeError",
     "default_interface",
     "node_addresses",
+    "sorted_addresses",
     "vips_for_node",
 ]
 
@@ -99,8 +100,13 @@ def vips_for_node(config: Config, addresses: Iterable[str]) -> tuple[list[str], 
             if address in own:
                 vips.add(str(ipaddress.ip_address(svc.vip)))
                 tun = tun or forward is Forward.TUN
-    ordered = sorted((ipaddress.ip_address(v) for v in vips), key=lambda a: (a.version, int(a)))
-    return [str(a) for a in ordered], ("tun" if tun else "dr")
+    return sorted_addresses(vips), ("tun" if tun else "dr")
+
+
+def sorted_addresses(texts: Iterable[str]) -> list[str]:
+    """Addresses in numeric order, IPv4 before IPv6 (each parsed once)."""
+    parsed = sorted((ipaddress.ip_address(t) for t in texts), key=lambda a: (a.version, int(a)))
+    return [str(a) for a in parsed]
 
 
 def _conf(iface: str, key: str) -> str:

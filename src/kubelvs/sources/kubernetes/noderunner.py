@@ -40,6 +40,7 @@ from ...roles.node import (
     NodeError,
     default_interface,
     node_addresses,
+    sorted_addresses,
 )
 from ...roles.node import vips_for_node as config_vips_for_node
 from ..config import Config, load_config, to_desired
@@ -71,11 +72,6 @@ class NodeWant:
         return {"node": self.node, "found": self.found, "vips": list(self.vips), "mode": self.mode, "ipv6_not_held": list(self.ipv6)}
 
 
-def _sorted(addresses: set[str]) -> tuple[str, ...]:
-    parsed = sorted((ipaddress.ip_address(a) for a in addresses), key=lambda a: (a.version, int(a)))
-    return tuple(str(a) for a in parsed)
-
-
 class NodeVips:
     """Snapshot -> the VIPs node ``node_name`` must hold, through the director's Mapper."""
 
@@ -100,9 +96,9 @@ class NodeVips:
         return NodeWant(
             node=name,
             found=("", name) in snap.nodes,
-            vips=_sorted(v4),
+            vips=tuple(sorted_addresses(v4)),
             mode="tun" if tun else "dr",
-            ipv6=_sorted(vips - v4),
+            ipv6=tuple(sorted_addresses(vips - v4)),
         )
 
 
