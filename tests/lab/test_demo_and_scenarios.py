@@ -30,15 +30,15 @@ def _kubelvs(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[st
 @MACHINE
 def test_demo_json_spreads_over_every_pod_and_proves_dr(prefix: str) -> None:
     links = root_links()
-    result = _kubelvs("demo", "--prefix", prefix, "-o", "json")
+    result = _kubelvs("demo", "--prefix", prefix, "-n", "40", "-o", "json")  # 40: see DemoResult.ok
     assert result.returncode == 0, result.stdout + result.stderr
     doc = json.loads(result.stdout)
-    assert doc["requests"] == doc["succeeded"] == 30
+    assert doc["requests"] == doc["succeeded"] == 40
     assert set(doc["by_node"]) == {"node1", "node2"}
     assert set(doc["by_pod"]) == {"whoami-node1-1", "whoami-node1-2", "whoami-node2-1", "whoami-node2-2"}
-    assert sum(doc["by_pod"].values()) == sum(doc["by_node"].values()) == 30
+    assert sum(doc["by_pod"].values()) == sum(doc["by_node"].values()) == 40
     assert doc["replies_via_director"] == 0  # DR: no reply crossed the director ...
-    assert doc["requests_via_director"] >= 30 * 3  # ... while every request did (SYN, ACK, GET, ACK, FIN)
+    assert doc["requests_via_director"] >= 40 * 3  # ... while every request did (SYN, ACK, GET, ACK, FIN)
     assert doc["backend"] == "nftables"
     assert lab_namespaces(prefix) == [] and root_links() == links  # the demo took its lab down
 
@@ -64,27 +64,27 @@ def test_nat_replies_do_cross_the_director_so_the_counter_is_not_blind(prefix: s
 
 @MACHINE
 def test_two_directors_behind_an_ecmp_router(prefix: str) -> None:
-    result = run_demo(LabSpec(prefix=prefix, router=True, directors=2), 30)
+    result = run_demo(LabSpec(prefix=prefix, router=True, directors=2), 40)
     assert result.ok, result.as_json()
     assert result.replies_via_director == 0
 
 
 @VM
 def test_demo_with_ipvs(prefix: str) -> None:
-    result = run_demo(LabSpec(prefix=prefix, backend="ipvs"), 30)
+    result = run_demo(LabSpec(prefix=prefix, backend="ipvs"), 40)
     assert result.backend == "ipvs"
     assert result.ok, result.as_json()
 
 
 @VM
 def test_tun_demo_with_ipvs(prefix: str) -> None:
-    result = run_demo(LabSpec(prefix=prefix, topology="tun", backend="ipvs"), 20)
+    result = run_demo(LabSpec(prefix=prefix, topology="tun", backend="ipvs"), 40)
     assert result.ok, result.as_json()
 
 
 @VM
 def test_tun_demo_with_nftables(prefix: str) -> None:
-    result = run_demo(LabSpec(prefix=prefix, topology="tun", backend="nftables"), 20)
+    result = run_demo(LabSpec(prefix=prefix, topology="tun", backend="nftables"), 40)
     assert result.backend == "nftables"
     assert result.ok, result.as_json()
     assert result.replies_via_director == 0
