@@ -11,15 +11,9 @@ from hypothesis import strategies as st
 from kubelvs.backends.nftables import ruleset
 from kubelvs.backends.nftables.maglev import MAGLEV_SIZE
 from kubelvs.backends.nftables.ruleset import Element, parse_scheduler_chain, scheduler_chain, service_elements
-from kubelvs.model import Forward, Protocol, RealServer, ServiceKey, Timeouts, VirtualService
+from kubelvs.model import Forward, Protocol, Timeouts
 
-
-def _svc(sched: str, rss: list[tuple[str, int, int, Forward]], flags: frozenset[str] = frozenset(),
-         proto: Protocol = Protocol.TCP, port: int = 80) -> VirtualService:
-    key = ServiceKey(4, proto, ipaddress.ip_address("10.0.0.1"), port)
-    return VirtualService(key=key, scheduler=sched, flags=flags).with_realservers(
-        RealServer(ipaddress.ip_address(a), p, w, f) for a, p, w, f in rss
-    )
+from .strategies import make_service
 
 
 def _as_nft_json(elements: set[Element], counters: dict[tuple[str, tuple[Any, ...]], tuple[int, int]] | None = None) -> dict[str, Any]:
@@ -60,7 +54,7 @@ def _as_nft_json(elements: set[Element], counters: dict[tuple[str, tuple[Any, ..
 
 
 def test_nat_service_elements() -> None:
-    svc = _svc("wrr", [("10.1.0.2", 8080, 3, Forward.NAT), ("10.1.0.3", 8080, 1, Forward.NAT), ("10.1.0.4", 8080, 0, Forward.NAT)])
+    svc = make_service("10.0.0.1", 80, "wrr", [("10.1.0.2", 8080, 3, Forward.NAT), ("10.1.0.3", 8080, 1, Forward.NAT), ("10.1.0.4", 8080, 0, Forward.NAT)])
     built = service_elements(svc)
     by_set: dict[str, list[Element]] = {}
     for e in built.own:
@@ -74,7 +68,7 @@ def test_nat_service_elements() -> None:
 
 
 def test_dr_service_elements_and_text() -> None:
-    svc = _svc("mh", [("10.1.0.2", 80, 1, Forward.DR), ("10.1.0.3", 81, 2, Forward.DR)], flags=frozenset({"mh-port"}))
+    svc = make_service("10.0.0.1", 80, "mh", [("10.1.0.2", 80, 1, Forward.DR), ("10.1.0.3", 81, 2, Forward.DR)], flags=frozenset({"mh-port"}))
     built = service_elements(svc)
     assert built.dr_addresses == {"10.1.0.2", "10.1.0.3"}
     slots = [e for e in built.own if e.set == "dr_slots"]
@@ -111,7 +105,7 @@ realservers = st.lists(
 def test_elements_parse_back_to_the_same_service(sched: str, rss: list[tuple[str, int, int]], forward: Forward,
                                                  proto: Protocol, port_flag: bool) -> None:
     flags = frozenset({f"{sched}-port"}) if port_flag and sched in ("sh", "mh") else frozenset()
-    svc = _svc(sched, [(a, p, w, forward) for a, p, w in rss], flags, proto)
+    svc = make_service("10.0.0.1", 80, sched, [(a, p, w, forward) for a, p, w in rss], proto, flags)
     built = service_elements(svc)
     parsed = ruleset.parse_tables([_as_nft_json(set(built.own))])
     assert parsed.services == {svc.key: svc}
@@ -119,7 +113,7 @@ def test_elements_parse_back_to_the_same_service(sched: str, rss: list[tuple[str
 
 
 def test_counters_and_timeouts_are_read() -> None:
-    svc = _svc("rr", [("10.1.0.2", 8080, 1, Forward.NAT)])
+    svc = make_service("10.0.0.1", 80, "rr", [("10.1.0.2", 8080, 1, Forward.NAT)])
     doc = _as_nft_json(set(service_elements(svc).own))
     doc["nftables"].append({"set": {"family": "ip", "name": "nat_in", "table": "kubelvs", "elem": [
         {"elem": {"val": {"concat": ["10.0.0.1", "tcp", "10.1.0.2", 8080]}, "counter": {"packets": 7, "bytes": 700}}}]}})
@@ -142,7 +136,7 @@ def test_service_text_writes_exactly_the_service_elements(sched: str, rss: list[
     """The cold-sync renderer (text straight from the model) and the diff path (Element
     tuples, then text) must write the same elements: later diffs assume it."""
     flags = frozenset({f"{sched}-port"}) if port_flag and sched in ("sh", "mh") else frozenset()
-    svc = _svc(sched, [(a, p, w, forward) for a, p, w in rss], flags, proto)
+    svc = make_service("10.0.0.1", 80, sched, [(a, p, w, forward) for a, p, w in rss], proto, flags)
     direct: dict[tuple[str, str], list[str]] = {}
     dr_addresses = ruleset.service_text(svc, direct)
     built = service_elements(svc)
