@@ -43,7 +43,6 @@ from kubelvs.roles.director import Director
 from .strategies import desired_states, make_desired, make_service
 from .test_backend import _prepare
 from .test_ruleset import _as_nft_json as as_nft_json
-from .test_ruleset import _svc as ruleset_svc
 from .test_ruleset import realservers as rs_lists
 
 VIP = "10.0.0.200"
@@ -73,8 +72,8 @@ def test_tun_elements_are_the_dr_path_plus_tun_svc_and_parse_back(
     sched: str, rss: list[tuple[str, int, int]], proto: Protocol, port_flag: bool
 ) -> None:
     flags = frozenset({f"{sched}-port"}) if port_flag and sched in ("sh", "mh") else frozenset()
-    tun = ruleset_svc(sched, [(a, 80, w, Forward.TUN) for a, _, w in rss], flags, proto)
-    dr = ruleset_svc(sched, [(a, 80, w, Forward.DR) for a, _, w in rss], flags, proto)
+    tun = make_service("10.0.0.1", 80, sched, [(a, 80, w, Forward.TUN) for a, _, w in rss], proto, flags)
+    dr = make_service("10.0.0.1", 80, sched, [(a, 80, w, Forward.DR) for a, _, w in rss], proto, flags)
     built, as_dr = ruleset.service_elements(tun), ruleset.service_elements(dr)
     if not rss:  # no real servers: no method, kept as an (empty) NAT service
         assert built == as_dr
