@@ -1,53 +1,106 @@
 # kubelvs: everything runs as root on Linux (network namespaces, netlink, sysctls).
+# Each command installs only what it needs, once (idempotent): `make demo` the demo's few
+# Debian packages and the virtualenv; the test tiers, `make check` and the benchmarks add
+# theirs. Nothing is ever installed into /boot: the VM tier's kernel is unpacked into a
+# cache directory by scripts/vm-kernel.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-APT_PACKAGES := python3 python3-venv python3-pip iproute2 nftables ipvsadm kmod \
-                qemu-system-x86 linux-image-amd64 busybox-static iputils-ping curl procps \
-                iperf3 wrk
+# Hypothesis settings profile (tests/conftest.py): `ci` is reproducible, `explore` runs
+# many more examples. E.g. `make test-machine HYPOTHESIS_PROFILE=explore`.
+HYPOTHESIS_PROFILE ?= ci
+export HYPOTHESIS_PROFILE
 
-.PHONY: setup test test-machine test-vm demo demo-ipvs bench bench-dr clean
+# Debian packages, by the command that needs them (tests/test_setup_tools.py checks these
+# lists against every program the code runs).
+# The demo: the virtualenv, ip/ss, nft (and libnftables), sysctl, modprobe (backend detection).
+APT_DEMO  := python3 python3-venv iproute2 nftables procps kmod
+# The tests: conntrack, ipvsadm, netstat; the VM tier: qemu, a static busybox for
+# virtme-ng's initramfs, `file` (virtme-ng reads the kernel's version with it), udev
+# (virtme-ng's guest init needs udevd for its command channel: without it vng prints
+# nothing and fails).
+APT_TEST  := $(APT_DEMO) conntrack ipvsadm net-tools qemu-system-x86 busybox-static file udev
+# The data-path benchmark (bench-dr), in the VM.
+APT_BENCH := $(APT_TEST) iperf3 wrk curl
 
-setup: $(VENV)/.installed
+.PHONY: setup setup-test setup-check setup-bench apt-demo apt-test apt-bench \
+        test test-machine test-vm check demo demo-ipvs bench bench-dr clean
 
-$(VENV)/.installed: pyproject.toml
-	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); fi
+## Set-up. The apt-* steps cost a dpkg query when everything is there; the virtualenv
+## stamps are rebuilt when pyproject.toml changes.
+apt-demo:
+	@scripts/apt-need $(APT_DEMO)
+apt-test:
+	@scripts/apt-need $(APT_TEST)
+apt-bench:
+	@scripts/apt-need $(APT_BENCH)
+
+$(VENV)/.stamp-demo: pyproject.toml | apt-demo
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.stamp-test: $(VENV)/.stamp-demo | apt-test
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+$(VENV)/.stamp-check: $(VENV)/.stamp-demo
+	$(PY) -m pip install -q -e '.[test,dev]'
+	touch $@
+
+## What `make demo` needs: Debian packages for the lab, .venv with kubelvs (editable).
+setup: apt-demo $(VENV)/.stamp-demo
+
+## What the tests need: + conntrack, ipvsadm, net-tools, qemu, busybox-static, file, udev; pytest,
+## hypothesis, virtme-ng; and the VM's kernel, downloaded and unpacked into the cache.
+setup-test: apt-test $(VENV)/.stamp-test
+	@scripts/vm-kernel >/dev/null
+
+## What `make check` needs: mypy, ruff, import-linter and stubs (pyproject's dev extra).
+setup-check: apt-demo $(VENV)/.stamp-check
+
+## What the benchmarks need: the test set-up + iperf3, wrk, curl.
+setup-bench: apt-bench setup-test
+
 ## Both tiers: the machine's kernel, then one VM boot with Debian's kernel (real IPVS).
-test: setup
+test: setup-test
 	$(MAKE) test-machine
 	$(MAKE) test-vm
 
-test-machine: setup
+test-machine: setup-test
 	$(PY) -m pytest -q -m "not kernel_ipvs" tests
 
-test-vm: setup
+test-vm: setup-test
 	scripts/vm-run -- $(PY) -m pytest -q -m kernel_ipvs -p no:cacheprovider tests
 
-## The seed's LVS-DR external IP end to end in a network-namespace lab on this kernel.
+## Static checks; every one runs, and the target fails if any failed.
+check: setup-check
+	@rc=0; for cmd in "$(VENV)/bin/mypy" "$(VENV)/bin/ruff check" "$(VENV)/bin/ruff format --check" \
+	                  "$(VENV)/bin/lint-imports"; do \
+	    echo "== $$cmd"; $$cmd || rc=1; done; exit $$rc
+
+## An LVS-DR external IP end to end in a network-namespace lab on this kernel.
 demo: setup
 	$(VENV)/bin/kubelvs demo
 
 ## The same config on real IPVS, in the VM kernel.
-demo-ipvs: setup
+demo-ipvs: setup-test
 	scripts/vm-run -- scripts/demo-ipvs
 
-bench: setup
+bench: setup-test
 	scripts/vm-run -- $(PY) bench/ipvs_sync.py --out bench/results
 	$(PY) bench/nft_sync.py
 
 ## The DR data path in the VM: direct vs IPVS-DR vs nftables-DR with wrk and iperf3 (~12 min).
 ## The host's /proc/loadavg is copied into a file the VM reads, so the report records the load.
-bench-dr: setup
+bench-dr: setup-bench
 	@mkdir -p .vmtmp; load=$$(mktemp .vmtmp/host-loadavg.XXXXXX); \
 	( while cat /proc/loadavg > $$load.new && mv $$load.new $$load; do sleep 5; done ) & sampler=$$!; \
 	scripts/vm-run -- $(PY) bench/dr_datapath.py --out bench/results --host-loadavg $$load; rc=$$?; \
 	kill $$sampler; rm -f $$load $$load.new; exit $$rc
 
+## The VM's unpacked kernel stays in $XDG_CACHE_HOME/kubelvs/vm-kernel (~/.cache/...; outside
+## the repository, ~400 MB per kernel version): delete that directory to reclaim it.
 clean:
 	rm -rf $(VENV) .vmtmp

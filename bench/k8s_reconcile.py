@@ -8,7 +8,7 @@ a fresh network namespace (``nftables``: the kernel programmed), or IPVS in a fr
 namespace (``ipvs``, in the VM: ``scripts/vm-run -- .venv/bin/python bench/k8s_reconcile.py --backend ipvs``).
 
 Measured: the time from the LAST event to the end of the sync that programmed it
-(``DirectorLoop.last_programmed``), for one Service edit, a burst of 100 edits, and a
+(``ReconcileLoop.last_programmed``), for one Service edit, a burst of 100 edits, and a
 node going NotReady (which touches every Service). Also measured: the first full
 reconcile after the initial list, and the director's memory (RSS growth while it
 builds its state; the stand-in server's own copies are counted before that). Baseline,
@@ -39,18 +39,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kubelvs.model import DesiredState, Ownership  # noqa: E402
-from kubelvs.roles.director import Director  # noqa: E402
+from kubelvs.app.director import DirectorOptions, start_director  # noqa: E402
+from kubelvs.backends.memory import MemoryBackend  # noqa: E402
+from kubelvs.model import Ownership  # noqa: E402
+from kubelvs.sources.config import Config  # noqa: E402
 from kubelvs.sources.kubernetes.api import KubeApi  # noqa: E402
+from kubelvs.sources.kubernetes.desired import KubernetesSource  # noqa: E402
 from kubelvs.sources.kubernetes.mapping import Mapper  # noqa: E402
-from kubelvs.sources.kubernetes.reconciler import Reconciler  # noqa: E402
-from kubelvs.sources.kubernetes.runner import DirectorLoop  # noqa: E402
 from kubelvs.sources.kubernetes.settings import parse_kubernetes  # noqa: E402
-from kubelvs.sources.kubernetes.tracker import KINDS, Store  # noqa: E402
-from kubelvs.sources.kubernetes.watch import WatchStats, watch_kind  # noqa: E402
 from tests.kubernetes import k8sobjects as k  # noqa: E402
 from tests.kubernetes.apiserver import FakeApiServer  # noqa: E402
-from tests.kubernetes.memory_backend import MemoryBackend  # noqa: E402
 
 OWNED = "10.128.0.0/16"
 POOL = "10.128.0.0/17"
@@ -124,17 +122,25 @@ async def bench(n_services: int, n_nodes: int, backend_name: str, baseline_round
     else:
         backend = MemoryBackend()
     api = KubeApi.for_url(server.url)
-    store = Store()
-    reconciler = Reconciler(settings, base=DesiredState(ownership=settings.ownership), director=Director(backend))
-    loop = DirectorLoop(store, reconciler, settings, resync=3600)
+    source = KubernetesSource(Config(), settings=settings, api=api, write_status=False)
     stop = asyncio.Event()
-    stats = {kind: WatchStats() for kind in KINDS}
     results: dict[str, Any] = {"services": n_services, "nodes": n_nodes, "backend": backend_name}
+    program = None
     try:
         t0 = time.perf_counter()
-        tasks = [asyncio.create_task(loop.run(stop))]
-        tasks += [asyncio.create_task(watch_kind(api, kind, store, stats=stats[kind], stop=stop)) for kind in KINDS]
-        await wait(lambda: loop.reconciles >= 1)
+        # The same assembly as `kubelvs director --kubernetes` (app.director.start_director).
+        program = await start_director(DirectorOptions(resync_seconds=3600), source, backend=backend)
+        loop = program.loop
+        tasks = [asyncio.create_task(program.run(stop))]
+
+        class _Last:  # what the director synced last, read by the checks below
+            @property
+            def last_desired(self) -> Any:
+                assert program is not None
+                return program.last_synced
+
+        reconciler = _Last()
+        await wait(lambda: loop.steps >= 1)
         results["initial_list_map_full_sync_s"] = time.perf_counter() - t0
         results["virtual_services"] = len(reconciler.last_desired.services) if reconciler.last_desired else 0
         results["realservers"] = sum(len(v.realservers) for v in reconciler.last_desired.services.values()) if reconciler.last_desired else 0
@@ -142,11 +148,11 @@ async def bench(n_services: int, n_nodes: int, backend_name: str, baseline_round
         results["rss_total_mib"] = round(rss_mib(), 1)
 
         async def after(change: Any, check: Any) -> float:
-            before = loop.reconciles
+            before = loop.steps
             await asyncio.sleep(0.3)
             change()
             t_last = time.monotonic()
-            await wait(lambda: loop.reconciles > before and check())
+            await wait(lambda: loop.steps > before and check())
             return loop.last_programmed - t_last
 
         one = []
@@ -158,7 +164,7 @@ async def bench(n_services: int, n_nodes: int, backend_name: str, baseline_round
                 key.port == 8000 + r for key in (reconciler.last_desired.services if reconciler.last_desired else {})
             )))
         results["one_service_edit_s"] = statistics.median(one)
-        results["one_service_recomputed"] = reconciler.mapper.recomputed
+        results["one_service_recomputed"] = source.mapper.recomputed
 
         def burst() -> None:
             for j in range(100):
@@ -170,7 +176,7 @@ async def bench(n_services: int, n_nodes: int, backend_name: str, baseline_round
 
         results["burst_100_edits_s"] = await after(burst, lambda: sum(
             1 for key in (reconciler.last_desired.services if reconciler.last_desired else {}) if key.port == 9000) == 100)
-        results["burst_reconciles"] = loop.reconciles
+        results["burst_reconciles"] = loop.steps
 
         def node_down() -> None:
             node = server.get("Node", "", "node3")
@@ -181,12 +187,11 @@ async def bench(n_services: int, n_nodes: int, backend_name: str, baseline_round
             len(v.realservers) == n_nodes - 1 for v in list((reconciler.last_desired.services if reconciler.last_desired else {}).values())[:50]))
 
         # Baseline: recompute everything and sync everything (kube-proxy's way), same state.
-        snap = store.snapshot()
         base_times = []
         for _ in range(baseline_rounds):
-            reconciler.mapper = Mapper(settings)
+            source.mapper = Mapper(settings)  # nothing cached: everything is recomputed
             t = time.perf_counter()
-            await asyncio.to_thread(reconciler.reconcile, snap, full=True)
+            await asyncio.to_thread(program.step, True)  # full: read the kernel, compare all
             base_times.append(time.perf_counter() - t)
         results["baseline_full_recompute_and_sync_s"] = statistics.median(base_times)
         base = results["baseline_full_recompute_and_sync_s"]
@@ -199,9 +204,12 @@ async def bench(n_services: int, n_nodes: int, backend_name: str, baseline_round
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
-        await api.close()
+        if program is not None:
+            await program.close()  # the source (API client) and the backend
+        else:
+            await api.close()
+            backend.close()
         await server.close()
-        backend.close()
         if nsobj is not None:
             nsobj.close()
     return results

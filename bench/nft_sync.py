@@ -56,7 +56,9 @@ def services(n: int, per: int, scheduler: str) -> dict[ServiceKey, VirtualServic
     out = {}
     for i in range(n):
         key = ServiceKey(4, Protocol.TCP, ipaddress.IPv4Address(VIP0 + i), 80)
-        rss = [RealServer(ipaddress.IPv4Address(RIP0 + i * per + j), 8080, 1, Forward.NAT) for j in range(per)]
+        rss = [
+            RealServer(ipaddress.IPv4Address(RIP0 + i * per + j), 8080, 1, Forward.NAT) for j in range(per)
+        ]
         out[key] = VirtualService(key, scheduler).with_realservers(rss)
     return out
 
@@ -145,7 +147,8 @@ def case(n: int, per: int, scheduler: str, rounds: int, tag: str) -> dict[str, o
     with Netns(f"kubelvs-bench-{tag}-b") as ns:
         # Baseline: the same transaction text through bare nft into an empty namespace.
         result["baseline_nft_f_s"], result["baseline_nft_f_cpu_s"] = nft_f(ns, cold_script)
-    result["cold_vs_bare_nft_cpu"] = float(result["cold_sync_cpu_s"]) / float(result["baseline_nft_f_cpu_s"])  # type: ignore[arg-type]
+    cold, bare = result["cold_sync_cpu_s"], result["baseline_nft_f_cpu_s"]
+    result["cold_vs_bare_nft_cpu"] = float(cold) / float(bare)  # type: ignore[arg-type]
     return result
 
 
@@ -154,10 +157,17 @@ def per_service_chains(n: int, per: int) -> tuple[float, float]:
     lines = ["table ip kubelvs_chains {"]
     for i in range(n):
         targets = ", ".join(f"{j} : {ipaddress.IPv4Address(RIP0 + i * per + j)} . 8080" for j in range(per))
-        lines.append(f"  chain s{i} {{ meta l4proto tcp dnat ip to numgen inc mod {per} map {{ {targets} }}; }}")
+        lines.append(
+            f"  chain s{i} {{ meta l4proto tcp dnat ip to numgen inc mod {per} map {{ {targets} }}; }}"
+        )
     elements = ", ".join(f"{ipaddress.IPv4Address(VIP0 + i)} . tcp . 80 : goto s{i}" for i in range(n))
-    lines.append(f"  map svc {{ type ipv4_addr . inet_proto . inet_service : verdict; elements = {{ {elements} }}; }}")
-    lines.append("  chain pre { type nat hook prerouting priority dstnat; policy accept; ip daddr . meta l4proto . th dport vmap @svc; }")
+    lines.append(
+        f"  map svc {{ type ipv4_addr . inet_proto . inet_service : verdict; elements = {{ {elements} }}; }}"
+    )
+    lines.append(
+        "  chain pre { type nat hook prerouting priority dstnat; policy accept;"
+        " ip daddr . meta l4proto . th dport vmap @svc; }"
+    )
     lines.append("}")
     with Netns("kubelvs-bench-chains") as ns:
         return nft_f(ns, "\n".join(lines) + "\n")
@@ -212,16 +222,21 @@ def main() -> int:
         "work on a transaction is charged to whoever sent it): the stable measure on a shared machine.",
         "Wall = elapsed, inflated by the load above.",
         "",
-        "| services | sched | elements | cold sync CPU (wall) s | bare `nft -f` of the same text CPU (wall) s | ratio (CPU) "
-        "| read back CPU (wall) s | full resync, no change CPU (wall) s | one-RS change CPU median; wall median / p95 (ms) |",
+        "| services | sched | elements | cold sync CPU (wall) s "
+        "| bare `nft -f` of the same text CPU (wall) s | ratio (CPU) | read back CPU (wall) s "
+        "| full resync, no change CPU (wall) s | one-RS change CPU median; wall median / p95 (ms) |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         md.append(
-            f"| {r['services']} | {r['scheduler']} | {r['elements']} | {r['cold_sync_cpu_s']:.2f} ({r['cold_sync_s']:.2f}) "
-            f"| {r['baseline_nft_f_cpu_s']:.2f} ({r['baseline_nft_f_s']:.2f}) | {r['cold_vs_bare_nft_cpu']:.2f} "
-            f"| {r['read_cpu_s']:.2f} ({r['read_s']:.2f}) | {r['full_resync_cpu_s']:.2f} ({r['full_resync_s']:.2f}) "
-            f"| {r['one_rs_change_cpu_median_ms']:.1f}; {r['one_rs_change_median_ms']:.1f} / {r['one_rs_change_p95_ms']:.1f} |"
+            f"| {r['services']} | {r['scheduler']} | {r['elements']} "
+            f"| {r['cold_sync_cpu_s']:.2f} ({r['cold_sync_s']:.2f}) "
+            f"| {r['baseline_nft_f_cpu_s']:.2f} ({r['baseline_nft_f_s']:.2f}) "
+            f"| {r['cold_vs_bare_nft_cpu']:.2f} "
+            f"| {r['read_cpu_s']:.2f} ({r['read_s']:.2f}) "
+            f"| {r['full_resync_cpu_s']:.2f} ({r['full_resync_s']:.2f}) "
+            f"| {r['one_rs_change_cpu_median_ms']:.1f}; {r['one_rs_change_median_ms']:.1f}"
+            f" / {r['one_rs_change_p95_ms']:.1f} |"
         )
     rr_small = next(r for r in rows if r["scheduler"] == "rr" and r["services"] == small)
     md += [

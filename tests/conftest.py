@@ -1,5 +1,23 @@
-"""Shared fixtures. Every network namespace a test creates carries the project's
-prefix ``kubelvs-t`` and is deleted at teardown, also when the test fails."""
+"""Shared fixtures and the Hypothesis profiles.
+
+Every network namespace a test creates carries the project's prefix ``kubelvs-t`` and is
+deleted at teardown, also when the test fails.
+
+Hypothesis profile, chosen by the environment variable ``HYPOTHESIS_PROFILE`` (``make`` and
+``.ci/run`` set ``ci``, which is also the default; ``scripts/vm-run`` passes it into the VM):
+
+- ``ci``: reproducible. The same examples on every run and every machine (derandomized:
+  generated from each test's own name), no example database (examples saved
+  by an earlier run would change what the next run tries), and a failure prints the
+  failing example plus the ``@reproduce_failure`` blob that replays it.
+- ``explore``: for local runs hunting new failures. Random, ten times the examples, and the
+  database in ``.hypothesis/`` so a failure found once is replayed first next time.
+
+Both: no deadline (the kernel-backed tests take as long as the kernel and the shared
+machine make them) and no "too slow" health check (timing on a loaded machine would make
+a test fail or pass by chance). A test's own ``@settings(max_examples=...)`` overrides the
+profile's count in both.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +27,31 @@ import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 NETNS_PREFIX = "kubelvs-t"
+
+HYPOTHESIS_PROFILES = ("ci", "explore")
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    deadline=None,
+    max_examples=100,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "explore",
+    max_examples=1000,
+    print_blob=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+_profile = os.environ.get("HYPOTHESIS_PROFILE") or "ci"
+if _profile not in HYPOTHESIS_PROFILES:
+    raise pytest.UsageError(f"HYPOTHESIS_PROFILE={_profile!r}: use one of {', '.join(HYPOTHESIS_PROFILES)}")
+settings.load_profile(_profile)
 
 
 def _ip(*args: str) -> None:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from kubelvs.backends import open_backend
 from kubelvs.backends.ipvs import IpvsBackend
-from kubelvs.errors import ApplyError
+from kubelvs.errors import PartialApplyError
 from kubelvs.formats.ipvsadm_save import format_save, parse_save
 from kubelvs.model import (
     DesiredState,
@@ -138,7 +138,7 @@ def test_seed_stale_realserver_regression(netns: str, backend: IpvsBackend, firs
     )
 
 
-def test_error_in_the_middle_stops_names_the_operation_and_next_sync_converges(
+def test_a_refused_operation_affects_only_its_service_and_next_sync_converges(
     netns: str, backend: IpvsBackend
 ) -> None:
     desired = to_desired(
@@ -155,14 +155,51 @@ def test_error_in_the_middle_stops_names_the_operation_and_next_sync_converges(
     the_plan = plan(desired, backend.read())
     # Someone else creates the second service between our read and our apply.
     ipvsadm(netns, "-A", "-t", "10.240.0.201:80", "-s", "wlc")
-    with pytest.raises(ApplyError) as info:
+    with pytest.raises(PartialApplyError) as info:
         backend.apply(the_plan.ops)
-    failed = the_plan.ops[info.value.index]
+    (refused,) = [f for f in info.value.failures if f.errno is not None]
+    failed = the_plan.ops[refused.index]
     assert isinstance(failed, AddService) and str(failed.service.key) == "TCP 10.240.0.201:80"
-    assert info.value.errno == errno.EEXIST and "already exists" in str(info.value)
-    assert "10.240.0.200:80" in ipvsadm(netns, "-Sn")  # the operations before it were applied
-    Director(backend).sync(desired)
+    assert refused.errno == errno.EEXIST and "already exists" in str(refused)
+    saved = ipvsadm(netns, "-Sn")
+    # The services before AND after the refused one were applied: one refusal holds up nothing else.
+    assert "-a -t 10.240.0.200:80 -r 10.240.0.101:80" in saved and "-a -t 10.240.0.202:80 -r 10.240.0.101:80" in saved
+    assert "applied" in str(info.value) and "TCP 10.240.0.201:80" in str(info.value)
+    result = Director(backend).sync(desired)
+    assert not result.new_failures
     assert owned(backend.read()) == dict(desired.services)
+
+
+def test_a_refused_service_is_retried_with_backoff_by_the_director(netns: str, backend: IpvsBackend) -> None:
+    """Debian 6.1 has no ``twos`` scheduler (added in 6.2): the kernel refuses that service
+    (ENOENT), the healthy one in the same plan is programmed, and the director retries the
+    refused one on a doubling schedule until it is fixed."""
+    clock = [1000.0]
+    director = Director(backend, clock=lambda: clock[0])
+
+    def config(scheduler: str) -> DesiredState:
+        services = [
+            {"vip": "10.240.0.200", "port": 80, "scheduler": "rr", "realservers": [{"address": "10.240.0.101"}]},
+            {"vip": "10.240.0.201", "port": 80, "scheduler": scheduler, "realservers": [{"address": "10.240.0.101"}]},
+        ]
+        return to_desired(parse_config({"owned_cidrs": ["10.240.0.0/24"], "services": services}))
+
+    result = director.sync(config("twos"))
+    assert any("scheduler 'twos' is not available" in line for line in result.new_failures), result.new_failures
+    assert [str(k) for k in owned(backend.read())] == ["TCP 10.240.0.200:80"]
+    (failure,) = director.failures.values()
+    assert failure.attempts == 1 and failure.retry_at == 1000.5
+    clock[0] = 1000.2  # before the retry time: the refused service is left out
+    result = director.sync(config("twos"), changed=[])
+    assert not result.new_failures and director.failures[failure.key].attempts == 1
+    clock[0] = 1000.6  # due: retried (a full sync), refused again, the delay doubles
+    result = director.sync(config("twos"), changed=[])
+    assert result.full and director.failures[failure.key].attempts == 2
+    assert director.failures[failure.key].retry_at == 1001.6
+    clock[0] = 1002.0  # fixed meanwhile: the next retry programs it and forgets the failure
+    result = director.sync(config("rr"), changed=[failure.key])
+    assert not result.new_failures and not director.failures
+    assert owned(backend.read()) == dict(config("rr").services)
 
 
 def test_foreign_services_are_left_alone(netns: str, backend: IpvsBackend) -> None:

@@ -17,6 +17,8 @@ SEED_SECTION: dict[str, Any] = {
 def settings(section: dict[str, Any] | None = None, owned: tuple[str, ...] = ("10.240.0.0/24",)) -> KubeSettings:
     data = dict(SEED_SECTION if section is None else section)
     data.setdefault("external_ip_cidrs", ["10.240.0.192/27"])
+    # The stand-in API server's nodes are not hosts: nothing to probe unless a test says so.
+    data.setdefault("health", {"enabled": False})
     return parse_kubernetes(data, Ownership(cidrs=tuple(ip_network(c) for c in owned)))
 
 

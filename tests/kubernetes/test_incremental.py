@@ -8,18 +8,18 @@ from typing import Any
 
 import pytest
 
-from kubelvs.errors import ApplyError
-from kubelvs.model import DesiredState
-from kubelvs.planner import changed_services
-from kubelvs.roles.director import Director
+from kubelvs.app.director import DirectorOptions, DirectorProgram
+from kubelvs.backends.memory import MemoryBackend
+from kubelvs.model import recommended_sysctls
+from kubelvs.planner import changed_services, service_of
+from kubelvs.sources.config import Config
 from kubelvs.sources.kubernetes import annotations as ann
+from kubelvs.sources.kubernetes.desired import KubernetesSource
 from kubelvs.sources.kubernetes.mapping import Mapper, MappingResult, Snapshot, compute
-from kubelvs.sources.kubernetes.reconciler import Reconciler
 from kubelvs.sources.kubernetes.tracker import Store
 
 from . import k8sobjects as k
 from .helpers import key, settings
-from .memory_backend import MemoryBackend
 
 NODES = ("node1", "node2", "node3")
 VIPS = ("10.240.0.200", "10.240.0.201", "10.240.0.202")  # few: Services collide on them
@@ -136,56 +136,65 @@ def test_one_edit_maps_one_service_and_a_gap_maps_all() -> None:
     assert r.changed == {key("10.240.0.206", 80), key("10.240.0.206", 8083)}
 
 
-def test_reconciler_syncs_only_what_the_mapper_changed_and_recovers_from_a_failed_sync() -> None:
-    s = settings()
-    store = Store()
+def _program(backend: MemoryBackend | None = None) -> DirectorProgram:
+    """The director program over a Kubernetes source whose store the test fills itself."""
+    source = KubernetesSource(Config(), settings=settings())
+    store = source.objects.store
     store.replace("Node", [k.node("node1", "10.240.0.101")])
-    store.replace("Service", [k.service(f"s{i}", external_ips=[f"10.240.0.{200 + i}"]) for i in range(5)])
     store.replace("EndpointSlice", [])
-    backend = MemoryBackend()
-    rec = Reconciler(s, base=DesiredState(ownership=s.ownership), director=Director(backend))
-    assert rec.reconcile(store.snapshot(take_changes=True), full=True).full
+    return DirectorProgram(DirectorOptions(), source, backend or MemoryBackend())
+
+
+def test_director_syncs_only_what_the_mapper_changed_and_recovers_from_a_refused_sync() -> None:
+    refused: set[str] = set()
+    backend = MemoryBackend(refuse=lambda op: "injected" if str(service_of(op)) in refused else None)
+    program = _program(backend)
+    store = program.source.objects.store  # type: ignore[attr-defined]
+    store.replace("Service", [k.service(f"s{i}", external_ips=[f"10.240.0.{200 + i}"]) for i in range(5)])
+    program.step(True)
+    assert program.last_result is not None and program.last_result.full
     store.apply("Service", "MODIFIED", k.service("s1", external_ips=["10.240.0.201"], ports=[("web", "TCP", 8080)]))
-    report = rec.reconcile(store.snapshot(take_changes=True))
-    assert not report.full and report.changed == 2 and report.ops == 3  # - :80, + :8080 and its real server
-    # A failed sync: the mapper moved on, the kernel did not. The next incremental
-    # reconcile must not trust the mapper's "changed" (relative to a state never synced).
+    program.step(False)
+    result = program.last_result
+    assert not result.full and program.last_compared == 2 and len(result.applied) == 3  # - :80, + :8080, its real server
+    # A refused service: the rest goes ahead, the director drops its picture of the kernel,
+    # so the next step reads the kernel whatever the mapper says changed.
+    refused.add("TCP 10.240.0.202:8082")
     store.apply("Service", "MODIFIED", k.service("s2", external_ips=["10.240.0.202"], ports=[("web", "TCP", 8082)]))
-    backend.fail_next_apply = True
-    with pytest.raises(ApplyError):
-        rec.reconcile(store.snapshot(take_changes=True))
+    program.step(False)
+    assert [str(k) for k in program.director.failures] == ["TCP 10.240.0.202:8082"]
+    assert "TCP 10.240.0.202:80" not in backend.table()  # its deletion went ahead
+    refused.clear()
     store.apply("Service", "DELETED", k.service("s4"))
-    report = rec.reconcile(store.snapshot(take_changes=True))
-    assert report.changed == 3  # s2's :80 and :8082 (never synced) and s4's :80, against the last synced state
+    program.director.clock = lambda: float("inf")  # the retry is due
+    program.step(False)
+    assert program.last_result.full and not program.director.failures
     assert set(backend.table()) == {"TCP 10.240.0.200:80", "TCP 10.240.0.201:8080", "TCP 10.240.0.202:8082", "TCP 10.240.0.203:80"}
 
 
 def test_recommended_sysctls_follow_the_changed_services_only() -> None:
-    from kubelvs.model import recommended_sysctls
-    from kubelvs.sources.kubernetes.runner import RecommendedSysctls
-
-    s = settings()
-    store = Store()
-    store.replace("Node", [k.node("node1", "10.240.0.101")])
+    program = _program()
+    store = program.source.objects.store  # type: ignore[attr-defined]
     store.replace("Service", [k.service(f"s{i}", type="NodePort", external_ips=[f"10.240.0.{200 + i}"]) for i in range(4)])
-    store.replace("EndpointSlice", [])
-    extra = RecommendedSysctls("nftables", (6, 1))
-    rec = Reconciler(s, base=DesiredState(ownership=s.ownership), extra_sysctls=extra)
     nat = {ann.FORWARD: "nat"}
+    tracker = program.sysctls
+    first = [True]
 
     def step(*edits: dict[str, Any]) -> dict[str, int]:
         for e in edits:
             store.apply("Service", "MODIFIED", e)
-        _, desired = rec.compute(store.snapshot(take_changes=True))
+        program.step(first.pop() if first else False)
+        desired = program.last_synced
+        assert desired is not None
         # The same as recommended_sysctls over every service, without scanning them.
-        assert dict(desired.sysctls) == recommended_sysctls("nftables", (6, 1), desired.services.values())
+        assert dict(desired.sysctls) == recommended_sysctls(tracker.backend, tracker.kernel, desired.services.values())
         return dict(desired.sysctls)
 
     assert step() == {}
     assert step(k.service("s1", type="NodePort", external_ips=["10.240.0.201"], annotations=nat)) == {"net.ipv4.ip_forward": 1}
     assert step(k.service("s2", type="NodePort", external_ips=["10.240.0.202"], annotations=nat)) == {"net.ipv4.ip_forward": 1}
-    assert extra.nat == {key("10.240.0.201", 80), key("10.240.0.202", 80)}
+    assert tracker.nat == {key("10.240.0.201", 80), key("10.240.0.202", 80)}
     assert step(k.service("s1", type="NodePort", external_ips=["10.240.0.201"])) == {"net.ipv4.ip_forward": 1}
     store.apply("Service", "DELETED", k.service("s2"))
     assert step() == {}
-    assert extra.nat == set()
+    assert tracker.nat == set()

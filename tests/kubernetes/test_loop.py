@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from kubelvs.backends.memory import MemoryBackend
+from kubelvs.planner import service_of
+
 from . import k8sobjects as k
 from .apiserver import FakeApiServer
 from .helpers import settings
@@ -37,7 +40,7 @@ def test_converges_on_edits_incrementally() -> None:
     async def body(server: FakeApiServer) -> None:
         seed(server)
         d = DirectorStack(server.url, settings(), identity="d1")
-        d.start()
+        await d.start()
         await until(lambda: WHOAMI in d.backend.table())
         assert d.backend.table()[WHOAMI] == [("10.240.0.101", 80, 1, "dr"), ("10.240.0.102", 80, 1, "dr")]
         reads = d.backend.reads
@@ -59,18 +62,18 @@ def test_burst_of_changes_is_one_reconcile() -> None:
     async def body(server: FakeApiServer) -> None:
         seed(server)
         d = DirectorStack(server.url, settings({**{"external_ip_cidrs": ["10.240.0.192/26"]}, "coalesce_ms": 300}), identity="d1")
-        d.start()
+        await d.start()
         await until(lambda: WHOAMI in d.backend.table())
         await asyncio.sleep(0.2)
-        before = d.loop.reconciles
+        before = d.loop.steps
         applies = len(d.backend.applies)
         for i in range(20):
             server.put(k.service(f"burst{i}", external_ips=[f"10.240.0.{220 + i}"]))
         await until(lambda: len(d.backend.table()) == 21, timeout=5)
         await asyncio.sleep(0.4)
-        assert d.loop.reconciles - before == 1
+        assert d.loop.steps - before == 1
         assert len(d.backend.applies) - applies == 1
-        assert d.reconciler.mapper.recomputed == 20  # only the new Services were mapped
+        assert d.source.mapper.recomputed == 20  # only the new Services were mapped
         await d.close()
 
     run(body)
@@ -80,7 +83,7 @@ def test_outage_keeps_kernel_then_converges() -> None:
     async def body(server: FakeApiServer) -> None:
         seed(server)
         d = DirectorStack(server.url, settings(), identity="d1", resync=0.3)
-        d.start()
+        await d.start()
         await until(lambda: WHOAMI in d.backend.table())
         table = d.backend.table()
         await server.stop()
@@ -95,16 +98,31 @@ def test_outage_keeps_kernel_then_converges() -> None:
     run(body)
 
 
-def test_failed_apply_is_repaired_by_a_full_sync() -> None:
+def test_a_refused_service_is_retried_and_reported_while_others_go_ahead() -> None:
+    refused = {"TCP 10.240.0.202:80"}
+
+    def refuse(op: object) -> str | None:
+        key = service_of(op)  # type: ignore[arg-type]
+        return "injected refusal" if key is not None and str(key) in refused else None
+
     async def body(server: FakeApiServer) -> None:
         seed(server)
-        d = DirectorStack(server.url, settings(), identity="d1", resync=30)
-        d.start()
+        d = DirectorStack(server.url, settings(), identity="d1", resync=30, backend=MemoryBackend(refuse=refuse))
+        await d.start()
         await until(lambda: WHOAMI in d.backend.table())
-        d.backend.fail_next_apply = True
         server.put(k.service("second", external_ips=["10.240.0.202"], created="2026-11-21T00:00:00Z"))
+        server.put(k.service("third", external_ips=["10.240.0.203"], created="2026-11-21T00:00:01Z"))
+        # The refused service does not hold up the other one added in the same burst.
+        await until(lambda: "TCP 10.240.0.203:80" in d.backend.table(), timeout=5)
+        await until(lambda: any(e["reason"] == "SyncFailed" for e in server.events), timeout=5)
+        ev = next(e for e in server.events if e["reason"] == "SyncFailed")
+        assert ev["involvedObject"]["name"] == "second" and "injected refusal" in ev["message"]
+        assert "TCP 10.240.0.202:80" not in d.backend.table()
+        assert [str(k) for k in d.director.failures] == ["TCP 10.240.0.202:80"]
+        refused.clear()  # the cause goes away: the retry (with backoff) programs it
         await until(lambda: "TCP 10.240.0.202:80" in d.backend.table(), timeout=5)
-        assert d.loop.failures == 1
+        await until(lambda: not d.director.failures, timeout=5)
+        assert d.loop.failures == 0  # a refusal is no failed step: the rest went ahead
         await d.close()
 
     run(body)
@@ -117,8 +135,8 @@ def test_leader_writes_status_and_events_once_among_two_directors() -> None:
         server.put(k.service("evil", external_ips=["1.2.3.4"], created="2026-11-21T00:00:01Z"))
         a = DirectorStack(server.url, settings(), identity="a")
         b = DirectorStack(server.url, settings(), identity="b")
-        a.start()
-        b.start()
+        await a.start()
+        await b.start()
         lb = "TCP 10.240.0.225:80"
         await until(lambda: lb in a.backend.table() and lb in b.backend.table())
         assert a.backend.table() == b.backend.table()  # active-active: the same desired state
@@ -152,7 +170,7 @@ def test_exhausted_pool_event_through_the_api() -> None:
         for i in range(3):
             server.put(k.service(f"lb{i}", type="LoadBalancer", created=f"2026-11-21T00:00:0{i}Z"))
         d = DirectorStack(server.url, settings(section), identity="d1")
-        d.start()
+        await d.start()
         await until(lambda: any(e["reason"] == "AllocationFailed" for e in server.events))
         ev = next(e for e in server.events if e["reason"] == "AllocationFailed")
         assert ev["involvedObject"]["name"] == "lb2"

@@ -212,7 +212,7 @@ def test_node_agent_view_tun_vips_and_transient_node_states() -> None:
     from kubelvs.model import Forward
     from kubelvs.sources.config import parse_config
     from kubelvs.sources.kubernetes.mapping import holding_view
-    from kubelvs.sources.kubernetes.noderunner import NodeVips
+    from kubelvs.app.node import NodeVips
 
     tun = k.service("tun", external_ips=["10.240.0.202"], annotations={ANN + "forward": "tun"})
     objs = [*k.seed_objects(), tun]

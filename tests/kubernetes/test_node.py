@@ -28,11 +28,9 @@ import yaml
 from kubelvs.cli.main import main
 from kubelvs.kernel import sysctl
 from kubelvs.kernel.netns import entered
+from kubelvs.app.node import KubernetesNodeSource, NodeOptions, NodeProgram, NodeWant, start_node
 from kubelvs.roles.node import NodeAgent
-from kubelvs.sources.config import parse_config, to_desired
-from kubelvs.sources.kubernetes.noderunner import NodeLoop, NodeVips, NodeWant
-from kubelvs.sources.kubernetes.settings import parse_kubernetes
-from kubelvs.sources.kubernetes.source import ObjectSource
+from kubelvs.sources.config import parse_config
 
 from . import k8sobjects as k
 from .apiserver import FakeApiServer, ServerThread
@@ -94,34 +92,42 @@ def kubeconfig(path: Path, url: str) -> Path:
 
 
 class NodeStack:
-    """The agent of node1 as ``kubelvs node --kubernetes`` runs it: ObjectSource (list +
-    watch through a kubeconfig), NodeLoop, a real NodeAgent on the namespace; running
-    inside ``async with``."""
+    """The agent of node1 as ``kubelvs node --kubernetes`` runs it, assembled by the same
+    builder (``app.node.start_node``): the Kubernetes node source (list + watch through a
+    kubeconfig), the loop, a real NodeAgent on the namespace; running inside ``async with``."""
 
     def __init__(self, server: FakeApiServer, ns: str, tmp: Path, *, resync: float = 30.0) -> None:
         config = parse_config({"owned_cidrs": ["10.240.0.0/24"], "kubernetes": SECTION})
-        self.settings = parse_kubernetes(config.kubernetes, to_desired(config).ownership)
-        self.source = ObjectSource(self.settings, kubeconfig=kubeconfig(tmp / "kubeconfig", server.url))
+        self.node_source = KubernetesNodeSource(config, "node1", netns=ns, kubeconfig=kubeconfig(tmp / "kubeconfig", server.url))
+        self.source = self.node_source.objects
         self.agent = NodeAgent(interface="eth0", netns=ns, vip_device="lo", state_dir=tmp / "state")
+        self.options = NodeOptions(netns=ns, resync_seconds=resync)
         self.reports: list[tuple[NodeWant, list[str]]] = []
-        self.loop = NodeLoop(
-            self.source.store, self.settings, NodeVips(self.settings, config, "node1", netns=ns), self.agent,
-            report=lambda want, changes: self.reports.append((want, [str(c) for c in changes])), resync=resync,
-        )
+        self.program: NodeProgram | None = None
         self.stop = asyncio.Event()
-        self.tasks: list[asyncio.Task[None]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def loop(self) -> Any:
+        assert self.program is not None
+        return self.program.loop
 
     async def __aenter__(self) -> Self:
-        await self.source.open()
-        self.tasks = [asyncio.create_task(self.loop.run(self.stop)), *self.source.start(self.stop)]
+        self.program = await start_node(
+            self.options,
+            self.node_source,
+            lambda want, changes: self.reports.append((want, [str(c) for c in changes])),
+            agent=self.agent,
+        )
+        self.task = asyncio.create_task(self.program.run(self.stop))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.stop.set()
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.source.close()
+        if self.task is not None:
+            await self.task
+        if self.program is not None:
+            await self.program.close()
 
 
 def run_node(
@@ -198,7 +204,8 @@ def test_node_holds_the_vips_it_serves_and_drops_deleted_ones(node1: str, tmp_pa
         # The last VIP goes: the node is put back as found (the agent's semantics).
         server.delete("Service", "default", "lb")
         await wait_held(node1, set())
-        await until(lambda: not tmp_path.joinpath("state").exists() or not any(tmp_path.joinpath("state").iterdir()))
+        state = tmp_path / "state"  # nothing recorded any more (the running agent's lock aside)
+        await until(lambda: not state.exists() or not any(p.suffix != ".lock" for p in state.iterdir()))
         assert conf(node1, "net.ipv4.conf.eth0.arp_ignore") == 0
         assert conf(node1, "net.ipv4.conf.eth0.arp_announce") == 0
 
@@ -242,7 +249,7 @@ def test_api_outage_and_500s_keep_the_vips_then_converge(node1: str, tmp_path: P
         assert held(node1) == {"10.240.0.201", "10.240.0.225"}
         assert conf(node1, "net.ipv4.conf.eth0.arp_ignore") == 1
         assert n.loop.failures == 0 and sum(s.errors for s in n.source.stats.values()) >= 3
-        assert n.loop.reconciles >= 3  # the resync steps ran, and changed nothing
+        assert n.loop.steps >= 3  # the resync steps ran, and changed nothing
         server.delete("Service", "default", "whoami")  # changed while the node could not see it
         server.put(k.service("new", external_ips=["10.240.0.206"], created="2026-11-22T00:00:00Z"))
         await server.start()

@@ -11,19 +11,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kubelvs.app import director as director_app
+from kubelvs.app.director import DirectorOptions, start_director
+from kubelvs.backends.memory import MemoryBackend
 from kubelvs.cli.main import main
-from kubelvs.model import DesiredState
-from kubelvs.roles.director import Director
-from kubelvs.sources.kubernetes import runner
-from kubelvs.sources.kubernetes.manifests import load_manifests, watch_manifests
-from kubelvs.sources.kubernetes.reconciler import Reconciler
-from kubelvs.sources.kubernetes.runner import DirectorLoop
-from kubelvs.sources.kubernetes.tracker import Store
+from kubelvs.sources.config import Config
+from kubelvs.sources.kubernetes.desired import KubernetesSource
+from kubelvs.sources.kubernetes.manifests import load_manifests
 
 from . import k8sobjects as k
 from .apiserver import ServerThread
 from .helpers import settings
-from .memory_backend import MemoryBackend
 from .test_watch import until
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "kubernetes"
@@ -96,7 +94,7 @@ def test_bad_kubernetes_section_is_refused(tmp_path: Path, capsys: pytest.Captur
 
 def test_once_programs_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     backend = MemoryBackend()
-    monkeypatch.setattr(runner, "open_backend", lambda name, netns=None: backend)
+    monkeypatch.setattr(director_app, "open_backend", lambda name, netns=None: backend)
     rc = main(["director", "-f", str(CONFIG), "--from-manifests", str(WHOAMI_DIR), "--once"])
     assert rc == 0
     assert backend.table() == {"TCP 10.240.0.201:80": [("10.240.0.101", 80, 1, "dr"), ("10.240.0.102", 80, 1, "dr")]}
@@ -107,13 +105,11 @@ def test_manifest_directory_edits_converge(tmp_path: Path) -> None:
         shutil.copy(f, tmp_path / f.name)
 
     async def body() -> None:
-        s = settings()
         backend = MemoryBackend()
-        store = Store()
-        rec = Reconciler(s, base=DesiredState(ownership=s.ownership), director=Director(backend))
-        loop = DirectorLoop(store, rec, s)
+        source = KubernetesSource(Config(), settings=settings(), manifests=tmp_path, poll_seconds=0.05)
+        program = await start_director(DirectorOptions(), source, backend=backend)
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(watch_manifests(store, tmp_path, poll=0.05, stop=stop)), asyncio.create_task(loop.run(stop))]
+        task = asyncio.create_task(program.run(stop))
         await until(lambda: "TCP 10.240.0.201:80" in backend.table())
         doc = yaml.safe_load((tmp_path / "whoami.yaml").read_text())
         doc["items"][0]["spec"]["ports"][0]["port"] = 8080
@@ -129,7 +125,8 @@ def test_manifest_directory_edits_converge(tmp_path: Path) -> None:
         (tmp_path / "whoami.yaml").write_text(yaml.safe_dump(doc))
         await until(lambda: backend.table() == {"TCP 10.240.0.201:80": [("10.240.0.101", 80, 1, "dr")]})
         stop.set()
-        await asyncio.gather(*tasks)
+        await task
+        await program.close()
 
     asyncio.run(body())
 
@@ -153,7 +150,7 @@ def test_kubernetes_once_programs_and_writes_status(api_server: tuple[ServerThre
     for obj in [*k.seed_objects(), k.service("lb", type="LoadBalancer", created="2026-11-21T00:00:00Z")]:
         st.call(st.server.put, obj)
     backend = MemoryBackend()
-    monkeypatch.setattr(runner, "open_backend", lambda name, netns=None: backend)
+    monkeypatch.setattr(director_app, "open_backend", lambda name, netns=None: backend)
     rc = main(["director", "-f", str(CONFIG), "--kubernetes", "--kubeconfig", str(kubeconfig), "--once"])
     assert rc == 0
     assert set(backend.table()) == {"TCP 10.240.0.201:80", "TCP 10.240.0.225:80"}

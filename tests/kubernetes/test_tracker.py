@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from kubelvs.sources.kubernetes.tracker import Coalescer, Store
+from kubelvs.app.loop import Coalescer
+from kubelvs.sources.kubernetes.tracker import Store
 
 from . import k8sobjects as k
 

@@ -1,8 +1,8 @@
 """Services for the nftables backend tests, built by hand or drawn by Hypothesis.
 
 Shared by test_backend.py (DR and NAT, the machine's kernel) and test_tun.py (TUN as
-well, the VM's). DR and TUN real servers come from DR_POOL, which ``_prepare`` in
-test_backend.py gives permanent neighbours; the forwarding method is per service.
+well, the VM's). DR and TUN real servers come from DR_POOL, which ``links.prepare``
+gives permanent neighbours; the forwarding method is per service.
 """
 
 from __future__ import annotations
@@ -32,8 +32,14 @@ def make_desired(*services: VirtualService, timeouts: Timeouts | None = None) ->
     return DesiredState(services={s.key: s for s in services}, timeouts=timeouts, ownership=OWN)
 
 
-def make_service(vip: str, port: int, sched: str, rss: list[tuple[str, int, int, Forward]], proto: Protocol = Protocol.TCP,
-         flags: frozenset[str] = frozenset()) -> VirtualService:
+def make_service(
+    vip: str,
+    port: int,
+    sched: str,
+    rss: list[tuple[str, int, int, Forward]],
+    proto: Protocol = Protocol.TCP,
+    flags: frozenset[str] = frozenset(),
+) -> VirtualService:
     key = ServiceKey(4, proto, ipaddress.ip_address(vip), port)
     return VirtualService(key=key, scheduler=sched, flags=flags).with_realservers(
         RealServer(ipaddress.ip_address(a), p, w, f) for a, p, w, f in rss
@@ -53,16 +59,25 @@ def services(draw: st.DrawFn, forwards: Sequence[Forward] = (Forward.DR, Forward
     pool = NAT_POOL if forward is Forward.NAT else DR_POOL
     addrs = draw(st.lists(st.sampled_from(pool), unique=True, max_size=4))
     rss = [
-        (a, draw(st.sampled_from([8080, 8443])) if forward is Forward.NAT else port, draw(st.integers(0, 5)), forward)
+        (
+            a,
+            draw(st.sampled_from([8080, 8443])) if forward is Forward.NAT else port,
+            draw(st.integers(0, 5)),
+            forward,
+        )
         for a in addrs
     ]
     return make_service(vip, port, sched, rss, proto, flags)
 
 
-def desired_states(forwards: Sequence[Forward] = (Forward.DR, Forward.NAT)) -> st.SearchStrategy[DesiredState]:
+def desired_states(
+    forwards: Sequence[Forward] = (Forward.DR, Forward.NAT),
+) -> st.SearchStrategy[DesiredState]:
     """Up to five services (one per key) drawn by ``services(forwards)``, with or without timeouts."""
     return st.builds(
         lambda svcs, t: make_desired(*{s.key: s for s in svcs}.values(), timeouts=t),
         st.lists(services(forwards), max_size=5),
-        st.one_of(st.none(), st.builds(Timeouts, st.integers(1, 2000), st.integers(1, 300), st.integers(1, 600))),
+        st.one_of(
+            st.none(), st.builds(Timeouts, st.integers(1, 2000), st.integers(1, 300), st.integers(1, 600))
+        ),
     )

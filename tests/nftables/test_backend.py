@@ -1,7 +1,7 @@
 """The nftables backend against the machine's kernel, each test in a fresh namespace.
 
 DR real servers need a MAC: the namespace gets a veth with permanent neighbour
-entries, so DR services can be programmed without real hosts behind them.
+entries (links.prepare), so DR services can be programmed without real hosts behind them.
 """
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kubelvs.backends.base import ipvs_available, open_backend
-from kubelvs.backends.nftables import NftablesBackend, ruleset
-from kubelvs.errors import ApplyError
+from kubelvs.backends.nftables import NftablesBackend, readback
+from kubelvs.backends.nftables import backend as backend_module
+from kubelvs.backends.nftables.netlink import NftNetlink
+from kubelvs.backends.nftables.partial import Culprits
+from kubelvs.backends.nftables.picture import read_tables
+from kubelvs.errors import PartialApplyError
 from kubelvs.model import (
     DesiredState,
     Forward,
@@ -27,10 +31,11 @@ from kubelvs.model import (
     ServiceKey,
     Timeouts,
 )
-from kubelvs.planner import AddRealServer, DeleteService, changed_services, plan
+from kubelvs.planner import AddRealServer, DeleteService, apply_ops, changed_services, plan
 from kubelvs.roles.director import Director
 
-from .strategies import DR_POOL, NAT_POOL, desired_states, make_desired, make_service
+from .links import prepare
+from .strategies import NAT_POOL, desired_states, make_desired, make_service
 
 pytestmark = pytest.mark.netns
 
@@ -40,26 +45,9 @@ def ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 def _sh(ns: str, *args: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", ns, *args], check=True, capture_output=True, text=True).stdout
-
-
-def _prepare(ns: str) -> None:
-    """A link with permanent neighbours for the DR pool."""
-    subprocess.run(["ip", "-n", ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1"], check=True)
-    for dev in ("v0", "v1"):
-        subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
-    subprocess.run(["ip", "-n", ns, "addr", "add", "10.0.1.1/24", "dev", "v0"], check=True)
-    for i, addr in enumerate(DR_POOL):
-        subprocess.run(
-            ["ip", "-n", ns, "neigh", "replace", addr, "lladdr", f"02:00:00:00:01:{i + 2:02x}", "dev", "v0", "nud", "permanent"],
-            check=True,
-        )
-
-
-@pytest.fixture
-def nsb(netns: str) -> tuple[str, NftablesBackend]:
-    _prepare(netns)
-    return netns, NftablesBackend(netns=netns)
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *args], check=True, capture_output=True, text=True
+    ).stdout
 
 
 # ---------------------------------------------------------------- sequences
@@ -71,7 +59,7 @@ def test_read_back_equals_the_last_desired_state(
     make_netns: Callable[[str], str], steps: list[DesiredState], incremental: bool
 ) -> None:
     ns = make_netns("seq")
-    _prepare(ns)
+    prepare(ns)
     backend = NftablesBackend(netns=ns)
     director = Director(backend)
     last_timeouts = None
@@ -88,7 +76,9 @@ def test_read_back_equals_the_last_desired_state(
         assert plan(desired, fresh).ops == ()
         # The backend's own picture after apply equals what the kernel says.
         assert director.observed is not None and director.observed.services == fresh.services
-        subprocess.run(["ip", "netns", "exec", ns, "nft", "-c", "list", "ruleset"], check=True, capture_output=True)
+        subprocess.run(
+            ["ip", "netns", "exec", ns, "nft", "-c", "list", "ruleset"], check=True, capture_output=True
+        )
     subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
@@ -96,13 +86,18 @@ def _assert_netlink_read_equals_nft(ns: str, backend: NftablesBackend) -> None:
     """The backend's own decoding of the kernel's binary set elements (netlink.py) says
     exactly what nft itself says about the same tables (its JSON listing)."""
     listings = [
-        subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "list", "table", family, "kubelvs"],
-                       capture_output=True, text=True, check=False)
+        subprocess.run(
+            ["ip", "netns", "exec", ns, "nft", "-j", "list", "table", family, "kubelvs"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         for family in ("ip", "netdev")
     ]
     docs = [json.loads(p.stdout) for p in listings if p.returncode == 0]  # no table before the first apply
-    by_nft = ruleset.parse_tables(docs)
-    by_netlink, _ = backend._read_kernel()
+    by_nft = readback.parse_tables(docs)
+    with NftNetlink(ns) as nl:
+        by_netlink, _, _ = read_tables(nl, ns)
     assert by_netlink.elements == by_nft.elements
     assert by_netlink.services == by_nft.services
     assert by_netlink.timeouts == by_nft.timeouts
@@ -116,53 +111,106 @@ def _assert_netlink_read_equals_nft(ns: str, backend: NftablesBackend) -> None:
 # ---------------------------------------------------------------- transactions
 
 
-def test_a_failed_plan_changes_nothing_and_the_next_sync_converges(nsb: tuple[str, NftablesBackend]) -> None:
+def test_a_refused_service_is_left_out_the_rest_is_applied_and_the_next_sync_converges(
+    nsb: tuple[str, NftablesBackend],
+) -> None:
+    """nft refuses the elements of one service (someone deleted its entry behind our
+    back): that service's operation is reported, every other one is applied in the
+    same transaction, and the next full sync repairs what the other program left."""
     ns, backend = nsb
     a = make_service("10.0.0.1", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT)])
     b = make_service("10.0.0.2", 80, "rr", [("10.0.2.3", 8080, 1, Forward.NAT)])
     Director(backend).sync(make_desired(a, b))
-    before = _sh(ns, "nft", "list", "ruleset")
-    # Someone deletes service b behind our back; our picture still has it.
     _sh(ns, "nft", "delete", "element", "ip", "kubelvs", "nat_svc", "{ 10.0.0.2 . tcp . 80 }")
-    tampered = _sh(ns, "nft", "list", "ruleset")
-    assert tampered != before
-    ops = [AddRealServer(a.key, RealServer(ip("10.0.2.4"), 8080, 1, Forward.NAT)), DeleteService(b.key)]
-    with pytest.raises(ApplyError) as err:
+    added = RealServer(ip("10.0.2.4"), 8080, 1, Forward.NAT)
+    ops = [AddRealServer(a.key, added), DeleteService(b.key)]
+    with pytest.raises(PartialApplyError) as err:
         backend.apply(ops)
-    assert "none applied" in str(err.value) and "No such file" in str(err.value)
-    assert _sh(ns, "nft", "list", "ruleset") == tampered  # the add before it was not applied either
+    (failure,) = err.value.failures
+    assert failure.index == 1 and failure.operation == "- service TCP 10.0.0.2:80"
+    assert "nat_svc element 10.0.0.2 . tcp . 80" in failure.reason and "No such file" in failure.reason
+    assert str(err.value).startswith("1 of 2 operation(s) applied; 1 not applied:")
+    # The add was applied; b is still half there (its slots), as the other program left it.
+    a2 = a.with_realservers([*a.realservers, added])
+    assert NftablesBackend(netns=ns).read().services == {a.key: a2}
+    assert "10.0.0.2 . tcp . 80 . 0" in _sh(ns, "nft", "list", "map", "ip", "kubelvs", "nat_slots")
+    assert backend.changed_elsewhere()  # someone else committed before our commit
     # A full sync reads the kernel, sees the damage (b's leftover elements) and repairs it.
-    want = make_desired(a.with_realservers([*a.realservers, RealServer(ip("10.0.2.4"), 8080, 1, Forward.NAT)]))
+    want = make_desired(a2)
     Director(backend).sync(want)
-    fresh = NftablesBackend(netns=ns).read()
-    assert fresh.services == want.services
+    assert NftablesBackend(netns=ns).read().services == want.services
     assert "10.0.0.2" not in _sh(ns, "nft", "list", "table", "ip", "kubelvs")
+    assert not backend.changed_elsewhere()
+
+
+def test_without_a_location_in_nft_error_the_refused_service_is_found_by_bisecting(
+    nsb: tuple[str, NftablesBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When nft's error names no element (as for errors the kernel reports at commit),
+    the backend checks halves of the plan's services with transactions the kernel
+    validates and aborts, and leaves out only the one it refuses."""
+    ns, backend = nsb
+    svcs = [make_service(f"10.0.0.{i}", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT)]) for i in range(1, 9)]
+    Director(backend).sync(make_desired(*svcs))
+    _sh(ns, "nft", "delete", "element", "ip", "kubelvs", "nat_svc", "{ 10.0.0.6 . tcp . 80 }")
+    monkeypatch.setattr(backend_module, "locate", lambda exc, pieces: Culprits())  # nft named nothing
+    with NftNetlink(ns) as nl:
+        generation = nl.generation()
+        added = RealServer(ip("10.0.2.4"), 8080, 1, Forward.NAT)
+        ops = [AddRealServer(s.key, added) for s in svcs]
+        with pytest.raises(PartialApplyError) as err:
+            backend.apply(ops)
+        assert nl.generation() == generation + 1  # the checks committed nothing; the apply once
+    (failure,) = err.value.failures
+    assert failure.index == 5
+    assert failure.reason == (
+        "nft refused the elements of TCP 10.0.0.6:80: Could not process rule: No such file or directory"
+    )
+    read = NftablesBackend(netns=ns).read().services
+    assert all(added in read[s.key].realservers for i, s in enumerate(svcs) if i != 5)
+    assert svcs[5].key not in read
 
 
 def test_other_tables_are_never_touched(nsb: tuple[str, NftablesBackend]) -> None:
     ns, backend = nsb
     subprocess.run(
         ["ip", "netns", "exec", ns, "nft", "-f", "-"],
-        input="table inet foreign {\n chain c { type filter hook input priority 0; tcp dport 22 accept; }\n}\n"
+        input="table inet foreign {\n"
+        " chain c { type filter hook input priority 0; tcp dport 22 accept; }\n}\n"
         "table ip nat {\n chain p { type nat hook prerouting priority -100; }\n}\n",
-        text=True, check=True,
+        text=True,
+        check=True,
     )
-    foreign = _sh(ns, "nft", "list", "table", "inet", "foreign") + _sh(ns, "nft", "list", "table", "ip", "nat")
-    svc = make_service("10.0.0.1", 80, "mh", [("10.0.1.2", 80, 1, Forward.DR), ("10.0.1.3", 80, 2, Forward.DR)])
+    foreign = _sh(ns, "nft", "list", "table", "inet", "foreign") + _sh(
+        ns, "nft", "list", "table", "ip", "nat"
+    )
+    svc = make_service(
+        "10.0.0.1", 80, "mh", [("10.0.1.2", 80, 1, Forward.DR), ("10.0.1.3", 80, 2, Forward.DR)]
+    )
     Director(backend).sync(make_desired(svc, timeouts=Timeouts(900, 30, 300)))
     Director(backend).sync(make_desired())
-    assert _sh(ns, "nft", "list", "table", "inet", "foreign") + _sh(ns, "nft", "list", "table", "ip", "nat") == foreign
+    assert (
+        _sh(ns, "nft", "list", "table", "inet", "foreign") + _sh(ns, "nft", "list", "table", "ip", "nat")
+        == foreign
+    )
 
 
-def test_one_realserver_change_is_a_small_transaction(nsb: tuple[str, NftablesBackend], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_realserver_change_is_a_small_transaction(
+    nsb: tuple[str, NftablesBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
     ns, backend = nsb
-    svcs = [make_service(f"10.0.0.{i}", 80, "rr", [(a, 8080, 1, Forward.NAT) for a in NAT_POOL[:3]]) for i in range(1, 60)]
+    svcs = [
+        make_service(f"10.0.0.{i}", 80, "rr", [(a, 8080, 1, Forward.NAT) for a in NAT_POOL[:3]])
+        for i in range(1, 60)
+    ]
     director = Director(backend)
     director.sync(make_desired(*svcs))
     scripts: list[str] = []
     real = backend._nft.run_script
     monkeypatch.setattr(backend._nft, "run_script", lambda s: (scripts.append(s), real(s))[1])
-    changed = svcs[5].with_realservers([*svcs[5].realservers, RealServer(ip(NAT_POOL[3]), 8080, 1, Forward.NAT)])
+    changed = svcs[5].with_realservers(
+        [*svcs[5].realservers, RealServer(ip(NAT_POOL[3]), 8080, 1, Forward.NAT)]
+    )
     director.sync(make_desired(*svcs[:5], changed, *svcs[6:]), changed={changed.key})
     (script,) = scripts
     assert "10.0.0.6 " in script and "10.0.0.7 " not in script
@@ -173,7 +221,9 @@ def test_elements_edited_by_hand_are_seen_and_rewritten(nsb: tuple[str, Nftables
     """A comment, a changed slot and a foreign element in our maps: read marks those
     services, and the next apply writes exactly what the model says."""
     ns, backend = nsb
-    a = make_service("10.0.0.1", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT), ("10.0.2.3", 8080, 1, Forward.NAT)])
+    a = make_service(
+        "10.0.0.1", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT), ("10.0.2.3", 8080, 1, Forward.NAT)]
+    )
     b = make_service("10.0.0.2", 80, "mh", [("10.0.1.2", 80, 1, Forward.DR), ("10.0.1.3", 80, 2, Forward.DR)])
     director = Director(backend)
     director.sync(make_desired(a, b))
@@ -186,7 +236,8 @@ def test_elements_edited_by_hand_are_seen_and_rewritten(nsb: tuple[str, Nftables
     )
     subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=edits, text=True, check=True)
     _assert_netlink_read_equals_nft(ns, backend)
-    parsed, _ = backend._read_kernel()
+    with NftNetlink(ns) as nl:
+        parsed, _, _ = read_tables(nl, ns)
     assert any(e.comment == "by hand" for e in parsed.elements)
     observed = NftablesBackend(netns=ns).read()
     assert set(observed.services) == {a.key, b.key, ServiceKey(4, Protocol.UDP, ip("10.0.0.3"), 53)}
@@ -215,15 +266,32 @@ def test_a_read_by_the_same_backend_sees_any_commit_since(nsb: tuple[str, Nftabl
 # ---------------------------------------------------------------- DR neighbours
 
 
-def test_dr_realserver_without_arp_answer_is_refused_clearly(nsb: tuple[str, NftablesBackend]) -> None:
+def test_a_dr_realserver_without_a_neighbour_is_left_out_naming_it(nsb: tuple[str, NftablesBackend]) -> None:
+    """A DR real server that does not answer ARP (or has no route on a link) is the one
+    operation not applied; its service and the other real servers are."""
     ns, backend = nsb
-    svc = make_service("10.0.0.1", 80, "rr", [("10.0.1.99", 80, 1, Forward.DR)])
-    with pytest.raises(ApplyError, match=r"10\.0\.1\.99.*does not answer ARP"):
-        Director(backend).sync(make_desired(svc))
-    svc = make_service("10.0.0.1", 80, "rr", [("192.0.2.9", 80, 1, Forward.DR)])
-    with pytest.raises(ApplyError, match=r"192\.0\.2\.9"):
-        Director(backend).sync(make_desired(svc))
-    assert NftablesBackend(netns=ns).read().services == {}
+    svc = make_service(
+        "10.0.0.1", 80, "rr", [("10.0.1.2", 80, 1, Forward.DR), ("10.0.1.99", 80, 1, Forward.DR)]
+    )
+    other = make_service("10.0.0.2", 80, "rr", [("192.0.2.9", 80, 1, Forward.DR)])
+    before = backend.read()
+    ops = plan(make_desired(svc, other), before).ops
+    with pytest.raises(PartialApplyError) as err:
+        backend.apply(ops)
+    reasons = {ops[f.index]: f.reason for f in err.value.failures}
+    assert set(reasons) == {
+        AddRealServer(svc.key, svc.realservers[1]),
+        AddRealServer(other.key, other.realservers[0]),
+    }
+    assert reasons[AddRealServer(svc.key, svc.realservers[1])] == (
+        "DR real server 10.0.1.99: 10.0.1.99 does not answer ARP on v0 (is the real server up?)"
+    )
+    assert reasons[AddRealServer(other.key, other.realservers[0])].startswith(
+        "DR real server 192.0.2.9: no route to 192.0.2.9"
+    )
+    applied = [op for i, op in enumerate(ops) if i not in err.value.failed_indexes]
+    assert NftablesBackend(netns=ns).read().services == apply_ops(before, applied).services
+    assert not backend.changed_elsewhere()  # the picture is exact: nothing was refused by nft
 
 
 def test_a_restarted_director_keeps_one_ingress_hook_per_device(nsb: tuple[str, NftablesBackend]) -> None:
@@ -243,8 +311,23 @@ def test_mac_changes_are_picked_up(nsb: tuple[str, NftablesBackend]) -> None:
     svc = make_service("10.0.0.1", 80, "rr", [("10.0.1.2", 80, 1, Forward.DR)])
     Director(backend).sync(make_desired(svc))
     assert "02:00:00:00:01:02" in _sh(ns, "nft", "list", "map", "netdev", "kubelvs", "dr_mac")
-    subprocess.run(["ip", "-n", ns, "neigh", "replace", "10.0.1.2", "lladdr", "02:00:00:00:0a:0a", "dev", "v0",
-                    "nud", "permanent"], check=True)
+    subprocess.run(
+        [
+            "ip",
+            "-n",
+            ns,
+            "neigh",
+            "replace",
+            "10.0.1.2",
+            "lladdr",
+            "02:00:00:00:0a:0a",
+            "dev",
+            "v0",
+            "nud",
+            "permanent",
+        ],
+        check=True,
+    )
     assert backend.refresh() == ["10.0.1.2"]
     listing = _sh(ns, "nft", "list", "map", "netdev", "kubelvs", "dr_mac")
     assert "02:00:00:00:0a:0a" in listing and "02:00:00:00:01:02" not in listing
@@ -258,7 +341,9 @@ def test_problems_name_the_field_and_the_reason(nsb: tuple[str, NftablesBackend]
     _, backend = nsb
     tun = make_service("10.0.0.1", 80, "rr", [("10.0.1.2", 80, 1, Forward.TUN)])
     wlc = make_service("10.0.0.2", 80, "wlc", [("10.0.2.2", 80, 1, Forward.NAT)])
-    mixed = make_service("10.0.0.3", 80, "rr", [("10.0.2.2", 80, 1, Forward.NAT), ("10.0.1.2", 80, 1, Forward.DR)])
+    mixed = make_service(
+        "10.0.0.3", 80, "rr", [("10.0.2.2", 80, 1, Forward.NAT), ("10.0.1.2", 80, 1, Forward.DR)]
+    )
     problems = {p.field: p.reason for p in backend.problems(make_desired(tun, wlc, mixed))}
     tun_reason = problems["services[TCP 10.0.0.1:80].realservers"]
     if not subprocess.run(["modprobe", "-n", "ipip"], capture_output=True).returncode == 0:
@@ -277,7 +362,7 @@ def test_auto_picks_nftables_without_ipvs(netns: str) -> None:
 
 
 def test_timeouts_reach_conntrack(nsb: tuple[str, NftablesBackend]) -> None:
-    """The seed's ``ipvsadm --set 900 30 300``: closing connections leave after 30 s."""
+    """``ipvsadm --set 900 30 300``: closing connections leave after 30 s."""
     ns, backend = nsb
     svc = make_service("10.0.0.1", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT)])
     Director(backend).sync(make_desired(svc, timeouts=Timeouts(900, 30, 300)))

@@ -1,6 +1,7 @@
 """``kubelvs director -f``: the long-running file mode, as a real process against the
-nftables backend in a namespace the test made. Edits converge (the seed's port change
-included), a bad edit or a missing file keeps the last good state, SIGTERM ends it."""
+nftables backend in a namespace the test made. Edits converge (a port edit, which once
+left a stale real server, included), a bad edit or a missing file keeps the last good
+state, SIGTERM ends it."""
 
 from __future__ import annotations
 
@@ -24,7 +25,10 @@ HEAD = "owned_cidrs: [10.240.0.0/24]\nrecommended_sysctls: false\nservices:\n"
 
 def _service(port: int, target: int, pods: tuple[int, ...]) -> str:
     rss = ", ".join(f"{{address: 10.0.1.{p}, port: {target}}}" for p in pods)
-    return f"  - {{name: redis, vip: 10.240.0.201, port: {port}, scheduler: rr, forward: nat, realservers: [{rss}]}}\n"
+    return (
+        f"  - {{name: redis, vip: 10.240.0.201, port: {port}, scheduler: rr, forward: nat,"
+        f" realservers: [{rss}]}}\n"
+    )
 
 
 def _desired(text: str) -> DesiredState:
@@ -37,9 +41,24 @@ def director(netns: str, tmp_path: Path) -> Iterator[tuple[Path, Path, subproces
     config.write_text(HEAD + _service(80, 80, (2, 3)))
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "kubelvs", "director", "-f", str(config), "--backend", "nftables",
-             "--netns", netns, "--poll", "0.1", "--resync", "3600"],
-            stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "kubelvs",
+                "director",
+                "-f",
+                str(config),
+                "--backend",
+                "nftables",
+                "--netns",
+                netns,
+                "--poll",
+                "0.1",
+                "--resync",
+                "3600",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         yield config, log, proc
@@ -73,7 +92,7 @@ def test_edits_converge_and_bad_edits_keep_the_last_good_state(
     first = _desired(config.read_text())
     _until("the first sync", lambda: _kernel(netns) == dict(first.services), log)
 
-    # The seed's edit: port/targetPort 80 -> 6379, and one more pod.
+    # The port edit that once left a stale real server: port/targetPort 80 -> 6379, and one more pod.
     edited = HEAD + _service(6379, 6379, (2, 3, 4))
     config.write_text(edited)
     _until("the edit", lambda: _kernel(netns) == dict(_desired(edited).services), log)
@@ -84,7 +103,11 @@ def test_edits_converge_and_bad_edits_keep_the_last_good_state(
     assert _kernel(netns) == dict(_desired(edited).services)  # unchanged: last good state
 
     config.unlink()  # a config manager replacing the file by rename: briefly missing
-    _until("the missing-file message", lambda: "is missing, the kernel keeps the last good state" in log.read_text(), log)
+    _until(
+        "the missing-file message",
+        lambda: "is missing; the kernel keeps the last good state" in log.read_text(),
+        log,
+    )
     time.sleep(0.5)
     assert proc.poll() is None
     assert _kernel(netns) == dict(_desired(edited).services)

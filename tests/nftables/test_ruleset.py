@@ -1,4 +1,5 @@
-"""The pure ruleset builder: model -> elements -> (nft JSON as nft lists it) -> model."""
+"""The pure ruleset: model -> elements (elements.py) -> nft JSON as nft lists it -> model
+(readback.py), and the skeleton's chain names (schema.py)."""
 
 from __future__ import annotations
 
@@ -8,29 +9,36 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kubelvs.backends.nftables import ruleset
+from kubelvs.backends.nftables import elements, readback, schema
+from kubelvs.backends.nftables.elements import service_elements
 from kubelvs.backends.nftables.maglev import MAGLEV_SIZE
-from kubelvs.backends.nftables.ruleset import Element, parse_scheduler_chain, scheduler_chain, service_elements
+from kubelvs.backends.nftables.schema import Element, parse_scheduler_chain, scheduler_chain
 from kubelvs.model import Forward, Protocol, Timeouts
 
 from .strategies import make_service
 
 
-def _as_nft_json(elements: set[Element], counters: dict[tuple[str, tuple[Any, ...]], tuple[int, int]] | None = None) -> dict[str, Any]:
+def _as_nft_json(
+    elements: set[Element], counters: dict[tuple[str, tuple[Any, ...]], tuple[int, int]] | None = None
+) -> dict[str, Any]:
     """What ``nft -j list table`` prints for these elements (shape copied from nft 1.0.6)."""
     counters = counters or {}
     out: list[dict[str, Any]] = [
         {"table": {"family": "ip", "name": "kubelvs", "handle": 1}},
         {"table": {"family": "netdev", "name": "kubelvs", "handle": 2}},
-        {"chain": {"family": "ip", "table": "kubelvs", "name": ruleset.SKELETON_VERSION, "handle": 3}},
-        {"chain": {"family": "netdev", "table": "kubelvs", "name": ruleset.SKELETON_VERSION, "handle": 4}},
+        {"chain": {"family": "ip", "table": "kubelvs", "name": schema.SKELETON_VERSION, "handle": 3}},
+        {"chain": {"family": "netdev", "table": "kubelvs", "name": schema.SKELETON_VERSION, "handle": 4}},
     ]
     by_set: dict[tuple[str, str], list[Element]] = {}
     for e in elements:
         by_set.setdefault((e.family, e.set), []).append(e)
 
     def val(v: Any) -> Any:
-        return {"concat": list(v)} if isinstance(v, tuple) and len(v) > 1 else (v[0] if isinstance(v, tuple) else v)
+        return (
+            {"concat": list(v)}
+            if isinstance(v, tuple) and len(v) > 1
+            else (v[0] if isinstance(v, tuple) else v)
+        )
 
     for (family, name), items in by_set.items():
         is_map = items[0].value is not None
@@ -54,60 +62,94 @@ def _as_nft_json(elements: set[Element], counters: dict[tuple[str, tuple[Any, ..
 
 
 def test_nat_service_elements() -> None:
-    svc = make_service("10.0.0.1", 80, "wrr", [("10.1.0.2", 8080, 3, Forward.NAT), ("10.1.0.3", 8080, 1, Forward.NAT), ("10.1.0.4", 8080, 0, Forward.NAT)])
+    svc = make_service(
+        "10.0.0.1",
+        80,
+        "wrr",
+        [
+            ("10.1.0.2", 8080, 3, Forward.NAT),
+            ("10.1.0.3", 8080, 1, Forward.NAT),
+            ("10.1.0.4", 8080, 0, Forward.NAT),
+        ],
+    )
     built = service_elements(svc)
     by_set: dict[str, list[Element]] = {}
     for e in built.own:
         by_set.setdefault(e.set, []).append(e)
     (svc_elem,) = by_set["nat_svc"]
     assert svc_elem.value == "goto nat_wrr_4"
-    assert sorted(e.value for e in by_set["nat_slots"]) == [("10.1.0.2", 8080)] * 3 + [("10.1.0.3", 8080)]  # type: ignore[type-var]
+    slots = sorted(e.value for e in by_set["nat_slots"])  # type: ignore[type-var]
+    assert slots == [("10.1.0.2", 8080)] * 3 + [("10.1.0.3", 8080)]
     # Weight 3 and the slot-less weight-0 server are stored; the weight-1 one is implied.
     assert {e.key[3:]: e.value for e in by_set["nat_rs"]} == {("10.1.0.2", 8080): 3, ("10.1.0.4", 8080): 0}
     assert built.dr_addresses == frozenset()
 
 
 def test_dr_service_elements_and_text() -> None:
-    svc = make_service("10.0.0.1", 80, "mh", [("10.1.0.2", 80, 1, Forward.DR), ("10.1.0.3", 81, 2, Forward.DR)], flags=frozenset({"mh-port"}))
+    svc = make_service(
+        "10.0.0.1",
+        80,
+        "mh",
+        [("10.1.0.2", 80, 1, Forward.DR), ("10.1.0.3", 81, 2, Forward.DR)],
+        flags=frozenset({"mh-port"}),
+    )
     built = service_elements(svc)
     assert built.dr_addresses == {"10.1.0.2", "10.1.0.3"}
     slots = [e for e in built.own if e.set == "dr_slots"]
     assert len(slots) == MAGLEV_SIZE
-    assert {e.value for e in slots} == {int(ipaddress.ip_address("10.1.0.2")), int(ipaddress.ip_address("10.1.0.3"))}
-    assert {e.key[3]: e.value for e in built.own if e.set == "dr_rs"} == {int(ipaddress.ip_address("10.1.0.3")): (81, 2)}
-    text = "".join(ruleset.elements_text("add", built.own))
+    assert {e.value for e in slots} == {
+        int(ipaddress.ip_address("10.1.0.2")),
+        int(ipaddress.ip_address("10.1.0.3")),
+    }
+    assert {e.key[3]: e.value for e in built.own if e.set == "dr_rs"} == {
+        int(ipaddress.ip_address("10.1.0.3")): (81, 2)
+    }
+    text = "".join(elements.elements_text("add", built.own))
     assert "add element netdev kubelvs dr_svc { 10.0.0.1 . tcp . 80 : goto dr_mh_p }" in text
     assert "delete element" not in text
-    deletes = "".join(ruleset.elements_text("delete", built.own))
+    deletes = "".join(elements.elements_text("delete", built.own))
     assert ": goto" not in deletes  # deletes name keys only
 
 
 def test_scheduler_chain_names_round_trip() -> None:
-    for sched, flags in [("rr", frozenset()), ("wrr", frozenset()), ("sh", frozenset({"sh-port", "sh-fallback"})),
-                         ("mh", frozenset({"mh-fallback"})), ("mh", frozenset())]:
+    for sched, flags in [
+        ("rr", frozenset()),
+        ("wrr", frozenset()),
+        ("sh", frozenset({"sh-port", "sh-fallback"})),
+        ("mh", frozenset({"mh-fallback"})),
+        ("mh", frozenset()),
+    ]:
         for slots in (0, 3):
             name = scheduler_chain("nat", sched, flags, slots)
             assert parse_scheduler_chain(name) == (sched, flags)
-            assert name in ruleset.skeleton_text()
+            assert name in schema.skeleton_text()
     assert parse_scheduler_chain("nat_pre") is None
 
 
 realservers = st.lists(
-    st.tuples(st.sampled_from([f"10.1.0.{i}" for i in range(2, 9)]), st.sampled_from([80, 8080]), st.integers(0, 4)),
+    st.tuples(
+        st.sampled_from([f"10.1.0.{i}" for i in range(2, 9)]), st.sampled_from([80, 8080]), st.integers(0, 4)
+    ),
     max_size=6,
     unique_by=lambda t: t[0],
 )
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.sampled_from(["rr", "wrr", "sh", "mh"]), realservers, st.sampled_from([Forward.DR, Forward.NAT]),
-       st.sampled_from([Protocol.TCP, Protocol.UDP]), st.booleans())
-def test_elements_parse_back_to_the_same_service(sched: str, rss: list[tuple[str, int, int]], forward: Forward,
-                                                 proto: Protocol, port_flag: bool) -> None:
+@given(
+    st.sampled_from(["rr", "wrr", "sh", "mh"]),
+    realservers,
+    st.sampled_from([Forward.DR, Forward.NAT]),
+    st.sampled_from([Protocol.TCP, Protocol.UDP]),
+    st.booleans(),
+)
+def test_elements_parse_back_to_the_same_service(
+    sched: str, rss: list[tuple[str, int, int]], forward: Forward, proto: Protocol, port_flag: bool
+) -> None:
     flags = frozenset({f"{sched}-port"}) if port_flag and sched in ("sh", "mh") else frozenset()
     svc = make_service("10.0.0.1", 80, sched, [(a, p, w, forward) for a, p, w in rss], proto, flags)
     built = service_elements(svc)
-    parsed = ruleset.parse_tables([_as_nft_json(set(built.own))])
+    parsed = readback.parse_tables([_as_nft_json(set(built.own))])
     assert parsed.services == {svc.key: svc}
     assert parsed.elements == set(built.own)
 
@@ -115,13 +157,46 @@ def test_elements_parse_back_to_the_same_service(sched: str, rss: list[tuple[str
 def test_counters_and_timeouts_are_read() -> None:
     svc = make_service("10.0.0.1", 80, "rr", [("10.1.0.2", 8080, 1, Forward.NAT)])
     doc = _as_nft_json(set(service_elements(svc).own))
-    doc["nftables"].append({"set": {"family": "ip", "name": "nat_in", "table": "kubelvs", "elem": [
-        {"elem": {"val": {"concat": ["10.0.0.1", "tcp", "10.1.0.2", 8080]}, "counter": {"packets": 7, "bytes": 700}}}]}})
-    doc["nftables"].append({"ct timeout": {"family": "ip", "name": "kl_tcp", "table": "kubelvs", "protocol": "tcp",
-                                           "policy": {"established": 900, "fin_wait": 30}}})
-    doc["nftables"].append({"ct timeout": {"family": "ip", "name": "kl_udp", "table": "kubelvs", "protocol": "udp",
-                                           "policy": None}})
-    parsed = ruleset.parse_tables([doc])
+    doc["nftables"].append(
+        {
+            "set": {
+                "family": "ip",
+                "name": "nat_in",
+                "table": "kubelvs",
+                "elem": [
+                    {
+                        "elem": {
+                            "val": {"concat": ["10.0.0.1", "tcp", "10.1.0.2", 8080]},
+                            "counter": {"packets": 7, "bytes": 700},
+                        }
+                    }
+                ],
+            }
+        }
+    )
+    doc["nftables"].append(
+        {
+            "ct timeout": {
+                "family": "ip",
+                "name": "kl_tcp",
+                "table": "kubelvs",
+                "protocol": "tcp",
+                "policy": {"established": 900, "fin_wait": 30},
+            }
+        }
+    )
+    doc["nftables"].append(
+        {
+            "ct timeout": {
+                "family": "ip",
+                "name": "kl_udp",
+                "table": "kubelvs",
+                "protocol": "udp",
+                "policy": None,
+            }
+        }
+    )
+    parsed = readback.parse_tables([doc])
     stats = parsed.stats[(svc.key, svc.realservers[0].key)]
     assert (stats.in_packets, stats.in_bytes, stats.out_packets) == (7, 700, 0)
     # nft leaves out values equal to conntrack's defaults (udp replied 120).
@@ -129,17 +204,23 @@ def test_counters_and_timeouts_are_read() -> None:
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.sampled_from(["rr", "wrr", "sh", "mh"]), realservers, st.sampled_from([Forward.DR, Forward.NAT]),
-       st.sampled_from([Protocol.TCP, Protocol.UDP]), st.booleans())
-def test_service_text_writes_exactly_the_service_elements(sched: str, rss: list[tuple[str, int, int]], forward: Forward,
-                                                          proto: Protocol, port_flag: bool) -> None:
+@given(
+    st.sampled_from(["rr", "wrr", "sh", "mh"]),
+    realservers,
+    st.sampled_from([Forward.DR, Forward.NAT]),
+    st.sampled_from([Protocol.TCP, Protocol.UDP]),
+    st.booleans(),
+)
+def test_service_text_writes_exactly_the_service_elements(
+    sched: str, rss: list[tuple[str, int, int]], forward: Forward, proto: Protocol, port_flag: bool
+) -> None:
     """The cold-sync renderer (text straight from the model) and the diff path (Element
     tuples, then text) must write the same elements: later diffs assume it."""
     flags = frozenset({f"{sched}-port"}) if port_flag and sched in ("sh", "mh") else frozenset()
     svc = make_service("10.0.0.1", 80, sched, [(a, p, w, forward) for a, p, w in rss], proto, flags)
     direct: dict[tuple[str, str], list[str]] = {}
-    dr_addresses = ruleset.service_text(svc, direct)
+    dr_addresses = elements.service_text(svc, direct)
     built = service_elements(svc)
-    via_elements = ruleset.group_elements(built.own, with_value=True)
+    via_elements = elements.group_elements(built.own, with_value=True)
     assert {k: sorted(v) for k, v in direct.items()} == {k: sorted(v) for k, v in via_elements.items()}
     assert dr_addresses == built.dr_addresses

@@ -21,10 +21,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kubelvs.backends.nftables import NftablesBackend, ruleset
+from kubelvs.backends.nftables import NftablesBackend, elements, readback
 from kubelvs.backends.nftables.backend import tun_supported
+from kubelvs.backends.nftables.schema import Element
 from kubelvs.backends.nftables.tunnel import address_of, device_name, list_tunnels
-from kubelvs.errors import ApplyError, CapabilityError
+from kubelvs.errors import CapabilityError, PartialApplyError
 from kubelvs.kernel.netns import entered
 from kubelvs.lab.netlab import Host, Lab
 from kubelvs.lab.servers import probe
@@ -37,11 +38,11 @@ from kubelvs.model import (
     ServiceKey,
     VirtualService,
 )
-from kubelvs.planner import changed_services, plan
+from kubelvs.planner import AddRealServer, apply_ops, changed_services, plan
 from kubelvs.roles.director import Director
 
+from .links import prepare
 from .strategies import desired_states, make_desired, make_service
-from .test_backend import _prepare
 from .test_ruleset import _as_nft_json as as_nft_json
 from .test_ruleset import realservers as rs_lists
 
@@ -51,7 +52,9 @@ OWN = Ownership(cidrs=(ipaddress.ip_network("10.0.0.0/24"),))
 
 
 def _links(ns: str) -> dict[str, dict[str, object]]:
-    out = subprocess.run(["ip", "-n", ns, "-d", "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ip", "-n", ns, "-d", "-j", "link", "show"], capture_output=True, text=True, check=True
+    ).stdout
     return {str(link["ifname"]): link for link in json.loads(out)}
 
 
@@ -60,32 +63,39 @@ def _kvt(ns: str) -> set[str]:
 
 
 def _nft(ns: str, *args: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", ns, "nft", *args], capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", *args], capture_output=True, text=True, check=True
+    ).stdout
 
 
 # ---------------------------------------------------------------- pure: the ruleset
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.sampled_from(["rr", "wrr", "sh", "mh"]), rs_lists, st.sampled_from([Protocol.TCP, Protocol.UDP]), st.booleans())
+@given(
+    st.sampled_from(["rr", "wrr", "sh", "mh"]),
+    rs_lists,
+    st.sampled_from([Protocol.TCP, Protocol.UDP]),
+    st.booleans(),
+)
 def test_tun_elements_are_the_dr_path_plus_tun_svc_and_parse_back(
     sched: str, rss: list[tuple[str, int, int]], proto: Protocol, port_flag: bool
 ) -> None:
     flags = frozenset({f"{sched}-port"}) if port_flag and sched in ("sh", "mh") else frozenset()
     tun = make_service("10.0.0.1", 80, sched, [(a, 80, w, Forward.TUN) for a, _, w in rss], proto, flags)
     dr = make_service("10.0.0.1", 80, sched, [(a, 80, w, Forward.DR) for a, _, w in rss], proto, flags)
-    built, as_dr = ruleset.service_elements(tun), ruleset.service_elements(dr)
+    built, as_dr = elements.service_elements(tun), elements.service_elements(dr)
     if not rss:  # no real servers: no method, kept as an (empty) NAT service
         assert built == as_dr
         return
-    tun_key = ruleset.Element("netdev", "tun_svc", ("10.0.0.1", str(proto.value), 80))
+    tun_key = Element("netdev", "tun_svc", ("10.0.0.1", str(proto.value), 80))
     assert built.own == as_dr.own | {tun_key}
     assert built.dr_addresses == frozenset()  # tunnels, not neighbours
-    parsed = ruleset.parse_tables([as_nft_json(set(built.own))])
+    parsed = readback.parse_tables([as_nft_json(set(built.own))])
     assert parsed.services == {tun.key: tun}
     direct: dict[tuple[str, str], list[str]] = {}
-    assert ruleset.service_text(tun, direct) == frozenset()
-    via_elements = ruleset.group_elements(built.own, with_value=True)
+    assert elements.service_text(tun, direct) == frozenset()
+    via_elements = elements.group_elements(built.own, with_value=True)
     assert {k: sorted(v) for k, v in direct.items()} == {k: sorted(v) for k, v in via_elements.items()}
 
 
@@ -152,7 +162,9 @@ def _stat(ns: str, dev: str, direction: str) -> int:
 
 
 def _links_stats(ns: str, dev: str) -> dict[str, dict[str, int]]:
-    out = subprocess.run(["ip", "-n", ns, "-s", "-j", "link", "show", "dev", dev], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["ip", "-n", ns, "-s", "-j", "link", "show", "dev", dev], capture_output=True, text=True, check=True
+    )
     stats: dict[str, dict[str, int]] = json.loads(out.stdout)[0]["stats64"]
     return stats
 
@@ -185,11 +197,19 @@ def tunlab() -> Iterator[TunLab]:
             lab.wait_listening(rs.netns, 80)
         # Counts what reaches the director from the VIP: the real servers' replies, were
         # they to come this way (a test-owned table, not kubelvs').
-        lab.run(director.netns, "nft", "-f", "-", timeout=300, input=(
-            "table netdev probe {\n"
-            f'  chain c {{ type filter hook ingress device "eth0" priority -500; ip saddr {VIP} counter; }}\n'
-            "}\n"
-        ))
+        lab.run(
+            director.netns,
+            "nft",
+            "-f",
+            "-",
+            timeout=300,
+            input=(
+                "table netdev probe {\n"
+                '  chain c { type filter hook ingress device "eth0" priority -500;'
+                f" ip saddr {VIP} counter; }}\n"
+                "}\n"
+            ),
+        )
         backend = NftablesBackend(netns=director.netns)
         yield TunLab(lab, client, director, realservers, backend)
     finally:
@@ -256,9 +276,13 @@ def test_devices_follow_the_realservers_and_are_removed_with_them(tunlab: TunLab
     assert set(t.ask(10)) == {"rs1"}
     # A foreign ipip device, and a foreign link named like ours but not ipip, are never touched.
     ns = t.director.netns
-    subprocess.run(["ip", "-n", ns, "link", "add", "other", "type", "ipip", "remote", "10.0.0.99", "local", "10.0.0.2"],
-                   check=True)
-    subprocess.run(["ip", "-n", ns, "link", "add", "kvt0a0000ff", "type", "veth", "peer", "name", "kvpeer"], check=True)
+    subprocess.run(
+        ["ip", "-n", ns, "link", "add", "other", "type", "ipip", "remote", "10.0.0.99", "local", "10.0.0.2"],
+        check=True,
+    )
+    subprocess.run(
+        ["ip", "-n", ns, "link", "add", "kvt0a0000ff", "type", "veth", "peer", "name", "kvpeer"], check=True
+    )
     t.sync()  # the service goes: so do its devices, and nothing else
     assert _kvt(ns) == {"kvt0a0000ff"}
     assert "other" in _links(ns)
@@ -268,17 +292,32 @@ def test_devices_follow_the_realservers_and_are_removed_with_them(tunlab: TunLab
 
 
 @pytest.mark.kernel_ipvs
-def test_a_tun_realserver_without_a_route_is_refused_and_nothing_changes(tunlab: TunLab) -> None:
+def test_a_tun_realserver_without_a_route_is_left_out_and_the_rest_applied(tunlab: TunLab) -> None:
+    """No route to one TUN real server: the operation adding it is reported with the
+    reason; its service, its other real server and the rest of the plan are applied,
+    and no device is made for the unreachable one."""
     t = tunlab
     t.sync(t.service(0))
-    before = _nft(t.director.netns, "list", "ruleset"), _kvt(t.director.netns)
-    bad = VirtualService(key=ServiceKey(4, Protocol.TCP, ipaddress.ip_address(VIP), 443), scheduler="rr").with_realservers(
-        [RealServer(ipaddress.ip_address("10.0.0.11"), 443, 1, Forward.TUN),
-         RealServer(ipaddress.ip_address("192.0.2.7"), 443, 1, Forward.TUN)]
+    bad = VirtualService(
+        key=ServiceKey(4, Protocol.TCP, ipaddress.ip_address(VIP), 443), scheduler="rr"
+    ).with_realservers(
+        [
+            RealServer(ipaddress.ip_address("10.0.0.11"), 443, 1, Forward.TUN),
+            RealServer(ipaddress.ip_address("192.0.2.7"), 443, 1, Forward.TUN),
+        ]
     )
-    with pytest.raises(ApplyError, match=r"TUN real server 192\.0\.2\.7: no route"):
-        t.sync(t.service(0), bad)
-    assert (_nft(t.director.netns, "list", "ruleset"), _kvt(t.director.netns)) == before
+    good = t.service(0, 1)
+    before = t.backend.read()
+    ops = plan(DesiredState(services={good.key: good, bad.key: bad}, ownership=OWN), before).ops
+    with pytest.raises(PartialApplyError) as err:
+        t.backend.apply(ops)
+    (failure,) = err.value.failures
+    assert ops[failure.index] == AddRealServer(bad.key, bad.realservers[1])
+    assert failure.reason.startswith("TUN real server 192.0.2.7: no route to 192.0.2.7")
+    applied = [op for i, op in enumerate(ops) if i != failure.index]
+    assert NftablesBackend(netns=t.director.netns).read().services == apply_ops(before, applied).services
+    assert _kvt(t.director.netns) == {device_name("10.0.0.11"), device_name("10.0.0.12")}
+    assert set(t.ask(20)) == {"rs1", "rs2"}
     t.sync()
 
 
@@ -299,7 +338,7 @@ def test_read_back_with_tun_equals_the_last_desired_state(
         pytest.skip("this kernel has no ipip")
     ns = make_netns(f"tun{secrets.token_hex(2)}")
     try:
-        _prepare(ns)
+        prepare(ns)
         backend = NftablesBackend(netns=ns)
         director = Director(backend)
         previous: DesiredState | None = None
@@ -312,14 +351,25 @@ def test_read_back_with_tun_equals_the_last_desired_state(
             assert plan(desired, fresh).ops == ()
             assert director.observed is not None and director.observed.services == fresh.services
             # Exactly the TUN real servers have a device, and tun_dev names each of them.
-            tun = {str(rs.address) for s in desired.services.values() for rs in s.realservers if rs.forward is Forward.TUN}
+            tun = {
+                str(rs.address)
+                for s in desired.services.values()
+                for rs in s.realservers
+                if rs.forward is Forward.TUN
+            }
             assert set(list_tunnels(ns)) == tun
-            listing = subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "list", "table", "netdev", "kubelvs"],
-                                     capture_output=True, text=True, check=False)
-            by_nft = ruleset.parse_tables([json.loads(listing.stdout)] if listing.returncode == 0 else [])
+            listing = subprocess.run(
+                ["ip", "netns", "exec", ns, "nft", "-j", "list", "table", "netdev", "kubelvs"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            by_nft = readback.parse_tables([json.loads(listing.stdout)] if listing.returncode == 0 else [])
             names = {e.value for e in by_nft.by_set.get("tun_dev", ())}
             assert names == {device_name(rip) for rip in tun}
-            assert {s for s in by_nft.services.values() if any(r.forward is Forward.TUN for r in s.realservers)} == {
+            assert {
+                s for s in by_nft.services.values() if any(r.forward is Forward.TUN for r in s.realservers)
+            } == {
                 s for s in desired.services.values() if any(r.forward is Forward.TUN for r in s.realservers)
             }
     finally:

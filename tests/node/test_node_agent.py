@@ -31,6 +31,11 @@ def _lo_addrs(ns: str) -> set[str]:
     return {f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"]}
 
 
+def _lo_v4(ns: str) -> set[str]:
+    """lo's IPv4 addresses (``::1`` is there or not depending on the kernel's IPv6 setup)."""
+    return {a for a in _lo_addrs(ns) if ":" not in a}
+
+
 def _get(ns: str, name: str) -> int | None:
     with entered(ns):
         return sysctl.read(name)
@@ -231,3 +236,49 @@ def test_cli_dry_run_with_a_config_file_touches_nothing(node: str, tmp_path: Pat
     assert not (tmp_path / "s").exists()
     assert main(["node", "--netns", node, "--dry-run"]) == 2
     assert "give the VIPs with --vip, a config with -f, or --kubernetes" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- a VIP the node has elsewhere
+
+
+def _addrs(ns: str, dev: str) -> set[str]:
+    (link,) = json.loads(_ip(ns, "-j", "addr", "show", "dev", dev))
+    return {f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"]}
+
+
+def test_a_vip_already_on_another_device_is_not_ours_and_not_added_to_lo(node: str, tmp_path: Path) -> None:
+    _ip(node, "addr", "add", f"{VIP}/32", "dev", "eth0")  # e.g. keepalived's, or an operator's
+    agent = _agent(node, tmp_path)
+    changes = {str(c) for c in agent.sync([VIP, VIP2])}
+    assert f"keep {VIP}/32 dev eth0 (already on the node: not ours, left alone)" in changes
+    assert f"add {VIP2}/32 dev lo" in changes and f"add {VIP}/32 dev lo" not in changes
+    assert agent.recorded()["vips"][VIP] == {"device": "eth0", "added": False, "prefixlen": 32}
+    assert agent.sync([VIP, VIP2]) == []  # the next round does not add it either
+    assert _lo_v4(node) == {"127.0.0.1/8", f"{VIP2}/32"}
+    reverted = {str(c) for c in agent.revert()}
+    assert f"keep {VIP}/32 dev eth0 (was there before the agent: left alone)" in reverted
+    assert f"{VIP}/32" in _addrs(node, "eth0") and _lo_v4(node) == {"127.0.0.1/8"}
+
+
+def test_a_vip_inside_a_prefix_on_another_device_counts_as_present(node: str, tmp_path: Path) -> None:
+    _ip(node, "addr", "add", f"{VIP}/28", "dev", "eth0", "scope", "link")  # any prefix length, any scope
+    agent = _agent(node, tmp_path)
+    changes = {str(c) for c in agent.sync([VIP])}
+    assert f"keep {VIP}/28 dev eth0 (already on the node: not ours, left alone)" in changes
+    assert agent.sync([VIP]) == []
+    assert f"{VIP}/32" not in _lo_addrs(node)
+
+
+def test_a_vip_of_ours_removed_behind_the_agents_back_is_put_back(node: str, tmp_path: Path) -> None:
+    agent = _agent(node, tmp_path)
+    agent.sync([VIP])
+    _ip(node, "addr", "del", f"{VIP}/32", "dev", "lo")
+    assert [str(c) for c in agent.sync([VIP])] == [f"add {VIP}/32 dev lo"]
+    assert f"{VIP}/32" in _lo_addrs(node)
+    # Moved to eth0 by someone else: from then on it is theirs, and left there.
+    _ip(node, "addr", "del", f"{VIP}/32", "dev", "lo")
+    _ip(node, "addr", "add", f"{VIP}/32", "dev", "eth0")
+    changes = [str(c) for c in agent.sync([VIP])]
+    assert changes == [f"keep {VIP}/32 dev eth0 (already on the node: not ours, left alone)"]
+    agent.revert()
+    assert f"{VIP}/32" in _addrs(node, "eth0") and f"{VIP}/32" not in _lo_addrs(node)

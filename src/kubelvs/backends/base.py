@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from typing import Literal, Protocol
+from types import TracebackType
+from typing import Literal, Protocol, Self
 
 from ..errors import BackendUnavailable, FieldError
 from ..model import DesiredState, ObservedState
@@ -29,8 +30,25 @@ class Backend(Protocol):
         ...
 
     def apply(self, ops: Sequence[Operation]) -> None:
-        """Apply ``ops`` in order. On failure raise ApplyError naming the operation;
-        the kernel is left in a state from which a new read + plan + apply converges."""
+        """Apply ``ops`` in order, as many as the kernel accepts.
+
+        When some fail, the others are still applied, and ``PartialApplyError`` lists
+        every operation NOT applied (refused by the kernel, or left out because an
+        earlier operation of its service failed); every operation it does not list was
+        applied. So, unless someone else changed the table meanwhile, the kernel holds
+        ``planner.apply_ops(before, ops minus the listed ones)``: a refusal affects only
+        its service. (IPVS pipelines requests: operations of a service sent in the same
+        batch as its refused one are processed by the kernel too; nftables and the
+        in-memory backend leave them out.) Raises BackendError when the data plane
+        could not be used at all."""
+        ...
+
+    def changed_elsewhere(self) -> bool:
+        """True when something other than this backend may have changed its part of
+        the kernel's table since this backend last read or applied it. Must be cheap
+        (the director asks every second): nftables compares the ruleset's generation
+        id. A backend that cannot tell cheaply returns False (the periodic full resync
+        still repairs it)."""
         ...
 
     def problems(self, desired: DesiredState) -> list[FieldError]:
@@ -43,6 +61,14 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Closes the backend."""
+        ...
 
 
 def ipvs_available() -> bool:

@@ -1,11 +1,10 @@
-"""The core commands: validate, diff, apply, status, export, import, director."""
+"""The one-shot commands: validate, diff, apply, status, export, import."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import time
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -13,20 +12,20 @@ from pathlib import Path
 import yaml_rs
 
 from ..backends import Backend, open_backend
-from ..errors import BackendUnavailable, ConfigError, KubelvsError
+from ..errors import BackendUnavailable, ConfigError, FieldError
 from ..model import (
     DesiredState,
+    Ownership,
     ServiceKey,
-    VirtualService,
     kernel_version,
     recommended_sysctls,
 )
-from ..planner import AddRealServer, AddService, Operation, changed_services, describe
+from ..planner import AddRealServer, AddService, Operation, describe
 from ..roles.director import Director
 from ..sources.config import Config, load_config, parse_config, to_desired
 from . import exit_codes
-from .render import status_document, status_table
-from .shutdown import StopFlag
+from .render import director_lines, status_document, status_table
+from .args import add_backend_args
 
 # json and the ipvsadm save format are imported by the commands that use them: every
 # import is start-up time of a one-shot `kubelvs apply`, which is compared with
@@ -36,15 +35,7 @@ __all__ = ["applied_lines", "desired_for", "register", "service_names"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    def backend_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--backend",
-            choices=("auto", "ipvs", "nftables"),
-            default="auto",
-            help="kernel data plane (auto: IPVS when the kernel has it, else nftables)",
-        )
-        p.add_argument("--netns", metavar="NAME", help="operate inside this network namespace (ip netns)")
-
+    backend_args = add_backend_args
     p = sub.add_parser("validate", help="check a config file; exit 0 if valid, 2 with the errors")
     p.add_argument("-f", "--file", required=True, type=Path, help="YAML config file")
     backend_args(p)
@@ -66,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("status", help="show the kernel's table like ipvsadm -Ln --stats")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
     p.add_argument("-f", "--file", type=Path, help="config file whose service names to show")
+    p.add_argument("--state-file", type=Path, metavar="PATH", help="the running director's state file")
     backend_args(p)
     p.set_defaults(func=cmd_status)
 
@@ -86,22 +78,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="owned_cidrs of the new config (default: one /32 or /128 per VIP)",
     )
     p.set_defaults(func=cmd_import)
-
-    p = sub.add_parser(
-        "director", help="run the director: keep the kernel converged to a config file or to Kubernetes"
-    )
-    p.add_argument("-f", "--file", "--config", dest="file", required=True, type=Path, help="YAML config file")
-    p.add_argument("--kubernetes", action="store_true", help="desired state from the Kubernetes API")
-    p.add_argument("--kubeconfig", type=Path, help="kubeconfig (default: in-cluster, then ~/.kube/config)")
-    p.add_argument("--from-manifests", type=Path, metavar="DIR", help="desired state from kubectl -o yaml/json files")
-    p.add_argument("--dry-run", action="store_true", help="compute the desired state, touch nothing")
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    p.add_argument("--once", action="store_true", help="reconcile once and exit")
-    p.add_argument("--graceful", action="store_true")
-    p.add_argument("--poll", type=float, default=1.0, help="seconds between checks of the file (default 1)")
-    p.add_argument("--resync", type=float, default=60.0, help="seconds between full syncs with the kernel (default 60)")
-    backend_args(p)
-    p.set_defaults(func=cmd_director)
 
 
 # ---------------------------------------------------------------- helpers
@@ -186,16 +162,21 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     config = load_config(args.file)
-    backend = _open(args)
-    try:
+    with _open(args) as backend:
         desired = desired_for(config, backend)
         director = Director(backend, graceful=args.graceful or config.graceful, keep_picture=False)
         result = director.sync(desired, dry_run=args.dry_run)
-    finally:
-        backend.close()
-    _print_plan(applied_lines(result.plan.ops), len(result.plan.foreign), len(result.plan.draining))
+    done = result.plan.ops if args.dry_run else result.applied
+    _print_plan(applied_lines(done), len(result.plan.foreign), len(result.plan.draining))
     verb = "would apply" if args.dry_run else "applied"
-    print(f"# {verb} {len(result.plan)} change(s) with backend {backend.name}")
+    print(f"# {verb} {len(done)} change(s) with backend {backend.name}")
+    if result.new_failures:
+        # A refusal affects only its service: everything else above was applied.
+        print(f"kubelvs: apply incomplete: {len(result.new_failures)} operation(s) not applied:", file=sys.stderr)
+        for line in result.new_failures:
+            print(f"  {line}", file=sys.stderr)
+        print("  once the cause is fixed, apply again: it re-reads the kernel and converges", file=sys.stderr)
+        return exit_codes.ERROR
     return exit_codes.OK
 
 
@@ -203,18 +184,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     names: dict[ServiceKey, str] = {}
     if args.file:
         names = service_names(to_desired(load_config(args.file)))
-    backend = _open(args)
-    try:
+    with _open(args) as backend:
         observed = backend.read()
-    finally:
-        backend.close()
+    from ..app.state import read_director_state, state_path  # imported where used: see the note at the imports
+
+    director = read_director_state(args.state_file or state_path(args.netns))
     if args.output == "json":
         import json  # imported where used: see the note at the imports
 
-        json.dump(status_document(observed, names), sys.stdout, indent=2)
+        doc = status_document(observed, names, director=director)
+        summary = None if director is None else {k: v for k, v in director.items() if k != "health"}
+        json.dump({**doc, "director": summary}, sys.stdout, indent=2)
         print()
     else:
-        sys.stdout.write(status_table(observed, names))
+        sys.stdout.write(status_table(observed, names, director))
+        if director is not None:
+            sys.stdout.write(director_lines(director))
     return exit_codes.OK
 
 
@@ -234,121 +219,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if str(args.source) == "-" else args.source.read_text()
-    from ..formats.ipvsadm_save import parse_save  # imported where used: see the note at the imports
+    # Imported where used: see the note at the imports.
+    import ipaddress
 
-    services = parse_save(text, source=str(args.source))
+    from ..formats.ipvsadm_save import parse_save
+    from ..formats.textfile import read_text_file, source_name
+    from ..sources.config import config_document
+
+    services = parse_save(read_text_file(args.source), source=source_name(args.source))
     owned = args.owned_cidr or sorted(
         {f"{s.key.address}/{s.key.address.max_prefixlen}" for s in services if s.key.address is not None}
     )
-    fwmarks = sorted({s.key.fwmark for s in services if s.key.fwmark})
-    doc: dict[str, object] = {"owned_cidrs": owned}
-    if fwmarks:
-        doc["owned_fwmarks"] = [str(m) for m in fwmarks]
-    doc["services"] = [_service_yaml(s) for s in services]
+    try:
+        cidrs = tuple(ipaddress.ip_network(c, strict=False) for c in owned)
+    except ValueError as exc:
+        raise ConfigError([FieldError("--owned-cidr", str(exc))]) from None
+    fwmarks = tuple(range(m, m + 1) for m in sorted({s.key.fwmark for s in services if s.key.fwmark}))
+    state = DesiredState(services={s.key: s for s in services}, ownership=Ownership(cidrs=cidrs, fwmarks=fwmarks))
+    doc = config_document(state)
     # Check that what we print is a valid config before printing it.
     to_desired(parse_config(doc, source="imported config"))
     sys.stdout.write(yaml_rs.dumps(doc))
     return exit_codes.OK
-
-
-def _service_yaml(svc: VirtualService) -> dict[str, object]:
-    out: dict[str, object] = {}
-    key = svc.key
-    if key.fwmark:
-        out["fwmark"] = key.fwmark
-        if key.family == 6:
-            out["family"] = 6
-    else:
-        out.update(vip=str(key.address), port=key.port, protocol=str(key.protocol))
-    out["scheduler"] = svc.scheduler
-    if svc.flags:
-        out["flags"] = sorted(svc.flags)
-    if svc.persistence:
-        out["persistence"] = svc.persistence
-    if svc.netmask is not None:
-        out["netmask"] = svc.netmask
-    out["realservers"] = [
-        {
-            "address": str(rs.address),
-            "port": rs.port,
-            "weight": rs.weight,
-            "forward": str(rs.forward),
-            **({"u_thresh": rs.u_thresh} if rs.u_thresh else {}),
-            **({"l_thresh": rs.l_thresh} if rs.l_thresh else {}),
-        }
-        for rs in svc.realservers
-    ]
-    return out
-
-
-def cmd_director(args: argparse.Namespace) -> int:
-    """Poll the file; on a change reconcile only the services that changed; fully
-    resync every ``--resync`` seconds. A bad edit is reported and the kernel keeps
-    the last good state. With --kubernetes or --from-manifests the Kubernetes source runs."""
-    if args.kubernetes or args.from_manifests:
-        from ..sources.kubernetes.runner import run as run_kubernetes
-
-        return run_kubernetes(args)
-    backend = _open(args)
-    stopping = StopFlag()
-    try:
-        config = load_config(args.file)
-        director = Director(backend, graceful=args.graceful or config.graceful)
-        desired = desired_for(config, backend)
-        result = director.sync(desired)
-        _log(f"full sync: {len(result.plan)} change(s)", result.plan.ops)
-        if args.once:
-            return exit_codes.OK
-        stamp = _stamp(args.file)
-        last_full = time.monotonic()
-        retry_full = False
-        while not stopping:
-            time.sleep(args.poll)
-            try:
-                keys: set[ServiceKey] | None = set()
-                new_stamp = _stamp(args.file)
-                if new_stamp != stamp:
-                    stamp = new_stamp
-                    if new_stamp is None:
-                        _log(f"{args.file} is missing, the kernel keeps the last good state", ())
-                    else:
-                        new = desired_for(load_config(args.file), backend)
-                        # Timeouts, sysctls and owned ranges are global: compare everything then.
-                        same_globals = (new.timeouts, new.sysctls, new.ownership) == (
-                            desired.timeouts, desired.sysctls, desired.ownership)
-                        keys = changed_services(desired, new) if same_globals else None
-                        desired = new
-                if retry_full or time.monotonic() - last_full >= args.resync:
-                    keys = None
-                if keys is None:
-                    last_full = time.monotonic()
-                if keys is None or keys:
-                    result = director.sync(desired, changed=keys)
-                    retry_full = False
-                    if result.plan:
-                        _log(f"{'full' if result.full else 'incremental'} sync: {len(result.plan)} change(s)", result.plan.ops)
-            except ConfigError as exc:
-                _log("config rejected, the kernel keeps the last good state:\n  " + str(exc).replace("\n", "\n  "), ())
-            except KubelvsError as exc:
-                retry_full = True  # the director dropped its picture of the kernel
-                _log(f"sync failed, retrying with a full sync: {exc}", ())
-        return exit_codes.OK
-    finally:
-        backend.close()
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    """When the file last changed; None while it is missing (an editor or a config
-    manager replacing it by rename): the director then keeps what it has."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return (st.st_mtime_ns, st.st_size)
-
-
-def _log(message: str, ops: Iterable[Operation]) -> None:
-    print(time.strftime("%H:%M:%S"), message, flush=True)
-    for op in ops:
-        print("   ", describe(op), flush=True)

@@ -21,10 +21,11 @@ __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 #: filesystem, e.g. the VM tier's 9p root where every file an import looks at costs a
 #: round trip. ``kubelvs --help`` imports them all.
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
-    "kubelvs.cli.commands": ("validate", "diff", "apply", "status", "export", "import", "director"),
+    "kubelvs.cli.commands": ("validate", "diff", "apply", "status", "export", "import"),
+    "kubelvs.cli.director": ("director",),
+    "kubelvs.cli.node": ("node",),
     "kubelvs.doctor.cli": ("doctor",),
-    "kubelvs.roles.node_cli": ("node",),
-    "kubelvs.lab.cli": ("lab", "demo"),
+    "kubelvs.cli.lab": ("lab", "demo"),
 }
 
 
@@ -77,7 +78,7 @@ def _describe(exc: Exception) -> tuple[str, list[str]]:
     if isinstance(exc, ApplyError):
         return "apply stopped", [
             str(exc),
-            "the operations before it were applied; once the cause is fixed, apply again to converge",
+            "the kernel may hold part of the plan; once the cause is fixed, apply again: it re-reads the kernel",
         ]
     if isinstance(exc, PermissionError):
         return "error", [f"{exc} (kubelvs needs root for netlink, network namespaces and sysctls)"]

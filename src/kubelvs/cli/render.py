@@ -9,18 +9,32 @@ The JSON shape is shared by every command that prints a table (``status``,
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from ..model import LBState, ObservedState, ServiceKey
 
-__all__ = ["status_document", "status_table", "FORWARD_NAMES"]
+__all__ = ["FORWARD_NAMES", "director_lines", "health_of", "status_document", "status_table"]
 
 #: ipvsadm's names of the forwarding methods.
 FORWARD_NAMES = {"nat": "Masq", "dr": "Route", "tun": "Tunnel", "local": "Local"}
 
 
-def status_document(state: LBState, names: Mapping[ServiceKey, str], *, counters: bool = True) -> dict[str, Any]:
+def health_of(director: Mapping[str, Any] | None, key: ServiceKey, rs: object) -> Mapping[str, Any] | None:
+    """A real server's health from the running director's state: status, since, detail."""
+    health = (director or {}).get("health") or {}
+    target = (health.get("services") or {}).get(str(key), {}).get(str(rs))
+    return None if target is None else (health.get("targets") or {}).get(target)
+
+
+def status_document(
+    state: LBState,
+    names: Mapping[ServiceKey, str],
+    *,
+    counters: bool = True,
+    director: Mapping[str, Any] | None = None,  # the running director's state file (health)
+) -> dict[str, Any]:
     stats = state.stats if isinstance(state, ObservedState) else {}
     services = []
     for key in sorted(state.services, key=ServiceKey.sort_key):
@@ -44,6 +58,9 @@ def status_document(state: LBState, names: Mapping[ServiceKey, str], *, counters
                     in_bytes=st.in_bytes if st else 0,
                     out_bytes=st.out_bytes if st else 0,
                 )
+            health = health_of(director, key, rs.key)
+            if health is not None:
+                entry["health"] = dict(health)
             realservers.append(entry)
         services.append(
             {
@@ -65,8 +82,12 @@ def status_document(state: LBState, names: Mapping[ServiceKey, str], *, counters
     }
 
 
-def status_table(state: ObservedState, names: Mapping[ServiceKey, str]) -> str:
-    """Like ``ipvsadm -Ln --stats`` plus the Weight/ActiveConn/InActConn columns of ``-Ln``."""
+def status_table(
+    state: ObservedState, names: Mapping[ServiceKey, str], director: Mapping[str, Any] | None = None
+) -> str:
+    """Like ``ipvsadm -Ln --stats`` plus the Weight/ActiveConn/InActConn columns of ``-Ln``,
+    and each checked real server's health when a director runs (``up 3m``, ``down 12s``)."""
+    now = time.time()
     lines = [
         "Prot LocalAddress:Port Scheduler Flags                       Name",
         "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn      Conns     InPkts    OutPkts    InBytes   OutBytes",
@@ -90,8 +111,41 @@ def status_table(state: ObservedState, names: Mapping[ServiceKey, str]) -> str:
                 f"{st.active_conns if st else 0:<10} {st.inactive_conns if st else 0:<9} "
                 f"{st.conns if st else 0:>10} {st.in_packets if st else 0:>10} {st.out_packets if st else 0:>10} "
                 f"{st.in_bytes if st else 0:>10} {st.out_bytes if st else 0:>10}"
+                + _health_text(health_of(director, key, rs.key), now)
             )
     if state.timeouts:
         t = state.timeouts
         lines.append(f"Timeout (tcp tcpfin udp): {t.tcp} {t.tcpfin} {t.udp}")
+    return "\n".join(lines) + "\n"
+
+
+def _health_text(health: Mapping[str, Any] | None, now: float) -> str:
+    if health is None:
+        return ""
+    return f"  {health.get('status')} {_age(now - float(health.get('since') or now))}"
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+def director_lines(state: Mapping[str, Any]) -> str:
+    """What the running director could not do, below the kernel's table (its state file)."""
+    lines = [f"Director (pid {state.get('pid')}, {state.get('backend')}, {state.get('source')}):"]
+    failing = state.get("failing") or []
+    if not failing and not state.get("held_deletions"):
+        lines.append("  everything desired is programmed")
+    for f in failing:
+        lines.append(
+            f"  failing {f['service']}: {f['operation']}: {f['reason']} "
+            f"(attempt {f['attempts']}, retried with backoff)"
+        )
+    held = state.get("held_deletions")
+    if held:
+        lines.append(f"  {held['message']}: {', '.join(held['services'])}")
     return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ import ctypes
 import os
 from collections.abc import Iterator
 
-__all__ = ["entered", "NETNS_DIR"]
+__all__ = ["NETNS_DIR", "entered", "entered_fd", "path_of"]
 
 NETNS_DIR = "/run/netns"
 _CLONE_NEWNET = 0x40000000
@@ -25,22 +25,37 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def path_of(name: str) -> str:
+    """The file that names namespace ``name`` (what ``ip netns add NAME`` made)."""
+    return os.path.join(NETNS_DIR, name)
+
+
 @contextlib.contextmanager
-def entered(name: str | None) -> Iterator[None]:
-    """Enter namespace ``name`` for the block (``None``: stay where we are)."""
-    if name is None:
-        yield
-        return
+def entered_fd(target: int) -> Iterator[None]:
+    """Enter the namespace open as file descriptor ``target`` for the block; the
+    thread's own namespace is restored afterwards. The caller closes ``target``."""
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        target = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY)
-        try:
-            _setns(target)
-        finally:
-            os.close(target)
+        _setns(target)
         try:
             yield
         finally:
             _setns(own)
     finally:
         os.close(own)
+
+
+@contextlib.contextmanager
+def entered(name: str | None) -> Iterator[None]:
+    """Enter namespace ``name`` for the block (``None``: stay where we are).
+
+    A missing namespace raises FileNotFoundError (from opening its file)."""
+    if name is None:
+        yield
+        return
+    target = os.open(path_of(name), os.O_RDONLY)
+    try:
+        with entered_fd(target):
+            yield
+    finally:
+        os.close(target)

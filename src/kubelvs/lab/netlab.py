@@ -9,29 +9,42 @@ gets one end of a veth pair, the other end is a bridge port.
 runs inside its namespaces, then deletes the namespaces: also after a failure
 half-way through building. Use it as a context manager.
 
-Used by the scenario tests, the benchmarks and (later) ``kubelvs lab up|down``.
+Links, addresses and sysctls are made through the kernel-interface layer
+(``kernel.iproute``, ``kernel.sysctl``); only namespaces themselves (``ip netns``) and
+the programs run in them (``ip netns exec``) are commands.
+
+Used by the scenario tests, the benchmarks and ``kubelvs lab up|down``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
-__all__ = ["Lab", "LabError", "Host", "Process", "NETNS_PREFIX"]
+from ..errors import KernelError, LabError
+from ..kernel import iproute
+from ..kernel import sysctl as _sysctl
+
+__all__ = ["NETNS_PREFIX", "Host", "Lab", "LabError", "Process"]
 
 NETNS_PREFIX = "kubelvs-"
 
 
-class LabError(Exception):
-    """A lab command failed; carries the command and its stderr."""
+@contextlib.contextmanager
+def _lab_errors() -> Iterator[None]:
+    """The kernel layer's errors as the lab's (the message names the device and namespace)."""
+    try:
+        yield
+    except KernelError as exc:
+        raise LabError(str(exc)) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,17 +97,21 @@ class Lab:
         """Create ``<prefix>-<role>`` with ``lo`` up."""
         name = f"{self.prefix}-{role}"
         _check_name(name)
-        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+        made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, check=False)
+        if made.returncode != 0:
+            raise LabError(f"ip netns add {name}: {made.stderr.strip() or 'failed'}")
         self.namespaces.append(name)
-        self.run(name, "ip", "link", "set", "lo", "up")
+        with _lab_errors():
+            iproute.set_link_up(name, "lo")
         return name
 
     def switch(self) -> str:
         """The segment's namespace (created on first use) holding bridge ``br0``."""
         if self._switch is None:
             self._switch = self.namespace("sw")
-            self.run(self._switch, "ip", "link", "add", "br0", "type", "bridge")
-            self.run(self._switch, "ip", "link", "set", "br0", "up")
+            with _lab_errors():
+                iproute.add_bridge(self._switch, "br0")
+                iproute.set_link_up(self._switch, "br0")
         return self._switch
 
     def host(self, role: str, addresses: Sequence[str], *, ifname: str = "eth0") -> Host:
@@ -103,14 +120,19 @@ class Lab:
         ns = self.namespace(role)
         self._ports += 1
         port = f"p{self._ports}"
-        self.run(sw, "ip", "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns)
-        self.run(sw, "ip", "link", "set", port, "master", "br0", "up")
         for address in addresses:
-            ipaddress.ip_interface(address)  # a clear error for a typo, before ip(8) sees it
-            self.run(ns, "ip", "addr", "add", address, "dev", ifname)
-        self.run(ns, "ip", "link", "set", ifname, "up")
-        (link,) = json.loads(self.run(ns, "ip", "-j", "link", "show", "dev", ifname).stdout)
-        host = Host(netns=ns, ifname=ifname, addresses=list(addresses), mac=str(link["address"]))
+            ipaddress.ip_interface(address)  # a clear error for a typo, before anything is made
+        with _lab_errors():
+            iproute.add_veth(sw, port, ifname, peer_netns=ns)
+            iproute.set_master(sw, port, "br0")
+            iproute.set_link_up(sw, port)
+            for address in addresses:
+                iproute.add_address(ns, ifname, address)
+            iproute.set_link_up(ns, ifname)
+            link = iproute.link(ns, ifname)
+        if link is None:
+            raise LabError(f"{ifname} vanished from {ns} while it was being set up")
+        host = Host(netns=ns, ifname=ifname, addresses=list(addresses), mac=link.mac)
         self.hosts[role] = host
         return host
 
@@ -127,7 +149,9 @@ class Lab:
         return proc
 
     def sysctl(self, netns: str, name: str, value: int | str) -> None:
-        self.run(netns, "sysctl", "-qw", f"{name}={value}")
+        """Set sysctl ``name`` (dotted, or a path for dotted interface names) in ``netns``."""
+        with _lab_errors():
+            _sysctl.write_in(netns, name, int(value))
 
     def start(self, netns: str, *argv: str, log: str | os.PathLike[str] | None = None) -> Process:
         """Start ``argv`` in the background inside ``netns``; stop it with ``stop``.
@@ -196,13 +220,16 @@ class Lab:
             except (OSError, subprocess.SubprocessError):
                 pass
         for name in reversed(self.namespaces):
-            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+            listed = subprocess.run(
+                ["ip", "netns", "pids", name], capture_output=True, text=True, check=False
+            )
+            pids = listed.stdout.split()
             for pid in pids:  # children of ours that outlived their parent; only inside our namespace
                 try:
                     os.kill(int(pid), signal.SIGKILL)
                 except (OSError, ValueError):
                     pass
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
         self.namespaces.clear()
         self.hosts.clear()
         self._switch = None

@@ -4,7 +4,9 @@
     python -m kubelvs.lab.servers udp  --name rs1 --port 5353
     python -m kubelvs.lab.servers probe --target 10.0.0.200:80 --count 20 [--udp] [--source A,B]
 
-``GET /bytes/N`` answers N zero bytes (throughput benchmarks). Both servers answer
+``GET /bytes/N`` answers N zero bytes (throughput benchmarks); ``GET /status/N`` answers
+with status N, ``GET /slow/S`` after S seconds, ``GET /healthz`` with ``ok`` (what
+kube-proxy's health port answers): the health checks' tests use them. Both servers answer
 other requests with one JSON object: ``{"server": NAME, "client": "ip:port",
 "local": "ip:port"}`` - who answered, the client address it saw (to tell NAT from
 SNAT), and the address it was reached on (the VIP in DR mode). The HTTP server keeps
@@ -19,6 +21,7 @@ import json
 import socket
 import struct
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,11 +52,28 @@ def serve_http(name: str, port: int, bind: str = "0.0.0.0") -> None:
             if self.path.startswith("/bytes/"):  # bulk data for throughput benchmarks
                 self._bulk(int(self.path.split("/")[2]))
                 return
+            if self.path.startswith("/status/"):
+                self._plain(int(self.path.split("/")[2]), b"status\n")
+                return
+            if self.path.startswith("/slow/"):
+                time.sleep(float(self.path.split("/")[2]))
+                self._plain(200, b"slow\n")
+                return
+            if self.path == "/healthz":
+                self._plain(200, b"ok\n")
+                return
             body = json.dumps(
                 {"server": name, "client": _hostport(self.client_address), "local": _hostport(self.connection.getsockname())}
             ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _plain(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

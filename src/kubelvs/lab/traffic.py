@@ -19,6 +19,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from ..errors import KernelError, LabError
+from ..kernel import iproute
 from ..kernel.netns import entered
 
 __all__ = ["DirectorCounters", "Result", "arp_who_has", "neighbour_mac", "nft_counter", "requests", "tally"]
@@ -97,7 +99,15 @@ class DirectorCounters:
       that came back through the director (NAT must; DR/TUN must not).
     """
 
-    def __init__(self, netns: str, *, vip: str, port: int, reply_sources: Iterable[tuple[str, int]], device: str = "eth0") -> None:
+    def __init__(
+        self,
+        netns: str,
+        *,
+        vip: str,
+        port: int,
+        reply_sources: Iterable[tuple[str, int]],
+        device: str = "eth0",
+    ) -> None:
         self.netns = netns
         sources = sorted({(vip, port), *reply_sources})
         elements = ", ".join(f"{a} . {p}" for a, p in sources)
@@ -108,13 +118,15 @@ class DirectorCounters:
             "  counter replies { }\n"
             "  counter syns { }\n"
             f'  chain ingress {{ type filter hook ingress device "{device}" priority -500; policy accept;\n'
-            f'    meta pkttype host ip daddr {vip} tcp dport {port} tcp flags & (syn | ack) == syn counter name "syns"\n'
+            f"    meta pkttype host ip daddr {vip} tcp dport {port} tcp flags & (syn | ack) == syn"
+            ' counter name "syns"\n'
             f'    meta pkttype host ip daddr {vip} tcp dport {port} counter name "requests"\n'
             '    meta pkttype host ip saddr . tcp sport @reply_src counter name "replies"\n'
             "  }\n}\n"
         )
         subprocess.run(
-            ["ip", "netns", "exec", netns, "nft", "-f", "-"], input=ruleset, text=True, capture_output=True, check=True
+            ["ip", "netns", "exec", netns, "nft", "-f", "-"],
+            input=ruleset, text=True, capture_output=True, check=True,
         )
 
     def read(self) -> tuple[int, int]:
@@ -132,12 +144,19 @@ class DirectorCounters:
 def arp_who_has(netns: str, ifname: str, target: str, *, timeout: float = 0.5) -> list[str]:
     """Broadcast one ARP request for ``target`` from ``ifname`` in ``netns`` and return
     the MAC of every host that answered (in order of arrival) - arping, in Python."""
-    own = json.loads(subprocess.run(["ip", "-n", netns, "-j", "addr", "show", "dev", ifname],
-                                    capture_output=True, text=True, check=True).stdout)[0]
-    mac = bytes.fromhex(own["address"].replace(":", ""))
-    src = next(a["local"] for a in own["addr_info"] if a["family"] == "inet")
+    try:
+        link = iproute.link(netns, ifname)
+        ipv4 = [a.address for a in iproute.addresses(netns, ifname) if a.version == 4]
+    except KernelError as exc:
+        raise LabError(str(exc)) from exc
+    if link is None or not ipv4:
+        why = "no such device" if link is None else "no IPv4 address to ask from"
+        raise LabError(f"{ifname} in {netns}: {why}")
+    mac = bytes.fromhex(link.mac.replace(":", ""))
+    src = ipv4[0]
+    arp_request = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)  # Ethernet, IPv4, 6/4-byte addresses, request
     frame = (b"\xff" * 6 + mac + b"\x08\x06"
-             + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + socket.inet_aton(src) + b"\0" * 6 + socket.inet_aton(target))
+             + arp_request + mac + socket.inet_aton(src) + b"\0" * 6 + socket.inet_aton(target))
     answers: list[str] = []
     with entered(netns):
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
@@ -161,9 +180,8 @@ def arp_who_has(netns: str, ifname: str, target: str, *, timeout: float = 0.5) -
 
 def neighbour_mac(netns: str, address: str, ifname: str = "eth0") -> str | None:
     """The MAC ``netns``'s neighbour table holds for ``address`` (None: no entry)."""
-    out = json.loads(subprocess.run(["ip", "-n", netns, "-j", "neigh", "show", address, "dev", ifname],
-                                    capture_output=True, text=True, check=True).stdout or "[]")
-    for entry in out:
-        if entry.get("lladdr"):
-            return str(entry["lladdr"]).lower()
-    return None
+    try:
+        entries = iproute.neighbours(netns, device=ifname, address=address)
+    except KernelError as exc:
+        raise LabError(str(exc)) from exc
+    return next((e.mac for e in entries if e.mac), None)

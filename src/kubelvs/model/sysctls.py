@@ -3,11 +3,11 @@ and kube-router apply, see docs/config.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from .types import Forward, VirtualService
+from .types import Forward, ServiceKey, VirtualService
 
-__all__ = ["recommended_sysctls", "kernel_version"]
+__all__ = ["RecommendedSysctls", "kernel_version", "recommended_sysctls"]
 
 
 def kernel_version(release: str) -> tuple[int, int]:
@@ -39,3 +39,36 @@ def recommended_sysctls(backend: str, kernel: tuple[int, int], services: Iterabl
         if kernel < (5, 9):
             out["net.ipv4.vs.conn_reuse_mode"] = 0
     return out
+
+
+class RecommendedSysctls:
+    """``recommended_sysctls`` kept up to date per changed service.
+
+    They depend on the services only through "does any real server use NAT", and
+    answering that by scanning every real server (100,000 at 10,000 Services, and all
+    of them whenever none uses NAT) cost about 60 ms on every reconcile. So the keys of
+    the services that use NAT are kept, and only those services are looked at again."""
+
+    def __init__(self, backend: str, kernel: tuple[int, int]) -> None:
+        self.backend = backend
+        self.kernel = kernel
+        self.nat: set[ServiceKey] = set()
+
+    def __call__(
+        self, services: Mapping[ServiceKey, VirtualService], changed: Iterable[ServiceKey] | None
+    ) -> dict[str, int]:
+        """``changed``: the keys that changed since the previous call (None: any may have)."""
+        if changed is None:
+            self.nat = {k for k, vs in services.items() if _uses_nat(vs)}
+        else:
+            for k in changed:
+                vs = services.get(k)
+                if vs is not None and _uses_nat(vs):
+                    self.nat.add(k)
+                else:
+                    self.nat.discard(k)
+        return recommended_sysctls(self.backend, self.kernel, (services[k] for k in self.nat))
+
+
+def _uses_nat(vs: VirtualService) -> bool:
+    return any(rs.forward is Forward.NAT for rs in vs.realservers)

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from .health import HealthCheck
+
 __all__ = [
     "IPAddress",
     "IPNetwork",
@@ -267,6 +269,9 @@ class LBState:
 @dataclass(frozen=True, slots=True)
 class DesiredState(LBState):
     ownership: Ownership = Ownership()
+    # Per virtual service: its health check (none when absent). Not kernel state: the
+    # director probes with it and gives each real server the weight its health says.
+    health: Mapping[ServiceKey, HealthCheck] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

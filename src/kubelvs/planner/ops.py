@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from ..model import (
     ObservedState,
@@ -35,6 +35,7 @@ __all__ = [
     "apply_ops",
     "apply_ops_in_place",
     "describe",
+    "service_of",
 ]
 
 
@@ -113,6 +114,20 @@ def describe(op: Operation) -> str:
     raise TypeError(op)
 
 
+def service_of(op: Operation) -> ServiceKey | None:
+    """The virtual service an operation belongs to; None for global ones (timeouts,
+    sysctls). Operations of different services never depend on each other, so a plan
+    can be split, or a failing service's operations left out, along this key."""
+    match op:
+        case AddRealServer(service=k) | EditRealServer(service=k) | DeleteRealServer(service=k):
+            return k
+        case AddService(service=s) | EditService(service=s):
+            return s.key
+        case DeleteService(key=k):
+            return k
+    return None
+
+
 def _service_attrs(s: VirtualService) -> str:
     parts = [f"scheduler={s.scheduler}"]
     if s.persistence:
@@ -122,6 +137,10 @@ def _service_attrs(s: VirtualService) -> str:
     if s.flags:
         parts.append("flags=" + ",".join(sorted(s.flags)))
     return " ".join(parts)
+
+
+#: The counters of a real server that has seen no traffic (frozen: one object for all).
+_NO_TRAFFIC = RealServerStats()
 
 
 def apply_ops(state: ObservedState, ops: Iterable[Operation]) -> ObservedState:
@@ -149,16 +168,38 @@ def apply_ops_in_place(state: ObservedState, ops: Iterable[Operation]) -> Observ
     # Real-server changes are collected per service and each touched service is rebuilt
     # once at the end: rebuilding its sorted tuple per operation made a cold sync quadratic.
     touched: dict[ServiceKey, dict[RealServerKey, RealServer]] = {}
+    # New services whose AddRealServers so far are the first ``count`` real servers of
+    # their AddService, in order (what the planner emits for a service added whole):
+    # key -> [service, count]. Such a service ends up as the AddService's own object (its
+    # real servers are sorted and unique, as every VirtualService's), with no dict and no
+    # rebuild: a cold sync of 10,000 services x 10 real servers took 0.35 s here without.
+    fresh: dict[ServiceKey, list[Any]] = {}
 
     def members(key: ServiceKey) -> dict[RealServerKey, RealServer]:
         found = touched.get(key)
         if found is None:
-            found = touched[key] = services[key].realserver_map()
+            new = fresh.pop(key, None)
+            realservers = services[key].realservers if new is None else new[0].realservers[: new[1]]
+            found = touched[key] = {rs.key: rs for rs in realservers}
         return found
 
     for op in ops:
+        if type(op) is AddRealServer:  # nearly all of a large plan: no match statement
+            k, r = op.service, op.realserver
+            new = fresh.get(k)
+            if new is not None and new[1] < len(new[0].realservers) and new[0].realservers[new[1]] is r:
+                new[1] += 1
+            else:
+                members(k)[r.key] = r
+            stats.setdefault((k, r.key), _NO_TRAFFIC)
+            continue
         match op:
+            case AddService(service=s) if s.key not in services:
+                fresh[s.key] = [s, 0]
+                services[s.key] = s
             case AddService(service=s) | EditService(service=s):
+                if s.key in fresh:
+                    members(s.key)  # leaves the fast path: its real servers are tracked from here
                 old = services.get(s.key)
                 services[s.key] = replace(s, realservers=old.realservers if old else ())
             case DeleteService(key=k):
@@ -166,9 +207,9 @@ def apply_ops_in_place(state: ObservedState, ops: Iterable[Operation]) -> Observ
                     stats.pop((k, rk), None)
                 del touched[k]
                 del services[k]
-            case AddRealServer(service=k, realserver=r) | EditRealServer(service=k, realserver=r):
+            case EditRealServer(service=k, realserver=r):
                 members(k)[r.key] = r
-                stats.setdefault((k, r.key), RealServerStats())
+                stats.setdefault((k, r.key), _NO_TRAFFIC)
             case DeleteRealServer(service=k, realserver=rk):
                 del members(k)[rk]
                 stats.pop((k, rk), None)
@@ -176,6 +217,9 @@ def apply_ops_in_place(state: ObservedState, ops: Iterable[Operation]) -> Observ
                 timeouts = t
             case SetSysctl(name=n, value=v):
                 sysctls[n] = v
+    for key, (svc, count) in fresh.items():
+        if count != len(svc.realservers):
+            services[key] = svc.with_realservers(svc.realservers[:count])
     for key, realservers in touched.items():
         services[key] = services[key].with_realservers(realservers.values())
     if timeouts == state.timeouts:

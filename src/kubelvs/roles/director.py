@@ -4,81 +4,226 @@ A full sync reads the whole kernel table once, plans, applies. After a successfu
 apply the director keeps ``apply_ops(observed, plan)`` as its picture of the kernel,
 so a later change to a few services is planned against memory and costs
 O(changed services) - kube-proxy instead re-reads and re-syncs every service on
-every change. Any failure drops the picture; the next sync reads the kernel again,
-so a half-applied plan is always repaired. Callers run a full sync on a slow timer
-too (someone else may have edited the table).
+every change. Callers run a full sync on a slow timer too (someone else may have
+edited the table), and at once when the backend says it was changed elsewhere.
+
+A kernel refusal affects only its service: the backend applies everything else and
+reports what it did not apply (``PartialApplyError``); the director records the
+failing services, leaves their operations out of the following syncs until their
+retry time (0.5 s doubling up to 30 s, like the API watches' backoff), and retries
+them with a full sync, whose read repairs whatever the refusal left. The picture is
+dropped after any failure. The deletion guard (``roles.guard``) holds back a step that
+would delete most of the owned services at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from ..backends import Backend
 from ..bulk import no_gc
-from ..errors import CapabilityError, KubelvsError
-from ..model import DesiredState, ObservedState, ServiceKey
-from ..planner import Plan, apply_ops_in_place, plan
+from ..errors import CapabilityError, KubelvsError, PartialApplyError
+from ..model import DesiredState, ErrorList, ObservedState, ServiceKey
+from ..planner import AddService, Operation, Plan, apply_ops_in_place, plan, service_of
+from .guard import DeletionGuard, GuardSettings, HeldDeletion
 
-__all__ = ["Director", "SyncResult"]
+__all__ = ["Director", "ServiceFailure", "SyncResult"]
+
+RETRY_FIRST = 0.5
+RETRY_MAX = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceFailure:
+    """A virtual service whose operations the kernel refused, and when it is retried."""
+
+    key: ServiceKey
+    operation: str  # the first operation refused
+    reason: str
+    attempts: int
+    since: float  # the caller's clock (time.monotonic by default)
+    retry_at: float
 
 
 @dataclass(frozen=True, slots=True)
 class SyncResult:
     plan: Plan
     full: bool  # True when the kernel was read (not only the in-memory picture used)
+    applied: tuple[Operation, ...] = ()  # what was applied (dry run: nothing)
+    deferred: tuple[Operation, ...] = ()  # left out: a failing service before its retry time, held deletions
+    failures: Mapping[ServiceKey, ServiceFailure] = field(default_factory=dict)  # failing after this sync
+    new_failures: tuple[str, ...] = ()  # what this sync could not apply, one line each
+    held: HeldDeletion | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Everything planned was applied."""
+        return not self.new_failures and not self.deferred
 
 
 class Director:
     """Reconciles ``backend`` to desired states handed to ``sync``. Not thread-safe."""
 
-    def __init__(self, backend: Backend, *, graceful: bool = False, keep_picture: bool = True) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        graceful: bool = False,
+        keep_picture: bool = True,
+        guard: GuardSettings | None = None,  # None: no deletion guard (one-shot commands)
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """``keep_picture=False`` for a one-shot reconcile (``kubelvs apply``): the picture
         of the kernel is what makes later syncs O(changed), and updating it costs as much
         as planning; a process that exits after one sync has no use for it."""
         self.backend = backend
         self.graceful = graceful
         self.keep_picture = keep_picture
+        self.guard = DeletionGuard(guard) if guard is not None else None
+        self.clock = clock
         self._observed: ObservedState | None = None
+        self._failures: dict[ServiceKey, ServiceFailure] = {}
 
     @property
     def observed(self) -> ObservedState | None:
         """The director's picture of the kernel after the last successful sync."""
         return self._observed
 
+    @property
+    def failures(self) -> Mapping[ServiceKey, ServiceFailure]:
+        return dict(self._failures)
+
+    def next_due(self) -> float | None:
+        """Seconds until a failing service's retry or a held deletion is due (None: nothing waits)."""
+        times = [f.retry_at for f in self._failures.values()]
+        if self.guard is not None and self.guard.held is not None:
+            times.append(self.guard.held.until)
+        return max(0.0, min(times) - self.clock()) if times else None
+
     def check(self, desired: DesiredState) -> None:
         """Raise CapabilityError when the backend cannot do what ``desired`` asks."""
         problems = self.backend.problems(desired)
-        if problems:
-            raise CapabilityError(problems)
+        if problems:  # one per service can be 10,000: the first ones and a count
+            raise CapabilityError(ErrorList(problems).listing())
 
     def sync(
         self, desired: DesiredState, *, changed: Iterable[ServiceKey] | None = None, dry_run: bool = False
     ) -> SyncResult:
         """Converge to ``desired``. ``changed``: only these services changed since the
-        last sync (use the in-memory picture); None: read the kernel and compare all."""
+        last sync (use the in-memory picture); None: read the kernel and compare all.
+        A retry that is due forces a full sync. Raises CapabilityError (nothing done)
+        and BackendError when the backend could not be used at all; refusals of single
+        operations are in the result instead."""
         with no_gc():
             return self._sync(desired, changed, dry_run)
 
     def _sync(self, desired: DesiredState, changed: Iterable[ServiceKey] | None, dry_run: bool) -> SyncResult:
         self.check(desired)
-        full = changed is None or self._observed is None
+        now = self.clock()
+        due = any(f.retry_at <= now for f in self._failures.values())
+        full = changed is None or self._observed is None or due
+        keys: set[ServiceKey] | None = None
         if full:
             if not dry_run:
                 self.backend.refresh()  # e.g. a real server's MAC changed (nftables DR)
             observed = self.backend.read(sysctls=desired.sysctls)
-            changed = None
         else:
-            assert self._observed is not None
+            assert self._observed is not None and changed is not None
             observed = self._observed
-        the_plan = plan(desired, observed, graceful=self.graceful, keys=changed)
+            keys = set(changed)
+            if self.guard is not None and self.guard.held is not None:
+                keys |= self.guard.held.keys  # so that the guard sees the same deletions again
+        the_plan = plan(desired, observed, graceful=self.graceful, keys=keys)
         if dry_run:
             return SyncResult(plan=the_plan, full=full)
+
+        held = self._hold(desired, observed, keys, the_plan, now)
+        waiting = {k for k, f in self._failures.items() if f.retry_at > now}
+        ops: list[Operation] = []
+        deferred: list[Operation] = []
+        for op in the_plan.ops:
+            key = service_of(op)
+            (deferred if key is not None and (key in held or key in waiting) else ops).append(op)
         try:
-            self.backend.apply(the_plan.ops)
+            self.backend.apply(ops)
+        except PartialApplyError as exc:
+            self._observed = None  # the next sync reads the kernel (see the module docstring)
+            failed = exc.failed_indexes
+            applied = tuple(op for i, op in enumerate(ops) if i not in failed)
+            self._record(ops, exc, now)
+            self._clear_converged(the_plan, ops, full, failed)
+            return SyncResult(
+                plan=the_plan,
+                full=full,
+                applied=applied,
+                deferred=tuple(deferred),
+                failures=dict(self._failures),
+                new_failures=tuple(str(f) for f in exc.failures),
+                held=self.guard.held if self.guard is not None else None,
+            )
         except KubelvsError:
             self._observed = None  # unknown now: the next sync reads the kernel
             raise
+        self._clear_converged(the_plan, ops, full, frozenset())
         # The picture is ours alone (read for us, or kept from the last sync): update in place.
-        self._observed = apply_ops_in_place(observed, the_plan.ops) if self.keep_picture else None
-        return SyncResult(plan=the_plan, full=full)
+        self._observed = apply_ops_in_place(observed, ops) if self.keep_picture else None
+        return SyncResult(
+            plan=the_plan,
+            full=full,
+            applied=tuple(ops),
+            deferred=tuple(deferred),
+            failures=dict(self._failures),
+            held=self.guard.held if self.guard is not None else None,
+        )
+
+    def _hold(
+        self,
+        desired: DesiredState,
+        observed: ObservedState,
+        keys: set[ServiceKey] | None,
+        the_plan: Plan,
+        now: float,
+    ) -> frozenset[ServiceKey]:
+        """The services whose deletion the guard holds back in this step."""
+        if self.guard is None:
+            return frozenset()
+        owns = desired.ownership.owns
+        candidates = observed.services.keys() if keys is None else (k for k in keys if k in observed.services)
+        removed = [k for k in candidates if owns(k) and k not in desired.services]
+        added = sum(1 for op in the_plan.ops if type(op) is AddService)
+        owned = sum(1 for k in observed.services if owns(k)) if removed else 0
+        return self.guard.check(removed, added, owned, now)
+
+    def _record(self, ops: list[Operation], exc: PartialApplyError, now: float) -> None:
+        for failure in exc.failures:
+            key = service_of(ops[failure.index])
+            if key is None or failure.reason.startswith("skipped:"):
+                continue
+            previous = self._failures.get(key)
+            attempts = 1 if previous is None else previous.attempts + 1
+            delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (attempts - 1))
+            self._failures[key] = ServiceFailure(
+                key=key,
+                operation=failure.operation,
+                reason=failure.reason,
+                attempts=attempts,
+                since=now if previous is None else previous.since,
+                retry_at=now + delay,
+            )
+
+    def _clear_converged(self, the_plan: Plan, ops: list[Operation], full: bool, failed: frozenset[int]) -> None:
+        """Forget failures of services that were applied without error in this sync, or
+        that a full plan found already converged (no operations: e.g. removed from the
+        desired state, or repaired by someone)."""
+        if not self._failures:
+            return
+        failing_now = {service_of(ops[i]) for i in failed}
+        touched = {service_of(op) for op in ops}
+        planned = {service_of(op) for op in the_plan.ops}
+        for key in list(self._failures):
+            if key in failing_now:
+                continue
+            if key in touched or (full and key not in planned):
+                del self._failures[key]

@@ -17,23 +17,36 @@ Everything it changes is recorded with the value found before (a small JSON file
 ``/run/kubelvs/node/``, one per network namespace, tied to the namespace's inode so a
 re-created namespace of the same name does not inherit a stale record). When the last
 VIP goes away it reverts exactly what it set - and leaves alone a value somebody else
-changed after it (reported, not overwritten). Running it twice changes nothing.
+changed after it (reported, not overwritten). Running it twice changes nothing. A VIP
+the node already has on any device (put there by hand, or on eth0) is recorded as not
+ours: it is neither added to lo nor ever removed.
+
+One agent per namespace: a long-running agent holds an exclusive lock
+(``NodeAgent.hold``, ``flock`` on ``<state dir>/<netns or root>.lock``); a second
+agent, or a ``--revert``, gets a NodeError naming the PID holding it instead of undoing
+the running agent's work behind its back.
+
+Kernel access goes through the kernel-interface layer (``kernel.iproute``,
+``kernel.sysctl``); its KernelErrors surface here as NodeErrors.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import ipaddress
 import json
 import os
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import KubelvsError
-from ..kernel import sysctl
-from ..kernel.netns import NETNS_DIR, entered
+from ..errors import KernelError, NodeError
+from ..kernel import iproute, sysctl
+from ..kernel.netns import path_of as netns_path
 from ..model import Forward
 from ..sources.config import Config
 
@@ -56,10 +69,6 @@ TUN_DEVICE = "tunl0"  # the ipip module's fallback device: receives IPIP for any
 
 Mode = Literal["dr", "tun"]
 VipDevice = Literal["auto", "lo", "dummy"]
-
-
-class NodeError(KubelvsError):
-    """The node agent could not configure (or read) this node."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,70 +127,63 @@ def _conf_name(path: str) -> str:
     return path.replace("/", ".") if "." not in path.split("/")[3] else path
 
 
-# ---------------------------------------------------------------------- ip(8) helpers
+# ---------------------------------------------------------------------- kernel reads
 
 
-def _ip(netns: str | None, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    cmd = ["ip"] + (["-n", netns] if netns else []) + list(args)
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if check and proc.returncode != 0:
-        raise NodeError(f"{' '.join(cmd)}: {proc.stderr.strip() or 'failed'}")
-    return proc
-
-
-def _ip_json(netns: str | None, *args: str) -> list[dict[str, Any]]:
-    out = _ip(netns, "-j", *args).stdout
-    data = json.loads(out or "[]")
-    return data if isinstance(data, list) else []
+@contextlib.contextmanager
+def _node_errors() -> Iterator[None]:
+    """The kernel layer's errors, as the node agent's (the message says what and why)."""
+    try:
+        yield
+    except NodeError:
+        raise
+    except KernelError as exc:
+        raise NodeError(str(exc)) from exc
 
 
 def node_addresses(netns: str | None) -> list[str]:
     """Every global IPv4/IPv6 address of the namespace (without prefix length)."""
-    out = []
-    for link in _ip_json(netns, "addr", "show"):
-        for a in link.get("addr_info", []):
-            if a.get("scope") == "global":
-                out.append(str(a["local"]))
-    return out
+    with _node_errors():
+        return [a.address for a in iproute.addresses(netns) if a.scope == "global"]
 
 
 def default_interface(netns: str | None) -> str | None:
     """The device of the default route (the L2 interface on a typical node)."""
-    for route in _ip_json(netns, "route", "show", "default"):
-        if route.get("dev"):
-            return str(route["dev"])
-    return None
-
-
-def _link(netns: str | None, name: str) -> dict[str, Any] | None:
-    proc = _ip(netns, "-j", "link", "show", "dev", name, check=False)
-    if proc.returncode != 0:
-        return None
-    links = json.loads(proc.stdout or "[]")
-    return links[0] if links else None
-
-
-def _addresses_on(netns: str | None, device: str) -> set[str]:
-    out: set[str] = set()
-    for link in _ip_json(netns, "addr", "show", "dev", device):
-        for a in link.get("addr_info", []):
-            out.add(f"{a['local']}/{a['prefixlen']}")
-    return out
+    with _node_errors():
+        return iproute.default_route_device(netns)
 
 
 def _netns_inode(netns: str | None) -> int:
-    path = os.path.join(NETNS_DIR, netns) if netns else "/proc/self/ns/net"
+    path = netns_path(netns) if netns else "/proc/self/ns/net"
     try:
         return os.stat(path).st_ino
     except FileNotFoundError as exc:
         raise NodeError(f"network namespace {netns!r} does not exist") from exc
 
 
+def _holder_pid(fd: int) -> str:
+    """The PID a lock holder wrote into the lock file ("unknown" while it is writing it)."""
+    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return text if text.isdigit() else "unknown"
+
+
 # ---------------------------------------------------------------------- the agent
 
 
 class NodeAgent:
-    """Configures the real-server side in one network namespace. Not thread-safe."""
+    """Configures the real-server side in one network namespace. Not thread-safe.
+
+    ``sync(vips)`` makes the node hold exactly ``vips``; ``revert()`` undoes everything
+    the agent set. Both read the node back first, so they are idempotent.
+
+    One agent per namespace (and state directory): a long-running agent runs its whole
+    loop inside ``with agent.hold():``, an exclusive ``flock`` on ``lock_path`` with its
+    PID in it, released on exit (the file is removed then). While another process holds
+    it, ``hold()``, ``sync()`` and ``revert()`` raise NodeError("a node agent (pid N) is
+    running for this namespace ...; stop it first") and change nothing. Outside
+    ``hold()``, ``sync()`` and ``revert()`` take the lock just for their own duration
+    (a one-shot ``--once`` or ``--revert``); ``holder()`` tells who has it.
+    """
 
     def __init__(
         self,
@@ -199,26 +201,127 @@ class NodeAgent:
         self.netns = netns
         self.vip_device_choice: VipDevice = vip_device
         self.state_path = state_dir / f"{netns or 'root'}.json"
+        self.lock_path = state_dir / f"{netns or 'root'}.lock"
+        self._lock_fd: int | None = None
         self._inode = _netns_inode(netns)
-        if _link(netns, interface) is None:
-            raise NodeError(f"interface: {interface!r} does not exist" + (f" in network namespace {netns}" if netns else ""))
+        with _node_errors():
+            if iproute.link(netns, interface) is None:
+                raise NodeError(f"interface: {interface!r} does not exist" + self._where())
+
+    def _where(self) -> str:
+        return f" in network namespace {self.netns}" if self.netns else ""
+
+    # -------------------------------------------------------------- one agent per namespace
+
+    def _busy(self, pid: str) -> NodeError:
+        label = self.netns or "the agent's own namespace"
+        return NodeError(
+            f"a node agent (pid {pid}) is running for this namespace ({label}); stop it first"
+            f" (lock {self.lock_path})"
+        )
+
+    def _acquire(self) -> int:
+        try:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NodeError(f"state dir {self.lock_path.parent}: {exc.strerror or exc}") from exc
+        while True:
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise NodeError(f"lock {self.lock_path}: {exc.strerror or exc}") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                pid = _holder_pid(fd)
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise self._busy(pid) from None
+                raise NodeError(f"lock {self.lock_path}: {exc.strerror or exc}") from exc
+            # The previous holder removes the file when it lets go: if it did so after we
+            # opened it, our lock is on a file nobody else will open. Start over then.
+            try:
+                current = os.stat(self.lock_path)
+            except FileNotFoundError:
+                current = None
+            mine = os.fstat(fd)
+            if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def _release(self, fd: int) -> None:
+        try:
+            self.lock_path.unlink(missing_ok=True)  # while still holding it: see _acquire
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Hold this namespace's agent lock for the block (the long-running loop).
+        Raises NodeError naming the PID of the agent that holds it already; nested
+        use by the same agent is allowed."""
+        if self._lock_fd is not None:
+            yield
+            return
+        fd = self._acquire()
+        self._lock_fd = fd
+        try:
+            yield
+        finally:
+            self._lock_fd = None
+            self._release(fd)
+
+    @property
+    def holding(self) -> bool:
+        """True inside ``hold()``."""
+        return self._lock_fd is not None
+
+    def holder(self) -> int | None:
+        """PID of the process holding this namespace's agent lock (None: nobody; this
+        process when it holds it itself). Reads without taking it."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = _holder_pid(fd)
+                return int(pid) if pid.isdigit() else None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return os.getpid() if self._lock_fd is not None else None
+        finally:
+            os.close(fd)
 
     # -------------------------------------------------------------- record
 
     def _load(self) -> dict[str, Any]:
-        empty: dict[str, Any] = {"inode": self._inode, "device": None, "dummy_created": False, "vips": {}, "sysctls": {}, "links": {}}
+        empty: dict[str, Any] = {
+            "inode": self._inode,
+            "device": None,
+            "dummy_created": False,
+            "vips": {},
+            "sysctls": {},
+            "links": {},
+        }
         try:
             data = json.loads(self.state_path.read_text())
         except FileNotFoundError:
             return empty
         except (OSError, ValueError) as exc:
-            raise NodeError(f"state file {self.state_path} is unreadable: {exc}; remove it to start over") from exc
+            raise NodeError(
+                f"state file {self.state_path} is unreadable: {exc}; remove it to start over"
+            ) from exc
         if data.get("inode") != self._inode:
             return empty  # a namespace of the same name was re-created: nothing in it is ours
         return {**empty, **data}
 
     def _save(self, record: dict[str, Any]) -> None:
-        if not record["vips"] and not record["sysctls"] and not record["links"] and not record["dummy_created"]:
+        if not (record["vips"] or record["sysctls"] or record["links"] or record["dummy_created"]):
             self.state_path.unlink(missing_ok=True)
             return
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,20 +336,19 @@ class NodeAgent:
     # -------------------------------------------------------------- sysctls
 
     def _read(self, path: str) -> int | None:
-        with entered(self.netns):
-            return sysctl.read(path)
+        with _node_errors():
+            return sysctl.read_in(self.netns, path)
 
     def _set(self, record: dict[str, Any], path: str, value: int, changes: list[Change]) -> None:
         current = self._read(path)
         if current is None:
-            raise NodeError(f"sysctl {_conf_name(path)} does not exist" + (f" in {self.netns}" if self.netns else ""))
+            raise NodeError(f"sysctl {_conf_name(path)} does not exist" + self._where())
         if current == value:
             return
         try:
-            with entered(self.netns):
-                sysctl.write(path, value)
-        except OSError as exc:
-            raise NodeError(f"cannot set {_conf_name(path)}={value}: {exc.strerror or exc}") from exc
+            sysctl.write_in(self.netns, path, value)
+        except KernelError as exc:
+            raise NodeError(f"cannot set {_conf_name(path)}={value}: {exc}") from exc
         entry = record["sysctls"].get(path)
         before = entry["before"] if entry else current  # the value before *we* first touched it
         record["sysctls"][path] = {"before": before, "set": value}
@@ -278,8 +380,8 @@ class NodeAgent:
             # was never written, so the others are read after it.
             if (self._read(_conf("default", "rp_filter")) or 0) < all_rpf:
                 self._set(record, _conf("default", "rp_filter"), all_rpf, changes)
-            with entered(self.netns):
-                devices = sorted(os.listdir("/proc/sys/net/ipv4/conf"))
+            with _node_errors():
+                devices = sysctl.conf_devices(self.netns)
             for dev in devices:
                 if dev in ("all", "default", TUN_DEVICE):
                     continue
@@ -303,8 +405,8 @@ class NodeAgent:
             elif current != entry["set"]:
                 changes.append(Change("keep", name, f"changed by someone else to {current}: left alone"))
             elif current != entry["before"]:
-                with entered(self.netns):
-                    sysctl.write(path, entry["before"])
+                with _node_errors():
+                    sysctl.write_in(self.netns, path, entry["before"])
                 changes.append(Change("restore", name, f"{current} -> {entry['before']}"))
         record["sysctls"] = {}
 
@@ -316,19 +418,21 @@ class NodeAgent:
         choice = self.vip_device_choice
         device = "lo"
         if choice in ("auto", "dummy"):
-            if _link(self.netns, DUMMY_DEVICE) is not None:
+            if iproute.link(self.netns, DUMMY_DEVICE) is not None:
                 device = DUMMY_DEVICE
             else:
-                made = _ip(self.netns, "link", "add", DUMMY_DEVICE, "type", "dummy", check=False)
-                if made.returncode == 0:
-                    _ip(self.netns, "link", "set", DUMMY_DEVICE, "up")
-                    record["dummy_created"] = True
+                try:
+                    iproute.add_dummy(self.netns, DUMMY_DEVICE)
+                except KernelError as exc:
+                    if choice == "dummy":
+                        raise NodeError(
+                            f"vip_device: this kernel cannot make a dummy device ({exc}); use lo"
+                        ) from exc
+                else:
+                    record["dummy_created"] = True  # before bringing it up: a failure still removes it
                     changes.append(Change("create", f"link {DUMMY_DEVICE}", "type dummy"))
+                    iproute.set_link_up(self.netns, DUMMY_DEVICE)
                     device = DUMMY_DEVICE
-                elif choice == "dummy":
-                    raise NodeError(
-                        f"vip_device: this kernel cannot make a dummy device ({made.stderr.strip()}); use lo"
-                    )
         if device == DUMMY_DEVICE:
             # A dummy device answers no ARP itself, but arp_ignore on the L2 interface
             # is still what stops the node answering for it there.
@@ -337,22 +441,50 @@ class NodeAgent:
         return device
 
     def _ensure_tunnel(self, record: dict[str, Any], changes: list[Change]) -> None:
-        link = _link(self.netns, TUN_DEVICE)
+        link = iproute.link(self.netns, TUN_DEVICE)
         if link is None:
             subprocess.run(["modprobe", "-q", "ipip"], check=False, capture_output=True)
-            link = _link(self.netns, TUN_DEVICE)
+            link = iproute.link(self.netns, TUN_DEVICE)
         if link is None:
-            raise NodeError("mode: tun needs IPIP tunnels, and this kernel has no ipip support (no tunl0 device)")
-        if "UP" not in link.get("flags", []):
-            _ip(self.netns, "link", "set", TUN_DEVICE, "up")
+            raise NodeError(
+                "mode: tun needs IPIP tunnels, and this kernel has no ipip support (no tunl0 device)"
+            )
+        if not link.up:
+            iproute.set_link_up(self.netns, TUN_DEVICE)
             record["links"][TUN_DEVICE] = {"was_up": False}
             changes.append(Change("up", f"link {TUN_DEVICE}", "IPIP fallback device"))
+
+    def _ensure_vips(
+        self, record: dict[str, Any], device: str, wanted: list[str], changes: list[Change]
+    ) -> None:
+        """Each wanted VIP on ``device``, unless the node has it already on any device
+        (lo by hand, eth0, any prefix length): then it is recorded as not ours, and
+        neither added nor, later, removed."""
+        present = iproute.addresses(self.netns)
+        for vip in wanted:
+            cidr = f"{vip}/32"
+            entry = record["vips"].get(vip)
+            ours = entry is not None and entry["added"]
+            if ours and any(a.cidr == cidr and a.device == entry["device"] for a in present):
+                continue
+            holder = next((a for a in present if a.address == vip), None)
+            if holder is not None:
+                if not ours and entry is not None and entry["device"] == holder.device:
+                    continue  # known, not ours
+                record["vips"][vip] = {"device": holder.device, "added": False, "prefixlen": holder.prefixlen}
+                target = f"{holder.cidr} dev {holder.device}"
+                changes.append(Change("keep", target, "already on the node: not ours, left alone"))
+                continue
+            iproute.add_address(self.netns, device, cidr)  # new, or ours and removed behind our back
+            record["vips"][vip] = {"device": device, "added": True}
+            changes.append(Change("add", f"{cidr} dev {device}"))
 
     # -------------------------------------------------------------- public
 
     def sync(self, vips: Iterable[str]) -> list[Change]:
         """Make this node hold exactly ``vips`` (VIPs the agent added; others are left alone).
-        Returns what changed; an empty list when the node already matched."""
+        Returns what changed; an empty list when the node already matched. NodeError when
+        another agent holds this namespace (see ``hold``)."""
         wanted: list[str] = []
         for v in vips:
             try:
@@ -360,56 +492,71 @@ class NodeAgent:
             except ValueError:
                 raise NodeError(f"vip: {v!r} is not an IPv4 or IPv6 address (nothing was changed)") from None
             if address.version != 4:
-                raise NodeError(f"vip: {v} is IPv6; the node agent handles IPv4 VIPs only (nothing was changed)")
+                raise NodeError(
+                    f"vip: {v} is IPv6; the node agent handles IPv4 VIPs only (nothing was changed)"
+                )
             if str(address) not in wanted:
                 wanted.append(str(address))
+        with self._exclusive():
+            return self._sync(wanted)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        if self._lock_fd is not None:  # inside hold(): ours already
+            yield
+            return
+        fd = self._acquire()
+        try:
+            yield
+        finally:
+            self._release(fd)
+
+    def _sync(self, wanted: list[str]) -> list[Change]:
         record = self._load()
         changes: list[Change] = []
         try:
-            if wanted:
-                if self.mode == "tun":  # first: without ipip nothing else should change
-                    self._ensure_tunnel(record, changes)
-                device = self._vip_device(record, changes)
-                self._ensure_sysctls(record, changes)
-                present = _addresses_on(self.netns, device)
-                elsewhere = set(node_addresses(self.netns))  # e.g. put on lo by hand before the agent
-                for vip in wanted:
-                    cidr = f"{vip}/32"
-                    if cidr in present or (vip not in record["vips"] and vip in elsewhere):
-                        if vip not in record["vips"]:
-                            record["vips"][vip] = {"device": device, "added": False}
+            with _node_errors():
+                if wanted:
+                    if self.mode == "tun":  # first: without ipip nothing else should change
+                        self._ensure_tunnel(record, changes)
+                    device = self._vip_device(record, changes)
+                    self._ensure_sysctls(record, changes)
+                    self._ensure_vips(record, device, wanted, changes)
+                for vip in sorted(set(record["vips"]) - set(wanted)):
+                    entry = record["vips"].pop(vip)
+                    target = f"{vip}/{entry.get('prefixlen', 32)} dev {entry['device']}"
+                    if not entry["added"]:
+                        changes.append(Change("keep", target, "was there before the agent: left alone"))
                         continue
-                    _ip(self.netns, "addr", "add", cidr, "dev", device)
-                    record["vips"][vip] = {"device": device, "added": True}
-                    changes.append(Change("add", f"{cidr} dev {device}"))
-            for vip in sorted(set(record["vips"]) - set(wanted)):
-                entry = record["vips"].pop(vip)
-                if entry["added"]:
-                    gone = _ip(self.netns, "addr", "del", f"{vip}/32", "dev", entry["device"], check=False)
-                    changes.append(Change("delete", f"{vip}/32 dev {entry['device']}", "" if gone.returncode == 0 else "already gone"))
-                else:
-                    changes.append(Change("keep", f"{vip}/32 dev {entry['device']}", "was there before the agent: left alone"))
-            if not wanted:
-                self._release(record, changes)
+                    try:
+                        iproute.delete_address(self.netns, entry["device"], f"{vip}/32")
+                        changes.append(Change("delete", target))
+                    except KernelError:
+                        changes.append(Change("delete", target, "already gone"))
+                if not wanted:
+                    self._release_node(record, changes)
         finally:
             self._save(record)
         return changes
 
-    def _release(self, record: dict[str, Any], changes: list[Change]) -> None:
+    def _release_node(self, record: dict[str, Any], changes: list[Change]) -> None:
         """No VIP left: undo the node-wide settings."""
         self._restore_sysctls(record, changes)
         for name, entry in sorted(record["links"].items()):
-            if not entry.get("was_up", True) and _link(self.netns, name) is not None:
-                _ip(self.netns, "link", "set", name, "down", check=False)
+            if not entry.get("was_up", True) and iproute.link(self.netns, name) is not None:
+                with contextlib.suppress(KernelError):
+                    iproute.set_link_down(self.netns, name)
                 changes.append(Change("down", f"link {name}", "was down before the agent"))
         record["links"] = {}
         if record.get("dummy_created"):
-            if _link(self.netns, DUMMY_DEVICE) is not None:
-                _ip(self.netns, "link", "del", DUMMY_DEVICE, check=False)
+            if iproute.link(self.netns, DUMMY_DEVICE) is not None:
+                with contextlib.suppress(KernelError):
+                    iproute.delete_link(self.netns, DUMMY_DEVICE)
                 changes.append(Change("remove", f"link {DUMMY_DEVICE}"))
             record["dummy_created"] = False
         record["device"] = None
 
     def revert(self) -> list[Change]:
-        """Remove every VIP the agent added and restore every value it set."""
+        """Remove every VIP the agent added and restore every value it set. NodeError when
+        another agent holds this namespace (a running agent would put it all back)."""
         return self.sync(())

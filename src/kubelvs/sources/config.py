@@ -4,7 +4,11 @@
 dataclasses; the result becomes the model and goes through ``model.validate`` for the
 rules that span fields.
 Both kinds of problem come out as FieldError with the YAML path, e.g.
-``services[0] (whoami).realservers[1].port: dr cannot map ports ...``.
+``services[0] (whoami).realservers[1].port: dr cannot map ports ...``: the first
+``MAX_ERRORS`` of them, and a line counting the rest.
+The file itself is read by ``formats.textfile`` (size limit, UTF-8, no NUL: the YAML
+parser would stop at a NUL and return the part before it as a valid config), and
+whatever the YAML parser raises becomes a ParseError with line and column.
 The reference of every key is docs/config.md.
 """
 
@@ -13,33 +17,46 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml_rs
 
-from ..errors import ConfigError, FieldError, ParseError
+from ..errors import ConfigError, FieldError
+from ..formats.textfile import TextFileError, check_text, read_text_file, source_name
 from ..model import (
+    NO_CHECK,
+    CheckKind,
+    CheckMode,
     DesiredState,
+    ErrorList,
     Forward,
+    HealthCheck,
     IPNetwork,
+    OnFailure,
     Ownership,
     Protocol,
     RealServer,
     ServiceKey,
     Timeouts,
     VirtualService,
+    config_error,
     parse_address,
+    service_path,
+    shown,
     validate,
 )
 from . import shape
 
 __all__ = [
     "Config",
+    "DeletionGuardSpec",
+    "HealthSpec",
     "RealServerSpec",
     "ServiceSpec",
     "TimeoutsSpec",
+    "config_document",
     "load_config",
     "parse_config",
     "parse_yaml",
@@ -73,6 +90,39 @@ class ServiceSpec:
     netmask: int | None = None
     forward: Forward = Forward.DR
     realservers: tuple[RealServerSpec, ...] = ()
+    health: HealthSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSpec:
+    """``health_defaults:`` and a service's ``health:``. Every key is optional: a service's
+    own keys win over ``health_defaults:``, which win over the built-in defaults
+    (``model.health.HealthCheck``)."""
+
+    kind: CheckKind | None = None
+    interval: float | None = None
+    timeout: float | None = None
+    rise: int | None = None
+    fall: int | None = None
+    on_failure: OnFailure | None = None
+    slow_start: float | None = None
+    mode: CheckMode | None = None
+    port: int | None = None
+    path: str | None = None
+    expect_status: tuple[int, ...] | None = None
+    body: str | None = None
+    host: str | None = None
+    send: str | None = None
+    expect: str | None = None
+    command: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeletionGuardSpec:
+    """``deletion_guard:``: how much a running director deletes at once (docs/config.md)."""
+
+    max_share: float = 0.5
+    settle_seconds: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +140,8 @@ class Config:
     recommended_sysctls: bool = True
     sysctls: dict[str, int] = field(default_factory=dict)
     graceful: bool = False
+    deletion_guard: DeletionGuardSpec | None = None  # None: the director's defaults
+    health_defaults: HealthSpec | None = None
     services: tuple[ServiceSpec, ...] = ()
     kubernetes: dict[str, Any] | None = None  # read by kubelvs.sources.kubernetes
 
@@ -99,7 +151,8 @@ def _network(value: Any) -> str:
     try:
         ipaddress.ip_network(text, strict=False)
     except ValueError as exc:
-        raise shape.Invalid(str(exc)) from None  # "'10.0.0.0/33' does not appear to be an IPv4 or IPv6 network"
+        # "'10.0.0.0/33' does not appear to be an IPv4 or IPv6 network"
+        raise shape.Invalid(str(exc)) from None
     return text
 
 
@@ -108,6 +161,29 @@ def _string_or_integer(value: Any) -> str | int:
         return value
     return shape.integer(value)
 
+
+_SECONDS = shape.bounded(shape.number, minimum=0.01, maximum=86400)
+_HEALTH = shape.Record(
+    HealthSpec,
+    {
+        "kind": shape.choice(CheckKind),
+        "interval": _SECONDS,
+        "timeout": _SECONDS,
+        "rise": shape.bounded(shape.integer, minimum=1, maximum=100),
+        "fall": shape.bounded(shape.integer, minimum=1, maximum=100),
+        "on_failure": shape.choice(OnFailure),
+        "slow_start": shape.bounded(shape.number, minimum=0, maximum=86400),
+        "mode": shape.choice(CheckMode),
+        "port": shape.bounded(shape.integer, minimum=1, maximum=65535),
+        "path": shape.string,
+        "expect_status": shape.list_of(shape.bounded(shape.integer, minimum=100, maximum=599)),
+        "body": shape.string,
+        "host": shape.string,
+        "send": shape.string,
+        "expect": shape.string,
+        "command": shape.list_of(shape.string),
+    },
+)
 
 _CONFIG = shape.Record(
     Config,
@@ -120,6 +196,16 @@ _CONFIG = shape.Record(
         "recommended_sysctls": shape.boolean,
         "sysctls": shape.mapping_of(shape.integer),
         "graceful": shape.boolean,
+        "deletion_guard": shape.optional(
+            shape.Record(
+                DeletionGuardSpec,
+                {
+                    "max_share": shape.bounded(shape.number, minimum=0, maximum=1),
+                    "settle_seconds": shape.bounded(shape.number, minimum=0, maximum=86400),
+                },
+            )
+        ),
+        "health_defaults": shape.optional(_HEALTH),
         "services": shape.list_of(
             shape.Record(
                 ServiceSpec,
@@ -148,10 +234,12 @@ _CONFIG = shape.Record(
                             },
                         )
                     ),
+                    "health": shape.optional(_HEALTH),
                 },
             )
         ),
-        "kubernetes": shape.optional(shape.mapping_of(lambda value: value)),  # checked by kubelvs.sources.kubernetes
+        # Checked by kubelvs.sources.kubernetes (settings.parse_kubernetes).
+        "kubernetes": shape.optional(shape.mapping_of(lambda value: value)),
     },
 )
 
@@ -161,7 +249,9 @@ def parse_config(data: Any, *, source: str = "config") -> Config:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError([FieldError("(top level)", f"{source} must be a mapping of keys, got {type(data).__name__}")])
+        raise ConfigError(
+            [FieldError("(top level)", f"{source} must be a mapping of keys, got {type(data).__name__}")]
+        )
     config, errors = _CONFIG.parse(data)
     if config is None:
         raise ConfigError(errors)
@@ -169,41 +259,65 @@ def parse_config(data: Any, *, source: str = "config") -> Config:
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and shape-check a YAML config file (``-`` is not special here)."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ParseError(str(p), None, exc.strerror or str(exc)) from exc
-    return parse_config(parse_yaml(text, source=str(p)), source=str(p))
+    """Read and shape-check a YAML config file; ``-`` reads standard input.
+
+    Raises TextFileError (a ParseError: unreadable, too large, not UTF-8 text, bad
+    YAML; with line and column where there is one) or ConfigError."""
+    text = read_text_file(path)
+    source = source_name(path)
+    return parse_config(_load_yaml(text, source), source=source)
 
 
 def parse_yaml(text: str, *, source: str) -> Any:
     """YAML 1.2 (yaml-rs, Rust): 30x faster than PyYAML on a 10,000-service file, and a
-    duplicate key is an error instead of silently replacing the first."""
+    duplicate key is an error instead of silently replacing the first.
+
+    ``text`` is checked as a file's would be (no NUL, no control characters), since
+    the parser stops at a NUL and returns what came before it."""
+    check_text(text, source)
+    return _load_yaml(text, source)
+
+
+_PLACE = re.compile(r"line (\d+), column (\d+)")
+
+
+def _load_yaml(text: str, source: str) -> Any:
     try:
         return yaml_rs.loads(text, parse_datetime=False)
-    except yaml_rs.YAMLDecodeError as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the parser's boundary: anything it raises is "cannot parse"
+        # Besides YAMLDecodeError, yaml-rs lets out ValueError (an integer of more than
+        # 4,300 digits), TypeError (a mapping as a key: unhashable) and RecursionError.
         message = str(exc)
-        match = re.search(r"line (\d+)", message)
-        reason = message.splitlines()[-1].strip() if "\n" in message else message
-        raise ParseError(source, int(match.group(1)) if match else None, reason) from exc
+        place = _PLACE.search(message)
+        reason = message.strip().splitlines()[-1].strip() if message.strip() else type(exc).__name__
+        if not isinstance(exc, yaml_rs.YAMLDecodeError):
+            reason = f"cannot read this YAML: {reason}"
+        if len(reason) > 200:  # the parser quotes the offending line, however long it is
+            reason = reason[:200] + "..."
+        line, column = (int(place.group(1)), int(place.group(2))) if place else (None, None)
+        raise TextFileError(source, line, column, reason) from None
 
 
-def _fwmark_ranges(items: Sequence[str | int]) -> tuple[list[range], list[FieldError]]:
+def _fwmark_ranges(items: Sequence[str | int], errors: ErrorList) -> list[range]:
     out: list[range] = []
-    errors: list[FieldError] = []
     for i, item in enumerate(items):
-        text = str(item)
         try:
+            text = str(item)
             lo, _, hi = text.partition("-")
             first, last = int(lo, 0), int(hi or lo, 0)
             if not 1 <= first <= last <= 2**32 - 1:
                 raise ValueError
             out.append(range(first, last + 1))
-        except ValueError:
-            errors.append(FieldError(f"owned_fwmarks[{i}]", f"{text!r} is not a fwmark or a range N-M within 1..4294967295"))
-    return out, errors
+        except ValueError:  # also an integer too long for str() or int()
+            errors.append(
+                FieldError(
+                    f"owned_fwmarks[{i}]",
+                    f"{shown(item)} is not a fwmark or a range N-M within 1..4294967295",
+                )
+            )
+    return out
 
 
 def to_desired(config: Config, *, extra_sysctls: Mapping[str, int] | None = None) -> DesiredState:
@@ -212,32 +326,148 @@ def to_desired(config: Config, *, extra_sysctls: Mapping[str, int] | None = None
     ``extra_sysctls`` (the recommended ones, computed by the caller for its backend and
     kernel) go under the config's own ``sysctls``, which win.
     """
-    errors: list[FieldError] = []
+    errors = ErrorList()
     cidrs: list[IPNetwork] = [ipaddress.ip_network(c, strict=False) for c in config.owned_cidrs]
-    fwmarks, fw_errors = _fwmark_ranges(config.owned_fwmarks)
-    errors += fw_errors
+    fwmarks = _fwmark_ranges(config.owned_fwmarks, errors)
     services: list[VirtualService] = []
     for i, spec in enumerate(config.services):
-        where = f"services[{i}]" + (f" ({spec.name})" if spec.name else "")
-        svc = _service(spec, where, errors)
-        if svc is not None:
+        svc = _service(spec, service_path("services", i, spec.name), errors)
+        if svc is not None and not errors:  # after a problem they are only checked, not kept
             services.append(svc)
-    timeouts = Timeouts(config.timeouts.tcp, config.timeouts.tcpfin, config.timeouts.udp) if config.timeouts else None
+    timeouts = (
+        Timeouts(config.timeouts.tcp, config.timeouts.tcpfin, config.timeouts.udp)
+        if config.timeouts
+        else None
+    )
     sysctls = {**(extra_sysctls or {}), **config.sysctls}
     ownership = Ownership(cidrs=tuple(cidrs), fwmarks=tuple(fwmarks))
     if not errors:  # index paths only line up when every service could be built
         errors += validate(services, ownership=ownership, timeouts=timeouts, sysctls=sysctls)
     if errors:
-        raise ConfigError(errors)
+        raise config_error(errors)
+    health = _health(config, services, errors)
+    if errors:
+        raise config_error(errors)
     # The model keeps real servers sorted by key, as the kernel read-back does.
     ordered = {s.key: s.with_realservers(s.realservers) for s in services}
-    return DesiredState(services=ordered, timeouts=timeouts, sysctls=sysctls, ownership=ownership)
+    return DesiredState(services=ordered, timeouts=timeouts, sysctls=sysctls, ownership=ownership, health=health)
 
 
-def _service(spec: ServiceSpec, where: str, errors: list[FieldError]) -> VirtualService | None:
+def _health(config: Config, services: Sequence[VirtualService], errors: ErrorList) -> dict[ServiceKey, HealthCheck]:
+    """Each service's check: its own ``health:`` over ``health_defaults:`` over the
+    built-in defaults; only services with a check other than ``none`` are listed."""
+    defaults = config.health_defaults
+    if defaults is not None:
+        _check_health(_merge(NO_CHECK, defaults), "health_defaults", None, errors)
+    out: dict[ServiceKey, HealthCheck] = {}
+    for i, (spec, vs) in enumerate(zip(config.services, services, strict=True)):
+        check = NO_CHECK if defaults is None else _merge(NO_CHECK, defaults)
+        if spec.health is not None:
+            check = _merge(check, spec.health)
+        if not check.enabled:
+            continue
+        where = f"{service_path('services', i, spec.name)}.health"
+        if _check_health(check, where, vs, errors):
+            out[vs.key] = check
+    return out
+
+
+def _merge(base: HealthCheck, spec: HealthSpec) -> HealthCheck:
+    values = {f.name: getattr(spec, f.name) for f in fields(spec) if getattr(spec, f.name) is not None}
+    return replace(base, **values)
+
+
+def _check_health(check: HealthCheck, where: str, vs: VirtualService | None, errors: ErrorList) -> bool:
+    """The rules between a check's keys (and the service it checks); True when none is broken."""
+    before = len(errors)
+    if check.timeout > check.interval:
+        errors.append(
+            FieldError(f"{where}.timeout", f"{check.timeout:g} s is longer than the interval ({check.interval:g} s)")
+        )
+    if check.kind is CheckKind.EXEC and not check.command:
+        errors.append(FieldError(f"{where}.command", "required with kind exec (the command to run)"))
+    if check.kind in (CheckKind.HTTP, CheckKind.HTTPS) and not check.path.startswith("/"):
+        errors.append(FieldError(f"{where}.path", f"{shown(check.path)} must start with /"))
+    if check.kind in (CheckKind.HTTP, CheckKind.HTTPS) and not check.expect_status:
+        errors.append(FieldError(f"{where}.expect_status", "must list at least one status"))
+    if check.mode is CheckMode.VIP and vs is not None:
+        if check.kind is not CheckKind.TCP:
+            errors.append(FieldError(f"{where}.mode", "vip probes a TCP handshake through the data path: use kind tcp"))
+        elif vs.key.address is None or vs.key.address.version != 4 or vs.key.protocol is not Protocol.TCP:
+            errors.append(FieldError(f"{where}.mode", "vip needs an IPv4 TCP virtual service"))
+        else:
+            nat = [str(rs.address) for rs in vs.realservers if rs.forward is Forward.NAT]
+            if nat:
+                errors.append(
+                    FieldError(
+                        f"{where}.mode",
+                        f"vip probes the VIP through DR or TUN real servers; {', '.join(nat)} use nat "
+                        "(check them with mode direct)",
+                    )
+                )
+    return len(errors) == before
+
+
+def config_document(state: DesiredState) -> dict[str, Any]:
+    """The config document (plain data, ready for ``yaml_rs.dumps``) whose ``to_desired``
+    is ``state`` again: what ``kubelvs import`` writes, and what the loader's property
+    tests check the round trip with. Services in kernel order, defaults left out."""
+    doc: dict[str, Any] = {"owned_cidrs": [str(net) for net in state.ownership.cidrs]}
+    if state.ownership.fwmarks:
+        doc["owned_fwmarks"] = [
+            str(r.start) if len(r) == 1 else f"{r.start}-{r.stop - 1}" for r in state.ownership.fwmarks
+        ]
+    if state.timeouts is not None:
+        doc["timeouts"] = {
+            "tcp": state.timeouts.tcp,
+            "tcpfin": state.timeouts.tcpfin,
+            "udp": state.timeouts.udp,
+        }
+    if state.sysctls:
+        doc["sysctls"] = dict(state.sysctls)
+    doc["services"] = [
+        _service_document(state.services[k]) for k in sorted(state.services, key=ServiceKey.sort_key)
+    ]
+    return doc
+
+
+def _service_document(svc: VirtualService) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": svc.name} if svc.name else {}
+    key = svc.key
+    if key.fwmark:
+        out["fwmark"] = key.fwmark
+        if key.family == 6:
+            out["family"] = 6
+    else:
+        out.update(vip=str(key.address), port=key.port, protocol=str(key.protocol))
+    out["scheduler"] = svc.scheduler
+    if svc.flags:
+        out["flags"] = sorted(svc.flags)
+    if svc.persistence:
+        out["persistence"] = svc.persistence
+    if svc.netmask is not None:
+        out["netmask"] = svc.netmask
+    out["realservers"] = [
+        {
+            "address": str(rs.address),
+            "port": rs.port,
+            "weight": rs.weight,
+            "forward": str(rs.forward),
+            **({"u_thresh": rs.u_thresh} if rs.u_thresh else {}),
+            **({"l_thresh": rs.l_thresh} if rs.l_thresh else {}),
+        }
+        for rs in svc.realservers
+    ]
+    return out
+
+
+def _service(spec: ServiceSpec, where: str, errors: ErrorList) -> VirtualService | None:
     if spec.fwmark is not None:
         if spec.vip is not None or spec.port is not None:
             errors.append(FieldError(where, "give either fwmark or vip/port, not both"))
+            return None
+        if not 1 <= spec.fwmark <= 0xFFFFFFFF:
+            errors.append(FieldError(f"{where}.fwmark", f"must be between 1 and 4294967295, got {shown(spec.fwmark)}"))
             return None
         key = ServiceKey.for_fwmark(spec.fwmark, spec.family)
         service_port = 0
@@ -248,7 +478,7 @@ def _service(spec: ServiceSpec, where: str, errors: list[FieldError]) -> Virtual
         try:
             vip = parse_address(spec.vip)
         except ValueError:
-            errors.append(FieldError(f"{where}.vip", f"{spec.vip!r} is not an IPv4 or IPv6 address"))
+            errors.append(FieldError(f"{where}.vip", f"{shown(spec.vip)} is not an IPv4 or IPv6 address"))
             return None
         key = ServiceKey(vip.version, spec.protocol, vip, spec.port)
         service_port = spec.port
@@ -257,10 +487,16 @@ def _service(spec: ServiceSpec, where: str, errors: list[FieldError]) -> Virtual
         try:
             address = parse_address(rs.address)
         except ValueError:
-            errors.append(FieldError(f"{where}.realservers[{j}].address", f"{rs.address!r} is not an IPv4 or IPv6 address"))
+            errors.append(
+                FieldError(
+                    f"{where}.realservers[{j}].address", f"{shown(rs.address)} is not an IPv4 or IPv6 address"
+                )
+            )
             continue
         port = service_port if rs.port is None else rs.port
-        realservers.append(RealServer(address, port, rs.weight, rs.forward or spec.forward, rs.u_thresh, rs.l_thresh))
+        realservers.append(
+            RealServer(address, port, rs.weight, rs.forward or spec.forward, rs.u_thresh, rs.l_thresh)
+        )
     # Keep config order here: validation names realservers[j] by position.
     return VirtualService(
         key=key,

@@ -12,16 +12,23 @@ A ``Record`` maps keys to checks; a check takes the value and returns it convert
 or raises ``Invalid``. Nested records and lists carry the path down, so a problem deep
 in the file names exactly where it is. A key's path is only built when its value has
 a problem (a 10,000-service file is 110,000 records); list items pass theirs down.
+
+A wrong file can hold a problem per line (a 50 MB one had 804,545): problems are
+collected in a ``model.ErrorList``, which keeps the first ``MAX_ERRORS`` and counts
+the rest, and once one is found nothing more is built (the result is thrown away
+anyway). Values are quoted in messages at most ``_SHOWN`` characters long.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, fields
 from typing import Any, Generic, TypeVar
 
 from ..errors import FieldError
+from ..model.validate import ErrorList, shown
 
 __all__ = [
     "Invalid",
@@ -63,13 +70,22 @@ def at(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
+def _key(key: Any) -> str:
+    """A key of the user's mapping as a path part: a short printable string as it is,
+    anything else as ``_describe`` shows a value (YAML keys may be numbers, null, lists)."""
+    if isinstance(key, str) and len(key) <= 64 and key.isprintable():
+        return key
+    return _describe(key)
+
+
 def _describe(value: Any) -> str:
-    """The value as the YAML said it: 'text', 80, true, null, or the kind of container."""
+    """The value as the YAML said it: 'text', 80, true, null, or the kind of container
+    (never the container itself: it may be huge, or nested deeper than repr can go)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
         return "null"
-    return repr(value) if isinstance(value, str | int | float) else type(value).__name__
+    return shown(value) if isinstance(value, str | int | float) else type(value).__name__
 
 
 def integer(value: Any) -> int:
@@ -81,10 +97,18 @@ def integer(value: Any) -> int:
 def number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise Invalid(f"must be a number, got {_describe(value)}")
-    return float(value)
+    try:
+        result = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise Invalid(f"must be a finite number, got {_describe(value)}") from None
+    if not math.isfinite(result):  # .nan compares false with every bound; .inf is no duration
+        raise Invalid(f"must be a finite number, got {_describe(value)}")
+    return result
 
 
-def bounded(check: Check, *, minimum: float | None = None, maximum: float | None = None, above: float | None = None) -> Check:
+def bounded(
+    check: Check, *, minimum: float | None = None, maximum: float | None = None, above: float | None = None
+) -> Check:
     """``check``, then the limits: ``minimum``/``maximum`` inclusive, ``above`` exclusive."""
 
     def within(value: Any) -> Any:
@@ -122,9 +146,14 @@ def choice(*allowed: Any) -> Check:
 
     def check(value: Any) -> Any:
         try:
-            return members[value]
+            member = members[value]
         except (KeyError, TypeError):  # TypeError: unhashable (a list or a mapping)
             raise Invalid(f"must be one of {listing}, got {_describe(value)}") from None
+        # 4.0 and True hash like 4 and 1: equal is not enough, as elsewhere no coercion.
+        expected = type(member.value if isinstance(member, enum.Enum) else member)
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+            raise Invalid(f"must be one of {listing}, got {_describe(value)}")
+        return member
 
     return check
 
@@ -156,20 +185,28 @@ class list_of(_Nested):
         item = self.item
         if isinstance(item, _Nested):  # e.g. the real servers of a service: inlined, it runs per item
             out = []
+            bad = False
             for i, v in enumerate(value):
                 at_i = f"{path}[{i}]"
                 try:
                     out.append(item.check(v, at_i, errors))
                 except Invalid as exc:
                     errors.append(FieldError(at_i, str(exc)))
-                    out.append(None)
+                    bad = True
                 except _Reported:
-                    out.append(None)
+                    bad = True
+            if bad:
+                raise _Reported
             return tuple(out)
         try:  # the common case first: every item fits
             return tuple(item(v) for v in value)
         except Invalid:
-            return tuple(_run(item, v, path, i, errors) for i, v in enumerate(value))
+            for i, v in enumerate(value):
+                try:
+                    item(v)
+                except Invalid as exc:
+                    errors.append(FieldError(f"{path}[{i}]", str(exc)))
+            raise _Reported from None
 
 
 class mapping_of(_Nested):
@@ -182,11 +219,25 @@ class mapping_of(_Nested):
         if not isinstance(value, Mapping):
             raise Invalid(f"must be a mapping, got {_describe(value)}")
         out = {}
+        bad = False
         for key, v in value.items():
             if not isinstance(key, str):
-                errors.append(FieldError(at(path, str(key)), "keys must be strings"))
+                errors.append(FieldError(at(path, _key(key)), "keys must be strings"))
+                bad = True
                 continue
-            out[key] = _run(self.item, v, path, key, errors)
+            item = self.item
+            try:
+                if isinstance(item, _Nested):
+                    out[key] = item.check(v, at(path, _key(key)), errors)
+                else:
+                    out[key] = item(v)
+            except Invalid as exc:
+                errors.append(FieldError(at(path, _key(key)), str(exc)))
+                bad = True
+            except _Reported:
+                bad = True
+        if bad:
+            raise _Reported
         return out
 
 
@@ -200,22 +251,32 @@ class Record(_Nested, Generic[T]):
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         assert names >= self.checks.keys(), f"{cls.__name__} lacks {self.checks.keys() - names}"
         self.required = frozenset(
-            f.name for f in fields(cls) if f.init and f.default is MISSING and f.default_factory is MISSING  # type: ignore[arg-type]
+            f.name
+            for f in fields(cls)  # type: ignore[arg-type]
+            if f.init and f.default is MISSING and f.default_factory is MISSING
         )
         self.known = frozenset(self.checks)
         self.plain = {k: c for k, c in self.checks.items() if not isinstance(c, _Nested)}
 
-    def check(self, value: Any, path: str, errors: list[FieldError]) -> T:
-        if type(value) is not dict and not isinstance(value, Mapping):  # the ABC check is slow; YAML gives dicts
+    def check(self, value: Any, path: str, errors: list[FieldError]) -> T | None:
+        # The ABC check is slow, and YAML gives dicts: test for a dict first.
+        if type(value) is not dict and not isinstance(value, Mapping):
             raise Invalid(f"must be a mapping of keys, got {_describe(value)}")
-        before = len(errors)
+        bad = False
         keys = value.keys()
         if not keys <= self.known:
-            for key in keys - self.known:
-                errors.append(FieldError(at(path, str(key)), f"unknown key (known: {', '.join(sorted(self.known))})"))
+            for key in value:  # in the file's order
+                if key not in self.known:
+                    errors.append(
+                        FieldError(
+                            at(path, _key(key)), f"unknown key (known: {', '.join(sorted(self.known))})"
+                        )
+                    )
+            bad = True
         if not self.required <= keys:
-            for key in self.required - keys:
+            for key in sorted(self.required - keys):
                 errors.append(FieldError(at(path, key), "required"))
+            bad = True
         kwargs = {}
         plain = self.plain
         for key, v in value.items():
@@ -229,16 +290,20 @@ class Record(_Nested, Generic[T]):
                     kwargs[key] = self.checks[key].check(v, at(path, key), errors)  # type: ignore[union-attr]
             except Invalid as exc:
                 errors.append(FieldError(at(path, key), str(exc)))
+                bad = True
             except _Reported:
-                pass
-        if len(errors) > before:
+                bad = True
+        if bad:
             raise _Reported
+        if errors:  # the document already failed elsewhere: what is built here would be thrown away
+            return None
         return self.cls(**kwargs)
 
     def parse(self, value: Any, path: str = "") -> tuple[T | None, list[FieldError]]:
         """Check a whole document (or the section at ``path``): the value and no
-        problems, or None and every problem."""
-        errors: list[FieldError] = []
+        problems, or None and the problems (the first ``MAX_ERRORS``, then one line
+        counting the rest: see ``model.ErrorList``)."""
+        errors = ErrorList()
         try:
             result: T | None = self.check(value, path, errors)
         except Invalid as exc:
@@ -246,20 +311,8 @@ class Record(_Nested, Generic[T]):
             result = None
         except _Reported:
             result = None
-        return (None if errors else result), errors
+        return (None if errors else result), errors.listing()
 
 
 class _Reported(Exception):
     """A nested value had problems, already in the error list by path."""
-
-
-def _run(check: Check | _Nested, value: Any, path: str, key: str | int, errors: list[FieldError]) -> Any:
-    try:
-        if isinstance(check, _Nested):
-            return check.check(value, at(path, key), errors)
-        return check(value)
-    except Invalid as exc:
-        errors.append(FieldError(at(path, key), str(exc)))
-    except _Reported:
-        pass
-    return None

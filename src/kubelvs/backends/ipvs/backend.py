@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Self
 
-from ...errors import ApplyError, BackendError, BackendUnavailable, FieldError
+from ...errors import ApplyError, BackendError, BackendUnavailable, FieldError, PartialApplyError
 from ...kernel import sysctl
 from ...kernel.netns import entered
 from ...model import DesiredState, ObservedState, RealServerKey, RealServerStats, ServiceKey, VirtualService
@@ -20,6 +22,7 @@ from ...planner import (
     SetSysctl,
     SetTimeouts,
     describe,
+    service_of,
 )
 from ..base import ipvs_available
 from . import wire
@@ -43,6 +46,14 @@ class IpvsBackend:
 
     def close(self) -> None:
         self._sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ read
 
@@ -77,32 +88,59 @@ class IpvsBackend:
 
     def apply(self, ops: Sequence[Operation]) -> None:
         # Runs of netlink operations go out pipelined; a sysctl write sits between runs.
+        # A refused operation affects only its service: the service's later operations
+        # are not sent, every other one is (see Backend.apply).
+        failures: list[ApplyError] = []
+        failed_services: dict[ServiceKey, str] = {}
+
+        def skip(index: int) -> bool:
+            key = service_of(ops[index])
+            if key is None or key not in failed_services:
+                return False
+            reason = f"skipped: an earlier operation of {key} failed ({failed_services[key]})"
+            failures.append(ApplyError(index, describe(ops[index]), reason))
+            return True
+
+        def on_error(index: int, code: int) -> None:
+            op = ops[index]
+            reason = _explain(op, code)
+            failures.append(ApplyError(index, describe(op), reason, errno=code))
+            key = service_of(op)
+            if key is not None:
+                failed_services.setdefault(key, reason)
+
         run: list[Request] = []
         key_attrs: dict[ServiceKey, bytes] = {}  # a service's key is encoded once, not once per real server
-        for index, op in enumerate(ops):
-            if isinstance(op, SetSysctl):
-                self._flush(run, ops)
-                run = []
-                self._set_sysctl(index, op)
-            else:
-                cmd, attrs = _request(op, key_attrs)
-                run.append((cmd, attrs, index))
-        self._flush(run, ops)
-
-    def _flush(self, run: list[Request], ops: Sequence[Operation]) -> None:
-        if not run:
-            return
-        failures = self._sock.pipeline(run)
+        try:
+            for index, op in enumerate(ops):
+                if isinstance(op, SetSysctl):
+                    self._sock.pipeline(run, skip=skip, on_error=on_error)
+                    run = []
+                    failure = self._set_sysctl(index, op)
+                    if failure is not None:
+                        failures.append(failure)
+                else:
+                    cmd, attrs = _request(op, key_attrs)
+                    run.append((cmd, attrs, index))
+            self._sock.pipeline(run, skip=skip, on_error=on_error)
+        except OSError as exc:  # the socket itself failed: nothing is known of the rest
+            raise BackendError(f"programming IPVS: {exc.strerror or exc}") from exc
         if failures:
-            index, code = failures[0]
-            raise ApplyError(index, describe(ops[index]), _explain(ops[index], code), errno=code)
+            raise PartialApplyError(failures, len(ops))
 
-    def _set_sysctl(self, index: int, op: SetSysctl) -> None:
+    def _set_sysctl(self, index: int, op: SetSysctl) -> ApplyError | None:
         try:
             with entered(self._netns):
                 sysctl.write(op.name, op.value)
         except OSError as exc:
-            raise ApplyError(index, describe(op), exc.strerror or str(exc), errno=exc.errno) from exc
+            return ApplyError(index, describe(op), exc.strerror or str(exc), errno=exc.errno)
+        return None
+
+    def changed_elsewhere(self) -> bool:
+        """IPVS keeps no generation counter and sends no change notifications, and a
+        dump is O(table): nothing cheap tells. The director's periodic full resync
+        repairs changes made behind its back."""
+        return False
 
     def refresh(self) -> list[str]:
         """Nothing to do: the kernel resolves real servers' MACs itself in IPVS-DR."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno as errno_mod
 import socket
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from ...errors import BackendError, BackendUnavailable
 from .wire import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, Cmd, encode_request
@@ -125,21 +125,38 @@ class GenlSocket:
         return replies
 
     def pipeline(
-        self, requests: Sequence[Request], replies: list[bytes] | None = None, *, batch: int = 256
+        self,
+        requests: Sequence[Request],
+        replies: list[bytes] | None = None,
+        *,
+        batch: int = 256,
+        skip: Callable[[int], bool] | None = None,
+        on_error: Callable[[int, int], None] | None = None,
     ) -> list[tuple[int, int]]:
-        """Send ``requests`` in batches of one ``send()`` each; stop after the first batch
-        with an error. Returns [(tag, errno)] of the failed requests, in order.
+        """Send ``requests`` in batches of one ``send()`` each, every batch even after
+        failures. Returns [(tag, errno)] of the failed requests, in order.
 
-        Requests after a failed one in the same batch were processed by the kernel too;
-        callers re-read the kernel before planning again, so this only shortens the
-        plan that ran, it never hides a change.
+        ``skip(tag)`` is asked before a request goes into a batch (True: it is not sent
+        and not reported: the caller knows why); ``on_error(tag, errno)`` is called as
+        each failure comes back, so the caller can skip what depends on it in the
+        following batches. Requests after a failed one in the same batch were processed
+        by the kernel too (they were already sent).
         """
         failures: list[tuple[int, int]] = []
-        for start in range(0, len(requests), batch):
-            chunk = requests[start : start + batch]
+        next_request = 0
+        while next_request < len(requests):
+            chunk: list[Request] = []
+            while next_request < len(requests) and len(chunk) < batch:
+                request = requests[next_request]
+                next_request += 1
+                if skip is None or not skip(request[2]):
+                    chunk.append(request)
+            if not chunk:
+                continue
             tags: dict[int, int] = {}
             parts = []
             last = len(chunk) - 1
+            seq = 0
             for i, (cmd, attrs, tag) in enumerate(chunk):
                 seq = self._next_seq()
                 tags[seq] = tag
@@ -153,11 +170,12 @@ class GenlSocket:
                     if kind == NLMSG_ERROR:
                         code = -_ERR.unpack_from(body)[0]
                         if code:
-                            failures.append((tags.get(rseq, -1), code))
+                            tag = tags.get(rseq, -1)
+                            failures.append((tag, code))
+                            if on_error is not None:
+                                on_error(tag, code)
                         if rseq == final_seq:
                             done = True
                     elif replies is not None and rseq in tags and kind == self.family_id:
                         replies.append(_HDR.pack(16 + len(body), kind, 0, rseq, 0) + bytes(body))
-            if failures:
-                break
         return failures

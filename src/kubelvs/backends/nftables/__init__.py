@@ -1,4 +1,7 @@
-"""nftables data plane: the IPVS semantics (DR, NAT; rr, wrr, sh, mh) on kernels without IPVS."""
+"""nftables data plane: the IPVS semantics (DR, TUN, NAT; rr, wrr, sh, mh) on kernels without IPVS.
+
+The modules and what each does: docs/nftables.md, "Code".
+"""
 
 from .backend import NftablesBackend
 

@@ -4,9 +4,11 @@ Why not ``nft -j list table``: at 10,000 services (110,000 elements) nft spent ~
 CPU listing the table - it builds an expression tree per element and renders it as
 JSON, and even ``nft -t list``, which prints no element, loads them all (1.2 s) - and
 Python another ~3.4 s decoding that JSON. The kernel dumps the same elements in
-~0.25 s as fixed-layout binary keys and values; ``ruleset.decode_elements`` turns
-them into the same ``Element`` tuples the JSON path produced. Writes stay nft text
-(see ruleset.py for why).
+~0.25 s as fixed-layout binary keys and values; ``readback.parse_raw`` turns them
+into the same ``Element`` tuples the JSON path produces. Writes stay nft text (see
+nft.py for why). Beside the elements a read asks for what shows damage to the fixed
+part of the tables: the table comments, the chains (with their hook devices), how
+many rules each chain holds, and the ct timeout objects.
 
 Only the ``kubelvs`` tables are asked for (by name) - apart from the chain dump,
 which the kernel cannot filter by table; other tables' chains are skipped unread.
@@ -37,12 +39,14 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 _SUBSYS = 10 << 8  # NFNL_SUBSYS_NFTABLES
 NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE = 0, 1
 NFT_MSG_NEWCHAIN, NFT_MSG_GETCHAIN = 3, 4
+NFT_MSG_NEWRULE, NFT_MSG_GETRULE = 6, 7
 NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM = 12, 13
 NFT_MSG_NEWGEN, NFT_MSG_GETGEN = 15, 16
 NFT_MSG_NEWOBJ, NFT_MSG_GETOBJ = 18, 19
 _NAMES = {
     NFT_MSG_GETTABLE: "NFT_MSG_GETTABLE",
     NFT_MSG_GETCHAIN: "NFT_MSG_GETCHAIN",
+    NFT_MSG_GETRULE: "NFT_MSG_GETRULE",
     NFT_MSG_GETSETELEM: "NFT_MSG_GETSETELEM",
     NFT_MSG_GETGEN: "NFT_MSG_GETGEN",
     NFT_MSG_GETOBJ: "NFT_MSG_GETOBJ",
@@ -50,7 +54,8 @@ _NAMES = {
 #: nftables family name -> nfgenmsg family (NFPROTO_*)
 FAMILIES = {"ip": 2, "netdev": 5}
 
-NFTA_TABLE_NAME = 1
+NFTA_TABLE_NAME, NFTA_TABLE_USERDATA = 1, 6
+NFTA_RULE_TABLE, NFTA_RULE_CHAIN = 1, 2
 NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK = 1, 3, 4
 NFTA_HOOK_DEV, NFTA_HOOK_DEVS = 3, 4
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
@@ -65,6 +70,7 @@ NFTA_OBJ_TABLE, NFTA_OBJ_NAME, NFTA_OBJ_TYPE, NFTA_OBJ_DATA = 1, 2, 3, 4
 NFT_OBJECT_CT_TIMEOUT = 7
 NFTA_CT_TIMEOUT_DATA = 3
 NFTNL_UDATA_SET_ELEM_COMMENT = 0
+NFTNL_UDATA_TABLE_COMMENT = 0
 
 _NLA_TYPE = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 _HDR = struct.Struct("=IHHII")
@@ -180,7 +186,9 @@ class NftNetlink:
                         if code == errno_mod.EINTR and dump:
                             raise _GenerationChanged()
                         what = _NAMES.get(msg, str(msg))
-                        raise BackendError(f"nfnetlink {what}: {errno_mod.errorcode.get(code, code)} ({code})")
+                        raise BackendError(
+                            f"nfnetlink {what}: {errno_mod.errorcode.get(code, code)} ({code})"
+                        )
                     if mflags & NLM_F_DUMP_INTR:
                         interrupted = True  # the ruleset changed during the dump: read again
                     out.append(bytes(buf[offset + 20 : offset + length]))  # 16 header + 4 nfgenmsg
@@ -211,7 +219,32 @@ class NftNetlink:
     # ------------------------------------------------------------ objects
 
     def table_exists(self, family: str, table: str) -> bool:
-        return self._request(NFT_MSG_GETTABLE, FAMILIES[family], _str(NFTA_TABLE_NAME, table), dump=False) is not None
+        return self.table_comment(family, table) is not None
+
+    def table_comment(self, family: str, table: str) -> str | None:
+        """The table's comment ("" without one); None when the table does not exist."""
+        replies = self._request(NFT_MSG_GETTABLE, FAMILIES[family], _str(NFTA_TABLE_NAME, table), dump=False)
+        if replies is None:
+            return None
+        for msg in replies:
+            for kind, start, end in _attrs(msg, 0, len(msg)):
+                if kind == NFTA_TABLE_USERDATA:
+                    return _comment(msg[start:end], NFTNL_UDATA_TABLE_COMMENT)
+        return ""
+
+    def rule_counts(self, family: str, table: str) -> dict[str, int]:
+        """chain -> how many rules it holds, for the chains of ``table`` that have any
+        (the kernel filters the dump by table; the rules themselves are not decoded)."""
+        counts: dict[str, int] = {}
+        for msg in (
+            self._request(NFT_MSG_GETRULE, FAMILIES[family], _str(NFTA_RULE_TABLE, table), dump=True) or []
+        ):
+            for kind, start, end in _attrs(msg, 0, len(msg)):
+                if kind == NFTA_RULE_CHAIN:
+                    chain = _cstr(msg, start, end)
+                    counts[chain] = counts.get(chain, 0) + 1
+                    break
+        return counts
 
     def chains(self, family: str, table: str) -> list[tuple[str, str | None]]:
         """(name, hook device) of every chain of ``table`` (device None for other chains)."""
@@ -240,7 +273,11 @@ class NftNetlink:
     def ct_timeout(self, family: str, table: str, name: str) -> dict[int, int] | None:
         """A ct timeout object's policy: CTA_TIMEOUT_<proto>_<state> attribute -> seconds.
         The kernel reports every state (conntrack's default where the policy set none)."""
-        attrs = _str(NFTA_OBJ_TABLE, table) + _str(NFTA_OBJ_NAME, name) + _attr(NFTA_OBJ_TYPE, _BE32.pack(NFT_OBJECT_CT_TIMEOUT))
+        attrs = (
+            _str(NFTA_OBJ_TABLE, table)
+            + _str(NFTA_OBJ_NAME, name)
+            + _attr(NFTA_OBJ_TYPE, _BE32.pack(NFT_OBJECT_CT_TIMEOUT))
+        )
         replies = self._request(NFT_MSG_GETOBJ, FAMILIES[family], attrs, dump=False)
         if not replies:
             return None
@@ -304,7 +341,7 @@ class NftNetlink:
                                 for _k, xs, xe in _attrs(msg, p + 4, p + alen):
                                     counter = _counter(msg, xs, xe) or counter
                             elif akind == NFTA_SET_ELEM_USERDATA:
-                                comment = _comment(msg[p + 4 : p + alen])
+                                comment = _comment(msg[p + 4 : p + alen], NFTNL_UDATA_SET_ELEM_COMMENT)
                             p += (alen + 3) & ~3
                         append(RawElement(key, data, verdict, counter, comment))
                         e += (elen + 3) & ~3
@@ -338,12 +375,12 @@ def _counter(msg: bytes, start: int, end: int) -> tuple[int, int] | None:
     return (packets, nbytes) if name == "counter" else None
 
 
-def _comment(udata: bytes) -> str:
+def _comment(udata: bytes, comment_type: int) -> str:
     # libnftnl's TLV list: u8 type, u8 length, value (the comment NUL-terminated).
     i = 0
     while i + 2 <= len(udata):
         kind, length = udata[i], udata[i + 1]
-        if kind == NFTNL_UDATA_SET_ELEM_COMMENT:
+        if kind == comment_type:
             return udata[i + 2 : i + 2 + length].split(b"\0", 1)[0].decode(errors="replace")
         i += 2 + length
     return ""

@@ -1,4 +1,4 @@
-"""Running nft transactions inside a network namespace.
+"""Running nft transactions inside a network namespace (nftables backend, I/O).
 
 Through libnftables in this process (the library the ``nft`` command is a thin
 wrapper of) when it can be loaded, else through the ``nft`` command. A one-real-server
@@ -6,6 +6,13 @@ change is a transaction of a few elements: starting ``nft`` for it cost 5 ms of 
 and 8-16 ms of wall time, the library call 1 ms. Either way the transaction runs in
 the namespace of the calling thread, so both run inside ``entered(netns)``; no
 ``ip netns exec`` process in between.
+
+Transactions are nft *text*: nft 1.0.6's JSON input crashes on ``dnat`` from a named
+concatenated map (SIGSEGV), silently drops a ``ct timeout`` policy and asserts on
+``delete ct timeout``; text has none of these bugs. A rejected transaction raises
+``NftError`` with every place nft's messages point at (for an element the kernel
+refused, nft 1.0.6 names its line and columns), which is how the backend finds the
+service at fault; ``check`` runs a transaction without committing it.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 import shutil
 import subprocess
 
@@ -23,11 +31,15 @@ __all__ = ["Nft", "NftError"]
 
 
 class NftError(BackendError):
-    """``nft`` refused a command; ``stderr`` is its message, ``line`` the input line it names."""
+    """``nft`` refused a command; ``stderr`` is its message, ``line`` the input line it
+    names first, ``locations`` every (line, first column, last column) its errors name
+    (1-based, as nft counts)."""
 
     def __init__(self, message: str, stderr: str, line: int | None) -> None:
         self.stderr = stderr
         self.line = line
+        self.reason = _first_error(stderr)
+        self.locations = _error_locations(stderr)
         super().__init__(message)
 
 
@@ -42,35 +54,43 @@ class Nft:
 
     def _run(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         with entered(self.netns):
-            return subprocess.run([self.path, *args], input=stdin, capture_output=True, text=True, check=False)
+            return subprocess.run(
+                [self.path, *args], input=stdin, capture_output=True, text=True, check=False
+            )
 
     def run_script(self, script: str) -> None:
         """Apply ``script`` (nft text) as ONE transaction: all of it or nothing."""
+        error = self._execute(script, dry_run=False)
+        if error is not None:
+            raise error
+
+    def check(self, script: str) -> NftError | None:
+        """What nft and the kernel say about ``script`` as one transaction, committing
+        nothing (``nft --check``: the kernel validates the whole batch, then aborts it;
+        the ruleset generation does not move). None when it would be accepted."""
+        return self._execute(script, dry_run=True)
+
+    def _execute(self, script: str, *, dry_run: bool) -> NftError | None:
         lib = _library()
         if lib is not None:
             with entered(self.netns):
                 if self._ctx is None:  # its netlink socket belongs to the namespace it is made in
                     self._ctx = _Context(lib)
-                failed, stderr = self._ctx.run(script)
-            if failed:
-                line = _error_line(stderr)
-                raise NftError(f"nft rejected the transaction: {_first_error(stderr)}{_quote(script, line)}", stderr, line)
-            return
-        proc = self._run(["-f", "-"], stdin=script)
-        if proc.returncode != 0:
-            line = _error_line(proc.stderr)
-            message = f"nft rejected the transaction: {_first_error(proc.stderr)}{_quote(script, line)}"
-            raise NftError(message, proc.stderr, line)
+                failed, stderr = self._ctx.run(script, dry_run=dry_run)
+        else:
+            proc = self._run(["-c", "-f", "-"] if dry_run else ["-f", "-"], stdin=script)
+            failed, stderr = proc.returncode != 0, proc.stderr
+        if not failed:
+            return None
+        line = _error_line(stderr)
+        return NftError(
+            f"nft rejected the transaction: {_first_error(stderr)}{_quote(script, line)}", stderr, line
+        )
 
     def close(self) -> None:
         if self._ctx is not None:
             self._ctx.free()
             self._ctx = None
-
-    def check_script(self, script: str) -> str | None:
-        """Dry run (``nft -c``): None when the kernel would accept ``script``, else the error."""
-        proc = self._run(["-c", "-f", "-"], stdin=script)
-        return None if proc.returncode == 0 else _first_error(proc.stderr)
 
 
 def _first_error(stderr: str) -> str:
@@ -78,6 +98,18 @@ def _first_error(stderr: str) -> str:
         if "Error:" in line:
             return line.split("Error:", 1)[1].strip()
     return stderr.strip() or "unknown error"
+
+
+# "/proc/self/fd/3:12:46-64: Error: ..." (or ":12:46: Error:") names the line and columns.
+_LOCATION = re.compile(r":(\d+):(\d+)(?:-(\d+))?: Error:")
+
+
+def _error_locations(stderr: str) -> list[tuple[int, int, int]]:
+    out = []
+    for m in _LOCATION.finditer(stderr):
+        first = int(m.group(2))
+        out.append((int(m.group(1)), first, int(m.group(3) or first)))
+    return out
 
 
 def _error_line(stderr: str) -> int | None:
@@ -111,8 +143,9 @@ class _Context:
         lib.nft_ctx_buffer_output(self._ptr)  # nothing on our stdout/stderr
         lib.nft_ctx_buffer_error(self._ptr)
 
-    def run(self, script: str) -> tuple[bool, str]:
-        """(failed, error text) of ``script`` run as one transaction.
+    def run(self, script: str, *, dry_run: bool = False) -> tuple[bool, str]:
+        """(failed, error text) of ``script`` run as one transaction (``dry_run``: checked
+        by the kernel, not committed).
 
         The script goes in as a file (an anonymous memfd): for input from a buffer
         libnftables 1.0.6 names no line number and quotes the buffer's first line as
@@ -122,7 +155,11 @@ class _Context:
             data = memoryview(script.encode())
             while data:
                 data = data[os.write(fd, data) :]
-            rc = self._lib.nft_run_cmd_from_filename(self._ptr, f"/proc/self/fd/{fd}".encode())
+            self._lib.nft_ctx_set_dry_run(self._ptr, dry_run)
+            try:
+                rc = self._lib.nft_run_cmd_from_filename(self._ptr, f"/proc/self/fd/{fd}".encode())
+            finally:
+                self._lib.nft_ctx_set_dry_run(self._ptr, False)
         finally:
             os.close(fd)
         # Reading a buffer also empties it for the next command.
@@ -158,5 +195,7 @@ def _library() -> ctypes.CDLL | None:
             getattr(lib, name).argtypes = [ctypes.c_void_p]
             getattr(lib, name).restype = ctypes.c_char_p
         lib.nft_run_cmd_from_filename.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
+        lib.nft_ctx_set_dry_run.restype = None
         _LIB = lib
     return _LIB

@@ -24,13 +24,13 @@ arrive on the device that leads to the real servers.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
-import subprocess
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from ...errors import KernelError
+from ...kernel import iproute
 from ...model import Forward, ServiceKey, VirtualService
 from .ruleset import Element
 
@@ -51,7 +51,7 @@ PREFIX = "kvt"
 _NAME = re.compile(rf"^{PREFIX}([0-9a-f]{{8}})$")
 
 
-class TunnelError(Exception):
+class TunnelError(KernelError):
     """A tunnel to a real server cannot be made (no route, no ipip, ...); ``rip`` names it."""
 
     def __init__(self, message: str, rip: str | None = None) -> None:
@@ -87,76 +87,63 @@ def tun_addresses(svc: VirtualService | None) -> frozenset[str]:
     return frozenset(str(rs.address) for rs in svc.realservers)
 
 
-def _ip(netns: str | None, *args: str, json_out: bool = True) -> list[dict[str, object]]:
-    cmd = ["ip"] + (["-j"] if json_out else []) + (["-n", netns] if netns else []) + list(args)
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise TunnelError(proc.stderr.strip() or f"{' '.join(cmd)} failed")
-    if not json_out:
-        return []
-    out = json.loads(proc.stdout or "[]")
-    return out if isinstance(out, list) else []
-
-
 def resolve(netns: str | None, rip: str) -> Tunnel:
     """The tunnel that reaches ``rip``: our source address and device on its route."""
     try:
-        routes = _ip(netns, "route", "get", rip)
-    except TunnelError as exc:
+        route = iproute.route_get(netns, rip)
+    except KernelError as exc:
         raise TunnelError(f"no route to {rip} ({exc})") from exc
-    if not routes or not routes[0].get("dev"):
-        raise TunnelError(f"no route to {rip}")
-    route = routes[0]
-    if route.get("type", "unicast") != "unicast" or route["dev"] == "lo":
-        raise TunnelError(f"{rip} is not a remote unicast address here (route type {route.get('type')}, dev {route['dev']})")
-    local = route.get("prefsrc")
-    if not local:
+    if not route.device:
+        raise TunnelError(f"no route to {rip} (route type {route.type})")
+    if route.type != "unicast" or route.device == "lo":
+        raise TunnelError(
+            f"{rip} is not a remote unicast address here (route type {route.type}, dev {route.device})"
+        )
+    if not route.prefsrc:
         raise TunnelError(f"the route to {rip} has no source address for the tunnel")
-    device = str(route["dev"])
-    (link,) = _ip(netns, "link", "show", "dev", device)
-    return Tunnel(device_name(rip), rip, str(local), device, int(link["ifindex"]))  # type: ignore[call-overload]
+    return Tunnel(device_name(rip), rip, route.prefsrc, route.device, route.index)
 
 
 def list_tunnels(netns: str | None) -> dict[str, Tunnel]:
     """Our IPIP devices in the namespace, by real server address (none without ipip)."""
-    links = _ip(netns, "-d", "link", "show")
-    index = {str(link.get("ifname")): int(link["ifindex"]) for link in links}  # type: ignore[call-overload]
+    try:
+        links = iproute.links(netns)
+    except KernelError as exc:
+        raise TunnelError(str(exc)) from exc
+    names = {link.index: link.name for link in links}
     out: dict[str, Tunnel] = {}
     for link in links:
-        name = str(link.get("ifname"))
-        rip = address_of(name)
-        info = link.get("linkinfo") or {}
-        if rip is None or not isinstance(info, dict) or info.get("info_kind") != "ipip":
+        rip = address_of(link.name)
+        if rip is None or link.kind != "ipip" or link.ipip is None:
             continue
-        data = info.get("info_data") or {}
-        flags = link.get("flags") or []
-        underlay = str(data.get("link", ""))
-        remote, local = str(data.get("remote", "")), str(data.get("local", ""))
-        if "UP" not in flags:  # type: ignore[operator]
-            underlay = ""  # not usable as it is: recreated
-        out[rip] = Tunnel(name, remote, local, underlay, index.get(underlay, 0))
+        # Down, or bound to a device that is gone: not usable as it is, so recreated.
+        underlay = names.get(link.ipip.underlay, "") if link.up and link.ipip.underlay else ""
+        ifindex = link.ipip.underlay if underlay else 0
+        out[rip] = Tunnel(link.name, link.ipip.remote, link.ipip.local, underlay, ifindex)
     return out
 
 
 def _create(netns: str | None, t: Tunnel) -> None:
     try:
-        _ip(netns, "link", "add", t.name, "type", "ipip", "remote", t.remote, "local", t.local, "dev", t.underlay,
-            json_out=False)
-    except TunnelError as exc:
-        if "Unknown device type" in str(exc) or "not supported" in str(exc).lower():
-            raise TunnelError("this kernel has no ipip support (CONFIG_NET_IPIP unset, no ipip module)") from exc
-        raise
+        iproute.add_ipip(netns, t.name, remote=t.remote, local=t.local, underlay=t.underlay)
+    except iproute.LinkKindUnsupported as exc:
+        raise TunnelError("this kernel has no ipip support (CONFIG_NET_IPIP unset, no ipip module)") from exc
+    except KernelError as exc:
+        raise TunnelError(str(exc)) from exc
     try:
-        _ip(netns, "link", "set", t.name, "up", json_out=False)
-    except TunnelError:
+        iproute.set_link_up(netns, t.name)
+    except KernelError as exc:
         _delete(netns, t.name)
-        raise
+        raise TunnelError(str(exc)) from exc
 
 
 def _delete(netns: str | None, name: str) -> None:
     if address_of(name) is None:  # never touch a device that is not ours
         raise ValueError(f"{name} is not a kubelvs tunnel device")
-    subprocess.run(["ip"] + (["-n", netns] if netns else []) + ["link", "del", name], capture_output=True, check=False)
+    try:
+        iproute.delete_link(netns, name)
+    except KernelError:
+        pass  # already gone (or its namespace is): nothing of ours is left to remove
 
 
 def _element(rip: str, name: str | int) -> Element:
@@ -169,17 +156,21 @@ class TunnelState:
     which services use which real servers (refcounts, as for DR neighbours)."""
 
     devices: dict[str, Tunnel] = field(default_factory=dict)  # in the kernel, ours (RIP -> device)
-    elements: dict[str, str | int] = field(default_factory=dict)  # tun_dev in the kernel: RIP -> device (or a stale ifindex)
+    # tun_dev in the kernel: RIP -> device (or a stale ifindex)
+    elements: dict[str, str | int] = field(default_factory=dict)
     of: dict[ServiceKey, frozenset[str]] = field(default_factory=dict)
     refs: Counter[str] = field(default_factory=Counter)
     extension: bool = False  # the tables have tun_svc, tun_dev and tun_out
 
     @classmethod
     def load(
-        cls, netns: str | None, by_set: Mapping[str, Iterable[Element]], services: Mapping[ServiceKey, VirtualService]
+        cls,
+        netns: str | None,
+        by_set: Mapping[str, Iterable[Element]],
+        services: Mapping[ServiceKey, VirtualService],
     ) -> TunnelState:
         state = cls(extension="tun_svc" in by_set and "tun_dev" in by_set)
-        if state.extension:  # else no TUN was ever programmed here: no ``ip`` run per read
+        if state.extension:  # else no TUN was ever programmed here: no link dump per read
             try:
                 state.devices = list_tunnels(netns)
             except TunnelError:

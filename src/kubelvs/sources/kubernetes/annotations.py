@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-__all__ = ["FORWARD", "SCHEDULER", "SCHEDULER_FLAGS", "LOAD_BALANCER_IPS", "ADDRESS_POOL", "ALLOW_SHARED_IP"]
+__all__ = [
+    "ADDRESS_POOL",
+    "ALLOW_SHARED_IP",
+    "FORWARD",
+    "HEALTH_CHECK",
+    "HEALTH_MODE",
+    "HEALTH_PATH",
+    "HEALTH_PORT",
+    "LOAD_BALANCER_IPS",
+    "SCHEDULER",
+    "SCHEDULER_FLAGS",
+]
 
 #: Forwarding method to the nodes: ``dr`` (default), ``tun`` or ``nat``.
 FORWARD = "kubelvs.io/forward"
@@ -16,3 +27,15 @@ LOAD_BALANCER_IPS = "kubelvs.io/load-balancer-ips"
 ADDRESS_POOL = "kubelvs.io/address-pool"
 #: Sharing key: Services with the same key may share one IP when their ports do not collide.
 ALLOW_SHARED_IP = "kubelvs.io/allow-shared-ip"
+
+#: The real servers' health check: ``default`` (kube-proxy's /healthz on port 10256 for
+#: externalTrafficPolicy Cluster, the Service's healthCheckNodePort for Local), ``none``,
+#: ``tcp``, ``http`` or ``https`` (on the node's address; port and path below).
+HEALTH_CHECK = "kubelvs.io/health-check"
+#: The port a ``tcp``/``http``/``https`` check probes (default: the real server's port).
+HEALTH_PORT = "kubelvs.io/health-port"
+#: The path of an ``http``/``https`` check (default ``/healthz``).
+HEALTH_PATH = "kubelvs.io/health-path"
+#: ``direct`` (default: the node's own address) or ``vip`` (a TCP handshake with the VIP,
+#: sent to the node the way the director forwards: DR to its MAC, TUN inside IPIP).
+HEALTH_MODE = "kubelvs.io/health-mode"

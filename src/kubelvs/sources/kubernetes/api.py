@@ -61,7 +61,7 @@ def _error(status: int, body: bytes | str) -> ApiError:
     try:
         doc = json.loads(body)
         reason, message = str(doc.get("reason", "")), str(doc.get("message", ""))[:256]
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         message = (body.decode(errors="replace") if isinstance(body, bytes) else str(body))[:256]
     cls = Gone if status == 410 else ApiError
     return cls(status, reason or "Error", message)
@@ -147,7 +147,7 @@ class KubeApi:
             resp.release()
         try:
             doc = json.loads(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ApiError(resp.status, "BadResponse", "the response is not JSON") from exc
         if not isinstance(doc, dict):
             raise ApiError(resp.status, "BadResponse", "the response is not a JSON object")
@@ -193,7 +193,7 @@ class KubeApi:
 def _event(line: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(line)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ApiError(0, "BadWatchEvent", f"not JSON: {line[:80]!r}") from exc
     if not isinstance(doc, dict) or "type" not in doc or not isinstance(doc.get("object"), dict):
         raise ApiError(0, "BadWatchEvent", f"not a watch event: {line[:80]!r}")

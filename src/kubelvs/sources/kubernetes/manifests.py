@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from ...errors import ParseError
+from ...formats.textfile import read_text_file
 from .tracker import KINDS, Store
 
 __all__ = ["load_manifests", "watch_manifests", "directory_stamp"]
@@ -26,21 +27,23 @@ SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def _documents(path: Path) -> Iterator[Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ParseError(str(path), None, exc.strerror or str(exc)) from exc
+    # The same reader as the config file: size limit, UTF-8 only, no NUL (ParseError).
+    text = read_text_file(path)
     if path.suffix == ".json":
         try:
             yield json.loads(text)
         except ValueError as exc:
             raise ParseError(str(path), getattr(exc, "lineno", None), str(exc)) from exc
+        except RecursionError:
+            raise ParseError(str(path), None, "nested too deeply") from None
         return
     try:
         yield from yaml.safe_load_all(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ParseError(str(path), mark.line + 1 if mark else None, str(getattr(exc, "problem", exc))) from exc
+    except RecursionError:
+        raise ParseError(str(path), None, "nested too deeply") from None
 
 
 def _objects(doc: Any, list_kind: str | None = None) -> Iterator[Mapping[str, Any]]:

@@ -25,14 +25,17 @@ Services claim, so a burst of changes costs O(changed Services), not O(all Servi
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 from ...model import (
     KNOWN_SCHEDULERS,
     SCHED_FLAGS,
+    CheckKind,
+    CheckMode,
     DesiredState,
     Forward,
+    HealthCheck,
     IPAddress,
     RealServer,
     ServiceKey,
@@ -43,59 +46,9 @@ from . import annotations as ann
 from .ipam import IpamResult, allocate, ipam_key
 from .objects import EndpointSlice, EventSpec, Node, ObjectId, Service
 from .settings import KubeSettings
+from .snapshot import MappingResult, NodeTarget, Snapshot, SnapshotChanges
 
 __all__ = ["Mapper", "MappingResult", "NodeTarget", "Snapshot", "SnapshotChanges", "compute", "holding_view", "vips_for_node"]
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotChanges:
-    """The (kind, id) of every object that changed in ``store`` between its snapshot
-    number ``since`` and this one (``since + 1``): what an incremental map reads."""
-
-    store: object
-    since: int
-    ids: frozenset[tuple[str, ObjectId]]
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Everything the mapping reads: the current objects by (namespace, name)."""
-
-    services: Mapping[ObjectId, Service] = field(default_factory=dict)
-    slices: Mapping[ObjectId, EndpointSlice] = field(default_factory=dict)
-    nodes: Mapping[ObjectId, Node] = field(default_factory=dict)
-    changes: SnapshotChanges | None = None  # None: unknown, map everything
-
-
-@dataclass(frozen=True, slots=True)
-class NodeTarget:
-    name: str
-    v4: IPAddress | None
-    v6: IPAddress | None
-
-    def address(self, family: int) -> IPAddress | None:
-        return self.v4 if family == 4 else self.v6
-
-
-@dataclass(frozen=True, slots=True)
-class MappingResult:
-    desired: DesiredState
-    owners: Mapping[ServiceKey, ObjectId]  # which Service each virtual service serves
-    events: tuple[EventSpec, ...]
-    status: Mapping[ObjectId, tuple[str, ...]]  # status.loadBalancer.ingress to write (leader only)
-    targets: tuple[NodeTarget, ...]  # the eligible nodes, by name
-    ipam: IpamResult
-    # Keys whose virtual service differs from the previous map's (added, removed or
-    # edited; names do not count); None when this map was not incremental.
-    changed: frozenset[ServiceKey] | None = None
-
-    def names(self) -> dict[ServiceKey, str]:
-        return {k: s.name for k, s in self.desired.services.items()}
-
-    def node_vips(self) -> dict[str, frozenset[IPAddress]]:
-        """Node name -> the VIPs it must hold (DR/TUN). Computed on demand: only the
-        node agent asks, and it costs O(all real servers)."""
-        return _node_vips(self.desired.services, self.targets)
 
 
 def node_targets(nodes: Iterable[Node], settings: KubeSettings) -> tuple[NodeTarget, ...]:
@@ -127,6 +80,7 @@ def _event(svc: Service, reason: str, message: str, type_: str = "Warning") -> E
 class _Fragment:
     services: tuple[VirtualService, ...]
     events: tuple[EventSpec, ...]
+    check: HealthCheck | None = None  # the health check of every virtual service of the Service
 
 
 def service_vips(svc: Service, assigned: Sequence[IPAddress], settings: KubeSettings) -> tuple[list[IPAddress], list[EventSpec]]:
@@ -169,6 +123,53 @@ def service_vips(svc: Service, assigned: Sequence[IPAddress], settings: KubeSett
         if ip not in vips:
             vips.append(ip)
     return vips, events
+
+
+_CHECK_KINDS = {"tcp": CheckKind.TCP, "http": CheckKind.HTTP, "https": CheckKind.HTTPS}
+
+
+def service_check(
+    svc: Service, settings: KubeSettings, services: Sequence[VirtualService]
+) -> tuple[HealthCheck | None, list[EventSpec]]:
+    """The check of the Service's real servers (the nodes): by default kube-proxy's
+    ``/healthz`` on its health port for externalTrafficPolicy Cluster (is the node's
+    proxy alive), the Service's ``healthCheckNodePort`` for Local (does the node have a
+    ready endpoint); the annotations choose another or none."""
+    chosen = (svc.annotation(ann.HEALTH_CHECK) or "default").strip().lower()
+    if chosen == "none" or (chosen == "default" and settings.health is None):
+        return None, []
+    base = settings.health or HealthCheck(kind=CheckKind.HTTP, path="/healthz")
+    bad: list[str] = []
+    if chosen == "default":
+        port = svc.health_check_node_port if svc.local_traffic else None
+        check = replace(base, kind=CheckKind.HTTP, path="/healthz", port=port or settings.kube_proxy_health_port)
+    elif chosen in _CHECK_KINDS:
+        check = replace(base, kind=_CHECK_KINDS[chosen], path=svc.annotation(ann.HEALTH_PATH) or "/healthz", port=None)
+        port_text = svc.annotation(ann.HEALTH_PORT)
+        if port_text is not None:
+            if port_text.isdigit() and 1 <= int(port_text) <= 65535:
+                check = replace(check, port=int(port_text))
+            else:
+                bad.append(f"{ann.HEALTH_PORT}: {port_text!r} is not a port number")
+        if not check.path.startswith("/"):
+            bad.append(f"{ann.HEALTH_PATH}: {check.path!r} must start with /")
+    else:
+        bad.append(f"{ann.HEALTH_CHECK}: {chosen!r} is not default, none, tcp, http or https")
+        check = base
+    mode = (svc.annotation(ann.HEALTH_MODE) or "direct").strip().lower()
+    if mode == "vip":
+        if check.kind is not CheckKind.TCP:
+            bad.append(f"{ann.HEALTH_MODE}: vip probes a TCP handshake through the data path: use {ann.HEALTH_CHECK}: tcp")
+        elif any(rs.forward is Forward.NAT for vs in services for rs in vs.realservers):
+            bad.append(f"{ann.HEALTH_MODE}: vip needs forward dr or tun")
+        else:
+            check = replace(check, mode=CheckMode.VIP)
+    elif mode != "direct":
+        bad.append(f"{ann.HEALTH_MODE}: {mode!r} is not direct or vip")
+    if bad:
+        message = "; ".join(bad) + "; the default check is used"
+        return (base if settings.health is not None else None), [_event(svc, "InvalidAnnotation", message)]
+    return check, []
 
 
 def service_fragment(
@@ -289,6 +290,7 @@ class Mapper:
         self._placed: dict[ObjectId, _Fragment] = {}  # Service id -> the fragment resolved
         self._claims: dict[ServiceKey, set[ObjectId]] = {}  # owned key -> Services whose fragment has it
         self._services: dict[ServiceKey, VirtualService] = {}  # key -> the winner's virtual service
+        self._health: dict[ServiceKey, HealthCheck] = {}  # key -> the winner's check (checked keys only)
         self._owners: dict[ServiceKey, ObjectId] = {}
         self._frag_events: dict[ObjectId, tuple[EventSpec, ...]] = {}
         self._conflicts: dict[ObjectId, tuple[EventSpec, ...]] = {}
@@ -309,7 +311,7 @@ class Mapper:
             self._reindex_slices((oid for kind, oid in changes.ids if kind == "EndpointSlice"), snap, dirty)
         else:
             for index in (self._slices, self._slice_service, self._placed, self._claims, self._services, self._owners,
-                          self._frag_events, self._conflicts):
+                          self._frag_events, self._conflicts, self._health):
                 index.clear()
             self._reindex_slices(snap.slices, snap, set())
             dirty = set(snap.services)
@@ -372,7 +374,8 @@ class Mapper:
                 recomputed += 1
                 vips, ev1 = service_vips(svc, assigned, settings)
                 vss, ev2 = service_fragment(svc, vips, slices, targets, settings)
-                frag = _Fragment(tuple(vss), tuple(ev1 + ev2))
+                check, ev3 = service_check(svc, settings, vss)
+                frag = _Fragment(tuple(vss), tuple(ev1 + ev2 + ev3), check if vss else None)
                 self._cache[sid] = (inputs, frag)
             updates.append((sid, frag))
         self.recomputed = recomputed
@@ -388,7 +391,7 @@ class Mapper:
             events += self._frag_events[sid]
         for sid in sorted(self._conflicts, key=lambda sid: snap.services[sid].age_key):
             events += self._conflicts[sid]
-        desired = DesiredState(services=dict(self._services), ownership=settings.ownership)
+        desired = DesiredState(services=dict(self._services), ownership=settings.ownership, health=dict(self._health))
         result = MappingResult(
             desired=desired,
             owners=dict(self._owners),
@@ -447,13 +450,15 @@ class Mapper:
                     claims.setdefault(vs.key, set()).add(sid)
                     touched.add(vs.key)
         changed: set[ServiceKey] = set()
+        health = self._health
         for key in touched:
-            before = services.get(key)
+            before = services.get(key), health.get(key)
             claimants = claims.get(key)
             if not claimants:
                 claims.pop(key, None)
                 services.pop(key, None)
                 owners.pop(key, None)
+                health.pop(key, None)
             else:
                 if len(claimants) == 1:
                     [winner] = claimants
@@ -462,8 +467,13 @@ class Mapper:
                     recheck |= claimants  # the losers' events name the holder
                 services[key] = next(vs for vs in placed[winner].services if vs.key == key)
                 owners[key] = winner
+                check = placed[winner].check
+                if check is None:
+                    health.pop(key, None)
+                else:
+                    health[key] = check
                 recheck.add(winner)
-            if services.get(key) != before:
+            if (services.get(key), health.get(key)) != before:  # a check of its own counts as a change
                 changed.add(key)
         for sid in recheck:
             frag = placed.get(sid)
@@ -499,21 +509,6 @@ class Mapper:
 def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
     # Objects are replaced, never mutated: identity first, equality as the fallback.
     return all(x is y or x == y for x, y in zip(a, b, strict=True))
-
-
-def _node_vips(services: Mapping[ServiceKey, VirtualService], targets: Sequence[NodeTarget]) -> dict[str, frozenset[IPAddress]]:
-    by_address: dict[IPAddress, str] = {}
-    for t in targets:
-        for a in (t.v4, t.v6):
-            if a is not None:
-                by_address[a] = t.name
-    out: dict[str, set[IPAddress]] = {}
-    for key, vs in services.items():
-        assert key.address is not None
-        for rs in vs.realservers:
-            if rs.forward in (Forward.DR, Forward.TUN) and rs.address in by_address:
-                out.setdefault(by_address[rs.address], set()).add(key.address)
-    return {name: frozenset(v) for name, v in out.items()}
 
 
 def compute(snap: Snapshot, settings: KubeSettings) -> MappingResult:

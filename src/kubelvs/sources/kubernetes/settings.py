@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import ConfigError, FieldError
-from ...model import KNOWN_SCHEDULERS, Forward, IPNetwork, Ownership
+from ...model import KNOWN_SCHEDULERS, CheckKind, Forward, HealthCheck, IPNetwork, OnFailure, Ownership
 from .. import shape
 
 __all__ = ["ANNOTATION_PREFIX", "KubeSettings", "KubernetesSpec", "Pool", "PoolSpec", "parse_kubernetes"]
@@ -40,6 +40,18 @@ class LeaderSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthDefaultsSpec:
+    enabled: bool = True
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+    on_failure: str = "weight0"
+    slow_start: float = 0.0
+    kube_proxy_port: int = 10256  # kube-proxy's --healthz-bind-address port
+
+
+@dataclass(frozen=True, slots=True)
 class KubernetesSpec:
     external_ip_cidrs: tuple[str, ...] = ()
     lb_pools: tuple[PoolSpec, ...] = ()
@@ -54,6 +66,7 @@ class KubernetesSpec:
     watch_timeout_seconds: int = 300
     backoff_max_seconds: float = 30.0
     leader: LeaderSpec = LeaderSpec()
+    health: HealthDefaultsSpec = HealthDefaultsSpec()
 
 
 _POSITIVE = shape.bounded(shape.number, above=0)
@@ -86,6 +99,19 @@ _SECTION = shape.Record(
                 "name": shape.string,
                 "lease_seconds": shape.bounded(shape.integer, minimum=2),
                 "renew_seconds": _POSITIVE,
+            },
+        ),
+        "health": shape.Record(
+            HealthDefaultsSpec,
+            {
+                "enabled": shape.boolean,
+                "interval": shape.bounded(shape.number, minimum=0.05, maximum=3600),
+                "timeout": shape.bounded(shape.number, minimum=0.01, maximum=3600),
+                "rise": shape.bounded(shape.integer, minimum=1, maximum=100),
+                "fall": shape.bounded(shape.integer, minimum=1, maximum=100),
+                "on_failure": shape.choice("weight0", "remove"),
+                "slow_start": shape.bounded(shape.number, minimum=0, maximum=86400),
+                "kube_proxy_port": shape.bounded(shape.integer, minimum=1, maximum=65535),
             },
         ),
     },
@@ -127,6 +153,10 @@ class KubeSettings:
     leader_name: str = "kubelvs-director"
     lease_seconds: int = 15
     renew_seconds: float = 5.0
+    # The real servers' checks unless a Service's annotations say otherwise; None: no checks.
+    # ``port`` None: kube-proxy's health port (Cluster) or the Service's healthCheckNodePort (Local).
+    health: HealthCheck | None = HealthCheck(kind=CheckKind.HTTP, path="/healthz")
+    kube_proxy_health_port: int = 10256
 
     def external_ip_allowed(self, address: object) -> bool:
         return any(address in net for net in self.external_ip_cidrs)
@@ -210,6 +240,9 @@ def parse_kubernetes(data: Any, ownership: Ownership) -> KubeSettings:
         errors.append(
             FieldError("kubernetes.default_scheduler", f"unknown IPVS scheduler {spec.default_scheduler!r}")
         )
+    h = spec.health
+    if h.timeout > h.interval:
+        errors.append(FieldError("kubernetes.health.timeout", f"{h.timeout:g} s is longer than the interval ({h.interval:g} s)"))
     if not spec.node_address_types:
         errors.append(FieldError("kubernetes.node_address_types", "needs at least one address type (e.g. InternalIP)"))
     if errors:
@@ -233,4 +266,17 @@ def parse_kubernetes(data: Any, ownership: Ownership) -> KubeSettings:
         leader_name=spec.leader.name,
         lease_seconds=spec.leader.lease_seconds,
         renew_seconds=spec.leader.renew_seconds,
+        health=HealthCheck(
+            kind=CheckKind.HTTP,
+            path="/healthz",
+            interval=h.interval,
+            timeout=h.timeout,
+            rise=h.rise,
+            fall=h.fall,
+            on_failure=OnFailure(h.on_failure),
+            slow_start=h.slow_start,
+        )
+        if h.enabled
+        else None,
+        kube_proxy_health_port=h.kube_proxy_port,
     )

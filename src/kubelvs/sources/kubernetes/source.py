@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from pathlib import Path
 
 from .api import ApiError, KubeApi
@@ -22,21 +21,9 @@ from .settings import KubeSettings
 from .tracker import KINDS, Store
 from .watch import Backoff, WatchStats, list_kind, watch_kind
 
-__all__ = ["ObjectSource", "initial_list", "stop_on_signals"]
+__all__ = ["ObjectSource", "initial_list"]
 
 log = logging.getLogger("kubelvs.kubernetes")
-
-
-def stop_on_signals() -> asyncio.Event:
-    """An event set by SIGTERM or SIGINT (call inside the running loop)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
-    return stop
 
 
 async def initial_list(api: KubeApi, store: Store, stats: dict[str, WatchStats], settings: KubeSettings) -> None:
@@ -62,6 +49,7 @@ class ObjectSource:
         kubeconfig: Path | None = None,
         manifests: Path | None = None,
         poll: float = 1.0,
+        api: KubeApi | None = None,  # a client already made (tests); None: from the kubeconfig
     ) -> None:
         self.settings = settings
         self.kubeconfig = kubeconfig
@@ -69,14 +57,15 @@ class ObjectSource:
         self.poll = poll
         self.store = Store()
         self.stats = {kind: WatchStats() for kind in KINDS}
-        self.api: KubeApi | None = None
+        self.api: KubeApi | None = api
 
     async def open(self) -> None:
         """Load the files, or connect and list every kind once."""
         if self.manifests is not None:
             load_into(self.store, self.manifests)
             return
-        self.api = await KubeApi.connect(self.kubeconfig)
+        if self.api is None:
+            self.api = await KubeApi.connect(self.kubeconfig)
         await initial_list(self.api, self.store, self.stats, self.settings)
 
     def start(self, stop: asyncio.Event) -> list[asyncio.Task[None]]:

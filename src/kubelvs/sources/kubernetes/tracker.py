@@ -1,5 +1,4 @@
-"""The object store the watches feed, with previous/current per changed object, and
-the coalescer that turns a burst of changes into one reconcile.
+"""The object store the watches feed, with previous/current per changed object.
 
 Like kube-proxy's change trackers, the store keeps, per object changed since the last
 reconcile, the first ``previous`` and the latest ``current``; an object that went back
@@ -10,16 +9,15 @@ resourceVersion) is a no-op too and costs no reconcile.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .mapping import Snapshot, SnapshotChanges
+from .snapshot import Snapshot, SnapshotChanges
 from .objects import EndpointSlice, Node, ObjectId, Service, object_id, parse_object
 
-__all__ = ["KINDS", "Change", "Store", "Coalescer"]
+__all__ = ["KINDS", "Change", "Store"]
 
 KINDS = ("Service", "EndpointSlice", "Node")
 
@@ -127,30 +125,3 @@ def _oid(kind: str, obj: Mapping[str, Any]) -> ObjectId:
     if kind == "Node":
         return ("", name)
     return (ns or "default", name)
-
-
-class Coalescer:
-    """Wakes the reconcile loop at most ``delay`` seconds after the first change of a
-    burst; every change in that window goes into the same reconcile. (A debounce that
-    restarts its timer on every change could postpone a reconcile forever under churn;
-    this one bounds the delay.)"""
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self._event = asyncio.Event()
-        self.wakeups = 0
-
-    def poke(self) -> None:
-        self._event.set()
-
-    async def wait(self, timeout: float | None = None) -> bool:
-        """True when changes came in (after the coalescing delay), False on timeout."""
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        if self.delay > 0:
-            await asyncio.sleep(self.delay)
-        self._event.clear()
-        self.wakeups += 1
-        return True

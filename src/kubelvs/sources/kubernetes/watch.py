@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 
+from ...retry import Backoff
 from .api import PATHS, ApiError, Gone, KubeApi
 from .tracker import Store
 
-__all__ = ["WatchStats", "Backoff", "watch_kind", "list_kind"]
+__all__ = ["Backoff", "WatchStats", "list_kind", "watch_kind"]  # Backoff: re-exported from kubelvs.retry
 
 log = logging.getLogger("kubelvs.kubernetes.watch")
 
@@ -46,22 +46,6 @@ class WatchStats:
     resource_version: str = ""
     last_error: str = ""
     backoffs: list[float] = field(default_factory=list)
-
-
-class Backoff:
-    """0.5, 1, 2, 4 ... ``maximum`` seconds with +-20 % jitter; ``reset`` after a success."""
-
-    def __init__(self, maximum: float, *, first: float = 0.5, jitter: float = 0.2) -> None:
-        self.maximum, self.first, self.jitter = maximum, first, jitter
-        self._next = first
-
-    def reset(self) -> None:
-        self._next = self.first
-
-    def next(self) -> float:
-        delay = min(self._next, self.maximum)
-        self._next = min(self._next * 2, self.maximum)
-        return delay * (1 + random.uniform(-self.jitter, self.jitter))
 
 
 async def list_kind(api: KubeApi, kind: str, store: Store, stats: WatchStats) -> str:

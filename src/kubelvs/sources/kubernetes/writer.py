@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from .api import ApiError, KubeApi
 from .leader import micro_time
-from .mapping import MappingResult
+from .snapshot import MappingResult
 from .objects import EventSpec, ObjectId, Service
 
 __all__ = ["StatusWriter", "COMPONENT"]

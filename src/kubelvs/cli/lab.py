@@ -7,9 +7,9 @@ import json
 import os
 import sys
 
-from ..cli import exit_codes
-from .netlab import LabError
-from .topology import DEFAULT_PREFIX, LabSpec, build, down, lab_namespaces, load_info
+from . import exit_codes
+from ..errors import LabError
+from ..lab.topology import DEFAULT_PREFIX, LabSpec, build, down, lab_namespaces, load_info
 
 __all__ = ["register"]
 
@@ -164,7 +164,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_scenario(args: argparse.Namespace) -> int:
-    from .scenarios import SCENARIOS, run_scenario
+    from ..lab.scenarios import SCENARIOS, run_scenario
 
     if args.list or not args.name:
         for name, scn in SCENARIOS.items():
@@ -187,7 +187,7 @@ def cmd_scenario(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from ..doctor import exit_code, render_json, render_text
-    from .doctor import diagnose
+    from ..lab.doctor import diagnose
 
     try:
         info = load_info(args.prefix)
@@ -206,7 +206,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import print_result, run_demo
+    from ..lab.demo import print_result, run_demo
 
     if args.requests < 1:
         return _err(f"requests: {args.requests} must be at least 1")

@@ -1,0 +1,235 @@
+"""``kubelvs director``: the director program, assembled from its parts.
+
+    DesiredSource (config file | Kubernetes)  -> DesiredUpdate
+        + the backend's recommended sysctls    (model.RecommendedSysctls, O(changed))
+        -> roles.director.Director.sync        (plan against its picture, apply, retries,
+                                                 deletion guard)
+        -> source.after_sync                    (Kubernetes: status and Events, leader only)
+        -> the state file                       (what ``kubelvs status`` shows of the director)
+
+    ReconcileLoop runs it: after each coalesced burst of changes, on the resync timer,
+    when a failing service's retry comes due, and at once when the backend says its table
+    was changed behind the director's back.
+
+The CLI turns arguments into ``DirectorOptions`` and a source, and calls
+``run_director``; the tests build the same program with ``start_director``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..backends import Backend, BackendName, open_backend
+from ..errors import CapabilityError
+from ..model import DesiredState, RecommendedSysctls, ServiceKey, kernel_version
+from ..planner import changed_services, describe
+from ..roles.director import Director, SyncResult
+from ..roles.guard import GuardSettings
+from ..sources.desired import DesiredSource, DesiredUpdate, SyncOutcome
+from .health import DirectorHealth
+from .loop import ReconcileLoop
+from .state import DirectorStateFile
+
+__all__ = ["DirectorOptions", "DirectorProgram", "run_director", "start_director"]
+
+log = logging.getLogger("kubelvs.director")
+
+#: Operations logged one per line after a sync; the rest are counted.
+LOGGED_OPERATIONS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class DirectorOptions:
+    backend: BackendName = "auto"
+    netns: str | None = None  # None: the network namespace the program runs in
+    graceful: bool = False  # --graceful; the config's ``graceful: true`` counts too
+    resync_seconds: float | None = None  # None: the source's (config file 60 s; kubernetes.resync_seconds)
+    check_seconds: float = 1.0
+    """How often the backend is asked whether its table was changed behind the director's
+    back (nftables: the ruleset generation id); a change triggers a full sync at once."""
+    guard: GuardSettings = field(default_factory=GuardSettings)
+    state_file: Path | None = None  # None: no state file (tests, dry runs)
+
+
+class DirectorProgram:
+    """One director: a source, a backend and the loop between them."""
+
+    def __init__(self, options: DirectorOptions, source: DesiredSource, backend: Backend) -> None:
+        self.options = options
+        self.source = source
+        self.backend = backend
+        self.director = Director(backend, graceful=options.graceful, guard=options.guard)
+        self.sysctls = RecommendedSysctls(backend.name, kernel_version(os.uname().release))
+        self._sysctls_current = False  # the tracker saw every update so far
+        self.state_file = DirectorStateFile(options.state_file, backend=backend.name, source=source.description)
+        self.loop = ReconcileLoop(
+            self.step,
+            ready=lambda: source.ready,
+            resync=options.resync_seconds or source.resync_seconds,
+            coalesce=source.coalesce_seconds,
+            check=backend.changed_elsewhere,
+            check_seconds=options.check_seconds,
+            after=self._after,
+            fatal_at_start=(CapabilityError,),  # e.g. a scheduler the backend lacks: exit 2, say why
+        )
+        self.last_synced: DesiredState | None = None  # as the source gave it (health not applied)
+        self.last_result: SyncResult | None = None
+        self.last_compared = 0  # virtual services the last step compared (all, or the changed ones)
+        self._outcome = SyncOutcome(synced=False, failing={})
+        self.health = DirectorHealth(options.netns, wake=self.loop.wake)
+
+    # ------------------------------------------------------------------ one step
+
+    def step(self, full: bool) -> float | None:
+        """Sync once (``full``: read the kernel and compare everything). Returns the
+        seconds until the director must run again (a retry or a held deletion)."""
+        self._outcome = SyncOutcome(synced=False, failing=self._failing())
+        update = self.source.current(full=full)
+        raw = self._with_sysctls(update, full)
+        keys = self._changed_keys(update, raw, full)
+        # Health: the targets follow the real servers; the weights follow the targets.
+        desired, health_keys = self.health.apply(raw, keys)
+        if keys is not None:
+            keys |= health_keys
+        self.last_compared = len(desired.services) if keys is None else len(keys)
+        self.director.graceful = self.options.graceful or update.graceful
+        if self.director.guard is not None and update.deletion_guard is not None:
+            max_share, settle = update.deletion_guard
+            self.director.guard.settings = replace(self.options.guard, max_share=max_share, settle_seconds=settle)
+        due = _earliest(self.director.next_due(), self.health.next_due())
+        if keys is not None and not keys and (due is None or due > 0):  # nothing changed, nothing due
+            self.last_synced = raw
+            self._outcome = SyncOutcome(synced=True, failing=self._failing())
+            self.state_file.write(self.director, self.health)
+            return due
+        result = self.director.sync(desired, changed=keys)
+        self.last_synced = raw
+        self.last_result = result
+        self._log(result)
+        held = result.held
+        changes, more = self.health.changes()
+        if more:
+            log.info("%d more real-server health changes not reported as Events", more)
+        self._outcome = SyncOutcome(
+            synced=True,
+            failing=self._failing(),
+            held_back=held.keys if held is not None else frozenset(),
+            held_message=held.describe() if held is not None else "",
+            health_changes=tuple(changes),
+            no_healthy=frozenset(self.health.overlay.no_healthy),
+        )
+        self.state_file.write(self.director, self.health)
+        return _earliest(self.director.next_due(), self.health.next_due())
+
+    def _failing(self) -> dict[ServiceKey, str]:
+        return {k: f"{f.operation}: {f.reason}" for k, f in self.director.failures.items()}
+
+    def _with_sysctls(self, update: DesiredUpdate, full: bool) -> DesiredState:
+        desired = update.desired
+        if not update.recommended_sysctls:
+            self._sysctls_current = False
+            return desired
+        changed = update.changed if self._sysctls_current and not full else None
+        self._sysctls_current = False  # until the call below returns
+        extra = self.sysctls(desired.services, changed)
+        self._sysctls_current = True
+        return replace(desired, sysctls={**extra, **desired.sysctls})
+
+    def _changed_keys(self, update: DesiredUpdate, desired: DesiredState, full: bool) -> set[ServiceKey] | None:
+        """The services to compare: None (all) on a full step or when a global setting
+        changed; the source's own account of the change when it has one; otherwise a
+        comparison of the two desired states (no kernel read either way)."""
+        last = self.last_synced
+        if full or last is None:
+            return None
+        if (last.timeouts, last.sysctls, last.ownership) != (desired.timeouts, desired.sysctls, desired.ownership):
+            return None
+        if update.changed is not None:
+            return set(update.changed)
+        return changed_services(last, desired) | {
+            k for k in last.health.keys() | desired.health.keys() if last.health.get(k) != desired.health.get(k)
+        }
+
+    def _log(self, result: SyncResult) -> None:
+        kind = "full" if result.full else "incremental"
+        if result.applied or result.full:
+            log.info("%s sync: %d change(s)", kind, len(result.applied))
+            for op in result.applied[:LOGGED_OPERATIONS]:
+                log.info("    %s", describe(op))
+            if len(result.applied) > LOGGED_OPERATIONS:
+                log.info("    ... and %d more", len(result.applied) - LOGGED_OPERATIONS)
+        for line in result.new_failures:
+            log.error("not applied: %s", line)
+        if result.held is not None:
+            log.warning("%s", result.held.describe())
+        if result.failures and not result.new_failures:
+            log.warning("%d virtual service(s) still failing, retried with backoff", len(result.failures))
+
+    async def _after(self) -> None:
+        await self.source.after_sync(self._outcome)
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop``: keep the kernel converged to the source (and probe the real servers)."""
+        self.health.bind(asyncio.get_running_loop())
+        loop = asyncio.create_task(self.loop.run(stop))
+        tasks = [*self.source.start(stop, self.loop.wake), loop, asyncio.create_task(self.health.run(stop))]
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({stopped, loop}, return_when=asyncio.FIRST_COMPLETED)
+        for task in [*tasks, stopped]:
+            task.cancel()
+        await asyncio.gather(*tasks, stopped, return_exceptions=True)
+        if loop.done() and not loop.cancelled() and loop.exception() is not None:
+            raise loop.exception()  # type: ignore[misc]  # fatal at start: the CLI says why, exit 2
+
+    async def sync_once(self) -> SyncResult | None:
+        """One full sync, then the source's ``after_sync`` (``--once``)."""
+        await asyncio.to_thread(self.step, True)
+        await self._after()
+        return self.last_result
+
+    async def close(self) -> None:
+        try:
+            await self.source.close()
+        finally:
+            self.health.close()
+            self.backend.close()
+
+
+def _earliest(*delays: float | None) -> float | None:
+    known = [d for d in delays if d is not None]
+    return min(known) if known else None
+
+
+async def start_director(
+    options: DirectorOptions, source: DesiredSource, *, backend: Backend | None = None
+) -> DirectorProgram:
+    """Open the source (its first complete desired state), then the backend (``None``: the
+    one ``options`` names), and assemble the program. Nothing touches the kernel yet."""
+    await source.open()
+    try:
+        if backend is None:
+            backend = open_backend(options.backend, netns=options.netns)
+    except BaseException:
+        await source.close()
+        raise
+    return DirectorProgram(options, source, backend)
+
+
+async def run_director(
+    options: DirectorOptions, source: DesiredSource, stop: asyncio.Event, *, once: bool = False
+) -> None:
+    """``kubelvs director``: start, then run until ``stop`` (or sync once)."""
+    program = await start_director(options, source)
+    try:
+        if once:
+            await program.sync_once()
+        else:
+            await program.run(stop)
+    finally:
+        await program.close()

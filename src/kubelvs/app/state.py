@@ -1,0 +1,113 @@
+"""The running director's own state, published for ``kubelvs status``.
+
+The kernel shows what is programmed; only the director knows what it could not program
+(services the kernel refuses, retried with backoff), what it holds back (the deletion
+guard) and how healthy each real server is (its checks). It writes that to a small JSON file after every sync that changes it
+(atomically: a temporary file renamed over the old one), one file per network
+namespace, like keepalived's state dumps; ``kubelvs status`` reads it back beside the
+kernel's table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ..model import ServiceKey
+from ..roles.director import Director
+from .health import DirectorHealth
+
+__all__ = ["STATE_DIR", "DirectorStateFile", "read_director_state", "state_path"]
+
+STATE_DIR = Path("/run/kubelvs/director")
+
+
+def state_path(netns: str | None, directory: Path = STATE_DIR) -> Path:
+    """The state file of the director of ``netns`` (None: the host's own namespace)."""
+    return directory / f"{netns or 'host'}.json"
+
+
+class DirectorStateFile:
+    def __init__(self, path: Path | None, *, backend: str, source: str) -> None:
+        self.path = path
+        self.backend = backend
+        self.source = source
+        self._last: dict[str, Any] | None = None
+
+    def write(self, director: Director, health: DirectorHealth | None = None) -> None:
+        if self.path is None:
+            return
+        doc = self.document(director)
+        if health is not None:
+            doc["health"] = health.document()
+        if doc == self._last:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".state-")
+        with os.fdopen(fd, "w") as f:
+            json.dump({**doc, "updated": time.time()}, f, indent=1)
+        os.replace(tmp, self.path)
+        self._last = doc
+
+    def document(self, director: Director) -> dict[str, Any]:
+        now_mono, now_wall = director.clock(), time.time()
+
+        def wall(mono: float) -> float:
+            return round(now_wall - (now_mono - mono), 3)
+
+        failing = [
+            {
+                "service": str(f.key),
+                "operation": f.operation,
+                "reason": f.reason,
+                "attempts": f.attempts,
+                "since": wall(f.since),
+                "retry_at": wall(f.retry_at),
+            }
+            for f in sorted(director.failures.values(), key=lambda f: ServiceKey.sort_key(f.key))
+        ]
+        held = director.guard.held if director.guard is not None else None
+        return {
+            "pid": os.getpid(),
+            "backend": self.backend,
+            "source": self.source,
+            "failing": failing,
+            "held_deletions": None
+            if held is None
+            else {
+                "services": sorted(str(k) for k in held.keys),
+                "owned": held.owned,
+                "since": wall(held.since),
+                "until": wall(held.until),
+                "message": held.describe(),
+            },
+        }
+
+
+def read_director_state(path: Path) -> dict[str, Any] | None:
+    """The state a running director published, or None when there is none (no director,
+    or its process is gone: a file left by a killed director is not shown as current)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    pid = doc.get("pid")
+    if not isinstance(pid, int) or not _alive(pid):
+        return None
+    return doc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

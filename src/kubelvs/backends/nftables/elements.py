@@ -1,0 +1,309 @@
+"""A service as nftables map elements (nftables backend, pure): the layout of one
+service's elements, rendered either as ``Element`` tuples (the input of a diff) or
+straight to nft text (the cold-sync path), and element texts grouped into ``add
+element``/``delete element`` lines.
+
+A service is nothing but elements of the maps schema.py declares: its entry in
+``nat_svc``/``dr_svc`` (``goto`` the scheduler chain), one slot element per table entry
+(``*_slots``: wrr order or Maglev table, maglev.py), a ``*_rs`` element for each real
+server the slots cannot describe, and for TUN its key in ``tun_svc``. DR real servers
+also need neighbour elements (``dr_mac``/``dr_smac``/``dr_dev``), shared by every
+service that has them.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import socket
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from ...model import Forward, Protocol, RealServer, ServiceKey, VirtualService
+from .maglev import MAGLEV_SIZE, maglev_table, wrr_table
+from .schema import SUPPORTED_SCHEDULERS, TABLE, Element, Value, scheduler_chain
+
+__all__ = [
+    "Neighbour",
+    "PROTO_TEXT",
+    "ServiceElements",
+    "elements_text",
+    "group_elements",
+    "ip_of",
+    "ip_text",
+    "mark_address",
+    "neighbour_elements",
+    "render_groups",
+    "service_elements",
+    "service_forward",
+    "service_key",
+    "service_text",
+]
+
+_CHUNK = 20000  # elements per ``add element`` line: the size the notes measured
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbour:
+    """How the director reaches a DR real server on the link."""
+
+    mac: str  # the real server's MAC (lower case)
+    own_mac: str  # the director's MAC on ``device``
+    device: str  # interface name
+    ifindex: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceElements:
+    """The elements of one service, and the DR real servers that need neighbour elements."""
+
+    own: frozenset[Element]
+    dr_addresses: frozenset[str]  # real servers that need neighbour elements
+
+
+def service_forward(svc: VirtualService) -> Forward:
+    """The service's forwarding method: all its real servers share one (checked by
+    ``problems``); a service without real servers is kept in the NAT table."""
+    methods = {rs.forward for rs in svc.realservers}
+    if not methods:
+        return Forward.NAT
+    if len(methods) > 1:
+        raise ValueError(f"service {svc.key}: real servers mix forwarding methods {sorted(methods)}")
+    (method,) = methods
+    if method not in (Forward.NAT, Forward.DR, Forward.TUN):
+        raise ValueError(
+            f"service {svc.key}: forwarding method {method} is not supported by the nftables backend"
+        )
+    return method
+
+
+class _Layout(NamedTuple):
+    """What both renderings of a service (Element tuples, nft text) are made of."""
+
+    kind: str  # "nat" or "dr"
+    family: str
+    vip: str
+    proto: str
+    port: int
+    chain: str
+    table: Sequence[str | None]  # slot -> real server name ("RIP:RPORT"), None = empty
+    by_name: dict[str, tuple[RealServer, str]]  # name -> (real server, RIP text)
+
+
+def _layout(svc: VirtualService) -> _Layout:
+    key = svc.key
+    if key.fwmark or key.address is None or key.family != 4:
+        raise ValueError(f"service {key}: only IPv4 address services are supported by the nftables backend")
+    if svc.scheduler not in SUPPORTED_SCHEDULERS:
+        raise ValueError(
+            f"service {key}: scheduler {svc.scheduler!r} is not supported by the nftables backend"
+        )
+    # One pass: each real server's address is formatted once (str(IPv4Address) is slow),
+    # and the forwarding method checked on the way (service_forward says what is wrong).
+    rss = svc.realservers
+    forward = rss[0].forward if rss else Forward.NAT
+    ntoa, IPv4 = socket.inet_ntoa, ipaddress.IPv4Address
+    by_name: dict[str, tuple[RealServer, str]] = {}
+    weights: dict[str, int] = {}
+    for rs in rss:
+        if rs.forward is not forward:
+            service_forward(svc)  # raises: the real servers mix forwarding methods
+        address = rs.address
+        rip = (
+            ntoa(int(address).to_bytes(4, "big")) if type(address) is IPv4 else str(address)
+        )  # ip_text, inlined
+        name = f"{rip}:{rs.port}"
+        by_name[name] = (rs, rip)
+        weights[name] = rs.weight
+    if forward is not Forward.NAT and forward is not Forward.DR and forward is not Forward.TUN:
+        service_forward(svc)  # raises: not supported by this backend
+    kind = "nat" if forward is Forward.NAT else "dr"  # TUN: the DR path, then tun_out (tun_svc)
+    table: Sequence[str | None]
+    if svc.scheduler in ("rr", "wrr"):
+        table = wrr_table(weights, weighted=svc.scheduler == "wrr")
+    else:
+        table = maglev_table(weights, MAGLEV_SIZE)
+        if not any(table):
+            table = []
+    return _Layout(
+        kind,
+        "netdev" if kind == "dr" else "ip",
+        ip_text(key.address),
+        PROTO_TEXT[key.protocol],
+        key.port,
+        scheduler_chain(kind, svc.scheduler, svc.flags, len(table)),
+        table,
+        by_name,
+    )
+
+
+def _implicit(lay: _Layout, rs: RealServer, name: str, in_table: set[str | None]) -> bool:
+    """True when the slots say all there is to know about ``rs``: weight 1, at least one
+    slot, and (DR) the VIP's port. Only the others get a ``*_rs`` element."""
+    return rs.weight == 1 and name in in_table and (lay.kind == "nat" or rs.port == lay.port)
+
+
+def service_elements(svc: VirtualService) -> ServiceElements:
+    """Every element that represents ``svc`` (pure; the input of the diff in the backend).
+    ``service_text`` renders the same elements straight to nft text."""
+    lay = _layout(svc)
+    kind, family, vip, proto, port = lay.kind, lay.family, lay.vip, lay.proto, lay.port
+    own: list[Element] = [Element(family, f"{kind}_svc", (vip, proto, port), f"goto {lay.chain}")]
+    values: dict[str, Value] = {
+        name: ((rip, rs.port) if kind == "nat" else int(rs.address))
+        for name, (rs, rip) in lay.by_name.items()
+    }
+    slots = f"{kind}_slots"
+    own += [
+        Element(family, slots, (vip, proto, port, slot), values[name])
+        for slot, name in enumerate(lay.table)
+        if name
+    ]
+    in_table = set(lay.table)
+    dr_addresses: set[str] = set()
+    for name, (rs, rip) in lay.by_name.items():
+        if kind == "dr":
+            dr_addresses.add(rip)
+        if _implicit(lay, rs, name, in_table):
+            continue
+        if kind == "nat":
+            own.append(Element(family, "nat_rs", (vip, proto, port, rip, rs.port), rs.weight))
+        else:
+            own.append(Element(family, "dr_rs", (vip, proto, port, int(rs.address)), (rs.port, rs.weight)))
+    if _is_tun(svc):  # the DR path, marked for tun_out; tunnels instead of neighbours
+        own.append(Element(family, "tun_svc", (vip, proto, port)))
+        dr_addresses.clear()
+    return ServiceElements(frozenset(own), frozenset(dr_addresses))
+
+
+def _is_tun(svc: VirtualService) -> bool:
+    return bool(svc.realservers) and svc.realservers[0].forward is Forward.TUN
+
+
+def service_text(svc: VirtualService, out: dict[tuple[str, str], list[str]]) -> frozenset[str]:
+    """Append the nft text of every element of ``svc`` (what ``elements_text("add",
+    service_elements(svc).own)`` would write, element for element) to ``out[(family,
+    set)]``; return the DR real servers that need neighbour elements.
+
+    The cold-sync path: no Element tuples, no sets to hash, one f-string per element
+    (10,000 services x 10 real servers went from ~0.8 s to ~0.1 s)."""
+    lay = _layout(svc)
+    kind, family, port = lay.kind, lay.family, lay.port
+    prefix = f"{lay.vip} . {lay.proto} . {port}"
+    _list(out, family, f"{kind}_svc").append(f"{prefix} : goto {lay.chain}")
+    if kind == "nat":
+        values = {name: f"{rip} . {rs.port}" for name, (rs, rip) in lay.by_name.items()}
+    else:
+        values = {name: str(int(rs.address)) for name, (rs, _) in lay.by_name.items()}
+    slots = [f"{prefix} . {slot} : {values[name]}" for slot, name in enumerate(lay.table) if name]
+    if slots:
+        _list(out, family, f"{kind}_slots").extend(slots)
+    in_table = set(lay.table)
+    for name, (rs, rip) in lay.by_name.items():
+        if rs.weight == 1 and name in in_table and (kind == "nat" or rs.port == port):
+            continue  # _implicit, inlined: this loop runs for every real server of a cold sync
+        if kind == "nat":
+            _list(out, family, "nat_rs").append(f"{prefix} . {rip} . {rs.port} : {rs.weight}")
+        else:
+            _list(out, family, "dr_rs").append(f"{prefix} . {int(rs.address)} : {rs.port} . {rs.weight}")
+    if kind == "dr":
+        if _is_tun(svc):
+            _list(out, family, "tun_svc").append(prefix)
+            return frozenset()
+        return frozenset(rip for _, rip in lay.by_name.values())
+    return frozenset()
+
+
+def _list(out: dict[tuple[str, str], list[str]], family: str, name: str) -> list[str]:
+    found = out.get((family, name))
+    if found is None:
+        found = out[(family, name)] = []
+    return found
+
+
+#: Protocol -> nft's name for it (a plain str: a StrEnum member hashes differently).
+PROTO_TEXT = {p: str(p.value) for p in Protocol}
+
+
+def ip_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The address as nft writes it. str(IPv4Address) formats in Python (~1 us), a
+    sizeable part of rendering 110,000 elements; inet_ntoa is C."""
+    if type(address) is ipaddress.IPv4Address:
+        return socket.inet_ntoa(int(address).to_bytes(4, "big"))
+    return str(address)
+
+
+def neighbour_elements(rip: str, nb: Neighbour) -> frozenset[Element]:
+    mark = int(ipaddress.IPv4Address(rip))
+    return frozenset(
+        {
+            Element("netdev", "dr_mac", (mark,), nb.mac),
+            Element("netdev", "dr_smac", (mark,), nb.own_mac),
+            Element("netdev", "dr_dev", (mark,), nb.device),
+        }
+    )
+
+
+def _fmt_value(set_name: str, value: Value) -> str:
+    if isinstance(value, tuple):
+        return " . ".join(map(str, value))
+    if set_name == "dr_dev" or set_name == "tun_dev":
+        return f'"{value}"'  # an interface name
+    return str(value)  # verdicts ("goto x", "drop"), MACs, numbers
+
+
+def _fmt_element(e: Element, with_value: bool) -> str:
+    # Every key part is an address, a protocol name or a number: str() is nft syntax.
+    text = " . ".join(map(str, e.key))
+    if e.comment:
+        text += f' comment "{e.comment}"'
+    if with_value and e.value is not None:
+        text += " : " + _fmt_value(e.set, e.value)
+    return text
+
+
+def group_elements(
+    elements: Iterable[Element], *, with_value: bool, into: dict[tuple[str, str], list[str]] | None = None
+) -> dict[tuple[str, str], list[str]]:
+    """Element texts per (family, set), appended to ``into`` (which ``service_text`` may
+    have filled already)."""
+    groups: dict[tuple[str, str], list[str]] = {} if into is None else into
+    for e in elements:
+        _list(groups, e.family, e.set).append(_fmt_element(e, with_value))
+    return groups
+
+
+def render_groups(verb: str, groups: Mapping[tuple[str, str], Sequence[str]]) -> Iterator[str]:
+    """``add element``/``delete element`` lines, per set, ``_CHUNK`` elements per line."""
+    for (family, name), items in sorted(groups.items()):
+        for start in range(0, len(items), _CHUNK):
+            yield f"{verb} element {family} {TABLE} {name} {{ {', '.join(items[start : start + _CHUNK])} }}\n"
+
+
+def elements_text(verb: str, elements: Iterable[Element]) -> Iterator[str]:
+    """``add element``/``delete element`` lines, grouped per set, ``_CHUNK`` per line."""
+    return render_groups(verb, group_elements(elements, with_value=verb == "add"))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def mark_address(mark: int) -> str:
+    """The real server address a DR mark (the RIP as u32) stands for."""
+    return str(ipaddress.IPv4Address(mark))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def ip_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as nft writes it, parsed (cached: a read meets each one many times)."""
+    try:  # ipaddress parses a string in Python, several times slower than inet_pton (as strict)
+        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+    except OSError:
+        return ipaddress.ip_address(text)  # raises ValueError naming the text
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def service_key(key: tuple[str | int, ...]) -> ServiceKey:
+    """The ServiceKey of an element key's ``VIP . proto . port`` (cached: a read meets each
+    service once per slot)."""
+    vip, proto, port = key
+    return ServiceKey(4, Protocol(str(proto)), ip_of(str(vip)), int(port))

@@ -1,0 +1,422 @@
+"""Reading the kubelvs tables back into the model (nftables backend, pure).
+
+Two inputs: the kernel's own binary set elements (dumped by netlink.py, decoded here
+by ``parse_raw``: what the backend reads), and nft's JSON listing (``parse_tables``:
+what ``kubelvs doctor`` finds in a captured ``nft.json``). Both give ``ParsedTables``:
+every element as ``elements.service_elements`` would build it, the services and real
+servers those elements describe, their counters, and the timeouts.
+
+A service is recognised by its ``nat_svc``/``dr_svc`` element (``goto`` a scheduler
+chain, whose name is the scheduler and flags); its real servers come from its slots
+(weight 1, DR port = VIP port) and its ``*_rs`` elements (everything else).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import operator
+import socket
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from ...model import Forward, RealServer, RealServerKey, RealServerStats, ServiceKey, Timeouts, VirtualService
+from .elements import PROTO_TEXT, ip_of, ip_text, mark_address, service_key
+from .schema import (
+    CT_DEFAULTS,
+    SKELETON_VERSION,
+    TABLE,
+    TABLE_COMMENT,
+    Element,
+    Value,
+    parse_device_chain,
+    parse_scheduler_chain,
+)
+
+__all__ = [
+    "CTA_TCP_ESTABLISHED",
+    "CTA_TCP_FIN_WAIT",
+    "CTA_UDP_REPLIED",
+    "Counters",
+    "ParsedTables",
+    "decode_counters",
+    "parse_raw",
+    "parse_tables",
+    "stats_of",
+]
+
+
+@dataclass
+class ParsedTables:
+    """Both tables in model terms: read from the kernel (``parse_raw``) or from what
+    ``nft -j list table`` prints (``parse_tables``)."""
+
+    services: dict[ServiceKey, VirtualService] = field(default_factory=dict)
+    stats: dict[tuple[ServiceKey, RealServerKey], RealServerStats] = field(default_factory=dict)
+    timeouts: Timeouts | None = None
+    by_set: dict[str, list[Element]] = field(
+        default_factory=dict
+    )  # every element, as service_elements builds them
+    device_chains: dict[int, str] = field(default_factory=dict)  # ifindex -> device (dr_in_* chains)
+    tables: dict[str, str] = field(default_factory=dict)  # family -> skeleton version ("" if unknown)
+
+    @property
+    def elements(self) -> set[Element]:
+        return {e for items in self.by_set.values() for e in items}
+
+
+#: (set, element key) -> (packets, bytes) of the counter elements.
+Counters: TypeAlias = dict[tuple[str, tuple[str | int, ...]], tuple[int, int]]
+_ZERO_STATS = RealServerStats()  # frozen: one object for every real server without traffic
+
+
+def _scalar(v: Any) -> str | int:
+    if isinstance(v, (str, int)):
+        return v
+    raise ValueError(f"unexpected nft JSON value {v!r}")
+
+
+def _tuple(v: Any) -> tuple[str | int, ...]:
+    if isinstance(v, dict) and "concat" in v:
+        return tuple(_scalar(x) for x in v["concat"])
+    return (_scalar(v),)
+
+
+def _verdict(v: Any) -> str:
+    if isinstance(v, dict):
+        if "goto" in v:
+            return f"goto {v['goto']['target']}"
+        if "jump" in v:
+            return f"jump {v['jump']['target']}"
+        (name,) = v
+        return str(name)
+    return str(v)
+
+
+def parse_tables(documents: Sequence[Mapping[str, Any]]) -> ParsedTables:
+    """Rebuild the model from the JSON listings of ``ip kubelvs`` and ``netdev kubelvs``
+    (the backend reads over netlink; ``kubelvs doctor`` reads a captured nft.json)."""
+    out = ParsedTables()
+    counters: Counters = {}
+    ct_policies: dict[str, dict[str, int]] = {}
+    for doc in documents:
+        for item in doc.get("nftables", []):
+            if "table" in item:
+                out.tables.setdefault(item["table"]["family"], "")
+            elif "chain" in item:
+                chain = item["chain"]
+                if chain["name"] == SKELETON_VERSION:
+                    out.tables[chain["family"]] = SKELETON_VERSION
+                ifindex = parse_device_chain(chain["name"])
+                if ifindex is not None and "dev" in chain:
+                    out.device_chains[ifindex] = chain["dev"]
+            elif "ct timeout" in item:
+                ct = item["ct timeout"]
+                ct_policies[ct["name"]] = dict(ct.get("policy") or {})
+            elif "map" in item or "set" in item:
+                is_map = "map" in item
+                s = item["map" if is_map else "set"]
+                items = out.by_set.setdefault(s["name"], [])
+                for raw in s.get("elem", []):
+                    keyobj, value = (raw[0], raw[1]) if is_map else (raw, None)
+                    comment = ""
+                    if isinstance(keyobj, dict) and "elem" in keyobj:
+                        inner = keyobj["elem"]
+                        comment = inner.get("comment", "")
+                        if "counter" in inner:
+                            counters[(s["name"], _tuple(inner["val"]))] = (
+                                inner["counter"]["packets"],
+                                inner["counter"]["bytes"],
+                            )
+                        keyobj = inner["val"]
+                    key = _tuple(keyobj)
+                    parsed: Value
+                    if value is None:
+                        parsed = None
+                    elif s.get("map") == "verdict":
+                        parsed = _verdict(value)
+                    elif isinstance(value, dict) and "concat" in value:
+                        parsed = _tuple(value)
+                    else:
+                        parsed = _scalar(value)
+                    items.append(Element(s["family"], s["name"], key, parsed, comment))
+    _rebuild(out, counters)
+    if "kl_tcp" in ct_policies and "kl_udp" in ct_policies:
+        tcp, udp = ct_policies["kl_tcp"], ct_policies["kl_udp"]
+        out.timeouts = Timeouts(
+            tcp=tcp.get("established", CT_DEFAULTS["established"]),
+            tcpfin=tcp.get("fin_wait", CT_DEFAULTS["fin_wait"]),
+            udp=udp.get("replied", CT_DEFAULTS["replied"]),
+        )
+    return out
+
+
+# --- the kernel's own encoding (netlink.py), the layouts schema.declarations declares
+
+#: CTA_TIMEOUT_* attribute numbers of the policy values the model uses.
+CTA_TCP_ESTABLISHED, CTA_TCP_FIN_WAIT, CTA_UDP_REPLIED = 3, 4, 2
+_PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
+# A concatenation stores every component in its own 4-byte register: VIP, protocol
+# (1 byte), port (2 bytes, network order). ``numgen``, ``meta mark``, ``meta oif``
+# are host-order 32-bit integers.
+_PREFIX = struct.Struct("!4sB3xH2x")
+_U32 = struct.Struct("=I")
+_BE16 = struct.Struct("!H")
+_NAT_TARGET = struct.Struct("!4sH2x")  # RIP . RPORT
+_DR_TARGET = struct.Struct("!H2x")  # RPORT (. weight: a host-order u32 after it)
+_VERDICTS = {0: "drop", 1: "accept", -1: "continue", -2: "break", -5: "return"}
+
+
+class _RawDecoder:
+    """Binary keys/values -> the tuples ``service_elements`` builds. Each distinct
+    VIP . proto . port prefix and real server value is decoded once per read."""
+
+    def __init__(self, ifnames: Mapping[int, str]) -> None:
+        self.ifnames = ifnames
+        self._prefixes: dict[bytes, tuple[str, str, int]] = {}
+        self._targets: dict[bytes, tuple[str, int]] = {}
+
+    def prefix(self, key: bytes) -> tuple[str, str, int]:
+        head = key[:12]
+        found = self._prefixes.get(head)
+        if found is None:
+            vip, proto, port = _PREFIX.unpack(head)
+            found = self._prefixes[head] = (socket.inet_ntoa(vip), _PROTO_NAMES.get(proto, str(proto)), port)
+        return found
+
+    def nat_target(self, value: bytes) -> tuple[str, int]:
+        found = self._targets.get(value)
+        if found is None:
+            rip, rport = _NAT_TARGET.unpack(value)
+            found = self._targets[value] = (socket.inet_ntoa(rip), rport)
+        return found
+
+    def decode(self, family: str, name: str, raws: Iterable[Any]) -> tuple[list[Element], Counters]:
+        key_of, value_of = self._codec(name)
+        make = Element._make
+        out: list[Element] = []
+        counters: Counters = {}
+        try:
+            for raw in raws:
+                key = key_of(raw.key)
+                out.append(make((family, name, key, value_of(raw), raw.comment)))
+                if raw.counter is not None:
+                    counters[(name, key)] = raw.counter
+        except (struct.error, TypeError, KeyError) as exc:
+            raise ValueError(
+                f"{family} {TABLE} {name}: an element does not have the layout this version writes ({exc})"
+            ) from exc
+        return out, counters
+
+    def _codec(self, name: str) -> tuple[Callable[[bytes], tuple[str | int, ...]], Callable[[Any], Value]]:
+        prefix, u32, be16 = self.prefix, _U32.unpack_from, _BE16.unpack_from
+        ntoa = socket.inet_ntoa
+        keyed: Callable[[bytes], tuple[str | int, ...]]
+        if name in ("nat_svc", "dr_svc"):
+            return prefix, lambda raw: _verdict_text(raw.verdict)
+        if name == "tun_svc":
+            return prefix, lambda raw: None
+        if name in ("nat_slots", "dr_slots", "dr_in", "dr_rs"):
+            keyed = lambda k: prefix(k) + u32(k, 12)  # VIP . proto . port . slot/mark
+        elif name == "nat_rs":
+            keyed = lambda k: prefix(k) + (ntoa(k[12:16]),) + be16(k, 16)
+        elif name in ("nat_in", "nat_out"):
+            keyed = lambda k: (ntoa(k[0:4]), _PROTO_NAMES.get(k[4], str(k[4])), ntoa(k[8:12])) + be16(k, 12)
+        else:  # dr_mac, dr_smac, dr_dev, tun_dev: keyed by the mark
+            keyed = lambda k: u32(k, 0)
+        values: dict[str, Callable[[Any], Value]] = {
+            "nat_slots": lambda raw: self.nat_target(raw.data),
+            "dr_slots": lambda raw: u32(raw.data, 0)[0],
+            "nat_rs": lambda raw: u32(raw.data, 0)[0],
+            "dr_rs": lambda raw: be16(raw.data, 0) + u32(raw.data, 4),
+            "dr_mac": lambda raw: ":".join(f"{b:02x}" for b in raw.data),
+            "dr_smac": lambda raw: ":".join(f"{b:02x}" for b in raw.data),
+            "dr_dev": lambda raw: self.ifnames.get(u32(raw.data, 0)[0], str(u32(raw.data, 0)[0])),
+            "tun_dev": lambda raw: self.ifnames.get(u32(raw.data, 0)[0], str(u32(raw.data, 0)[0])),
+        }
+        return keyed, values.get(name, lambda raw: None)
+
+
+def _verdict_text(verdict: tuple[int, str] | None) -> str:
+    if verdict is None:
+        raise TypeError("no verdict")
+    code, chain = verdict
+    if code == -4:  # NFT_GOTO
+        return f"goto {chain}"
+    if code == -3:  # NFT_JUMP
+        return f"jump {chain}"
+    return _VERDICTS.get(code, str(code))
+
+
+def parse_raw(
+    chains: Mapping[str, Sequence[tuple[str, str | None]]],
+    sets: Mapping[tuple[str, str], Iterable[Any]],
+    policies: Mapping[str, Mapping[int, int]],
+    ifnames: Mapping[int, str],
+    comments: Mapping[str, str] | None = None,
+) -> ParsedTables:
+    """Rebuild the model from what the kernel holds (netlink.py reads it).
+
+    ``chains``: family -> (name, hook device) of each existing ``kubelvs`` table's chains;
+    ``sets``: (family, set) -> its ``RawElement``s; ``policies``: ct timeout name -> CTA
+    attribute -> seconds; ``ifnames``: ifindex -> interface name in the namespace;
+    ``comments``: family -> the table's comment. A table is ours when it has the marker
+    chain or our comment (a marker chain deleted by hand is then made again).
+    """
+    out = ParsedTables()
+    for family, members in chains.items():
+        ours = (comments or {}).get(family) == TABLE_COMMENT
+        out.tables[family] = SKELETON_VERSION if ours else ""
+        for name, device in members:
+            if name == SKELETON_VERSION:
+                out.tables[family] = SKELETON_VERSION
+            elif (ifindex := parse_device_chain(name)) is not None and device is not None:
+                out.device_chains[ifindex] = device
+    decoder = _RawDecoder(ifnames)
+    counters: Counters = {}
+    for (family, name), raws in sets.items():
+        items, found = decoder.decode(family, name, raws)
+        out.by_set[name] = items
+        counters.update(found)
+    _rebuild(out, counters)
+    if "kl_tcp" in policies and "kl_udp" in policies:
+        tcp, udp = policies["kl_tcp"], policies["kl_udp"]
+        out.timeouts = Timeouts(
+            tcp=tcp.get(CTA_TCP_ESTABLISHED, CT_DEFAULTS["established"]),
+            tcpfin=tcp.get(CTA_TCP_FIN_WAIT, CT_DEFAULTS["fin_wait"]),
+            udp=udp.get(CTA_UDP_REPLIED, CT_DEFAULTS["replied"]),
+        )
+    return out
+
+
+def decode_counters(sets: Mapping[tuple[str, str], Iterable[Any]]) -> tuple[list[Element], Counters]:
+    """The counter elements of ``nat_in``/``nat_out``/``dr_in`` (RawElements per (family,
+    set)) and their (packets, bytes)."""
+    decoder = _RawDecoder({})
+    elements: list[Element] = []
+    counters: Counters = {}
+    for (family, name), raws in sets.items():
+        items, found = decoder.decode(family, name, raws)
+        elements += items
+        counters.update(found)
+    return elements, counters
+
+
+def stats_of(
+    services: Mapping[ServiceKey, VirtualService],
+    counters: Mapping[tuple[str, tuple[str | int, ...]], tuple[int, int]],
+) -> dict[tuple[ServiceKey, RealServerKey], RealServerStats]:
+    """Per-real-server counters of ``services`` (``_rebuild`` does the same while it
+    builds the services from a full read)."""
+    if not counters:
+        return {(key, rs.key): _ZERO_STATS for key, svc in services.items() for rs in svc.realservers}
+    stats: dict[tuple[ServiceKey, RealServerKey], RealServerStats] = {}
+    for key, svc in services.items():
+        if key.address is None:
+            continue
+        vip, proto = ip_text(key.address), PROTO_TEXT[key.protocol]
+        for rs in svc.realservers:
+            if rs.forward is Forward.NAT:
+                rip = ip_text(rs.address)
+                pin, bin_ = counters.get(("nat_in", (vip, proto, rip, rs.port)), (0, 0))
+                pout, bout = counters.get(("nat_out", (vip, proto, rip, rs.port)), (0, 0))
+                found = RealServerStats(in_packets=pin, in_bytes=bin_, out_packets=pout, out_bytes=bout)
+            else:
+                pin, bin_ = counters.get(("dr_in", (vip, proto, key.port, int(rs.address))), (0, 0))
+                found = RealServerStats(in_packets=pin, in_bytes=bin_)
+            stats[(key, rs.key)] = found
+    return stats
+
+
+def _rebuild(
+    out: ParsedTables, counters: Mapping[tuple[str, tuple[str | int, ...]], tuple[int, int]]
+) -> None:
+    """Services, real servers and stats from the elements in ``out.by_set``."""
+    by_set = out.by_set
+    heads: dict[tuple[str | int, ...], tuple[ServiceKey, str, frozenset[str]]] = {}
+    for e in [*by_set.get("nat_svc", ()), *by_set.get("dr_svc", ())]:
+        if isinstance(e.value, str) and e.value.startswith("goto "):
+            parsed = parse_scheduler_chain(e.value[5:])
+            if parsed is not None:
+                heads[e.key] = (service_key(e.key), parsed[0], parsed[1])
+    # Per service: (RIP, RPORT) -> (real server, RIP text, sort key); DR real servers as
+    # (RIP, -1) (one per address). Real servers recur across services (nodes): one object each.
+    members: dict[tuple[str | int, ...], dict[tuple[str, int], tuple[RealServer, str, int]]] = {
+        k: {} for k in heads
+    }
+    made: dict[tuple[str, int, int, bool], tuple[RealServer, str, int]] = {}
+    addresses: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
+
+    def real(rip: str, port: int, weight: int, dr: bool) -> tuple[RealServer, str, int]:
+        found = made.get((rip, port, weight, dr))
+        if found is None:
+            address = addresses.get(rip)
+            if address is None:
+                address = addresses[rip] = ip_of(rip)
+            rs = RealServer(address, port, weight, Forward.DR if dr else Forward.NAT)
+            # with_realservers' order (version, address, port) as one int: sorted in C below
+            found = made[(rip, port, weight, dr)] = (
+                rs,
+                rip,
+                (address.version << 160) | (int(address) << 16) | port,
+            )
+        return found
+
+    # Real servers with a slot and the defaults (weight 1, DR port = VIP port) ...
+    for e in by_set.get("nat_slots", ()):
+        m = members.get(e.key[:3])
+        if m is not None and e.value not in m:
+            assert isinstance(e.value, tuple)
+            rip, rport = str(e.value[0]), int(e.value[1])
+            m[(rip, rport)] = real(rip, rport, 1, False)
+    for e in by_set.get("dr_slots", ()):
+        m = members.get(e.key[:3])
+        if m is not None:
+            rip = mark_address(int(e.value))  # type: ignore[arg-type]
+            if (rip, -1) not in m:
+                m[(rip, -1)] = real(rip, int(e.key[2]), 1, True)
+    # ... and what the slots cannot say: weights other than 1, slot-less real servers, DR ports.
+    for e in by_set.get("nat_rs", ()):
+        m = members.get(e.key[:3])
+        if m is not None:
+            assert isinstance(e.value, int)
+            rip, rport = str(e.key[3]), int(e.key[4])
+            m[(rip, rport)] = real(rip, rport, e.value, False)
+    for e in by_set.get("dr_rs", ()):
+        m = members.get(e.key[:3])
+        if m is not None:
+            assert isinstance(e.value, tuple)
+            dr_port, weight = e.value
+            rip = mark_address(int(e.key[3]))
+            m[(rip, -1)] = real(rip, int(dr_port), int(weight), True)
+    by_order = operator.itemgetter(2)
+    stats = out.stats
+    # TUN services are DR services marked in tun_svc (the packet path forks in dr_out).
+    dr_heads = {e.key for e in by_set.get("dr_svc", ())}
+    tun = {e.key for e in by_set.get("tun_svc", ())} & dr_heads
+    for head, (sk, scheduler, flags) in heads.items():
+        triples = sorted(members[head].values(), key=by_order)
+        if head in tun:
+            triples = [
+                (RealServer(rs.address, rs.port, rs.weight, Forward.TUN), rip, o) for rs, rip, o in triples
+            ]
+        out.services[sk] = VirtualService(
+            key=sk, scheduler=scheduler, flags=flags, realservers=tuple([t[0] for t in triples])
+        )
+        if not counters:
+            for rs, _, _ in triples:
+                stats[(sk, rs.key)] = _ZERO_STATS
+            continue
+        vip, proto = str(head[0]), str(head[1])
+        for rs, rip, _ in triples:
+            if rs.forward is Forward.NAT:
+                pin, bin_ = counters.get(("nat_in", (vip, proto, rip, rs.port)), (0, 0))
+                pout, bout = counters.get(("nat_out", (vip, proto, rip, rs.port)), (0, 0))
+                stats[(sk, rs.key)] = RealServerStats(
+                    in_packets=pin, in_bytes=bin_, out_packets=pout, out_bytes=bout
+                )
+            else:
+                # replies go from the real server straight to the client: no out counters
+                pin, bin_ = counters.get(("dr_in", (vip, proto, sk.port, int(rs.address))), (0, 0))
+                stats[(sk, rs.key)] = RealServerStats(in_packets=pin, in_bytes=bin_)

@@ -1,0 +1,232 @@
+"""What a lab is: its spec (what to build), its record (what was built, saved as JSON so
+that another process can use it), and the configuration files it writes (the director's
+YAML, the kube-proxy rules of every worker). Pure apart from reading the record.
+The layout itself is drawn in ``lab.topology``."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..errors import LabError
+from .netlab import NETNS_PREFIX
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "KUBECTL_FILE",
+    "LAB_TIMEOUTS",
+    "PROXY_TABLE",
+    "READY_TIMEOUT",
+    "STATE_ROOT",
+    "LabInfo",
+    "LabSpec",
+    "NodeInfo",
+    "PodInfo",
+    "director_config",
+    "load_info",
+    "proxy_ruleset",
+    "state_dir",
+]
+
+DEFAULT_PREFIX = "kubelvs-lab"
+STATE_ROOT = Path("/run/kubelvs/lab")
+PROXY_TABLE = "kubelvs_lab_proxy"
+KUBECTL_FILE = "kubectl.json"  # in the state directory: the lab's Service for kubelvs doctor
+SEGMENT = ipaddress.ip_network("10.240.0.0/24")
+CLIENT_NET = ipaddress.ip_network("192.168.58.0/24")
+MASQ_MARK = 0x4000  # KUBE-MARK-MASQ
+#: Seconds to wait for a lab process to be ready. Generous: in the VM tier (emulated CPU,
+#: shared with other VMs) a Python start-up alone has taken over a minute. A process
+#: that exits is noticed at once, so a real failure does not wait this long.
+READY_TIMEOUT = 900.0
+
+Topology = Literal["dr", "nat", "tun"]
+#: The director's connection timeouts (tcp, tcpfin, udp): the kernel's 900 s TCP default is
+#: below Linux's default tcp_keepalive_time of 7200 s, which drops idle connections.
+LAB_TIMEOUTS = (7260, 30, 300)
+
+
+@dataclass(frozen=True, slots=True)
+class LabSpec:
+    """What to build. Defaults: the seed's whoami Service with external IP 10.240.0.201."""
+
+    prefix: str = DEFAULT_PREFIX
+    topology: Topology = "dr"
+    nodes: int = 2
+    pods: int = 2  # per node
+    directors: int = 1
+    router: bool = False  # client on 192.168.58.0/24 behind a router namespace (always on for nat)
+    vip: str = "10.240.0.201"
+    port: int = 80  # the Service port (= the external IP's port)
+    target_port: int = 8080  # the pods' port
+    scheduler: str = "rr"
+    backend: str = "auto"
+    director: bool = True  # start ``kubelvs director``
+    agents: bool = True  # start ``kubelvs node`` on every worker (dr, tun)
+
+    def check(self) -> None:
+        """Raise LabError naming the field when the spec cannot be built."""
+        if not self.prefix.startswith(NETNS_PREFIX) or "/" in self.prefix or len(self.prefix) > 40:
+            raise LabError(f"prefix: {self.prefix!r} must start with {NETNS_PREFIX!r} and be at most 40 characters")
+        if self.topology not in ("dr", "nat", "tun"):
+            raise LabError(f"topology: {self.topology!r} is not dr, nat or tun")
+        if not 1 <= self.nodes <= 50:
+            raise LabError(f"nodes: {self.nodes} is not within 1..50")
+        if not 1 <= self.pods <= 50:
+            raise LabError(f"pods: {self.pods} is not within 1..50")
+        if not 1 <= self.directors <= 8:
+            raise LabError(f"directors: {self.directors} is not within 1..8")
+        if self.directors > 1 and not self.with_router:
+            raise LabError("directors: more than one director needs the router (it spreads the VIP over them by ECMP)")
+        if self.directors > 1 and self.topology == "nat":
+            raise LabError("directors: nat needs the replies back through the one director that saw the request; use 1")
+        vip = ipaddress.ip_address(self.vip)
+        if vip not in SEGMENT or vip == SEGMENT.network_address or vip == SEGMENT.broadcast_address:
+            raise LabError(f"vip: {self.vip} must be an address inside the segment {SEGMENT}")
+        taken = {2 + d for d in range(self.directors)} | {100 + n for n in range(1, self.nodes + 1)} | {10, 254}
+        if int(vip) - int(SEGMENT.network_address) in taken:
+            raise LabError(f"vip: {self.vip} is a lab host's address")
+        for name in ("port", "target_port"):
+            value = getattr(self, name)
+            if not 1 <= value <= 65535:
+                raise LabError(f"{name}: {value} is not a TCP port")
+
+    @property
+    def with_router(self) -> bool:
+        return self.router or self.topology == "nat"
+
+
+@dataclass(frozen=True, slots=True)
+class PodInfo:
+    name: str
+    node: str
+    netns: str
+    ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    name: str
+    netns: str
+    ip: str
+    mac: str
+    pod_cidr: str
+    pods: tuple[PodInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LabInfo:
+    """Everything another process needs to use or inspect a built lab (saved as JSON)."""
+
+    spec: LabSpec
+    client: str  # namespace
+    client_ip: str
+    router: str | None
+    directors: dict[str, str]  # name -> namespace
+    director_ips: dict[str, str]
+    director_macs: dict[str, str]
+    nodes: tuple[NodeInfo, ...]
+    config: str  # director YAML
+    state_dir: str
+    namespaces: tuple[str, ...]
+    pids: dict[str, int] = field(default_factory=dict)  # "director dir1", "agent node1", "pod whoami-node1-1"
+    backend: str = ""  # what ``auto`` became
+
+    def netns_of(self, role: str) -> str:
+        """``client``, ``router``, ``dir1``, ``node1``, ``whoami-node1-1``/``node1-pod1``, or a full namespace name."""
+        if role in self.namespaces:
+            return role
+        candidate = f"{self.spec.prefix}-{role}"
+        if candidate in self.namespaces:
+            return candidate
+        for node in self.nodes:
+            for pod in node.pods:
+                if pod.name == role:
+                    return pod.netns
+        raise LabError(f"no host {role!r} in lab {self.spec.prefix} (hosts: {', '.join(self.roles())})")
+
+    def roles(self) -> list[str]:
+        return [n[len(self.spec.prefix) + 1 :] for n in self.namespaces if n != f"{self.spec.prefix}-sw"]
+
+    def pod_node(self) -> dict[str, str]:
+        return {p.name: n.name for n in self.nodes for p in n.pods}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @staticmethod
+    def from_json(text: str) -> LabInfo:
+        d = json.loads(text)
+        nodes = tuple(
+            NodeInfo(**{**n, "pods": tuple(PodInfo(**p) for p in n["pods"])}) for n in d.pop("nodes")
+        )
+        spec = LabSpec(**d.pop("spec"))
+        return LabInfo(spec=spec, nodes=nodes, **{**d, "namespaces": tuple(d["namespaces"])})
+
+
+def state_dir(prefix: str) -> Path:
+    return STATE_ROOT / prefix
+
+
+def load_info(prefix: str = DEFAULT_PREFIX) -> LabInfo:
+    path = state_dir(prefix) / "lab.json"
+    try:
+        return LabInfo.from_json(path.read_text())
+    except FileNotFoundError:
+        raise LabError(f"no lab {prefix!r} is up (no {path}); start one with: kubelvs lab up") from None
+
+
+def director_config(spec: LabSpec, nodes: list[NodeInfo]) -> str:
+    """The director's YAML: the whoami Service's external IP over the workers (dr/tun)
+    or over the pods with port mapping (nat)."""
+    forward = {"dr": "dr", "tun": "tun", "nat": "nat"}[spec.topology]
+    if spec.topology == "nat":
+        rss = [f"      - address: {p.ip}\n        port: {spec.target_port}\n" for n in nodes for p in n.pods]
+    else:
+        rss = [f"      - address: {n.ip}\n" for n in nodes]
+    return (
+        "# Written by kubelvs lab: the seed's whoami Service, external IP on the segment.\n"
+        f"owned_cidrs: [{spec.vip}/32]\n"
+        "# Above tcp_keepalive_time (7200 s), so an idle connection's entry outlives the first\n"
+        "# keep-alive probe (kubelvs doctor: ipvs-timeout-below-keepalive); tcpfin 30 s as the seed.\n"
+        f"timeouts: {{tcp: {LAB_TIMEOUTS[0]}, tcpfin: {LAB_TIMEOUTS[1]}, udp: {LAB_TIMEOUTS[2]}}}\n"
+        "services:\n"
+        "  - name: whoami\n"
+        f"    vip: {spec.vip}\n"
+        f"    port: {spec.port}\n"
+        f"    scheduler: {spec.scheduler}\n"
+        f"    forward: {forward}\n"
+        "    realservers:\n" + "".join(rss)
+    )
+
+
+def proxy_ruleset(spec: LabSpec, node: NodeInfo) -> str:
+    """What kube-proxy installs on a worker for the external IP (the seed's iptables
+    rules in nftables form; physdev matching is left out: pods here are routed, not bridged)."""
+    vip, port = spec.vip, spec.port
+    match = f"ip daddr {vip} tcp dport {port}"
+    eps = "".join(
+        f"  chain ep{i} {{ meta l4proto tcp dnat to {p.ip}:{spec.target_port}; }}\n" for i, p in enumerate(node.pods)
+    )
+    vmap = ", ".join(f"{i} : goto ep{i}" for i in range(len(node.pods)))
+    return (
+        f"table ip {PROXY_TABLE} {{\n"
+        "  counter vip_forwarded { }\n"
+        "  chain services {\n"
+        f"    {match} meta mark set meta mark | {MASQ_MARK:#x}\n"  # KUBE-MARK-MASQ
+        f"    {match} fib saddr type != local goto svc\n"  # from outside the node
+        f"    {match} fib daddr type local goto svc\n"  # the node holds the VIP (on lo)
+        "  }\n"
+        f"  chain svc {{ numgen random mod {len(node.pods)} vmap {{ {vmap} }}; }}\n"
+        + eps
+        + "  chain prerouting { type nat hook prerouting priority dstnat; policy accept; jump services; }\n"
+        "  chain output { type nat hook output priority -100; policy accept; jump services; }\n"
+        "  chain postrouting { type nat hook postrouting priority srcnat; policy accept;\n"
+        f"    meta mark & {MASQ_MARK:#x} == {MASQ_MARK:#x} masquerade; }}\n"
+        "  chain forward { type filter hook forward priority filter; policy accept;\n"
+        f'    ip daddr {vip} counter name "vip_forwarded"; }}\n'
+        "}\n"
+    )
