@@ -10,6 +10,7 @@ import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -115,10 +116,13 @@ def test_a_dead_real_server_goes_to_weight_0_in_time_and_comes_back(world: World
         assert all(vs[0][2] == 0 for vs in backend.table().values())
         last_apply = backend.applies[-1]
         assert len(last_apply) == 20 and {type(op).__name__ for op in last_apply} == {"EditRealServer"}
-        state = json.loads((tmp_path / "state.json").read_text())
-        target = state["health"]["services"]["TCP 10.240.0.1:80"]["10.0.0.11:8080"]
-        assert state["health"]["targets"][target]["status"] == "down"
-        assert "refused" in state["health"]["targets"][target]["detail"]
+        def state() -> dict[str, Any]:
+            doc: dict[str, Any] = json.loads((tmp_path / "state.json").read_text())
+            return doc
+
+        target = state()["health"]["services"]["TCP 10.240.0.1:80"]["10.0.0.11:8080"]
+        await until(lambda: state()["health"]["targets"][target]["status"] == "down", 2)  # written after the sync
+        assert "refused" in state()["health"]["targets"][target]["detail"]
         # What `kubelvs status` shows of it (the kernel's table and the director's state file).
         director = read_director_state(tmp_path / "state.json")
         table = status_table(backend.read(), {}, director)

@@ -102,10 +102,11 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
             for conf in ("all", "eth0"):
                 lab.sysctl(node.netns, f"net.ipv4.conf.{conf}.arp_ignore", 1)
                 lab.sysctl(node.netns, f"net.ipv4.conf.{conf}.arp_announce", 2)
-            for port in (80, 8080):
+            # 10256: kube-proxy's health port, which the director's default check probes.
+            for port in (80, 8080, 10256):
                 lab.start_python(node.netns, "kubelvs.lab.servers", "http", "--name", name, "--port", str(port))
         for role in ("node1", "node2"):
-            for port in (80, 8080):
+            for port in (80, 8080, 10256):
                 lab.wait_listening(lab.hosts[role].netns, port, timeout=120)  # Python starts slowly in the VM
         with log.open("w") as err:
             proc = subprocess.Popen(

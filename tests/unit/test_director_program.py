@@ -74,6 +74,19 @@ def test_a_table_changed_behind_the_directors_back_is_repaired_at_once(tmp_path:
     run(tmp_path, HEAD + svc(1) + svc(2), body)
 
 
+def test_a_small_table_is_read_back_every_second_when_the_backend_cannot_tell(tmp_path: Path) -> None:
+    async def body(program: DirectorProgram, backend: MemoryBackend, config: Path) -> None:
+        await until(lambda: len(backend.table()) == 2)
+        first = next(iter(backend.state.services))
+        backend.tamper([DeleteService(first)], signal=False)  # as IPVS: no generation id to see
+        t0 = time.monotonic()
+        await until(lambda: len(backend.table()) == 2)
+        assert time.monotonic() - t0 < 2.0
+        assert program.loop.tamper_resyncs == 1
+
+    run(tmp_path, HEAD + svc(1) + svc(2), body)
+
+
 def test_refused_services_and_held_deletions_are_published_for_status(tmp_path: Path) -> None:
     refused = {"TCP 10.240.0.3:80"}
     backend = MemoryBackend(refuse=lambda op: "injected refusal" if str(service_of(op)) in refused else None)

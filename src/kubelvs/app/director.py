@@ -40,6 +40,10 @@ log = logging.getLogger("kubelvs.director")
 
 #: Operations logged one per line after a sync; the rest are counted.
 LOGGED_OPERATIONS = 50
+#: Up to this many virtual services the director reads the kernel back every second to
+#: notice changes made behind its back (a read of 200 services takes a few ms); above
+#: it, only the backend's cheap signal and the resync timer.
+VERIFY_LIMIT = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +75,7 @@ class DirectorProgram:
             ready=lambda: source.ready,
             resync=options.resync_seconds or source.resync_seconds,
             coalesce=source.coalesce_seconds,
-            check=backend.changed_elsewhere,
+            check=self._changed_elsewhere,
             check_seconds=options.check_seconds,
             after=self._after,
             fatal_at_start=(CapabilityError,),  # e.g. a scheduler the backend lacks: exit 2, say why
@@ -124,6 +128,24 @@ class DirectorProgram:
         )
         self.state_file.write(self.director, self.health)
         return _earliest(self.director.next_due(), self.health.next_due())
+
+    def _changed_elsewhere(self) -> bool:
+        """Asked every second between steps: did someone else change the table? The
+        backend's own cheap answer first (nftables: the ruleset generation id); a small
+        table (IPVS has no such id) is read and compared with the director's picture,
+        its sysctls too, which no generation id covers. A large one waits for the resync."""
+        if self.backend.changed_elsewhere():
+            return True
+        picture = self.director.observed
+        if picture is None or len(picture.services) > VERIFY_LIMIT:
+            return False
+        kernel = self.backend.read(sysctls=picture.sysctls.keys())
+        owns = self.last_synced.ownership.owns if self.last_synced is not None else None
+        if owns is None:
+            return False
+        ours = {k: v for k, v in kernel.services.items() if owns(k)}
+        pictured = {k: v for k, v in picture.services.items() if owns(k)}
+        return ours != pictured or kernel.timeouts != picture.timeouts or dict(kernel.sysctls) != dict(picture.sysctls)
 
     def _failing(self) -> dict[ServiceKey, str]:
         return {k: f"{f.operation}: {f.reason}" for k, f in self.director.failures.items()}

@@ -288,7 +288,12 @@ class NodeProgram:
             ready=lambda: source.ready,
             resync=options.resync_seconds or source.resync_seconds,
             coalesce=source.coalesce_seconds,
+            check=self._drifted,  # a VIP or a sysctl changed behind the agent: repaired at once
         )
+
+    def _drifted(self) -> bool:
+        last = self.last
+        return last is not None and self.agent.drifted(last.vips)
 
     def step(self, full: bool) -> None:
         """Make the node hold what the source wants (every step reads the node back, so a

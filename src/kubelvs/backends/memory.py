@@ -107,11 +107,13 @@ class MemoryBackend:
         with self.lock:
             return self._tampered
 
-    def tamper(self, ops: Sequence[Operation]) -> None:
-        """Change the table behind the director's back, as another program would."""
+    def tamper(self, ops: Sequence[Operation], *, signal: bool = True) -> None:
+        """Change the table behind the director's back, as another program would.
+        ``signal=False``: without ``changed_elsewhere`` saying so (as with IPVS, which has
+        no generation counter)."""
         with self.lock:
             self.state = apply_ops_in_place(self.state, ops)
-            self._tampered = True
+            self._tampered = self._tampered or signal
 
     def problems(self, desired: DesiredState) -> list[FieldError]:
         return []

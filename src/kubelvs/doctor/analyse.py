@@ -1,4 +1,11 @@
-"""Run every check over a bundle (or a site of bundles) and order the findings."""
+"""Run every check over a bundle (or a site of bundles) and order the findings.
+
+Every file of the bundle is parsed first (``Bundle.parse_all``), so a file that cannot
+be read is reported whichever checks run; the ids it leaves unknown come from
+``inputs.py``. A check that raises is a bug in a check (no input may make one raise:
+the parsers hand the checks well-typed values only); it becomes a check-failed finding
+whose ids are unknown, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +18,9 @@ from ..model import Forward
 from . import checks_dr, checks_ipvs, checks_kernel
 from .bundle import Bundle
 from .findings import Finding, Severity
+from .inputs import input_findings
 
-__all__ = ["analyse", "analyse_site", "CHECKS"]
+__all__ = ["analyse", "analyse_site", "CHECKS", "REPORTS"]
 
 _SYN_CAUSES = frozenset({"rp-filter-strict", "ip-forward-off", "conntrack-near-full"})
 
@@ -34,20 +42,41 @@ CHECKS: tuple[Check, ...] = (
     checks_ipvs.check_weight_zero,
 )
 
+#: check -> the finding ids it reports (unknown when it fails).
+REPORTS: Mapping[str, tuple[str, ...]] = {
+    "check_kube_sync": ("stale-realserver", "missing-realserver", "missing-virtual-service"),
+    "check_rp_filter": ("rp-filter-strict",),
+    "check_ip_forward": ("ip-forward-off",),
+    "check_dr_port_mapping": ("dr-port-mapping",),
+    "check_tw_recycle": ("tw-recycle-enabled",),
+    "check_paws": ("paws-rejects",),
+    "check_conn_table": ("tcpfin-timeout-long", "timewait-heavy"),
+    "check_conntrack": ("conntrack-near-full",),
+    "check_conn_reuse": ("conn-reuse-mode",),
+    "check_expire_nodest": ("expire-nodest-conn-off",),
+    "check_keepalive": ("ipvs-timeout-below-keepalive",),
+    "check_weight_zero": ("weight-zero-leftover",),
+    "check_dr_realserver": ("dr-arp-ignore", "dr-arp-announce", "local-vip-loop", "dr-vip-not-on-realserver"),
+    "check_syn_recv": ("syn-recv-stuck",),
+}
+
 
 def _guarded(name: str, run: Callable[[], Iterable[Finding]]) -> Iterator[Finding]:
-    """A check that crashes on odd input becomes a finding, never a traceback."""
+    """A check that raises becomes a finding, never a traceback: the report goes on."""
     try:
         yield from list(run())
-    except Exception as exc:  # noqa: BLE001 - the report must go on
+    except Exception as exc:  # noqa: BLE001 - a bug in one check must not hide the others' findings
         where = traceback.extract_tb(exc.__traceback__)[-1]
+        ids = REPORTS.get(name, ())
         yield Finding(
             id="check-failed",
-            severity=Severity.INFO,
-            summary=f"check {name} could not run on this input: {type(exc).__name__}: {exc}",
-            explanation="Part of the input did not look as expected; the other checks ran.",
+            severity=Severity.WARNING,
+            summary=f"check {name} failed: {type(exc).__name__}: {str(exc)[:200]}",
+            explanation="A bug in kubelvs doctor: please report it with the bundle. The other checks ran; "
+                        "this one's findings are unknown (not checked): " + (", ".join(ids) or name) + ".",
             evidence=(f"{where.filename.rsplit('/', 1)[-1]}:{where.lineno}",),
             subject=name,
+            unknown=ids,
         )
 
 
@@ -56,6 +85,7 @@ def analyse(bundle: Bundle, *, dr_vips: Iterable[str] = (),
     """Every finding for one host, errors first. ``dr_vips``: VIPs a director sends to this
     host in DR/TUN mode; ``remote``: findings of the hosts owning real-server addresses,
     by address (both from ``analyse_site``)."""
+    bundle.parse_all()
     findings: list[Finding] = []
     for check in CHECKS:
         findings.extend(_guarded(check.__name__, lambda c=check: c(bundle)))  # type: ignore[misc]
@@ -66,23 +96,7 @@ def analyse(bundle: Bundle, *, dr_vips: Iterable[str] = (),
         # A cause of connections hanging right now is breaking traffic: raise it to error.
         findings = [dataclasses.replace(f, severity=Severity.ERROR) if f.id in _SYN_CAUSES else f for f in findings]
     findings.extend(syn)
-    _ = bundle.role  # parse role.txt so its problems are reported
-    if bundle.problems:
-        by_file: dict[str, list[str]] = {}
-        for p in bundle.problems:
-            by_file.setdefault(p.split(":", 1)[0], []).append(p)
-        for name, problems in by_file.items():
-            findings.append(
-                Finding(
-                    id="input-unparsed",
-                    severity=Severity.INFO,
-                    summary=f"{name}: {len(problems)} part(s) could not be read; analysed the rest",
-                    explanation="Truncated or unexpected lines were skipped. Re-capture with the command named "
-                    "in the bundle's file list (numeric output: ipvsadm -Ln / -Lnc) for a complete analysis.",
-                    evidence=tuple(problems[:5]),
-                    subject=name,
-                )
-            )
+    findings.extend(input_findings(bundle))
     findings.sort(key=Finding.sort_key)
     return findings
 

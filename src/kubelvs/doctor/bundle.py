@@ -2,8 +2,14 @@
 
 A bundle is a directory with one file per command output (names in ``FILES``),
 or the same texts gathered from the live host (``live.py``). Every file is
-optional. Parse problems are collected in ``problems`` (file name first), never
-raised: doctor reports what it could not read and analyses the rest.
+optional. Parse problems are collected, never raised: ``problems`` holds the lines
+that could not be read (file name first) and ``bad_lines`` counts them per file;
+``unreadable`` names the files of which nothing could be used, with the reason. A view
+of an unreadable file is None, as for a file not captured, and the next source is
+tried (``/proc/net/ip_vs`` after ``ipvsadm -Ln``...); ``inputs.py`` tells the checks
+that needed it apart from the ones that did not, so none reports "healthy" from
+nothing. ``parse_all`` parses every file once, so a broken file is reported even when
+no check happened to need it.
 """
 
 from __future__ import annotations
@@ -11,17 +17,20 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from ..errors import ParseError
 from ..formats.ipvs_conn import ConnTable, parse_conn_list, parse_proc_conn
-from ..formats.ipvsadm_list import Listing, parse_listing, parse_proc_ip_vs, parse_timeout
+from ..formats.ipvsadm_list import Listing, parse_listing, parse_timeout
 from ..formats.ipvsadm_save import parse_save
 from ..formats.iproute import Interface, Route, parse_ip_addr, parse_ip_route, parse_ip_rule
 from ..formats.kube import KubeState, parse_kube
 from ..formats.netstat import Counters, parse_netstat_s, parse_proc_netstat
 from ..formats.nft_json import NftRuleset, parse_nft_json
 from ..formats.sysctl_text import Sysctls, parse_sysctl
+from ..formats.tokens import quote
 from ..model import Forward, RealServer, ServiceKey, Timeouts, VirtualService, kernel_version
 
 __all__ = ["Bundle", "FILES", "ROLES"]
@@ -51,7 +60,14 @@ FILES = {
 }
 ROLES = ("director", "node", "both")
 
+T = TypeVar("T")
+
 _MAX_FILE = 512 * 1024 * 1024  # refuse to read more than this of one file
+#: Every parsed view, in the order parse_all reads them (nft before nft_services, the
+#: tables before role, which infers from them).
+_VIEWS = ("listing", "stats_listing", "save", "conns", "timeouts", "sysctls", "sysctl_conf", "counters",
+          "snmp", "kernel", "interfaces", "routes", "rules", "kube", "nft", "nft_services", "role")
+_RELEASE = re.compile(r"[0-9]{1,4}\.[0-9]{1,4}[\w.+~-]{0,100}")  # uname -r: 6.1.0-28-amd64, 4.9.0-8-amd64
 
 
 class Bundle:
@@ -60,12 +76,15 @@ class Bundle:
     def __init__(self, texts: Mapping[str, str], *, origin: str = "bundle") -> None:
         self.texts = dict(texts)
         self.origin = origin
-        self.problems: list[str] = []
+        self.problems: list[str] = []  # "file:line: why: 'text'", the first few per file
+        self.bad_lines: dict[str, int] = {}  # file -> lines (or fields) that could not be read
+        self.unreadable: dict[str, str] = {}  # file -> why nothing of it could be used
+        self._files: dict[str, tuple[str, object]] = {}  # file -> (text, its usable parse or None), for _once
 
     @classmethod
     def load(cls, directory: str) -> Bundle:
         texts: dict[str, str] = {}
-        problems = []
+        cut: list[str] = []
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"{directory}: no such bundle directory")
         for name in sorted(os.listdir(directory)):
@@ -75,27 +94,103 @@ class Bundle:
             with open(path, "rb") as f:
                 data = f.read(_MAX_FILE + 1)
             if len(data) > _MAX_FILE:
-                problems.append(f"{name}: larger than {_MAX_FILE} bytes; read the first part only")
+                cut.append(name)
                 data = data[:_MAX_FILE]
             texts[name] = data.decode("utf-8", errors="replace")
         bundle = cls(texts, origin=directory)
-        bundle.problems.extend(problems)
+        for name in cut:
+            bundle._bad(name, 1, [f"{name}: larger than {_MAX_FILE} bytes; read the first part only"])
         return bundle
 
     def has(self, name: str) -> bool:
         return bool(self.texts.get(name, "").strip())
+
+    def parse_all(self) -> None:
+        """Parse every file of the bundle (each once: the views are cached), so the problems
+        of each are known before the checks run, whichever views they read."""
+        for view in _VIEWS:
+            getattr(self, view)
+        # The second choices the views did not need (/proc/net/ip_vs beside ipvsadm -Ln...):
+        # read for their problems too. Not /proc/net/ip_vs_conn beside ipvsadm -Lnc: the
+        # same table again, at millions of lines.
+        for name in ("ipvsadm-Ln.txt", "proc-net-ip_vs.txt"):
+            self._listing_file(name)
+        for name in ("proc-net-netstat.txt", "netstat-s.txt"):
+            self._counters_file(name)
+        for name in ("kubectl.json", "kubectl.yaml"):
+            self._kube_file(name)
+
+    def _bad(self, name: str, count: int, problems: list[str]) -> None:
+        """Record that ``count`` lines of ``name`` could not be read (``problems``: the first few)."""
+        if count:
+            self.bad_lines[name] = self.bad_lines.get(name, 0) + count
+            self.problems.extend(problems)
+
+    def _unusable(self, name: str, reason: str) -> None:
+        self.unreadable[name] = reason
+
+    def _best(self, names: tuple[str, ...], read: Callable[[str], T | None]) -> tuple[T, str] | None:
+        """The first of ``names`` read whole, else the first read in part (a complete second
+        choice beats a truncated first one), with its name; None when none could be read.
+        Stops at the first whole one: a second choice is only read when needed."""
+        partial: tuple[T, str] | None = None
+        for name in names:
+            result = read(name)
+            if result is None:
+                continue
+            if name not in self.bad_lines:
+                return result, name
+            partial = partial or (result, name)
+        return partial
+
+    def _once(self, name: str, read: Callable[[str], T | None]) -> T | None:
+        """``read(text)`` of file ``name``, once (its problems are recorded once); None when
+        the file is absent or unreadable."""
+        text = self.texts.get(name, "")
+        if name not in self._files or self._files[name][0] is not text:  # read again if the text was replaced
+            self._files[name] = (text, read(text) if self.has(name) else None)
+        return self._files[name][1]  # type: ignore[return-value]
+
+    def _listing_file(self, name: str) -> Listing | None:
+        def read(text: str) -> Listing | None:
+            listing = parse_listing(text, source=name, hexa=name.startswith("proc-"))
+            self._bad(name, listing.bad_lines, listing.problems)
+            if listing.services or not listing.bad_lines:
+                return listing
+            self._unusable(name, _none_read(listing.problems))  # the table is unknown, not empty
+            return None
+        return self._once(name, read)
+
+    def _counters_file(self, name: str) -> Counters | None:
+        def read(text: str) -> Counters | None:
+            counters = (parse_netstat_s if name == "netstat-s.txt" else parse_proc_netstat)(text, source=name)
+            self._bad(name, counters.bad_lines, counters.problems)
+            if counters.sections or not counters.bad_lines:
+                return counters
+            self._unusable(name, _none_read(counters.problems))
+            return None
+        return self._once(name, read)
+
+    def _kube_file(self, name: str) -> KubeState | None:
+        def read(text: str) -> KubeState | None:
+            state = parse_kube(text, source=name)
+            self._bad(name, max(state.bad_fields, len(state.problems)), state.problems)
+            if state.unreadable:
+                self._unusable(name, state.problems[0].split(": ", 1)[-1])
+            elif not state.ports and not state.node_ips and state.bad_fields:
+                self._unusable(name, f"no object in it could be used (first: {state.problems[0]})")
+            else:
+                return state
+            return None
+        return self._once(name, read)
 
     # ------------------------------------------------------------------ IPVS
 
     @functools.cached_property
     def listing(self) -> Listing | None:
         """Virtual services with ActiveConn/InActConn: ipvsadm -Ln, else /proc/net/ip_vs."""
-        for name, parse in (("ipvsadm-Ln.txt", parse_listing), ("proc-net-ip_vs.txt", parse_proc_ip_vs)):
-            if self.has(name):
-                listing = parse(self.texts[name], source=name)
-                self.problems.extend(listing.problems)
-                return listing
-        return None
+        found = self._best(("ipvsadm-Ln.txt", "proc-net-ip_vs.txt"), self._listing_file)
+        return found[0] if found else None
 
     @property
     def listing_source(self) -> str:
@@ -104,11 +199,7 @@ class Bundle:
 
     @functools.cached_property
     def stats_listing(self) -> Listing | None:
-        if not self.has("ipvsadm-Ln-stats.txt"):
-            return None
-        listing = parse_listing(self.texts["ipvsadm-Ln-stats.txt"], source="ipvsadm-Ln-stats.txt")
-        self.problems.extend(listing.problems)
-        return listing
+        return self._listing_file("ipvsadm-Ln-stats.txt")
 
     @functools.cached_property
     def save(self) -> list[VirtualService] | None:
@@ -117,36 +208,43 @@ class Bundle:
         try:
             return parse_save(self.texts["ipvsadm-Sn.txt"], source="ipvsadm-Sn.txt")
         except ParseError as exc:
-            self.problems.append(str(exc))
+            # ipvsadm -R refuses the whole file on one bad line, and so does parse_save.
+            self._bad("ipvsadm-Sn.txt", 1, [str(exc)])
+            self._unusable("ipvsadm-Sn.txt", str(exc))
             return None
 
     @functools.cached_property
     def ipvs_services(self) -> list[VirtualService] | None:
-        """The IPVS table: from the listing, else from ``ipvsadm -Sn``; None when neither was captured."""
-        if self.listing is not None and (self.listing.services or not self.save):
-            return self.listing.services
+        """The IPVS table: from the listing, else from ``ipvsadm -Sn`` (also when the listing
+        was read only in part: the save file holds the whole table); None when neither was
+        captured."""
+        listing = self.listing
+        if listing is not None and (listing.services or not self.save):
+            if not (self.save and listing.source in self.bad_lines):
+                return listing.services
         return self.save
+
+    @property
+    def ipvs_source(self) -> str:
+        """The file ``ipvs_services`` came from ("" when none)."""
+        if self.ipvs_services is None:
+            return ""
+        from_listing = self.listing is not None and self.ipvs_services is self.listing.services
+        return self.listing.source if from_listing and self.listing else "ipvsadm-Sn.txt"
 
     @functools.cached_property
     def nft_services(self) -> list[VirtualService] | None:
         """The kubelvs nftables data plane's table (``ip kubelvs`` / ``netdev kubelvs`` in
         nft.json), read back with the backend's own parser; None when nft.json has no such
         table. The same virtual services and real servers IPVS would hold."""
-        if not self.has("nft.json"):
+        nft = self.nft
+        if nft is None:
             return None
-        import json
-
         from ..backends.nftables import ruleset
 
-        try:
-            items = json.loads(self.texts["nft.json"])["nftables"]
-        except (ValueError, KeyError, TypeError):
-            return None  # parse_nft_json (self.nft) reports it
         ours = []
-        for item in items if isinstance(items, list) else []:
-            if not isinstance(item, dict) or len(item) != 1:
-                continue
-            (kind, body), = item.items()
+        for item in nft.entries:
+            ((kind, body),) = item.items()
             if not isinstance(body, dict) or body.get("family") not in ("ip", "netdev"):
                 continue
             if (body.get("name") if kind == "table" else body.get("table")) == ruleset.TABLE:
@@ -155,8 +253,14 @@ class Bundle:
             return None
         try:
             parsed = ruleset.parse_tables([{"nftables": ours}])
-        except (ValueError, KeyError, TypeError, AssertionError) as exc:
-            self.problems.append(f"nft.json: table {ruleset.TABLE} could not be read back: {exc}")
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError, AssertionError, OverflowError,
+                RecursionError) as exc:
+            # parse_tables reads what nft itself prints for the backend; a captured file can
+            # hold anything. Whatever it trips on, the table is unreadable: report it.
+            why = f"{type(exc).__name__}: {quote(str(exc), 200)}"
+            reason = f"table {ruleset.TABLE} could not be read back: {why}"
+            self._bad("nft.json", 1, [f"nft.json: {reason}"])
+            self._unusable("nft.json", reason)
             return None
         return list(parsed.services.values())
 
@@ -199,14 +303,19 @@ class Bundle:
 
     @functools.cached_property
     def conns(self) -> ConnTable | None:
-        for name, parse in (("ipvsadm-Lnc.txt", parse_conn_list), ("proc-net-ip_vs_conn.txt", parse_proc_conn)):
-            if self.has(name):
-                table = parse(self.texts[name], source=name)
-                self.problems.extend(table.problems)
-                if table.bad_lines > len(table.problems):
-                    self.problems.append(f"{name}: {table.bad_lines} lines in all could not be read")
+        """The connection table: ipvsadm -Lnc, else /proc/net/ip_vs_conn (read only then)."""
+        found = self._best(("ipvsadm-Lnc.txt", "proc-net-ip_vs_conn.txt"), self._conns_file)
+        return found[0] if found else None
+
+    def _conns_file(self, name: str) -> ConnTable | None:
+        def read(text: str) -> ConnTable | None:
+            table = (parse_conn_list if name == "ipvsadm-Lnc.txt" else parse_proc_conn)(text, source=name)
+            self._bad(name, table.bad_lines, table.problems)
+            if table.rows or not table.bad_lines:
                 return table
-        return None
+            self._unusable(name, _none_read(table.problems))
+            return None
+        return self._once(name, read)
 
     @property
     def conns_source(self) -> str:
@@ -218,7 +327,9 @@ class Bundle:
             return None
         value = parse_timeout(self.texts["ipvsadm-timeout.txt"])
         if value is None:
-            self.problems.append("ipvsadm-timeout.txt: no 'Timeout (tcp tcpfin udp): N N N' line")
+            reason = "no 'Timeout (tcp tcpfin udp): N N N' line"
+            self._bad("ipvsadm-timeout.txt", 1, [f"ipvsadm-timeout.txt: {reason}"])
+            self._unusable("ipvsadm-timeout.txt", reason)
         return value
 
     # ------------------------------------------------------------------ kernel
@@ -228,9 +339,14 @@ class Bundle:
         if not self.has("sysctl.txt"):
             return None
         parsed = parse_sysctl(self.texts["sysctl.txt"], source="sysctl.txt")
+        if not parsed.values:  # sysctl -a prints hundreds: none at all is no capture of them
+            self._bad("sysctl.txt", max(parsed.bad_lines, 1), parsed.problems)
+            reason = _none_read(parsed.problems) if parsed.problems else "no 'name = value' line"
+            self._unusable("sysctl.txt", reason)
+            return None
         # "sysctl: permission denied on key ..." is noise sysctl -a mixes in; not a problem.
         parsed.problems = [p for p in parsed.problems if "permission denied" not in p and "reading key" not in p]
-        self.problems.extend(parsed.problems)
+        self._bad("sysctl.txt", parsed.bad_lines - parsed.noise, parsed.problems)
         return parsed
 
     @functools.cached_property
@@ -238,6 +354,10 @@ class Bundle:
         if not self.has("sysctl-conf.txt"):
             return None
         parsed = parse_sysctl(self.texts["sysctl-conf.txt"], source="sysctl-conf.txt")
+        self._bad("sysctl-conf.txt", parsed.bad_lines, parsed.problems)
+        if not parsed.values and parsed.bad_lines:
+            self._unusable("sysctl-conf.txt", _none_read(parsed.problems))
+            return None
         return parsed
 
     def sysctl(self, name: str) -> int | None:
@@ -260,23 +380,26 @@ class Bundle:
     @functools.cached_property
     def counters(self) -> tuple[Counters, str] | None:
         """TCP counters and the file they came from (/proc/net/netstat preferred: exact names)."""
-        for name, parse in (("proc-net-netstat.txt", parse_proc_netstat), ("netstat-s.txt", parse_netstat_s)):
-            if self.has(name):
-                counters = parse(self.texts[name], source=name)
-                self.problems.extend(p for p in counters.problems if "histogram" not in p)
-                return counters, name
-        return None
+        return self._best(("proc-net-netstat.txt", "netstat-s.txt"), self._counters_file)
+
+    @functools.cached_property
+    def snmp(self) -> Counters | None:
+        """``/proc/net/snmp``: no check reads it yet; parsed so that a broken copy is reported."""
+        return self._counters_file("proc-net-snmp.txt")
 
     @functools.cached_property
     def kernel(self) -> tuple[int, int] | None:
         if self.has("uname.txt"):
             release = self.texts["uname.txt"].split()[0]
-            version = kernel_version(release)
+            version = kernel_version(release) if _RELEASE.fullmatch(release) else (0, 0)
             if version != (0, 0):
                 return version
-            self.problems.append(f"uname.txt: {release!r} is not a kernel release")
+            reason = f"{quote(release, 60)} is not a kernel release (uname -r prints e.g. 6.1.0-28-amd64)"
+            self._bad("uname.txt", 1, [f"uname.txt:1: {reason}"])
+            self._unusable("uname.txt", reason)
         if self.sysctls and "kernel.osrelease" in self.sysctls.values:
-            version = kernel_version(self.sysctls.values["kernel.osrelease"])
+            release = self.sysctls.values["kernel.osrelease"]
+            version = kernel_version(release) if _RELEASE.fullmatch(release) else (0, 0)
             return version if version != (0, 0) else None
         return None
 
@@ -287,8 +410,11 @@ class Bundle:
         if not self.has("ip-addr.txt"):
             return None
         interfaces, problems = parse_ip_addr(self.texts["ip-addr.txt"], source="ip-addr.txt")
-        self.problems.extend(problems)
-        return interfaces
+        self._bad("ip-addr.txt", len(problems), problems)
+        if interfaces or not problems:
+            return interfaces
+        self._unusable("ip-addr.txt", _none_read(problems))
+        return None
 
     @functools.cached_property
     def local_addresses(self) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
@@ -299,7 +425,9 @@ class Bundle:
         if not self.has("ip-route.txt"):
             return []
         routes, problems = parse_ip_route(self.texts["ip-route.txt"], source="ip-route.txt")
-        self.problems.extend(problems)
+        self._bad("ip-route.txt", len(problems), problems)
+        if not routes and problems:
+            self._unusable("ip-route.txt", _none_read(problems))
         return routes
 
     @functools.cached_property
@@ -307,24 +435,25 @@ class Bundle:
         if not self.has("ip-rule.txt"):
             return []
         rules, problems = parse_ip_rule(self.texts["ip-rule.txt"], source="ip-rule.txt")
-        self.problems.extend(problems)
+        self._bad("ip-rule.txt", len(problems), problems)
+        if not rules and problems:
+            self._unusable("ip-rule.txt", _none_read(problems))
         return rules
 
     @functools.cached_property
     def kube(self) -> KubeState | None:
-        for name in ("kubectl.json", "kubectl.yaml"):
-            if self.has(name):
-                state = parse_kube(self.texts[name], source=name)
-                self.problems.extend(state.problems)
-                return state
-        return None
+        found = self._best(("kubectl.json", "kubectl.yaml"), self._kube_file)
+        return found[0] if found else None
 
     @functools.cached_property
     def nft(self) -> NftRuleset | None:
         if not self.has("nft.json"):
             return None
         ruleset = parse_nft_json(self.texts["nft.json"], source="nft.json")
-        self.problems.extend(ruleset.problems)
+        self._bad("nft.json", max(ruleset.bad_entries, len(ruleset.problems)), ruleset.problems)
+        if ruleset.unreadable:
+            self._unusable("nft.json", ruleset.problems[0].split(": ", 1)[-1])
+            return None
         return ruleset
 
     # ------------------------------------------------------------------ derived facts
@@ -337,7 +466,9 @@ class Bundle:
             word = self.texts["role.txt"].split()[0].lower()
             if word in ROLES:
                 return word
-            self.problems.append(f"role.txt: {word!r} is not one of {', '.join(ROLES)}; inferring the role")
+            # Not unreadable for the checks: the role is inferred, as when role.txt is absent.
+            why = f"{quote(word, 40)} is not one of {', '.join(ROLES)}; inferring the role"
+            self._bad("role.txt", 1, [f"role.txt:1: {why}"])
         names = {i.name for i in self.interfaces or []}
         has_ipvs = bool(self.services) or bool(self.conns and self.conns.rows)
         pods = "kube-ipvs0" in names or any(n.startswith(("cali", "veth", "cni", "flannel", "kube-bridge")) for n in names)
@@ -362,3 +493,9 @@ class Bundle:
         if any(i.name == "kube-ipvs0" for i in self.interfaces or []):
             out.append("ip-addr.txt: kube-ipvs0 (kube-proxy in IPVS mode masquerades)")
         return out
+
+
+def _none_read(problems: list[str]) -> str:
+    """Why a file was of no use: none of its lines could be read; the first one says why."""
+    first = problems[0] if problems else "no line could be read"
+    return f"none of its lines could be read (first: {first})"

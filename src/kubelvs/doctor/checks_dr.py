@@ -1,5 +1,6 @@
-"""Checks for LVS-DR/TUN real-server hosts (the seed's external-IP setup) and the
-SYN_RECV diagnosis that draws on every other check."""
+"""Checks for LVS-DR/TUN real-server hosts (an external IP served by DR: the DR ARP
+settings and the worker-local VIP loop of docs/incidents.md) and the SYN_RECV diagnosis
+that draws on every other check."""
 
 from __future__ import annotations
 
@@ -67,8 +68,10 @@ def expected_vips(bundle: Bundle) -> list[tuple[str, str]]:
                 out.append((ip, f"{sp.ref} externalIPs"))
             for ip in sp.lb_ips:
                 out.append((ip, f"{sp.ref} loadBalancer ingress"))
-    seen: set[str] = set()
-    return [(ip, why) for ip, why in out if not (ip in seen or seen.add(ip))]
+    first: dict[str, str] = {}
+    for ip, why in out:
+        first.setdefault(ip, why)  # one entry per VIP, the first reason
+    return list(first.items())
 
 
 def _accepts(bundle: Bundle, vip: str) -> bool:
@@ -143,7 +146,8 @@ def check_dr_realserver(bundle: Bundle, *, dr_vips: Sequence[str] = ()) -> Itera
                 f"This host sends to {vip} through the director, which picks a real server; when it picks this "
                 "host, the packet comes back with this host's own source address. accept_local=1 lets it in, but "
                 "the host does not own the VIP, so it routes the packet out to the director again: the SYN "
-                "circles until its TTL runs out and the client gets 'No route to host' (the seed's TTL loop). "
+                "circles until its TTL runs out and the client gets 'No route to host' (the worker-local VIP "
+                "loop). "
                 "Put the VIP on lo (with arp_ignore/arp_announce) instead of accepting local sources."
             ),
             evidence=(f"{_kube_file(bundle) if not dr_vips else 'director'}: {vip} ({why})",
@@ -180,7 +184,8 @@ def check_dr_realserver(bundle: Bundle, *, dr_vips: Sequence[str] = ()) -> Itera
 
 
 def _kube_file(bundle: Bundle) -> str:
-    return "kubectl.json" if bundle.has("kubectl.json") else "kubectl.yaml"
+    """The file the Kubernetes data came from (kubectl.yaml when kubectl.json could not be read)."""
+    return bundle.kube.source if bundle.kube else "kubectl.json"
 
 
 def _accept_local_on(bundle: Bundle, l2: list[Interface]) -> list[Interface]:

@@ -98,7 +98,7 @@ def check_kube_sync(bundle: Bundle) -> Iterator[Finding]:
             if (addr, rs.port) in expected or rs.weight == 0:
                 continue  # weight 0: draining, gets no new connections (weight-zero-leftover's business)
             if addr in node_ips and rs.forward in (Forward.DR, Forward.TUN):
-                continue  # an LVS-DR external IP in front of the nodes (the seed's fourth part)
+                continue  # an LVS-DR external IP in front of the nodes (the DR ARP settings incident's setup)
             ports = sorted(by_addr.get(addr, []))
             if ports:
                 why = (f"{sp.ref} has endpoint {addr}:{','.join(map(str, ports))} but {bundle.plane} also sends to port {rs.port}: "
@@ -177,7 +177,8 @@ def _service_of(protocol: str, ip: str, port: int) -> str:
 
 
 def _kube_name(bundle: Bundle) -> str:
-    return "kubectl.json" if bundle.has("kubectl.json") else "kubectl.yaml"
+    """The file the Kubernetes data came from (kubectl.yaml when kubectl.json could not be read)."""
+    return bundle.kube.source if bundle.kube else "kubectl.json"
 
 
 def _fmt_eps(eps: set[tuple[str, int]]) -> str:
@@ -186,7 +187,8 @@ def _fmt_eps(eps: set[tuple[str, int]]) -> str:
 
 def _stale_without_kube(bundle: Bundle, services: list[VirtualService]) -> Iterator[Finding]:
     """Without Kubernetes data: one pod address under one virtual service on two ports is the
-    signature of a port edit the proxy did not clean up (the seed's 6379 beside 80)."""
+    signature of a port edit the proxy did not clean up (6379 beside 80 in the stale real
+    server after a port edit)."""
     listing = bundle.listing
     for svc in services:
         by_addr: dict[str, list[RealServer]] = {}

@@ -81,7 +81,7 @@ def check_tw_recycle(bundle: Bundle) -> Iterator[Finding]:
         kernel = bundle.kernel
         newer = kernel is not None and kernel >= (4, 12)
         configured = conf.int_value("net.ipv4.tcp_tw_recycle")
-        if newer:
+        if kernel is not None and newer:
             yield Finding(
                 id="tw-recycle-enabled",
                 severity=Severity.INFO,
@@ -128,7 +128,7 @@ def check_paws(bundle: Bundle) -> Iterator[Finding]:
     fix = []
     if recycle:
         fix.append(sysctl_w("net.ipv4.tcp_tw_recycle", 0))
-    fix += [sysctl_w("net.ipv4.tcp_timestamps", 0) + "   # on the host doing NAT, as the seed did; costs PAWS and RTT samples",
+    fix += [sysctl_w("net.ipv4.tcp_timestamps", 0) + "   # on the host doing NAT; costs PAWS and RTT samples",
             "# or stop SNAT of many clients to one address (DR/TUN keep client addresses)"]
     yield Finding(
         id="paws-rejects",
@@ -247,8 +247,8 @@ def check_keepalive(bundle: Bundle) -> Iterator[Finding]:
 def check_conntrack(bundle: Bundle) -> Iterator[Finding]:
     count = bundle.sysctl("net.netfilter.nf_conntrack_count")
     limit = bundle.sysctl("net.netfilter.nf_conntrack_max") or bundle.sysctl("net.nf_conntrack_max")
-    if count is None or not limit or count / limit < 0.75:
-        return
+    if count is None or limit is None or count < 0 or limit <= 0 or count / limit < 0.75:
+        return  # unknown, or no sane table size (a limit of 0 or below is not a setting: a bad capture)
     full = count / limit >= 0.9
     yield Finding(
         id="conntrack-near-full",

@@ -1,4 +1,9 @@
-"""What doctor reports: a finding with its evidence and the commands that fix it."""
+"""What doctor reports: a finding with its evidence and the commands that fix it.
+
+A finding id a check could not evaluate (its input could not be read, or the check
+failed) is *unknown*: listed in the ``unknown`` field of the input-unparsed or
+check-failed finding that explains why, never silently reported as healthy.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ class Severity(enum.IntEnum):
 
 
 #: Every id doctor can report, in the order a report lists findings of equal severity
-#: (the seed's incidents first: they are what users hit; causes before symptoms).
+#: (the incidents of docs/incidents.md first: they are what users hit; causes before symptoms).
 FINDING_IDS = (
     "stale-realserver",
     "rp-filter-strict",
@@ -57,13 +62,16 @@ class Finding:
     evidence: tuple[str, ...] = ()  # "file:line: text" the finding is based on
     fix: tuple[str, ...] = ()  # exact commands; '#' lines are remarks
     subject: str = field(default="", compare=False)  # what it is about (VIP, interface), for ordering
+    # input-unparsed and check-failed only: the finding ids that could not be checked
+    # because of it (unknown: neither found nor ruled out).
+    unknown: tuple[str, ...] = ()
 
     def sort_key(self) -> tuple[int, int, str]:
         order = FINDING_IDS.index(self.id) if self.id in FINDING_IDS else len(FINDING_IDS)
         return (-int(self.severity), order, self.subject)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "severity": str(self.severity),
             "summary": self.summary,
@@ -71,3 +79,6 @@ class Finding:
             "evidence": list(self.evidence),
             "fix": list(self.fix),
         }
+        if self.unknown:
+            out["unknown"] = list(self.unknown)
+        return out

@@ -81,7 +81,7 @@ def _sysctl_walk() -> str:
 
 def _interfaces_json() -> str | None:
     try:
-        from pyroute2 import IPRoute
+        from pyroute2 import IPRoute  # type: ignore[import-untyped]
 
         from ..formats.iproute import Address, Interface, format_ip_addr_json
     except ImportError:

@@ -11,20 +11,25 @@ Tables reach millions of rows on a busy director, so rows stay as plain tuples o
 strings ``(proto, expire_seconds, state, client, virtual, destination)`` with
 ``ADDRESS:PORT`` text in ipvsadm's notation; a whole million-row table parses in
 about a second (bench/doctor_parse.py). Lines that do not parse are counted and the
-first few quoted in ``problems``; they never raise.
+first few quoted in ``problems``; they never raise. Expiry times, addresses and ports
+are read strictly (``tokens``); each distinct text once, so strictness costs nothing.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections import Counter
 from dataclasses import dataclass, field
+
+from .tokens import MAX_PROBLEMS, decimal, hexadecimal, ip_address, lines, quote
 
 __all__ = ["ConnTable", "parse_conn_list", "parse_proc_conn", "format_conn_list", "format_proc_conn", "Row"]
 
 Row = tuple[str, int, str, str, str, str]  # proto, expire s, state, client, virtual, destination
 
-_MAX_PROBLEMS = 20
+_EXPIRE = re.compile(r"([0-9]{1,9})(?::([0-9]{2}))?")  # ipvsadm's mm:ss (minutes beyond 99 too)
+_HEX_IPV4 = re.compile(r"[0-9A-Fa-f]{8}")
 
 
 @dataclass
@@ -45,14 +50,17 @@ class ConnTable:
 
 
 def _expire(text: str) -> int:
-    minutes, _, seconds = text.partition(":")
-    return int(minutes) * 60 + int(seconds) if seconds else int(minutes)
+    m = _EXPIRE.fullmatch(text)
+    if m is None:
+        raise ValueError(text)
+    minutes, seconds = m.groups()
+    return int(minutes) * 60 + int(seconds) if seconds is not None else int(minutes)
 
 
 def _bad(table: ConnTable, source: str, lineno: int, line: str, why: str) -> None:
     table.bad_lines += 1
-    if len(table.problems) < _MAX_PROBLEMS:
-        table.problems.append(f"{source}:{lineno}: {why}: {line.strip()!r}")
+    if len(table.problems) < MAX_PROBLEMS:
+        table.problems.append(f"{source}:{lineno}: {why}: {quote(line)}")
 
 
 def parse_conn_list(text: str, *, source: str = "ipvsadm -Lnc") -> ConnTable:
@@ -63,7 +71,7 @@ def parse_conn_list(text: str, *, source: str = "ipvsadm -Lnc") -> ConnTable:
     protos = {"TCP", "UDP", "SCTP", "IP"}
     expires: dict[str, int] = {}  # a table has a few thousand distinct mm:ss values: parse each once
     lineno = 0
-    for line in text.splitlines():
+    for line in lines(text):
         lineno += 1
         parts = line.split()
         if len(parts) == 6 and parts[0] in protos:
@@ -90,19 +98,23 @@ def parse_proc_conn(text: str, *, source: str = "/proc/net/ip_vs_conn") -> ConnT
     # Addresses and ports repeat across rows (VIPs, real servers): convert each hex text once.
     addrs: dict[str, str] = {}
     ports: dict[str, str] = {}
+    seconds: dict[str, int] = {}  # and each expiry text
 
     def hostport(addr: str, port: str) -> str:
         a = addrs.get(addr)
         if a is None:
-            a = addrs[addr] = str(ipaddress.IPv4Address(int(addr, 16))) if len(addr) == 8 else f"[{ipaddress.IPv6Address(addr)}]"
+            a = addrs[addr] = _proc_address(addr)
         p = ports.get(port)
         if p is None:
-            p = ports[port] = str(int(port, 16))
+            number = hexadecimal(port, high=0xFFFF)
+            if number is None:
+                raise ValueError(f"port {port[:20]!r} is not a port in hex")
+            p = ports[port] = str(number)
         return f"{a}:{p}"
 
     rows, linenos = table.rows, table.linenos
     lineno = 0
-    for line in text.splitlines():
+    for line in lines(text):
         lineno += 1
         parts = line.split()
         if not parts or parts[0] == "Pro":
@@ -110,13 +122,31 @@ def parse_proc_conn(text: str, *, source: str = "/proc/net/ip_vs_conn") -> ConnT
         if len(parts) < 9:
             _bad(table, source, lineno, line, "too few columns (truncated?)")
             continue
+        expires = seconds.get(parts[8])
+        if expires is None:
+            expires = decimal(parts[8])
+            if expires is not None:
+                seconds[parts[8]] = expires
+        if expires is None:
+            _bad(table, source, lineno, line, "expires is not a number of seconds")
+            continue
         try:
-            rows.append((parts[0], int(parts[8]), parts[7], hostport(parts[1], parts[2]),
+            rows.append((parts[0], expires, parts[7], hostport(parts[1], parts[2]),
                          hostport(parts[3], parts[4]), hostport(parts[5], parts[6])))
             linenos.append(lineno)
         except ValueError as exc:
             _bad(table, source, lineno, line, str(exc))
     return table
+
+
+def _proc_address(text: str) -> str:
+    """``C0A83A24`` -> ``192.168.58.36``; IPv6 (%pI6, with colons) -> ``[2001:db8::1]``."""
+    if _HEX_IPV4.fullmatch(text):
+        return str(ipaddress.IPv4Address(int(text, 16)))
+    address = ip_address(text) if ":" in text else None
+    if address is None or address.version != 6:
+        raise ValueError(f"{text[:50]!r} is not an address as /proc/net/ip_vs_conn prints it")
+    return f"[{address}]"
 
 
 def format_conn_list(table: ConnTable) -> str:

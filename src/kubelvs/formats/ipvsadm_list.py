@@ -20,17 +20,20 @@ Accepted (ipvsadm 1.26-1.31, CRLF or LF, with or without the header lines, so
 - ``/proc/net/ip_vs`` is the same listing with addresses and ports in hex.
 - ``ipvsadm -L --timeout`` prints ``Timeout (tcp tcpfin udp): 900 120 300``.
 
-Unparsable lines never raise: they are collected in ``Listing.problems`` with
-their line number, and the rest of the listing is kept.
+Unparsable lines never raise: they are counted in ``Listing.bad_lines``, the first
+few quoted in ``Listing.problems`` with their line number, and the rest of the listing
+is kept. Every field is read strictly (``tokens``): any text in, a listing out.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass, field
 
 from ..model import Forward, Protocol, RealServer, RealServerKey, RealServerStats, ServiceKey, Timeouts, VirtualService
+from .tokens import MAX_PROBLEMS, decimal, hexadecimal, ip_address, lines, quote
 
 __all__ = [
     "Listing",
@@ -60,13 +63,21 @@ _SERVICES = {
 }
 
 
+_SERVICE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")  # what /etc/services names look like
+_COUNTER = re.compile(r"([0-9]{1,20})([KMGT]?)")
+_HEX_IPV4 = re.compile(r"[0-9A-Fa-f]{8}")
+_MAX_FWMARK = 2**32 - 1
+
+
 def port_number(text: str) -> int | None:
     """``80`` -> 80, ``http`` -> 80, ``0050`` (hex, /proc) handled by the caller; None if unknown."""
-    if text.isdigit():
-        value = int(text)
-        return value if value < 65536 else None
+    value = decimal(text, high=65535)
+    if value is not None or text.isascii() and text.isdigit():
+        return value
     if text in _SERVICES:
         return _SERVICES[text]
+    if not _SERVICE_NAME.fullmatch(text):
+        return None  # getservbyname raises ValueError on NUL bytes; and no service is named so
     try:
         return socket.getservbyname(text)
     except OSError:
@@ -82,7 +93,8 @@ class Listing:
     stats: dict[tuple[ServiceKey, RealServerKey], RealServerStats] = field(default_factory=dict)
     service_stats: dict[ServiceKey, RealServerStats] = field(default_factory=dict)
     lines: dict[object, tuple[int, str]] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # the first MAX_PROBLEMS, with line numbers
+    bad_lines: int = 0  # every line that could not be read
     version: str | None = None  # "1.2.1 (size=4096)" from the first line, when present
     kind: str = "list"  # "list", "stats" or "rate": which counters the rows carry
     source: str = ""  # where the text came from (file name), for evidence lines
@@ -90,11 +102,25 @@ class Listing:
     def service(self, key: ServiceKey) -> VirtualService | None:
         return next((s for s in self.services if s.key == key), None)
 
+    def problem(self, lineno: int, why: str, line: str) -> None:
+        self.bad_lines += 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(f"{self.source}:{lineno}: {why}: {quote(line)}")
+
 
 def _number(text: str) -> int:
     """ipvsadm's counters: ``123``, ``12K``, ``3M``, ``1G`` (powers of 1000, as ipvsadm prints)."""
-    mult = {"K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}.get(text[-1:], 1)
-    return int(text[:-1] if mult != 1 else text) * mult
+    m = _COUNTER.fullmatch(text)
+    if m is None:
+        raise ValueError(f"counter {text[:30]!r} is not a number")
+    return int(m.group(1)) * {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}[m.group(2)]
+
+
+def _count(text: str, what: str) -> int:
+    value = decimal(text)
+    if value is None:
+        raise ValueError(f"{what} {text[:30]!r} is not a number")
+    return value
 
 
 def _split_hostport(text: str) -> tuple[str, str]:
@@ -107,23 +133,30 @@ def _split_hostport(text: str) -> tuple[str, str]:
 
 def _hex_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     if ":" in text:  # /proc prints IPv6 as %pI6: full groups, colons
-        return ipaddress.IPv6Address(text)
+        address = ip_address(text)
+        if address is None or address.version != 6:
+            raise ValueError(f"{text[:50]!r} is not an IPv6 address")
+        return address
+    if not _HEX_IPV4.fullmatch(text):
+        raise ValueError(f"{text[:50]!r} is not an IPv4 address in hex")
     return ipaddress.IPv4Address(int(text, 16))
 
 
 def _address_port(text: str, hexa: bool) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
     host, port_text = _split_hostport(text)
     if not port_text:
-        raise ValueError(f"{text!r} has no :PORT")
+        raise ValueError(f"{text[:60]!r} has no :PORT")
     if hexa:
-        return _hex_address(host), int(port_text, 16)
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{host!r} is a host name, not an address (list with ipvsadm -Ln)") from None
+        port = hexadecimal(port_text, high=0xFFFF)
+        if port is None:
+            raise ValueError(f"port {port_text[:30]!r} is not a port in hex")
+        return _hex_address(host), port
+    address = ip_address(host)
+    if address is None:
+        raise ValueError(f"{host[:60]!r} is a host name, not an address (list with ipvsadm -Ln)")
     port = port_number(port_text)
     if port is None:
-        raise ValueError(f"unknown service name {port_text!r} (list with ipvsadm -Ln)")
+        raise ValueError(f"unknown service name {port_text[:30]!r} (list with ipvsadm -Ln)")
     return address, port
 
 
@@ -132,10 +165,9 @@ def parse_listing(text: str, *, source: str = "ipvsadm -Ln", hexa: bool = False)
     out = Listing(source=source)
     current: ServiceKey | None = None
     svc_heads: dict[ServiceKey, VirtualService] = {}
-    members: dict[ServiceKey, list[RealServer]] = {}
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.rstrip("\r\n ")
-        stripped = line.strip()
+    members: dict[ServiceKey, dict[RealServerKey, RealServer]] = {}
+    for lineno, raw in enumerate(lines(text), 1):
+        stripped = raw.strip()
         if not stripped or stripped == "--":
             continue
         words = stripped.split()
@@ -153,37 +185,37 @@ def parse_listing(text: str, *, source: str = "ipvsadm -Ln", hexa: bool = False)
             if len(words) >= 2 and words[1].startswith("RemoteAddress"):
                 continue
             if current is None:
-                out.problems.append(f"{source}:{lineno}: real server line before any service: {stripped!r}")
+                out.problem(lineno, "real server line before any service", stripped)
                 continue
             try:
-                rs, stats = _parse_dest(words[1:], current, out.kind, hexa)
+                rs, stats = _parse_dest(words[1:], out.kind, hexa)
             except (ValueError, IndexError) as exc:
-                out.problems.append(f"{source}:{lineno}: {exc}: {stripped!r}")
+                out.problem(lineno, str(exc), stripped)
                 continue
             if stats is not None:
                 out.stats[(current, rs.key)] = stats
-            if rs.key in {r.key for r in members[current]}:
+            if rs.key in members[current]:
                 continue  # the counters of a duplicate row are kept; the real server once
-            members[current].append(rs)
+            members[current][rs.key] = rs
             out.lines[(current, rs.key)] = (lineno, stripped)
             continue
         if head in _PROTO or head == "FWM":
             try:
                 svc, stats = _parse_service(words, out.kind, hexa)
             except (ValueError, IndexError) as exc:
-                out.problems.append(f"{source}:{lineno}: {exc}: {stripped!r}")
+                out.problem(lineno, str(exc), stripped)
                 current = None
                 continue
             current = svc.key
             if current not in svc_heads:
                 svc_heads[current] = svc
-                members[current] = []
+                members[current] = {}
                 out.lines[current] = (lineno, stripped)
             if stats is not None:
                 out.service_stats[current] = stats
             continue
-        out.problems.append(f"{source}:{lineno}: not an ipvsadm listing line: {stripped!r}")
-    out.services = [svc.with_realservers(members[key]) for key, svc in svc_heads.items()]
+        out.problem(lineno, "not an ipvsadm listing line", stripped)
+    out.services = [svc.with_realservers(members[key].values()) for key, svc in svc_heads.items()]
     return out
 
 
@@ -191,10 +223,26 @@ def parse_proc_ip_vs(text: str, *, source: str = "/proc/net/ip_vs") -> Listing:
     return parse_listing(text, source=source, hexa=True)
 
 
+def _netmask(text: str, family: int) -> int:
+    if text.isascii() and text.isdigit():
+        value = decimal(text, high=32 if family == 4 else 128)
+    else:
+        try:
+            dotted = family == 4 and len(text) <= 15
+            value = ipaddress.IPv4Network(f"0.0.0.0/{text}").prefixlen if dotted else None
+        except ValueError:
+            value = None
+    if value is None:
+        raise ValueError(f"mask {text[:40]!r} is not a netmask")
+    return value
+
+
 def _parse_service(words: list[str], kind: str, hexa: bool) -> tuple[VirtualService, RealServerStats | None]:
     head = words[0]
     if head == "FWM":
-        fwmark = int(words[1], 16) if hexa else int(words[1])
+        fwmark = hexadecimal(words[1]) if hexa else decimal(words[1])
+        if fwmark is None or not 1 <= fwmark <= _MAX_FWMARK:
+            raise ValueError(f"fwmark {words[1][:30]!r} is not a mark 1-{_MAX_FWMARK}")
         rest = words[2:]
         family = 4
         if rest and rest[0] == "IPv6":
@@ -212,6 +260,8 @@ def _parse_service(words: list[str], kind: str, hexa: bool) -> tuple[VirtualServ
     if not rest:
         raise ValueError("no scheduler")
     scheduler, rest = rest[0], rest[1:]
+    if not _SERVICE_NAME.fullmatch(scheduler):
+        raise ValueError(f"scheduler {scheduler[:30]!r} is not a scheduler name")
     flags: set[str] = set()
     persistence = 0
     netmask: int | None = None
@@ -221,11 +271,10 @@ def _parse_service(words: list[str], kind: str, hexa: bool) -> tuple[VirtualServ
         if word.startswith("("):  # scheduler flags: "(sh-fallback,sh-port)"
             flags.update(f for f in word.strip("()").split(",") if f)
         elif word == "persistent":
-            persistence = int(rest[i + 1])
+            persistence = _count(rest[i + 1], "persistence")
             i += 1
         elif word == "mask":
-            mask = rest[i + 1]
-            netmask = int(mask) if mask.isdigit() else ipaddress.IPv4Network(f"0.0.0.0/{mask}").prefixlen
+            netmask = _netmask(rest[i + 1], key.family)
             if netmask == (32 if key.family == 4 else 128):
                 netmask = None
             i += 1
@@ -239,7 +288,7 @@ def _parse_service(words: list[str], kind: str, hexa: bool) -> tuple[VirtualServ
     return VirtualService(key=key, scheduler=scheduler, persistence=persistence, netmask=netmask, flags=frozenset(flags)), None
 
 
-def _parse_dest(words: list[str], svc: ServiceKey, kind: str, hexa: bool) -> tuple[RealServer, RealServerStats | None]:
+def _parse_dest(words: list[str], kind: str, hexa: bool) -> tuple[RealServer, RealServerStats | None]:
     address, port = _address_port(words[0], hexa)
     if kind != "list":
         counters = [_number(w) for w in words[1:6]]
@@ -250,8 +299,9 @@ def _parse_dest(words: list[str], svc: ServiceKey, kind: str, hexa: bool) -> tup
         raise ValueError("expected ADDRESS:PORT FORWARD WEIGHT ACTIVECONN INACTCONN (truncated line?)")
     forward = _FORWARD.get(words[1].lower())
     if forward is None:
-        raise ValueError(f"unknown forwarding method {words[1]!r}")
-    weight, active, inactive = int(words[2]), int(words[3]), int(words[4])
+        raise ValueError(f"unknown forwarding method {words[1][:30]!r}")
+    weight = _count(words[2], "weight")
+    active, inactive = _count(words[3], "ActiveConn"), _count(words[4], "InActConn")
     return (
         RealServer(address=address, port=port, weight=weight, forward=forward),
         RealServerStats(active_conns=active, inactive_conns=inactive),
@@ -316,12 +366,14 @@ def format_proc_ip_vs(listing: Listing) -> str:
 
 def parse_timeout(text: str) -> Timeouts | None:
     """``Timeout (tcp tcpfin udp): 900 120 300`` -> Timeouts; None when absent or garbled."""
-    for raw in text.splitlines():
+    for raw in lines(text):
         line = raw.strip()
         if line.startswith("Timeout") and ":" in line:
-            values = line.rsplit(":", 1)[1].split()
-            if len(values) == 3 and all(v.isdigit() for v in values):
-                return Timeouts(int(values[0]), int(values[1]), int(values[2]))
+            values = [decimal(v) for v in line.rsplit(":", 1)[1].split()]
+            if len(values) == 3 and None not in values:
+                tcp, tcpfin, udp = values
+                assert tcp is not None and tcpfin is not None and udp is not None  # for mypy
+                return Timeouts(tcp, tcpfin, udp)
     return None
 
 

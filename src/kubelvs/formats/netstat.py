@@ -6,12 +6,17 @@ English sentences ("17855 packets rejects in established connections because of
 timestamp"); the sentences for the counters kubelvs doctor reads are mapped back
 to kernel names, the others are kept under their sentence, and ``Name: value``
 lines (counters netstat has no sentence for) keep their name.
+
+Lines that are not counters are counted in ``bad_lines`` and the first few quoted in
+``problems``; numbers are read strictly (``tokens``). Any text in, ``Counters`` out.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
+from .tokens import MAX_PROBLEMS, lines, quote, signed_decimal
 
 __all__ = ["Counters", "parse_netstat_s", "parse_proc_netstat", "format_proc_netstat", "format_netstat_s"]
 
@@ -41,20 +46,27 @@ _SENTENCES = {
     ("Ip", "forwarded"): "ForwDatagrams",
     ("Ip", "total packets received"): "InReceives",
 }
-_NAME_OF = {}
+_NAME_OF: dict[tuple[str, str], str] = {}
 for (_sec, _sentence), _name in _SENTENCES.items():
     _NAME_OF.setdefault((_sec, _name), _sentence)
 
-_NUMBER_FIRST = re.compile(r"^(\d+) (.+)$")
-_NUMBER_INSIDE = re.compile(r"^(\D+?) (\d+) (.+)$")
-_NAME_VALUE = re.compile(r"^([A-Za-z][\w -]*): (-?\d+)$")
+# [0-9]{1,20}, not \d+: \d matches every script's digits, and int() raises on 4,300 of them.
+_NUMBER_FIRST = re.compile(r"^([0-9]{1,20}) (.+)$")
+_NUMBER_INSIDE = re.compile(r"^([^0-9]+?) ([0-9]{1,20}) (.+)$")
+_NAME_VALUE = re.compile(r"^([A-Za-z][\w -]*): (-?[0-9]{1,20})$")
 
 
 @dataclass
 class Counters:
     sections: dict[str, dict[str, int]] = field(default_factory=dict)
     lines: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # the first MAX_PROBLEMS
+    bad_lines: int = 0
+
+    def problem(self, text: str) -> None:
+        self.bad_lines += 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(text)
 
     def get(self, section: str, name: str) -> int | None:
         return self.sections.get(section, {}).get(name)
@@ -67,8 +79,8 @@ class Counters:
 def parse_netstat_s(text: str, *, source: str = "netstat -s") -> Counters:
     out = Counters()
     section = ""
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.rstrip("\r\n ")
+    for lineno, raw in enumerate(lines(text), 1):
+        line = raw.rstrip()
         if not line.strip():
             continue
         if not line[0].isspace():
@@ -101,35 +113,37 @@ def parse_netstat_s(text: str, *, source: str = "netstat -s") -> Counters:
             continue
         if stripped.endswith(":"):  # "ICMP input histogram:"
             continue
-        if len(out.problems) < 20:
-            out.problems.append(f"{source}:{lineno}: not a counter line: {stripped!r}")
+        out.problem(f"{source}:{lineno}: not a counter line: {quote(stripped)}")
     return out
 
 
 def parse_proc_netstat(text: str, *, source: str = "/proc/net/netstat") -> Counters:
     out = Counters()
-    lines = text.splitlines()
+    rows = lines(text)
+    while rows and not rows[-1].strip():
+        rows.pop()  # the final newline
     i = 0
-    while i + 1 < len(lines):
-        head, values = lines[i].split(), lines[i + 1].split()
+    while i + 1 < len(rows):
+        head, values = rows[i].split(), rows[i + 1].split()
         if not head or not values or head[0] != values[0] or not head[0].endswith(":"):
-            out.problems.append(f"{source}:{i + 1}: expected a header line and a value line of one section")
+            why = "expected a header line and a value line of one section"
+            out.problem(f"{source}:{i + 1}: {why}: {quote(rows[i])}")
             i += 1
             continue
         section = head[0][:-1]
         if len(head) != len(values):
-            out.problems.append(f"{source}:{i + 2}: {len(head) - 1} names but {len(values) - 1} values (truncated?)")
+            out.problem(f"{source}:{i + 2}: {len(head) - 1} names but {len(values) - 1} values (truncated?)")
         counters = out.sections.setdefault(section, {})
-        for name, value in zip(head[1:], values[1:]):
-            try:
-                counters[name] = int(value)
-            except ValueError:
-                out.problems.append(f"{source}:{i + 2}: {name} is not a number: {value!r}")
+        for name, text_value in zip(head[1:], values[1:]):
+            value = signed_decimal(text_value)
+            if value is None:
+                out.problem(f"{source}:{i + 2}: {name[:40]} is not a number: {quote(text_value, 40)}")
                 continue
-            out.lines[(section, name)] = (i + 2, f"{section}: {name} {value}")
+            counters[name] = value
+            out.lines[(section, name)] = (i + 2, f"{section}: {name} {text_value}")
         i += 2
-    if i < len(lines) and lines[i].strip():
-        out.problems.append(f"{source}:{i + 1}: header line without values (truncated?)")
+    if i < len(rows):
+        out.problem(f"{source}:{i + 1}: header line without values (truncated?): {quote(rows[i])}")
     return out
 
 

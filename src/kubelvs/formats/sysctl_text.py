@@ -3,13 +3,16 @@
 ``sysctl`` prints an interface name containing dots with slashes
 (``net.ipv4.conf.eth0/100.rp_filter`` is interface ``eth0.100``); ``conf_key``
 undoes that. Values are kept as text (some are several numbers separated by tabs);
-``int_value`` reads the first number. Comment lines, ``sysctl: permission denied``
-noise and lines without ``=`` are skipped and counted in ``problems``.
+``int_value`` reads the first number (strictly, ``tokens``). Comment lines are skipped;
+``sysctl: permission denied`` noise and lines without ``=`` are counted in ``bad_lines``
+and the first few quoted in ``problems``. Any text in, a ``Sysctls`` out.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from .tokens import MAX_PROBLEMS, lines, quote, signed_decimal
 
 __all__ = ["Sysctls", "parse_sysctl", "format_sysctl", "conf_key"]
 
@@ -18,16 +21,16 @@ __all__ = ["Sysctls", "parse_sysctl", "format_sysctl", "conf_key"]
 class Sysctls:
     values: dict[str, str] = field(default_factory=dict)
     lines: dict[str, tuple[int, str]] = field(default_factory=dict)  # name -> (line number, line)
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # the first MAX_PROBLEMS
+    bad_lines: int = 0
+    noise: int = 0  # of the bad lines, sysctl's own complaints ("sysctl: permission denied on key ...")
 
     def int_value(self, name: str) -> int | None:
         text = self.values.get(name)
         if text is None:
             return None
-        try:
-            return int(text.split()[0])
-        except (ValueError, IndexError):
-            return None
+        words = text.split(maxsplit=1)
+        return signed_decimal(words[0]) if words else None
 
     def evidence(self, name: str, source: str = "sysctl.txt") -> str:
         lineno, line = self.lines.get(name, (0, f"{name} = {self.values.get(name, '?')}"))
@@ -50,15 +53,17 @@ def conf_key(name: str) -> tuple[str, str]:
 
 def parse_sysctl(text: str, *, source: str = "sysctl -a") -> Sysctls:
     out = Sysctls()
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip().rstrip("\r")
+    for lineno, raw in enumerate(lines(text), 1):
+        line = raw.strip()
         if not line or line.startswith(("#", ";")):
             continue
         name, sep, value = line.partition("=")
         name = name.strip().lstrip("-")  # sysctl.conf: "-name = v" ignores errors
-        if not sep or not name or " " in name:
-            if len(out.problems) < 20:
-                out.problems.append(f"{source}:{lineno}: not 'name = value': {line!r}")
+        if not sep or not name or len(name.split()) != 1 or not name.isprintable():
+            out.bad_lines += 1
+            out.noise += line.startswith("sysctl: ")
+            if len(out.problems) < MAX_PROBLEMS:
+                out.problems.append(f"{source}:{lineno}: not 'name = value': {quote(line)}")
             continue
         if name.startswith(("net/", "kernel/", "fs/", "vm/")):  # slash form: dots are literal
             name = ".".join(p.replace(".", "/") for p in name.split("/"))

@@ -118,6 +118,13 @@ def sorted_addresses(texts: Iterable[str]) -> list[str]:
     return [str(a) for a in parsed]
 
 
+def _is_ipv4(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 4
+    except ValueError:
+        return False
+
+
 def _conf(iface: str, key: str) -> str:
     # Path form: interface names may contain dots (eth0.100).
     return f"net/ipv4/conf/{iface}/{key}"
@@ -499,6 +506,32 @@ class NodeAgent:
                 wanted.append(str(address))
         with self._exclusive():
             return self._sync(wanted)
+
+    def drifted(self, vips: Iterable[str]) -> bool:
+        """True when the node no longer holds what ``sync(vips)`` made it hold: a VIP gone,
+        an ARP or reverse-path setting changed by someone else. Read-only and cheap (one
+        address dump, a few /proc reads): the agent's loop asks every second, so that
+        damage is repaired in about a second instead of at the next resync."""
+        wanted = [v for v in vips if _is_ipv4(v)]
+        if not wanted:
+            return False
+        with _node_errors():
+            held = {a.address for a in iproute.addresses(self.netns)}
+            if any(v not in held for v in wanted):
+                return True
+            iface = self.interface
+            for key, need in (("arp_ignore", 1), ("arp_announce", 2)):
+                if max(self._read(_conf("all", key)) or 0, self._read(_conf(iface, key)) or 0) < need:
+                    return True
+            if self._read(_conf(iface, "rp_filter")) == 1 or (
+                self.mode != "tun" and self._read(_conf("all", "rp_filter")) == 1
+            ):
+                return True
+            if self.mode == "tun":
+                tunl = max(self._read(_conf("all", "rp_filter")) or 0, self._read(_conf(TUN_DEVICE, "rp_filter")) or 0)
+                link = iproute.link(self.netns, TUN_DEVICE)
+                return tunl != 0 or link is None or not link.up
+        return False
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:

@@ -117,8 +117,17 @@ class KubernetesSource:
                     "%s is in the config file and in Kubernetes (%s); the config file wins", key, services[key].name
                 )
             services[key] = vs
+        health = dict(result.desired.health)
+        if self.base.services:  # the config file's services win here too, with their own checks
+            for key in self.base.services:
+                health.pop(key, None)
+            health.update(self.base.health)
         desired = DesiredState(
-            services=services, timeouts=self.base.timeouts, sysctls=self.base.sysctls, ownership=self.settings.ownership
+            services=services,
+            timeouts=self.base.timeouts,
+            sysctls=self.base.sysctls,
+            ownership=self.settings.ownership,
+            health=health,
         )
         self.last_result, self._last_snapshot = result, snap
         # The config file's services never change while we run: they are no change.

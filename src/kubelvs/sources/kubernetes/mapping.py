@@ -139,10 +139,11 @@ def service_check(
     if chosen == "none" or (chosen == "default" and settings.health is None):
         return None, []
     base = settings.health or HealthCheck(kind=CheckKind.HTTP, path="/healthz")
+    node_port = svc.health_check_node_port if svc.local_traffic else None
+    default = replace(base, kind=CheckKind.HTTP, path="/healthz", port=node_port or settings.kube_proxy_health_port)
     bad: list[str] = []
     if chosen == "default":
-        port = svc.health_check_node_port if svc.local_traffic else None
-        check = replace(base, kind=CheckKind.HTTP, path="/healthz", port=port or settings.kube_proxy_health_port)
+        check = default
     elif chosen in _CHECK_KINDS:
         check = replace(base, kind=_CHECK_KINDS[chosen], path=svc.annotation(ann.HEALTH_PATH) or "/healthz", port=None)
         port_text = svc.annotation(ann.HEALTH_PORT)
@@ -155,7 +156,7 @@ def service_check(
             bad.append(f"{ann.HEALTH_PATH}: {check.path!r} must start with /")
     else:
         bad.append(f"{ann.HEALTH_CHECK}: {chosen!r} is not default, none, tcp, http or https")
-        check = base
+        check = default
     mode = (svc.annotation(ann.HEALTH_MODE) or "direct").strip().lower()
     if mode == "vip":
         if check.kind is not CheckKind.TCP:
@@ -168,7 +169,7 @@ def service_check(
         bad.append(f"{ann.HEALTH_MODE}: {mode!r} is not direct or vip")
     if bad:
         message = "; ".join(bad) + "; the default check is used"
-        return (base if settings.health is not None else None), [_event(svc, "InvalidAnnotation", message)]
+        return (default if settings.health is not None else None), [_event(svc, "InvalidAnnotation", message)]
     return check, []
 
 
