@@ -20,11 +20,11 @@ APT_DEMO  := python3 python3-venv iproute2 nftables procps kmod
 # (virtme-ng's guest init needs udevd for its command channel: without it vng prints
 # nothing and fails).
 APT_TEST  := $(APT_DEMO) conntrack ipvsadm net-tools qemu-system-x86 busybox-static file udev
-# The data-path benchmark (bench-dr), in the VM.
-APT_BENCH := $(APT_TEST) iperf3 wrk curl
+# The benchmarks in the VM: the data path (bench-dr), keepalived beside kubelvs (bench-health).
+APT_BENCH := $(APT_TEST) iperf3 wrk curl keepalived
 
 .PHONY: setup setup-test setup-check setup-bench apt-demo apt-test apt-bench \
-        test test-machine test-vm check demo demo-ipvs bench bench-dr clean
+        test test-machine test-vm check demo demo-ipvs bench bench-dr bench-health clean
 
 ## Set-up. The apt-* steps cost a dpkg query when everything is there; the virtualenv
 ## stamps are rebuilt when pyproject.toml changes.
@@ -91,6 +91,12 @@ demo-ipvs: setup-test
 bench: setup-test
 	scripts/vm-run -- $(PY) bench/ipvs_sync.py --out bench/results
 	$(PY) bench/nft_sync.py
+
+## Health checks: probe load and node failure at 10,000 services (nftables, this kernel);
+## then kubelvs beside keepalived on the same lab (IPVS, in the VM).
+bench-health: setup-bench
+	$(PY) bench/health.py --out bench/results
+	scripts/vm-run -- $(PY) bench/health_keepalived.py --out bench/results
 
 ## The DR data path in the VM: direct vs IPVS-DR vs nftables-DR with wrk and iperf3 (~12 min).
 ## The host's /proc/loadavg is copied into a file the VM reads, so the report records the load.

@@ -29,14 +29,24 @@ def make_table(rows: int) -> ConnTable:
     out = []
     for i in range(rows):
         vip = f"10.96.{i % 50}.{i % 200 + 1}:{80 + i % 3}"
-        out.append(("TCP", rng.randrange(0, 900), STATES[i % len(STATES)],
-                    f"192.168.{rng.randrange(256)}.{rng.randrange(1, 255)}:{rng.randrange(1024, 65536)}", vip,
-                    f"172.26.{i % 250}.{i % 97 + 1}:{8080 + i % 3}"))
+        out.append(
+            (
+                "TCP",
+                rng.randrange(0, 900),
+                STATES[i % len(STATES)],
+                f"192.168.{rng.randrange(256)}.{rng.randrange(1, 255)}:{rng.randrange(1024, 65536)}",
+                vip,
+                f"172.26.{i % 250}.{i % 97 + 1}:{8080 + i % 3}",
+            )
+        )
     return ConnTable(rows=out)
 
 
 def lnc_text(table: ConnTable) -> str:
-    lines = ["IPVS connection entries", "pro expire state       source             virtual            destination"]
+    lines = [
+        "IPVS connection entries",
+        "pro expire state       source             virtual            destination",
+    ]
     for p, e, s, c, v, d in table.rows:
         lines.append(f"{p} {e // 60:02d}:{e % 60:02d}  {s:<11} {c:<21} {v:<21} {d}")
     return "\n".join(lines) + "\n"
@@ -87,12 +97,19 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "doctor_parse.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = [f"# doctor parse benchmark ({args.rows:,} connection rows, best of {args.repeat})", "",
-          "| step | seconds | x baseline |", "|---|---:|---:|"]
+    md = [
+        f"# doctor parse benchmark ({args.rows:,} connection rows, best of {args.repeat})",
+        "",
+        "| step | seconds | x baseline |",
+        "|---|---:|---:|",
+    ]
     for k, v in results.items():
         md.append(f"| {k} | {v:.3f} | {v / base:.2f} |")
-    md += ["", "baseline_split: splitlines + str.split of every line (the least any parser does).",
-           "analyse_bundle_lnc: parse + every check over a bundle holding the table and the timeouts."]
+    md += [
+        "",
+        "baseline_split: splitlines + str.split of every line (the least any parser does).",
+        "analyse_bundle_lnc: parse + every check over a bundle holding the table and the timeouts.",
+    ]
     (out / "doctor_parse.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

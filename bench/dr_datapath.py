@@ -133,7 +133,10 @@ def counters(backend: Backend, key: ServiceKey, observed: ObservedState | None =
 
 
 def delta(after: RealServerStats, before: RealServerStats) -> dict[str, int]:
-    return {f: getattr(after, f) - getattr(before, f) for f in ("in_packets", "in_bytes", "out_packets", "out_bytes")}
+    return {
+        f: getattr(after, f) - getattr(before, f)
+        for f in ("in_packets", "in_bytes", "out_packets", "out_bytes")
+    }
 
 
 # ----------------------------------------------------------------------------- tools
@@ -190,9 +193,13 @@ def run_iperf(lab: Lab, client: str, host: str, secs: float, reverse: bool) -> d
     try:
         report = json.loads(proc.stdout)
     except json.JSONDecodeError as exc:
-        raise BenchError(f"iperf3 {'-R ' if reverse else ''}to {host}: no JSON ({proc.stderr.strip()})") from exc
+        raise BenchError(
+            f"iperf3 {'-R ' if reverse else ''}to {host}: no JSON ({proc.stderr.strip()})"
+        ) from exc
     if "error" in report or proc.returncode != 0:
-        raise BenchError(f"iperf3 {'-R ' if reverse else ''}to {host}: {report.get('error', proc.stderr.strip())}")
+        raise BenchError(
+            f"iperf3 {'-R ' if reverse else ''}to {host}: {report.get('error', proc.stderr.strip())}"
+        )
     received = report["end"]["sum_received"]
     return {
         "mbit_s": received["bits_per_second"] / 1e6,
@@ -288,7 +295,8 @@ def measure(
     c_http, c_fwd, c_rev = moved(HTTP_KEY, s1, s0), moved(IPERF_KEY, s1, s0), moved(IPERF_KEY, s2, s1)
     if rps["socket_errors"] > 0.005 * max(rps["requests"], 1) or rps["non_2xx"]:
         raise BenchError(
-            f"wrk to {host}: {rps['socket_errors']} socket errors, {rps['non_2xx']} non-2xx in {rps['requests']}"
+            f"wrk to {host}: {rps['socket_errors']} socket errors, "
+            f"{rps['non_2xx']} non-2xx in {rps['requests']}"
         )
     if backend is not None:
         # A request on a new connection is at least SYN, request, FIN from the client.
@@ -296,7 +304,8 @@ def measure(
             raise BenchError(f"{backend.name}: {c_http['in_packets']} packets for {rps['requests']} requests")
         if c_fwd["in_bytes"] < fwd["bytes"]:
             raise BenchError(
-                f"{backend.name}: director counted {c_fwd['in_bytes']} bytes, iperf3 server got {fwd['bytes']}"
+                f"{backend.name}: director counted {c_fwd['in_bytes']} bytes, "
+                f"iperf3 server got {fwd['bytes']}"
             )
         if c_rev["in_packets"] == 0:
             raise BenchError(f"{backend.name}: no ACKs of iperf3 -R crossed the director")
@@ -325,7 +334,9 @@ class Switch:
         """Program ``path``'s plane (after emptying the one that held the services) and
         check that every plane reads back as intended."""
         first = self.holder is None
-        for name, director in sorted(self.directors.items(), key=lambda kv: kv[0] == path):  # empty ones first
+        for name, director in sorted(
+            self.directors.items(), key=lambda kv: kv[0] == path
+        ):  # empty ones first
             if first or name in (path, self.holder):
                 director.sync(self.full if name == path else self.empty)
         self.holder = path
@@ -392,7 +403,9 @@ def main() -> int:
                 switch.to(path)
                 t1 = time.perf_counter()
                 got = curl_body(lab, client, rs_ip if path == "direct" else VIP)
-                print(f"{path}: switched in {t1 - t0:.1f} s, curl {time.perf_counter() - t1:.1f} s", flush=True)
+                print(
+                    f"{path}: switched in {t1 - t0:.1f} s, curl {time.perf_counter() - t1:.1f} s", flush=True
+                )
                 if got != body:
                     raise BenchError(f"{path}: the answer is not the served file ({got[:60]!r})")
             print(f"every path answers, at {time.time() - started:.1f} s", flush=True)
@@ -422,8 +435,10 @@ def main() -> int:
                         }
                     )
                     print(
-                        f"round {r} {path:12s} {m['wrk']['rps']:8.0f} req/s  fwd {m['iperf_fwd']['mbit_s']:8.0f} Mbit/s"
-                        f"  rev {m['iperf_rev']['mbit_s']:8.0f} Mbit/s  (switch {t1 - t0:.1f} s, measure {time.perf_counter() - t1:.1f} s)",
+                        f"round {r} {path:12s} {m['wrk']['rps']:8.0f} req/s  "
+                        f"fwd {m['iperf_fwd']['mbit_s']:8.0f} Mbit/s  "
+                        f"rev {m['iperf_rev']['mbit_s']:8.0f} Mbit/s  "
+                        f"(switch {t1 - t0:.1f} s, measure {time.perf_counter() - t1:.1f} s)",
                         flush=True,
                     )
             load.append(
@@ -470,7 +485,9 @@ def write_report(
     med = {p: {k: statistics.median(f(by[r, p]) for r in rounds) for k, f in metrics.items()} for p in paths}
     # Paired: each round's value over the same round's direct value, so the machine's slow
     # drift (the CPU calibration varies 2x and more) cancels; median and range over rounds.
-    paired = {p: {k: [f(by[r, p]) / f(by[r, "direct"]) for r in rounds] for k, f in metrics.items()} for p in paths}
+    paired = {
+        p: {k: [f(by[r, p]) / f(by[r, "direct"]) for r in rounds] for k, f in metrics.items()} for p in paths
+    }
     ratio = {p: {k: statistics.median(v) for k, v in paired[p].items()} for p in paths}
     spread = {p: {k: [f(by[r, p]) for r in rounds] for k, f in metrics.items()} for p in paths}
     cal = [x["calibration_ms"] for x in load]
@@ -498,7 +515,8 @@ def write_report(
     md = [
         "# DR data path: IPVS-DR vs nftables-DR vs direct (same run)",
         "",
-        f"Kernel {meta['kernel']}, CPU {meta['cpu_model']!r} x {meta['cpus']}, shared by client, director and",
+        f"Kernel {meta['kernel']}, CPU {meta['cpu_model']!r} x {meta['cpus']}, "
+        "shared by client, director and",
         "real server (in the VM, `scripts/vm-run`: qemu without KVM, an emulated CPU): read the ratios,",
         "not the absolute numbers.",
         f"{meta['date']}, {len(rounds)} rounds (paths in rotated order); {wall / 60:.1f} min in all.",
@@ -509,7 +527,8 @@ def write_report(
         "",
         f"- requests/s: `wrk -t1 -c{args.connections} -d{args.wrk_secs:g}s -H 'Connection: close'`,",
         f"  a new TCP connection per request, against busybox httpd serving a {args.body}-byte file;",
-        f"- client -> server: `iperf3 -t {args.iperf_secs:g} -O 1` (the direction that crosses the director in DR);",
+        f"- client -> server: `iperf3 -t {args.iperf_secs:g} -O 1` "
+        "(the direction that crosses the director in DR);",
         "- server -> client: `iperf3 -R` (only the client's ACKs cross the director).",
         "",
         "Checked in every DR measurement: the director's counters for the service (read through the",
@@ -539,8 +558,9 @@ def write_report(
     for p in paths:
         sp = spread[p]
         md.append(
-            f"| {p} | {' '.join(f'{v:.0f}' for v in sp['rps'])} | {' '.join(f'{v:.0f}' for v in sp['fwd_mbit_s'])}"
-            f" | {' '.join(f'{v:.0f}' for v in sp['rev_mbit_s'])} | {med[p]['latency_p50_ms']:.0f} |"
+            f"| {p} | {' '.join(f'{v:.0f}' for v in sp['rps'])} | "
+            f"{' '.join(f'{v:.0f}' for v in sp['fwd_mbit_s'])} | "
+            f"{' '.join(f'{v:.0f}' for v in sp['rev_mbit_s'])} | {med[p]['latency_p50_ms']:.0f} |"
         )
     (out / "dr_datapath.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

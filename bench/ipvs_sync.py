@@ -79,7 +79,9 @@ class Namespace:
 
 def kernel_rules(ns: str) -> list[str]:
     """The namespace's IPVS table as sorted ``ipvsadm -Sn`` lines (the kernel lists in hash order)."""
-    out = subprocess.run(["ip", "netns", "exec", ns, "ipvsadm", "-Sn"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, "ipvsadm", "-Sn"], capture_output=True, text=True, check=True
+    ).stdout
     return sorted(out.splitlines())
 
 
@@ -111,7 +113,9 @@ class LocalRuntime:
     def __init__(self, workdir: Path) -> None:
         self.stage = workdir / "runtime"
         self.roots = {
-            "stdlib": Path(sys.base_prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}",
+            "stdlib": Path(sys.base_prefix)
+            / "lib"
+            / f"python{sys.version_info.major}.{sys.version_info.minor}",
             "site": Path(next(p for p in sys.path if p.endswith("site-packages"))),
             "src": ROOT / "src",
         }
@@ -129,8 +133,21 @@ class LocalRuntime:
         )
         with Namespace("warmup") as ns:
             proc = subprocess.run(
-                [sys.executable, "-c", code, "apply", "-f", str(config_path), "--backend", "ipvs", "--netns", ns],
-                capture_output=True, text=True, check=False,
+                [
+                    sys.executable,
+                    "-c",
+                    code,
+                    "apply",
+                    "-f",
+                    str(config_path),
+                    "--backend",
+                    "ipvs",
+                    "--netns",
+                    ns,
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
             )
         if proc.returncode != 0:
             raise SystemExit(f"warm-up apply failed: {proc.stderr[-2000:]}")
@@ -193,7 +210,9 @@ def cold_sync(n: int, workdir: Path, repeat: int) -> dict[str, object]:
 
     def apply(setup: Callable[[], None] | None, tag: str) -> float:
         with Namespace(tag) as ns:
-            elapsed = timed([KUBELVS, "apply", "-f", str(config_path), "--backend", "ipvs", "--netns", ns], setup=setup)
+            elapsed = timed(
+                [KUBELVS, "apply", "-f", str(config_path), "--backend", "ipvs", "--netns", ns], setup=setup
+            )
             assert kernel_rules(ns) == expected, f"kubelvs apply ({tag}) did not program exactly the config"
         return elapsed
 
@@ -213,7 +232,9 @@ def cold_sync(n: int, workdir: Path, repeat: int) -> dict[str, object]:
         "rounds": repeat,
         "ipvsadm_restore_s": round(t_ipvsadm, 3),
         "kubelvs_apply_s": round(statistics.median(applies), 3),
-        "ratio_to_ipvsadm": round(statistics.median(a / r for a, r in zip(applies, restores, strict=True)), 3),
+        "ratio_to_ipvsadm": round(
+            statistics.median(a / r for a, r in zip(applies, restores, strict=True)), 3
+        ),
         "ipvsadm_restore_runs_s": [round(t, 3) for t in restores],
         "kubelvs_apply_runs_s": [round(t, 3) for t in applies],
         "kubelvs_apply_9p_s": round(over_9p, 3),
@@ -263,7 +284,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--rounds", type=int, default=50)
-    parser.add_argument("--repeat", type=int, default=5, help="cold-sync rounds per size (medians are reported)")
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="cold-sync rounds per size (medians are reported)"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, object] = {
@@ -299,21 +322,28 @@ def write(results: dict[str, object], out: Path) -> None:
         "",
         "## Cold sync (fresh namespace each), N services x 10 real servers",
         "",
-        "| services | real servers | rounds | ipvsadm -R (s) | kubelvs apply (s) | ratio kubelvs / ipvsadm | per round | kubelvs apply, files over 9p (s) | ratio |",
+        "| services | real servers | rounds | ipvsadm -R (s) | kubelvs apply (s) | ratio kubelvs / ipvsadm | "
+        "per round | kubelvs apply, files over 9p (s) | ratio |",
         "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for row in results["cold_sync"]:  # type: ignore[attr-defined]
         lines.append(
-            f"| {row['services']} | {row['realservers']} | {row['rounds']} | {row['ipvsadm_restore_s']} | {row['kubelvs_apply_s']}"
-            f" | {row['ratio_to_ipvsadm']} | {per_round(row)} | {row['kubelvs_apply_9p_s']} | {row['ratio_9p_to_ipvsadm']} |"
+            f"| {row['services']} | {row['realservers']} | {row['rounds']} | {row['ipvsadm_restore_s']} | "
+            f"{row['kubelvs_apply_s']} | {row['ratio_to_ipvsadm']} | {per_round(row)} | "
+            f"{row['kubelvs_apply_9p_s']} | {row['ratio_9p_to_ipvsadm']} |"
         )
     lines += [
         "",
-        "Target: ratio at most 1.0, aim 0.5. kubelvs apply is a whole new process (interpreter start, YAML, validation, plan, netlink).",
-        "Times are medians over the rounds; `per round`: kubelvs/ipvsadm seconds of each round (the legs alternate).",
-        "`kubelvs apply`: the Python files it loads are read from the guest's memory (copied to tmpfs and bind-mounted over",
-        "their paths), as a director reads its local disk through the page cache. `files over 9p`: the same process reading",
-        "every file from the host over the VM's 9p share, where each lookup is a round trip (the interpreter start alone",
+        "Target: ratio at most 1.0, aim 0.5. kubelvs apply is a whole new process "
+        "(interpreter start, YAML, validation, plan, netlink).",
+        "Times are medians over the rounds; `per round`: kubelvs/ipvsadm seconds of each round "
+        "(the legs alternate).",
+        "`kubelvs apply`: the Python files it loads are read from the guest's memory (copied to tmpfs and "
+        "bind-mounted over",
+        "their paths), as a director reads its local disk through the page cache. `files over 9p`: the same "
+        "process reading",
+        "every file from the host over the VM's 9p share, where each lookup is a round trip (the interpreter "
+        "start alone",
         "looks at ~1,700 paths); shown for completeness, it measures the test rig.",
         "",
         "## One real-server change with N services present (in-process, director library API)",
@@ -323,7 +353,8 @@ def write(results: dict[str, object], out: Path) -> None:
     ]
     for row in results["one_realserver_change"]:  # type: ignore[attr-defined]
         lines.append(
-            f"| {row['services']} | {row['library_cold_sync_s']} | {row['rounds']} | {row['change_median_ms']} | {row['change_max_ms']} |"
+            f"| {row['services']} | {row['library_cold_sync_s']} | {row['rounds']} | "
+            f"{row['change_median_ms']} | {row['change_max_ms']} |"
         )
     lines += ["", "Target: under 10 ms regardless of the number of services.", ""]
     (out / "ipvs_sync.md").write_text("\n".join(lines))

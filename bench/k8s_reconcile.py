@@ -34,10 +34,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tests.kubernetes import k8sobjects as k  # noqa: E402
+from tests.kubernetes.apiserver import FakeApiServer  # noqa: E402
 
 from kubelvs.app.director import DirectorOptions, start_director  # noqa: E402
 from kubelvs.backends.memory import MemoryBackend  # noqa: E402
@@ -47,8 +50,6 @@ from kubelvs.sources.kubernetes.api import KubeApi  # noqa: E402
 from kubelvs.sources.kubernetes.desired import KubernetesSource  # noqa: E402
 from kubelvs.sources.kubernetes.mapping import Mapper  # noqa: E402
 from kubelvs.sources.kubernetes.settings import parse_kubernetes  # noqa: E402
-from tests.kubernetes import k8sobjects as k  # noqa: E402
-from tests.kubernetes.apiserver import FakeApiServer  # noqa: E402
 
 OWNED = "10.128.0.0/16"
 POOL = "10.128.0.0/17"
@@ -73,14 +74,27 @@ class NftNamespace:
     def __init__(self, nodes: int) -> None:
         self.name = f"kubelvs-bench-{secrets.token_hex(3)}"
         subprocess.run(["ip", "netns", "add", self.name], check=True)
-        sh = lambda *a: subprocess.run(["ip", "-n", self.name, *a], check=True)  # noqa: E731
+
+        def sh(*args: str) -> None:
+            subprocess.run(["ip", "-n", self.name, *args], check=True)
+
         sh("link", "set", "lo", "up")
         sh("link", "add", "v0", "type", "veth", "peer", "name", "v1")
         sh("link", "set", "v0", "up")
         sh("link", "set", "v1", "up")
         sh("addr", "add", "192.168.10.254/24", "dev", "v0")
         for i in range(nodes):
-            sh("neigh", "replace", node_ip(i), "lladdr", f"02:00:00:00:0a:{i + 1:02x}", "dev", "v0", "nud", "permanent")
+            sh(
+                "neigh",
+                "replace",
+                node_ip(i),
+                "lladdr",
+                f"02:00:00:00:0a:{i + 1:02x}",
+                "dev",
+                "v0",
+                "nud",
+                "permanent",
+            )
 
     def close(self) -> None:
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
@@ -94,7 +108,12 @@ async def wait(cond: Any, timeout: float = 600) -> None:
         await asyncio.sleep(0.01)
 
 
-async def bench(n_services: int, n_nodes: int, backend_name: str, baseline_rounds: int = 3) -> dict[str, Any]:
+async def bench(
+    n_services: int,
+    n_nodes: int,
+    backend_name: Literal["memory", "nftables", "ipvs"],
+    baseline_rounds: int = 3,
+) -> dict[str, Any]:
     server = FakeApiServer(bookmark_interval=5)
     await server.start()
     for i in range(n_nodes):
@@ -102,9 +121,22 @@ async def bench(n_services: int, n_nodes: int, backend_name: str, baseline_round
     for i in range(n_services):
         name = f"svc{i:05d}"
         ns = f"ns{i % 50}"
-        server.put(k.service(name, namespace=ns, type="LoadBalancer", created=f"2026-11-20T10:{i // 3600 % 60:02d}:{i % 60:02d}Z"))
-        eps = k.endpointslice(name, [k.endpoint(f"node{i % n_nodes}", f"10.230.{i // 250}.{i % 250}"),
-                                     k.endpoint(f"node{(i + 1) % n_nodes}", f"10.231.{i // 250}.{i % 250}")], namespace=ns)
+        server.put(
+            k.service(
+                name,
+                namespace=ns,
+                type="LoadBalancer",
+                created=f"2026-11-20T10:{i // 3600 % 60:02d}:{i % 60:02d}Z",
+            )
+        )
+        eps = k.endpointslice(
+            name,
+            [
+                k.endpoint(f"node{i % n_nodes}", f"10.230.{i // 250}.{i % 250}"),
+                k.endpoint(f"node{(i + 1) % n_nodes}", f"10.231.{i // 250}.{i % 250}"),
+            ],
+            namespace=ns,
+        )
         server.put(eps)
     server.history.clear()  # the stand-in's own event log is not the director's memory
     rss_server = rss_mib()
@@ -143,7 +175,11 @@ async def bench(n_services: int, n_nodes: int, backend_name: str, baseline_round
         await wait(lambda: loop.steps >= 1)
         results["initial_list_map_full_sync_s"] = time.perf_counter() - t0
         results["virtual_services"] = len(reconciler.last_desired.services) if reconciler.last_desired else 0
-        results["realservers"] = sum(len(v.realservers) for v in reconciler.last_desired.services.values()) if reconciler.last_desired else 0
+        results["realservers"] = (
+            sum(len(v.realservers) for v in reconciler.last_desired.services.values())
+            if reconciler.last_desired
+            else 0
+        )
         results["rss_director_mib"] = round(rss_mib() - rss_server, 1)
         results["rss_total_mib"] = round(rss_mib(), 1)
 
@@ -160,9 +196,15 @@ async def bench(n_services: int, n_nodes: int, backend_name: str, baseline_round
             name, ns = f"svc{r * 7:05d}", f"ns{(r * 7) % 50}"
             svc = server.get("Service", ns, name)
             svc["spec"]["ports"][0]["port"] = 8000 + r
-            one.append(await after(lambda s=svc: server.put(s), lambda r=r: any(
-                key.port == 8000 + r for key in (reconciler.last_desired.services if reconciler.last_desired else {})
-            )))
+            one.append(
+                await after(
+                    lambda s=svc: server.put(s),
+                    lambda r=r: any(
+                        key.port == 8000 + r
+                        for key in (reconciler.last_desired.services if reconciler.last_desired else {})
+                    ),
+                )
+            )
         results["one_service_edit_s"] = statistics.median(one)
         results["one_service_recomputed"] = source.mapper.recomputed
 
@@ -174,8 +216,17 @@ async def bench(n_services: int, n_nodes: int, backend_name: str, baseline_round
                 svc["spec"]["ports"][0]["port"] = 9000
                 server.put(svc)
 
-        results["burst_100_edits_s"] = await after(burst, lambda: sum(
-            1 for key in (reconciler.last_desired.services if reconciler.last_desired else {}) if key.port == 9000) == 100)
+        results["burst_100_edits_s"] = await after(
+            burst,
+            lambda: (
+                sum(
+                    1
+                    for key in (reconciler.last_desired.services if reconciler.last_desired else {})
+                    if key.port == 9000
+                )
+                == 100
+            ),
+        )
         results["burst_reconciles"] = loop.steps
 
         def node_down() -> None:
@@ -183,8 +234,15 @@ async def bench(n_services: int, n_nodes: int, backend_name: str, baseline_round
             node["status"]["conditions"][1]["status"] = "False"
             server.put(node)
 
-        results["node_not_ready_s"] = await after(node_down, lambda: all(
-            len(v.realservers) == n_nodes - 1 for v in list((reconciler.last_desired.services if reconciler.last_desired else {}).values())[:50]))
+        results["node_not_ready_s"] = await after(
+            node_down,
+            lambda: all(
+                len(v.realservers) == n_nodes - 1
+                for v in list((reconciler.last_desired.services if reconciler.last_desired else {}).values())[
+                    :50
+                ]
+            ),
+        )
 
         # Baseline: recompute everything and sync everything (kube-proxy's way), same state.
         base_times = []
@@ -200,8 +258,8 @@ async def bench(n_services: int, n_nodes: int, backend_name: str, baseline_round
         results["ratio_node_to_baseline"] = results["node_not_ready_s"] / base
         results["rss_peak_mib"] = round(rss_mib(), 1)
         stop.set()
-        for t in tasks:
-            t.cancel()
+        for task in tasks:
+            task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         if program is not None:
@@ -217,25 +275,52 @@ async def bench(n_services: int, n_nodes: int, backend_name: str, baseline_round
 
 def markdown(r: dict[str, Any]) -> str:
     rows = [
-        ("first reconcile after the initial list (list + map + full sync)", f"{r['initial_list_map_full_sync_s']:.2f} s", ""),
-        ("one Service edit: last event -> programmed (median of 5)", f"{r['one_service_edit_s'] * 1000:.0f} ms", f"{r['ratio_one_edit_to_baseline']:.2f}"),
-        ("100 Service edits in a burst: last event -> programmed", f"{r['burst_100_edits_s'] * 1000:.0f} ms", f"{r['ratio_burst_to_baseline']:.2f}"),
-        ("one node NotReady (every Service changes): last event -> programmed", f"{r['node_not_ready_s'] * 1000:.0f} ms", f"{r['ratio_node_to_baseline']:.2f}"),
-        ("baseline: full recompute + full sync (kube-proxy's way)", f"{r['baseline_full_recompute_and_sync_s'] * 1000:.0f} ms", "1.00"),
+        (
+            "first reconcile after the initial list (list + map + full sync)",
+            f"{r['initial_list_map_full_sync_s']:.2f} s",
+            "",
+        ),
+        (
+            "one Service edit: last event -> programmed (median of 5)",
+            f"{r['one_service_edit_s'] * 1000:.0f} ms",
+            f"{r['ratio_one_edit_to_baseline']:.2f}",
+        ),
+        (
+            "100 Service edits in a burst: last event -> programmed",
+            f"{r['burst_100_edits_s'] * 1000:.0f} ms",
+            f"{r['ratio_burst_to_baseline']:.2f}",
+        ),
+        (
+            "one node NotReady (every Service changes): last event -> programmed",
+            f"{r['node_not_ready_s'] * 1000:.0f} ms",
+            f"{r['ratio_node_to_baseline']:.2f}",
+        ),
+        (
+            "baseline: full recompute + full sync (kube-proxy's way)",
+            f"{r['baseline_full_recompute_and_sync_s'] * 1000:.0f} ms",
+            "1.00",
+        ),
         ("director memory (RSS growth while building its state)", f"{r['rss_director_mib']} MiB", ""),
         ("process RSS at the end (stand-in server included)", f"{r['rss_peak_mib']} MiB", ""),
     ]
     out = [
         f"# Kubernetes source: {r['services']:,} Services x {r['nodes']} nodes, backend {r['backend']}",
         "",
-        f"{r['virtual_services']:,} virtual services, {r['realservers']:,} real servers; coalescing 100 ms (included in the latencies).",
+        f"{r['virtual_services']:,} virtual services, {r['realservers']:,} real servers; "
+        "coalescing 100 ms (included in the latencies).",
         f"Machine: {r['machine']}; {r['date']}; load average at the end {r.get('loadavg_1m_at_end', '?')}"
         " (absolute times depend on it; the ratios were measured in the same run).",
-        *([
-            "Run in the VM (qemu with an emulated CPU, no KVM; the host's 2 cores shared with other work):",
-            "Python runs 10-20x slower there than on the host, so read the ratios, not the absolute times.",
-            "The baseline reads the whole IPVS table back, as a full resync does.",
-        ] if r["backend"] == "ipvs" else []),
+        *(
+            [
+                "Run in the VM (qemu with an emulated CPU, no KVM; "
+                "the host's 2 cores shared with other work):",
+                "Python runs 10-20x slower there than on the host, "
+                "so read the ratios, not the absolute times.",
+                "The baseline reads the whole IPVS table back, as a full resync does.",
+            ]
+            if r["backend"] == "ipvs"
+            else []
+        ),
         "",
         "| step | time | ratio to baseline |",
         "| --- | --- | --- |",
@@ -251,10 +336,15 @@ def main() -> int:
     p.add_argument("--nodes", type=int, default=10)
     p.add_argument("--backend", choices=("memory", "nftables", "ipvs"), default="memory")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    p.add_argument("--baseline-rounds", type=int, default=3, help="full recompute + sync rounds (median); 1 in the VM")
+    p.add_argument(
+        "--baseline-rounds", type=int, default=3, help="full recompute + sync rounds (median); 1 in the VM"
+    )
     a = p.parse_args()
     r = asyncio.run(bench(a.services, a.nodes, a.backend, a.baseline_rounds))
-    r["machine"] = f"{platform.machine()} {os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}"
+    r["machine"] = (
+        f"{platform.machine()} {os.cpu_count()} CPUs, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
     r["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     r["loadavg_1m_at_end"] = round(os.getloadavg()[0], 1)  # other work on the machine skews absolute times
     a.out.mkdir(parents=True, exist_ok=True)

@@ -34,9 +34,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from kubelvs.backends.nftables import NftablesBackend  # noqa: E402
-from kubelvs.backends.nftables import nft as nftmod  # noqa: E402
-from kubelvs.model import (  # noqa: E402
+from kubelvs.backends.nftables import NftablesBackend
+from kubelvs.backends.nftables import nft as nftmod
+from kubelvs.model import (
     DesiredState,
     Forward,
     Ownership,
@@ -45,7 +45,7 @@ from kubelvs.model import (  # noqa: E402
     ServiceKey,
     VirtualService,
 )
-from kubelvs.roles.director import Director  # noqa: E402
+from kubelvs.roles.director import Director
 
 OWN = Ownership(cidrs=(ipaddress.ip_network("10.96.0.0/12"),))
 VIP0 = int(ipaddress.IPv4Address("10.96.0.0"))
@@ -194,12 +194,13 @@ def main() -> int:
     rows.append(case(small, args.per, "mh", args.rounds, f"mh{small}"))
     print(json.dumps(rows[-1]), flush=True)
     chains = per_service_chains(small, args.per)
+    load_after = _loadavg()
     report = {
         "benchmark": "nft_sync",
         "kernel": platform.release(),
         "nft": subprocess.run(["nft", "--version"], capture_output=True, text=True).stdout.strip(),
         "load_before": load_before,
-        "load_after": _loadavg(),
+        "load_after": load_after,
         "cpus": os.cpu_count(),
         "cases": rows,
         "per_service_chains_baseline": {"services": small, "nft_f_s": chains[0], "nft_f_cpu_s": chains[1]},
@@ -213,7 +214,7 @@ def main() -> int:
         "",
         (
             f"Kernel {report['kernel']}, {report['nft']}; {report['cpus']} CPUs; load average (1, 5, 15 min) "
-            f"before: {' '.join(report['load_before'])}, after: {' '.join(report['load_after'])}."
+            f"before: {' '.join(load_before)}, after: {' '.join(load_after)}."
         ),
         "Each case in a fresh network namespace; 10 NAT real servers per service.",
         "",
@@ -239,11 +240,13 @@ def main() -> int:
             f" / {r['one_rs_change_p95_ms']:.1f} |"
         )
     rr_small = next(r for r in rows if r["scheduler"] == "rr" and r["services"] == small)
+    rr_small_bare_cpu = rr_small["baseline_nft_f_cpu_s"]
+    assert isinstance(rr_small_bare_cpu, float)  # nft_f's CPU seconds
     md += [
         "",
         f"Per-service-chain layout (one chain + anonymous map per service), {small} services, bare `nft -f`: "
         f"CPU {chains[1]:.2f} s (wall {chains[0]:.2f} s), "
-        f"{chains[1] / float(rr_small['baseline_nft_f_cpu_s']):.1f}x the element layout's bare `nft -f` CPU.",
+        f"{chains[1] / rr_small_bare_cpu:.1f}x the element layout's bare `nft -f` CPU.",
         "",
         "Targets (issue 3): cold sync of 10,000 services under 2 s; one-real-server change under 20 ms.",
     ]

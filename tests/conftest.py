@@ -78,7 +78,9 @@ def make_netns() -> Iterator[Callable[[str], str]]:
     finally:
         for name in reversed(created):
             # Processes still inside would keep the namespace alive; kill only ours by PID.
-            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+            pids = subprocess.run(
+                ["ip", "netns", "pids", name], capture_output=True, text=True
+            ).stdout.split()
             for pid in pids:
                 subprocess.run(["kill", "-9", pid], capture_output=True)
             subprocess.run(["ip", "netns", "del", name], capture_output=True)

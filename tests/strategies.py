@@ -56,11 +56,18 @@ def services(draw: st.DrawFn) -> VirtualService:
         key = ServiceKey.for_fwmark(draw(st.sampled_from([100, 101])))
     else:
         vip = draw(st.sampled_from(VIPS))
-        key = ServiceKey(vip.version, draw(st.sampled_from([Protocol.TCP, Protocol.UDP])), vip, draw(st.sampled_from([80, 6379])))
+        key = ServiceKey(
+            vip.version,
+            draw(st.sampled_from([Protocol.TCP, Protocol.UDP])),
+            vip,
+            draw(st.sampled_from([80, 6379])),
+        )
     scheduler = draw(st.sampled_from(SCHEDULERS))
     flags: frozenset[str] = frozenset()
     if scheduler == "mh":
-        flags = draw(st.sampled_from([frozenset(), frozenset({"mh-port"}), frozenset({"mh-port", "mh-fallback"})]))
+        flags = draw(
+            st.sampled_from([frozenset(), frozenset({"mh-port"}), frozenset({"mh-port", "mh-fallback"})])
+        )
     persistence = draw(st.sampled_from([0, 0, 300]))
     return VirtualService(
         key=key,

@@ -22,7 +22,15 @@ from kubelvs.backends import Backend
 from kubelvs.backends.base import open_backend
 from kubelvs.backends.memory import MemoryBackend
 from kubelvs.errors import PartialApplyError
-from kubelvs.model import DesiredState, Forward, ObservedState, Ownership, RealServer, ServiceKey, VirtualService
+from kubelvs.model import (
+    DesiredState,
+    Forward,
+    ObservedState,
+    Ownership,
+    RealServer,
+    ServiceKey,
+    VirtualService,
+)
 from kubelvs.planner import AddRealServer, Operation, apply_ops, plan
 
 OWNED = Ownership(cidrs=(ipaddress.ip_network("10.240.0.0/24"),))
@@ -67,7 +75,7 @@ def backend(request: pytest.FixtureRequest, make_netns: Callable[[str], str]) ->
         ["addr", "add", "10.240.0.1/24", "dev", "v1"],
     ):
         subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True)
-    with open_backend(name, netns=ns) as kernel:  # type: ignore[arg-type]
+    with open_backend(name, netns=ns) as kernel:
         yield kernel
 
 
@@ -79,7 +87,11 @@ def test_a_plan_read_back_is_apply_ops_of_it(backend: Backend) -> None:
     edited = plan(desired(service(1, (12, 14)), service(3)), backend.read())
     middle = backend.read()
     backend.apply(edited.ops)
-    assert table(backend.read()) == table(apply_ops(middle, edited.ops)) == desired(service(1, (12, 14)), service(3)).services
+    assert (
+        table(backend.read())
+        == table(apply_ops(middle, edited.ops))
+        == desired(service(1, (12, 14)), service(3)).services
+    )
     assert not backend.changed_elsewhere()
 
 
@@ -97,7 +109,9 @@ def test_a_refused_operation_affects_only_its_service(backend: Backend) -> None:
     assert failed == {len(plan(desired(service(1)), before).ops)}  # that operation alone
     assert info.value.total == len(ops)
     applied = [op for i, op in enumerate(ops) if i not in failed]
-    assert table(backend.read()) == table(apply_ops(before, applied)) == desired(service(1), service(2)).services
+    assert (
+        table(backend.read()) == table(apply_ops(before, applied)) == desired(service(1), service(2)).services
+    )
 
 
 def test_a_backend_closes_itself_as_a_context_manager(backend: Backend) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from kubelvs.doctor import Bundle, Finding, analyse
 
-from .seed_data import write_seed_timewait_table
+from .incident_data import write_incident_timewait_table
 
 BUNDLES = Path(__file__).resolve().parent.parent / "fixtures" / "bundles"
 
@@ -24,11 +24,11 @@ def ids(findings: list[Finding], *, at_least: str = "info") -> list[str]:
 
 
 @pytest.fixture
-def seed_timewait(tmp_path: Path) -> Path:
-    """The seed's second incident: its timeout and netstat lines plus a table with its counts."""
-    target = tmp_path / "seed-timewait"
-    shutil.copytree(BUNDLES / "seed-timewait", target)
-    write_seed_timewait_table(target / "ipvsadm-Lnc.txt")
+def incident_timewait(tmp_path: Path) -> Path:
+    """The TIME_WAIT incident: its timeout and netstat lines plus a table with its counts."""
+    target = tmp_path / "incident-timewait"
+    shutil.copytree(BUNDLES / "incident-timewait", target)
+    write_incident_timewait_table(target / "ipvsadm-Lnc.txt")
     return target
 
 

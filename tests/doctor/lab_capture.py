@@ -33,8 +33,24 @@ PY = sys.executable
 
 def collect(netns: str, out: Path, role: str, kubectl: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    subprocess.run([PY, "-m", "kubelvs.doctor", "collect", str(out), "--netns", netns, "--role", role, "--no-kubectl"],
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            PY,
+            "-m",
+            "kubelvs",
+            "doctor",
+            "collect",
+            str(out),
+            "--netns",
+            netns,
+            "--role",
+            role,
+            "--no-kubectl",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     (out / "collect-errors.txt").unlink(missing_ok=True)
     (out / "sysctl-conf.txt").unlink(missing_ok=True)
     (out / "kubectl.json").write_text(kubectl)
@@ -55,20 +71,42 @@ def stale(running: RunningLab, out: Path) -> None:
     first, edited = _service(spec.vip, 80, pods, 80), _service(spec.vip, 6379, pods, 6379)
     be = open_backend("nftables", netns=info.directors["dir1"])
     try:
-        be.apply([AddService(first.with_realservers(())), *[AddRealServer(first.key, rs) for rs in first.realservers]])
+        be.apply(
+            [
+                AddService(first.with_realservers(())),
+                *[AddRealServer(first.key, rs) for rs in first.realservers],
+            ]
+        )
         be.apply(naive_update(first, edited))
     finally:
         be.close()
-    kubectl = kubectl_json(name=edited.name, vip=spec.vip, port=6379, target_port=6379,
-                           endpoints=[Endpoint(p.name, n.name, p.ip) for n in info.nodes for p in n.pods],
-                           nodes=[(n.name, n.ip) for n in info.nodes])
+    kubectl = kubectl_json(
+        name=edited.name,
+        vip=spec.vip,
+        port=6379,
+        target_port=6379,
+        endpoints=[Endpoint(p.name, n.name, p.ip) for n in info.nodes for p in n.pods],
+        nodes=[(n.name, n.ip) for n in info.nodes],
+    )
     collect(info.directors["dir1"], out, "director", kubectl)
 
 
 CAPTURES: dict[str, tuple[Callable[[str], LabSpec], Callable[[RunningLab, Path], None]]] = {
     "m-lab-healthy": (lambda p: LabSpec(prefix=p, backend="nftables"), healthy),
-    "m-lab-stale-nft": (lambda p: LabSpec(prefix=p, topology="nat", port=6379, target_port=6379, backend="nftables",
-                                          director=False, agents=False, nodes=1, pods=1), stale),
+    "m-lab-stale-nft": (
+        lambda p: LabSpec(
+            prefix=p,
+            topology="nat",
+            port=6379,
+            target_port=6379,
+            backend="nftables",
+            director=False,
+            agents=False,
+            nodes=1,
+            pods=1,
+        ),
+        stale,
+    ),
 }
 
 

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 PY = sys.executable
 SERVER = r"""
@@ -96,8 +97,12 @@ class Lab:
             sh("ip", "-n", ns, "link", "set", ifname, "up")
 
     def server(self, ns: str, *ports: int) -> None:
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, PY, "-c", SERVER, *map(str, ports)],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, PY, "-c", SERVER, *map(str, ports)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         assert proc.stdout is not None
         proc.stdout.readline()
         self.servers.append(proc)
@@ -106,8 +111,24 @@ class Lab:
         return int(self.run(ns, PY, "-c", CLIENT, host, str(port), str(n), str(timeout)).strip() or 0)
 
     def collect(self, ns: str, out: Path, role: str) -> None:
-        subprocess.run([PY, "-m", "kubelvs.doctor", "collect", str(out), "--netns", ns, "--role", role, "--no-kubectl"],
-                       check=True, capture_output=True, text=True)
+        subprocess.run(
+            [
+                PY,
+                "-m",
+                "kubelvs",
+                "doctor",
+                "collect",
+                str(out),
+                "--netns",
+                ns,
+                "--role",
+                role,
+                "--no-kubectl",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         errors = out / "collect-errors.txt"
         if errors.exists():
             errors.unlink()  # which tools were missing on the capturing host: not part of the fixture
@@ -132,32 +153,70 @@ def lab() -> Iterator[Lab]:
         the_lab.close()
 
 
-def kubectl_json(services: list[dict[str, object]]) -> str:
+class KubeService(TypedDict):
+    """One Service for ``kubectl_json``: its cluster IP, port and target port, the
+    addresses of its ready endpoints and its externalIPs."""
+
+    name: str
+    ip: str
+    port: int
+    target: int
+    endpoints: list[str]
+    protocol: NotRequired[str]
+    external: NotRequired[list[str]]
+
+
+def kubectl_json(services: list[KubeService]) -> str:
     """kubectl get svc,endpoints,endpointslices,nodes -A -o json, for ``services``:
     {name, ip, port, target, protocol, endpoints: [ip], external: [ip]}."""
     items: list[dict[str, object]] = []
     for s in services:
-        items.append({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": s["name"], "namespace": "default"},
-            "spec": {"clusterIP": s["ip"], "clusterIPs": [s["ip"]], "type": "ClusterIP",
-                     "externalIPs": s.get("external", []),
-                     "ports": [{"name": "p", "port": s["port"], "protocol": s.get("protocol", "TCP"),
-                                "targetPort": s["target"]}]},
-        })
-        items.append({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-            "metadata": {"name": f"{s['name']}-x1", "namespace": "default",
-                         "labels": {"kubernetes.io/service-name": s["name"]}},
-            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in s["endpoints"]],  # type: ignore[union-attr]
-            "ports": [{"name": "p", "port": s["target"], "protocol": s.get("protocol", "TCP")}],
-        })
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}}, indent=2)
+        items.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": s["name"], "namespace": "default"},
+                "spec": {
+                    "clusterIP": s["ip"],
+                    "clusterIPs": [s["ip"]],
+                    "type": "ClusterIP",
+                    "externalIPs": s.get("external", []),
+                    "ports": [
+                        {
+                            "name": "p",
+                            "port": s["port"],
+                            "protocol": s.get("protocol", "TCP"),
+                            "targetPort": s["target"],
+                        }
+                    ],
+                },
+            }
+        )
+        items.append(
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "addressType": "IPv4",
+                "metadata": {
+                    "name": f"{s['name']}-x1",
+                    "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": s["name"]},
+                },
+                "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in s["endpoints"]],
+                "ports": [{"name": "p", "port": s["target"], "protocol": s.get("protocol", "TCP")}],
+            }
+        )
+    return json.dumps(
+        {"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}}, indent=2
+    )
 
 
 # ---------------------------------------------------------------------------- IPVS (VM tier)
 
-def nat_lab(lab: Lab, *, vip: str, forward: bool = True, healthy_sysctls: bool = True) -> tuple[str, str, str]:
+
+def nat_lab(
+    lab: Lab, *, vip: str, forward: bool = True, healthy_sysctls: bool = True
+) -> tuple[str, str, str]:
     """client 10.0.1.2 -> director (10.0.1.1 | 10.0.2.1, VIP on kube-ipvs0) -> pods 10.0.2.2/.3."""
     d, c, r = lab.ns("dir"), lab.ns("cli"), lab.ns("rs")
     lab.link(d, "eth-cli", "10.0.1.1/24", c, "eth0", "10.0.1.2/24")
@@ -168,7 +227,9 @@ def nat_lab(lab: Lab, *, vip: str, forward: bool = True, healthy_sysctls: bool =
     sh("ip", "-n", d, "addr", "add", f"{vip}/32", "dev", "kube-ipvs0")
     lab.run(d, "sysctl", "-qw", f"net.ipv4.ip_forward={1 if forward else 0}")
     if healthy_sysctls:
-        lab.run(d, "sysctl", "-qw", "net.ipv4.vs.expire_nodest_conn=1", "net.ipv4.vs.expire_quiescent_template=1")
+        lab.run(
+            d, "sysctl", "-qw", "net.ipv4.vs.expire_nodest_conn=1", "net.ipv4.vs.expire_quiescent_template=1"
+        )
         lab.run(d, "ipvsadm", "--set", "7260", "30", "300")  # above tcp_keepalive_time 7200
     return d, c, r
 
@@ -181,34 +242,61 @@ def vm_healthy(lab: Lab, out: Path) -> None:
     lab.server(r, 8080)
     assert lab.clients(c, "10.96.0.10", 80, 20) == 20
     lab.collect(d, out, "director")
-    (out / "kubectl.json").write_text(kubectl_json([
-        {"name": "web", "ip": "10.96.0.10", "port": 80, "target": 8080, "endpoints": ["10.0.2.2", "10.0.2.3"]}]))
+    (out / "kubectl.json").write_text(
+        kubectl_json(
+            [
+                {
+                    "name": "web",
+                    "ip": "10.96.0.10",
+                    "port": 80,
+                    "target": 8080,
+                    "endpoints": ["10.0.2.2", "10.0.2.3"],
+                }
+            ]
+        )
+    )
 
 
 def vm_stale(lab: Lab, out: Path) -> None:
-    """The seed's first incident: port 80 left beside targetPort 6379."""
+    """The stale real server incident: port 80 left beside targetPort 6379."""
     d, c, r = nat_lab(lab, vip="10.96.0.20")
     lab.run(d, "ipvsadm", "-A", "-t", "10.96.0.20:6379", "-s", "rr")
     lab.run(d, "ipvsadm", "-a", "-t", "10.96.0.20:6379", "-r", "10.0.2.2:80", "-m")
     lab.run(d, "ipvsadm", "-a", "-t", "10.96.0.20:6379", "-r", "10.0.2.2:6379", "-m")
     lab.server(r, 6379)
     ok = lab.clients(c, "10.96.0.20", 6379, 10)
-    assert ok == 5, ok  # every second connection is refused: the seed's "50% loss"
+    assert ok == 5, ok  # every second connection is refused: the incident's "50% loss"
     lab.collect(d, out, "director")
-    (out / "kubectl.json").write_text(kubectl_json([
-        {"name": "skuapi-rds-prod", "ip": "10.96.0.20", "port": 6379, "target": 6379, "endpoints": ["10.0.2.2"]}]))
+    (out / "kubectl.json").write_text(
+        kubectl_json(
+            [
+                {
+                    "name": "skuapi-rds-prod",
+                    "ip": "10.96.0.20",
+                    "port": 6379,
+                    "target": 6379,
+                    "endpoints": ["10.0.2.2"],
+                }
+            ]
+        )
+    )
 
 
 def vm_weight_zero(lab: Lab, out: Path) -> None:
     d, c, r = nat_lab(lab, vip="10.96.0.25")
     lab.run(d, "ipvsadm", "-A", "-t", "10.96.0.25:80", "-s", "rr")
     lab.run(d, "ipvsadm", "-a", "-t", "10.96.0.25:80", "-r", "10.0.2.2:8080", "-m")
-    lab.run(d, "ipvsadm", "-a", "-t", "10.96.0.25:80", "-r", "10.0.2.3:8080", "-m", "-w", "0")  # drained, never deleted
+    lab.run(
+        d, "ipvsadm", "-a", "-t", "10.96.0.25:80", "-r", "10.0.2.3:8080", "-m", "-w", "0"
+    )  # drained, never deleted
     lab.server(r, 8080)
     assert lab.clients(c, "10.96.0.25", 80, 6) == 6
     lab.collect(d, out, "director")
-    (out / "kubectl.json").write_text(kubectl_json([
-        {"name": "web", "ip": "10.96.0.25", "port": 80, "target": 8080, "endpoints": ["10.0.2.2"]}]))
+    (out / "kubectl.json").write_text(
+        kubectl_json(
+            [{"name": "web", "ip": "10.96.0.25", "port": 80, "target": 8080, "endpoints": ["10.0.2.2"]}]
+        )
+    )
 
 
 def vm_dr_port(lab: Lab, out: Path) -> None:
@@ -222,22 +310,30 @@ def vm_dr_port(lab: Lab, out: Path) -> None:
     key = ServiceKey(4, Protocol.TCP, parse_address("10.96.0.30"), 80)
     backend = IpvsBackend(netns=d)
     try:
-        backend.apply([AddService(VirtualService(key=key, scheduler="rr")),
-                       AddRealServer(key, RealServer(parse_address("10.0.2.2"), 8080, 1, Forward.DR))])
+        backend.apply(
+            [
+                AddService(VirtualService(key=key, scheduler="rr")),
+                AddRealServer(key, RealServer(parse_address("10.0.2.2"), 8080, 1, Forward.DR)),
+            ]
+        )
     finally:
         backend.close()
     lab.collect(d, out, "director")
 
 
 def vm_syn_recv_tun_rp_filter(lab: Lab, out: Path) -> None:
-    """The seed's third incident on real IPVS: a Tunnel real server whose tunl0 has strict
+    """The rp_filter incident on real IPVS: a Tunnel real server whose tunl0 has strict
     rp_filter drops the decapsulated SYNs (their source is routed via eth0), so the
     director's entries stay in SYN_RECV. Director, real server and client share one
     segment (replies go straight to the client). Captured from both hosts (a site bundle)."""
     d, c, r, seg = lab.ns("dir"), lab.ns("cli"), lab.ns("rs"), lab.ns("seg")
     sh("ip", "-n", seg, "link", "add", "br0", "type", "bridge")
     sh("ip", "-n", seg, "link", "set", "br0", "up")
-    for ns, port, addr in ((d, "p-dir", "10.0.3.1/24"), (c, "p-cli", "10.0.3.3/24"), (r, "p-rs", "10.0.3.2/24")):
+    for ns, port, addr in (
+        (d, "p-dir", "10.0.3.1/24"),
+        (c, "p-cli", "10.0.3.3/24"),
+        (r, "p-rs", "10.0.3.2/24"),
+    ):
         lab.link(seg, port, "", ns, "eth0", addr)
         sh("ip", "-n", seg, "link", "set", port, "master", "br0")
     sh("ip", "-n", c, "route", "add", "10.96.0.40/32", "via", "10.0.3.1")
@@ -249,13 +345,20 @@ def vm_syn_recv_tun_rp_filter(lab: Lab, out: Path) -> None:
     lab.run(d, "ipvsadm", "-a", "-t", "10.96.0.40:80", "-r", "10.0.3.2:80", "-i")
     lab.run(r, "ip", "link", "set", "tunl0", "up")
     lab.run(r, "ip", "addr", "add", "10.96.0.40/32", "dev", "tunl0")
-    lab.run(r, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2",
-            "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.tunl0.rp_filter=1")
+    lab.run(
+        r,
+        "sysctl",
+        "-qw",
+        "net.ipv4.conf.all.arp_ignore=1",
+        "net.ipv4.conf.all.arp_announce=2",
+        "net.ipv4.conf.all.rp_filter=1",
+        "net.ipv4.conf.tunl0.rp_filter=1",
+    )
     lab.server(r, 80)
     assert lab.clients(c, "10.96.0.40", 80, 4, timeout=1.5) == 0
     lab.collect(d, out / "director", "director")
     lab.collect(r, out / "realserver", "node")
-    # the fix the seed applied, on the same lab: connections work
+    # the incident's fix, on the same lab: connections work
     lab.run(r, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.tunl0.rp_filter=0")
     assert lab.clients(c, "10.96.0.40", 80, 4) == 4
     lab.collect(r, out.parent / (out.name + "-fixed") / "realserver", "node")
@@ -263,7 +366,7 @@ def vm_syn_recv_tun_rp_filter(lab: Lab, out: Path) -> None:
 
 
 def vm_timewait(lab: Lab, out: Path) -> None:
-    """The seed's second incident: short connections, kernel default timeouts 900/120/300."""
+    """The TIME_WAIT incident: short connections, kernel default timeouts 900/120/300."""
     d, c, r = nat_lab(lab, vip="10.96.0.50", healthy_sysctls=False)
     lab.run(d, "sysctl", "-qw", "net.ipv4.vs.expire_nodest_conn=1")
     lab.run(d, "ipvsadm", "-A", "-t", "10.96.0.50:80", "-s", "rr")
@@ -297,25 +400,50 @@ VM_SCENARIOS: dict[str, Callable[[Lab, Path], None]] = {
 
 # ---------------------------------------------------------------------------- machine kernel
 
-def dr_node_lab(lab: Lab, *, vip: str | None, arp_ignore: int, arp_announce: int, accept_local: int = 0,
-                rp_filter: int = 0) -> str:
+
+def dr_node_lab(
+    lab: Lab,
+    *,
+    vip: str | None,
+    arp_ignore: int,
+    arp_announce: int,
+    accept_local: int = 0,
+    rp_filter: int = 0,
+) -> str:
     """A DR real server: eth1 10.240.0.101/24 on a segment with its director; VIP on lo."""
     node, seg = lab.ns("node"), lab.ns("seg")
     lab.link(seg, "to-node", "10.240.0.200/24", node, "eth1", "10.240.0.101/24")
     if vip:
         sh("ip", "-n", node, "addr", "add", f"{vip}/32", "dev", "lo")
-    lab.run(node, "sysctl", "-qw", f"net.ipv4.conf.eth1.arp_ignore={arp_ignore}",
-            f"net.ipv4.conf.eth1.arp_announce={arp_announce}", f"net.ipv4.conf.eth1.accept_local={accept_local}",
-            f"net.ipv4.conf.eth1.rp_filter={rp_filter}")
+    lab.run(
+        node,
+        "sysctl",
+        "-qw",
+        f"net.ipv4.conf.eth1.arp_ignore={arp_ignore}",
+        f"net.ipv4.conf.eth1.arp_announce={arp_announce}",
+        f"net.ipv4.conf.eth1.accept_local={accept_local}",
+        f"net.ipv4.conf.eth1.rp_filter={rp_filter}",
+    )
     return node
 
 
 def m_dr_node_healthy(lab: Lab, out: Path) -> None:
     node = dr_node_lab(lab, vip="10.240.0.201", arp_ignore=1, arp_announce=2)
     lab.collect(node, out, "node")
-    (out / "kubectl.json").write_text(kubectl_json([
-        {"name": "whoami", "ip": "10.32.0.60", "port": 80, "target": 80, "endpoints": ["10.230.74.24"],
-         "external": ["10.240.0.201"]}]))
+    (out / "kubectl.json").write_text(
+        kubectl_json(
+            [
+                {
+                    "name": "whoami",
+                    "ip": "10.32.0.60",
+                    "port": 80,
+                    "target": 80,
+                    "endpoints": ["10.230.74.24"],
+                    "external": ["10.240.0.201"],
+                }
+            ]
+        )
+    )
 
 
 def m_dr_node_arp(lab: Lab, out: Path) -> None:
@@ -324,12 +452,23 @@ def m_dr_node_arp(lab: Lab, out: Path) -> None:
 
 
 def m_dr_node_loop(lab: Lab, out: Path) -> None:
-    """The seed's TTL loop setup: no VIP, accept_local=1 and rp_filter=1 on eth1."""
+    """The worker-local VIP loop's setup: no VIP, accept_local=1 and rp_filter=1 on eth1."""
     node = dr_node_lab(lab, vip=None, arp_ignore=1, arp_announce=2, accept_local=1, rp_filter=1)
     lab.collect(node, out, "node")
-    (out / "kubectl.json").write_text(kubectl_json([
-        {"name": "whoami", "ip": "10.32.0.60", "port": 80, "target": 80, "endpoints": ["10.230.74.24"],
-         "external": ["10.240.0.201"]}]))
+    (out / "kubectl.json").write_text(
+        kubectl_json(
+            [
+                {
+                    "name": "whoami",
+                    "ip": "10.32.0.60",
+                    "port": 80,
+                    "target": 80,
+                    "endpoints": ["10.230.74.24"],
+                    "external": ["10.240.0.201"],
+                }
+            ]
+        )
+    )
 
 
 def m_rp_filter_tunnel(lab: Lab, out: Path) -> None:
@@ -341,11 +480,33 @@ def m_rp_filter_tunnel(lab: Lab, out: Path) -> None:
     sh("ip", "-n", node, "link", "add", "kube-bridge", "type", "bridge")
     sh("ip", "-n", node, "addr", "add", "172.26.6.1/24", "dev", "kube-bridge")
     sh("ip", "-n", node, "link", "set", "kube-bridge", "up")
-    sh("ip", "-n", node, "link", "add", "tun-192168926", "type", "vxlan", "id", "26", "remote", "192.168.9.26",
-       "dstport", "4789", "dev", "em1")
+    sh(
+        "ip",
+        "-n",
+        node,
+        "link",
+        "add",
+        "tun-192168926",
+        "type",
+        "vxlan",
+        "id",
+        "26",
+        "remote",
+        "192.168.9.26",
+        "dstport",
+        "4789",
+        "dev",
+        "em1",
+    )
     sh("ip", "-n", node, "link", "set", "tun-192168926", "up")
-    lab.run(node, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.em1.rp_filter=1",
-            "net.ipv4.conf.tun-192168926.rp_filter=1")
+    lab.run(
+        node,
+        "sysctl",
+        "-qw",
+        "net.ipv4.conf.all.rp_filter=1",
+        "net.ipv4.conf.em1.rp_filter=1",
+        "net.ipv4.conf.tun-192168926.rp_filter=1",
+    )
     lab.collect(node, out, "node")
 
 

@@ -53,7 +53,10 @@ def test_cli_bad_bundle(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
 def test_collect_and_live_in_a_namespace(make_netns: Callable[[str], str], tmp_path: Path) -> None:
     ns = make_netns("dr")
     peer = make_netns("seg")
-    subprocess.run(["ip", "-n", peer, "link", "add", "to-node", "type", "veth", "peer", "name", "eth1", "netns", ns], check=True)
+    subprocess.run(
+        ["ip", "-n", peer, "link", "add", "to-node", "type", "veth", "peer", "name", "eth1", "netns", ns],
+        check=True,
+    )
     for n, dev, addr in ((peer, "to-node", "10.240.0.200/24"), (ns, "eth1", "10.240.0.101/24")):
         subprocess.run(["ip", "-n", n, "addr", "add", addr, "dev", dev], check=True)
         subprocess.run(["ip", "-n", n, "link", "set", dev, "up"], check=True)
@@ -64,8 +67,19 @@ def test_collect_and_live_in_a_namespace(make_netns: Callable[[str], str], tmp_p
     from_files = analyse(Bundle.load(str(tmp_path / "b")))
     live = analyse(live_bundle(ns, kubectl=False))
     assert ids(from_files) == ids(live) == ["dr-arp-ignore", "dr-arp-announce"]
-    subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.eth1.arp_ignore=1",
-                    "net.ipv4.conf.eth1.arp_announce=2"], check=True)
+    subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.eth1.arp_ignore=1",
+            "net.ipv4.conf.eth1.arp_announce=2",
+        ],
+        check=True,
+    )
     assert analyse(live_bundle(ns, kubectl=False)) == []
 
 
@@ -73,8 +87,22 @@ def test_collect_and_live_in_a_namespace(make_netns: Callable[[str], str], tmp_p
 def test_collect_command_with_missing_tools(make_netns: Callable[[str], str], tmp_path: Path) -> None:
     ns = make_netns("bare")
     env = dict(os.environ, PATH="/nonexistent")  # no ip, sysctl, netstat, nft, ipvsadm
-    done = subprocess.run([sys.executable, "-m", "kubelvs.doctor", "collect", str(tmp_path / "b"), "--netns", ns,
-                           "--no-kubectl"], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kubelvs",
+            "doctor",
+            "collect",
+            str(tmp_path / "b"),
+            "--netns",
+            ns,
+            "--no-kubectl",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     files = set(os.listdir(tmp_path / "b"))
     assert {"sysctl.txt", "ip-addr.txt", "proc-net-netstat.txt", "uname.txt"} <= files  # the direct sources

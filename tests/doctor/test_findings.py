@@ -18,7 +18,7 @@ from kubelvs.doctor import FINDING_IDS, Bundle, Severity, analyse, analyse_site
 
 from .conftest import BUNDLES, ids, load
 
-HEALTHY = ["vm-healthy", "m-node-healthy", "m-dr-node-healthy", "seed-stale-port-fixed"]
+HEALTHY = ["vm-healthy", "m-node-healthy", "m-dr-node-healthy", "incident-stale-port-fixed"]
 
 
 def _site(name: str) -> dict[str, list]:  # type: ignore[type-arg]
@@ -40,11 +40,12 @@ def test_healthy_bundles_have_no_findings(name: str) -> None:
     assert analyse(load(name)) == []
 
 
-def test_healthy_tun_site_after_the_seeds_fix() -> None:
+def test_healthy_tun_site_after_the_incidents_fix() -> None:
     assert all(fs == [] for fs in _site("vm-tun-rp-filter-fixed").values())
 
 
 # -------------------------------------------------------------- IPVS table vs Kubernetes
+
 
 def test_stale_realserver_on_real_ipvs() -> None:
     findings = analyse(load("vm-stale"))
@@ -100,10 +101,11 @@ def test_dr_port_mapping_programmed_over_netlink() -> None:
 
 
 def test_dr_site_director_ports_are_fine() -> None:
-    assert analyse(load("seed-dr-site/director")) == []
+    assert analyse(load("incident-dr-site/director")) == []
 
 
 # -------------------------------------------------------------- connection table
+
 
 def test_timewait_on_real_ipvs() -> None:
     findings = analyse(load("vm-timewait"))
@@ -132,6 +134,7 @@ def test_syn_recv_without_ip_forward() -> None:
 
 # -------------------------------------------------------------- kernel settings
 
+
 def test_rp_filter_strict_on_vxlan_and_bridge() -> None:
     findings = analyse(load("m-rp-filter-tunnel"))
     assert ids(findings) == ["rp-filter-strict"]
@@ -158,7 +161,7 @@ def _set_counter(bundle: Bundle, name: str, value: int) -> Bundle:
 
 
 def test_paws_rejects_on_a_nat_director() -> None:
-    # changed value: PAWSEstab of the real capture raised to the seed's 17855
+    # changed value: PAWSEstab of the real capture raised to the incident's 17855
     b = _set_counter(load("vm-healthy"), "PAWSEstab", 17855)
     findings = analyse(b)
     assert ids(findings) == ["paws-rejects"] and findings[0].severity is Severity.WARNING
@@ -201,6 +204,7 @@ def test_expire_nodest_conn_off() -> None:
 
 # -------------------------------------------------------------- DR real servers
 
+
 def test_dr_arp_on_a_real_node() -> None:
     findings = analyse(load("m-dr-node-arp"))
     assert ids(findings) == ["dr-arp-ignore", "dr-arp-announce"]
@@ -223,6 +227,7 @@ def test_dr_vip_missing_among_several() -> None:
 
 
 # -------------------------------------------------------------- the report as a whole
+
 
 def test_every_id_is_documented() -> None:
     doc = (BUNDLES.parent.parent.parent / "docs" / "doctor.md").read_text()

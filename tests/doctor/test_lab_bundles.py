@@ -24,7 +24,9 @@ def _site() -> dict[str, Bundle]:
 
 
 def _set(bundle: Bundle, name: str, value: int) -> Bundle:
-    text, n = re.subn(rf"^{re.escape(name)} = .*$", f"{name} = {value}", bundle.texts["sysctl.txt"], flags=re.MULTILINE)
+    text, n = re.subn(
+        rf"^{re.escape(name)} = .*$", f"{name} = {value}", bundle.texts["sysctl.txt"], flags=re.MULTILINE
+    )
     assert n == 1, name
     bundle.texts["sysctl.txt"] = text
     bundle.__dict__.pop("sysctls", None)
@@ -41,7 +43,9 @@ def test_healthy_lab_site_has_no_findings() -> None:
     (svc,) = director.services or []
     assert str(svc.key) == "TCP 10.240.0.201:80" and svc.scheduler == "rr"
     assert [(str(rs.address), rs.port, rs.forward) for rs in svc.realservers] == [
-        ("10.240.0.101", 80, Forward.DR), ("10.240.0.102", 80, Forward.DR)]
+        ("10.240.0.101", 80, Forward.DR),
+        ("10.240.0.102", 80, Forward.DR),
+    ]
     for node in ("node1", "node2"):
         names = {i.name: i for i in bundles[node].interfaces or []}
         assert "10.240.0.201" in {str(a.ip) for a in names["lo"].addresses}
@@ -53,7 +57,10 @@ def test_pod_bridge_cbr0_is_not_an_arp_interface() -> None:
     pods' bridge (kubenet's name), whose arp_ignore is 0. Only the node's pods are on it and
     they reach the VIP through their gateway, never by ARP: like cni0/docker0, not checked."""
     node = load("m-lab-healthy/node1")
-    assert node.sysctl("net.ipv4.conf.cbr0.arp_ignore") == 0 and node.sysctl("net.ipv4.conf.cbr0.arp_announce") == 0
+    assert (
+        node.sysctl("net.ipv4.conf.cbr0.arp_ignore") == 0
+        and node.sysctl("net.ipv4.conf.cbr0.arp_announce") == 0
+    )
     assert analyse(node) == []
     # The uplink still is: the same bundle with eth0's arp_ignore at 0 is reported, for eth0 alone.
     _set(node, "net.ipv4.conf.eth0.arp_ignore", 0)
@@ -71,9 +78,10 @@ def test_stale_realserver_in_the_nftables_table() -> None:
     assert ids(findings) == ["stale-realserver"]
     f = findings[0]
     assert f.summary == (
-        "TCP 10.240.0.201:6379: real server 10.230.1.10:80 matches no endpoint of default/skuapi-rds-prod:web "
-        "(default/skuapi-rds-prod:web has endpoint 10.230.1.10:6379 but the kubelvs nftables table also sends to "
-        "port 80: left over from an earlier port/targetPort)")
+        "TCP 10.240.0.201:6379: real server 10.230.1.10:80 matches no endpoint of "
+        "default/skuapi-rds-prod:web (default/skuapi-rds-prod:web has endpoint 10.230.1.10:6379 but the "
+        "kubelvs nftables table also sends to port 80: left over from an earlier port/targetPort)"
+    )
     assert f.evidence[0] == "nft.json: table kubelvs: TCP 10.240.0.201:6379 -> 10.230.1.10:80 nat weight 1"
     assert f.fix[0].startswith("kubelvs apply -f CONFIG")  # no ipvsadm line for a table IPVS does not hold
 
@@ -110,7 +118,7 @@ def test_strict_rp_filter_on_a_pod_bridge_is_not_reported() -> None:
     IPReversePathFilter counter still held the drops of the tunl0 phase). The pods answer
     from their own addresses, routed back through cbr0: strict filtering there drops nothing
     of LVS's. Tunnels and kube-router's kube-bridge (DSR: its pods answer from the VIP) stay
-    reported - test_findings.test_rp_filter_strict_on_vxlan_and_bridge, test_seed."""
+    reported - test_findings.test_rp_filter_strict_on_vxlan_and_bridge, test_incidents."""
     node = load("m-lab-healthy/node1")
     _set(node, "net.ipv4.conf.cbr0.rp_filter", 1)
     _set(node, "net.ipv4.conf.all.rp_filter", 1)

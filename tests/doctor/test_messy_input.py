@@ -85,7 +85,8 @@ def test_empty_bundle() -> None:
 def test_kubectl_garbage_and_single_object() -> None:
     b = load("vm-stale")
     b.texts["kubectl.json"] = (
-        '{"kind": "List", "items": [{"kind": "Service", "metadata": {"name": "x"}, "spec": {"ports": [{"port": "abc"}]}}]'
+        '{"kind": "List", "items": [{"kind": "Service", "metadata": {"name": "x"}, '
+        '"spec": {"ports": [{"port": "abc"}]}}]'
     )
     findings = analyse(b)
     assert ids(findings)[0] == "stale-realserver"  # falls back to the table's own signs

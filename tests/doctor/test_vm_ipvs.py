@@ -32,11 +32,25 @@ def test_live_stale_realserver_and_its_fix(tmp_path: Path) -> None:
         assert ids(findings) == ["stale-realserver"]
         assert findings[0].evidence[0].startswith("proc-net-ip_vs.txt:")
         the_lab.collect(d, tmp_path / "b", "director")
-        (tmp_path / "b" / "kubectl.json").write_text(kubectl_json([
-            {"name": "redis", "ip": "10.96.0.20", "port": 6379, "target": 6379, "endpoints": ["10.0.2.2"]}]))
+        (tmp_path / "b" / "kubectl.json").write_text(
+            kubectl_json(
+                [
+                    {
+                        "name": "redis",
+                        "ip": "10.96.0.20",
+                        "port": 6379,
+                        "target": 6379,
+                        "endpoints": ["10.0.2.2"],
+                    }
+                ]
+            )
+        )
         b = Bundle.load(str(tmp_path / "b"))
         # the kernel's hex listing and ipvsadm's text agree
-        assert parse_proc_ip_vs(b.texts["proc-net-ip_vs.txt"]).services == parse_listing(b.texts["ipvsadm-Ln.txt"]).services
+        assert (
+            parse_proc_ip_vs(b.texts["proc-net-ip_vs.txt"]).services
+            == parse_listing(b.texts["ipvsadm-Ln.txt"]).services
+        )
         # the same connections (expiry counts down between the two reads; on a loaded emulated
         # VM the 2-minute TIME_WAIT entries may even be gone: the fixtures test non-empty pairs)
         proc_rows = parse_proc_conn(b.texts["proc-net-ip_vs_conn.txt"]).rows

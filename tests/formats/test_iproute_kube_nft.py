@@ -25,17 +25,26 @@ from kubelvs.formats.nft_json import parse_nft_json
 
 _IFACE = st.builds(
     lambda name, idx, kind, addrs: Interface(
-        name=name, index=idx, flags=("BROADCAST", "UP", "LOWER_UP"), link_type="ether", kind=kind, mac="02:00:00:00:00:01",
-        addresses=[Address(ipaddress.ip_interface(a), "global") for a in addrs]),
-    st.sampled_from(["eth0", "eth1", "lo0", "kube-bridge", "tun-192168926", "br0", "dummy0"]), st.integers(1, 9999),
+        name=name,
+        index=idx,
+        flags=("BROADCAST", "UP", "LOWER_UP"),
+        link_type="ether",
+        kind=kind,
+        mac="02:00:00:00:00:01",
+        addresses=[Address(ipaddress.ip_interface(a), "global") for a in addrs],
+    ),
+    st.sampled_from(["eth0", "eth1", "lo0", "kube-bridge", "tun-192168926", "br0", "dummy0"]),
+    st.integers(1, 9999),
     st.sampled_from(["", "dummy", "bridge", "vxlan", "veth"]),
     st.lists(st.sampled_from(["10.0.0.1/24", "10.240.0.201/32", "2001:db8::1/64"]), unique=True, max_size=3),
 )
 
 
 def _shape(ifaces: list[Interface]) -> list[tuple[object, ...]]:
-    return [(i.name, i.index, i.flags, i.link_type, i.kind, [(str(a.interface), a.scope) for a in i.addresses])
-            for i in ifaces]
+    return [
+        (i.name, i.index, i.flags, i.link_type, i.kind, [(str(a.interface), a.scope) for a in i.addresses])
+        for i in ifaces
+    ]
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -53,38 +62,76 @@ def test_real_ip_addr_text_and_json_agree() -> None:
     a, pa = parse_ip_addr(text)
     b, pb = parse_ip_addr(data)
     assert pa == pb == []
-    assert [(i.name, i.link_type, [str(x.interface) for x in i.addresses]) for i in a] == \
-           [(i.name, i.link_type, [str(x.interface) for x in i.addresses]) for i in b]
+    assert [(i.name, i.link_type, [str(x.interface) for x in i.addresses]) for i in a] == [
+        (i.name, i.link_type, [str(x.interface) for x in i.addresses]) for i in b
+    ]
 
 
 def test_ip_addr_bad_json_and_orphan_lines() -> None:
     assert parse_ip_addr("[{broken")[0] == []
-    ifaces, problems = parse_ip_addr("    inet 10.0.0.1/24 scope global eth0\n1: lo: <LOOPBACK> mtu 1\n    inet 1.2.3/8 x\n")
+    ifaces, problems = parse_ip_addr(
+        "    inet 10.0.0.1/24 scope global eth0\n1: lo: <LOOPBACK> mtu 1\n    inet 1.2.3/8 x\n"
+    )
     assert [i.name for i in ifaces] == ["lo"] and len(problems) == 2
 
 
 def test_ip_route_and_rule() -> None:
-    routes, _ = parse_ip_route("default via 192.0.2.1 dev eth0 \nlocal 10.96.0.10 dev kube-ipvs0 table local proto kernel\n"
-                               "10.0.0.0/8 proto bird \n\tnexthop via 10.0.0.1 dev eth0 weight 1\n")
+    routes, _ = parse_ip_route(
+        "default via 192.0.2.1 dev eth0 \nlocal 10.96.0.10 dev kube-ipvs0 table local proto kernel\n"
+        "10.0.0.0/8 proto bird \n\tnexthop via 10.0.0.1 dev eth0 weight 1\n"
+    )
     assert [(r.dst, r.dev, r.via, r.table) for r in routes] == [
-        ("default", "eth0", "192.0.2.1", "main"), ("local 10.96.0.10", "kube-ipvs0", "", "local"), ("10.0.0.0/8", "", "", "main")]
+        ("default", "eth0", "192.0.2.1", "main"),
+        ("local 10.96.0.10", "kube-ipvs0", "", "local"),
+        ("10.0.0.0/8", "", "", "main"),
+    ]
     rules, problems = parse_ip_rule("0:\tfrom all lookup local\n32766:\tfrom all lookup main\nbogus\n")
     assert rules == [(0, "from all lookup local"), (32766, "from all lookup main")] and len(problems) == 1
 
 
 KUBE = {
-    "apiVersion": "v1", "kind": "List", "items": [
-        {"kind": "Service", "metadata": {"name": "web", "namespace": "shop"},
-         "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "type": "LoadBalancer", "externalIPs": ["10.240.0.201"],
-                  "ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080, "protocol": "TCP"}]},
-         "status": {"loadBalancer": {"ingress": [{"ip": "10.240.0.210"}]}}},
-        {"kind": "EndpointSlice", "metadata": {"name": "web-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
-         "endpoints": [{"addresses": ["10.0.2.2"], "conditions": {"ready": True}},
-                       {"addresses": ["10.0.2.3"], "conditions": {"ready": False}}],
-         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]},
-        {"kind": "Node", "metadata": {"name": "n1"}, "status": {"addresses": [{"type": "InternalIP", "address": "10.240.0.101"},
-                                                                             {"type": "Hostname", "address": "n1"}]}},
-    ]}
+    "apiVersion": "v1",
+    "kind": "List",
+    "items": [
+        {
+            "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {
+                "clusterIP": "10.96.0.10",
+                "clusterIPs": ["10.96.0.10"],
+                "type": "LoadBalancer",
+                "externalIPs": ["10.240.0.201"],
+                "ports": [
+                    {"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080, "protocol": "TCP"}
+                ],
+            },
+            "status": {"loadBalancer": {"ingress": [{"ip": "10.240.0.210"}]}},
+        },
+        {
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "web-1",
+                "namespace": "shop",
+                "labels": {"kubernetes.io/service-name": "web"},
+            },
+            "endpoints": [
+                {"addresses": ["10.0.2.2"], "conditions": {"ready": True}},
+                {"addresses": ["10.0.2.3"], "conditions": {"ready": False}},
+            ],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        },
+        {
+            "kind": "Node",
+            "metadata": {"name": "n1"},
+            "status": {
+                "addresses": [
+                    {"type": "InternalIP", "address": "10.240.0.101"},
+                    {"type": "Hostname", "address": "n1"},
+                ]
+            },
+        },
+    ],
+}
 
 
 def test_kubectl_json_and_yaml_agree() -> None:
@@ -94,7 +141,11 @@ def test_kubectl_json_and_yaml_agree() -> None:
         state = parse_kube(text)
         assert state.problems == []
         (sp,) = state.ports
-        assert sp.ref == "shop/web:http" and sp.endpoints == {("10.0.2.2", 8080)} and sp.not_ready == {("10.0.2.3", 8080)}
+        assert (
+            sp.ref == "shop/web:http"
+            and sp.endpoints == {("10.0.2.2", 8080)}
+            and sp.not_ready == {("10.0.2.3", 8080)}
+        )
         assert sp.frontends() == [("10.96.0.10", 80), ("10.240.0.201", 80), ("10.240.0.210", 80)]
         assert sp.node_port == 30080 and state.node_ips == {"n1": ["10.240.0.101"]}
 
@@ -102,19 +153,34 @@ def test_kubectl_json_and_yaml_agree() -> None:
 def test_kubectl_garbage() -> None:
     assert parse_kube("{not json").problems
     assert parse_kube(": : :\n- [").problems
-    state = parse_kube('{"kind": "Service", "metadata": {"name": "x"}, "spec": {"ports": [{"port": "eighty"}]}}')
+    state = parse_kube(
+        '{"kind": "Service", "metadata": {"name": "x"}, "spec": {"ports": [{"port": "eighty"}]}}'
+    )
     assert state.ports == [] and state.problems
 
 
 def test_nft_json() -> None:
-    text = json.dumps({"nftables": [
-        {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
-        {"table": {"family": "ip", "name": "nat", "handle": 1}},
-        {"chain": {"family": "ip", "table": "nat", "name": "POSTROUTING", "handle": 1}},
-        {"rule": {"family": "ip", "table": "nat", "chain": "POSTROUTING", "handle": 2,
-                  "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "eth0"}},
-                           {"masquerade": None}]}},
-    ]})
+    text = json.dumps(
+        {
+            "nftables": [
+                {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+                {"table": {"family": "ip", "name": "nat", "handle": 1}},
+                {"chain": {"family": "ip", "table": "nat", "name": "POSTROUTING", "handle": 1}},
+                {
+                    "rule": {
+                        "family": "ip",
+                        "table": "nat",
+                        "chain": "POSTROUTING",
+                        "handle": 2,
+                        "expr": [
+                            {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "eth0"}},
+                            {"masquerade": None},
+                        ],
+                    }
+                },
+            ]
+        }
+    )
     ruleset = parse_nft_json(text)
     assert ruleset.tables == ["ip nat"] and ruleset.rules == 1
     assert ruleset.nat_rules == ["ip nat POSTROUTING: masquerade"]

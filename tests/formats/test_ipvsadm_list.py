@@ -11,10 +11,10 @@ from kubelvs.formats.ipvsadm_list import (
     Listing,
     format_listing,
     format_proc_ip_vs,
+    format_timeout,
     parse_listing,
     parse_proc_ip_vs,
     parse_timeout,
-    format_timeout,
 )
 from kubelvs.model import Forward, RealServerStats, Timeouts, VirtualService, parse_address
 
@@ -32,8 +32,9 @@ def listings(draw: st.DrawFn) -> Listing:
     stats = {}
     for svc in svcs:
         for rs in svc.realservers:
-            stats[(svc.key, rs.key)] = RealServerStats(active_conns=draw(st.integers(0, 10**6)),
-                                                       inactive_conns=draw(st.integers(0, 10**6)))
+            stats[(svc.key, rs.key)] = RealServerStats(
+                active_conns=draw(st.integers(0, 10**6)), inactive_conns=draw(st.integers(0, 10**6))
+            )
     return Listing(services=svcs, stats=stats, version="1.2.1 (size=4096)")
 
 
@@ -68,7 +69,11 @@ def test_real_proc_ip_vs_text() -> None:
     )
     listing = parse_proc_ip_vs(text)
     assert listing.problems == []
-    assert [str(s.key) for s in listing.services] == ["TCP 10.108.152.210:6379", "TCP [2001:db8::1]:80", "FWM 100"]
+    assert [str(s.key) for s in listing.services] == [
+        "TCP 10.108.152.210:6379",
+        "TCP [2001:db8::1]:80",
+        "FWM 100",
+    ]
     assert listing.services[0].realservers[0].port == 80
     assert listing.services[1].realservers[0].forward is Forward.DR
 

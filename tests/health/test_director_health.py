@@ -10,8 +10,8 @@ import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +34,9 @@ class World:
 
     def start(self, node: str) -> None:
         ns = self.nodes[node]
-        self.servers[node] = self.lab.start_python(ns, "kubelvs.lab.servers", "http", "--name", node, "--port", "8080")
+        self.servers[node] = self.lab.start_python(
+            ns, "kubelvs.lab.servers", "http", "--name", node, "--port", "8080"
+        )
         self.lab.wait_listening(ns, 8080)
 
     def stop(self, node: str) -> None:
@@ -62,7 +64,8 @@ def config(health: str, nodes: tuple[str, ...] = ("node1", "node2")) -> str:
         f"health_defaults: {health}\n"
         "services:\n"
         + "".join(
-            f"  - {{name: s{i}, vip: 10.240.0.{i}, port: 80, scheduler: rr, forward: nat, realservers: [{rss}]}}\n"
+            f"  - {{name: s{i}, vip: 10.240.0.{i}, port: 80, scheduler: rr, forward: nat, "
+            f"realservers: [{rss}]}}\n"
             for i in range(1, 21)
         )
     )
@@ -81,14 +84,20 @@ async def until(condition: Callable[[], bool], timeout: float) -> float:
     return time.monotonic() - started
 
 
-def run(world: World, tmp_path: Path, text: str, body: Callable[[DirectorProgram, MemoryBackend], Awaitable[None]]) -> None:
+def run(
+    world: World, tmp_path: Path, text: str, body: Callable[[DirectorProgram, MemoryBackend], Awaitable[None]]
+) -> None:
     path = tmp_path / "lb.yaml"
     path.write_text(text)
     backend = MemoryBackend()
 
     async def main() -> None:
-        options = DirectorOptions(netns=world.director, resync_seconds=3600, state_file=tmp_path / "state.json")
-        program = await start_director(options, ConfigFileSource(path, poll_seconds=0.05, settle_seconds=0.1), backend=backend)
+        options = DirectorOptions(
+            netns=world.director, resync_seconds=3600, state_file=tmp_path / "state.json"
+        )
+        program = await start_director(
+            options, ConfigFileSource(path, poll_seconds=0.05, settle_seconds=0.1), backend=backend
+        )
         stop = asyncio.Event()
         task = asyncio.create_task(program.run(stop))
         try:
@@ -116,12 +125,20 @@ def test_a_dead_real_server_goes_to_weight_0_in_time_and_comes_back(world: World
         assert all(vs[0][2] == 0 for vs in backend.table().values())
         last_apply = backend.applies[-1]
         assert len(last_apply) == 20 and {type(op).__name__ for op in last_apply} == {"EditRealServer"}
+
         def state() -> dict[str, Any]:
             doc: dict[str, Any] = json.loads((tmp_path / "state.json").read_text())
             return doc
 
-        target = state()["health"]["services"]["TCP 10.240.0.1:80"]["10.0.0.11:8080"]
-        await until(lambda: state()["health"]["targets"][target]["status"] == "down", 2)  # written after the sync
+        health = state()["health"]
+        assert health["checks"][health["services"]["TCP 10.240.0.1:80"]] == {
+            "kind": "http",
+            "port": None,
+            "mode": "direct",
+        }
+        target = "http 10.0.0.11:8080"  # as the director names its probes
+        # The state file is written after the sync.
+        await until(lambda: state()["health"]["targets"][target]["status"] == "down", 2)
         assert "refused" in state()["health"]["targets"][target]["detail"]
         # What `kubelvs status` shows of it (the kernel's table and the director's state file).
         director = read_director_state(tmp_path / "state.json")

@@ -56,7 +56,9 @@ def test_alternating_results_never_flap() -> None:
 
 
 @given(weight=st.integers(1, 100), slow=st.floats(0.5, 300), steps=st.lists(st.floats(0, 400), min_size=1))
-def test_slow_start_ramps_monotonically_to_the_full_weight(weight: int, slow: float, steps: list[float]) -> None:
+def test_slow_start_ramps_monotonically_to_the_full_weight(
+    weight: int, slow: float, steps: list[float]
+) -> None:
     check = HealthCheck(kind=CheckKind.TCP, slow_start=slow)
     rs = RealServer(ipaddress.ip_address("10.0.0.11"), 80, weight, Forward.DR)
     state = TargetState(status=Status.UP, since=1000.0, came_back=1000.0)
@@ -110,8 +112,10 @@ def test_remove_on_failure_leaves_the_real_server_out_and_back_in() -> None:
 
 
 def test_the_checker_probes_each_target_at_its_interval() -> None:
-    targets = [TargetKey(ipaddress.ip_address(f"10.1.0.{i}"), 80, HealthCheck(kind=CheckKind.TCP, interval=0.1))
-               for i in range(1, 51)]
+    targets = [
+        TargetKey(ipaddress.ip_address(f"10.1.0.{i}"), 80, HealthCheck(kind=CheckKind.TCP, interval=0.1))
+        for i in range(1, 51)
+    ]
     seen: dict[TargetKey, int] = {}
     changes: list[set[TargetKey]] = []
 
@@ -136,4 +140,6 @@ def test_the_checker_probes_each_target_at_its_interval() -> None:
     checker = asyncio.run(main())
     down = [t for t, s in checker.states.items() if s.status is Status.DOWN]
     assert [str(t.address) for t in down] == ["10.1.0.7"]
-    assert {str(t.address) for c in changes for t in c} == {f"10.1.0.{i}" for i in range(1, 51)}  # up, one down
+    assert {str(t.address) for c in changes for t in c} == {
+        f"10.1.0.{i}" for i in range(1, 51)
+    }  # up, one down

@@ -41,14 +41,30 @@ class Net:
 
     def serve(self, ns: str, kind: str, port: int) -> None:
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "kubelvs.lab.servers", kind, "--name", "rs1", "--port", str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                sys.executable,
+                "-m",
+                "kubelvs.lab.servers",
+                kind,
+                "--name",
+                "rs1",
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.processes.append(proc)
         probe = "tcp" if kind == "http" else "udp"
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-lnH", f"--{probe}"], capture_output=True, text=True).stdout
+            out = subprocess.run(
+                ["ip", "netns", "exec", ns, "ss", "-lnH", f"--{probe}"], capture_output=True, text=True
+            ).stdout
             if f":{port} " in out:
                 return
             time.sleep(0.05)
@@ -90,9 +106,15 @@ def test_tcp_http_udp_and_exec_probes_see_what_is_there(net: Net) -> None:
     http = HealthCheck(kind=CheckKind.HTTP, timeout=1, path="/healthz", body="ok")
     assert run(probe_direct(NODE, 8080, http, netns=net.director)) == (True, "HTTP 200")
     error = HealthCheck(kind=CheckKind.HTTP, timeout=1, path="/status/500")
-    assert run(probe_direct(NODE, 8080, error, netns=net.director)) == (False, "HTTP 500")  # TCP accepted, still down
+    assert run(probe_direct(NODE, 8080, error, netns=net.director)) == (
+        False,
+        "HTTP 500",
+    )  # TCP accepted, still down
     wrong_body = HealthCheck(kind=CheckKind.HTTP, timeout=1, path="/healthz", body="ready")
-    assert run(probe_direct(NODE, 8080, wrong_body, netns=net.director)) == (False, "HTTP 200 without 'ready' in the body")
+    assert run(probe_direct(NODE, 8080, wrong_body, netns=net.director)) == (
+        False,
+        "HTTP 200 without 'ready' in the body",
+    )
     slow = HealthCheck(kind=CheckKind.HTTP, timeout=0.5, path="/slow/2")
     assert run(probe_direct(NODE, 8080, slow, netns=net.director)) == (False, "no answer within 0.5 s")
 
@@ -101,7 +123,9 @@ def test_tcp_http_udp_and_exec_probes_see_what_is_there(net: Net) -> None:
     assert ok, detail
     assert run(probe_direct(NODE, 5354, udp, netns=net.director)) == (False, "connection refused")
 
-    exit0 = HealthCheck(kind=CheckKind.EXEC, timeout=2, command=("sh", "-c", 'test "$ADDRESS:$PORT" = 10.0.0.11:8080'))
+    exit0 = HealthCheck(
+        kind=CheckKind.EXEC, timeout=2, command=("sh", "-c", 'test "$ADDRESS:$PORT" = 10.0.0.11:8080')
+    )
     assert run(probe_direct(NODE, 8080, exit0, netns=net.director)) == (True, "exit 0")
     exit3 = HealthCheck(kind=CheckKind.EXEC, timeout=2, command=("sh", "-c", "echo broken >&2; exit 3"))
     assert run(probe_direct(NODE, 8080, exit3, netns=net.director)) == (False, "exit 3: broken")
@@ -113,7 +137,11 @@ def test_tcp_http_udp_and_exec_probes_see_what_is_there(net: Net) -> None:
 
 def test_a_server_that_drops_syns_times_out(net: Net) -> None:
     net.serve(net.node, "http", 8080)
-    ruleset = "table inet kubelvs_test {\n chain in { type filter hook input priority 0; tcp dport 8080 drop; }\n}\n"
+    ruleset = (
+        "table inet kubelvs_test {\n"
+        " chain in { type filter hook input priority 0; tcp dport 8080 drop; }\n"
+        "}\n"
+    )
     subprocess.run(["ip", "netns", "exec", net.node, "nft", "-f", "-"], input=ruleset, text=True, check=True)
     tcp = HealthCheck(kind=CheckKind.TCP, timeout=0.7)
     assert run(probe_direct(NODE, 8080, tcp, netns=net.director)) == (False, "no answer within 0.7 s")
@@ -142,7 +170,9 @@ def test_vip_probe_fails_on_a_dr_node_without_the_vip_and_passes_with_it(net: Ne
     assert run(vip_probe(81)) == (False, f"connection refused by {VIP}:81 via 10.0.0.11")
     # The probe reset the half-open connection itself: nothing is left on the node.
     time.sleep(0.2)
-    left = subprocess.run(["ip", "netns", "exec", net.node, "ss", "-tanH", "state", "syn-recv"], capture_output=True, text=True)
+    left = subprocess.run(
+        ["ip", "netns", "exec", net.node, "ss", "-tanH", "state", "syn-recv"], capture_output=True, text=True
+    )
     assert left.stdout.strip() == ""
 
 
@@ -167,6 +197,12 @@ def test_vip_probe_through_ipip_fails_on_strict_rp_filter_and_passes_when_fixed(
     assert not ok and "in IPIP" in detail, detail
     sysctl(net.node, "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.tunl0.rp_filter=0")
     assert run(vip_probe()) == (True, f"SYN-ACK from {VIP}:80")
-    counters = json.loads(subprocess.run(["ip", "-n", net.node, "-j", "-s", "link", "show", "tunl0"],
-                                         capture_output=True, text=True, check=True).stdout)[0]
+    counters = json.loads(
+        subprocess.run(
+            ["ip", "-n", net.node, "-j", "-s", "link", "show", "tunl0"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )[0]
     assert counters["stats64"]["rx"]["packets"] >= 1  # it really came through the tunnel

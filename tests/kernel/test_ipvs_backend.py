@@ -45,7 +45,9 @@ def ipvsadm(ns: str, *args: str, stdin: str | None = None) -> str:
 
 def kubelvs(ns: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(ROOT / ".venv/bin/kubelvs"), *args, "--backend", "ipvs", "--netns", ns], capture_output=True, text=True
+        [str(ROOT / ".venv/bin/kubelvs"), *args, "--backend", "ipvs", "--netns", ns],
+        capture_output=True,
+        text=True,
     )
 
 
@@ -92,7 +94,9 @@ def test_timeouts_show_in_ipvsadm(netns: str, backend: IpvsBackend) -> None:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sequence=st.lists(desired_states(), min_size=1, max_size=4))
-def test_any_sequence_converges_on_the_real_kernel(netns: str, backend: IpvsBackend, sequence: list[DesiredState]) -> None:
+def test_any_sequence_converges_on_the_real_kernel(
+    netns: str, backend: IpvsBackend, sequence: list[DesiredState]
+) -> None:
     foreign = "-A -t 192.0.2.10:443 -s rr\n-a -t 192.0.2.10:443 -r 192.0.2.20:443 -m -w 1\n"
     if "192.0.2.10" not in ipvsadm(netns, "-Sn"):
         ipvsadm(netns, "-R", stdin=foreign)
@@ -128,8 +132,8 @@ def _redis(port: int, target: int) -> DesiredState:
 
 
 @pytest.mark.parametrize("first", [(6379, 80), (80, 80)], ids=["targetPort-edit", "port-and-targetPort-edit"])
-def test_seed_stale_realserver_regression(netns: str, backend: IpvsBackend, first: tuple[int, int]) -> None:
-    """Seed incident 1: after editing the Service to 6379, no :80 real server may survive."""
+def test_stale_realserver_regression(netns: str, backend: IpvsBackend, first: tuple[int, int]) -> None:
+    """The stale real server incident: after editing the Service to 6379, no :80 real server may survive."""
     director = Director(backend)
     director.sync(_redis(*first))
     director.sync(_redis(6379, 6379), changed=changed_services(_redis(*first), _redis(6379, 6379)))
@@ -146,7 +150,12 @@ def test_a_refused_operation_affects_only_its_service_and_next_sync_converges(
             {
                 "owned_cidrs": ["10.240.0.0/24"],
                 "services": [
-                    {"vip": f"10.240.0.{200 + i}", "port": 80, "scheduler": "rr", "realservers": [{"address": "10.240.0.101"}]}
+                    {
+                        "vip": f"10.240.0.{200 + i}",
+                        "port": 80,
+                        "scheduler": "rr",
+                        "realservers": [{"address": "10.240.0.101"}],
+                    }
                     for i in range(3)
                 ],
             }
@@ -163,7 +172,10 @@ def test_a_refused_operation_affects_only_its_service_and_next_sync_converges(
     assert refused.errno == errno.EEXIST and "already exists" in str(refused)
     saved = ipvsadm(netns, "-Sn")
     # The services before AND after the refused one were applied: one refusal holds up nothing else.
-    assert "-a -t 10.240.0.200:80 -r 10.240.0.101:80" in saved and "-a -t 10.240.0.202:80 -r 10.240.0.101:80" in saved
+    assert (
+        "-a -t 10.240.0.200:80 -r 10.240.0.101:80" in saved
+        and "-a -t 10.240.0.202:80 -r 10.240.0.101:80" in saved
+    )
     assert "applied" in str(info.value) and "TCP 10.240.0.201:80" in str(info.value)
     result = Director(backend).sync(desired)
     assert not result.new_failures
@@ -179,13 +191,25 @@ def test_a_refused_service_is_retried_with_backoff_by_the_director(netns: str, b
 
     def config(scheduler: str) -> DesiredState:
         services = [
-            {"vip": "10.240.0.200", "port": 80, "scheduler": "rr", "realservers": [{"address": "10.240.0.101"}]},
-            {"vip": "10.240.0.201", "port": 80, "scheduler": scheduler, "realservers": [{"address": "10.240.0.101"}]},
+            {
+                "vip": "10.240.0.200",
+                "port": 80,
+                "scheduler": "rr",
+                "realservers": [{"address": "10.240.0.101"}],
+            },
+            {
+                "vip": "10.240.0.201",
+                "port": 80,
+                "scheduler": scheduler,
+                "realservers": [{"address": "10.240.0.101"}],
+            },
         ]
         return to_desired(parse_config({"owned_cidrs": ["10.240.0.0/24"], "services": services}))
 
     result = director.sync(config("twos"))
-    assert any("scheduler 'twos' is not available" in line for line in result.new_failures), result.new_failures
+    assert any("scheduler 'twos' is not available" in line for line in result.new_failures), (
+        result.new_failures
+    )
     assert [str(k) for k in owned(backend.read())] == ["TCP 10.240.0.200:80"]
     (failure,) = director.failures.values()
     assert failure.attempts == 1 and failure.retry_at == 1000.5
@@ -216,8 +240,9 @@ def test_incremental_sync_matches_the_kernel(netns: str, backend: IpvsBackend) -
     first = to_desired(load_config(ROOT / "examples/whoami-dr.yaml"))
     director = Director(backend)
     director.sync(first)
-    (svc,) = first.services.values()
+    assert len(first.services) == 1
     config = yaml_rs.loads((ROOT / "examples/whoami-dr.yaml").read_text())
+    assert isinstance(config, dict)  # a mapping at the top, not a list of documents
     config["services"][0]["realservers"] = [{"address": "10.240.0.103", "weight": 4}]
     second = to_desired(parse_config(config))
     result = director.sync(second, changed=changed_services(first, second))
@@ -241,16 +266,25 @@ def test_cli_apply_status_diff(netns: str, tmp_path: Path) -> None:
     assert doc["timeouts"] == {"tcp": 900, "tcpfin": 30, "udp": 300}
     (svc,) = doc["services"]
     assert (svc["name"], svc["vip"], svc["port"], svc["protocol"], svc["scheduler"]) == (
-        "whoami", "10.240.0.201", 80, "tcp", "mh")
-    assert [(r["address"], r["port"], r["weight"], r["forward"], r["active_conns"], r["inactive_conns"])
-            for r in svc["realservers"]] == [("10.240.0.101", 80, 1, "dr", 0, 0), ("10.240.0.102", 80, 1, "dr", 0, 0)]
+        "whoami",
+        "10.240.0.201",
+        80,
+        "tcp",
+        "mh",
+    )
+    assert [
+        (r["address"], r["port"], r["weight"], r["forward"], r["active_conns"], r["inactive_conns"])
+        for r in svc["realservers"]
+    ] == [("10.240.0.101", 80, 1, "dr", 0, 0), ("10.240.0.102", 80, 1, "dr", 0, 0)]
     table = kubelvs(netns, "status", "-f", str(config)).stdout
     assert "TCP  10.240.0.201:80 mh (mh-port)" in table and "whoami" in table
     assert "-> 10.240.0.101:80" in table and "Route" in table
     exported = kubelvs(netns, "export", "--format", "ipvsadm").stdout
     assert exported == ipvsadm(netns, "-Sn")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("owned_cidrs: [10.240.0.0/24]\nservices: [{vip: 10.240.0.201, port: 80, scheduler: bogus}]\n")
+    bad.write_text(
+        "owned_cidrs: [10.240.0.0/24]\nservices: [{vip: 10.240.0.201, port: 80, scheduler: bogus}]\n"
+    )
     rejected = kubelvs(netns, "apply", "-f", str(bad))
     assert rejected.returncode == 2 and "services[0].scheduler" in rejected.stderr
     assert exported == ipvsadm(netns, "-Sn"), "a rejected config changes nothing"
@@ -263,8 +297,18 @@ def test_ipv6_and_fwmark_services(netns: str, backend: IpvsBackend) -> None:
                 "owned_cidrs": ["2001:db8::/64"],
                 "owned_fwmarks": [100],
                 "services": [
-                    {"vip": "2001:db8::10", "port": 443, "scheduler": "sh", "flags": ["sh-port"], "persistence": 600,
-                     "netmask": 64, "realservers": [{"address": "2001:db8::101"}, {"address": "2001:db8::102", "forward": "tun"}]},
+                    {
+                        "vip": "2001:db8::10",
+                        "port": 443,
+                        "scheduler": "sh",
+                        "flags": ["sh-port"],
+                        "persistence": 600,
+                        "netmask": 64,
+                        "realservers": [
+                            {"address": "2001:db8::101"},
+                            {"address": "2001:db8::102", "forward": "tun"},
+                        ],
+                    },
                     {"fwmark": 100, "scheduler": "mh", "realservers": [{"address": "10.1.0.1", "port": 0}]},
                 ],
             }

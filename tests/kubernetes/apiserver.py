@@ -39,11 +39,25 @@ KIND_OF_PATH = {
     "/apis/discovery.k8s.io/v1/endpointslices": "EndpointSlice",
     "/api/v1/nodes": "Node",
 }
-API_VERSION = {"Service": "v1", "EndpointSlice": "discovery.k8s.io/v1", "Node": "v1", "Lease": "coordination.k8s.io/v1", "Event": "v1"}
+API_VERSION = {
+    "Service": "v1",
+    "EndpointSlice": "discovery.k8s.io/v1",
+    "Node": "v1",
+    "Lease": "coordination.k8s.io/v1",
+    "Event": "v1",
+}
 
 
 def status(code: int, reason: str, message: str) -> Obj:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 def free_port() -> int:
@@ -55,7 +69,9 @@ def free_port() -> int:
 class FakeApiServer:
     def __init__(self, *, bookmark_interval: float = 0.2) -> None:
         self.rv = 1000
-        self.objects: dict[str, dict[tuple[str, str], Obj]] = {k: {} for k in ("Service", "EndpointSlice", "Node", "Lease")}
+        self.objects: dict[str, dict[tuple[str, str], Obj]] = {
+            k: {} for k in ("Service", "EndpointSlice", "Node", "Lease")
+        }
         self.history: list[tuple[int, str, str, Obj]] = []  # (rv, kind, type, object)
         self.compacted = 0  # watches from a resourceVersion below this get 410
         self.bookmark_interval = bookmark_interval
@@ -106,7 +122,7 @@ class FakeApiServer:
     def drop_watches(self) -> None:
         for resp in list(self._responses):
             task = getattr(resp, "_kubelvs_task", None)
-            transport = resp._req.transport if resp._req is not None else None  # noqa: SLF001
+            transport = resp._req.transport if resp._req is not None else None
             if transport is not None:
                 transport.abort()
             if task is not None:
@@ -168,9 +184,19 @@ class FakeApiServer:
             return self._list(request, kind)
         parts = path.strip("/").split("/")
         # /api/v1/namespaces/{ns}/services/{name}/status
-        if len(parts) == 7 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "services" and parts[6] == "status":
+        if (
+            len(parts) == 7
+            and parts[:3] == ["api", "v1", "namespaces"]
+            and parts[4] == "services"
+            and parts[6] == "status"
+        ):
             return await self._service_status(request, parts[3], parts[5])
-        if len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "events" and request.method == "POST":
+        if (
+            len(parts) == 5
+            and parts[:3] == ["api", "v1", "namespaces"]
+            and parts[4] == "events"
+            and request.method == "POST"
+        ):
             ev = await request.json()
             ev.setdefault("metadata", {})["resourceVersion"] = self._bump()
             self.events.append(ev)
@@ -189,7 +215,11 @@ class FakeApiServer:
             state = json.loads(base64.b64decode(token))
             if state["rv"] < self.compacted:
                 return web.json_response(
-                    status(410, "Expired", "The provided continue parameter is too old to display a consistent list result."),
+                    status(
+                        410,
+                        "Expired",
+                        "The provided continue parameter is too old to display a consistent list result.",
+                    ),
                     status=410,
                 )
             start, list_rv = state["start"], state["rv"]
@@ -202,20 +232,26 @@ class FakeApiServer:
             out_items.append(o)
         meta: Obj = {"resourceVersion": str(list_rv)}
         if limit and start + limit < len(items):
-            meta["continue"] = base64.b64encode(json.dumps({"rv": list_rv, "start": start + limit}).encode()).decode()
+            meta["continue"] = base64.b64encode(
+                json.dumps({"rv": list_rv, "start": start + limit}).encode()
+            ).decode()
             meta["remainingItemCount"] = len(items) - start - limit
-        return web.json_response({"kind": f"{kind}List", "apiVersion": API_VERSION[kind], "metadata": meta, "items": out_items})
+        return web.json_response(
+            {"kind": f"{kind}List", "apiVersion": API_VERSION[kind], "metadata": meta, "items": out_items}
+        )
 
     async def _watch(self, request: web.Request, kind: str) -> web.StreamResponse:
         since = int(request.query.get("resourceVersion") or self.rv)
         bookmarks = request.query.get("allowWatchBookmarks") == "true"
         timeout = float(request.query.get("timeoutSeconds") or 1800)
         if since < self.compacted and self.gone_as_http:
-            return web.json_response(status(410, "Expired", f"too old resource version: {since} ({self.compacted})"), status=410)
+            return web.json_response(
+                status(410, "Expired", f"too old resource version: {since} ({self.compacted})"), status=410
+            )
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
-        resp._kubelvs_task = asyncio.current_task()  # type: ignore[attr-defined]  # noqa: SLF001
+        resp._kubelvs_task = asyncio.current_task()  # type: ignore[attr-defined]
         self._responses.add(resp)
 
         async def send(etype: str, obj: Obj) -> None:
@@ -225,7 +261,9 @@ class FakeApiServer:
         self._watchers.add(queue)
         try:
             if since < self.compacted:
-                await send("ERROR", status(410, "Expired", f"too old resource version: {since} ({self.compacted})"))
+                await send(
+                    "ERROR", status(410, "Expired", f"too old resource version: {since} ({self.compacted})")
+                )
                 return resp
             for rv, k, etype, obj in list(self.history):
                 if k == kind and rv > since:
@@ -238,9 +276,16 @@ class FakeApiServer:
                     break
                 try:
                     item = await asyncio.wait_for(queue.get(), min(left, self.bookmark_interval))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if bookmarks:
-                        await send("BOOKMARK", {"kind": kind, "apiVersion": API_VERSION[kind], "metadata": {"resourceVersion": str(self.rv)}})
+                        await send(
+                            "BOOKMARK",
+                            {
+                                "kind": kind,
+                                "apiVersion": API_VERSION[kind],
+                                "metadata": {"resourceVersion": str(self.rv)},
+                            },
+                        )
                     continue
                 if item is None:
                     break
@@ -275,7 +320,9 @@ class FakeApiServer:
         leases = self.objects["Lease"]
         if request.method == "GET" and name:
             if (ns, name) not in leases:
-                return web.json_response(status(404, "NotFound", f'leases.coordination.k8s.io "{name}" not found'), status=404)
+                return web.json_response(
+                    status(404, "NotFound", f'leases.coordination.k8s.io "{name}" not found'), status=404
+                )
             return web.json_response(leases[(ns, name)])
         body = await request.json()
         body.setdefault("metadata", {})
@@ -283,7 +330,9 @@ class FakeApiServer:
         current = leases.get((ns, lname))
         if request.method == "POST":
             if current is not None:
-                return web.json_response(status(409, "AlreadyExists", f'leases "{lname}" already exists'), status=409)
+                return web.json_response(
+                    status(409, "AlreadyExists", f'leases "{lname}" already exists'), status=409
+                )
         elif request.method == "PUT":
             if current is None:
                 return web.json_response(status(404, "NotFound", lname), status=404)

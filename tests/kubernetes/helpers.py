@@ -8,14 +8,16 @@ from kubelvs.sources.kubernetes.mapping import MappingResult, Snapshot, compute
 from kubelvs.sources.kubernetes.objects import EndpointSlice, Node, Service, parse_object
 from kubelvs.sources.kubernetes.settings import KubeSettings, parse_kubernetes
 
-SEED_SECTION: dict[str, Any] = {
+WHOAMI_SECTION: dict[str, Any] = {
     "external_ip_cidrs": ["10.240.0.192/26"],
     "lb_pools": [{"name": "default", "cidrs": ["10.240.0.224/28"]}],
 }
 
 
-def settings(section: dict[str, Any] | None = None, owned: tuple[str, ...] = ("10.240.0.0/24",)) -> KubeSettings:
-    data = dict(SEED_SECTION if section is None else section)
+def settings(
+    section: dict[str, Any] | None = None, owned: tuple[str, ...] = ("10.240.0.0/24",)
+) -> KubeSettings:
+    data = dict(WHOAMI_SECTION if section is None else section)
     data.setdefault("external_ip_cidrs", ["10.240.0.192/27"])
     # The stand-in API server's nodes are not hosts: nothing to probe unless a test says so.
     data.setdefault("health", {"enabled": False})
@@ -43,7 +45,9 @@ def key(vip: str, port: int, proto: str = "tcp") -> ServiceKey:
     return ServiceKey(4, Protocol(proto), ip_address(vip), port)
 
 
-def rs_table(result: MappingResult, vip: str, port: int, proto: str = "tcp") -> list[tuple[str, int, int, str]]:
+def rs_table(
+    result: MappingResult, vip: str, port: int, proto: str = "tcp"
+) -> list[tuple[str, int, int, str]]:
     vs = result.desired.services[key(vip, port, proto)]
     return [(str(r.address), r.port, r.weight, str(r.forward)) for r in vs.realservers]
 

@@ -77,7 +77,9 @@ def service(
     return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec, "status": status}
 
 
-def endpoint(node: str, ip: str, *, ready: bool = True, serving: bool | None = None, terminating: bool = False) -> Obj:
+def endpoint(
+    node: str, ip: str, *, ready: bool = True, serving: bool | None = None, terminating: bool = False
+) -> Obj:
     return {
         "addresses": [ip],
         "conditions": {
@@ -86,7 +88,12 @@ def endpoint(node: str, ip: str, *, ready: bool = True, serving: bool | None = N
             "terminating": terminating,
         },
         "nodeName": node,
-        "targetRef": {"kind": "Pod", "name": f"pod-{ip}", "namespace": "default", "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, ip))},
+        "targetRef": {
+            "kind": "Pod",
+            "name": f"pod-{ip}",
+            "namespace": "default",
+            "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, ip)),
+        },
         "zone": "zone-a",
     }
 
@@ -117,7 +124,14 @@ def endpointslice(
                 "kubernetes.io/service-name": service_name,
             },
             "ownerReferences": [
-                {"apiVersion": "v1", "kind": "Service", "name": service_name, "uid": "x", "controller": True, "blockOwnerDeletion": True}
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "name": service_name,
+                    "uid": "x",
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
             ],
         },
         "addressType": address_type,
@@ -148,7 +162,13 @@ def node(
     spec: Obj = {"podCIDR": "10.230.1.0/24", "podCIDRs": ["10.230.1.0/24"]}
     if unschedulable:
         spec["unschedulable"] = True
-        spec["taints"] = [{"effect": "NoSchedule", "key": "node.kubernetes.io/unschedulable", "timeAdded": "2026-11-26T06:00:00Z"}]
+        spec["taints"] = [
+            {
+                "effect": "NoSchedule",
+                "key": "node.kubernetes.io/unschedulable",
+                "timeAdded": "2026-11-26T06:00:00Z",
+            }
+        ]
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -177,8 +197,8 @@ def with_rv(obj: Obj, rv: str) -> Obj:
     return out
 
 
-#: The seed's lab: two workers and the whoami Service with externalIP 10.240.0.201.
-def seed_objects() -> list[Obj]:
+#: The whoami lab: two workers and the whoami Service with externalIP 10.240.0.201.
+def whoami_objects() -> list[Obj]:
     return [
         node("node1", "10.240.0.101"),
         node("node2", "10.240.0.102"),

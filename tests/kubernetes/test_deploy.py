@@ -63,7 +63,9 @@ def test_workloads_and_config() -> None:
     assert spec["serviceAccountName"] == "kubelvs-director" and spec["hostNetwork"] is True
     assert spec["containers"][0]["command"][:3] == ["kubelvs", "director", "--kubernetes"]
     (ds,) = docs("node-daemonset.yaml")
-    assert ds["kind"] == "DaemonSet" and ds["spec"]["template"]["spec"]["serviceAccountName"] == "kubelvs-node"
+    assert (
+        ds["kind"] == "DaemonSet" and ds["spec"]["template"]["spec"]["serviceAccountName"] == "kubelvs-node"
+    )
     (cm,) = docs("config.yaml")
     config = parse_config(yaml.safe_load(cm["data"]["config.yaml"]))
     s = parse_kubernetes(config.kubernetes, to_desired(config).ownership)
@@ -86,13 +88,20 @@ def test_node_daemonset_command_is_the_cli_contract() -> None:
     command = [_expand(a, {"NODE_NAME": "worker-1"}) for a in container["command"]]
     assert command[0] == "kubelvs"
     args = build_parser(command[1:]).parse_args(command[1:])  # the real parser: unknown flags fail here
-    assert (args.command, args.kubernetes, args.node_name, args.kubeconfig) == ("node", True, "worker-1", None)
+    assert (args.command, args.kubernetes, args.node_name, args.kubeconfig) == (
+        "node",
+        True,
+        "worker-1",
+        None,
+    )
     assert not (args.once or args.dry_run or args.revert or args.vip or args.from_manifests)
     # The config file is the ConfigMap's key, mounted where -f points.
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
     (cm,) = docs("config.yaml")
-    assert args.file.parent.as_posix() == mounts["config"]["mountPath"] and mounts["config"]["readOnly"] is True
+    assert (
+        args.file.parent.as_posix() == mounts["config"]["mountPath"] and mounts["config"]["readOnly"] is True
+    )
     assert volumes["config"]["configMap"]["name"] == cm["metadata"]["name"]
     assert args.file.name in cm["data"]
     # The agent's record of what it set outlives the container (the host's directory).
@@ -103,6 +112,10 @@ def test_node_daemonset_command_is_the_cli_contract() -> None:
     assert spec["hostNetwork"] is True and container["securityContext"] == {"privileged": True}
     assert {"operator": "Exists"} in spec["tolerations"]
     # Its ServiceAccount is bound to the read-only ClusterRole only.
-    bindings = [d for d in docs("rbac.yaml") if d["kind"] in ("ClusterRoleBinding", "RoleBinding")
-                and any(s["name"] == spec["serviceAccountName"] for s in d["subjects"])]
+    bindings = [
+        d
+        for d in docs("rbac.yaml")
+        if d["kind"] in ("ClusterRoleBinding", "RoleBinding")
+        and any(s["name"] == spec["serviceAccountName"] for s in d["subjects"])
+    ]
     assert [(b["kind"], b["roleRef"]["name"]) for b in bindings] == [("ClusterRoleBinding", "kubelvs-node")]

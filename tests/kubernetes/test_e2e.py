@@ -1,5 +1,5 @@
 """End to end in a lab of network namespaces: ``kubelvs director --from-manifests`` (a
-real process, through the CLI) programs a real data plane from the seed's whoami
+real process, through the CLI) programs a real data plane from the whoami
 Service (externalIP 10.240.0.201, nodes 10.240.0.101/102), and edits of the manifests
 (port change, replicas change, node removed) converge with real HTTP traffic checked.
 
@@ -13,6 +13,7 @@ nftables on the machine's kernel (tier 1); IPVS in the VM (``kernel_ipvs``, tier
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -44,7 +45,9 @@ BACKENDS = [
 
 
 class World:
-    def __init__(self, lab: Lab, client: Host, director: Host, manifests: Path, *, scale: float = 1.0) -> None:
+    def __init__(
+        self, lab: Lab, client: Host, director: Host, manifests: Path, *, scale: float = 1.0
+    ) -> None:
         self.lab, self.client, self.director, self.manifests = lab, client, director, manifests
         # The VM emulates its CPU (and may share the machine with other VMs): timeouts
         # there are stretched by ``scale``; they bound waiting, they measure nothing.
@@ -62,7 +65,9 @@ class World:
                     out[src] = None
         return out
 
-    def until(self, port: int, check: Callable[[dict[str, str | None]], bool], timeout: float = 60) -> dict[str, str | None]:
+    def until(
+        self, port: int, check: Callable[[dict[str, str | None]], bool], timeout: float = 60
+    ) -> dict[str, str | None]:
         deadline = time.monotonic() + timeout * self.scale
         while True:
             seen = self.ask(port)
@@ -104,15 +109,32 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
                 lab.sysctl(node.netns, f"net.ipv4.conf.{conf}.arp_announce", 2)
             # 10256: kube-proxy's health port, which the director's default check probes.
             for port in (80, 8080, 10256):
-                lab.start_python(node.netns, "kubelvs.lab.servers", "http", "--name", name, "--port", str(port))
+                lab.start_python(
+                    node.netns, "kubelvs.lab.servers", "http", "--name", name, "--port", str(port)
+                )
         for role in ("node1", "node2"):
             for port in (80, 8080, 10256):
                 lab.wait_listening(lab.hosts[role].netns, port, timeout=120)  # Python starts slowly in the VM
         with log.open("w") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "kubelvs", "director", "-f", str(EXAMPLES / "director.yaml"),
-                 "--from-manifests", str(manifests), "--backend", backend, "--netns", director.netns, "--poll", "0.1"],
-                stdout=err, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "kubelvs",
+                    "director",
+                    "-f",
+                    str(EXAMPLES / "director.yaml"),
+                    "--from-manifests",
+                    str(manifests),
+                    "--backend",
+                    backend,
+                    "--netns",
+                    director.netns,
+                    "--poll",
+                    "0.1",
+                ],
+                stdout=err,
+                stderr=subprocess.STDOUT,
             )
         yield World(lab, client, director, manifests, scale=3.0 if backend == "ipvs" else 1.0)
         assert proc.poll() is None, log.read_text()
@@ -125,16 +147,16 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(5)
-            try:
+            with contextlib.suppress(OSError):
                 sys.stderr.write(log.read_text()[-3000:])  # the director's log, shown when the test fails
-            except OSError:
-                pass
         lab.teardown()
 
 
-def test_seed_whoami_converges_through_edits_with_real_traffic(world: World) -> None:
-    # 1. The seed: both nodes serve 10.240.0.201:80 (mh spreads the 20 sources).
-    world.until(80, lambda seen: None not in seen.values() and set(seen.values()) == {"node1", "node2"}, timeout=180)
+def test_whoami_converges_through_edits_with_real_traffic(world: World) -> None:
+    # 1. As created: both nodes serve 10.240.0.201:80 (mh spreads the 20 sources).
+    world.until(
+        80, lambda seen: None not in seen.values() and set(seen.values()) == {"node1", "node2"}, timeout=180
+    )
 
     # 2. Port change 80 -> 8080: the old port is gone entirely (no stale :80 real servers).
     def port(doc: dict[str, Any]) -> None:
@@ -157,7 +179,9 @@ def test_seed_whoami_converges_through_edits_with_real_traffic(world: World) -> 
     # ... scaled to three, two on node1: both nodes again.
     def three(doc: dict[str, Any]) -> None:
         doc["items"][1]["endpoints"] = [
-            k.endpoint("node1", "10.230.1.5"), k.endpoint("node1", "10.230.1.6"), k.endpoint("node2", "10.230.2.7")
+            k.endpoint("node1", "10.230.1.5"),
+            k.endpoint("node1", "10.230.1.6"),
+            k.endpoint("node2", "10.230.2.7"),
         ]
 
     world.edit("whoami.yaml", three)

@@ -26,10 +26,13 @@ def checks(objs: list[dict[str, Any]], section: dict[str, Any] | None = None) ->
 
 
 def test_cluster_policy_probes_kube_proxy_and_local_the_health_check_node_port() -> None:
-    got = checks([
-        k.service("cluster", external_ips=["10.240.0.201"]),
-        k.service("local", type="LoadBalancer", local=True),
-    ], {**ON, "lb_pools": [{"name": "default", "cidrs": ["10.240.0.224/28"]}]})
+    got = checks(
+        [
+            k.service("cluster", external_ips=["10.240.0.201"]),
+            k.service("local", type="LoadBalancer", local=True),
+        ],
+        {**ON, "lb_pools": [{"name": "default", "cidrs": ["10.240.0.224/28"]}]},
+    )
     cluster, local = got["TCP 10.240.0.201:80"], got["TCP 10.240.0.225:80"]
     assert (cluster.kind, cluster.port, cluster.path) == (CheckKind.HTTP, 10256, "/healthz")
     assert (local.kind, local.port, local.path) == (CheckKind.HTTP, 32100, "/healthz")
@@ -40,8 +43,12 @@ def test_annotations_choose_the_check_or_none_and_bad_ones_are_an_event() -> Non
     ann = "kubelvs.io/health-"
     objs = [
         k.service("none", external_ips=["10.240.0.201"], annotations={f"{ann}check": "none"}),
-        k.service("tcp", external_ips=["10.240.0.202"], annotations={f"{ann}check": "tcp", f"{ann}port": "8080"}),
-        k.service("vip", external_ips=["10.240.0.203"], annotations={f"{ann}check": "tcp", f"{ann}mode": "vip"}),
+        k.service(
+            "tcp", external_ips=["10.240.0.202"], annotations={f"{ann}check": "tcp", f"{ann}port": "8080"}
+        ),
+        k.service(
+            "vip", external_ips=["10.240.0.203"], annotations={f"{ann}check": "tcp", f"{ann}mode": "vip"}
+        ),
         k.service("bad", external_ips=["10.240.0.204"], annotations={f"{ann}check": "ping"}),
     ]
     got = checks(objs)
@@ -51,7 +58,10 @@ def test_annotations_choose_the_check_or_none_and_bad_ones_are_an_event() -> Non
     assert got["TCP 10.240.0.204:80"].port == 10256  # the default check, and an Event says why
     result = run([*NODES, *objs], {"external_ip_cidrs": ["10.240.0.192/26"], **ON})
     (event,) = [e for e in result.events if e.name == "bad"]
-    assert event.reason == "InvalidAnnotation" and "'ping' is not default, none, tcp, http or https" in event.message
+    assert (
+        event.reason == "InvalidAnnotation"
+        and "'ping' is not default, none, tcp, http or https" in event.message
+    )
     # Health off in the config: no checks at all, unless a Service asks for one.
     assert checks(objs[:1], {"health": {"enabled": False}}) == {}
     assert checks(objs[1:2], {"health": {"enabled": False}})["TCP 10.240.0.202:80"].kind is CheckKind.TCP
@@ -67,10 +77,13 @@ def test_a_check_change_alone_is_a_change_of_the_service() -> None:
     store.replace("Service", [k.service("web", external_ips=["10.240.0.201"])])
     mapper = Mapper(settings({"external_ip_cidrs": ["10.240.0.192/26"], **ON}))
     mapper.map(store.snapshot(take_changes=True))
-    store.apply("Service", "MODIFIED", k.service("web", external_ips=["10.240.0.201"],
-                                                annotations={"kubelvs.io/health-check": "tcp"}))
+    store.apply(
+        "Service",
+        "MODIFIED",
+        k.service("web", external_ips=["10.240.0.201"], annotations={"kubelvs.io/health-check": "tcp"}),
+    )
     result = mapper.map(store.snapshot(take_changes=True))
-    assert result.changed == {key("10.240.0.201", 80)}
+    assert result.changed == frozenset({key("10.240.0.201", 80)})
     assert result.desired.health[key("10.240.0.201", 80)].kind is CheckKind.TCP
 
 
@@ -84,13 +97,20 @@ def test_events_when_a_node_goes_down_comes_back_and_none_is_left() -> None:
         return (str(target.address) not in down), ("HTTP 503" if str(target.address) in down else "HTTP 200")
 
     async def body(server: FakeApiServer) -> None:
-        for obj in k.seed_objects():
+        for obj in k.whoami_objects():
             server.put(obj)
-        d = DirectorStack(server.url, settings({"external_ip_cidrs": ["10.240.0.192/27"], **ON}), identity="d1")
+        d = DirectorStack(
+            server.url, settings({"external_ip_cidrs": ["10.240.0.192/27"], **ON}), identity="d1"
+        )
         await d.start()
         d.program.health.checker.probe = probe  # type: ignore[union-attr]
         whoami = "TCP 10.240.0.201:80"
-        await until(lambda: d.backend.table().get(whoami) == [("10.240.0.101", 80, 1, "dr"), ("10.240.0.102", 80, 1, "dr")])
+        await until(
+            lambda: (
+                d.backend.table().get(whoami)
+                == [("10.240.0.101", 80, 1, "dr"), ("10.240.0.102", 80, 1, "dr")]
+            )
+        )
         down.add("10.240.0.101")
         await until(lambda: d.backend.table()[whoami][0][2] == 0, timeout=5)
         await until(lambda: any(e["reason"] == "RealServerDown" for e in server.events), timeout=5)
@@ -117,6 +137,11 @@ def test_events_when_a_node_goes_down_comes_back_and_none_is_left() -> None:
 
 
 def test_on_failure_remove_from_the_settings() -> None:
-    got = checks([k.service("web", external_ips=["10.240.0.201"])],
-                 {"health": {"enabled": True, "on_failure": "remove", "slow_start": 30}})
-    assert got["TCP 10.240.0.201:80"].on_failure is OnFailure.REMOVE and got["TCP 10.240.0.201:80"].slow_start == 30
+    got = checks(
+        [k.service("web", external_ips=["10.240.0.201"])],
+        {"health": {"enabled": True, "on_failure": "remove", "slow_start": 30}},
+    )
+    assert (
+        got["TCP 10.240.0.201:80"].on_failure is OnFailure.REMOVE
+        and got["TCP 10.240.0.201:80"].slow_start == 30
+    )

@@ -6,8 +6,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import pytest
-
 from kubelvs.app.director import DirectorOptions, DirectorProgram
 from kubelvs.backends.memory import MemoryBackend
 from kubelvs.model import recommended_sysctls
@@ -26,7 +24,9 @@ VIPS = ("10.240.0.200", "10.240.0.201", "10.240.0.202")  # few: Services collide
 
 
 def _random_service(rng: random.Random, name: str) -> dict[str, Any]:
-    ports = rng.choice([[("web", "TCP", 80)], [("web", "TCP", 80), ("dns", "UDP", 53)], [("web", "TCP", 8080)]])
+    ports = rng.choice(
+        [[("web", "TCP", 80)], [("web", "TCP", 80), ("dns", "UDP", 53)], [("web", "TCP", 8080)]]
+    )
     annotations: dict[str, str] = {}
     if rng.random() < 0.1:
         annotations[ann.SCHEDULER] = rng.choice(["mh", "nope"])  # "nope": an InvalidAnnotation event
@@ -49,8 +49,12 @@ def _random_service(rng: random.Random, name: str) -> dict[str, Any]:
 
 
 def _random_slice(rng: random.Random, name: str) -> dict[str, Any]:
-    eps = [k.endpoint(n, f"10.230.{i}.{rng.randrange(250)}", ready=rng.random() < 0.7, terminating=rng.random() < 0.2)
-           for i, n in enumerate(rng.sample(NODES, rng.randrange(0, 3)))]
+    eps = [
+        k.endpoint(
+            n, f"10.230.{i}.{rng.randrange(250)}", ready=rng.random() < 0.7, terminating=rng.random() < 0.2
+        )
+        for i, n in enumerate(rng.sample(NODES, rng.randrange(0, 3)))
+    ]
     # The slice's Service label can change: the slice moves to another Service.
     return k.endpointslice(f"s{rng.randrange(8)}", eps, name=name)
 
@@ -119,21 +123,29 @@ def test_one_edit_maps_one_service_and_a_gap_maps_all() -> None:
     mapper = Mapper(settings())
     mapper.map(store.snapshot(take_changes=True))
     assert mapper.recomputed == 10
-    store.apply("Service", "MODIFIED", k.service("s3", external_ips=["10.240.0.203"], ports=[("web", "TCP", 8080)]))
+    store.apply(
+        "Service", "MODIFIED", k.service("s3", external_ips=["10.240.0.203"], ports=[("web", "TCP", 8080)])
+    )
     r = mapper.map(store.snapshot(take_changes=True))
     assert mapper.recomputed == 1
-    assert r.changed == {key("10.240.0.203", 80), key("10.240.0.203", 8080)}
+    assert r.changed == frozenset({key("10.240.0.203", 80), key("10.240.0.203", 8080)})
     assert r.desired.services[key("10.240.0.203", 8080)].name == "default/s3:web"
-    store.apply("Service", "MODIFIED", k.service("s4", external_ips=["10.240.0.204"], ports=[("web", "TCP", 8081)]))
+    store.apply(
+        "Service", "MODIFIED", k.service("s4", external_ips=["10.240.0.204"], ports=[("web", "TCP", 8081)])
+    )
     store.take_changes()  # someone else took the changes: this mapper cannot trust the next ones
     r = mapper.map(store.snapshot(take_changes=True))
     assert r.changed is None and key("10.240.0.204", 8081) in r.desired.services
-    store.apply("Service", "MODIFIED", k.service("s5", external_ips=["10.240.0.205"], ports=[("web", "TCP", 8082)]))
+    store.apply(
+        "Service", "MODIFIED", k.service("s5", external_ips=["10.240.0.205"], ports=[("web", "TCP", 8082)])
+    )
     r = mapper.map(store.snapshot(take_changes=True), full=True)
     assert r.changed is None and mapper.recomputed == 1  # everything compared, the cache still used
-    store.apply("Service", "MODIFIED", k.service("s6", external_ips=["10.240.0.206"], ports=[("web", "TCP", 8083)]))
+    store.apply(
+        "Service", "MODIFIED", k.service("s6", external_ips=["10.240.0.206"], ports=[("web", "TCP", 8083)])
+    )
     r = mapper.map(store.snapshot(take_changes=True))
-    assert r.changed == {key("10.240.0.206", 80), key("10.240.0.206", 8083)}
+    assert r.changed == frozenset({key("10.240.0.206", 80), key("10.240.0.206", 8083)})
 
 
 def _program(backend: MemoryBackend | None = None) -> DirectorProgram:
@@ -153,14 +165,20 @@ def test_director_syncs_only_what_the_mapper_changed_and_recovers_from_a_refused
     store.replace("Service", [k.service(f"s{i}", external_ips=[f"10.240.0.{200 + i}"]) for i in range(5)])
     program.step(True)
     assert program.last_result is not None and program.last_result.full
-    store.apply("Service", "MODIFIED", k.service("s1", external_ips=["10.240.0.201"], ports=[("web", "TCP", 8080)]))
+    store.apply(
+        "Service", "MODIFIED", k.service("s1", external_ips=["10.240.0.201"], ports=[("web", "TCP", 8080)])
+    )
     program.step(False)
     result = program.last_result
-    assert not result.full and program.last_compared == 2 and len(result.applied) == 3  # - :80, + :8080, its real server
+    assert (
+        not result.full and program.last_compared == 2 and len(result.applied) == 3
+    )  # - :80, + :8080, its real server
     # A refused service: the rest goes ahead, the director drops its picture of the kernel,
     # so the next step reads the kernel whatever the mapper says changed.
     refused.add("TCP 10.240.0.202:8082")
-    store.apply("Service", "MODIFIED", k.service("s2", external_ips=["10.240.0.202"], ports=[("web", "TCP", 8082)]))
+    store.apply(
+        "Service", "MODIFIED", k.service("s2", external_ips=["10.240.0.202"], ports=[("web", "TCP", 8082)])
+    )
     program.step(False)
     assert [str(k) for k in program.director.failures] == ["TCP 10.240.0.202:8082"]
     assert "TCP 10.240.0.202:80" not in backend.table()  # its deletion went ahead
@@ -169,13 +187,21 @@ def test_director_syncs_only_what_the_mapper_changed_and_recovers_from_a_refused
     program.director.clock = lambda: float("inf")  # the retry is due
     program.step(False)
     assert program.last_result.full and not program.director.failures
-    assert set(backend.table()) == {"TCP 10.240.0.200:80", "TCP 10.240.0.201:8080", "TCP 10.240.0.202:8082", "TCP 10.240.0.203:80"}
+    assert set(backend.table()) == {
+        "TCP 10.240.0.200:80",
+        "TCP 10.240.0.201:8080",
+        "TCP 10.240.0.202:8082",
+        "TCP 10.240.0.203:80",
+    }
 
 
 def test_recommended_sysctls_follow_the_changed_services_only() -> None:
     program = _program()
     store = program.source.objects.store  # type: ignore[attr-defined]
-    store.replace("Service", [k.service(f"s{i}", type="NodePort", external_ips=[f"10.240.0.{200 + i}"]) for i in range(4)])
+    store.replace(
+        "Service",
+        [k.service(f"s{i}", type="NodePort", external_ips=[f"10.240.0.{200 + i}"]) for i in range(4)],
+    )
     nat = {ann.FORWARD: "nat"}
     tracker = program.sysctls
     first = [True]
@@ -187,12 +213,18 @@ def test_recommended_sysctls_follow_the_changed_services_only() -> None:
         desired = program.last_synced
         assert desired is not None
         # The same as recommended_sysctls over every service, without scanning them.
-        assert dict(desired.sysctls) == recommended_sysctls(tracker.backend, tracker.kernel, desired.services.values())
+        assert dict(desired.sysctls) == recommended_sysctls(
+            tracker.backend, tracker.kernel, desired.services.values()
+        )
         return dict(desired.sysctls)
 
     assert step() == {}
-    assert step(k.service("s1", type="NodePort", external_ips=["10.240.0.201"], annotations=nat)) == {"net.ipv4.ip_forward": 1}
-    assert step(k.service("s2", type="NodePort", external_ips=["10.240.0.202"], annotations=nat)) == {"net.ipv4.ip_forward": 1}
+    assert step(k.service("s1", type="NodePort", external_ips=["10.240.0.201"], annotations=nat)) == {
+        "net.ipv4.ip_forward": 1
+    }
+    assert step(k.service("s2", type="NodePort", external_ips=["10.240.0.202"], annotations=nat)) == {
+        "net.ipv4.ip_forward": 1
+    }
     assert tracker.nat == {key("10.240.0.201", 80), key("10.240.0.202", 80)}
     assert step(k.service("s1", type="NodePort", external_ips=["10.240.0.201"])) == {"net.ipv4.ip_forward": 1}
     store.apply("Service", "DELETED", k.service("s2"))

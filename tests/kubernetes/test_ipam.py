@@ -10,7 +10,12 @@ from . import k8sobjects as k
 from .helpers import settings, snapshot
 
 ANN = "kubelvs.io/"
-POOL = {"lb_pools": [{"name": "default", "cidrs": ["10.240.0.224/29"]}, {"name": "manual", "cidrs": ["10.240.0.240/30"], "auto_assign": False}]}
+POOL = {
+    "lb_pools": [
+        {"name": "default", "cidrs": ["10.240.0.224/29"]},
+        {"name": "manual", "cidrs": ["10.240.0.240/30"], "auto_assign": False},
+    ]
+}
 
 
 def ipam(objs: list[dict], section: dict | None = None):  # type: ignore[no-untyped-def,type-arg]
@@ -22,14 +27,26 @@ def ts(i: int) -> str:
 
 
 def test_allocates_first_free_in_age_order() -> None:
-    r = ipam([k.service("b", type="LoadBalancer", created=ts(2)), k.service("a", type="LoadBalancer", created=ts(1))])
-    assert r.assigned == {("default", "a"): (ip_address("10.240.0.225"),), ("default", "b"): (ip_address("10.240.0.226"),)}
+    r = ipam(
+        [
+            k.service("b", type="LoadBalancer", created=ts(2)),
+            k.service("a", type="LoadBalancer", created=ts(1)),
+        ]
+    )
+    assert r.assigned == {
+        ("default", "a"): (ip_address("10.240.0.225"),),
+        ("default", "b"): (ip_address("10.240.0.226"),),
+    }
     assert r.status == {("default", "a"): ("10.240.0.225",), ("default", "b"): ("10.240.0.226",)}
 
 
 def test_requested_by_annotation_and_spec_load_balancer_ip() -> None:
-    a = k.service("a", type="LoadBalancer", annotations={ANN + "load-balancer-ips": "10.240.0.229"}, created=ts(1))
-    b = k.service("b", type="LoadBalancer", lb_ip="10.240.0.241", created=ts(2))  # a manual pool may be requested
+    a = k.service(
+        "a", type="LoadBalancer", annotations={ANN + "load-balancer-ips": "10.240.0.229"}, created=ts(1)
+    )
+    b = k.service(
+        "b", type="LoadBalancer", lb_ip="10.240.0.241", created=ts(2)
+    )  # a manual pool may be requested
     c = k.service("c", type="LoadBalancer", created=ts(3))
     r = ipam([a, b, c])
     assert r.assigned[("default", "a")] == (ip_address("10.240.0.229"),)
@@ -44,7 +61,9 @@ def test_requested_outside_pools_and_invalid() -> None:
     assert r.assigned == {}
     by = {e.name: e for e in r.events}
     assert by["a"].reason == "LoadBalancerIPNotInPool"
-    assert by["a"].message.startswith("requested address 10.240.0.50 is not in an address pool: default (10.240.0.224/29)")
+    assert by["a"].message.startswith(
+        "requested address 10.240.0.50 is not in an address pool: default (10.240.0.224/29)"
+    )
     assert by["b"].reason == "InvalidLoadBalancerIP"
 
 
@@ -84,7 +103,9 @@ def test_restart_is_stable_from_status() -> None:
     objs = [k.service(f"s{i}", type="LoadBalancer", created=ts(10 + i)) for i in range(4)]
     first = ipam(objs)
     written = [
-        k.service(f"s{i}", type="LoadBalancer", created=ts(10 + i), ingress=list(first.status[("default", f"s{i}")]))
+        k.service(
+            f"s{i}", type="LoadBalancer", created=ts(10 + i), ingress=list(first.status[("default", f"s{i}")])
+        )
         for i in range(4)
     ]
     del written[1]  # s1 deleted: its address is free again
@@ -98,11 +119,33 @@ def test_restart_is_stable_from_status() -> None:
 
 def test_sharing_needs_same_key_and_disjoint_ports() -> None:
     share = {ANN + "allow-shared-ip": "dns"}
-    tcp = k.service("dns-tcp", type="LoadBalancer", ports=[("dns", "TCP", 53)], annotations={**share, ANN + "load-balancer-ips": "10.240.0.230"}, created=ts(1))
-    udp = k.service("dns-udp", type="LoadBalancer", ports=[("dns", "UDP", 53)], annotations={**share, ANN + "load-balancer-ips": "10.240.0.230"}, created=ts(2))
-    auto = k.service("dns-more", type="LoadBalancer", ports=[("dot", "TCP", 853)], annotations=share, created=ts(3))
-    clash = k.service("clash", type="LoadBalancer", ports=[("dns", "UDP", 53)], annotations={**share, ANN + "load-balancer-ips": "10.240.0.230"}, created=ts(4))
-    nokey = k.service("nokey", type="LoadBalancer", ports=[("x", "TCP", 99)], lb_ip="10.240.0.230", created=ts(5))
+    tcp = k.service(
+        "dns-tcp",
+        type="LoadBalancer",
+        ports=[("dns", "TCP", 53)],
+        annotations={**share, ANN + "load-balancer-ips": "10.240.0.230"},
+        created=ts(1),
+    )
+    udp = k.service(
+        "dns-udp",
+        type="LoadBalancer",
+        ports=[("dns", "UDP", 53)],
+        annotations={**share, ANN + "load-balancer-ips": "10.240.0.230"},
+        created=ts(2),
+    )
+    auto = k.service(
+        "dns-more", type="LoadBalancer", ports=[("dot", "TCP", 853)], annotations=share, created=ts(3)
+    )
+    clash = k.service(
+        "clash",
+        type="LoadBalancer",
+        ports=[("dns", "UDP", 53)],
+        annotations={**share, ANN + "load-balancer-ips": "10.240.0.230"},
+        created=ts(4),
+    )
+    nokey = k.service(
+        "nokey", type="LoadBalancer", ports=[("x", "TCP", 99)], lb_ip="10.240.0.230", created=ts(5)
+    )
     r = ipam([tcp, udp, auto, clash, nokey])
     ip = (ip_address("10.240.0.230"),)
     assert r.assigned[("default", "dns-tcp")] == ip and r.assigned[("default", "dns-udp")] == ip
@@ -115,13 +158,23 @@ def test_sharing_needs_same_key_and_disjoint_ports() -> None:
 
 def test_release_on_type_change_and_request_change() -> None:
     was_lb = k.service("a", type="ClusterIP", ingress=["10.240.0.225"])
-    moved = k.service("b", type="LoadBalancer", ingress=["10.240.0.226"], annotations={ANN + "load-balancer-ips": "10.240.0.227"})
+    moved = k.service(
+        "b",
+        type="LoadBalancer",
+        ingress=["10.240.0.226"],
+        annotations={ANN + "load-balancer-ips": "10.240.0.227"},
+    )
     r = ipam([was_lb, moved])
     assert r.status == {("default", "a"): (), ("default", "b"): ("10.240.0.227",)}
     assert ("default", "a") not in r.assigned
 
 
 def test_other_class_status_is_never_touched_nor_its_address_reused() -> None:
-    r = ipam([k.service("m", type="LoadBalancer", lb_class="metallb", ingress=["10.240.0.225"]), k.service("n", type="LoadBalancer")])
+    r = ipam(
+        [
+            k.service("m", type="LoadBalancer", lb_class="metallb", ingress=["10.240.0.225"]),
+            k.service("n", type="LoadBalancer"),
+        ]
+    )
     assert ("default", "m") not in r.status and ("default", "m") not in r.assigned
     assert r.assigned[("default", "n")] == (ip_address("10.240.0.226"),)

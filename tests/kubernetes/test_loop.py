@@ -31,14 +31,14 @@ def run(body: Any, **kw: Any) -> Any:
     return asyncio.run(main())
 
 
-def seed(server: FakeApiServer) -> None:
-    for obj in k.seed_objects():
+def whoami(server: FakeApiServer) -> None:
+    for obj in k.whoami_objects():
         server.put(obj)
 
 
 def test_converges_on_edits_incrementally() -> None:
     async def body(server: FakeApiServer) -> None:
-        seed(server)
+        whoami(server)
         d = DirectorStack(server.url, settings(), identity="d1")
         await d.start()
         await until(lambda: WHOAMI in d.backend.table())
@@ -60,8 +60,12 @@ def test_converges_on_edits_incrementally() -> None:
 
 def test_burst_of_changes_is_one_reconcile() -> None:
     async def body(server: FakeApiServer) -> None:
-        seed(server)
-        d = DirectorStack(server.url, settings({**{"external_ip_cidrs": ["10.240.0.192/26"]}, "coalesce_ms": 300}), identity="d1")
+        whoami(server)
+        d = DirectorStack(
+            server.url,
+            settings({"external_ip_cidrs": ["10.240.0.192/26"], "coalesce_ms": 300}),
+            identity="d1",
+        )
         await d.start()
         await until(lambda: WHOAMI in d.backend.table())
         await asyncio.sleep(0.2)
@@ -81,7 +85,7 @@ def test_burst_of_changes_is_one_reconcile() -> None:
 
 def test_outage_keeps_kernel_then_converges() -> None:
     async def body(server: FakeApiServer) -> None:
-        seed(server)
+        whoami(server)
         d = DirectorStack(server.url, settings(), identity="d1", resync=0.3)
         await d.start()
         await until(lambda: WHOAMI in d.backend.table())
@@ -106,8 +110,10 @@ def test_a_refused_service_is_retried_and_reported_while_others_go_ahead() -> No
         return "injected refusal" if key is not None and str(key) in refused else None
 
     async def body(server: FakeApiServer) -> None:
-        seed(server)
-        d = DirectorStack(server.url, settings(), identity="d1", resync=30, backend=MemoryBackend(refuse=refuse))
+        whoami(server)
+        d = DirectorStack(
+            server.url, settings(), identity="d1", resync=30, backend=MemoryBackend(refuse=refuse)
+        )
         await d.start()
         await until(lambda: WHOAMI in d.backend.table())
         server.put(k.service("second", external_ips=["10.240.0.202"], created="2026-11-21T00:00:00Z"))
@@ -130,7 +136,7 @@ def test_a_refused_service_is_retried_and_reported_while_others_go_ahead() -> No
 
 def test_leader_writes_status_and_events_once_among_two_directors() -> None:
     async def body(server: FakeApiServer) -> None:
-        seed(server)
+        whoami(server)
         server.put(k.service("lb", type="LoadBalancer", created="2026-11-21T00:00:00Z"))
         server.put(k.service("evil", external_ips=["1.2.3.4"], created="2026-11-21T00:00:01Z"))
         a = DirectorStack(server.url, settings(), identity="a")
@@ -140,7 +146,12 @@ def test_leader_writes_status_and_events_once_among_two_directors() -> None:
         lb = "TCP 10.240.0.225:80"
         await until(lambda: lb in a.backend.table() and lb in b.backend.table())
         assert a.backend.table() == b.backend.table()  # active-active: the same desired state
-        await until(lambda: server.get("Service", "default", "lb")["status"]["loadBalancer"].get("ingress") == [{"ip": "10.240.0.225", "ipMode": "VIP"}])
+        await until(
+            lambda: (
+                server.get("Service", "default", "lb")["status"]["loadBalancer"].get("ingress")
+                == [{"ip": "10.240.0.225", "ipMode": "VIP"}]
+            )
+        )
         await until(lambda: any(e["reason"] == "ExternalIPNotAllowed" for e in server.events))
         await asyncio.sleep(0.5)
         assert [e.is_leader for e in (a.elector, b.elector)].count(True) == 1
@@ -148,7 +159,11 @@ def test_leader_writes_status_and_events_once_among_two_directors() -> None:
         reasons = sorted(e["reason"] for e in server.events)
         assert reasons == ["ExternalIPNotAllowed", "IPAllocated"]  # posted once, not once per director
         ev = next(e for e in server.events if e["reason"] == "ExternalIPNotAllowed")
-        assert ev["involvedObject"]["name"] == "evil" and ev["type"] == "Warning" and ev["source"]["component"] == "kubelvs-director"
+        assert (
+            ev["involvedObject"]["name"] == "evil"
+            and ev["type"] == "Warning"
+            and ev["source"]["component"] == "kubelvs-director"
+        )
         # The leader goes away: the other takes over the writing within the lease time.
         leader, other = (a, b) if a.elector.is_leader else (b, a)
         await leader.close()
@@ -156,7 +171,9 @@ def test_leader_writes_status_and_events_once_among_two_directors() -> None:
         svc = server.get("Service", "default", "lb")
         svc["spec"]["type"] = "ClusterIP"  # type change: the address is released
         server.put(svc)
-        await until(lambda: not server.get("Service", "default", "lb")["status"]["loadBalancer"].get("ingress"))
+        await until(
+            lambda: not server.get("Service", "default", "lb")["status"]["loadBalancer"].get("ingress")
+        )
         await until(lambda: lb not in other.backend.table())
         await other.close()
 
@@ -165,8 +182,11 @@ def test_leader_writes_status_and_events_once_among_two_directors() -> None:
 
 def test_exhausted_pool_event_through_the_api() -> None:
     async def body(server: FakeApiServer) -> None:
-        seed(server)
-        section = {"external_ip_cidrs": ["10.240.0.192/27"], "lb_pools": [{"name": "tiny", "cidrs": ["10.240.0.240/31"]}]}
+        whoami(server)
+        section = {
+            "external_ip_cidrs": ["10.240.0.192/27"],
+            "lb_pools": [{"name": "tiny", "cidrs": ["10.240.0.240/31"]}],
+        }
         for i in range(3):
             server.put(k.service(f"lb{i}", type="LoadBalancer", created=f"2026-11-21T00:00:0{i}Z"))
         d = DirectorStack(server.url, settings(section), identity="d1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ipaddress import ip_address
+from typing import TypedDict
 
 from kubelvs.model import validate
 from kubelvs.sources.kubernetes.mapping import Mapper, vips_for_node
@@ -11,11 +12,21 @@ from . import k8sobjects as k
 from .helpers import key, reasons, rs_table, run, settings, snapshot
 
 NODES = [k.node("node1", "10.240.0.101"), k.node("node2", "10.240.0.102")]
+
+
+class NodeState(TypedDict, total=False):
+    """The keyword arguments of ``k.node`` that take a node out of service."""
+
+    ready: bool
+    unschedulable: bool
+    deleting: bool
+
+
 ANN = "kubelvs.io/"
 
 
-def test_seed_external_ip_dr_to_every_node() -> None:
-    r = run(k.seed_objects())
+def test_whoami_external_ip_dr_to_every_node() -> None:
+    r = run(k.whoami_objects())
     assert list(r.desired.services) == [key("10.240.0.201", 80)]
     vs = r.desired.services[key("10.240.0.201", 80)]
     assert vs.scheduler == "mh" and vs.persistence == 0 and vs.name == "default/whoami:web"
@@ -31,7 +42,9 @@ def test_external_ip_outside_allowed_cidrs_is_rejected_with_event() -> None:
     assert list(r.desired.services) == [key("10.240.0.201", 80)]
     msgs = [e.message for e in r.events if e.reason == "ExternalIPNotAllowed"]
     assert len(msgs) == 2
-    assert msgs[0].startswith("externalIP 10.240.0.10 is outside the allowed ranges (kubernetes.external_ip_cidrs: 10.240.0.192/26)")
+    assert msgs[0].startswith(
+        "externalIP 10.240.0.10 is outside the allowed ranges (kubernetes.external_ip_cidrs: 10.240.0.192/26)"
+    )
     assert "CVE-2020-8554" in msgs[0] and "8.8.8.8" in msgs[1]
     assert all(e.type == "Warning" and e.name == "evil" for e in r.events)
 
@@ -46,18 +59,30 @@ def test_load_balancer_gets_pool_address_and_status() -> None:
     svc = k.service("lb", type="LoadBalancer", ports=[("http", "TCP", 80), ("dns", "UDP", 53)])
     r = run([*NODES, svc])
     assert set(r.desired.services) == {key("10.240.0.225", 80), key("10.240.0.225", 53, "udp")}
-    assert rs_table(r, "10.240.0.225", 53, "udp") == [("10.240.0.101", 53, 1, "dr"), ("10.240.0.102", 53, 1, "dr")]
+    assert rs_table(r, "10.240.0.225", 53, "udp") == [
+        ("10.240.0.101", 53, 1, "dr"),
+        ("10.240.0.102", 53, 1, "dr"),
+    ]
     assert r.status == {("default", "lb"): ("10.240.0.225",)}
     assert [(e.reason, e.type) for e in r.events] == [("IPAllocated", "Normal")]
 
 
 def test_load_balancer_class_filter() -> None:
     ours = k.service("ours", type="LoadBalancer", lb_class="kubelvs.io/lvs", created="2026-11-20T10:00:00Z")
-    other = k.service("other", type="LoadBalancer", lb_class="metallb.io/x", ingress=["10.240.0.230"], created="2026-11-20T10:00:01Z")
+    other = k.service(
+        "other",
+        type="LoadBalancer",
+        lb_class="metallb.io/x",
+        ingress=["10.240.0.230"],
+        created="2026-11-20T10:00:01Z",
+    )
     unclassed = k.service("plain", type="LoadBalancer", created="2026-11-20T10:00:02Z")
     r = run([*NODES, ours, other, unclassed])
     assert set(r.status) == {("default", "ours"), ("default", "plain")}  # "other" never touched
-    assert {k_.address for k_ in r.desired.services} == {ip_address("10.240.0.225"), ip_address("10.240.0.226")}
+    assert {k_.address for k_ in r.desired.services} == {
+        ip_address("10.240.0.225"),
+        ip_address("10.240.0.226"),
+    }
     section = {"lb_pools": [{"name": "default", "cidrs": ["10.240.0.224/28"]}], "manage_unclassed": False}
     r2 = run([*NODES, ours, other, unclassed], section)
     assert set(r2.status) == {("default", "ours")}
@@ -66,11 +91,18 @@ def test_load_balancer_class_filter() -> None:
 def test_forward_annotation_tun_and_nat() -> None:
     tun = k.service("t", external_ips=["10.240.0.201"], annotations={ANN + "forward": "tun"})
     nat = k.service(
-        "n", type="LoadBalancer", node_ports={"web": 31080}, annotations={ANN + "forward": "nat"}, created="2026-11-20T11:00:00Z"
+        "n",
+        type="LoadBalancer",
+        node_ports={"web": 31080},
+        annotations={ANN + "forward": "nat"},
+        created="2026-11-20T11:00:00Z",
     )
     r = run([*NODES, tun, nat])
     assert rs_table(r, "10.240.0.201", 80) == [("10.240.0.101", 80, 1, "tun"), ("10.240.0.102", 80, 1, "tun")]
-    assert rs_table(r, "10.240.0.225", 80) == [("10.240.0.101", 31080, 1, "nat"), ("10.240.0.102", 31080, 1, "nat")]
+    assert rs_table(r, "10.240.0.225", 80) == [
+        ("10.240.0.101", 31080, 1, "nat"),
+        ("10.240.0.102", 31080, 1, "nat"),
+    ]
     assert vips_for_node(r, "node2") == {ip_address("10.240.0.201")}  # NAT needs no VIP on the node
 
 
@@ -81,22 +113,39 @@ def test_nat_without_node_port_is_refused() -> None:
 
 
 def test_scheduler_annotation_flags_and_invalid() -> None:
-    good = k.service("g", external_ips=["10.240.0.201"], annotations={ANN + "scheduler": "mh", ANN + "scheduler-flags": "mh-port"})
+    good = k.service(
+        "g",
+        external_ips=["10.240.0.201"],
+        annotations={ANN + "scheduler": "mh", ANN + "scheduler-flags": "mh-port"},
+    )
     wrr = k.service("w", external_ips=["10.240.0.202"], annotations={ANN + "scheduler": "wrr"})
-    bad = k.service("b", external_ips=["10.240.0.203"], annotations={ANN + "scheduler": "fastest", ANN + "forward": "magic"})
+    bad = k.service(
+        "b",
+        external_ips=["10.240.0.203"],
+        annotations={ANN + "scheduler": "fastest", ANN + "forward": "magic"},
+    )
     r = run([*NODES, good, wrr, bad])
     assert r.desired.services[key("10.240.0.201", 80)].flags == {"mh-port"}
     assert r.desired.services[key("10.240.0.202", 80)].scheduler == "wrr"
     assert key("10.240.0.203", 80) not in r.desired.services
     [ev] = r.events
-    assert ev.reason == "InvalidAnnotation" and "'magic' is not dr, tun or nat" in ev.message and "'fastest'" in ev.message
+    assert (
+        ev.reason == "InvalidAnnotation"
+        and "'magic' is not dr, tun or nat" in ev.message
+        and "'fastest'" in ev.message
+    )
 
 
 def test_sctp_and_multiple_external_ips() -> None:
-    svc = k.service("m", external_ips=["10.240.0.201", "10.240.0.202"], ports=[("a", "TCP", 80), ("s", "SCTP", 9000)])
+    svc = k.service(
+        "m", external_ips=["10.240.0.201", "10.240.0.202"], ports=[("a", "TCP", 80), ("s", "SCTP", 9000)]
+    )
     r = run([*NODES, svc])
     assert set(r.desired.services) == {
-        key("10.240.0.201", 80), key("10.240.0.202", 80), key("10.240.0.201", 9000, "sctp"), key("10.240.0.202", 9000, "sctp")
+        key("10.240.0.201", 80),
+        key("10.240.0.202", 80),
+        key("10.240.0.201", 9000, "sctp"),
+        key("10.240.0.202", 9000, "sctp"),
     }
 
 
@@ -133,7 +182,9 @@ def test_local_policy_counts_endpoints_over_several_slices_and_only_the_vip_fami
     s1 = k.endpointslice("l", [k.endpoint("node1", "10.230.1.5")], name="l-1")
     s2 = k.endpointslice("l", [k.endpoint("node1", "10.230.1.6")], name="l-2")
     v6 = k.endpointslice("l", [k.endpoint("node1", "fd00::5")], name="l-v6", address_type="IPv6")
-    other_port = k.endpointslice("l", [k.endpoint("node2", "10.230.2.5")], name="l-3", ports=[("metrics", "TCP", 9090)])
+    other_port = k.endpointslice(
+        "l", [k.endpoint("node2", "10.230.2.5")], name="l-3", ports=[("metrics", "TCP", 9090)]
+    )
     r = run([*NODES, svc, s1, s2, v6, other_port])
     assert rs_table(r, "10.240.0.201", 80) == [("10.240.0.101", 80, 2, "dr")]
 
@@ -149,7 +200,13 @@ def test_terminating_endpoints_get_weight_zero_then_go() -> None:
     )
     r = run([*NODES, svc, eps])
     assert rs_table(r, "10.240.0.201", 80) == [("10.240.0.101", 80, 1, "dr"), ("10.240.0.102", 80, 0, "dr")]
-    gone = k.endpointslice("l", [k.endpoint("node1", "10.230.1.5"), k.endpoint("node2", "10.230.2.5", ready=False, serving=False, terminating=True)])
+    gone = k.endpointslice(
+        "l",
+        [
+            k.endpoint("node1", "10.230.1.5"),
+            k.endpoint("node2", "10.230.2.5", ready=False, serving=False, terminating=True),
+        ],
+    )
     r = run([*NODES, svc, gone])
     assert rs_table(r, "10.240.0.201", 80) == [("10.240.0.101", 80, 1, "dr")]
 
@@ -175,15 +232,21 @@ def test_external_name_and_portless_services_are_ignored() -> None:
 
 def test_vip_port_conflict_goes_to_older_service_with_event() -> None:
     old = k.service("old", external_ips=["10.240.0.201"], created="2026-11-01T00:00:00Z")
-    new = k.service("new", namespace="team", external_ips=["10.240.0.201"], ports=[("web", "TCP", 80), ("alt", "TCP", 8080)], created="2026-11-02T00:00:00Z")
+    new = k.service(
+        "new",
+        namespace="team",
+        external_ips=["10.240.0.201"],
+        ports=[("web", "TCP", 80), ("alt", "TCP", 8080)],
+        created="2026-11-02T00:00:00Z",
+    )
     r = run([*NODES, new, old])
     assert r.owners[key("10.240.0.201", 80)] == ("default", "old")
     assert r.owners[key("10.240.0.201", 8080)] == ("team", "new")  # its other port does not collide
     [ev] = r.events
     assert (ev.namespace, ev.name, ev.reason, ev.type) == ("team", "new", "VIPPortConflict", "Warning")
     assert ev.message == (
-        "TCP 10.240.0.201:80 is already served for Service default/old, created earlier (2026-11-01T00:00:00Z); "
-        "this port is not programmed"
+        "TCP 10.240.0.201:80 is already served for Service default/old, created earlier "
+        "(2026-11-01T00:00:00Z); this port is not programmed"
     )
 
 
@@ -201,7 +264,9 @@ def test_mapper_recomputes_only_changed_services() -> None:
     objs[3] = k.service("s1", external_ips=["10.240.0.201"], ports=[("web", "TCP", 8080)])
     r = m.map(snapshot(objs))
     assert m.recomputed == 1
-    assert key("10.240.0.201", 8080) in r.desired.services and key("10.240.0.201", 80) not in r.desired.services
+    assert (
+        key("10.240.0.201", 8080) in r.desired.services and key("10.240.0.201", 80) not in r.desired.services
+    )
     objs[0] = k.node("node1", "10.240.0.101", ready=False)
     r = m.map(snapshot(objs))
     assert m.recomputed == 10  # a node change touches every Service
@@ -209,28 +274,43 @@ def test_mapper_recomputes_only_changed_services() -> None:
 
 
 def test_node_agent_view_tun_vips_and_transient_node_states() -> None:
+    from kubelvs.app.node import NodeVips
     from kubelvs.model import Forward
     from kubelvs.sources.config import parse_config
     from kubelvs.sources.kubernetes.mapping import holding_view
-    from kubelvs.app.node import NodeVips
 
     tun = k.service("tun", external_ips=["10.240.0.202"], annotations={ANN + "forward": "tun"})
-    objs = [*k.seed_objects(), tun]
+    objs = [*k.whoami_objects(), tun]
     r = run(objs)
     assert vips_for_node(r, "node1") == {ip_address("10.240.0.201"), ip_address("10.240.0.202")}
     assert vips_for_node(r, "node1", forwards=(Forward.TUN,)) == {ip_address("10.240.0.202")}
-    config = parse_config({"owned_cidrs": ["10.240.0.0/24"], "kubernetes": {"external_ip_cidrs": ["10.240.0.192/26"]}})
+    config = parse_config(
+        {"owned_cidrs": ["10.240.0.0/24"], "kubernetes": {"external_ip_cidrs": ["10.240.0.192/26"]}}
+    )
     want = NodeVips(settings(), config, "node1").compute(snapshot(objs))
     assert (want.vips, want.mode, want.found) == (("10.240.0.201", "10.240.0.202"), "tun", True)
 
     # NotReady, cordoned, being deleted: not a real server for the director, but the node
     # keeps holding what it serves (a graceful drain still sends it connections).
-    for state in ({"ready": False}, {"unschedulable": True}, {"deleting": True}):
-        snap = snapshot([k.node("node1", "10.240.0.101", **state), k.node("node2", "10.240.0.102"), *objs[2:]])
+    states: tuple[NodeState, ...] = ({"ready": False}, {"unschedulable": True}, {"deleting": True})
+    for state in states:
+        snap = snapshot(
+            [k.node("node1", "10.240.0.101", **state), k.node("node2", "10.240.0.102"), *objs[2:]]
+        )
         assert vips_for_node(Mapper(settings()).map(snap), "node1") == frozenset()  # the director's view
         assert vips_for_node(Mapper(settings()).map(holding_view(snap, "node1")), "node1") == {
-            ip_address("10.240.0.201"), ip_address("10.240.0.202")
+            ip_address("10.240.0.201"),
+            ip_address("10.240.0.202"),
         }
         assert holding_view(snap, "node2") is snap  # only its own node is looked at differently
-    excluded = snapshot([k.node("node1", "10.240.0.101", labels={"node.kubernetes.io/exclude-from-external-load-balancers": ""}), *objs[1:]])
+    excluded = snapshot(
+        [
+            k.node(
+                "node1",
+                "10.240.0.101",
+                labels={"node.kubernetes.io/exclude-from-external-load-balancers": ""},
+            ),
+            *objs[1:],
+        ]
+    )
     assert vips_for_node(Mapper(settings()).map(holding_view(excluded, "node1")), "node1") == frozenset()

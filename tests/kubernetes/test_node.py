@@ -25,10 +25,10 @@ from typing import Any, Self
 import pytest
 import yaml
 
+from kubelvs.app.node import KubernetesNodeSource, NodeOptions, NodeProgram, NodeWant, start_node
 from kubelvs.cli.main import main
 from kubelvs.kernel import sysctl
 from kubelvs.kernel.netns import entered
-from kubelvs.app.node import KubernetesNodeSource, NodeOptions, NodeProgram, NodeWant, start_node
 from kubelvs.roles.node import NodeAgent
 from kubelvs.sources.config import parse_config
 
@@ -98,7 +98,9 @@ class NodeStack:
 
     def __init__(self, server: FakeApiServer, ns: str, tmp: Path, *, resync: float = 30.0) -> None:
         config = parse_config({"owned_cidrs": ["10.240.0.0/24"], "kubernetes": SECTION})
-        self.node_source = KubernetesNodeSource(config, "node1", netns=ns, kubeconfig=kubeconfig(tmp / "kubeconfig", server.url))
+        self.node_source = KubernetesNodeSource(
+            config, "node1", netns=ns, kubeconfig=kubeconfig(tmp / "kubeconfig", server.url)
+        )
         self.source = self.node_source.objects
         self.agent = NodeAgent(interface="eth0", netns=ns, vip_device="lo", state_dir=tmp / "state")
         self.options = NodeOptions(netns=ns, resync_seconds=resync)
@@ -165,7 +167,9 @@ async def wait_held(ns: str, want: set[str], timeout: float = 8.0) -> None:
 
 def cluster() -> list[dict[str, Any]]:
     """node1 (us) and node2; Services that node1 serves and ones it must not hold."""
-    nat = k.service("nat", type="NodePort", external_ips=["10.240.0.203"], annotations={"kubelvs.io/forward": "nat"})
+    nat = k.service(
+        "nat", type="NodePort", external_ips=["10.240.0.203"], annotations={"kubelvs.io/forward": "nat"}
+    )
     return [
         k.node("node1", "10.240.0.101"),
         k.node("node2", "10.240.0.102"),
@@ -192,10 +196,17 @@ def test_node_holds_the_vips_it_serves_and_drops_deleted_ones(node1: str, tmp_pa
         # Local policy: a ready endpoint on node1 makes it a real server (VIP held); only a
         # terminating, still serving one keeps it at weight 0 (held: its connections
         # finish); none left: not a real server, no VIP.
-        slice_ = lambda *eps: k.endpointslice("local", list(eps))
+        def slice_(*eps: k.Obj) -> k.Obj:
+            return k.endpointslice("local", list(eps))
+
         server.put(slice_(k.endpoint("node2", "10.230.2.9"), k.endpoint("node1", "10.230.1.4")))
         await wait_held(node1, {"10.240.0.225", "10.240.0.204"})
-        server.put(slice_(k.endpoint("node2", "10.230.2.9"), k.endpoint("node1", "10.230.1.4", ready=False, serving=True, terminating=True)))
+        server.put(
+            slice_(
+                k.endpoint("node2", "10.230.2.9"),
+                k.endpoint("node1", "10.230.1.4", ready=False, serving=True, terminating=True),
+            )
+        )
         await asyncio.sleep(0.3)
         assert held(node1) == {"10.240.0.225", "10.240.0.204"}
         server.put(slice_(k.endpoint("node2", "10.230.2.9")))
@@ -212,7 +223,9 @@ def test_node_holds_the_vips_it_serves_and_drops_deleted_ones(node1: str, tmp_pa
     run_node(node1, tmp_path, body)
 
 
-def test_cordoned_or_notready_node_keeps_its_vips_excluded_or_deleted_drops_them(node1: str, tmp_path: Path) -> None:
+def test_cordoned_or_notready_node_keeps_its_vips_excluded_or_deleted_drops_them(
+    node1: str, tmp_path: Path
+) -> None:
     async def body(server: FakeApiServer, n: NodeStack) -> None:
         await wait_held(node1, {"10.240.0.201", "10.240.0.225"})
         server.put(k.node("node1", "10.240.0.101", unschedulable=True))  # kubectl cordon
@@ -229,7 +242,13 @@ def test_cordoned_or_notready_node_keeps_its_vips_excluded_or_deleted_drops_them
         assert held(node1) == {"10.240.0.201", "10.240.0.225"}
 
         # Excluded from load balancers: a standing decision, not a drain: nothing held.
-        server.put(k.node("node1", "10.240.0.101", labels={"node.kubernetes.io/exclude-from-external-load-balancers": ""}))
+        server.put(
+            k.node(
+                "node1",
+                "10.240.0.101",
+                labels={"node.kubernetes.io/exclude-from-external-load-balancers": ""},
+            )
+        )
         await wait_held(node1, set())
         server.put(k.node("node1", "10.240.0.101"))
         await wait_held(node1, {"10.240.0.201", "10.240.0.225"})
@@ -273,8 +292,12 @@ def kubelvs(
     *args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "kubelvs", *args], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})}, check=False,
+        [sys.executable, "-m", "kubelvs", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
     )
     if check:
         assert proc.returncode == 0, proc.stderr
@@ -287,24 +310,50 @@ def test_once_dry_run_revert_and_errors_through_the_cli(
     st, kc = api_server
     for obj in cluster():
         st.call(st.server.put, obj)
-    common = ["node", "--kubernetes", "--kubeconfig", str(kc), "-f", str(CONFIG), "--netns", node1,
-              "--vip-device", "lo", "--state-dir", str(tmp_path / "state")]
+    common = [
+        "node",
+        "--kubernetes",
+        "--kubeconfig",
+        str(kc),
+        "-f",
+        str(CONFIG),
+        "--netns",
+        node1,
+        "--vip-device",
+        "lo",
+        "--state-dir",
+        str(tmp_path / "state"),
+    ]
 
     # --dry-run -o json: the VIPs it would hold; nothing is touched (and nothing written to the API).
     dry = kubelvs(*common, "--node-name", "node1", "--dry-run", "-o", "json")
-    assert json.loads(dry.stdout) == {"node": "node1", "found": True, "vips": ["10.240.0.201", "10.240.0.225"],
-                                      "mode": "dr", "ipv6_not_held": []}
+    assert json.loads(dry.stdout) == {
+        "node": "node1",
+        "found": True,
+        "vips": ["10.240.0.201", "10.240.0.225"],
+        "mode": "dr",
+        "ipv6_not_held": [],
+    }
     assert held(node1) == set() and conf(node1, "net.ipv4.conf.eth0.arp_ignore") == 0
     assert not (tmp_path / "state").exists()
 
     # --once, the node name from NODE_NAME (as the DaemonSet's Downward API sets it).
     once = kubelvs(*common, "--once", "-o", "json", env={"NODE_NAME": "node1"})
     report = json.loads(once.stdout)
-    assert report["node"] == "node1" and report["vips"] == ["10.240.0.201", "10.240.0.225"] and report["mode"] == "dr"
+    assert (
+        report["node"] == "node1"
+        and report["vips"] == ["10.240.0.201", "10.240.0.225"]
+        and report["mode"] == "dr"
+    )
     assert {"action": "add", "target": "10.240.0.201/32 dev lo", "detail": ""} in report["changes"]
     assert held(node1) == {"10.240.0.201", "10.240.0.225"}
-    assert conf(node1, "net.ipv4.conf.eth0.arp_ignore") == 1 and conf(node1, "net.ipv4.conf.eth0.arp_announce") == 2
-    assert json.loads(kubelvs(*common, "--once", "-o", "json", "--node-name", "node1").stdout)["changes"] == []
+    assert (
+        conf(node1, "net.ipv4.conf.eth0.arp_ignore") == 1
+        and conf(node1, "net.ipv4.conf.eth0.arp_announce") == 2
+    )
+    assert (
+        json.loads(kubelvs(*common, "--once", "-o", "json", "--node-name", "node1").stdout)["changes"] == []
+    )
     assert not any(m != "GET" for m, _ in st.server.requests)  # the node agent only reads
 
     # node2's view of the same cluster (dry run): the same VIPs, plus the Local one it hosts.
@@ -320,7 +369,9 @@ def test_once_dry_run_revert_and_errors_through_the_cli(
     assert bad.returncode == 2 and "interface: 'eth9' does not exist" in bad.stderr
     assert held(node1) == {"10.240.0.201", "10.240.0.225"}
 
-    kubelvs("node", "--revert", "--netns", node1, "--vip-device", "lo", "--state-dir", str(tmp_path / "state"))
+    kubelvs(
+        "node", "--revert", "--netns", node1, "--vip-device", "lo", "--state-dir", str(tmp_path / "state")
+    )
     assert held(node1) == set() and conf(node1, "net.ipv4.conf.eth0.arp_ignore") == 0
 
 
@@ -342,9 +393,27 @@ def test_long_running_agent_follows_the_api_and_leaves_the_node_configured_on_ex
     log = tmp_path / "node.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "kubelvs", "node", "--kubernetes", "--kubeconfig", str(kc), "-f", str(CONFIG),
-             "--node-name", "node1", "--netns", node1, "--vip-device", "lo", "--state-dir", str(tmp_path / "state")],
-            stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "kubelvs",
+                "node",
+                "--kubernetes",
+                "--kubeconfig",
+                str(kc),
+                "-f",
+                str(CONFIG),
+                "--node-name",
+                "node1",
+                "--netns",
+                node1,
+                "--vip-device",
+                "lo",
+                "--state-dir",
+                str(tmp_path / "state"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     rc: int | None = None
     try:
@@ -378,14 +447,38 @@ def test_tun_service_puts_the_agent_in_tun_mode(node1: str, tmp_path: Path) -> N
     subprocess.run(["modprobe", "-q", "ipip"], check=False)
     manifests = tmp_path / "manifests"
     manifests.mkdir()
-    objs = [k.node("node1", "10.240.0.101"), k.service("tun", external_ips=["10.240.0.202"], annotations={"kubelvs.io/forward": "tun"})]
+    objs = [
+        k.node("node1", "10.240.0.101"),
+        k.service("tun", external_ips=["10.240.0.202"], annotations={"kubelvs.io/forward": "tun"}),
+    ]
     (manifests / "all.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
-    out = kubelvs("node", "--from-manifests", str(manifests), "-f", str(CONFIG), "--node-name", "node1", "--netns", node1,
-                  "--vip-device", "lo", "--state-dir", str(tmp_path / "state"), "--once", "-o", "json",
-                  timeout=600)  # the emulated VM imports slowly from its 9p root
+    out = kubelvs(
+        "node",
+        "--from-manifests",
+        str(manifests),
+        "-f",
+        str(CONFIG),
+        "--node-name",
+        "node1",
+        "--netns",
+        node1,
+        "--vip-device",
+        "lo",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--once",
+        "-o",
+        "json",
+        timeout=600,
+    )  # the emulated VM imports slowly from its 9p root
     report = json.loads(out.stdout)
     assert (report["vips"], report["mode"]) == (["10.240.0.202"], "tun")
     assert held(node1) == {"10.240.0.202"}
     (link,) = json.loads(_ip(node1, "-j", "link", "show", "dev", "tunl0"))
     assert "UP" in link["flags"]
-    assert max(conf(node1, "net.ipv4.conf.all.rp_filter") or 0, conf(node1, "net/ipv4/conf/tunl0/rp_filter") or 0) == 0
+    assert (
+        max(
+            conf(node1, "net.ipv4.conf.all.rp_filter") or 0, conf(node1, "net/ipv4/conf/tunl0/rp_filter") or 0
+        )
+        == 0
+    )

@@ -49,29 +49,40 @@ EXPECTED = {
 }
 
 
-def test_dry_run_json_from_the_seed_manifests(capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_json_from_the_whoami_manifests(capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["director", "-f", str(CONFIG), "--from-manifests", str(WHOAMI_DIR), "--dry-run", "-o", "json"])
     assert rc == 0
     assert json.loads(capsys.readouterr().out) == EXPECTED
 
 
 def test_dry_run_text_shows_events_and_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    objs = [*k.seed_objects(), k.service("lb", type="LoadBalancer"), k.service("bad", external_ips=["192.0.2.1"])]
+    objs = [
+        *k.whoami_objects(),
+        k.service("lb", type="LoadBalancer"),
+        k.service("bad", external_ips=["192.0.2.1"]),
+    ]
     (tmp_path / "all.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
     rc = main(["director", "-f", str(CONFIG), "--from-manifests", str(tmp_path), "--dry-run"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "TCP 10.240.0.225:80 mh  default/lb:web" in out
     assert "  -> 10.240.0.101:80 dr w=1" in out
-    assert "# Warning default/bad ExternalIPNotAllowed: externalIP 192.0.2.1 is outside the allowed ranges" in out
+    assert (
+        "# Warning default/bad ExternalIPNotAllowed: externalIP 192.0.2.1 is outside the allowed ranges"
+        in out
+    )
     assert "# status default/lb loadBalancer.ingress = 10.240.0.225" in out
 
 
 def test_typed_list_items_without_kind_and_multi_document_yaml(tmp_path: Path) -> None:
     svc = k.service("whoami", external_ips=["10.240.0.201"])
     del svc["kind"], svc["apiVersion"]
-    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"kind": "ServiceList", "apiVersion": "v1", "items": [svc]}))
-    (tmp_path / "b.yml").write_text(yaml.safe_dump_all([k.node("n1", "10.240.0.101"), {"kind": "ConfigMap", "metadata": {"name": "x"}}]))
+    (tmp_path / "a.yaml").write_text(
+        yaml.safe_dump({"kind": "ServiceList", "apiVersion": "v1", "items": [svc]})
+    )
+    (tmp_path / "b.yml").write_text(
+        yaml.safe_dump_all([k.node("n1", "10.240.0.101"), {"kind": "ConfigMap", "metadata": {"name": "x"}}])
+    )
     objs = load_manifests(tmp_path)
     assert [o["metadata"]["name"] for o in objs["Service"]] == ["whoami"]
     assert [o["metadata"]["name"] for o in objs["Node"]] == ["n1"]
@@ -86,7 +97,10 @@ def test_bad_manifest_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_bad_kubernetes_section_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("owned_cidrs: [10.240.0.0/24]\nkubernetes:\n  lb_pools: [{name: default, cidrs: [10.240.0.224/28, 10.9.0.0/33]}]\n")
+    cfg.write_text(
+        "owned_cidrs: [10.240.0.0/24]\n"
+        "kubernetes:\n  lb_pools: [{name: default, cidrs: [10.240.0.224/28, 10.9.0.0/33]}]\n"
+    )
     rc = main(["director", "-f", str(cfg), "--from-manifests", str(WHOAMI_DIR), "--dry-run"])
     assert rc == 2
     assert "kubernetes.lb_pools[0].cidrs[1]: '10.9.0.0/33' is not a network" in capsys.readouterr().err
@@ -97,7 +111,9 @@ def test_once_programs_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(director_app, "open_backend", lambda name, netns=None: backend)
     rc = main(["director", "-f", str(CONFIG), "--from-manifests", str(WHOAMI_DIR), "--once"])
     assert rc == 0
-    assert backend.table() == {"TCP 10.240.0.201:80": [("10.240.0.101", 80, 1, "dr"), ("10.240.0.102", 80, 1, "dr")]}
+    assert backend.table() == {
+        "TCP 10.240.0.201:80": [("10.240.0.101", 80, 1, "dr"), ("10.240.0.102", 80, 1, "dr")]
+    }
 
 
 def test_manifest_directory_edits_converge(tmp_path: Path) -> None:
@@ -134,33 +150,53 @@ def test_manifest_directory_edits_converge(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- against the stand-in via kubeconfig
 
 
-def test_kubernetes_dry_run_via_kubeconfig(api_server: tuple[ServerThread, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_kubernetes_dry_run_via_kubeconfig(
+    api_server: tuple[ServerThread, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     st, kubeconfig = api_server
-    for obj in k.seed_objects():
+    for obj in k.whoami_objects():
         st.call(st.server.put, obj)
-    rc = main(["director", "-f", str(CONFIG), "--kubernetes", "--kubeconfig", str(kubeconfig), "--dry-run", "-o", "json"])
+    rc = main(
+        [
+            "director",
+            "-f",
+            str(CONFIG),
+            "--kubernetes",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--dry-run",
+            "-o",
+            "json",
+        ]
+    )
     assert rc == 0
     assert json.loads(capsys.readouterr().out) == EXPECTED
     assert all(m == "GET" for m, _ in st.server.requests)  # --dry-run wrote nothing
     assert st.server.authorization == {"Bearer t0ken"}  # the kubeconfig's credentials were used
 
 
-def test_kubernetes_once_programs_and_writes_status(api_server: tuple[ServerThread, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kubernetes_once_programs_and_writes_status(
+    api_server: tuple[ServerThread, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     st, kubeconfig = api_server
-    for obj in [*k.seed_objects(), k.service("lb", type="LoadBalancer", created="2026-11-21T00:00:00Z")]:
+    for obj in [*k.whoami_objects(), k.service("lb", type="LoadBalancer", created="2026-11-21T00:00:00Z")]:
         st.call(st.server.put, obj)
     backend = MemoryBackend()
     monkeypatch.setattr(director_app, "open_backend", lambda name, netns=None: backend)
     rc = main(["director", "-f", str(CONFIG), "--kubernetes", "--kubeconfig", str(kubeconfig), "--once"])
     assert rc == 0
     assert set(backend.table()) == {"TCP 10.240.0.201:80", "TCP 10.240.0.225:80"}
-    assert st.server.get("Service", "default", "lb")["status"]["loadBalancer"]["ingress"] == [{"ip": "10.240.0.225", "ipMode": "VIP"}]
+    assert st.server.get("Service", "default", "lb")["status"]["loadBalancer"]["ingress"] == [
+        {"ip": "10.240.0.225", "ipMode": "VIP"}
+    ]
     lease = st.server.objects["Lease"][("kube-system", "kubelvs-director")]
     assert lease["spec"]["holderIdentity"] == ""  # released on exit
 
 
 def test_missing_kubeconfig_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["director", "-f", str(CONFIG), "--kubernetes", "--kubeconfig", str(tmp_path / "nope"), "--dry-run"])
+    rc = main(
+        ["director", "-f", str(CONFIG), "--kubernetes", "--kubeconfig", str(tmp_path / "nope"), "--dry-run"]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "cannot load the Kubernetes client config" in err and "nope" in err

@@ -36,7 +36,9 @@ def errors_of(section: dict) -> list[str]:  # type: ignore[type-arg]
 
 def test_bad_network_names_its_path() -> None:
     errs = errors_of({"lb_pools": [{"name": "default", "cidrs": ["10.240.0.224/28", "10.240.0.1/33"]}]})
-    assert len(errs) == 1 and errs[0].startswith("kubernetes.lb_pools[0].cidrs[1]: '10.240.0.1/33' is not a network")
+    assert len(errs) == 1 and errs[0].startswith(
+        "kubernetes.lb_pools[0].cidrs[1]: '10.240.0.1/33' is not a network"
+    )
 
 
 def test_pool_outside_owned_cidrs() -> None:
@@ -60,7 +62,10 @@ def test_external_ip_range_outside_owned_and_overlaps() -> None:
     joined = "\n".join(errs)
     assert "kubernetes.external_ip_cidrs[0]: 10.0.0.0/8 is not inside owned_cidrs" in joined
     assert "kubernetes.lb_pools[1].name: duplicate pool name 'a'" in joined
-    assert "kubernetes.lb_pools[1].cidrs[0]: 10.240.0.224/29 overlaps 10.240.0.224/28 of kubernetes.lb_pools[0].cidrs[0]" in joined
+    assert (
+        "kubernetes.lb_pools[1].cidrs[0]: 10.240.0.224/29 overlaps 10.240.0.224/28 of "
+        "kubernetes.lb_pools[0].cidrs[0]" in joined
+    )
 
 
 def test_unknown_key_and_bad_type() -> None:

@@ -4,6 +4,7 @@ bookmarks, 410 Gone, dropped connections, 500s and an outage."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -50,10 +51,8 @@ class Watching:
     async def close(self) -> None:
         self.stop.set()
         self.task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self.task
-        except asyncio.CancelledError:
-            pass
 
 
 def test_list_in_pages_and_resource_version() -> None:

@@ -1,4 +1,4 @@
-"""``kubelvs demo`` and the seed's scenarios, end to end with real TCP connections.
+"""``kubelvs demo`` and the incidents' scenarios, end to end with real TCP connections.
 
 The machine's kernel runs them with the nftables backend (``netns``); the VM tier
 (``kernel_ipvs``) runs the same with IPVS, plus the scenarios that need ipip.
@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from kubelvs.lab.demo import run_demo
-from kubelvs.lab.scenarios import SCENARIOS, run_scenario
+from kubelvs.lab.scenarios import SCENARIOS, ScenarioResult, run_scenario
 from kubelvs.lab.topology import LabSpec, lab_namespaces
 
 from .conftest import root_links
@@ -24,7 +24,9 @@ VM = pytest.mark.kernel_ipvs
 
 
 def _kubelvs(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kubelvs", *args], capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "kubelvs", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 @MACHINE
@@ -49,7 +51,11 @@ def test_demo_text_shows_the_curl_table(prefix: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "$ curl http://10.240.0.201   x12, from the client 10.240.0.10" in result.stdout
     assert "DR: every reply bypassed the director" in result.stdout
-    rows = [line for line in result.stdout.splitlines() if re.match(r"^\s+\d+\s+whoami-node\d-1\s+node\d\s+10\.230\.", line)]
+    rows = [
+        line
+        for line in result.stdout.splitlines()
+        if re.match(r"^\s+\d+\s+whoami-node\d-1\s+node\d\s+10\.230\.", line)
+    ]
     assert len(rows) == 12  # one row per curl: pod, node, RemoteAddr
 
 
@@ -94,7 +100,7 @@ def test_scenario_list() -> None:
     result = _kubelvs("lab", "scenario", "--list")
     assert result.returncode == 0
     names = [line.split()[0] for line in result.stdout.splitlines()]
-    assert names == ["stale-realserver", "worker-local-vip", "dr-arp", "rp-filter"]
+    assert names == ["backend-failure", "stale-realserver", "worker-local-vip", "dr-arp", "rp-filter"]
     assert list(SCENARIOS) == names
 
 
@@ -102,6 +108,7 @@ def test_scenario_list() -> None:
 @pytest.mark.parametrize("name", ["stale-realserver", "worker-local-vip", "dr-arp"])
 def test_scenario_on_the_machine_kernel(name: str, prefix: str) -> None:
     result = run_scenario(name, prefix=prefix, backend="nftables")
+    assert isinstance(result, ScenarioResult)
     assert result.before.expected, result.render()  # the symptom was reproduced ...
     assert result.after is not None and result.after.expected, result.render()  # ... and fixed
     assert lab_namespaces(prefix) == []
@@ -112,15 +119,55 @@ def test_scenario_cli_exit_code_and_json(prefix: str) -> None:
     result = _kubelvs("lab", "scenario", "stale-realserver", "--prefix", prefix, "-o", "json")
     assert result.returncode == 0, result.stdout + result.stderr
     doc = json.loads(result.stdout)
-    assert doc["ok"] and doc["before"]["facts"]["succeeded"] == "10/20" and doc["after"]["facts"]["succeeded"] == "20/20"
+    assert (
+        doc["ok"]
+        and doc["before"]["facts"]["succeeded"] == "10/20"
+        and doc["after"]["facts"]["succeeded"] == "20/20"
+    )
     assert doc["before"]["facts"]["errors"] == ["connection refused"]
     bad = _kubelvs("lab", "scenario", "no-such-thing")
     assert bad.returncode == 2 and "is not one of" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [pytest.param("nftables", marks=pytest.mark.netns), pytest.param("ipvs", marks=pytest.mark.kernel_ipvs)],
+)
+def test_backend_failure_is_detected_in_time_and_recovered(backend: str, prefix: str) -> None:
+    result = _kubelvs(
+        "lab",
+        "scenario",
+        "backend-failure",
+        "--prefix",
+        prefix,
+        "--backend",
+        backend,
+        "-o",
+        "json",
+        timeout=900,
+    )
+    doc = json.loads(result.stdout)
+    assert result.returncode == 0, json.dumps(doc, indent=1)
+    assert set(doc) >= {
+        "detect_ms",
+        "recover_ms",
+        "failed_requests",
+        "requests",
+        "probe_interval_ms",
+        "fall",
+        "rise",
+    }
+    bound = doc["fall"] * doc["probe_interval_ms"] + 300 + 500  # fall x interval + timeout (+ 500 ms)
+    assert doc["ok"] and doc["backend"] == backend and 0 < doc["detect_ms"] <= bound
+    assert (
+        doc["requests"] >= 20 * 5 and doc["failed_after_detection"] == 0 and doc["node1_after_recovery"] > 0
+    )
+    assert lab_namespaces(prefix) == []
 
 
 @VM
 @pytest.mark.parametrize("name", ["stale-realserver", "worker-local-vip", "dr-arp", "rp-filter"])
 def test_scenario_with_ipvs(name: str, prefix: str) -> None:
     result = run_scenario(name, prefix=prefix, backend="ipvs")
-    assert result.backend == "ipvs"
+    assert isinstance(result, ScenarioResult) and result.backend == "ipvs"
     assert result.ok, result.render()

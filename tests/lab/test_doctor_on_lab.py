@@ -15,9 +15,9 @@ import sys
 
 import pytest
 
-from kubelvs.doctor import Severity
+from kubelvs.doctor import Finding, Severity
 from kubelvs.lab.doctor import diagnose, lab_bundles
-from kubelvs.lab.scenarios import run_scenario
+from kubelvs.lab.scenarios import ScenarioResult, run_scenario
 from kubelvs.lab.topology import LAB_TIMEOUTS, LabSpec, build, lab_namespaces
 from kubelvs.model import Forward, Timeouts
 
@@ -27,8 +27,11 @@ VM = pytest.mark.kernel_ipvs
 HOSTS = ["dir1", "node1", "node2"]
 
 
-def _serious(site: dict) -> dict[str, list[str]]:
-    return {h: [f"{f.severity} {f.id}: {f.summary}" for f in fs if f.severity >= Severity.WARNING] for h, fs in site.items()}
+def _serious(site: dict[str, list[Finding]]) -> dict[str, list[str]]:
+    return {
+        h: [f"{f.severity} {f.id}: {f.summary}" for f in fs if f.severity >= Severity.WARNING]
+        for h, fs in site.items()
+    }
 
 
 def _healthy_lab(prefix: str, backend: str) -> None:
@@ -45,11 +48,15 @@ def _healthy_lab(prefix: str, backend: str) -> None:
         (svc,) = director.services or []
         assert str(svc.key) == "TCP 10.240.0.201:80"
         assert [(str(rs.address), rs.forward) for rs in svc.realservers] == [
-            ("10.240.0.101", Forward.DR), ("10.240.0.102", Forward.DR)]
+            ("10.240.0.101", Forward.DR),
+            ("10.240.0.102", Forward.DR),
+        ]
         assert director.kube is not None and [sp.ref for sp in director.kube.ports] == ["default/whoami:web"]
         for node in ("node1", "node2"):
             assert bundles[node].role == "node"
-            assert "10.240.0.201" in {str(a) for a in bundles[node].local_addresses}  # the agent put the VIP up
+            assert "10.240.0.201" in {
+                str(a) for a in bundles[node].local_addresses
+            }  # the agent put the VIP up
         if backend == "ipvs":
             # What a healthy director has that kernel defaults lack: the recommended sysctls
             # (applied by kubelvs director) and the lab config's timeouts.
@@ -59,8 +66,13 @@ def _healthy_lab(prefix: str, backend: str) -> None:
         site = diagnose(info)
         assert _serious(site) == {h: [] for h in HOSTS}, site
         # The CLI says the same, with the doctor's exit status.
-        out = subprocess.run([sys.executable, "-m", "kubelvs", "lab", "doctor", "--prefix", prefix, "-o", "json"],
-                             capture_output=True, text=True, timeout=120, check=False)
+        out = subprocess.run(
+            [sys.executable, "-m", "kubelvs", "lab", "doctor", "--prefix", prefix, "-o", "json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert out.returncode == 0, out.stdout + out.stderr
         doc = json.loads(out.stdout)
         assert list(doc["hosts"]) == HOSTS
@@ -92,6 +104,7 @@ EXPECTED = {
 
 def _check_scenario(name: str, prefix: str, backend: str) -> None:
     result = run_scenario(name, prefix=prefix, backend=backend)
+    assert isinstance(result, ScenarioResult)  # these scenarios report a before and an after phase
     assert result.ok, result.render()
     blamed, clean = EXPECTED[name]
     before = result.before.doctor
@@ -104,7 +117,7 @@ def _check_scenario(name: str, prefix: str, backend: str) -> None:
     for host in clean:
         assert not [f for f in before[host] if f["severity"] != "info"], result.render()
     assert result.after is not None
-    for host, findings in result.after.doctor.items():  # the fix removed it, and left nothing else
+    for findings in result.after.doctor.values():  # the fix removed it, and left nothing else
         assert not [f for f in findings if f["severity"] != "info"], result.render()
     assert set(result.after.doctor) >= set(blamed)
     assert lab_namespaces(prefix) == []
@@ -124,14 +137,39 @@ def test_scenario_doctor_names_the_cause_first_with_ipvs(name: str, prefix: str)
 
 @MACHINE
 def test_scenario_cli_prints_the_doctors_first_finding(prefix: str) -> None:
-    out = subprocess.run([sys.executable, "-m", "kubelvs", "lab", "scenario", "worker-local-vip", "--prefix", prefix],
-                         capture_output=True, text=True, timeout=600, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "kubelvs", "lab", "scenario", "worker-local-vip", "--prefix", prefix],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     before, after = out.stdout.split("\nAFTER: ")
-    assert "doctor on node1: [error] local-vip-loop: DR real server without VIP 10.240.0.201 has accept_local=1 on eth0" in before
+    assert (
+        "doctor on node1: [error] local-vip-loop: DR real server without VIP 10.240.0.201 "
+        "has accept_local=1 on eth0" in before
+    )
     assert "doctor on node1: nothing of severity warning or worse" in after
-    off = subprocess.run([sys.executable, "-m", "kubelvs", "lab", "scenario", "stale-realserver", "--prefix", prefix,
-                          "--no-doctor", "-o", "json"], capture_output=True, text=True, timeout=600, check=False)
+    off = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kubelvs",
+            "lab",
+            "scenario",
+            "stale-realserver",
+            "--prefix",
+            prefix,
+            "--no-doctor",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert off.returncode == 0, off.stdout + off.stderr
     doc = json.loads(off.stdout)
     assert doc["before"]["doctor"] == {} and doc["after"]["doctor"] == {}

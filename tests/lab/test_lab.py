@@ -42,7 +42,9 @@ def test_up_status_exec_down_leave_nothing_behind(prefix: str) -> None:
     assert info.backend == "nftables" or info.backend == "ipvs"
     # Every namespace carries the prefix; pods sit behind their node.
     assert set(lab_namespaces(prefix)) == set(info.namespaces)
-    assert {f"{prefix}-{r}" for r in ("sw", "client", "dir1", "node1", "node2", "node1-pod1", "node2-pod2")} <= set(info.namespaces)
+    assert {
+        f"{prefix}-{r}" for r in ("sw", "client", "dir1", "node1", "node2", "node1-pod1", "node2-pod2")
+    } <= set(info.namespaces)
     pids = dict(info.pids)
     assert len(pids) == 4 + 2 + 1  # 4 pods, 2 node agents, 1 director
     assert all(alive(p) for p in pids.values())
@@ -53,8 +55,22 @@ def test_up_status_exec_down_leave_nothing_behind(prefix: str) -> None:
     assert all(doc["processes"].values()) and not doc["missing"]
 
     # exec: a request from the client through the director, answered by a pod.
-    probe = _kubelvs("lab", "exec", "--prefix", prefix, "client", "--", sys.executable, "-m", "kubelvs.lab.servers",
-                     "probe", "--target", "10.240.0.201:80", "--count", "8")
+    probe = _kubelvs(
+        "lab",
+        "exec",
+        "--prefix",
+        prefix,
+        "client",
+        "--",
+        sys.executable,
+        "-m",
+        "kubelvs.lab.servers",
+        "probe",
+        "--target",
+        "10.240.0.201:80",
+        "--count",
+        "8",
+    )
     assert probe.returncode == 0, probe.stderr
     answers = [json.loads(line) for line in probe.stdout.splitlines()]
     assert {a["server"] for a in answers} <= set(info.pod_node()) and len(answers) == 8
@@ -103,8 +119,11 @@ def test_down_cleans_up_after_the_building_process_was_killed(prefix: str) -> No
 
 
 def test_down_cleans_up_a_lab_killed_half_way_through_building(prefix: str) -> None:
-    proc = subprocess.Popen([*KUBELVS, "lab", "up", "--prefix", prefix, "--nodes", "3"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*KUBELVS, "lab", "up", "--prefix", prefix, "--nodes", "3"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 30
     while len(lab_namespaces(prefix)) < 4 and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -141,14 +160,20 @@ def test_a_second_up_with_the_same_prefix_is_refused(prefix: str) -> None:
         running.teardown()
 
 
-def test_generated_config_and_kube_proxy_rules_follow_the_seed() -> None:
+def test_generated_config_and_kube_proxy_rules_follow_the_whoami_setup() -> None:
     from kubelvs.lab.topology import NodeInfo, PodInfo
     from kubelvs.sources.config import parse_config, parse_yaml, to_desired
 
     spec = LabSpec()
     nodes = [
-        NodeInfo(f"node{i}", f"ns{i}", f"10.240.0.10{i}", "", f"10.230.{i}.0/24",
-                 (PodInfo(f"whoami-node{i}-1", f"node{i}", "p", f"10.230.{i}.10"),))
+        NodeInfo(
+            f"node{i}",
+            f"ns{i}",
+            f"10.240.0.10{i}",
+            "",
+            f"10.230.{i}.0/24",
+            (PodInfo(f"whoami-node{i}-1", f"node{i}", "p", f"10.230.{i}.10"),),
+        )
         for i in (1, 2)
     ]
     desired = to_desired(parse_config(parse_yaml(director_config(spec, nodes), source="lab")))

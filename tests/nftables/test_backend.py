@@ -31,7 +31,7 @@ from kubelvs.model import (
     ServiceKey,
     Timeouts,
 )
-from kubelvs.planner import AddRealServer, DeleteService, apply_ops, changed_services, plan
+from kubelvs.planner import AddRealServer, DeleteService, Operation, apply_ops, changed_services, plan
 from kubelvs.roles.director import Director
 
 from .links import prepare
@@ -123,7 +123,7 @@ def test_a_refused_service_is_left_out_the_rest_is_applied_and_the_next_sync_con
     Director(backend).sync(make_desired(a, b))
     _sh(ns, "nft", "delete", "element", "ip", "kubelvs", "nat_svc", "{ 10.0.0.2 . tcp . 80 }")
     added = RealServer(ip("10.0.2.4"), 8080, 1, Forward.NAT)
-    ops = [AddRealServer(a.key, added), DeleteService(b.key)]
+    ops: list[Operation] = [AddRealServer(a.key, added), DeleteService(b.key)]
     with pytest.raises(PartialApplyError) as err:
         backend.apply(ops)
     (failure,) = err.value.failures
@@ -198,7 +198,7 @@ def test_other_tables_are_never_touched(nsb: tuple[str, NftablesBackend]) -> Non
 def test_one_realserver_change_is_a_small_transaction(
     nsb: tuple[str, NftablesBackend], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ns, backend = nsb
+    _, backend = nsb
     svcs = [
         make_service(f"10.0.0.{i}", 80, "rr", [(a, 8080, 1, Forward.NAT) for a in NAT_POOL[:3]])
         for i in range(1, 60)
@@ -207,7 +207,12 @@ def test_one_realserver_change_is_a_small_transaction(
     director.sync(make_desired(*svcs))
     scripts: list[str] = []
     real = backend._nft.run_script
-    monkeypatch.setattr(backend._nft, "run_script", lambda s: (scripts.append(s), real(s))[1])
+
+    def recorded(script: str) -> None:
+        scripts.append(script)
+        real(script)
+
+    monkeypatch.setattr(backend._nft, "run_script", recorded)
     changed = svcs[5].with_realservers(
         [*svcs[5].realservers, RealServer(ip(NAT_POOL[3]), 8080, 1, Forward.NAT)]
     )
@@ -346,7 +351,7 @@ def test_problems_name_the_field_and_the_reason(nsb: tuple[str, NftablesBackend]
     )
     problems = {p.field: p.reason for p in backend.problems(make_desired(tun, wlc, mixed))}
     tun_reason = problems["services[TCP 10.0.0.1:80].realservers"]
-    if not subprocess.run(["modprobe", "-n", "ipip"], capture_output=True).returncode == 0:
+    if subprocess.run(["modprobe", "-n", "ipip"], capture_output=True).returncode != 0:
         assert "no ipip" in tun_reason
     assert "tun" in tun_reason
     assert "rr, wrr, sh and mh" in problems["services[TCP 10.0.0.2:80].scheduler"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kubelvs.backends import open_backend
-from kubelvs.model import DesiredState
+from kubelvs.model import DesiredState, ServiceKey, VirtualService
 from kubelvs.sources.config import parse_config, parse_yaml, to_desired
 
 pytestmark = pytest.mark.netns
@@ -68,7 +68,7 @@ def director(netns: str, tmp_path: Path) -> Iterator[tuple[Path, Path, subproces
             proc.wait()
 
 
-def _kernel(netns: str) -> dict[object, object]:
+def _kernel(netns: str) -> dict[ServiceKey, VirtualService]:
     backend = open_backend("nftables", netns=netns)
     try:
         return dict(backend.read().services)

@@ -4,6 +4,7 @@ namespace, not from the agent's own record."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -60,8 +61,8 @@ def _agent(ns: str, tmp_path: Path, **kw: object) -> NodeAgent:
     return NodeAgent(interface="eth0", netns=ns, vip_device="lo", state_dir=tmp_path, **kw)  # type: ignore[arg-type]
 
 
-def test_sync_configures_the_seed_settings_and_is_idempotent(node: str, tmp_path: Path) -> None:
-    _put(node, "net.ipv4.conf.all.rp_filter", 1)  # CentOS 7 default, the seed's incident
+def test_sync_configures_the_dr_settings_and_is_idempotent(node: str, tmp_path: Path) -> None:
+    _put(node, "net.ipv4.conf.all.rp_filter", 1)  # CentOS 7 default, as in the rp_filter incident
     agent = _agent(node, tmp_path)
     changes = agent.sync([VIP])
     assert {str(c) for c in changes} == {
@@ -74,7 +75,10 @@ def test_sync_configures_the_seed_settings_and_is_idempotent(node: str, tmp_path
     assert _get(node, "net.ipv4.conf.eth0.arp_ignore") == 1
     assert _get(node, "net.ipv4.conf.eth0.arp_announce") == 2
     # Effective rp_filter = max(all, eth0) is loose now.
-    assert max(_get(node, "net.ipv4.conf.all.rp_filter") or 0, _get(node, "net.ipv4.conf.eth0.rp_filter") or 0) == 2
+    assert (
+        max(_get(node, "net.ipv4.conf.all.rp_filter") or 0, _get(node, "net.ipv4.conf.eth0.rp_filter") or 0)
+        == 2
+    )
     assert agent.sync([VIP]) == []  # idempotent
     assert _agent(node, tmp_path).sync([VIP]) == []  # also for a new agent process (state file)
 
@@ -128,7 +132,7 @@ def test_removing_one_vip_keeps_the_others_and_the_sysctls(node: str, tmp_path: 
 
 
 def test_bad_input_changes_nothing(node: str, tmp_path: Path) -> None:
-    with pytest.raises(NodeError, match="vip: '10.240.0.999' is not an IPv4"):
+    with pytest.raises(NodeError, match=re.escape("vip: '10.240.0.999' is not an IPv4")):
         _agent(node, tmp_path).sync([VIP, "10.240.0.999"])
     assert f"{VIP}/32" not in _lo_addrs(node)
     assert _get(node, "net.ipv4.conf.eth0.arp_ignore") == 0
@@ -145,7 +149,9 @@ def test_tun_mode_without_ipip_is_refused_before_any_change(node: str, tmp_path:
     assert _get(node, "net.ipv4.conf.eth0.arp_ignore") == 0
 
 
-def test_a_record_of_a_recreated_namespace_is_ignored(make_netns: Callable[[str], str], tmp_path: Path) -> None:
+def test_a_record_of_a_recreated_namespace_is_ignored(
+    make_netns: Callable[[str], str], tmp_path: Path
+) -> None:
     ns = make_netns("node")
     _ip(ns, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0")
     agent = NodeAgent(interface="eth0", netns=ns, vip_device="lo", state_dir=tmp_path)
@@ -164,14 +170,33 @@ def test_vips_for_node_takes_dr_and_tun_services_of_this_node() -> None:
     config = parse_config(
         {
             "services": [
-                {"name": "whoami", "vip": VIP, "port": 80, "forward": "dr",
-                 "realservers": [{"address": "10.240.0.101"}, {"address": "10.240.0.102"}]},
-                {"name": "other-node", "vip": "10.240.0.203", "port": 80,
-                 "realservers": [{"address": "10.240.0.102"}]},
-                {"name": "nat", "vip": "10.240.0.204", "port": 80, "forward": "nat",
-                 "realservers": [{"address": "10.240.0.101", "port": 8080}]},
-                {"name": "tun", "vip": VIP2, "port": 53, "protocol": "udp",
-                 "realservers": [{"address": "10.240.0.101", "forward": "tun"}]},
+                {
+                    "name": "whoami",
+                    "vip": VIP,
+                    "port": 80,
+                    "forward": "dr",
+                    "realservers": [{"address": "10.240.0.101"}, {"address": "10.240.0.102"}],
+                },
+                {
+                    "name": "other-node",
+                    "vip": "10.240.0.203",
+                    "port": 80,
+                    "realservers": [{"address": "10.240.0.102"}],
+                },
+                {
+                    "name": "nat",
+                    "vip": "10.240.0.204",
+                    "port": 80,
+                    "forward": "nat",
+                    "realservers": [{"address": "10.240.0.101", "port": 8080}],
+                },
+                {
+                    "name": "tun",
+                    "vip": VIP2,
+                    "port": 53,
+                    "protocol": "udp",
+                    "realservers": [{"address": "10.240.0.101", "forward": "tun"}],
+                },
             ]
         }
     )
@@ -180,14 +205,29 @@ def test_vips_for_node_takes_dr_and_tun_services_of_this_node() -> None:
     assert vips_for_node(config, ["10.240.0.9"]) == ([], "dr")
 
 
-def test_cli_with_a_config_file_once_and_revert(node: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_with_a_config_file_once_and_revert(
+    node: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = tmp_path / "lab.yaml"
     cfg.write_text(
-        f"owned_cidrs: [{VIP}/32]\nservices:\n  - name: whoami\n    vip: {VIP}\n    port: 80\n    scheduler: rr\n"
+        f"owned_cidrs: [{VIP}/32]\n"
+        f"services:\n  - name: whoami\n    vip: {VIP}\n    port: 80\n    scheduler: rr\n"
         "    forward: dr\n    realservers:\n      - address: 10.240.0.101\n      - address: 10.240.0.102\n"
     )
     state = tmp_path / "state"
-    base = ["node", "--netns", node, "--interface", "eth0", "--vip-device", "lo", "--state-dir", str(state), "-o", "json"]
+    base = [
+        "node",
+        "--netns",
+        node,
+        "--interface",
+        "eth0",
+        "--vip-device",
+        "lo",
+        "--state-dir",
+        str(state),
+        "-o",
+        "json",
+    ]
     assert main([*base, "-f", str(cfg), "--once"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["vips"] == [VIP]
@@ -213,24 +253,53 @@ def test_tun_mode_brings_up_tunl0_with_loose_rp_filter_and_reverts(node: str, tm
     link = json.loads(_ip(node, "-j", "link", "show", "dev", "tunl0"))[0]
     assert "UP" in link["flags"]
     # tunl0 has no address: only an effective 0 admits decapsulated packets (loose is not enough) ...
-    assert max(_get(node, "net.ipv4.conf.all.rp_filter") or 0, _get(node, "net/ipv4/conf/tunl0/rp_filter") or 0) == 0
+    assert (
+        max(_get(node, "net.ipv4.conf.all.rp_filter") or 0, _get(node, "net/ipv4/conf/tunl0/rp_filter") or 0)
+        == 0
+    )
     # ... while every other interface keeps its effective value: the L2 one loose, the rest strict.
     assert _get(node, "net.ipv4.conf.eth0.rp_filter") == 2
-    assert _get(node, "net.ipv4.conf.lo.rp_filter") == 1 and _get(node, "net.ipv4.conf.default.rp_filter") == 1
+    assert (
+        _get(node, "net.ipv4.conf.lo.rp_filter") == 1 and _get(node, "net.ipv4.conf.default.rp_filter") == 1
+    )
     agent.revert()
     assert "UP" not in json.loads(_ip(node, "-j", "link", "show", "dev", "tunl0"))[0]["flags"]
-    assert subprocess.run(["ip", "-n", node, "link", "show", "kubelvs0"], capture_output=True, check=False).returncode != 0
+    assert (
+        subprocess.run(
+            ["ip", "-n", node, "link", "show", "kubelvs0"], capture_output=True, check=False
+        ).returncode
+        != 0
+    )
     assert _get(node, "net.ipv4.conf.all.rp_filter") == 1
     assert _get(node, "net.ipv4.conf.lo.rp_filter") == 0 and _get(node, "net.ipv4.conf.eth0.rp_filter") == 0
 
 
-def test_cli_dry_run_with_a_config_file_touches_nothing(node: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_dry_run_with_a_config_file_touches_nothing(
+    node: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = tmp_path / "lab.yaml"
     cfg.write_text(
-        f"owned_cidrs: [{VIP}/32]\nservices:\n  - name: whoami\n    vip: {VIP}\n    port: 80\n    scheduler: rr\n"
+        f"owned_cidrs: [{VIP}/32]\n"
+        f"services:\n  - name: whoami\n    vip: {VIP}\n    port: 80\n    scheduler: rr\n"
         "    forward: dr\n    realservers:\n      - address: 10.240.0.101\n"
     )
-    assert main(["node", "--netns", node, "-f", str(cfg), "--dry-run", "-o", "json", "--state-dir", str(tmp_path / "s")]) == 0
+    assert (
+        main(
+            [
+                "node",
+                "--netns",
+                node,
+                "-f",
+                str(cfg),
+                "--dry-run",
+                "-o",
+                "json",
+                "--state-dir",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out) == {"vips": [VIP], "mode": "dr"}
     assert f"{VIP}/32" not in _lo_addrs(node) and _get(node, "net.ipv4.conf.eth0.arp_ignore") == 0
     assert not (tmp_path / "s").exists()

@@ -36,10 +36,24 @@ def until(what: str, condition: Callable[[], bool], log: Path, timeout: float = 
 def test_revert_while_running_is_refused_and_bad_config_keeps_the_state(node: str, tmp_path: Path) -> None:  # noqa: F811
     cfg, log, state = tmp_path / "lab.yaml", tmp_path / "agent.log", tmp_path / "state"
     cfg.write_text(CONFIG)
-    base = [sys.executable, "-m", "kubelvs", "node", "--netns", node, "--interface", "eth0", "--vip-device", "lo",
-            "--state-dir", str(state)]
+    base = [
+        sys.executable,
+        "-m",
+        "kubelvs",
+        "node",
+        "--netns",
+        node,
+        "--interface",
+        "eth0",
+        "--vip-device",
+        "lo",
+        "--state-dir",
+        str(state),
+    ]
     with log.open("wb") as out:
-        agent = subprocess.Popen([*base, "-f", str(cfg), "--poll", "0.1", "--settle", "0.2"], stdout=out, stderr=subprocess.STDOUT)
+        agent = subprocess.Popen(
+            [*base, "-f", str(cfg), "--poll", "0.1", "--settle", "0.2"], stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         until("the VIP on lo", lambda: f"{VIP}/32" in _lo_v4(node), log)
         revert = subprocess.run([*base, "--revert"], capture_output=True, text=True, timeout=30)

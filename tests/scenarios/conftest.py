@@ -152,7 +152,9 @@ def _build(lab: Lab, backend_name: str, mode: Forward) -> Env:
         else:
             rs = lab.host(role, [f"10.1.0.{11 + i}/24"])
             lab.run(rs.netns, "ip", "route", "add", "default", "via", "10.1.0.1")
-        lab.start_python(rs.netns, "kubelvs.lab.servers", "http", "--name", role, "--port", str(HTTP_PORT[mode]))
+        lab.start_python(
+            rs.netns, "kubelvs.lab.servers", "http", "--name", role, "--port", str(HTTP_PORT[mode])
+        )
         lab.start_python(rs.netns, "kubelvs.lab.servers", "udp", "--name", role, "--port", str(UDP_PORT))
         realservers.append(rs)
         names[rs.ip] = role

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 
 from kubelvs.kernel.netns import entered
-from kubelvs.model import Forward, RealServerStats
+from kubelvs.model import Forward, RealServerKey, RealServerStats, ServiceKey
 
 from .conftest import CLIENT_SOURCES, HTTP_PORT, UDP_PORT, VIP, Env
 
@@ -127,7 +127,7 @@ def _get_from_port(env: Env, port: int) -> tuple[str, int]:
 
 
 def test_a_reused_client_port_is_not_black_holed_after_its_realserver_is_deleted(dr_env: Env) -> None:
-    """The seed's stale-real-server incident, at the connection level. In DR the director
+    """The stale-real-server incident, at the connection level. In DR the director
     sees only the client's half, so IPVS keeps a finished connection in FIN_WAIT, which
     conn_reuse_mode=1 does not reschedule: a new SYN from the same client port follows it
     to its real server, and when that one was deleted the SYN is dropped for the whole
@@ -139,14 +139,18 @@ def test_a_reused_client_port_is_not_black_holed_after_its_realserver_is_deleted
     assert server == "rs3"
     if env.backend_name == "ipvs":
         table = env.lab.run(env.director.netns, "ipvsadm", "-Lnc").stdout
-        assert re.search(rf"FIN_WAIT\s+10\.0\.0\.10:{port}\s+{re.escape(VIP)}:80\s+10\.0\.0\.13:80", table), table
+        assert re.search(rf"FIN_WAIT\s+10\.0\.0\.10:{port}\s+{re.escape(VIP)}:80\s+10\.0\.0\.13:80", table), (
+            table
+        )
     env.sync(env.service("rr", [1, 1]))  # rs3 deleted
     server, _ = _get_from_port(env, port)  # 10 s: more than the SYN retransmits need
     assert server in {"rs1", "rs2"}
 
 
 def _stats_after(
-    env: Env, before: dict[object, RealServerStats], done: Callable[[RealServerStats, RealServerStats], bool]
+    env: Env,
+    before: dict[tuple[ServiceKey, RealServerKey], RealServerStats],
+    done: Callable[[RealServerStats, RealServerStats], bool],
 ) -> list[RealServerStats]:
     """Per real server counters once ``done(before, now)`` holds for all of them.
 
@@ -157,7 +161,10 @@ def _stats_after(
     while True:
         stats = env.backend.read().stats
         now = [stats[k] for k in keys]
-        if all(done(before.get(k, RealServerStats()), n) for k, n in zip(keys, now, strict=True)) or time.monotonic() > deadline:
+        if (
+            all(done(before.get(k, RealServerStats()), n) for k, n in zip(keys, now, strict=True))
+            or time.monotonic() > deadline
+        ):
             return now
         time.sleep(0.5)
 
@@ -169,7 +176,10 @@ def test_dr_replies_bypass_the_director(dr_env: Env) -> None:
     answers = dr_env.ask(30)
     assert len(answers) == 30
     rs_stats = _stats_after(dr_env, before, lambda b, n: n.in_packets >= b.in_packets + 3)
-    base = [before.get((dr_env.http_key, rs.key), RealServerStats()) for rs in dr_env.service("rr", [1, 1]).realservers]
+    base = [
+        before.get((dr_env.http_key, rs.key), RealServerStats())
+        for rs in dr_env.service("rr", [1, 1]).realservers
+    ]
     # SYN, ACK, request, FIN... of every connection reached the director ...
     assert sum(s.in_packets - b.in_packets for s, b in zip(rs_stats, base, strict=True)) >= 30 * 3
     assert all(s.in_bytes > b.in_bytes for s, b in zip(rs_stats, base, strict=True))

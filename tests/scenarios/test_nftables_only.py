@@ -32,10 +32,14 @@ def _conntrack(env: Env, *args: str) -> list[tuple[int, str]]:
 
 
 def test_timeouts_apply_to_nat_connections(nat_env: Env) -> None:
-    """The seed's ``ipvsadm --set 900 30 300`` has the same effect on conntrack entries."""
+    """The TIME_WAIT incident's ``ipvsadm --set 900 30 300`` has the same effect on conntrack entries."""
     _only_nftables(nat_env)
     nat_env.lab.run(nat_env.director.netns, "conntrack", "-F", check=False)
-    nat_env.sync(nat_env.service("rr", [1, 1]), nat_env.service("rr", [1, 1], udp=True), timeouts=Timeouts(900, 30, 300))
+    nat_env.sync(
+        nat_env.service("rr", [1, 1]),
+        nat_env.service("rr", [1, 1], udp=True),
+        timeouts=Timeouts(900, 30, 300),
+    )
     held = nat_env.keepalive()
     try:
         established = [t for t, state in _conntrack(nat_env, "-p", "tcp") if state == "ESTABLISHED"]

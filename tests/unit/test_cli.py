@@ -15,7 +15,9 @@ ROOT = Path(__file__).parents[2]
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kubelvs", *args], capture_output=True, text=True, input=stdin)
+    return subprocess.run(
+        [sys.executable, "-m", "kubelvs", *args], capture_output=True, text=True, input=stdin
+    )
 
 
 def test_validate_reports_every_error_and_exits_2(tmp_path: Path) -> None:
@@ -28,7 +30,9 @@ def test_validate_reports_every_error_and_exits_2(tmp_path: Path) -> None:
     result = run("validate", "-f", str(bad))
     assert result.returncode == 2
     assert "services[0] (redis).scheduler: unknown IPVS scheduler 'rrr'" in result.stderr
-    assert "services[0] (redis).realservers[0].weight: must be between 0 and 65535, got 70000" in result.stderr
+    assert (
+        "services[0] (redis).realservers[0].weight: must be between 0 and 65535, got 70000" in result.stderr
+    )
     assert "services[0] (redis).realservers[0].port: dr cannot map ports" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -89,7 +93,11 @@ def test_apply_prints_a_service_added_whole_as_one_line_and_every_other_change()
                 "owned_cidrs": ["10.240.0.0/24"],
                 "services": [
                     {"vip": "10.240.0.1", "port": 80, "realservers": [{"address": "10.0.0.2"}]},
-                    {"vip": "10.240.0.2", "port": 80, "realservers": [{"address": a} for a in ("10.0.0.1", "10.0.0.2", "10.0.0.3")]},
+                    {
+                        "vip": "10.240.0.2",
+                        "port": 80,
+                        "realservers": [{"address": a} for a in ("10.0.0.1", "10.0.0.2", "10.0.0.3")],
+                    },
                 ],
             }
         )

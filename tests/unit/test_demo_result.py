@@ -14,9 +14,19 @@ def _result(requests: int, by_pod: dict[str, int]) -> DemoResult:
         node = pod.split("-")[1]
         by_node[node] = by_node.get(node, 0) + count
     return DemoResult(
-        topology="dr", backend="nftables", vip="10.240.0.201", port=80, client="10.240.0.10",
-        requests=requests, succeeded=requests, by_pod=by_pod, by_node=by_node,
-        replies_via_director=0, requests_via_director=requests * 5, pods=PODS, nodes=["node1", "node2"],
+        topology="dr",
+        backend="nftables",
+        vip="10.240.0.201",
+        port=80,
+        client="10.240.0.10",
+        requests=requests,
+        succeeded=requests,
+        by_pod=by_pod,
+        by_node=by_node,
+        replies_via_director=0,
+        requests_via_director=requests * 5,
+        pods=PODS,
+        nodes=["node1", "node2"],
     )
 
 
@@ -27,7 +37,9 @@ def test_a_pod_missed_in_20_requests_is_chance_not_a_failure() -> None:
 
 def test_a_pod_missed_in_40_requests_fails() -> None:
     assert not _result(40, {"whoami-node1-1": 12, "whoami-node1-2": 14, "whoami-node2-2": 14}).ok
-    assert _result(40, {"whoami-node1-1": 10, "whoami-node1-2": 10, "whoami-node2-1": 10, "whoami-node2-2": 10}).ok
+    assert _result(
+        40, {"whoami-node1-1": 10, "whoami-node1-2": 10, "whoami-node2-1": 10, "whoami-node2-2": 10}
+    ).ok
 
 
 def test_a_node_missed_fails_from_15_requests_on() -> None:

@@ -40,12 +40,18 @@ def test_memory_backend_refuses_what_the_kernel_refuses_and_applies_the_rest() -
     backend = MemoryBackend()
     a, b = service(1), service(2)
     backend.apply(plan(desired(a), backend.read()).ops)
-    ops: list[Operation] = [AddService(a), AddRealServer(a.key, a.realservers[0]), *plan(desired(a, b), backend.read()).ops]
+    ops: list[Operation] = [
+        AddService(a),
+        AddRealServer(a.key, a.realservers[0]),
+        *plan(desired(a, b), backend.read()).ops,
+    ]
     with pytest.raises(PartialApplyError) as info:
         backend.apply(ops)
     assert [f.index for f in info.value.failures] == [0, 1]  # a exists: refused, its real server skipped
     assert info.value.failures[0].reason.startswith("EEXIST")
-    assert info.value.failures[1].reason.startswith("skipped: an earlier operation of TCP 10.240.0.1:80 failed")
+    assert info.value.failures[1].reason.startswith(
+        "skipped: an earlier operation of TCP 10.240.0.1:80 failed"
+    )
     assert "2 of 4 operation(s) applied" in str(info.value) or "applied" in str(info.value)
     assert backend.read().services == desired(a, b).services  # b was applied in full
 
@@ -159,7 +165,8 @@ def test_guard_is_reset_when_the_desired_state_comes_back() -> None:
     assert director.guard is not None and director.guard.held is not None
     clock.now += 5
     result = director.sync(desired(*ten))  # the file was fixed
-    assert result.held is None and director.guard.held is None
+    guard = director.guard  # read after this sync (a new name: mypy keeps the narrowing above)
+    assert result.held is None and guard.held is None
     assert len(backend.read().services) == 10
 
 

@@ -21,7 +21,10 @@ HEAD = "owned_cidrs: [10.240.0.0/24]\nrecommended_sysctls: false\nservices:\n"
 
 
 def svc(i: int) -> str:
-    return f"  - {{name: s{i}, vip: 10.240.0.{i}, port: 80, scheduler: rr, realservers: [{{address: 10.240.0.101}}]}}\n"
+    return (
+        f"  - {{name: s{i}, vip: 10.240.0.{i}, port: 80, scheduler: rr, "
+        "realservers: [{address: 10.240.0.101}]}\n"
+    )
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -43,7 +46,10 @@ def run(
     config.write_text(text)
     backend = backend or MemoryBackend()
     options = DirectorOptions(
-        resync_seconds=3600, check_seconds=0.1, state_file=tmp_path / "state.json", guard=guard or GuardSettings()
+        resync_seconds=3600,
+        check_seconds=0.1,
+        state_file=tmp_path / "state.json",
+        guard=guard or GuardSettings(),
     )
 
     async def main() -> None:
@@ -110,4 +116,10 @@ def test_refused_services_and_held_deletions_are_published_for_status(tmp_path: 
         assert len(backend.table()) == 3
         await until(lambda: len(backend.table()) == 1, timeout=5)  # settled (1 s here): deleted
 
-    run(tmp_path, HEAD + svc(1) + svc(2) + svc(3), body, backend=backend, guard=GuardSettings(settle_seconds=1.0))
+    run(
+        tmp_path,
+        HEAD + svc(1) + svc(2) + svc(3),
+        body,
+        backend=backend,
+        guard=GuardSettings(settle_seconds=1.0),
+    )

@@ -12,7 +12,10 @@ HEAD = "owned_cidrs: [10.240.0.0/24]\nservices:\n"
 
 
 def svc(i: int) -> str:
-    return f"  - {{name: s{i}, vip: 10.240.0.{i}, port: 80, scheduler: rr, realservers: [{{address: 10.240.0.101}}]}}\n"
+    return (
+        f"  - {{name: s{i}, vip: 10.240.0.{i}, port: 80, scheduler: rr, "
+        "realservers: [{address: 10.240.0.101}]}\n"
+    )
 
 
 async def follow(path: Path, body: object, *, settle: float = 0.4) -> tuple[ConfigFileSource, list[set[str]]]:

@@ -36,7 +36,9 @@ def test_dest_round_trips_through_pyroute2(svc: VirtualService) -> None:
 
 
 def test_timeouts_round_trip() -> None:
-    raw = wire.encode_request(0x1F, wire.Cmd.SET_CONFIG, wire.config_attrs(Timeouts(900, 30, 300)), flags=1, seq=1)
+    raw = wire.encode_request(
+        0x1F, wire.Cmd.SET_CONFIG, wire.config_attrs(Timeouts(900, 30, 300)), flags=1, seq=1
+    )
     msg = dec.decode(raw)
     assert [msg.get_attr(f"IPVS_CMD_ATTR_TIMEOUT_{n}") for n in ("TCP", "TCP_FIN", "UDP")] == [900, 30, 300]
     assert wire.parse_config_reply(raw) == Timeouts(900, 30, 300)

@@ -29,10 +29,15 @@ REAL = """\
 def test_parses_real_output() -> None:
     svcs = parse_save(REAL)
     assert [str(s.key) for s in svcs] == [
-        "TCP 10.240.0.201:80", "TCP 10.240.0.203:80", "UDP 10.240.0.202:53", "TCP [2001:db8::10]:443", "FWM 100"]
+        "TCP 10.240.0.201:80",
+        "TCP 10.240.0.203:80",
+        "UDP 10.240.0.202:53",
+        "TCP [2001:db8::10]:443",
+        "FWM 100",
+    ]
     mh, sh, udp, v6, fwm = svcs
     assert mh.flags == {"mh-fallback", "mh-port"} and [r.weight for r in mh.realservers] == [1, 3]
-    assert (sh.flags, sh.persistence, sh.netmask, sh.realservers) == ({"sh-port"}, 300, 24, ())
+    assert (sh.flags, sh.persistence, sh.netmask, sh.realservers) == (frozenset({"sh-port"}), 300, 24, ())
     assert udp.flags == {"ops"} and udp.key.protocol is Protocol.UDP
     (r,) = udp.realservers
     assert (r.port, r.forward) == (5353, Forward.NAT)

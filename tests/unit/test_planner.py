@@ -34,7 +34,9 @@ from kubelvs.planner import (
 from ..strategies import OWNED, desired_states
 
 FOREIGN_KEY = ServiceKey(4, Protocol.TCP, parse_address("192.0.2.10"), 443)
-FOREIGN = VirtualService(FOREIGN_KEY, scheduler="rr", realservers=(RealServer(parse_address("192.0.2.20"), 443, 1, Forward.NAT),))
+FOREIGN = VirtualService(
+    FOREIGN_KEY, scheduler="rr", realservers=(RealServer(parse_address("192.0.2.20"), 443, 1, Forward.NAT),)
+)
 START = ObservedState(services={FOREIGN_KEY: FOREIGN})
 
 
@@ -103,7 +105,7 @@ def test_graceful_waits_for_connections() -> None:
 
 
 def _redis(port: int, target: int) -> DesiredState:
-    """The seed's Service skuapi-rds-prod: ClusterIP 10.108.152.210, pod 172.26.6.185, NAT."""
+    """The incident's Service skuapi-rds-prod: ClusterIP 10.108.152.210, pod 172.26.6.185, NAT."""
     vip = parse_address("10.108.152.210")
     key = ServiceKey(4, Protocol.TCP, vip, port)
     pod = RealServer(parse_address("172.26.6.185"), target, 1, Forward.NAT)
@@ -113,17 +115,20 @@ def _redis(port: int, target: int) -> DesiredState:
     )
 
 
-def test_seed_stale_realserver_targetport_edit() -> None:
-    """Seed incident 1: targetPort 80 edited to 6379 must not leave 172.26.6.185:80 behind."""
+def test_stale_realserver_targetport_edit() -> None:
+    """The stale real server incident: targetPort 80 edited to 6379 must not leave 172.26.6.185:80 behind."""
     state = apply_ops(ObservedState(), plan(_redis(6379, 80), ObservedState()).ops)
     edit = plan(_redis(6379, 6379), state)
-    assert DeleteRealServer(next(iter(state.services)), RealServer(parse_address("172.26.6.185"), 80).key) in edit.ops
+    assert (
+        DeleteRealServer(next(iter(state.services)), RealServer(parse_address("172.26.6.185"), 80).key)
+        in edit.ops
+    )
     state = apply_ops(state, edit.ops)
     (svc,) = state.services.values()
     assert [str(r.key) for r in svc.realservers] == ["172.26.6.185:6379"]
 
 
-def test_seed_stale_realserver_port_and_targetport_edit() -> None:
+def test_stale_realserver_port_and_targetport_edit() -> None:
     """Port and targetPort both 80 at first, then both 6379: only :6379 remains anywhere."""
     state = apply_ops(ObservedState(), plan(_redis(80, 80), ObservedState()).ops)
     state = apply_ops(state, plan(_redis(6379, 6379), state).ops)

@@ -32,7 +32,7 @@ from ..roles.guard import GuardSettings
 from ..sources.desired import DesiredSource, DesiredUpdate, SyncOutcome
 from .health import DirectorHealth
 from .loop import ReconcileLoop
-from .state import DirectorStateFile
+from .state import DirectorStateFile, drains_to_restore
 
 __all__ = ["DirectorOptions", "DirectorProgram", "run_director", "start_director"]
 
@@ -50,7 +50,7 @@ VERIFY_LIMIT = 200
 class DirectorOptions:
     backend: BackendName = "auto"
     netns: str | None = None  # None: the network namespace the program runs in
-    graceful: bool = False  # --graceful; the config's ``graceful: true`` counts too
+    graceful: bool | None = None  # --graceful / --no-graceful; None: the config's, else drain
     resync_seconds: float | None = None  # None: the source's (config file 60 s; kubernetes.resync_seconds)
     check_seconds: float = 1.0
     """How often the backend is asked whether its table was changed behind the director's
@@ -66,10 +66,14 @@ class DirectorProgram:
         self.options = options
         self.source = source
         self.backend = backend
-        self.director = Director(backend, graceful=options.graceful, guard=options.guard)
+        self.director = Director(backend, graceful=options.graceful is not False, guard=options.guard)
+        if options.state_file is not None:  # drains a previous run started go on (and time out) as before
+            self.director.restore_drains(drains_to_restore(options.state_file, self.director.clock()))
         self.sysctls = RecommendedSysctls(backend.name, kernel_version(os.uname().release))
         self._sysctls_current = False  # the tracker saw every update so far
-        self.state_file = DirectorStateFile(options.state_file, backend=backend.name, source=source.description)
+        self.state_file = DirectorStateFile(
+            options.state_file, backend=backend.name, source=source.description
+        )
         self.loop = ReconcileLoop(
             self.step,
             ready=lambda: source.ready,
@@ -81,6 +85,7 @@ class DirectorProgram:
             fatal_at_start=(CapabilityError,),  # e.g. a scheduler the backend lacks: exit 2, say why
         )
         self.last_synced: DesiredState | None = None  # as the source gave it (health not applied)
+        self._last_source_state: DesiredState | None = None  # the source's value behind last_synced
         self.last_result: SyncResult | None = None
         self.last_compared = 0  # virtual services the last step compared (all, or the changed ones)
         self._outcome = SyncOutcome(synced=False, failing={})
@@ -93,22 +98,26 @@ class DirectorProgram:
         seconds until the director must run again (a retry or a held deletion)."""
         self._outcome = SyncOutcome(synced=False, failing=self._failing())
         update = self.source.current(full=full)
-        raw = self._with_sysctls(update, full)
-        keys = self._changed_keys(update, raw, full)
+        same = update.desired is self._last_source_state and not full  # nothing new from the source
+        self._last_source_state = update.desired
+        raw = self.last_synced if same and self.last_synced is not None else self._with_sysctls(update, full)
+        keys = set() if same and self.last_synced is not None else self._changed_keys(update, raw, full)
         # Health: the targets follow the real servers; the weights follow the targets.
         desired, health_keys = self.health.apply(raw, keys)
         if keys is not None:
             keys |= health_keys
         self.last_compared = len(desired.services) if keys is None else len(keys)
-        self.director.graceful = self.options.graceful or update.graceful
+        graceful = self.options.graceful if self.options.graceful is not None else update.graceful
+        self.director.graceful = graceful is not False  # a running director drains unless told not to
         if self.director.guard is not None and update.deletion_guard is not None:
             max_share, settle = update.deletion_guard
-            self.director.guard.settings = replace(self.options.guard, max_share=max_share, settle_seconds=settle)
+            self.director.guard.settings = replace(
+                self.options.guard, max_share=max_share, settle_seconds=settle
+            )
         due = _earliest(self.director.next_due(), self.health.next_due())
         if keys is not None and not keys and (due is None or due > 0):  # nothing changed, nothing due
             self.last_synced = raw
             self._outcome = SyncOutcome(synced=True, failing=self._failing())
-            self.state_file.write(self.director, self.health)
             return due
         result = self.director.sync(desired, changed=keys)
         self.last_synced = raw
@@ -126,7 +135,6 @@ class DirectorProgram:
             health_changes=tuple(changes),
             no_healthy=frozenset(self.health.overlay.no_healthy),
         )
-        self.state_file.write(self.director, self.health)
         return _earliest(self.director.next_due(), self.health.next_due())
 
     def _changed_elsewhere(self) -> bool:
@@ -145,7 +153,11 @@ class DirectorProgram:
             return False
         ours = {k: v for k, v in kernel.services.items() if owns(k)}
         pictured = {k: v for k, v in picture.services.items() if owns(k)}
-        return ours != pictured or kernel.timeouts != picture.timeouts or dict(kernel.sysctls) != dict(picture.sysctls)
+        return (
+            ours != pictured
+            or kernel.timeouts != picture.timeouts
+            or dict(kernel.sysctls) != dict(picture.sysctls)
+        )
 
     def _failing(self) -> dict[ServiceKey, str]:
         return {k: f"{f.operation}: {f.reason}" for k, f in self.director.failures.items()}
@@ -161,19 +173,27 @@ class DirectorProgram:
         self._sysctls_current = True
         return replace(desired, sysctls={**extra, **desired.sysctls})
 
-    def _changed_keys(self, update: DesiredUpdate, desired: DesiredState, full: bool) -> set[ServiceKey] | None:
+    def _changed_keys(
+        self, update: DesiredUpdate, desired: DesiredState, full: bool
+    ) -> set[ServiceKey] | None:
         """The services to compare: None (all) on a full step or when a global setting
         changed; the source's own account of the change when it has one; otherwise a
         comparison of the two desired states (no kernel read either way)."""
         last = self.last_synced
         if full or last is None:
             return None
-        if (last.timeouts, last.sysctls, last.ownership) != (desired.timeouts, desired.sysctls, desired.ownership):
+        if (last.timeouts, last.sysctls, last.ownership) != (
+            desired.timeouts,
+            desired.sysctls,
+            desired.ownership,
+        ):
             return None
         if update.changed is not None:
             return set(update.changed)
         return changed_services(last, desired) | {
-            k for k in last.health.keys() | desired.health.keys() if last.health.get(k) != desired.health.get(k)
+            k
+            for k in last.health.keys() | desired.health.keys()
+            if last.health.get(k) != desired.health.get(k)
         }
 
     def _log(self, result: SyncResult) -> None:
@@ -192,6 +212,9 @@ class DirectorProgram:
             log.warning("%d virtual service(s) still failing, retried with backoff", len(result.failures))
 
     async def _after(self) -> None:
+        # After the step, not in it: the kernel is programmed already, and writing the
+        # state file (10,000 services' checks) must not delay that.
+        await asyncio.to_thread(self.state_file.write, self.director, self.health)
         await self.source.after_sync(self._outcome)
 
     # ------------------------------------------------------------------ running

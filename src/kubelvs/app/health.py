@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..errors import KubelvsError
-from ..model import DesiredState, Forward, ServiceKey
+from ..model import DesiredState, Forward, HealthCheck, ServiceKey
 from ..probes.direct import probe_direct
 from ..probes.vip import SynProbe, VipProber, syn_probe_for
 from ..roles.health import HealthOverlay, Status, TargetKey, TargetState, record
@@ -109,7 +109,9 @@ class HealthChecker:
                 self._wakeup.clear()
                 waiter = asyncio.create_task(self._wakeup.wait())
                 stopper = asyncio.create_task(stop.wait())
-                await asyncio.wait({waiter, stopper}, timeout=max(0.0, delay), return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {waiter, stopper}, timeout=max(0.0, delay), return_when=asyncio.FIRST_COMPLETED
+                )
                 for t in (waiter, stopper):
                     t.cancel()
         finally:
@@ -160,7 +162,7 @@ class DirectorHealth:
         self._vip: VipProber | None = None
         self._routes: dict[tuple[str, str, int, bool], SynProbe] = {}
         self.layout = 0  # changes whenever targets or their users change (for the state file)
-        self._services_doc: tuple[int, dict[str, dict[str, str]]] = (-1, {})
+        self._services_doc: tuple[int, dict[str, object]] = (-1, {})
 
     # ------------------------------------------------------------------ the director's step
 
@@ -207,7 +209,9 @@ class DirectorHealth:
             if status is Status.UNKNOWN:
                 continue
             word = "down" if status is Status.DOWN else "up"
-            text = f"real server {target.address}:{target.port} is {word} ({target.check.kind} check: {detail})"
+            text = (
+                f"real server {target.address}:{target.port} is {word} ({target.check.kind} check: {detail})"
+            )
             for key in sorted(self.overlay.users.get(target, ()), key=ServiceKey.sort_key):
                 if len(out) < limit:
                     out.append((key, word, text))
@@ -242,7 +246,12 @@ class DirectorHealth:
         if syn is None:
             try:
                 syn = await asyncio.to_thread(
-                    syn_probe_for, self.netns, str(target.vip), target.port, str(target.address), tunnel=tunnel
+                    syn_probe_for,
+                    self.netns,
+                    str(target.vip),
+                    target.port,
+                    str(target.address),
+                    tunnel=tunnel,
                 )
             except KubelvsError as exc:
                 return False, str(exc)
@@ -262,8 +271,10 @@ class DirectorHealth:
     # ------------------------------------------------------------------ what status shows
 
     def document(self) -> dict[str, object]:
-        """Each checked real server's health, for the state file (``kubelvs status``):
-        the targets with their state, and per service which target each real server has."""
+        """Each checked real server's health, for the state file (``kubelvs status``): the
+        targets with their state (by name), and which check each service uses, from which
+        ``kubelvs status`` names the target of each of its real servers (``target_name``).
+        O(targets + checked services), not O(real servers)."""
         now_mono, now_wall = self.clock(), time.time()
         targets = {
             str(t): {
@@ -274,9 +285,13 @@ class DirectorHealth:
             for t, st in list(self.checker.states.items())
         }
         layout, services = self._services_doc
-        if layout != self.layout:  # O(checked real servers): only when the layout changed
-            services = {
-                str(key): {str(rs): str(t) for rs, t in pairs} for key, pairs in self.overlay.pairs().items()
-            }
+        if layout != self.layout:  # O(checked services): only when the layout changed
+            checks: dict[HealthCheck, int] = {}
+            by_service: dict[str, int] = {}
+            for key, pairs in self.overlay.pairs().items():
+                if pairs:
+                    by_service[str(key)] = checks.setdefault(pairs[0][1].check, len(checks))
+            listed = [{"kind": str(c.kind), "port": c.port, "mode": str(c.mode)} for c in checks]
+            services = {"checks": listed, "services": by_service}
             self._services_doc = (self.layout, services)
-        return {"targets": targets, "services": services}
+        return {"targets": targets, **services}

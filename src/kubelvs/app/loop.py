@@ -14,6 +14,7 @@ sooner (a retry or a held deletion that comes due) by returning the delay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -43,7 +44,7 @@ class Coalescer:
         """True when changes came in (after the coalescing delay), False on timeout."""
         try:
             await asyncio.wait_for(self._event.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         if self.delay > 0:
             await asyncio.sleep(self.delay)
@@ -155,7 +156,5 @@ class ReconcileLoop:
 
     @staticmethod
     async def _sleep(stop: asyncio.Event, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass

@@ -189,7 +189,9 @@ class FileNodeSource:
 class NodeVips:
     """Snapshot -> the VIPs node ``node_name`` must hold, through the director's Mapper."""
 
-    def __init__(self, settings: KubeSettings, config: Config, node_name: str, *, netns: str | None = None) -> None:
+    def __init__(
+        self, settings: KubeSettings, config: Config, node_name: str, *, netns: str | None = None
+    ) -> None:
         self.mapper = Mapper(settings)
         self.config = config
         self.node_name = node_name
@@ -224,7 +226,9 @@ class KubernetesNodeSource:
         poll_seconds: float = 1.0,
     ) -> None:
         self.settings = parse_kubernetes(config.kubernetes, to_desired(config).ownership)
-        self.objects = ObjectSource(self.settings, kubeconfig=kubeconfig, manifests=manifests, poll=poll_seconds)
+        self.objects = ObjectSource(
+            self.settings, kubeconfig=kubeconfig, manifests=manifests, poll=poll_seconds
+        )
         self.vips = NodeVips(self.settings, config, node_name, netns=netns)
         self.description = f"Kubernetes objects in {manifests}" if manifests else "the Kubernetes API"
         self.resync_seconds = self.settings.resync_seconds

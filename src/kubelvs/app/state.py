@@ -2,10 +2,10 @@
 
 The kernel shows what is programmed; only the director knows what it could not program
 (services the kernel refuses, retried with backoff), what it holds back (the deletion
-guard) and how healthy each real server is (its checks). It writes that to a small JSON file after every sync that changes it
-(atomically: a temporary file renamed over the old one), one file per network
-namespace, like keepalived's state dumps; ``kubelvs status`` reads it back beside the
-kernel's table.
+guard) and how healthy each real server is (its checks). It writes that to a small JSON
+file after every sync that changes it (atomically: a temporary file renamed over the old
+one), one file per network namespace, like keepalived's state dumps; ``kubelvs status``
+reads it back beside the kernel's table.
 """
 
 from __future__ import annotations
@@ -17,18 +17,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..model import ServiceKey
+from ..kernel.netns import current_name
+from ..model import ObservedState, RealServerKey, ServiceKey
 from ..roles.director import Director
 from .health import DirectorHealth
 
-__all__ = ["STATE_DIR", "DirectorStateFile", "read_director_state", "state_path"]
+__all__ = ["STATE_DIR", "DirectorStateFile", "drains_to_restore", "read_director_state", "state_path"]
 
 STATE_DIR = Path("/run/kubelvs/director")
 
 
 def state_path(netns: str | None, directory: Path = STATE_DIR) -> Path:
-    """The state file of the director of ``netns`` (None: the host's own namespace)."""
-    return directory / f"{netns or 'host'}.json"
+    """The state file of the director of ``netns`` (None: the namespace this process runs
+    in: its name when it has one, as under ``ip netns exec``, else ``host``)."""
+    return directory / f"{netns or current_name() or 'host'}.json"
 
 
 class DirectorStateFile:
@@ -71,11 +73,24 @@ class DirectorStateFile:
             for f in sorted(director.failures.values(), key=lambda f: ServiceKey.sort_key(f.key))
         ]
         held = director.guard.held if director.guard is not None else None
+        picture = director.observed
+        drains = [
+            {
+                "service": str(key),
+                "realserver": str(rs),
+                "since": wall(since),
+                "connections": _connections(picture, key, rs),
+            }
+            for (key, rs), since in sorted(
+                director.drains.items(), key=lambda kv: (kv[0][0].sort_key(), kv[0][1].sort_key())
+            )
+        ]
         return {
             "pid": os.getpid(),
             "backend": self.backend,
             "source": self.source,
             "failing": failing,
+            "drains": drains,
             "held_deletions": None
             if held is None
             else {
@@ -111,3 +126,30 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _connections(picture: ObservedState | None, key: ServiceKey, rs: RealServerKey) -> int | None:
+    stats = picture.stats.get((key, rs)) if picture is not None else None
+    return None if stats is None else stats.active_conns + stats.inactive_conns
+
+
+def drains_to_restore(path: Path, now_mono: float) -> dict[tuple[ServiceKey, RealServerKey], float]:
+    """The drains a previous run of this director left in its state file, with their start
+    on this run's clock: a restart goes on draining them instead of forgetting them (or
+    starting their timeout anew). Read whatever process wrote the file."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    drains = doc.get("drains") if isinstance(doc, dict) else None
+    out: dict[tuple[ServiceKey, RealServerKey], float] = {}
+    now_wall = time.time()
+    for entry in drains if isinstance(drains, list) else []:
+        try:
+            key = ServiceKey.parse(str(entry["service"]))
+            rs = RealServerKey.parse(str(entry["realserver"]))
+            since = float(entry["since"])
+        except (KeyError, TypeError, ValueError):
+            continue  # a damaged entry: that drain restarts with the next sync
+        out[(key, rs)] = now_mono - max(0.0, now_wall - since)
+    return out

@@ -7,15 +7,15 @@ read the whole table at once and apply a plan; they never decide what to change.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Literal, Protocol, Self
 
 from ..errors import BackendUnavailable, FieldError
-from ..model import DesiredState, ObservedState
+from ..model import DesiredState, ObservedState, RealServerKey, RealServerStats, ServiceKey
 from ..planner import Operation
 
-__all__ = ["Backend", "BackendName", "open_backend", "ipvs_available"]
+__all__ = ["Backend", "BackendName", "ipvs_available", "open_backend"]
 
 BackendName = Literal["auto", "ipvs", "nftables"]
 
@@ -27,6 +27,14 @@ class Backend(Protocol):
 
     def read(self, *, sysctls: Iterable[str] = ()) -> ObservedState:
         """The whole table: services, real servers, counters, timeouts, and the named sysctls."""
+        ...
+
+    def read_stats(
+        self, keys: Iterable[ServiceKey]
+    ) -> Mapping[tuple[ServiceKey, RealServerKey], RealServerStats]:
+        """The counters of these services' real servers only, fresh from the kernel: what
+        the director needs to decide whether a leaving real server still has connections,
+        at O(those services) instead of a whole read. Services that do not exist are left out."""
         ...
 
     def apply(self, ops: Sequence[Operation]) -> None:

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Self
 
 from ..errors import ApplyError, FieldError, PartialApplyError
-from ..model import DesiredState, ObservedState, RealServerKey, ServiceKey
+from ..model import DesiredState, ObservedState, RealServerKey, RealServerStats, ServiceKey
 from ..planner import (
     AddRealServer,
     AddService,
@@ -77,6 +77,23 @@ class MemoryBackend:
                 stats=dict(st.stats),
             )
 
+    def read_stats(
+        self, keys: Iterable[ServiceKey]
+    ) -> dict[tuple[ServiceKey, RealServerKey], RealServerStats]:
+        with self.lock:
+            out = {}
+            for key in keys:
+                vs = self.state.services.get(key)
+                for rs in vs.realservers if vs is not None else ():
+                    out[(key, rs.key)] = self.state.stats.get((key, rs.key), RealServerStats())
+            return out
+
+    def set_stats(self, key: ServiceKey, realserver: RealServerKey, stats: RealServerStats) -> None:
+        """Set a real server's counters, as traffic would (the kernel's connection counts)."""
+        with self.lock:
+            assert isinstance(self.state.stats, dict)
+            self.state.stats[(key, realserver)] = stats
+
     def apply(self, ops: Sequence[Operation]) -> None:
         with self.lock:
             failures: list[ApplyError] = []
@@ -86,14 +103,14 @@ class MemoryBackend:
             for index, op in enumerate(ops):
                 key = service_of(op)
                 if key is not None and key in refused:
-                    reason = f"skipped: an earlier operation of {key} failed ({refused[key]})"
-                    failures.append(ApplyError(index, describe(op), reason))
+                    skipped = f"skipped: an earlier operation of {key} failed ({refused[key]})"
+                    failures.append(ApplyError(index, describe(op), skipped))
                     continue
-                reason = shadow.refusal(op) or (self.refuse(op) if self.refuse is not None else None)
-                if reason is not None:
-                    failures.append(ApplyError(index, describe(op), reason))
+                refusal = shadow.refusal(op) or (self.refuse(op) if self.refuse is not None else None)
+                if refusal is not None:
+                    failures.append(ApplyError(index, describe(op), refusal))
                     if key is not None:
-                        refused[key] = reason
+                        refused[key] = refusal
                     continue
                 shadow.apply(op)
                 accepted.append(op)

@@ -18,5 +18,7 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_log_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--log-format", choices=("text", "json"), default="text", help="text, or one JSON object per line")
+    p.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="text, or one JSON object per line"
+    )
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")

@@ -24,8 +24,8 @@ from ..planner import AddRealServer, AddService, Operation, describe
 from ..roles.director import Director
 from ..sources.config import Config, load_config, parse_config, to_desired
 from . import exit_codes
-from .render import director_lines, status_document, status_table
 from .args import add_backend_args
+from .render import director_lines, status_document, status_table
 
 # json and the ipvsadm save format are imported by the commands that use them: every
 # import is start-up time of a one-shot `kubelvs apply`, which is compared with
@@ -41,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     backend_args(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("diff", help="print the plan, change nothing; exit 0 if in sync, 1 if changes, 2 on error")
+    p = sub.add_parser(
+        "diff", help="print the plan, change nothing; exit 0 if in sync, 1 if changes, 2 on error"
+    )
     p.add_argument("-f", "--file", required=True, type=Path)
     p.add_argument("--graceful", action="store_true", help="plan weight 0 before deleting a real server")
     backend_args(p)
@@ -61,7 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     backend_args(p)
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("export", help="print the kernel's owned services (or a config's, with -f) as ipvsadm -Sn")
+    p = sub.add_parser(
+        "export", help="print the kernel's owned services (or a config's, with -f) as ipvsadm -Sn"
+    )
     p.add_argument("--format", choices=("ipvsadm",), default="ipvsadm")
     p.add_argument("-f", "--file", type=Path, help="export this config instead of the kernel")
     backend_args(p)
@@ -138,7 +142,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         backend = _open(args)
     except (BackendUnavailable, PermissionError, OSError) as exc:
         # Validation of the file itself needs no kernel; say what was not checked.
-        print(f"{args.file}: valid ({len(desired.services)} services); backend capabilities not checked: {exc}")
+        print(
+            f"{args.file}: valid ({len(desired.services)} services); backend capabilities not checked: {exc}"
+        )
         return exit_codes.OK
     try:
         Director(backend).check(desired_for(config, backend, desired))
@@ -153,7 +159,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
     backend = _open(args)
     try:
         desired = desired_for(config, backend)
-        result = Director(backend, graceful=args.graceful or config.graceful).sync(desired, dry_run=True)
+        result = Director(backend, graceful=bool(args.graceful or config.graceful)).sync(
+            desired, dry_run=True
+        )
     finally:
         backend.close()
     _print_plan([describe(op) for op in result.plan.ops], len(result.plan.foreign), len(result.plan.draining))
@@ -164,7 +172,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     config = load_config(args.file)
     with _open(args) as backend:
         desired = desired_for(config, backend)
-        director = Director(backend, graceful=args.graceful or config.graceful, keep_picture=False)
+        director = Director(backend, graceful=bool(args.graceful or config.graceful), keep_picture=False)
         result = director.sync(desired, dry_run=args.dry_run)
     done = result.plan.ops if args.dry_run else result.applied
     _print_plan(applied_lines(done), len(result.plan.foreign), len(result.plan.draining))
@@ -172,7 +180,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     print(f"# {verb} {len(done)} change(s) with backend {backend.name}")
     if result.new_failures:
         # A refusal affects only its service: everything else above was applied.
-        print(f"kubelvs: apply incomplete: {len(result.new_failures)} operation(s) not applied:", file=sys.stderr)
+        print(
+            f"kubelvs: apply incomplete: {len(result.new_failures)} operation(s) not applied:",
+            file=sys.stderr,
+        )
         for line in result.new_failures:
             print(f"  {line}", file=sys.stderr)
         print("  once the cause is fixed, apply again: it re-reads the kernel and converges", file=sys.stderr)
@@ -186,7 +197,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         names = service_names(to_desired(load_config(args.file)))
     with _open(args) as backend:
         observed = backend.read()
-    from ..app.state import read_director_state, state_path  # imported where used: see the note at the imports
+    from ..app.state import (
+        read_director_state,
+        state_path,
+    )  # imported where used: see the note at the imports
 
     director = read_director_state(args.state_file or state_path(args.netns))
     if args.output == "json":
@@ -235,7 +249,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError([FieldError("--owned-cidr", str(exc))]) from None
     fwmarks = tuple(range(m, m + 1) for m in sorted({s.key.fwmark for s in services if s.key.fwmark}))
-    state = DesiredState(services={s.key: s for s in services}, ownership=Ownership(cidrs=cidrs, fwmarks=fwmarks))
+    state = DesiredState(
+        services={s.key: s for s in services}, ownership=Ownership(cidrs=cidrs, fwmarks=fwmarks)
+    )
     doc = config_document(state)
     # Check that what we print is a valid config before printing it.
     to_desired(parse_config(doc, source="imported config"))

@@ -42,7 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--dry-run", action="store_true", help="print the desired state, touch nothing")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.add_argument("--once", action="store_true", help="reconcile once and exit")
-    p.add_argument("--graceful", action="store_true", help="weight 0 first; delete once without connections")
+    p.add_argument(
+        "--graceful",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="drain real servers that leave: weight 0 first, delete once without connections or after "
+        "the drain timeout (default: yes, unless the config says graceful: false)",
+    )
     p.add_argument("--poll", type=float, default=1.0, help="seconds between checks of the file (default 1)")
     p.add_argument(
         "--settle",
@@ -63,7 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="no deletion guard: delete more than half of the owned services at once without waiting",
     )
     p.add_argument(
-        "--state-file", type=Path, metavar="PATH", help="where the director publishes its state for kubelvs status"
+        "--state-file",
+        type=Path,
+        metavar="PATH",
+        help="where the director publishes its state for kubelvs status",
     )
     add_backend_args(p)
     add_log_args(p)
@@ -72,7 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _source(args: argparse.Namespace, *, dry_run: bool) -> DesiredSource:
     if str(args.file) == "-":
-        raise ConfigError([FieldError("-f", "the director follows its config file: give a path, not - (stdin)")])
+        raise ConfigError(
+            [FieldError("-f", "the director follows its config file: give a path, not - (stdin)")]
+        )
     if args.kubernetes or args.from_manifests is not None:
         from ..sources.kubernetes.desired import KubernetesSource  # the API client is imported only here
 

@@ -7,32 +7,47 @@ import json
 import os
 import sys
 
-from . import exit_codes
 from ..errors import LabError
 from ..lab.topology import DEFAULT_PREFIX, LabSpec, build, down, lab_namespaces, load_info
+from . import exit_codes
 
 __all__ = ["register"]
 
 
 def _spec_args(p: argparse.ArgumentParser, *, prefix: str) -> None:
     p.add_argument("--prefix", default=prefix, help=f"namespace prefix (default {prefix})")
-    p.add_argument("--topology", choices=("dr", "nat", "tun"), default="dr", help="forwarding method (tun: kernels with ipip)")
+    p.add_argument(
+        "--topology",
+        choices=("dr", "nat", "tun"),
+        default="dr",
+        help="forwarding method (tun: kernels with ipip)",
+    )
     p.add_argument("--nodes", type=int, default=2, help="worker nodes (default 2)")
     p.add_argument("--pods", type=int, default=2, help="whoami pods per node (default 2)")
     p.add_argument("--directors", type=int, default=1, help="directors (more than one needs --router: ECMP)")
-    p.add_argument("--router", action="store_true", help="put the client behind a router namespace (always for nat)")
+    p.add_argument(
+        "--router", action="store_true", help="put the client behind a router namespace (always for nat)"
+    )
     p.add_argument("--vip", default="10.240.0.201")
     p.add_argument("--scheduler", default="rr")
     p.add_argument(
-        "--backend", choices=("auto", "ipvs", "nftables"), default="auto",
+        "--backend",
+        choices=("auto", "ipvs", "nftables"),
+        default="auto",
         help="the director's data plane (auto: IPVS when the kernel has it, else nftables)",
     )
 
 
 def _spec(args: argparse.Namespace, **overrides: object) -> LabSpec:
     values: dict[str, object] = {
-        "prefix": args.prefix, "topology": args.topology, "nodes": args.nodes, "pods": args.pods,
-        "directors": args.directors, "router": args.router, "vip": args.vip, "scheduler": args.scheduler,
+        "prefix": args.prefix,
+        "topology": args.topology,
+        "nodes": args.nodes,
+        "pods": args.pods,
+        "directors": args.directors,
+        "router": args.router,
+        "vip": args.vip,
+        "scheduler": args.scheduler,
         "backend": args.backend,
     }
     values.update(overrides)
@@ -40,7 +55,9 @@ def _spec(args: argparse.Namespace, **overrides: object) -> LabSpec:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    lab = sub.add_parser("lab", help="a network-namespace lab of the seed's LVS-DR setup (client, directors, nodes, pods)")
+    lab = sub.add_parser(
+        "lab", help="a network-namespace lab of an LVS-DR external IP (client, directors, nodes, pods)"
+    )
     lsub = lab.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
 
     p = lsub.add_parser("up", help="build the lab and start director, node agents and pods")
@@ -49,7 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-agents", action="store_true", help="do not start kubelvs node on the workers")
     p.set_defaults(func=cmd_up)
 
-    p = lsub.add_parser("down", help="remove the lab: namespaces, links, processes (by prefix; also after a crash)")
+    p = lsub.add_parser(
+        "down", help="remove the lab: namespaces, links, processes (by prefix; also after a crash)"
+    )
     p.add_argument("--prefix", default=DEFAULT_PREFIX)
     p.set_defaults(func=cmd_down)
 
@@ -58,24 +77,37 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_status)
 
-    p = lsub.add_parser("exec", help="run a command in a lab host: kubelvs lab exec client -- curl http://10.240.0.201")
+    p = lsub.add_parser(
+        "exec", help="run a command in a lab host: kubelvs lab exec client -- curl http://10.240.0.201"
+    )
     p.add_argument("--prefix", default=DEFAULT_PREFIX)
     p.add_argument("host", help="client, router, dir1, node1, node1-pod1 or whoami-node1-1")
     p.add_argument("argv", nargs=argparse.REMAINDER, help="the command (after --)")
     p.set_defaults(func=cmd_exec)
 
-    p = lsub.add_parser("scenario", help="reproduce one of the seed's incidents, then fix it (exit 0 = both shown)")
+    p = lsub.add_parser(
+        "scenario",
+        help=(
+            "reproduce one of the production incidents (or a node failure), then fix it (exit 0 = both shown)"
+        ),
+    )
     p.add_argument("name", nargs="?", help="scenario name (see --list)")
     p.add_argument("--list", action="store_true", help="list the scenarios")
     p.add_argument("--prefix", default="kubelvs-scn")
     p.add_argument("--backend", choices=("auto", "ipvs", "nftables"), default="auto")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    p.add_argument("--no-doctor", action="store_true", help="do not run kubelvs doctor on the lab in each phase")
+    p.add_argument(
+        "--no-doctor", action="store_true", help="do not run kubelvs doctor on the lab in each phase"
+    )
     p.set_defaults(func=cmd_scenario)
 
-    p = lsub.add_parser("doctor", help="run kubelvs doctor on every director and worker of the lab (as one site)")
+    p = lsub.add_parser(
+        "doctor", help="run kubelvs doctor on every director and worker of the lab (as one site)"
+    )
     p.add_argument("--prefix", default=DEFAULT_PREFIX)
-    p.add_argument("--host", action="append", metavar="HOST", help="only this host (dir1, node1, ...); repeatable")
+    p.add_argument(
+        "--host", action="append", metavar="HOST", help="only this host (dir1, node1, ...); repeatable"
+    )
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_doctor)
 
@@ -103,7 +135,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"  {name} {ip}")
     for node in info.nodes:
         print(f"  {node.name} {node.ip}  pods: " + ", ".join(f"{p.name} {p.ip}" for p in node.pods))
-    print(f"  try: kubelvs lab exec client -- python3 -m kubelvs.lab.servers probe --target {info.spec.vip}:{info.spec.port} --count 6")
+    print(
+        "  try: kubelvs lab exec client -- python3 -m kubelvs.lab.servers probe --target "
+        f"{info.spec.vip}:{info.spec.port} --count 6"
+    )
     print(f"  state and logs: {info.state_dir}; remove with: kubelvs lab down --prefix {info.spec.prefix}")
     return exit_codes.OK
 
@@ -115,7 +150,11 @@ def cmd_down(args: argparse.Namespace) -> int:
         return _err(str(exc))
     namespaces = sum(1 for r in removed if r.startswith("namespace"))
     processes = sum(1 for r in removed if r.startswith("process"))
-    print(f"lab {args.prefix} removed: {namespaces} namespace(s), {processes} process(es)" if removed else f"no lab {args.prefix}: nothing to remove")
+    print(
+        f"lab {args.prefix} removed: {namespaces} namespace(s), {processes} process(es)"
+        if removed
+        else f"no lab {args.prefix}: nothing to remove"
+    )
     return exit_codes.OK
 
 
@@ -125,19 +164,38 @@ def cmd_status(args: argparse.Namespace) -> int:
         info = load_info(args.prefix)
     except LabError as exc:
         if present:
-            print(f"lab {args.prefix}: no record, but {len(present)} namespace(s) are left over; run: kubelvs lab down --prefix {args.prefix}")
+            print(
+                f"lab {args.prefix}: no record, but {len(present)} namespace(s) are left over; "
+                f"run: kubelvs lab down --prefix {args.prefix}"
+            )
             return exit_codes.CHANGES
         return _err(str(exc))
     procs = {key: _alive(pid) for key, pid in info.pids.items()}
     missing = sorted(set(info.namespaces) - set(present))
     if args.output == "json":
-        json.dump({"prefix": args.prefix, "topology": info.spec.topology, "backend": info.backend,
-                   "namespaces": sorted(present), "missing": missing, "processes": procs}, sys.stdout, indent=2)
+        json.dump(
+            {
+                "prefix": args.prefix,
+                "topology": info.spec.topology,
+                "backend": info.backend,
+                "namespaces": sorted(present),
+                "missing": missing,
+                "processes": procs,
+            },
+            sys.stdout,
+            indent=2,
+        )
         print()
     else:
-        print(f"lab {args.prefix}: {info.spec.topology}, director backend {info.backend}, VIP {info.spec.vip}:{info.spec.port}")
+        print(
+            f"lab {args.prefix}: {info.spec.topology}, director backend {info.backend}, VIP "
+            f"{info.spec.vip}:{info.spec.port}"
+        )
         for role in info.roles():
-            print(f"  {role:<14} {info.netns_of(role)}" + ("" if info.netns_of(role) in present else "   MISSING"))
+            print(
+                f"  {role:<14} {info.netns_of(role)}"
+                + ("" if info.netns_of(role) in present else "   MISSING")
+            )
         for key, alive in sorted(procs.items()):
             print(f"  {key:<28} pid {info.pids[key]:<8} {'running' if alive else 'NOT RUNNING'}")
     healthy = not missing and all(procs.values())
@@ -173,8 +231,13 @@ def cmd_scenario(args: argparse.Namespace) -> int:
     if args.name not in SCENARIOS:
         return _err(f"scenario: {args.name!r} is not one of {', '.join(SCENARIOS)}")
     try:
-        result = run_scenario(args.name, prefix=args.prefix, backend=args.backend, log=None if args.output == "json" else print,
-                              doctor=not args.no_doctor)
+        result = run_scenario(
+            args.name,
+            prefix=args.prefix,
+            backend=args.backend,
+            log=None if args.output == "json" else print,
+            doctor=not args.no_doctor,
+        )
     except LabError as exc:
         return _err(str(exc))
     if args.output == "json":

@@ -24,7 +24,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "kubelvs.cli.commands": ("validate", "diff", "apply", "status", "export", "import"),
     "kubelvs.cli.director": ("director",),
     "kubelvs.cli.node": ("node",),
-    "kubelvs.doctor.cli": ("doctor",),
+    "kubelvs.cli.doctor": ("doctor",),
     "kubelvs.cli.lab": ("lab", "demo"),
 }
 
@@ -78,7 +78,8 @@ def _describe(exc: Exception) -> tuple[str, list[str]]:
     if isinstance(exc, ApplyError):
         return "apply stopped", [
             str(exc),
-            "the kernel may hold part of the plan; once the cause is fixed, apply again: it re-reads the kernel",
+            "the kernel may hold part of the plan; once the cause is fixed, apply again: "
+            "it re-reads the kernel",
         ]
     if isinstance(exc, PermissionError):
         return "error", [f"{exc} (kubelvs needs root for netlink, network namespaces and sysctls)"]

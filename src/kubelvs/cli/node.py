@@ -45,7 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "node", help="node agent: VIPs on lo, arp_ignore/arp_announce, rp_filter, IPIP (DR/TUN real server)"
     )
-    p.add_argument("--vip", action="append", default=[], metavar="ADDR", help="a VIP this node serves (repeatable)")
+    p.add_argument(
+        "--vip", action="append", default=[], metavar="ADDR", help="a VIP this node serves (repeatable)"
+    )
     p.add_argument(
         "-f",
         "--file",
@@ -54,7 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         type=Path,
         help="director YAML config: its services' VIPs; with --kubernetes also its kubernetes: section",
     )
-    p.add_argument("--interface", metavar="IFACE", help="the L2 interface (default: the default route's device)")
+    p.add_argument(
+        "--interface", metavar="IFACE", help="the L2 interface (default: the default route's device)"
+    )
     p.add_argument("--mode", choices=("dr", "tun"), help="dr (default) or tun; with -f taken from the config")
     p.add_argument(
         "--vip-device",
@@ -70,15 +74,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--revert", action="store_true", help="remove what the agent set and exit")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between checks of the file (default 1)")
     p.add_argument(
-        "--settle", type=float, default=1.0, metavar="SECONDS", help="a changed file is read once it stayed the same this long"
+        "--settle",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="a changed file is read once it stayed the same this long",
     )
-    p.add_argument("--dry-run", action="store_true", help="print the VIPs this node would hold, touch nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the VIPs this node would hold, touch nothing"
+    )
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     add_log_args(p)
     k = p.add_argument_group("Kubernetes (the node agent as a DaemonSet)")
     objects = k.add_mutually_exclusive_group()
     objects.add_argument(
-        "--kubernetes", action="store_true", help="VIPs from the Kubernetes API (Services, EndpointSlices, Nodes)"
+        "--kubernetes",
+        action="store_true",
+        help="VIPs from the Kubernetes API (Services, EndpointSlices, Nodes)",
     )
     objects.add_argument(
         "--from-manifests", type=Path, metavar="DIR", help="VIPs from kubectl -o yaml/json files (watched)"
@@ -101,7 +113,8 @@ def _source(args: argparse.Namespace) -> NodeSource:
     if kubernetes:
         if args.vip:
             raise NodeError(
-                "--vip: cannot be combined with --kubernetes or --from-manifests (the VIPs come from the Services)"
+                "--vip: cannot be combined with --kubernetes or --from-manifests "
+                "(the VIPs come from the Services)"
             )
         if args.file is None:
             raise NodeError(
@@ -110,7 +123,9 @@ def _source(args: argparse.Namespace) -> NodeSource:
             )
         node = (args.node_name or os.environ.get("NODE_NAME") or "").strip()
         if not node:
-            raise NodeError("node-name: give --node-name or set NODE_NAME (the DaemonSet sets it from spec.nodeName)")
+            raise NodeError(
+                "node-name: give --node-name or set NODE_NAME (the DaemonSet sets it from spec.nodeName)"
+            )
         return KubernetesNodeSource(
             load_config(args.file),
             node,
@@ -130,7 +145,9 @@ def _source(args: argparse.Namespace) -> NodeSource:
         )
     if args.vip:
         return StaticNodeSource(list(args.vip), args.mode or "dr")
-    raise NodeError("give the VIPs with --vip, a config with -f, or --kubernetes / --from-manifests (or --revert)")
+    raise NodeError(
+        "give the VIPs with --vip, a config with -f, or --kubernetes / --from-manifests (or --revert)"
+    )
 
 
 def _options(args: argparse.Namespace) -> NodeOptions:

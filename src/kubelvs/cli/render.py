@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..model import LBState, ObservedState, ServiceKey
+from ..model import LBState, ObservedState, RealServer, ServiceKey
 
 __all__ = ["FORWARD_NAMES", "director_lines", "health_of", "status_document", "status_table"]
 
@@ -21,11 +21,26 @@ __all__ = ["FORWARD_NAMES", "director_lines", "health_of", "status_document", "s
 FORWARD_NAMES = {"nat": "Masq", "dr": "Route", "tun": "Tunnel", "local": "Local"}
 
 
-def health_of(director: Mapping[str, Any] | None, key: ServiceKey, rs: object) -> Mapping[str, Any] | None:
-    """A real server's health from the running director's state: status, since, detail."""
+def health_of(
+    director: Mapping[str, Any] | None, key: ServiceKey, rs: RealServer
+) -> Mapping[str, Any] | None:
+    """A real server's health from the running director's state: status, since, detail.
+    The state names each service's check; the probe's name is derived from it and the
+    real server as the director names its targets (``roles.health.TargetKey``)."""
     health = (director or {}).get("health") or {}
-    target = (health.get("services") or {}).get(str(key), {}).get(str(rs))
-    return None if target is None else (health.get("targets") or {}).get(target)
+    index = (health.get("services") or {}).get(str(key))
+    checks = health.get("checks") or []
+    if not isinstance(index, int) or not 0 <= index < len(checks):
+        return None
+    check = checks[index]
+    port = check.get("port") or rs.port or key.port
+    if check.get("mode") == "vip" and key.address is not None and str(rs.forward) in ("dr", "tun"):
+        vip_port = check.get("port") or key.port
+        name = f"{check.get('kind')} {key.address}:{vip_port} via {rs.address} ({rs.forward})"
+    else:
+        name = f"{check.get('kind')} {rs.address}:{port}"
+    found = (health.get("targets") or {}).get(name)
+    return found if isinstance(found, Mapping) else None
 
 
 def status_document(
@@ -58,7 +73,7 @@ def status_document(
                     in_bytes=st.in_bytes if st else 0,
                     out_bytes=st.out_bytes if st else 0,
                 )
-            health = health_of(director, key, rs.key)
+            health = health_of(director, key, rs)
             if health is not None:
                 entry["health"] = dict(health)
             realservers.append(entry)
@@ -90,7 +105,8 @@ def status_table(
     now = time.time()
     lines = [
         "Prot LocalAddress:Port Scheduler Flags                       Name",
-        "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn      Conns     InPkts    OutPkts    InBytes   OutBytes",
+        "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn      Conns     InPkts    "
+        "OutPkts    InBytes   OutBytes",
     ]
     for key in sorted(state.services, key=ServiceKey.sort_key):
         svc = state.services[key]
@@ -107,11 +123,11 @@ def status_table(
         for rs in svc.realservers:
             st = state.stats.get((key, rs.key))
             lines.append(
-                f"  -> {str(rs.key):<28} {FORWARD_NAMES[str(rs.forward)]:<7} {rs.weight:<6} "
+                f"  -> {rs.key!s:<28} {FORWARD_NAMES[str(rs.forward)]:<7} {rs.weight:<6} "
                 f"{st.active_conns if st else 0:<10} {st.inactive_conns if st else 0:<9} "
-                f"{st.conns if st else 0:>10} {st.in_packets if st else 0:>10} {st.out_packets if st else 0:>10} "
-                f"{st.in_bytes if st else 0:>10} {st.out_bytes if st else 0:>10}"
-                + _health_text(health_of(director, key, rs.key), now)
+                f"{st.conns if st else 0:>10} {st.in_packets if st else 0:>10} "
+                f"{st.out_packets if st else 0:>10} {st.in_bytes if st else 0:>10} "
+                f"{st.out_bytes if st else 0:>10}" + _health_text(health_of(director, key, rs), now)
             )
     if state.timeouts:
         t = state.timeouts
@@ -138,8 +154,16 @@ def director_lines(state: Mapping[str, Any]) -> str:
     """What the running director could not do, below the kernel's table (its state file)."""
     lines = [f"Director (pid {state.get('pid')}, {state.get('backend')}, {state.get('source')}):"]
     failing = state.get("failing") or []
-    if not failing and not state.get("held_deletions"):
+    drains = state.get("drains") or []
+    if not failing and not drains and not state.get("held_deletions"):
         lines.append("  everything desired is programmed")
+    now = time.time()
+    for d in drains:
+        conns = d.get("connections")
+        left = f"{conns} connection(s) left" if conns is not None else "connections unknown"
+        lines.append(
+            f"  draining {d['service']} -> {d['realserver']}: {left}, for {_age(now - float(d['since']))}"
+        )
     for f in failing:
         lines.append(
             f"  failing {f['service']}: {f['operation']}: {f['reason']} "

@@ -20,7 +20,7 @@ from .bundle import Bundle
 from .findings import Finding, Severity
 from .inputs import input_findings
 
-__all__ = ["analyse", "analyse_site", "CHECKS", "REPORTS"]
+__all__ = ["CHECKS", "REPORTS", "analyse", "analyse_site"]
 
 _SYN_CAUSES = frozenset({"rp-filter-strict", "ip-forward-off", "conntrack-near-full"})
 
@@ -65,7 +65,7 @@ def _guarded(name: str, run: Callable[[], Iterable[Finding]]) -> Iterator[Findin
     """A check that raises becomes a finding, never a traceback: the report goes on."""
     try:
         yield from list(run())
-    except Exception as exc:  # noqa: BLE001 - a bug in one check must not hide the others' findings
+    except Exception as exc:
         where = traceback.extract_tb(exc.__traceback__)[-1]
         ids = REPORTS.get(name, ())
         yield Finding(
@@ -73,15 +73,16 @@ def _guarded(name: str, run: Callable[[], Iterable[Finding]]) -> Iterator[Findin
             severity=Severity.WARNING,
             summary=f"check {name} failed: {type(exc).__name__}: {str(exc)[:200]}",
             explanation="A bug in kubelvs doctor: please report it with the bundle. The other checks ran; "
-                        "this one's findings are unknown (not checked): " + (", ".join(ids) or name) + ".",
+            "this one's findings are unknown (not checked): " + (", ".join(ids) or name) + ".",
             evidence=(f"{where.filename.rsplit('/', 1)[-1]}:{where.lineno}",),
             subject=name,
             unknown=ids,
         )
 
 
-def analyse(bundle: Bundle, *, dr_vips: Iterable[str] = (),
-            remote: Mapping[str, Sequence[Finding]] | None = None) -> list[Finding]:
+def analyse(
+    bundle: Bundle, *, dr_vips: Iterable[str] = (), remote: Mapping[str, Sequence[Finding]] | None = None
+) -> list[Finding]:
     """Every finding for one host, errors first. ``dr_vips``: VIPs a director sends to this
     host in DR/TUN mode; ``remote``: findings of the hosts owning real-server addresses,
     by address (both from ``analyse_site``)."""
@@ -90,11 +91,17 @@ def analyse(bundle: Bundle, *, dr_vips: Iterable[str] = (),
     for check in CHECKS:
         findings.extend(_guarded(check.__name__, lambda c=check: c(bundle)))  # type: ignore[misc]
     vips = tuple(dr_vips)
-    findings.extend(_guarded("check_dr_realserver", lambda: checks_dr.check_dr_realserver(bundle, dr_vips=vips)))
-    syn = list(_guarded("check_syn_recv", lambda: checks_dr.check_syn_recv(bundle, findings, remote=remote or {})))
+    findings.extend(
+        _guarded("check_dr_realserver", lambda: checks_dr.check_dr_realserver(bundle, dr_vips=vips))
+    )
+    syn = list(
+        _guarded("check_syn_recv", lambda: checks_dr.check_syn_recv(bundle, findings, remote=remote or {}))
+    )
     if any(f.id == "syn-recv-stuck" for f in syn):
         # A cause of connections hanging right now is breaking traffic: raise it to error.
-        findings = [dataclasses.replace(f, severity=Severity.ERROR) if f.id in _SYN_CAUSES else f for f in findings]
+        findings = [
+            dataclasses.replace(f, severity=Severity.ERROR) if f.id in _SYN_CAUSES else f for f in findings
+        ]
     findings.extend(syn)
     findings.extend(input_findings(bundle))
     findings.sort(key=Finding.sort_key)
@@ -116,9 +123,13 @@ def analyse_site(bundles: Mapping[str, Bundle]) -> dict[str, list[Finding]]:
                 continue
             for rs in svc.realservers:
                 host = owner.get(rs.address)
-                if rs.forward in (Forward.DR, Forward.TUN) and host is not None and host != name:
-                    if str(svc.key.address) not in vips[host]:
-                        vips[host].append(str(svc.key.address))
+                if (
+                    rs.forward in (Forward.DR, Forward.TUN)
+                    and host is not None
+                    and host != name
+                    and str(svc.key.address) not in vips[host]
+                ):
+                    vips[host].append(str(svc.key.address))
     # Real-server hosts first, so a director's SYN_RECV diagnosis can name their problems.
     results: dict[str, list[Finding]] = {}
     order = sorted(bundles, key=lambda n: bool(bundles[n].services))

@@ -10,6 +10,9 @@ tried (``/proc/net/ip_vs`` after ``ipvsadm -Ln``...); ``inputs.py`` tells the ch
 that needed it apart from the ones that did not, so none reports "healthy" from
 nothing. ``parse_all`` parses every file once, so a broken file is reported even when
 no check happened to need it.
+
+One cohesive thing (over 500 lines): one lazily parsed view per captured file, each a
+few lines; splitting them would scatter the fallback order.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from ..errors import ParseError
+from ..formats.iproute import Interface, Route, parse_ip_addr, parse_ip_route, parse_ip_rule
 from ..formats.ipvs_conn import ConnTable, parse_conn_list, parse_proc_conn
 from ..formats.ipvsadm_list import Listing, parse_listing, parse_timeout
 from ..formats.ipvsadm_save import parse_save
-from ..formats.iproute import Interface, Route, parse_ip_addr, parse_ip_route, parse_ip_rule
 from ..formats.kube import KubeState, parse_kube
 from ..formats.netstat import Counters, parse_netstat_s, parse_proc_netstat
 from ..formats.nft_json import NftRuleset, parse_nft_json
@@ -33,7 +36,7 @@ from ..formats.sysctl_text import Sysctls, parse_sysctl
 from ..formats.tokens import quote
 from ..model import Forward, RealServer, ServiceKey, Timeouts, VirtualService, kernel_version
 
-__all__ = ["Bundle", "FILES", "ROLES"]
+__all__ = ["FILES", "ROLES", "Bundle"]
 
 #: file name -> what produced it
 FILES = {
@@ -65,8 +68,25 @@ T = TypeVar("T")
 _MAX_FILE = 512 * 1024 * 1024  # refuse to read more than this of one file
 #: Every parsed view, in the order parse_all reads them (nft before nft_services, the
 #: tables before role, which infers from them).
-_VIEWS = ("listing", "stats_listing", "save", "conns", "timeouts", "sysctls", "sysctl_conf", "counters",
-          "snmp", "kernel", "interfaces", "routes", "rules", "kube", "nft", "nft_services", "role")
+_VIEWS = (
+    "listing",
+    "stats_listing",
+    "save",
+    "conns",
+    "timeouts",
+    "sysctls",
+    "sysctl_conf",
+    "counters",
+    "snmp",
+    "kernel",
+    "interfaces",
+    "routes",
+    "rules",
+    "kube",
+    "nft",
+    "nft_services",
+    "role",
+)
 _RELEASE = re.compile(r"[0-9]{1,4}\.[0-9]{1,4}[\w.+~-]{0,100}")  # uname -r: 6.1.0-28-amd64, 4.9.0-8-amd64
 
 
@@ -159,6 +179,7 @@ class Bundle:
                 return listing
             self._unusable(name, _none_read(listing.problems))  # the table is unknown, not empty
             return None
+
         return self._once(name, read)
 
     def _counters_file(self, name: str) -> Counters | None:
@@ -169,6 +190,7 @@ class Bundle:
                 return counters
             self._unusable(name, _none_read(counters.problems))
             return None
+
         return self._once(name, read)
 
     def _kube_file(self, name: str) -> KubeState | None:
@@ -182,6 +204,7 @@ class Bundle:
             else:
                 return state
             return None
+
         return self._once(name, read)
 
     # ------------------------------------------------------------------ IPVS
@@ -219,9 +242,12 @@ class Bundle:
         was read only in part: the save file holds the whole table); None when neither was
         captured."""
         listing = self.listing
-        if listing is not None and (listing.services or not self.save):
-            if not (self.save and listing.source in self.bad_lines):
-                return listing.services
+        if (
+            listing is not None
+            and (listing.services or not self.save)
+            and not (self.save and listing.source in self.bad_lines)
+        ):
+            return listing.services
         return self.save
 
     @property
@@ -253,8 +279,16 @@ class Bundle:
             return None
         try:
             parsed = ruleset.parse_tables([{"nftables": ours}])
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError, AssertionError, OverflowError,
-                RecursionError) as exc:
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            IndexError,
+            AssertionError,
+            OverflowError,
+            RecursionError,
+        ) as exc:
             # parse_tables reads what nft itself prints for the backend; a captured file can
             # hold anything. Whatever it trips on, the table is unreadable: report it.
             why = f"{type(exc).__name__}: {quote(str(exc), 200)}"
@@ -288,7 +322,10 @@ class Bundle:
         """The lines that show a service (and one of its real servers)."""
         out = []
         if self.services_source == "nftables":
-            out.append(f"nft.json: table kubelvs: {key}" + (f" -> {rs.key} {rs.forward} weight {rs.weight}" if rs else ""))
+            out.append(
+                f"nft.json: table kubelvs: {key}"
+                + (f" -> {rs.key} {rs.forward} weight {rs.weight}" if rs else "")
+            )
             return out
         listing = self.listing if self.services is (self.listing.services if self.listing else None) else None
         source = self.listing_source if listing else "ipvsadm-Sn.txt"
@@ -315,6 +352,7 @@ class Bundle:
                 return table
             self._unusable(name, _none_read(table.problems))
             return None
+
         return self._once(name, read)
 
     @property
@@ -345,7 +383,9 @@ class Bundle:
             self._unusable("sysctl.txt", reason)
             return None
         # "sysctl: permission denied on key ..." is noise sysctl -a mixes in; not a problem.
-        parsed.problems = [p for p in parsed.problems if "permission denied" not in p and "reading key" not in p]
+        parsed.problems = [
+            p for p in parsed.problems if "permission denied" not in p and "reading key" not in p
+        ]
         self._bad("sysctl.txt", parsed.bad_lines - parsed.noise, parsed.problems)
         return parsed
 
@@ -471,7 +511,9 @@ class Bundle:
             self._bad("role.txt", 1, [f"role.txt:1: {why}"])
         names = {i.name for i in self.interfaces or []}
         has_ipvs = bool(self.services) or bool(self.conns and self.conns.rows)
-        pods = "kube-ipvs0" in names or any(n.startswith(("cali", "veth", "cni", "flannel", "kube-bridge")) for n in names)
+        pods = "kube-ipvs0" in names or any(
+            n.startswith(("cali", "veth", "cni", "flannel", "kube-bridge")) for n in names
+        )
         if has_ipvs:
             return "both" if pods else "director"
         return "node"

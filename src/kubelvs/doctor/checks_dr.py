@@ -14,7 +14,7 @@ from .checks_ipvs import ipvsadm_rs, ipvsadm_service, syn_recv_groups
 from .checks_kernel import sysctl_w
 from .findings import Finding, Severity
 
-__all__ = ["check_dr_realserver", "check_syn_recv", "held_vips", "l2_interfaces", "expected_vips"]
+__all__ = ["check_dr_realserver", "check_syn_recv", "expected_vips", "held_vips", "l2_interfaces"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -94,18 +94,29 @@ def check_dr_realserver(bundle: Bundle, *, dr_vips: Sequence[str] = ()) -> Itera
     l2 = l2_interfaces(bundle)
     if held and bundle.sysctls is not None:
         vip_text = ", ".join(f"{a.ip} on {i.name}" for i, a in held[:4])
-        vip_ev = [f"ip-addr.txt:{a.lineno}: {i.name}: {a.line}" if a.lineno else f"ip-addr.txt: {a.line}" for i, a in held[:3]]
+        vip_ev = [
+            f"ip-addr.txt:{a.lineno}: {i.name}: {a.line}" if a.lineno else f"ip-addr.txt: {a.line}"
+            for i, a in held[:3]
+        ]
         for key, want, fid, expl in (
-            ("arp_ignore", 1, "dr-arp-ignore",
-             "With arp_ignore {v} this host answers ARP requests for the VIP it holds on {lo} from its "
-             "Ethernet interface. Routers and clients on the segment then send VIP traffic straight to this "
-             "real server instead of the director (or flip between hosts): load balancing stops, and "
-             "connections break whenever the ARP cache changes. arp_ignore=1 answers only for addresses on "
-             "the interface asked."),
-            ("arp_announce", 2, "dr-arp-announce",
-             "With arp_announce {v} this host may use the VIP (held on {lo}) as the source of its own ARP "
-             "requests, teaching neighbours that the VIP lives at this host's MAC: traffic for the VIP "
-             "bypasses the director. arp_announce=2 always uses the interface's own address."),
+            (
+                "arp_ignore",
+                1,
+                "dr-arp-ignore",
+                "With arp_ignore {v} this host answers ARP requests for the VIP it holds on {lo} from its "
+                "Ethernet interface. Routers and clients on the segment then send VIP traffic straight to "
+                "this real server instead of the director (or flip between hosts): load balancing stops, and "
+                "connections break whenever the ARP cache changes. arp_ignore=1 answers only for addresses "
+                "on the interface asked.",
+            ),
+            (
+                "arp_announce",
+                2,
+                "dr-arp-announce",
+                "With arp_announce {v} this host may use the VIP (held on {lo}) as the source of its own ARP "
+                "requests, teaching neighbours that the VIP lives at this host's MAC: traffic for the VIP "
+                "bypasses the director. arp_announce=2 always uses the interface's own address.",
+            ),
         ):
             bad = []
             for iface in l2:
@@ -116,16 +127,26 @@ def check_dr_realserver(bundle: Bundle, *, dr_vips: Sequence[str] = ()) -> Itera
                 continue
             values = sorted({v for _, v in bad})
             all_value = bundle.sysctl(f"net.ipv4.conf.all.{key}")
-            fix = [sysctl_w(f"net.ipv4.conf.all.{key}", want)] if all_value is not None and all_value > want else []
+            fix = (
+                [sysctl_w(f"net.ipv4.conf.all.{key}", want)]
+                if all_value is not None and all_value > want
+                else []
+            )
             fix += [sysctl_w(_conf(i.name, key), want) for i, _ in bad]
             fix.append(f"# persist: net.ipv4.conf.<if>.{key} = {want} in /etc/sysctl.d/90-lvs-dr.conf")
             yield Finding(
                 id=fid,
                 severity=Severity.ERROR if (key == "arp_ignore" and 0 in values) else Severity.WARNING,
                 summary=f"real server holds VIP {vip_text} but effective {key} is "
-                + ", ".join(f"{v} on {i.name}" for i, v in bad) + f" (needs {want})",
+                + ", ".join(f"{v} on {i.name}" for i, v in bad)
+                + f" (needs {want})",
                 explanation=expl.format(v="/".join(map(str, values)), lo=held[0][0].name),
-                evidence=(*vip_ev, *bundle.sysctl_evidence(f"net.ipv4.conf.all.{key}", *[_conf(i.name, key) for i, _ in bad])),
+                evidence=(
+                    *vip_ev,
+                    *bundle.sysctl_evidence(
+                        f"net.ipv4.conf.all.{key}", *[_conf(i.name, key) for i, _ in bad]
+                    ),
+                ),
                 fix=tuple(fix),
                 subject=key,
             )
@@ -141,24 +162,35 @@ def check_dr_realserver(bundle: Bundle, *, dr_vips: Sequence[str] = ()) -> Itera
             id="local-vip-loop",
             severity=Severity.ERROR,
             summary=f"DR real server without VIP {vip} has accept_local=1 on "
-            + ", ".join(i.name for i in loop_ifaces) + ": connections from this host to the VIP loop until TTL 0",
+            + ", ".join(i.name for i in loop_ifaces)
+            + ": connections from this host to the VIP loop until TTL 0",
             explanation=(
-                f"This host sends to {vip} through the director, which picks a real server; when it picks this "
-                "host, the packet comes back with this host's own source address. accept_local=1 lets it in, but "
-                "the host does not own the VIP, so it routes the packet out to the director again: the SYN "
-                "circles until its TTL runs out and the client gets 'No route to host' (the worker-local VIP "
-                "loop). "
-                "Put the VIP on lo (with arp_ignore/arp_announce) instead of accepting local sources."
+                f"This host sends to {vip} through the director, which picks a real server; when it picks "
+                "this host, the packet comes back with this host's own source address. accept_local=1 lets "
+                "it in, but the host does not own the VIP, so it routes the packet out to the director "
+                "again: the SYN circles until its TTL runs out and the client gets 'No route to host' (the "
+                "worker-local VIP loop). Put the VIP on lo (with arp_ignore/arp_announce) instead of "
+                "accepting local sources."
             ),
-            evidence=(f"{_kube_file(bundle) if not dr_vips else 'director'}: {vip} ({why})",
-                      *bundle.sysctl_evidence("net.ipv4.conf.all.accept_local",
-                                              *[_conf(i.name, "accept_local") for i in loop_ifaces],
-                                              *[_conf(i.name, "rp_filter") for i in loop_ifaces])),
-            fix=(*(sysctl_w(_conf(i.name, "accept_local"), 0) for i in loop_ifaces),
-                 *((sysctl_w("net.ipv4.conf.all.accept_local", 0),) if bundle.sysctl("net.ipv4.conf.all.accept_local") else ()),
-                 f"ip addr add {vip}/32 dev lo",
-                 *(sysctl_w(_conf(i.name, "arp_ignore"), 1) for i in l2[:2]),
-                 *(sysctl_w(_conf(i.name, "arp_announce"), 2) for i in l2[:2])),
+            evidence=(
+                f"{_kube_file(bundle) if not dr_vips else 'director'}: {vip} ({why})",
+                *bundle.sysctl_evidence(
+                    "net.ipv4.conf.all.accept_local",
+                    *[_conf(i.name, "accept_local") for i in loop_ifaces],
+                    *[_conf(i.name, "rp_filter") for i in loop_ifaces],
+                ),
+            ),
+            fix=(
+                *(sysctl_w(_conf(i.name, "accept_local"), 0) for i in loop_ifaces),
+                *(
+                    (sysctl_w("net.ipv4.conf.all.accept_local", 0),)
+                    if bundle.sysctl("net.ipv4.conf.all.accept_local")
+                    else ()
+                ),
+                f"ip addr add {vip}/32 dev lo",
+                *(sysctl_w(_conf(i.name, "arp_ignore"), 1) for i in l2[:2]),
+                *(sysctl_w(_conf(i.name, "arp_announce"), 2) for i in l2[:2]),
+            ),
             subject=vip,
         )
     for vip, why in missing:
@@ -169,16 +201,20 @@ def check_dr_realserver(bundle: Bundle, *, dr_vips: Sequence[str] = ()) -> Itera
             severity=Severity.ERROR if dr_vips else Severity.WARNING,
             summary=f"real server does not hold VIP {vip} ({why})",
             explanation=(
-                f"In DR/TUN mode the director delivers packets still addressed to {vip}. A host that neither holds "
-                "the VIP nor has a rule for it drops them (or routes them back out): the share of connections "
-                "the director schedules here hangs in SYN_RECV."
+                f"In DR/TUN mode the director delivers packets still addressed to {vip}. A host that neither "
+                "holds the VIP nor has a rule for it drops them (or routes them back out): the share of "
+                "connections the director schedules here hangs in SYN_RECV."
             ),
-            evidence=(f"{_kube_file(bundle) if not dr_vips else 'director'}: {vip} ({why})",
-                      "ip-addr.txt: no interface holds " + vip,
-                      *[f"ip-addr.txt: {i.name}: {a.line}" for i, a in held[:2]]),
-            fix=(f"ip addr add {vip}/32 dev lo",
-                 *(sysctl_w(_conf(i.name, "arp_ignore"), 1) for i in l2[:2]),
-                 *(sysctl_w(_conf(i.name, "arp_announce"), 2) for i in l2[:2])),
+            evidence=(
+                f"{_kube_file(bundle) if not dr_vips else 'director'}: {vip} ({why})",
+                "ip-addr.txt: no interface holds " + vip,
+                *[f"ip-addr.txt: {i.name}: {a.line}" for i, a in held[:2]],
+            ),
+            fix=(
+                f"ip addr add {vip}/32 dev lo",
+                *(sysctl_w(_conf(i.name, "arp_ignore"), 1) for i in l2[:2]),
+                *(sysctl_w(_conf(i.name, "arp_announce"), 2) for i in l2[:2]),
+            ),
             subject=vip,
         )
 
@@ -192,8 +228,9 @@ def _accept_local_on(bundle: Bundle, l2: list[Interface]) -> list[Interface]:
     return [i for i in l2 if bundle.conf(i.name, "accept_local", combine="or") == 1]
 
 
-def check_syn_recv(bundle: Bundle, earlier: list[Finding], *,
-                   remote: Mapping[str, Sequence[Finding]] | None = None) -> Iterator[Finding]:
+def check_syn_recv(
+    bundle: Bundle, earlier: list[Finding], *, remote: Mapping[str, Sequence[Finding]] | None = None
+) -> Iterator[Finding]:
     """syn-recv-stuck, with the likely causes ranked from the other findings and the bundle
     (and from the real server's own findings when a whole site was analysed)."""
     groups = syn_recv_groups(bundle)
@@ -204,35 +241,71 @@ def check_syn_recv(bundle: Bundle, earlier: list[Finding], *,
         causes: list[tuple[int, str]] = []
         rs_forward = _forward_of(bundle, dest)
         for f in (remote or {}).get(dest.rsplit(":", 1)[0].strip("[]"), []):
-            if f.id in ("rp-filter-strict", "dr-vip-not-on-realserver", "local-vip-loop", "dr-arp-ignore",
-                        "conntrack-near-full"):
-                causes.append((99, f"on the real server {dest.rsplit(':', 1)[0]} itself: {f.id}: {f.summary}"))
+            if f.id in (
+                "rp-filter-strict",
+                "dr-vip-not-on-realserver",
+                "local-vip-loop",
+                "dr-arp-ignore",
+                "conntrack-near-full",
+            ):
+                causes.append(
+                    (99, f"on the real server {dest.rsplit(':', 1)[0]} itself: {f.id}: {f.summary}")
+                )
         if "rp-filter-strict" in ids:
-            causes.append((90, "strict rp_filter drops the tunnelled/asymmetric packets: " + ids["rp-filter-strict"].summary))
+            causes.append(
+                (
+                    90,
+                    "strict rp_filter drops the tunnelled/asymmetric packets: "
+                    + ids["rp-filter-strict"].summary,
+                )
+            )
         for f in earlier:
-            if f.id == "stale-realserver" and dest.split(":")[0] in f.summary and dest in f.summary.replace(" ", ""):
+            if (
+                f.id == "stale-realserver"
+                and dest.split(":")[0] in f.summary
+                and dest in f.summary.replace(" ", "")
+            ):
                 causes.append((95, "the real server is stale (no such endpoint): " + f.summary))
             elif f.id == "stale-realserver" and dest in f.subject.replace(" ", ""):
                 causes.append((95, "the real server is stale: " + f.summary))
         if "ip-forward-off" in ids and rs_forward in (Forward.NAT, None):
             causes.append((85, "ip_forward is off: NAT replies are not forwarded back to the client"))
         if rs_forward in (Forward.DR, Forward.TUN):
-            causes.append((70, f"{dest} is a {'Route' if rs_forward is Forward.DR else 'Tunnel'} real server: it must hold the VIP (on lo) and not filter "
-                               "it (arp_ignore/arp_announce, rp_filter on its tunnel device); run doctor on that host"))
+            causes.append(
+                (
+                    70,
+                    f"{dest} is a {'Route' if rs_forward is Forward.DR else 'Tunnel'} real server: it must "
+                    "hold the VIP (on lo) and not filter it (arp_ignore/arp_announce, rp_filter on its "
+                    "tunnel device); run doctor on that host",
+                )
+            )
         if "conntrack-near-full" in ids:
             causes.append((60, "the conntrack table is (nearly) full: " + ids["conntrack-near-full"].summary))
         if rs_forward is Forward.NAT:
-            causes.append((50, f"the replies of {dest} do not come back through the director (its default route "
-                               "must point at the director, or the director must SNAT)"))
-        causes.append((30, f"{dest} does not answer: pod/host down or a firewall drops the SYN "
-                           f"(try: curl -m 3 http://{dest}/ or nc -zv from the director)"))
+            causes.append(
+                (
+                    50,
+                    f"the replies of {dest} do not come back through the director (its default route "
+                    "must point at the director, or the director must SNAT)",
+                )
+            )
+        causes.append(
+            (
+                30,
+                f"{dest} does not answer: pod/host down or a firewall drops the SYN "
+                f"(try: curl -m 3 http://{dest}/ or nc -zv from the director)",
+            )
+        )
         causes.sort(key=lambda c: -c[0])
         ranked = [f"{i}. {text}" for i, (_, text) in enumerate(causes, 1)]
         svc_lines = []
         for svc in bundle.services or []:
             for rs in svc.realservers:
                 if ipvsadm_rs(rs) == dest:
-                    svc_lines = [f"ipvsadm -d {ipvsadm_service(svc.key)} -r {dest}   # take it out of rotation meanwhile"]
+                    svc_lines = [
+                        f"ipvsadm -d {ipvsadm_service(svc.key)} -r {dest}   "
+                        "# take it out of rotation meanwhile"
+                    ]
         for f in (remote or {}).get(dest.rsplit(":", 1)[0].strip("[]"), []):
             if f.id in ("rp-filter-strict", "dr-vip-not-on-realserver", "local-vip-loop") and f.fix:
                 svc_lines.append(f"# on the real server {dest.rsplit(':', 1)[0]}:")
@@ -242,13 +315,17 @@ def check_syn_recv(bundle: Bundle, earlier: list[Finding], *,
             severity=Severity.ERROR,
             summary=f"{n} of {total} IPVS connections to real server {dest} are stuck in SYN_RECV",
             explanation=(
-                "The director received the clients' SYNs and passed them to this real server, but the handshake "
-                "never completed: clients of this VIP whose connections land on it time out (ping and traceroute "
-                "to the VIP still work). Likely causes, most likely first:\n" + "\n".join(ranked)
+                "The director received the clients' SYNs and passed them to this real server, but the "
+                "handshake never completed: clients of this VIP whose connections land on it time out "
+                "(ping and traceroute to the VIP still work). Likely causes, most likely first:\n"
+                + "\n".join(ranked)
             ),
             evidence=tuple(ev),
-            fix=tuple(svc_lines + [line for f in earlier if f.id in ("rp-filter-strict", "ip-forward-off") for line in f.fix]
-                      or ["# see the causes above"]),
+            fix=tuple(
+                svc_lines
+                + [line for f in earlier if f.id in ("rp-filter-strict", "ip-forward-off") for line in f.fix]
+                or ["# see the causes above"]
+            ),
             subject=dest,
         )
 

@@ -6,13 +6,21 @@ import ipaddress
 from collections import Counter
 from collections.abc import Iterator
 
+from ..formats.ipvsadm_list import Listing
 from ..formats.kube import ServicePort
 from ..model import Forward, Protocol, RealServer, ServiceKey, VirtualService
 from .bundle import Bundle
 from .findings import Finding, Severity
 
-__all__ = ["check_kube_sync", "check_weight_zero", "check_dr_port_mapping", "check_conn_table", "ipvsadm_service", "ipvsadm_rs",
-           "remove_rs_fix"]
+__all__ = [
+    "check_conn_table",
+    "check_dr_port_mapping",
+    "check_kube_sync",
+    "check_weight_zero",
+    "ipvsadm_rs",
+    "ipvsadm_service",
+    "remove_rs_fix",
+]
 
 _SWITCH = {Protocol.TCP: "-t", Protocol.UDP: "-u", Protocol.SCTP: "--sctp-service"}
 _FWD = {Forward.NAT: "-m", Forward.DR: "-g", Forward.TUN: "-i", Forward.LOCAL: "-g"}
@@ -37,8 +45,11 @@ def remove_rs_fix(bundle: Bundle, key: ServiceKey, rs: RealServer, then: str) ->
     if bundle.services_source == "nftables":
         # The kubelvs nftables table spreads a real server over several sets and maps: no
         # single nft command removes it; its owner re-converges it.
-        return (f"kubelvs apply -f CONFIG   # CONFIG: kubelvs director's config; removes {ipvsadm_rs(rs)} from {key}",
-                "# kubelvs director does the same at its next full sync (--resync) once its source is right")
+        return (
+            "kubelvs apply -f CONFIG   # CONFIG: kubelvs director's config; "
+            f"removes {ipvsadm_rs(rs)} from {key}",
+            "# kubelvs director does the same at its next full sync (--resync) once its source is right",
+        )
     return (f"ipvsadm -d {ipvsadm_service(key)} -r {ipvsadm_rs(rs)}", then)
 
 
@@ -92,7 +103,9 @@ def check_kube_sync(bundle: Bundle) -> Iterator[Finding]:
         by_addr: dict[str, list[int]] = {}
         for a, p in expected:
             by_addr.setdefault(a, []).append(p)
-        node_backed = all(str(rs.address) in node_ips and rs.forward in (Forward.DR, Forward.TUN) for rs in svc.realservers)
+        node_backed = all(
+            str(rs.address) in node_ips and rs.forward in (Forward.DR, Forward.TUN) for rs in svc.realservers
+        )
         for rs in svc.realservers:
             addr = str(rs.address)
             if (addr, rs.port) in expected or rs.weight == 0:
@@ -101,8 +114,10 @@ def check_kube_sync(bundle: Bundle) -> Iterator[Finding]:
                 continue  # an LVS-DR external IP in front of the nodes (the DR ARP settings incident's setup)
             ports = sorted(by_addr.get(addr, []))
             if ports:
-                why = (f"{sp.ref} has endpoint {addr}:{','.join(map(str, ports))} but {bundle.plane} also sends to port {rs.port}: "
-                       f"left over from an earlier port/targetPort")
+                why = (
+                    f"{sp.ref} has endpoint {addr}:{','.join(map(str, ports))} but {bundle.plane} also sends "
+                    f"to port {rs.port}: left over from an earlier port/targetPort"
+                )
             else:
                 why = f"{addr} is not an endpoint of {sp.ref} any more"
             yield Finding(
@@ -110,15 +125,23 @@ def check_kube_sync(bundle: Bundle) -> Iterator[Finding]:
                 severity=Severity.ERROR,
                 summary=f"{svc.key}: real server {ipvsadm_rs(rs)} matches no endpoint of {sp.ref} ({why})",
                 explanation=(
-                    f"{_cap(bundle.plane)} keeps scheduling new connections for {svc.key} to {ipvsadm_rs(rs)} (weight {rs.weight}). "
-                    "Nothing Kubernetes knows of answers there, so that share of the connections hangs or is "
-                    "refused: with rr over two real servers, every second connection fails. This is what a "
-                    "Service port edit leaves behind in proxies that key real servers by address only."
+                    f"{_cap(bundle.plane)} keeps scheduling new connections for {svc.key} to "
+                    f"{ipvsadm_rs(rs)} (weight {rs.weight}). Nothing Kubernetes knows of answers there, so "
+                    "that share of the connections hangs or is refused: with rr over two real servers, every "
+                    "second connection fails. This is what a Service port edit leaves behind in proxies that "
+                    "key real servers by address only."
                 ),
-                evidence=(*bundle.rs_evidence(svc.key, rs), f"{_kube_name(bundle)}: {sp.ref} port {sp.port}/{sp.protocol} "
-                          f"targetPort {sp.target_port}, endpoints {_fmt_eps(sp.endpoints)}"),
-                fix=remove_rs_fix(bundle, svc.key, rs,
-                                  "# then restart or resync the proxy that programs this VIP, so it does not come back"),
+                evidence=(
+                    *bundle.rs_evidence(svc.key, rs),
+                    f"{_kube_name(bundle)}: {sp.ref} port {sp.port}/{sp.protocol} "
+                    f"targetPort {sp.target_port}, endpoints {_fmt_eps(sp.endpoints)}",
+                ),
+                fix=remove_rs_fix(
+                    bundle,
+                    svc.key,
+                    rs,
+                    "# then restart or resync the proxy that programs this VIP, so it does not come back",
+                ),
                 subject=f"{svc.key} {rs.key}",
             )
         if node_backed and svc.realservers:
@@ -130,20 +153,30 @@ def check_kube_sync(bundle: Bundle) -> Iterator[Finding]:
                 severity=Severity.WARNING,
                 summary=f"{svc.key}: endpoint {addr}:{port} of {sp.ref} is not a real server",
                 explanation=(
-                    f"The ready endpoint {addr}:{port} gets no traffic from this host: the remaining real servers "
-                    "carry its share, and when none remain the VIP refuses every connection. The proxy that "
-                    "programs IPVS is behind (stuck, crashed, or failing to apply)."
+                    f"The ready endpoint {addr}:{port} gets no traffic from this host: the remaining real "
+                    "servers carry its share, and when none remain the VIP refuses every connection. The "
+                    "proxy that programs IPVS is behind (stuck, crashed, or failing to apply)."
                 ),
-                evidence=(*bundle.rs_evidence(svc.key), f"{_kube_name(bundle)}: {sp.ref} endpoints {_fmt_eps(sp.endpoints)}"),
-                fix=((f"ipvsadm -a {ipvsadm_service(svc.key)} -r {addr}:{port} -m -w 1"
-                      if bundle.services_source != "nftables" else "kubelvs apply -f CONFIG   # after adding it there"),
-                     "# and find out why the proxy did not add it (its logs)"),
+                evidence=(
+                    *bundle.rs_evidence(svc.key),
+                    f"{_kube_name(bundle)}: {sp.ref} endpoints {_fmt_eps(sp.endpoints)}",
+                ),
+                fix=(
+                    (
+                        f"ipvsadm -a {ipvsadm_service(svc.key)} -r {addr}:{port} -m -w 1"
+                        if bundle.services_source != "nftables"
+                        else "kubelvs apply -f CONFIG   # after adding it there"
+                    ),
+                    "# and find out why the proxy did not add it (its logs)",
+                ),
                 subject=f"{svc.key} {addr}:{port}",
             )
     yield from _stale_without_kube(bundle, unjudged)
     if not matched_kinds:
         return  # no IPVS service belongs to this cluster: not a Kubernetes IPVS host
-    table_file = bundle.listing_source or ("nft.json" if bundle.services_source == "nftables" else "ipvsadm-Sn.txt")
+    table_file = bundle.listing_source or (
+        "nft.json" if bundle.services_source == "nftables" else "ipvsadm-Sn.txt"
+    )
     for sp in bundle.kube.ports:
         if sp.type == "ExternalName":
             continue
@@ -161,12 +194,16 @@ def check_kube_sync(bundle: Bundle) -> Iterator[Finding]:
                     "whatever else holds the address. Other services are programmed, so the proxy skipped or "
                     "lost this one."
                 ),
-                evidence=(f"{_kube_name(bundle)}: {sp.ref} {sp.type} {ip}:{port}/{sp.protocol}",
-                          f"{table_file}: no '{sp.protocol} {ip}:{port}' service"),
-                fix=(f"ipvsadm -A {_service_of(sp.protocol, ip, port)} -s rr",
-                     "# then add its endpoints with ipvsadm -a, or resync the proxy")
-                if bundle.services_source != "nftables" else
-                ("kubelvs apply -f CONFIG   # after adding the service there",),
+                evidence=(
+                    f"{_kube_name(bundle)}: {sp.ref} {sp.type} {ip}:{port}/{sp.protocol}",
+                    f"{table_file}: no '{sp.protocol} {ip}:{port}' service",
+                ),
+                fix=(
+                    f"ipvsadm -A {_service_of(sp.protocol, ip, port)} -s rr",
+                    "# then add its endpoints with ipvsadm -a, or resync the proxy",
+                )
+                if bundle.services_source != "nftables"
+                else ("kubelvs apply -f CONFIG   # after adding the service there",),
                 subject=f"{ip}:{port}",
             )
 
@@ -202,10 +239,7 @@ def _stale_without_kube(bundle: Bundle, services: list[VirtualService]) -> Itera
                 stale = [rs for rs in group if rs.port != svc.key.port]
                 reason = f"the service port is {svc.key.port}"
             else:
-                def conns(rs: RealServer) -> int:
-                    st = listing.stats.get((svc.key, rs.key)) if listing else None
-                    return st.active_conns + st.inactive_conns if st else -1
-                counts = [conns(rs) for rs in group]
+                counts = [_conns(listing, svc.key, rs) for rs in group]
                 if max(counts) <= 0:
                     continue  # no way to tell which one is the leftover
                 stale = [rs for rs, c in zip(group, counts) if c == 0]
@@ -214,19 +248,25 @@ def _stale_without_kube(bundle: Bundle, services: list[VirtualService]) -> Itera
                 yield Finding(
                     id="stale-realserver",
                     severity=Severity.ERROR,
-                    summary=(f"{svc.key}: {addr} is a real server on ports "
-                             f"{', '.join(str(r.port) for r in group)}; port {rs.port} looks left over ({reason})"),
+                    summary=(
+                        f"{svc.key}: {addr} is a real server on ports "
+                        f"{', '.join(str(r.port) for r in group)}; port {rs.port} looks left over ({reason})"
+                    ),
                     explanation=(
-                        f"{_cap(bundle.plane)} schedules connections for {svc.key} to {ipvsadm_rs(rs)} as well. A pod serves a "
-                        "Service port on one target port, so one of the two is left over from an earlier "
-                        "port/targetPort (a Service edit the proxy did not clean up). Connections scheduled to it "
-                        "fail: with rr over two real servers, every second one. No Kubernetes data was captured "
-                        "to confirm; add kubectl.json to the bundle."
+                        f"{_cap(bundle.plane)} schedules connections for {svc.key} to {ipvsadm_rs(rs)} as "
+                        "well. A pod serves a Service port on one target port, so one of the two is left "
+                        "over from an earlier port/targetPort (a Service edit the proxy did not clean up). "
+                        "Connections scheduled to it fail: with rr over two real servers, every second one. "
+                        "No Kubernetes data was captured to confirm; add kubectl.json to the bundle."
                     ),
                     evidence=tuple(bundle.rs_evidence(svc.key)[:1])
                     + tuple(line for r in group for line in bundle.rs_evidence(svc.key, r)[-1:]),
-                    fix=remove_rs_fix(bundle, svc.key, rs,
-                                      "# or delete and re-create the Service so the proxy rebuilds its real servers"),
+                    fix=remove_rs_fix(
+                        bundle,
+                        svc.key,
+                        rs,
+                        "# or delete and re-create the Service so the proxy rebuilds its real servers",
+                    ),
                     subject=f"{svc.key} {rs.key}",
                 )
 
@@ -254,11 +294,15 @@ def check_weight_zero(bundle: Bundle) -> Iterator[Finding]:
             summary=f"{svc.key}: {len(zero)} real server(s) at weight 0 with no connections: "
             + ", ".join(ipvsadm_rs(rs) for rs in zero),
             explanation=(
-                ("Every real server of this service has weight 0: new connections to it are refused. "
-                 if all_zero else "")
+                (
+                    "Every real server of this service has weight 0: new connections to it are refused. "
+                    if all_zero
+                    else ""
+                )
                 + "A weight-0 real server with no connections left is a graceful-termination leftover: its "
-                "draining is over but nothing deleted it (kube-proxy after a restart, issues #92019/#108319). "
-                "It receives nothing; if its pod comes back at the same address it stays unused."
+                "draining is over but nothing deleted it (kube-proxy after a restart, issues "
+                "#92019/#108319). It receives nothing; if its pod comes back at the same address it stays "
+                "unused."
             ),
             evidence=tuple(line for rs in zero for line in bundle.rs_evidence(svc.key, rs)[-1:]),
             fix=tuple(f"ipvsadm -d {ipvsadm_service(svc.key)} -r {ipvsadm_rs(rs)}" for rs in zero),
@@ -278,14 +322,17 @@ def check_dr_port_mapping(bundle: Bundle) -> Iterator[Finding]:
                     summary=f"{svc.key}: {'Route' if rs.forward is Forward.DR else 'Tunnel'} real server "
                     f"{ipvsadm_rs(rs)} has port {rs.port}, the service {svc.key.port}",
                     explanation=(
-                        "Direct routing and tunnelling do not rewrite ports: packets arrive at the real server on "
-                        f"port {svc.key.port}, not {rs.port}. If nothing listens on {svc.key.port} there, every "
-                        "connection scheduled to it is refused. Only Masq (NAT) maps ports."
+                        "Direct routing and tunnelling do not rewrite ports: packets arrive at the real "
+                        f"server on port {svc.key.port}, not {rs.port}. If nothing listens on {svc.key.port} "
+                        "there, every connection scheduled to it is refused. Only Masq (NAT) maps ports."
                     ),
                     evidence=tuple(bundle.rs_evidence(svc.key, rs)),
-                    fix=(f"ipvsadm -d {ipvsadm_service(svc.key)} -r {ipvsadm_rs(rs)}",
-                         f"ipvsadm -a {ipvsadm_service(svc.key)} -r {rs.address}:{svc.key.port} {_FWD[rs.forward]} -w {rs.weight}",
-                         f"# or keep port {rs.port} and switch to NAT: -m instead of {_FWD[rs.forward]}"),
+                    fix=(
+                        f"ipvsadm -d {ipvsadm_service(svc.key)} -r {ipvsadm_rs(rs)}",
+                        f"ipvsadm -a {ipvsadm_service(svc.key)} -r {rs.address}:{svc.key.port} "
+                        f"{_FWD[rs.forward]} -w {rs.weight}",
+                        f"# or keep port {rs.port} and switch to NAT: -m instead of {_FWD[rs.forward]}",
+                    ),
                     subject=f"{svc.key} {rs.key}",
                 )
 
@@ -305,7 +352,9 @@ def check_conn_table(bundle: Bundle) -> Iterator[Finding]:
     tw = states.get("TIME_WAIT", 0)
     fin_like = sum(states.get(s, 0) for s in _FIN_STATES)
     src = table.source
-    summary_line = f"{src}: {len(table.rows)} entries: " + ", ".join(f"{s} {n}" for s, n in states.most_common(6))
+    summary_line = f"{src}: {len(table.rows)} entries: " + ", ".join(
+        f"{s} {n}" for s, n in states.most_common(6)
+    )
     samples = _samples(table, "TIME_WAIT", 2) + _samples(table, "FIN_WAIT", 1)
     timeouts = bundle.timeouts
     if timeouts and timeouts.tcpfin > 30 and fin_like >= 100 and fin_like / tcp_total >= 0.3:
@@ -321,10 +370,16 @@ def check_conn_table(bundle: Bundle) -> Iterator[Finding]:
                 "IPVS's FIN_WAIT entries: 30 s is plenty on a LAN. TIME_WAIT entries keep the kernel's fixed "
                 "120 s whatever --set says, so their share only falls with fewer short connections."
             ),
-            evidence=(f"ipvsadm-timeout.txt: Timeout (tcp tcpfin udp): {timeouts.tcp} {timeouts.tcpfin} {timeouts.udp}",
-                      summary_line, *samples),
-            fix=(f"ipvsadm --set {timeouts.tcp} 30 {timeouts.udp}",
-                 "# kube-proxy sets it again at start: give it --ipvs-tcpfin-timeout=30s"),
+            evidence=(
+                f"ipvsadm-timeout.txt: Timeout (tcp tcpfin udp): {timeouts.tcp} {timeouts.tcpfin} "
+                f"{timeouts.udp}",
+                summary_line,
+                *samples,
+            ),
+            fix=(
+                f"ipvsadm --set {timeouts.tcp} 30 {timeouts.udp}",
+                "# kube-proxy sets it again at start: give it --ipvs-tcpfin-timeout=30s",
+            ),
             subject="timeouts",
         )
     if tw >= 1000 and tw / tcp_total >= 0.3:
@@ -340,12 +395,23 @@ def check_conn_table(bundle: Bundle) -> Iterator[Finding]:
             ),
             evidence=(summary_line, *samples),
             fix=(
-                *((f"ipvsadm --set {timeouts.tcp} 30 {timeouts.udp}",) if timeouts and timeouts.tcpfin > 30 else ()),
+                *(
+                    (f"ipvsadm --set {timeouts.tcp} 30 {timeouts.udp}",)
+                    if timeouts and timeouts.tcpfin > 30
+                    else ()
+                ),
                 "# use keep-alive / connection pooling in the clients",
-                "# on kernels >= 5.9 keep net.ipv4.vs.conn_reuse_mode=1 (the default): reused ports are rescheduled",
+                "# on kernels >= 5.9 keep net.ipv4.vs.conn_reuse_mode=1 (the default): "
+                "reused ports are rescheduled",
             ),
             subject="conns",
         )
+
+
+def _conns(listing: Listing | None, key: ServiceKey, rs: RealServer) -> int:
+    """Active + inactive connections of a real server; -1 when the listing has no counters for it."""
+    st = listing.stats.get((key, rs.key)) if listing else None
+    return st.active_conns + st.inactive_conns if st else -1
 
 
 def _samples(table: object, state: str, n: int) -> list[str]:

@@ -10,16 +10,16 @@ from .bundle import Bundle
 from .findings import Finding, Severity
 
 __all__ = [
-    "check_tw_recycle",
+    "check_conn_reuse",
+    "check_conntrack",
+    "check_expire_nodest",
+    "check_ip_forward",
+    "check_keepalive",
     "check_paws",
     "check_rp_filter",
-    "check_conn_reuse",
-    "check_keepalive",
-    "check_conntrack",
-    "check_ip_forward",
-    "check_expire_nodest",
-    "tunnel_like",
+    "check_tw_recycle",
     "sysctl_w",
+    "tunnel_like",
 ]
 
 # Interfaces that carry tunnelled or asymmetric LVS traffic: IPIP/GRE/VXLAN tunnels
@@ -56,7 +56,11 @@ def tunnel_like(bundle: Bundle, name: str) -> str:
             if iface.link_type in _TUNNEL_LINK:
                 return f"link/{iface.link_type}"
     if _TUNNEL_NAME.match(name):
-        return "tunnel" if name.startswith(("tun", "ipip", "gre", "ip6tnl", "sit", "vxlan", "flannel", "wg", "geneve")) else "bridge/virtual"
+        return (
+            "tunnel"
+            if name.startswith(("tun", "ipip", "gre", "ip6tnl", "sit", "vxlan", "flannel", "wg", "geneve"))
+            else "bridge/virtual"
+        )
     return ""
 
 
@@ -68,12 +72,16 @@ def check_tw_recycle(bundle: Bundle) -> Iterator[Finding]:
             severity=Severity.ERROR,
             summary="net.ipv4.tcp_tw_recycle = 1",
             explanation=(
-                "With tw_recycle the kernel drops SYNs whose TCP timestamp is older than the last one seen from "
-                "the same source address. Clients behind one NAT (or SNATed by a director) share an address but "
-                "not a clock, so some of them cannot connect at all. Linux removed the option in 4.12."
+                "With tw_recycle the kernel drops SYNs whose TCP timestamp is older than the last one seen "
+                "from the same source address. Clients behind one NAT (or SNATed by a director) share an "
+                "address but not a clock, so some of them cannot connect at all. "
+                "Linux removed the option in 4.12."
             ),
             evidence=tuple(bundle.sysctl_evidence("net.ipv4.tcp_tw_recycle", "net.ipv4.tcp_timestamps")),
-            fix=(sysctl_w("net.ipv4.tcp_tw_recycle", 0), "sed -i '/tcp_tw_recycle/d' /etc/sysctl.conf /etc/sysctl.d/*.conf"),
+            fix=(
+                sysctl_w("net.ipv4.tcp_tw_recycle", 0),
+                "sed -i '/tcp_tw_recycle/d' /etc/sysctl.conf /etc/sysctl.d/*.conf",
+            ),
             subject="sysctl",
         )
     conf = bundle.sysctl_conf
@@ -85,11 +93,14 @@ def check_tw_recycle(bundle: Bundle) -> Iterator[Finding]:
             yield Finding(
                 id="tw-recycle-enabled",
                 severity=Severity.INFO,
-                summary=f"sysctl config sets net.ipv4.tcp_tw_recycle, which kernel {kernel[0]}.{kernel[1]} no longer has",
+                summary=(
+                    "sysctl config sets net.ipv4.tcp_tw_recycle, which kernel "
+                    f"{kernel[0]}.{kernel[1]} no longer has"
+                ),
                 explanation=(
-                    "The setting is obsolete (removed in Linux 4.12): it does nothing here, and 'sysctl -p' reports "
-                    "an unknown key, which can hide the other settings' errors. It was usually added from advice "
-                    "that also breaks NAT'ed clients on older kernels; remove it."
+                    "The setting is obsolete (removed in Linux 4.12): it does nothing here, and 'sysctl -p' "
+                    "reports an unknown key, which can hide the other settings' errors. It was usually added "
+                    "from advice that also breaks NAT'ed clients on older kernels; remove it."
                 ),
                 evidence=(conf.evidence("net.ipv4.tcp_tw_recycle", "sysctl-conf.txt"),),
                 fix=("sed -i '/tcp_tw_recycle/d' /etc/sysctl.conf /etc/sysctl.d/*.conf",),
@@ -99,10 +110,12 @@ def check_tw_recycle(bundle: Bundle) -> Iterator[Finding]:
             yield Finding(
                 id="tw-recycle-enabled",
                 severity=Severity.WARNING,
-                summary="sysctl config sets net.ipv4.tcp_tw_recycle = 1 (applied at the next boot or sysctl -p)",
+                summary=(
+                    "sysctl config sets net.ipv4.tcp_tw_recycle = 1 (applied at the next boot or sysctl -p)"
+                ),
                 explanation=(
-                    "Once applied, clients behind NAT whose timestamps are behind another client's are refused "
-                    "(their SYNs are dropped silently)."
+                    "Once applied, clients behind NAT whose timestamps are behind another client's are "
+                    "refused (their SYNs are dropped silently)."
                 ),
                 evidence=(conf.evidence("net.ipv4.tcp_tw_recycle", "sysctl-conf.txt"),),
                 fix=("sed -i '/tcp_tw_recycle/d' /etc/sysctl.conf /etc/sysctl.d/*.conf",),
@@ -124,12 +137,16 @@ def check_paws(bundle: Bundle) -> Iterator[Finding]:
     recycle = bundle.sysctl("net.ipv4.tcp_tw_recycle")
     ev = [counters.evidence("TcpExt", n, source) for n in names if values[n]]
     ev += nat[:2]
-    ev += bundle.sysctl_evidence("net.ipv4.tcp_timestamps", "net.ipv4.tcp_tw_recycle", "net.ipv4.tcp_tw_reuse")
+    ev += bundle.sysctl_evidence(
+        "net.ipv4.tcp_timestamps", "net.ipv4.tcp_tw_recycle", "net.ipv4.tcp_tw_reuse"
+    )
     fix = []
     if recycle:
         fix.append(sysctl_w("net.ipv4.tcp_tw_recycle", 0))
-    fix += [sysctl_w("net.ipv4.tcp_timestamps", 0) + "   # on the host doing NAT; costs PAWS and RTT samples",
-            "# or stop SNAT of many clients to one address (DR/TUN keep client addresses)"]
+    fix += [
+        sysctl_w("net.ipv4.tcp_timestamps", 0) + "   # on the host doing NAT; costs PAWS and RTT samples",
+        "# or stop SNAT of many clients to one address (DR/TUN keep client addresses)",
+    ]
     yield Finding(
         id="paws-rejects",
         severity=Severity.WARNING if nat else Severity.INFO,
@@ -168,7 +185,9 @@ def check_rp_filter(bundle: Bundle) -> Iterator[Finding]:
     counters = bundle.counters
     rpf = 0
     if counters:
-        rpf = (counters[0].get("TcpExt", "IPReversePathFilter") or 0) + (counters[0].get("IpExt", "IPReversePathFilter") or 0)
+        rpf = (counters[0].get("TcpExt", "IPReversePathFilter") or 0) + (
+            counters[0].get("IpExt", "IPReversePathFilter") or 0
+        )
     ev = bundle.sysctl_evidence("net.ipv4.conf.all.rp_filter") + bundle.sysctl_evidence(
         *[_conf_name(n, "rp_filter") for n, _, _ in strict]
     )
@@ -179,15 +198,24 @@ def check_rp_filter(bundle: Bundle) -> Iterator[Finding]:
         fix.append(sysctl_w("net.ipv4.conf.all.rp_filter", 0) + "   # 'all' is max()ed with every interface")
     fix += [sysctl_w(_conf_name(n, "rp_filter"), 0) for n, own, _ in strict if own]
     if all_value == 1:
-        others = [n for n in bundle.sysctls.interfaces() if bundle.sysctl(_conf_name(n, "rp_filter")) == 1
-                  and n not in {s[0] for s in strict}]
-        fix += [sysctl_w(_conf_name(n, "rp_filter"), 2) + "   # keep loose spoofing protection" for n in others[:8]]
+        others = [
+            n
+            for n in bundle.sysctls.interfaces()
+            if bundle.sysctl(_conf_name(n, "rp_filter")) == 1 and n not in {s[0] for s in strict}
+        ]
+        fix += [
+            sysctl_w(_conf_name(n, "rp_filter"), 2) + "   # keep loose spoofing protection"
+            for n in others[:8]
+        ]
     fix.append("# persist the same lines in /etc/sysctl.d/90-lvs.conf")
     listed = ", ".join(f"{n} ({why}, {'all=1' if own != 1 else 'own=1'})" for n, own, why in strict[:10])
     yield Finding(
         id="rp-filter-strict",
         severity=Severity.ERROR if rpf else Severity.WARNING,
-        summary=f"strict reverse-path filtering (effective rp_filter 1) on {len(strict)} tunnel/bridge interface(s): {listed}",
+        summary=(
+            f"strict reverse-path filtering (effective rp_filter 1) on {len(strict)} "
+            f"tunnel/bridge interface(s): {listed}"
+        ),
         explanation=(
             "Packets LVS sends through a tunnel or bridge come back, or arrive, on an interface that is not "
             "the route back to their source. Strict rp_filter drops them without a trace: connections "
@@ -211,12 +239,14 @@ def check_conn_reuse(bundle: Bundle) -> Iterator[Finding]:
         severity=Severity.WARNING,
         summary=f"net.ipv4.vs.conn_reuse_mode = 1 on kernel {kernel[0]}.{kernel[1]} (< 5.9)",
         explanation=(
-            "Before 5.9, when a client reuses a source port whose old IPVS entry still exists, IPVS drops the "
-            "SYN to expire the entry: the client retransmits after one second. Busy clients see 1 s (or 3 s) "
-            "latency spikes on new connections (kubernetes #81775)."
+            "Before 5.9, when a client reuses a source port whose old IPVS entry still exists, IPVS drops "
+            "the SYN to expire the entry: the client retransmits after one second. Busy clients see 1 s (or "
+            "3 s) latency spikes on new connections (kubernetes #81775)."
         ),
-        evidence=(*bundle.sysctl_evidence("net.ipv4.vs.conn_reuse_mode"),
-                  f"uname.txt: {bundle.texts.get('uname.txt', '').strip() or 'kernel.osrelease'}"),
+        evidence=(
+            *bundle.sysctl_evidence("net.ipv4.vs.conn_reuse_mode"),
+            f"uname.txt: {bundle.texts.get('uname.txt', '').strip() or 'kernel.osrelease'}",
+        ),
         fix=(sysctl_w("net.ipv4.vs.conn_reuse_mode", 0), "# or upgrade to a kernel >= 5.9"),
         subject="ipvs",
     )
@@ -236,10 +266,15 @@ def check_keepalive(bundle: Bundle) -> Iterator[Finding]:
             f"keep-alive probe ({keepalive} s) could refresh it. The next packet is rescheduled or reset: "
             "idle database and message-queue connections die after exactly that long (kubernetes #80298)."
         ),
-        evidence=(f"ipvsadm-timeout.txt: Timeout (tcp tcpfin udp): {timeouts.tcp} {timeouts.tcpfin} {timeouts.udp}",
-                  *bundle.sysctl_evidence("net.ipv4.tcp_keepalive_time")),
-        fix=(f"ipvsadm --set {keepalive + 60} {timeouts.tcpfin} {timeouts.udp}",
-             f"# or lower keep-alive below it on the clients/servers: {sysctl_w('net.ipv4.tcp_keepalive_time', max(timeouts.tcp - 60, 60))}"),
+        evidence=(
+            f"ipvsadm-timeout.txt: Timeout (tcp tcpfin udp): {timeouts.tcp} {timeouts.tcpfin} {timeouts.udp}",
+            *bundle.sysctl_evidence("net.ipv4.tcp_keepalive_time"),
+        ),
+        fix=(
+            f"ipvsadm --set {keepalive + 60} {timeouts.tcpfin} {timeouts.udp}",
+            "# or lower keep-alive below it on the clients/servers: "
+            f"{sysctl_w('net.ipv4.tcp_keepalive_time', max(timeouts.tcp - 60, 60))}",
+        ),
         subject="timeouts",
     )
 
@@ -255,13 +290,19 @@ def check_conntrack(bundle: Bundle) -> Iterator[Finding]:
         severity=Severity.ERROR if full else Severity.WARNING,
         summary=f"conntrack table {count}/{limit} ({100 * count // limit}%) full",
         explanation=(
-            "When the table is full the kernel drops the first packet of every new connection ('nf_conntrack: "
-            "table full, dropping packet'): new connections through this host fail at random while old ones work."
+            "When the table is full the kernel drops the first packet of every new connection "
+            "('nf_conntrack: table full, dropping packet'): new connections through this host fail at random "
+            "while old ones work."
         ),
-        evidence=tuple(bundle.sysctl_evidence("net.netfilter.nf_conntrack_count", "net.netfilter.nf_conntrack_max",
-                                              "net.nf_conntrack_max")),
-        fix=(sysctl_w("net.netfilter.nf_conntrack_max", limit * 2),
-             sysctl_w("net.netfilter.nf_conntrack_tcp_timeout_time_wait", 30)),
+        evidence=tuple(
+            bundle.sysctl_evidence(
+                "net.netfilter.nf_conntrack_count", "net.netfilter.nf_conntrack_max", "net.nf_conntrack_max"
+            )
+        ),
+        fix=(
+            sysctl_w("net.netfilter.nf_conntrack_max", limit * 2),
+            sysctl_w("net.netfilter.nf_conntrack_tcp_timeout_time_wait", 30),
+        ),
         subject="conntrack",
     )
 
@@ -271,21 +312,31 @@ def check_ip_forward(bundle: Bundle) -> Iterator[Finding]:
     if value != 0 or not bundle.services:
         return
     local = bundle.local_addresses
-    nat = [(svc, rs) for svc in bundle.services for rs in svc.realservers
-           if rs.forward is Forward.NAT and rs.address.version == 4 and rs.address not in local]
+    nat = [
+        (svc, rs)
+        for svc in bundle.services
+        for rs in svc.realservers
+        if rs.forward is Forward.NAT and rs.address.version == 4 and rs.address not in local
+    ]
     if not nat:
         return
     svc, rs = nat[0]
     yield Finding(
         id="ip-forward-off",
         severity=Severity.ERROR,
-        summary=f"net.ipv4.ip_forward = 0 on a NAT director ({len(nat)} Masq real server(s), e.g. {rs.address}:{rs.port})",
+        summary=(
+            f"net.ipv4.ip_forward = 0 on a NAT director ({len(nat)} Masq real server(s), "
+            f"e.g. {rs.address}:{rs.port})"
+        ),
         explanation=(
-            "In NAT mode the real servers' replies come back through the director, which must forward them to "
-            "the client. With forwarding off they are dropped: clients send SYNs and never get an answer."
+            "In NAT mode the real servers' replies come back through the director, which must forward them "
+            "to the client. With forwarding off they are dropped: clients send SYNs and never get an answer."
         ),
         evidence=(*bundle.sysctl_evidence("net.ipv4.ip_forward"), *bundle.rs_evidence(svc.key, rs)[-1:]),
-        fix=(sysctl_w("net.ipv4.ip_forward", 1), "echo 'net.ipv4.ip_forward = 1' > /etc/sysctl.d/90-lvs-forward.conf"),
+        fix=(
+            sysctl_w("net.ipv4.ip_forward", 1),
+            "echo 'net.ipv4.ip_forward = 1' > /etc/sysctl.d/90-lvs-forward.conf",
+        ),
         subject="forward",
     )
 
@@ -299,11 +350,15 @@ def check_expire_nodest(bundle: Bundle) -> Iterator[Finding]:
         severity=Severity.WARNING,
         summary="net.ipv4.vs.expire_nodest_conn = 0 on a host with IPVS services",
         explanation=(
-            "When a real server is deleted, its existing connections stay in the IPVS table and their packets "
-            "are dropped until the entry times out (15 min for TCP): clients hang instead of getting a reset "
-            "and reconnecting. UDP flows to a removed pod (DNS!) stay black-holed while the client keeps its port."
+            "When a real server is deleted, its existing connections stay in the IPVS table and their "
+            "packets are dropped until the entry times out (15 min for TCP): clients hang instead of getting "
+            "a reset and reconnecting. UDP flows to a removed pod (DNS!) stay black-holed while the client "
+            "keeps its port."
         ),
         evidence=tuple(bundle.sysctl_evidence("net.ipv4.vs.expire_nodest_conn")),
-        fix=(sysctl_w("net.ipv4.vs.expire_nodest_conn", 1), sysctl_w("net.ipv4.vs.expire_quiescent_template", 1)),
+        fix=(
+            sysctl_w("net.ipv4.vs.expire_nodest_conn", 1),
+            sysctl_w("net.ipv4.vs.expire_quiescent_template", 1),
+        ),
         subject="ipvs",
     )

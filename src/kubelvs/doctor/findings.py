@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Finding", "Severity", "FINDING_IDS"]
+__all__ = ["FINDING_IDS", "Finding", "Severity"]
 
 
 class Severity(enum.IntEnum):

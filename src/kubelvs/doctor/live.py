@@ -20,7 +20,7 @@ from collections.abc import Callable
 from ..kernel.netns import entered
 from .bundle import Bundle
 
-__all__ = ["live_texts", "live_bundle", "collect", "COMMANDS"]
+__all__ = ["COMMANDS", "collect", "live_bundle", "live_texts"]
 
 #: bundle file -> command (run inside the namespace)
 COMMANDS: dict[str, list[str]] = {
@@ -36,7 +36,15 @@ COMMANDS: dict[str, list[str]] = {
     "ip-rule.txt": ["ip", "rule"],
     "uname.txt": ["uname", "-r"],
     "nft.json": ["nft", "-j", "list", "ruleset"],
-    "kubectl.json": ["kubectl", "get", "svc,endpoints,endpointslices,nodes", "-A", "-o", "json", "--request-timeout=10s"],
+    "kubectl.json": [
+        "kubectl",
+        "get",
+        "svc,endpoints,endpointslices,nodes",
+        "-A",
+        "-o",
+        "json",
+        "--request-timeout=10s",
+    ],
 }
 _PROC = {
     "proc-net-ip_vs.txt": "ip_vs",
@@ -44,11 +52,29 @@ _PROC = {
     "proc-net-netstat.txt": "netstat",
     "proc-net-snmp.txt": "snmp",
 }
-_ARPHRD = {1: "ether", 772: "loopback", 768: "ipip", 769: "tunnel6", 776: "sit", 778: "gre", 823: "ip6gre",
-           65534: "none", 65535: "void", 280: "can"}
+_ARPHRD = {
+    1: "ether",
+    772: "loopback",
+    768: "ipip",
+    769: "tunnel6",
+    776: "sit",
+    778: "gre",
+    823: "ip6gre",
+    65534: "none",
+    65535: "void",
+    280: "can",
+}
 _SCOPE = {0: "global", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
-_IFF = [(0x1, "UP"), (0x2, "BROADCAST"), (0x8, "LOOPBACK"), (0x10, "POINTOPOINT"), (0x80, "NOARP"),
-        (0x100, "PROMISC"), (0x1000, "MULTICAST"), (0x10000, "LOWER_UP")]
+_IFF = [
+    (0x1, "UP"),
+    (0x2, "BROADCAST"),
+    (0x8, "LOOPBACK"),
+    (0x10, "POINTOPOINT"),
+    (0x80, "NOARP"),
+    (0x100, "PROMISC"),
+    (0x1000, "MULTICAST"),
+    (0x10000, "LOWER_UP"),
+]
 
 
 def _read(path: str) -> str | None:
@@ -74,14 +100,14 @@ def _sysctl_walk() -> str:
             if value is None:
                 continue  # write-only (route/flush) or not permitted
             # as sysctl(8): path parts joined by dots, dots inside a part (eth0.100) become slashes
-            key = ".".join(p.replace(".", "/") for p in path[len(base):].split("/"))
+            key = ".".join(p.replace(".", "/") for p in path[len(base) :].split("/"))
             lines.append(f"{key} = {' '.join(value.split())}")
     return "\n".join(lines) + "\n"
 
 
 def _interfaces_json() -> str | None:
     try:
-        from pyroute2 import IPRoute  # type: ignore[import-untyped]
+        from pyroute2 import IPRoute
 
         from ..formats.iproute import Address, Interface, format_ip_addr_json
     except ImportError:
@@ -110,8 +136,11 @@ def _interfaces_json() -> str | None:
         if iface is None or not local:
             continue
         iface.addresses.append(
-            Address(ipaddress.ip_interface(f"{local}/{a['prefixlen']}"), _SCOPE.get(a["scope"], str(a["scope"])),
-                    a.get("IFA_LABEL") or "")
+            Address(
+                ipaddress.ip_interface(f"{local}/{a['prefixlen']}"),
+                _SCOPE.get(a["scope"], str(a["scope"])),
+                a.get("IFA_LABEL") or "",
+            )
         )
     return format_ip_addr_json(list(by_index.values()))
 
@@ -130,7 +159,7 @@ def _ipvs_timeouts() -> str | None:
             return format_timeout(wire.parse_config_reply(config))
         finally:
             sock.close()
-    except Exception:  # noqa: BLE001 - a missing source is not fatal
+    except Exception:
         return None
 
 
@@ -147,8 +176,11 @@ def _run(argv: list[str], timeout: float = 30) -> tuple[str | None, str]:
 
 
 def _kube_reachable() -> bool:
-    return bool(os.environ.get("KUBECONFIG") or os.path.exists(os.path.expanduser("~/.kube/config"))
-                or os.environ.get("KUBERNETES_SERVICE_HOST"))
+    return bool(
+        os.environ.get("KUBECONFIG")
+        or os.path.exists(os.path.expanduser("~/.kube/config"))
+        or os.environ.get("KUBERNETES_SERVICE_HOST")
+    )
 
 
 def live_texts(netns: str | None = None, *, kubectl: bool | None = None) -> dict[str, str]:
@@ -181,8 +213,14 @@ def live_bundle(netns: str | None = None, *, kubectl: bool | None = None) -> Bun
     return Bundle(live_texts(netns, kubectl=kubectl), origin=f"live{':' + netns if netns else ''}")
 
 
-def collect(directory: str, *, netns: str | None = None, role: str | None = None, kubectl: bool | None = None,
-            log: Callable[[str], None] = lambda _: None) -> list[str]:
+def collect(
+    directory: str,
+    *,
+    netns: str | None = None,
+    role: str | None = None,
+    kubectl: bool | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> list[str]:
     """Write a bundle to ``directory``; returns the file names written."""
     os.makedirs(directory, exist_ok=True)
     written: list[str] = []

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from .tokens import MAX_PROBLEMS, decimal, hexadecimal, ip_address, lines, quote
 
-__all__ = ["ConnTable", "parse_conn_list", "parse_proc_conn", "format_conn_list", "format_proc_conn", "Row"]
+__all__ = ["ConnTable", "Row", "format_conn_list", "format_proc_conn", "parse_conn_list", "parse_proc_conn"]
 
 Row = tuple[str, int, str, str, str, str]  # proto, expire s, state, client, virtual, destination
 
@@ -131,8 +131,16 @@ def parse_proc_conn(text: str, *, source: str = "/proc/net/ip_vs_conn") -> ConnT
             _bad(table, source, lineno, line, "expires is not a number of seconds")
             continue
         try:
-            rows.append((parts[0], expires, parts[7], hostport(parts[1], parts[2]),
-                         hostport(parts[3], parts[4]), hostport(parts[5], parts[6])))
+            rows.append(
+                (
+                    parts[0],
+                    expires,
+                    parts[7],
+                    hostport(parts[1], parts[2]),
+                    hostport(parts[3], parts[4]),
+                    hostport(parts[5], parts[6]),
+                )
+            )
             linenos.append(lineno)
         except ValueError as exc:
             _bad(table, source, lineno, line, str(exc))
@@ -150,9 +158,14 @@ def _proc_address(text: str) -> str:
 
 
 def format_conn_list(table: ConnTable) -> str:
-    out = ["IPVS connection entries", "pro expire state       source             virtual            destination"]
+    out = [
+        "IPVS connection entries",
+        "pro expire state       source             virtual            destination",
+    ]
     for proto, expire, state, client, virtual, dest in table.rows:
-        out.append(f"{proto} {expire // 60:02d}:{expire % 60:02d}  {state:<11} {client:<18} {virtual:<18} {dest}")
+        out.append(
+            f"{proto} {expire // 60:02d}:{expire % 60:02d}  {state:<11} {client:<18} {virtual:<18} {dest}"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -167,5 +180,7 @@ def _proc_fmt(hostport: str) -> str:
 def format_proc_conn(table: ConnTable) -> str:
     out = ["Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData"]
     for proto, expire, state, client, virtual, dest in table.rows:
-        out.append(f"{proto} {_proc_fmt(client)} {_proc_fmt(virtual)} {_proc_fmt(dest)} {state:<11} {expire:>7}")
+        out.append(
+            f"{proto} {_proc_fmt(client)} {_proc_fmt(virtual)} {_proc_fmt(dest)} {state:<11} {expire:>7}"
+        )
     return "\n".join(out) + "\n"

@@ -32,17 +32,26 @@ import re
 import socket
 from dataclasses import dataclass, field
 
-from ..model import Forward, Protocol, RealServer, RealServerKey, RealServerStats, ServiceKey, Timeouts, VirtualService
+from ..model import (
+    Forward,
+    Protocol,
+    RealServer,
+    RealServerKey,
+    RealServerStats,
+    ServiceKey,
+    Timeouts,
+    VirtualService,
+)
 from .tokens import MAX_PROBLEMS, decimal, hexadecimal, ip_address, lines, quote
 
 __all__ = [
     "Listing",
-    "parse_listing",
-    "parse_proc_ip_vs",
     "format_listing",
     "format_proc_ip_vs",
-    "parse_timeout",
     "format_timeout",
+    "parse_listing",
+    "parse_proc_ip_vs",
+    "parse_timeout",
     "port_number",
 ]
 
@@ -53,13 +62,48 @@ _PROTO = {"TCP": Protocol.TCP, "UDP": Protocol.UDP, "SCTP": Protocol.SCTP}
 # Names ipvsadm prints without -n for the ports Kubernetes users meet most; /etc/services
 # (socket.getservbyname) covers the rest when present.
 _SERVICES = {
-    "http": 80, "https": 443, "www": 80, "www-http": 80, "domain": 53, "ssh": 22, "smtp": 25, "ftp": 21,
-    "mysql": 3306, "postgresql": 5432, "redis": 6379, "http-alt": 8080, "webcache": 8080, "webmin": 10000,
-    "ldap": 389, "ldaps": 636, "imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995, "ntp": 123,
-    "snmp": 161, "syslog": 514, "kerberos": 88, "memcache": 11211, "mongodb": 27017, "amqp": 5672,
-    "sip": 5060, "rtsp": 554, "telnet": 23, "submission": 587, "domain-s": 853, "tproxy": 8081,
-    "irc": 194, "nfs": 2049, "bgp": 179, "etcd-client": 2379, "etcd-server": 2380, "zookeeper": 2181,
-    "xmpp-client": 5222, "kubernetes": 6443, "sun-answerbook": 8888,
+    "http": 80,
+    "https": 443,
+    "www": 80,
+    "www-http": 80,
+    "domain": 53,
+    "ssh": 22,
+    "smtp": 25,
+    "ftp": 21,
+    "mysql": 3306,
+    "postgresql": 5432,
+    "redis": 6379,
+    "http-alt": 8080,
+    "webcache": 8080,
+    "webmin": 10000,
+    "ldap": 389,
+    "ldaps": 636,
+    "imap": 143,
+    "imaps": 993,
+    "pop3": 110,
+    "pop3s": 995,
+    "ntp": 123,
+    "snmp": 161,
+    "syslog": 514,
+    "kerberos": 88,
+    "memcache": 11211,
+    "mongodb": 27017,
+    "amqp": 5672,
+    "sip": 5060,
+    "rtsp": 554,
+    "telnet": 23,
+    "submission": 587,
+    "domain-s": 853,
+    "tproxy": 8081,
+    "irc": 194,
+    "nfs": 2049,
+    "bgp": 179,
+    "etcd-client": 2379,
+    "etcd-server": 2380,
+    "zookeeper": 2181,
+    "xmpp-client": 5222,
+    "kubernetes": 6443,
+    "sun-answerbook": 8888,
 }
 
 
@@ -72,7 +116,7 @@ _MAX_FWMARK = 2**32 - 1
 def port_number(text: str) -> int | None:
     """``80`` -> 80, ``http`` -> 80, ``0050`` (hex, /proc) handled by the caller; None if unknown."""
     value = decimal(text, high=65535)
-    if value is not None or text.isascii() and text.isdigit():
+    if value is not None or (text.isascii() and text.isdigit()):
         return value
     if text in _SERVICES:
         return _SERVICES[text]
@@ -173,7 +217,7 @@ def parse_listing(text: str, *, source: str = "ipvsadm -Ln", hexa: bool = False)
         words = stripped.split()
         head = words[0]
         if head == "IP" and stripped.startswith("IP Virtual Server version"):
-            out.version = stripped[len("IP Virtual Server version"):].strip()
+            out.version = stripped[len("IP Virtual Server version") :].strip()
             continue
         if head == "Prot":
             if "Conns" in words:
@@ -285,7 +329,9 @@ def _parse_service(words: list[str], kind: str, hexa: bool) -> tuple[VirtualServ
         else:
             flags.update(f for f in word.split(",") if f)
         i += 1
-    return VirtualService(key=key, scheduler=scheduler, persistence=persistence, netmask=netmask, flags=frozenset(flags)), None
+    return VirtualService(
+        key=key, scheduler=scheduler, persistence=persistence, netmask=netmask, flags=frozenset(flags)
+    ), None
 
 
 def _parse_dest(words: list[str], kind: str, hexa: bool) -> tuple[RealServer, RealServerStats | None]:
@@ -346,7 +392,9 @@ def format_listing(listing: Listing, *, hexa: bool = False) -> str:
             head += f" persistent {svc.persistence}"
             if svc.netmask is not None:
                 head += " mask " + (
-                    str(ipaddress.IPv4Network(f"0.0.0.0/{svc.netmask}").netmask) if svc.key.family == 4 else str(svc.netmask)
+                    str(ipaddress.IPv4Network(f"0.0.0.0/{svc.netmask}").netmask)
+                    if svc.key.family == 4
+                    else str(svc.netmask)
                 )
         if "ops" in svc.flags:
             head += " ops"

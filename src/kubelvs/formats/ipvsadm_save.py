@@ -19,6 +19,9 @@ netmasks, schedulers and their flags), a real server of a service not declared b
 a service or real server declared twice, ipvsadm features the model does not hold
 (``--pe``, GUE/GRE tunnels), binary data and over-long lines. Short options take their
 value attached (``-w3``) and long ones after ``=`` (``--weight=3``), as popt allows.
+
+One cohesive thing (over 500 lines): the reader and the writer of one format, kept
+together so that they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -523,7 +526,10 @@ def format_save(services: Iterable[VirtualService]) -> str:
         lines.append(head)
         for rs in svc.realservers:
             host = f"[{rs.address}]" if rs.address.version == 6 else str(rs.address)
-            line = f"-a {_service_switch(svc.key)} -r {host}:{rs.port} {_SWITCH_OF_FWD[rs.forward]} -w {rs.weight}"
+            line = (
+                f"-a {_service_switch(svc.key)} -r {host}:{rs.port} {_SWITCH_OF_FWD[rs.forward]} "
+                f"-w {rs.weight}"
+            )
             if rs.forward is Forward.TUN:
                 line += " --tun-type ipip"
             # ipvsadm -S never prints thresholds (they are lost in its save files);

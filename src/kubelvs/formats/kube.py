@@ -236,7 +236,7 @@ def _service(obj: _Item, state: KubeState, by_service: dict[tuple[str, str], lis
             obj.bad(f"{path}.protocol", f"{quote(protocol, 40)} is not one of {', '.join(_PROTOCOLS)}")
             continue
         target = p.get("targetPort", port)
-        if not (isinstance(target, str) or isinstance(target, int) and not isinstance(target, bool)):
+        if not (isinstance(target, str) or (isinstance(target, int) and not isinstance(target, bool))):
             obj.bad(f"{path}.targetPort", f"{quote(str(target), 40)} is neither a port number nor a name")
             target = None
         sp = ServicePort(

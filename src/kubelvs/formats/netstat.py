@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .tokens import MAX_PROBLEMS, lines, quote, signed_decimal
 
-__all__ = ["Counters", "parse_netstat_s", "parse_proc_netstat", "format_proc_netstat", "format_netstat_s"]
+__all__ = ["Counters", "format_netstat_s", "format_proc_netstat", "parse_netstat_s", "parse_proc_netstat"]
 
 # netstat -s sentence (without the number) -> kernel counter name, per section.
 _SENTENCES = {
@@ -83,11 +83,10 @@ def parse_netstat_s(text: str, *, source: str = "netstat -s") -> Counters:
         line = raw.rstrip()
         if not line.strip():
             continue
-        if not line[0].isspace():
-            # "TcpExt:" starts a section; "grep timestamp" output has no section lines.
-            if line.endswith(":") and " " not in line:
-                section = line[:-1]
-                continue
+        # "TcpExt:" starts a section; "grep timestamp" output has no section lines.
+        if not line[0].isspace() and line.endswith(":") and " " not in line:
+            section = line[:-1]
+            continue
         stripped = line.strip()
         m = _NUMBER_FIRST.match(stripped)
         if m:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from .tokens import MAX_PROBLEMS, lines, quote, signed_decimal
 
-__all__ = ["Sysctls", "parse_sysctl", "format_sysctl", "conf_key"]
+__all__ = ["Sysctls", "conf_key", "format_sysctl", "parse_sysctl"]
 
 
 @dataclass

@@ -12,6 +12,9 @@ Every failure is a ``KernelError`` saying what was asked, where, and the kernel'
 reason; ``LinkKindUnsupported`` when the kernel lacks a link type (no ``dummy`` or
 ``ipip`` module). How the sockets are opened, and why from a worker thread when an
 asyncio loop runs in the caller's, is ``kernel.rtnl``.
+
+One cohesive thing (over 500 lines): one thin function per rtnetlink request, all with
+the same error and namespace handling.
 """
 
 from __future__ import annotations
@@ -61,14 +64,40 @@ _IFF_UP = 0x1
 _NTF_USE = 0x01  # NTF_USE: "resolve it as if a packet were waiting"
 # Link types (ARPHRD_*) by the name ip(8) prints after "link/".
 _LINK_TYPES = {
-    1: "ether", 768: "ipip", 769: "tunnel6", 772: "loopback", 776: "sit", 778: "gre", 823: "ip6gre",
+    1: "ether",
+    768: "ipip",
+    769: "tunnel6",
+    772: "loopback",
+    776: "sit",
+    778: "gre",
+    823: "ip6gre",
     65534: "none",
 }
 _SCOPES = {0: "global", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
-_ROUTE_TYPES = {0: "unspec", 1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast",
-                6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw", 10: "nat", 11: "xresolve"}
-_NUD = {0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY", 0x10: "PROBE", 0x20: "FAILED",
-        0x40: "NOARP", 0x80: "PERMANENT"}
+_ROUTE_TYPES = {
+    0: "unspec",
+    1: "unicast",
+    2: "local",
+    3: "broadcast",
+    4: "anycast",
+    5: "multicast",
+    6: "blackhole",
+    7: "unreachable",
+    8: "prohibit",
+    9: "throw",
+    10: "nat",
+    11: "xresolve",
+}
+_NUD = {
+    0x01: "INCOMPLETE",
+    0x02: "REACHABLE",
+    0x04: "STALE",
+    0x08: "DELAY",
+    0x10: "PROBE",
+    0x20: "FAILED",
+    0x40: "NOARP",
+    0x80: "PERMANENT",
+}
 USABLE_STATES = frozenset({"REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT", "NOARP"})
 """Neighbour states whose link-layer address the kernel itself would send to."""
 
@@ -331,8 +360,15 @@ def addresses(netns: str | None, device: str | None = None) -> list[Address]:
             if local is None or int(m["family"]) not in (socket.AF_INET, socket.AF_INET6):
                 continue
             scope = int(m["scope"])
-            out.append(Address(names.get(index, ""), index, str(local), int(m["prefixlen"]),
-                               _SCOPES.get(scope, str(scope))))
+            out.append(
+                Address(
+                    names.get(index, ""),
+                    index,
+                    str(local),
+                    int(m["prefixlen"]),
+                    _SCOPES.get(scope, str(scope)),
+                )
+            )
         return out
 
     return rtnl.call(netns, "list addresses" + (f" of {device}" if device else ""), read)
@@ -442,13 +478,15 @@ def neighbours(
             if wanted is not None and str(dst) != wanted:
                 continue
             state, mac = int(m["state"]), m.get_attr("NDA_LLADDR")
-            out.append(NeighbourEntry(
-                address=str(dst),
-                device=names.get(index, ""),
-                index=index,
-                mac=str(mac).lower() if mac else None,
-                states=frozenset(name for bit, name in _NUD.items() if state & bit),
-            ))
+            out.append(
+                NeighbourEntry(
+                    address=str(dst),
+                    device=names.get(index, ""),
+                    index=index,
+                    mac=str(mac).lower() if mac else None,
+                    states=frozenset(name for bit, name in _NUD.items() if state & bit),
+                )
+            )
         return out
 
     return rtnl.call(netns, "list neighbours", run)

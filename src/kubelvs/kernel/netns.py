@@ -12,7 +12,7 @@ import ctypes
 import os
 from collections.abc import Iterator
 
-__all__ = ["NETNS_DIR", "entered", "entered_fd", "path_of"]
+__all__ = ["NETNS_DIR", "current_name", "entered", "entered_fd", "path_of"]
 
 NETNS_DIR = "/run/netns"
 _CLONE_NEWNET = 0x40000000
@@ -59,3 +59,20 @@ def entered(name: str | None) -> Iterator[None]:
             yield
     finally:
         os.close(target)
+
+
+def current_name() -> str | None:
+    """The name of the namespace this process runs in, when it is a named one (a program
+    started with ``ip netns exec NAME``); None in the host's or an unnamed namespace."""
+    try:
+        own = os.stat("/proc/self/ns/net").st_ino
+        names = os.listdir(NETNS_DIR)
+    except OSError:
+        return None
+    for name in sorted(names):
+        try:
+            if os.stat(path_of(name)).st_ino == own:
+                return name
+        except OSError:
+            continue
+    return None

@@ -1,8 +1,8 @@
-"""``kubelvs demo``: the seed's LVS-DR external IP end to end, with one command.
+"""``kubelvs demo``: an LVS-DR external IP end to end, with one command.
 
 Lab up (director running ``kubelvs director``, workers running ``kubelvs node``), N
 requests from the client to the VIP, a table of which pod and node answered (the
-seed's three ``curl`` outputs), the director's counters as the proof that replies
+``curl http://VIP`` output, one row per request), the director's counters as the proof that replies
 bypassed it, lab down - also when something fails half-way.
 """
 
@@ -18,7 +18,9 @@ from .traffic import DirectorCounters, Result, requests, tally
 
 __all__ = ["DemoResult", "render", "run_demo"]
 
-DEMO_PREFIX = "kubelvs-demolab"  # not "kubelvs-demo": scripts/demo-ipvs names its namespace kubelvs-demo-<pid>
+DEMO_PREFIX = (
+    "kubelvs-demolab"  # not "kubelvs-demo": scripts/demo-ipvs names its namespace kubelvs-demo-<pid>
+)
 
 
 @dataclass
@@ -42,7 +44,9 @@ class DemoResult:
     def ok(self) -> bool:
         """Every request answered, every node's pods answered, and replies took the
         path of the forwarding method (bypass the director in DR/TUN, cross it in NAT)."""
-        spread = _answered_all(self.by_node, self.nodes, self.requests) and _answered_all(self.by_pod, self.pods, self.requests)
+        spread = _answered_all(self.by_node, self.nodes, self.requests) and _answered_all(
+            self.by_pod, self.pods, self.requests
+        )
         path_ok = self.replies_via_director > 0 if self.topology == "nat" else self.replies_via_director == 0
         return self.succeeded == self.requests and spread and path_ok and self.requests_via_director > 0
 
@@ -79,7 +83,10 @@ def measure(running: RunningLab, count: int) -> DemoResult:
         if spec.topology == "nat"
         else [(n.ip, spec.port) for n in info.nodes]
     )
-    counters = [DirectorCounters(ns, vip=spec.vip, port=spec.port, reply_sources=sources) for ns in info.directors.values()]
+    counters = [
+        DirectorCounters(ns, vip=spec.vip, port=spec.port, reply_sources=sources)
+        for ns in info.directors.values()
+    ]
     results = requests(info.client, spec.vip, spec.port, count)
     by_pod, by_node = tally(results, info.pod_node())
     reqs = reps = 0
@@ -118,7 +125,10 @@ def run_demo(spec: LabSpec, count: int, *, log: Any = None) -> DemoResult:
     say(f"lab up: {spec.topology}, {spec.nodes} nodes x {spec.pods} pods, backend {spec.backend} ...")
     running = build(spec)
     try:
-        say(f"director running `kubelvs director --backend {spec.backend}` ({running.info.backend}); node agents ready")
+        say(
+            f"director running `kubelvs director --backend {spec.backend}` ({running.info.backend}); "
+            "node agents ready"
+        )
         return measure(running, count)
     finally:
         running.teardown()
@@ -128,7 +138,8 @@ def run_demo(spec: LabSpec, count: int, *, log: Any = None) -> DemoResult:
 
 def render(result: DemoResult) -> str:
     lines = [
-        f"$ curl http://{result.vip}" + (f":{result.port}" if result.port != 80 else "")
+        f"$ curl http://{result.vip}"
+        + (f":{result.port}" if result.port != 80 else "")
         + f"   x{result.requests}, from the client {result.client}",
         f"  {'#':>3}  {'Hostname (pod)':<18} {'node':<7} RemoteAddr (as the pod saw it)",
     ]
@@ -151,7 +162,10 @@ def render(result: DemoResult) -> str:
     if result.topology == "nat":
         verdict = "NAT: replies return through the director (they must: it undoes the DNAT)"
     elif result.replies_via_director == 0:
-        verdict = f"{result.topology.upper()}: every reply bypassed the director (nodes answered the client directly from the VIP)"
+        verdict = (
+            f"{result.topology.upper()}: every reply bypassed the director "
+            "(nodes answered the client directly from the VIP)"
+        )
     else:
         verdict = f"NOT {result.topology.upper()}: replies crossed the director"
     lines.append(verdict)

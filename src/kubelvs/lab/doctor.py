@@ -26,7 +26,9 @@ def _hosts(info: LabInfo) -> list[tuple[str, str, str]]:
     ]
 
 
-def lab_bundles(info: LabInfo, *, hosts: Sequence[str] | None = None, kubectl: str | None = None) -> dict[str, Bundle]:
+def lab_bundles(
+    info: LabInfo, *, hosts: Sequence[str] | None = None, kubectl: str | None = None
+) -> dict[str, Bundle]:
     """Live bundles of the lab's directors and workers (``hosts``: only these, e.g. ``["dir1"]``)."""
     if kubectl is None:
         path = Path(info.state_dir) / KUBECTL_FILE
@@ -43,14 +45,19 @@ def lab_bundles(info: LabInfo, *, hosts: Sequence[str] | None = None, kubectl: s
     return bundles
 
 
-def diagnose(info: LabInfo, *, hosts: Sequence[str] | None = None, kubectl: str | None = None) -> dict[str, list[Finding]]:
+def diagnose(
+    info: LabInfo, *, hosts: Sequence[str] | None = None, kubectl: str | None = None
+) -> dict[str, list[Finding]]:
     """The doctor's findings per host, each list ordered as the doctor reports them (worst first)."""
     return analyse_site(lab_bundles(info, hosts=hosts, kubectl=kubectl))
 
 
 def digest(site: Mapping[str, Sequence[Finding]]) -> dict[str, list[dict[str, Any]]]:
     """Per host, the findings' id, severity and summary in report order (for a scenario's JSON)."""
-    return {host: [{"id": f.id, "severity": str(f.severity), "summary": f.summary} for f in fs] for host, fs in site.items()}
+    return {
+        host: [{"id": f.id, "severity": str(f.severity), "summary": f.summary} for f in fs]
+        for host, fs in site.items()
+    }
 
 
 def first_line(findings: Sequence[Mapping[str, Any]]) -> str:

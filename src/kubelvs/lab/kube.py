@@ -1,7 +1,7 @@
 """The Kubernetes objects a lab stands for, in ``kubectl get ... -o json`` form.
 
 There is no cluster in the lab, but its director serves a Service all the same (the
-seed's ``whoami`` with external IP 10.240.0.201, or the stale-realserver scenario's
+``whoami`` with external IP 10.240.0.201, or the stale-realserver scenario's
 edited ``skuapi-rds-prod``). Writing that Service, its EndpointSlice and the worker
 Nodes the way ``kubectl get svc,endpoints,endpointslices,nodes -A -o json`` prints
 them gives ``kubelvs doctor`` the desired state it compares the data plane with
@@ -54,21 +54,38 @@ def kubectl_json(
     slice_ = {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
-        "metadata": {"name": f"{name}-lab", "namespace": namespace, "labels": {"kubernetes.io/service-name": name}},
+        "metadata": {
+            "name": f"{name}-lab",
+            "namespace": namespace,
+            "labels": {"kubernetes.io/service-name": name},
+        },
         "addressType": "IPv4",
         "ports": [{"name": "web", "protocol": "TCP", "port": target_port}],
         "endpoints": [
-            {"addresses": [e.ip], "conditions": {"ready": True}, "nodeName": e.node,
-             "targetRef": {"kind": "Pod", "name": e.pod, "namespace": namespace}}
+            {
+                "addresses": [e.ip],
+                "conditions": {"ready": True},
+                "nodeName": e.node,
+                "targetRef": {"kind": "Pod", "name": e.pod, "namespace": namespace},
+            }
             for e in endpoints
         ],
     }
     node_items = [
-        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": n},
-         "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": n}]}}
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": n},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": n}]
+            },
+        }
         for n, ip in nodes
     ]
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": [service, slice_, *node_items]}, indent=1) + "\n"
+    return (
+        json.dumps({"apiVersion": "v1", "kind": "List", "items": [service, slice_, *node_items]}, indent=1)
+        + "\n"
+    )
 
 
 def lab_kubectl_json(spec: LabSpec, nodes: Sequence[NodeInfo]) -> str:

@@ -215,20 +215,16 @@ class Lab:
     def teardown(self) -> None:
         """Remove everything the lab made. Safe to call twice and after partial setup."""
         for proc in list(self.processes):
-            try:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
                 self.stop(proc, timeout=2)
-            except (OSError, subprocess.SubprocessError):
-                pass
         for name in reversed(self.namespaces):
             listed = subprocess.run(
                 ["ip", "netns", "pids", name], capture_output=True, text=True, check=False
             )
             pids = listed.stdout.split()
             for pid in pids:  # children of ours that outlived their parent; only inside our namespace
-                try:
+                with contextlib.suppress(OSError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
-                except (OSError, ValueError):
-                    pass
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
         self.namespaces.clear()
         self.hosts.clear()

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-__all__ = ["Answer", "http_get", "udp_ask", "HttpConnection", "main"]
+__all__ = ["Answer", "HttpConnection", "http_get", "main", "udp_ask"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,11 @@ def serve_http(name: str, port: int, bind: str = "0.0.0.0") -> None:
                 self._plain(200, b"ok\n")
                 return
             body = json.dumps(
-                {"server": name, "client": _hostport(self.client_address), "local": _hostport(self.connection.getsockname())}
+                {
+                    "server": name,
+                    "client": _hostport(self.client_address),
+                    "local": _hostport(self.connection.getsockname()),
+                }
             ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -117,7 +121,14 @@ def serve_udp(name: str, port: int, bind: str = "0.0.0.0") -> None:
                     local = f"{socket.inet_ntoa(dst)}:{port}"
                     # Reply with source = the destination we were reached on.
                     cmsgs.append((socket.IPPROTO_IP, ip_pktinfo, struct.pack("=I4s4s", 0, dst, b"\0" * 4)))
-            reply = json.dumps({"server": name, "client": _hostport(peer), "local": local, "echo": data.decode(errors="replace")})
+            reply = json.dumps(
+                {
+                    "server": name,
+                    "client": _hostport(peer),
+                    "local": local,
+                    "echo": data.decode(errors="replace"),
+                }
+            )
             sock.sendmsg([reply.encode()], cmsgs, 0, peer)
 
 
@@ -126,7 +137,9 @@ def serve_udp(name: str, port: int, bind: str = "0.0.0.0") -> None:
 
 def http_get(host: str, port: int, *, source: str = "", timeout: float = 3.0) -> Answer:
     """One GET on a new connection."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout, source_address=(source, 0) if source else None)
+    conn = http.client.HTTPConnection(
+        host, port, timeout=timeout, source_address=(source, 0) if source else None
+    )
     try:
         conn.request("GET", "/", headers={"Connection": "close"})
         data = json.loads(conn.getresponse().read())
@@ -150,7 +163,9 @@ class HttpConnection:
         self._conn.close()
 
 
-def udp_ask(host: str, port: int, *, source: str = "", timeout: float = 2.0, payload: bytes = b"ping") -> Answer:
+def udp_ask(
+    host: str, port: int, *, source: str = "", timeout: float = 2.0, payload: bytes = b"ping"
+) -> Answer:
     """One datagram from a new socket (a new source port: a new flow)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
@@ -180,7 +195,9 @@ def probe(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kubelvs.lab.servers", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m kubelvs.lab.servers", description=__doc__.splitlines()[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for kind in ("http", "udp"):
         p = sub.add_parser(kind, help=f"run a {kind} server that answers with its name")
@@ -201,7 +218,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         host, _, port = args.target.rpartition(":")
         sources = args.source.split(",") if args.source else [""]
         for answer in probe(host, int(port), count=args.count, udp=args.udp, sources=sources):
-            print(json.dumps({"server": answer.server, "client": answer.client, "local": answer.local, "source": answer.source}))
+            print(
+                json.dumps(
+                    {
+                        "server": answer.server,
+                        "client": answer.client,
+                        "local": answer.local,
+                        "source": answer.source,
+                    }
+                )
+            )
     return 0
 
 

@@ -51,7 +51,7 @@ LAB_TIMEOUTS = (7260, 30, 300)
 
 @dataclass(frozen=True, slots=True)
 class LabSpec:
-    """What to build. Defaults: the seed's whoami Service with external IP 10.240.0.201."""
+    """What to build. Defaults: the whoami Service with external IP 10.240.0.201."""
 
     prefix: str = DEFAULT_PREFIX
     topology: Topology = "dr"
@@ -66,11 +66,14 @@ class LabSpec:
     backend: str = "auto"
     director: bool = True  # start ``kubelvs director``
     agents: bool = True  # start ``kubelvs node`` on every worker (dr, tun)
+    health: str = ""  # the director config's ``health_defaults:`` (a YAML flow mapping); "": no checks
 
     def check(self) -> None:
         """Raise LabError naming the field when the spec cannot be built."""
         if not self.prefix.startswith(NETNS_PREFIX) or "/" in self.prefix or len(self.prefix) > 40:
-            raise LabError(f"prefix: {self.prefix!r} must start with {NETNS_PREFIX!r} and be at most 40 characters")
+            raise LabError(
+                f"prefix: {self.prefix!r} must start with {NETNS_PREFIX!r} and be at most 40 characters"
+            )
         if self.topology not in ("dr", "nat", "tun"):
             raise LabError(f"topology: {self.topology!r} is not dr, nat or tun")
         if not 1 <= self.nodes <= 50:
@@ -80,13 +83,19 @@ class LabSpec:
         if not 1 <= self.directors <= 8:
             raise LabError(f"directors: {self.directors} is not within 1..8")
         if self.directors > 1 and not self.with_router:
-            raise LabError("directors: more than one director needs the router (it spreads the VIP over them by ECMP)")
+            raise LabError(
+                "directors: more than one director needs the router (it spreads the VIP over them by ECMP)"
+            )
         if self.directors > 1 and self.topology == "nat":
-            raise LabError("directors: nat needs the replies back through the one director that saw the request; use 1")
+            raise LabError(
+                "directors: nat needs the replies back through the one director that saw the request; use 1"
+            )
         vip = ipaddress.ip_address(self.vip)
         if vip not in SEGMENT or vip == SEGMENT.network_address or vip == SEGMENT.broadcast_address:
             raise LabError(f"vip: {self.vip} must be an address inside the segment {SEGMENT}")
-        taken = {2 + d for d in range(self.directors)} | {100 + n for n in range(1, self.nodes + 1)} | {10, 254}
+        taken = (
+            {2 + d for d in range(self.directors)} | {100 + n for n in range(1, self.nodes + 1)} | {10, 254}
+        )
         if int(vip) - int(SEGMENT.network_address) in taken:
             raise LabError(f"vip: {self.vip} is a lab host's address")
         for name in ("port", "target_port"):
@@ -136,7 +145,8 @@ class LabInfo:
     backend: str = ""  # what ``auto`` became
 
     def netns_of(self, role: str) -> str:
-        """``client``, ``router``, ``dir1``, ``node1``, ``whoami-node1-1``/``node1-pod1``, or a full namespace name."""
+        """``client``, ``router``, ``dir1``, ``node1``, ``whoami-node1-1``/``node1-pod1``, or a full
+        namespace name."""
         if role in self.namespaces:
             return role
         candidate = f"{self.spec.prefix}-{role}"
@@ -188,12 +198,14 @@ def director_config(spec: LabSpec, nodes: list[NodeInfo]) -> str:
     else:
         rss = [f"      - address: {n.ip}\n" for n in nodes]
     return (
-        "# Written by kubelvs lab: the seed's whoami Service, external IP on the segment.\n"
+        "# Written by kubelvs lab: the whoami Service, external IP on the segment.\n"
         f"owned_cidrs: [{spec.vip}/32]\n"
         "# Above tcp_keepalive_time (7200 s), so an idle connection's entry outlives the first\n"
-        "# keep-alive probe (kubelvs doctor: ipvs-timeout-below-keepalive); tcpfin 30 s as the seed.\n"
+        "# keep-alive probe (kubelvs doctor: ipvs-timeout-below-keepalive); tcpfin 30 s: the\n"
+        "# TIME_WAIT fix.\n"
         f"timeouts: {{tcp: {LAB_TIMEOUTS[0]}, tcpfin: {LAB_TIMEOUTS[1]}, udp: {LAB_TIMEOUTS[2]}}}\n"
-        "services:\n"
+        + (f"health_defaults: {spec.health}\n" if spec.health else "")
+        + "services:\n"
         "  - name: whoami\n"
         f"    vip: {spec.vip}\n"
         f"    port: {spec.port}\n"
@@ -204,12 +216,13 @@ def director_config(spec: LabSpec, nodes: list[NodeInfo]) -> str:
 
 
 def proxy_ruleset(spec: LabSpec, node: NodeInfo) -> str:
-    """What kube-proxy installs on a worker for the external IP (the seed's iptables
+    """What kube-proxy installs on a worker for the external IP (kube-proxy's iptables
     rules in nftables form; physdev matching is left out: pods here are routed, not bridged)."""
     vip, port = spec.vip, spec.port
     match = f"ip daddr {vip} tcp dport {port}"
     eps = "".join(
-        f"  chain ep{i} {{ meta l4proto tcp dnat to {p.ip}:{spec.target_port}; }}\n" for i, p in enumerate(node.pods)
+        f"  chain ep{i} {{ meta l4proto tcp dnat to {p.ip}:{spec.target_port}; }}\n"
+        for i, p in enumerate(node.pods)
     )
     vmap = ", ".join(f"{i} : goto ep{i}" for i in range(len(node.pods)))
     return (

@@ -4,6 +4,7 @@ its namespaces, the namespaces (their links go with them), its state directory."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -40,16 +41,16 @@ def down(prefix: str = DEFAULT_PREFIX) -> list[str]:
         pids = {}
     inodes = set()
     for name in lab_namespaces(prefix):
-        try:
+        with contextlib.suppress(OSError):
             inodes.add(os.stat(f"/run/netns/{name}").st_ino)
-        except OSError:
-            pass
     for key, pid in pids.items():
         if _is_ours(int(pid), str(sdir), inodes):
             _kill(int(pid))
             removed.append(f"process {pid} ({key})")
     for name in reversed(lab_namespaces(prefix)):
-        for pid in subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True, check=False).stdout.split():
+        for pid in subprocess.run(
+            ["ip", "netns", "pids", name], capture_output=True, text=True, check=False
+        ).stdout.split():
             _kill(int(pid))
             removed.append(f"process {pid} (in {name})")
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
@@ -73,7 +74,5 @@ def _is_ours(pid: int, sdir: str, inodes: set[int]) -> bool:
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass

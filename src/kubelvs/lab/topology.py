@@ -1,4 +1,4 @@
-"""The seed's LVS-DR external-IP setup as network namespaces on one machine.
+"""The LVS-DR external-IP setup of a Kubernetes Service as network namespaces on one machine.
 
     client 10.240.0.10 ──┐                          (or, with a router / in nat:
     dir1   10.240.0.2  ──┤ segment 10.240.0.0/24     client 192.168.58.36 ─ router
@@ -6,10 +6,10 @@
     node2  10.240.0.102 ─┘
       └ cbr0 10.230.N.1/24 ─ pods whoami-nodeN-M 10.230.N.(9+M):8080
 
-- Every director holds the VIP on eth0 (it answers ARP for it, as in the seed) and runs
+- Every director holds the VIP on eth0 (it answers ARP for it, as a DR director does) and runs
   the real ``kubelvs director -f director.yaml --backend auto`` (IPVS where the kernel
   has it, nftables otherwise).
-- Every worker runs what kube-proxy installs for the Service's external IP (the seed's
+- Every worker runs what kube-proxy installs for the Service's external IP (the
   three KUBE-SERVICES rules, as nftables in table ``ip kubelvs_lab_proxy``): traffic to
   VIP:80 that comes from outside, or that is addressed to a VIP the node holds, is
   marked for masquerade and DNATed to one of the node's pods on 8080. (kube-proxy picks
@@ -81,6 +81,8 @@ __all__ = [
     "down",
     "lab_namespaces",
     "load_info",
+    "proxy_ruleset",
+    "state_dir",
 ]
 
 
@@ -94,7 +96,9 @@ class RunningLab:
     def save(self) -> None:
         (Path(self.info.state_dir) / "lab.json").write_text(self.info.to_json())
 
-    def run(self, role: str, *argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, role: str, *argv: str, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
         return self.lab.run(self.info.netns_of(role), *argv, check=check, timeout=timeout)
 
     def log(self, name: str) -> Path:
@@ -103,8 +107,16 @@ class RunningLab:
     def start_director(self, name: str = "dir1", *, config: str | None = None) -> int:
         ns = self.info.directors[name]
         proc = self.lab.start_python(
-            ns, "kubelvs", "director", "-f", config or self.info.config, "--backend", self.info.spec.backend,
-            "--poll", "0.3", log=self.log(f"director-{name}"),
+            ns,
+            "kubelvs",
+            "director",
+            "-f",
+            config or self.info.config,
+            "--backend",
+            self.info.spec.backend,
+            "--poll",
+            "0.3",
+            log=self.log(f"director-{name}"),
         )
         self.info.pids[f"director {name}"] = proc.pid
         self.save()
@@ -113,8 +125,17 @@ class RunningLab:
     def start_agent(self, node: str) -> int:
         info = next(n for n in self.info.nodes if n.name == node)
         proc = self.lab.start_python(
-            info.netns, "kubelvs", "node", "-f", self.info.config, "--interface", "eth0",
-            "--state-dir", str(Path(self.info.state_dir) / "node-state" / node), "--poll", "1",
+            info.netns,
+            "kubelvs",
+            "node",
+            "-f",
+            self.info.config,
+            "--interface",
+            "eth0",
+            "--state-dir",
+            str(Path(self.info.state_dir) / "node-state" / node),
+            "--poll",
+            "1",
             log=self.log(f"agent-{node}"),
         )
         self.info.pids[f"agent {node}"] = proc.pid
@@ -132,8 +153,13 @@ class RunningLab:
     def wait_director(self, name: str = "dir1", *, timeout: float = READY_TIMEOUT) -> None:
         """Until the director has done its first full sync (its log says so)."""
         path = self.log(f"director-{name}")
-        self._wait(lambda: "full sync" in _read(path), timeout, f"director {name} did not sync", path,
-                   pid=self.info.pids.get(f"director {name}"))
+        self._wait(
+            lambda: "full sync" in _read(path),
+            timeout,
+            f"director {name} did not sync",
+            path,
+            pid=self.info.pids.get(f"director {name}"),
+        )
 
     def wait_agent(
         self,
@@ -157,8 +183,13 @@ class RunningLab:
             with entered(ns):
                 return ready()
 
-        self._wait(in_node if ready else has_vip, timeout, f"node agent on {node} did not {what or f'put {vip} in place'}",
-                   self.log("agent-" + node), pid=self.info.pids.get(f"agent {node}"))
+        self._wait(
+            in_node if ready else has_vip,
+            timeout,
+            f"node agent on {node} did not {what or f'put {vip} in place'}",
+            self.log("agent-" + node),
+            pid=self.info.pids.get(f"agent {node}"),
+        )
 
     def _wait(self, ready: Any, timeout: float, what: str, log: Path, *, pid: int | None = None) -> None:
         """Poll ``ready``; fail early when the process ``pid`` (director, agent) exited.
@@ -167,7 +198,9 @@ class RunningLab:
         proc = next((p for p in self.lab.processes if p.pid == pid), None)
         while not ready():
             if proc is not None and proc.popen.poll() is not None:
-                raise LabError(f"{what}; it exited with status {proc.popen.returncode}; its log:\n{_read(log)}")
+                raise LabError(
+                    f"{what}; it exited with status {proc.popen.returncode}; its log:\n{_read(log)}"
+                )
             if time.monotonic() > deadline:
                 raise LabError(f"{what} within {timeout:.0f} s; its log:\n{_read(log)}")
             time.sleep(0.1)
@@ -189,7 +222,9 @@ def build(spec: LabSpec) -> RunningLab:
     wait until they are ready. On any failure everything built so far is removed."""
     spec.check()
     if lab_namespaces(spec.prefix):
-        raise LabError(f"lab {spec.prefix} is already up (or left over): run kubelvs lab down --prefix {spec.prefix}")
+        raise LabError(
+            f"lab {spec.prefix} is already up (or left over): run kubelvs lab down --prefix {spec.prefix}"
+        )
     from ..backends.base import ipvs_available
 
     backend = spec.backend if spec.backend != "auto" else ("ipvs" if ipvs_available() else "nftables")
@@ -197,7 +232,10 @@ def build(spec: LabSpec) -> RunningLab:
         from ..backends.nftables.backend import tun_supported
 
         if not tun_supported():
-            raise LabError("topology: tun needs IPIP tunnels and this kernel has no ipip; run it in the VM (scripts/vm-run)")
+            raise LabError(
+                "topology: tun needs IPIP tunnels and this kernel has no ipip; "
+                "run it in the VM (scripts/vm-run)"
+            )
     sdir = state_dir(spec.prefix)
     shutil.rmtree(sdir, ignore_errors=True)
     sdir.mkdir(parents=True)
@@ -207,7 +245,9 @@ def build(spec: LabSpec) -> RunningLab:
     except subprocess.TimeoutExpired as exc:
         lab.teardown()
         shutil.rmtree(sdir, ignore_errors=True)
-        raise LabError(f"building the lab timed out: {' '.join(map(str, exc.cmd))} took over {exc.timeout:.0f} s") from exc
+        raise LabError(
+            f"building the lab timed out: {' '.join(map(str, exc.cmd))} took over {exc.timeout:.0f} s"
+        ) from exc
     except BaseException:
         lab.teardown()
         shutil.rmtree(sdir, ignore_errors=True)
@@ -225,7 +265,9 @@ def _build(lab: Lab, spec: LabSpec, sdir: Path, backend: str) -> RunningLab:
         router = lab.host("router", [f"{seg + 254}/{plen}"])
         router_ns = router.netns
         client_ns = lab.namespace("client")
-        lab.run(router_ns, "ip", "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", client_ns)
+        lab.run(
+            router_ns, "ip", "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", client_ns
+        )
         lab.run(router_ns, "ip", "addr", "add", f"{CLIENT_NET.network_address + 254}/24", "dev", "eth1")
         lab.run(router_ns, "ip", "link", "set", "eth1", "up")
         client_ip = str(CLIENT_NET.network_address + 36)
@@ -276,13 +318,17 @@ def _build(lab: Lab, spec: LabSpec, sdir: Path, backend: str) -> RunningLab:
         for m in range(1, spec.pods + 1):
             pod_ns = lab.namespace(f"{name}-pod{m}")
             pod_ip = str(pod_cidr.network_address + 9 + m)
-            lab.run(ns, "ip", "link", "add", f"vp{m}", "type", "veth", "peer", "name", "eth0", "netns", pod_ns)
+            lab.run(
+                ns, "ip", "link", "add", f"vp{m}", "type", "veth", "peer", "name", "eth0", "netns", pod_ns
+            )
             lab.run(ns, "ip", "link", "set", f"vp{m}", "master", "cbr0", "up")
             lab.run(pod_ns, "ip", "addr", "add", f"{pod_ip}/24", "dev", "eth0")
             lab.run(pod_ns, "ip", "link", "set", "eth0", "up")
             lab.run(pod_ns, "ip", "route", "add", "default", "via", str(gw))
             pods.append(PodInfo(name=f"whoami-{name}-{m}", node=name, netns=pod_ns, ip=pod_ip))
-        node_info = NodeInfo(name=name, netns=ns, ip=host.ip, mac=host.mac, pod_cidr=str(pod_cidr), pods=tuple(pods))
+        node_info = NodeInfo(
+            name=name, netns=ns, ip=host.ip, mac=host.mac, pod_cidr=str(pod_cidr), pods=tuple(pods)
+        )
         nodes.append(node_info)
         # The first nft in a VM loads modules on an emulated CPU: allow minutes.
         lab.run(ns, "nft", "-f", "-", input=proxy_ruleset(spec, node_info), timeout=300)
@@ -295,9 +341,18 @@ def _build(lab: Lab, spec: LabSpec, sdir: Path, backend: str) -> RunningLab:
     # The Service the lab stands for, as kubectl prints it: what doctor compares with.
     (sdir / KUBECTL_FILE).write_text(lab_kubectl_json(spec, nodes))
     info = LabInfo(
-        spec=spec, client=client_ns, client_ip=client_ip, router=router_ns, directors=directors,
-        director_ips=director_ips, director_macs=director_macs, nodes=tuple(nodes), config=str(config),
-        state_dir=str(sdir), namespaces=tuple(lab.namespaces), backend=backend,
+        spec=spec,
+        client=client_ns,
+        client_ip=client_ip,
+        router=router_ns,
+        directors=directors,
+        director_ips=director_ips,
+        director_macs=director_macs,
+        nodes=tuple(nodes),
+        config=str(config),
+        state_dir=str(sdir),
+        namespaces=tuple(lab.namespaces),
+        backend=backend,
     )
     running = RunningLab(lab, info)
     running.save()
@@ -305,7 +360,13 @@ def _build(lab: Lab, spec: LabSpec, sdir: Path, backend: str) -> RunningLab:
     for node in nodes:
         for pod in node.pods:
             proc = lab.start_python(
-                pod.netns, "kubelvs.lab.servers", "http", "--name", pod.name, "--port", str(spec.target_port),
+                pod.netns,
+                "kubelvs.lab.servers",
+                "http",
+                "--name",
+                pod.name,
+                "--port",
+                str(spec.target_port),
                 log=running.log(f"pod-{pod.name}"),
             )
             info.pids[f"pod {pod.name}"] = proc.pid

@@ -2,7 +2,7 @@
 director-side counters that prove whether replies crossed the director.
 
 A request is one new TCP connection with one HTTP GET (as ``curl http://VIP`` in the
-seed); a failed one is recorded with its error instead of raising, because several
+users' ``curl http://VIP``); a failed one is recorded with its error instead of raising, because several
 scenarios *expect* failures before their fix.
 """
 
@@ -81,7 +81,9 @@ def nft_counter(netns: str, family: str, table: str, name: str) -> int:
     """Packets of a named nftables counter in ``netns``."""
     proc = subprocess.run(
         ["ip", "netns", "exec", netns, "nft", "-j", "list", "counter", family, table, name],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     for item in json.loads(proc.stdout)["nftables"]:
         if "counter" in item:
@@ -126,7 +128,10 @@ class DirectorCounters:
         )
         subprocess.run(
             ["ip", "netns", "exec", netns, "nft", "-f", "-"],
-            input=ruleset, text=True, capture_output=True, check=True,
+            input=ruleset,
+            text=True,
+            capture_output=True,
+            check=True,
         )
 
     def read(self) -> tuple[int, int]:
@@ -155,8 +160,16 @@ def arp_who_has(netns: str, ifname: str, target: str, *, timeout: float = 0.5) -
     mac = bytes.fromhex(link.mac.replace(":", ""))
     src = ipv4[0]
     arp_request = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)  # Ethernet, IPv4, 6/4-byte addresses, request
-    frame = (b"\xff" * 6 + mac + b"\x08\x06"
-             + arp_request + mac + socket.inet_aton(src) + b"\0" * 6 + socket.inet_aton(target))
+    frame = (
+        b"\xff" * 6
+        + mac
+        + b"\x08\x06"
+        + arp_request
+        + mac
+        + socket.inet_aton(src)
+        + b"\0" * 6
+        + socket.inet_aton(target)
+    )
     answers: list[str] = []
     with entered(netns):
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))

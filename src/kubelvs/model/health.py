@@ -14,9 +14,9 @@ connections, established ones go on; keepalived's ``inhibit_on_failure``, ldirec
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
-__all__ = ["CheckKind", "CheckMode", "HealthCheck", "OnFailure", "NO_CHECK"]
+__all__ = ["NO_CHECK", "CheckKind", "CheckMode", "HealthCheck", "OnFailure"]
 
 
 class CheckKind(enum.StrEnum):
@@ -59,6 +59,16 @@ class HealthCheck:
     send: str = ""  # udp
     expect: str | None = None  # udp: a text the answer must contain
     command: tuple[str, ...] = ()  # exec; $ADDRESS and $PORT are replaced
+    # A check is part of every probe's key, looked up for every real server of every
+    # service when a node changes state (100,000 lookups at 10,000 services): hash once.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        values = tuple(getattr(self, f.name) for f in fields(self) if f.name != "_hash")
+        object.__setattr__(self, "_hash", hash(values))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def enabled(self) -> bool:

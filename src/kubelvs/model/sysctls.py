@@ -19,7 +19,9 @@ def kernel_version(release: str) -> tuple[int, int]:
         return (0, 0)
 
 
-def recommended_sysctls(backend: str, kernel: tuple[int, int], services: Iterable[VirtualService]) -> dict[str, int]:
+def recommended_sysctls(
+    backend: str, kernel: tuple[int, int], services: Iterable[VirtualService]
+) -> dict[str, int]:
     """Director sysctls for ``backend`` ("ipvs" or "nftables") on a kernel of version ``kernel``.
 
     - ``ip_forward=1`` when any real server uses NAT: the director routes the replies.

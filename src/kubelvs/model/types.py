@@ -20,24 +20,29 @@ from typing import TypeAlias
 from .health import HealthCheck
 
 __all__ = [
+    "DEFAULT_DRAIN_TIMEOUT",
+    "KNOWN_SCHEDULERS",
+    "SCHED_FLAGS",
+    "DesiredState",
+    "Forward",
     "IPAddress",
     "IPNetwork",
-    "Forward",
+    "LBState",
+    "ObservedState",
+    "Ownership",
     "Protocol",
     "RealServer",
     "RealServerKey",
     "RealServerStats",
     "ServiceKey",
-    "VirtualService",
     "Timeouts",
-    "Ownership",
-    "LBState",
-    "DesiredState",
-    "ObservedState",
-    "KNOWN_SCHEDULERS",
-    "SCHED_FLAGS",
+    "VirtualService",
     "parse_address",
+    "split_hostport",
 ]
+
+#: Seconds a real server that left the desired state may drain before it is deleted.
+DEFAULT_DRAIN_TIMEOUT = 30.0
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -89,7 +94,9 @@ class RealServerKey:
     # Keys are hashed millions of times in a large sync (dict lookups in the planner and
     # the picture), and an ipaddress object hashes through hex(): cache it.
     _hash: int = field(init=False, repr=False, compare=False)
-    _text: str = field(default="", init=False, repr=False, compare=False)  # filled on first use, as ServiceKey's
+    _text: str = field(
+        default="", init=False, repr=False, compare=False
+    )  # filled on first use, as ServiceKey's
 
     # The sort order of real servers within a service (the kernel read-back's order),
     # computed once: keys are shared (see _realserver_key), sorting happens per sync.
@@ -107,6 +114,12 @@ class RealServerKey:
         if not self._text:
             object.__setattr__(self, "_text", _hostport(self.address, self.port))
         return self._text
+
+    @staticmethod
+    def parse(text: str) -> RealServerKey:
+        """The key ``str(key)`` printed: ``10.0.0.1:80``, ``[2001:db8::1]:80``."""
+        address, port = split_hostport(text)
+        return RealServerKey(address, port)
 
     def sort_key(self) -> tuple[int, int, int]:
         return self._order
@@ -133,7 +146,9 @@ class RealServer:
     def __str__(self) -> str:
         text = f"{self.key} {self.forward} w={self.weight}"
         if self.u_thresh or self.l_thresh:  # rare: skip the concatenations otherwise
-            text += (f" x={self.u_thresh}" if self.u_thresh else "") + (f" y={self.l_thresh}" if self.l_thresh else "")
+            text += (f" x={self.u_thresh}" if self.u_thresh else "") + (
+                f" y={self.l_thresh}" if self.l_thresh else ""
+            )
         return text
 
 
@@ -165,7 +180,9 @@ class ServiceKey:
     _text: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.family, self.protocol, self.address, self.port, self.fwmark)))
+        object.__setattr__(
+            self, "_hash", hash((self.family, self.protocol, self.address, self.port, self.fwmark))
+        )
 
     def __hash__(self) -> int:
         return self._hash
@@ -174,6 +191,20 @@ class ServiceKey:
     def for_fwmark(fwmark: int, family: int = 4) -> ServiceKey:
         # The kernel stores fwmark services with protocol TCP and no address.
         return ServiceKey(family, Protocol.TCP, None, 0, fwmark)
+
+    @staticmethod
+    def parse(text: str) -> ServiceKey:
+        """The key ``str(key)`` printed: ``TCP 10.0.0.1:80``, ``UDP [2001:db8::1]:53``,
+        ``FWM 7`` (``FWM 7 IPv6``). ValueError when it is none of these."""
+        words = text.split()
+        if len(words) in (2, 3) and words[0] == "FWM" and words[1].isdigit():
+            if len(words) == 3 and words[2] != "IPv6":
+                raise ValueError(f"not a virtual service key: {text!r}")
+            return ServiceKey.for_fwmark(int(words[1]), 6 if len(words) == 3 else 4)
+        if len(words) != 2:
+            raise ValueError(f"not a virtual service key: {text!r}")
+        address, port = split_hostport(words[1])
+        return ServiceKey(address.version, Protocol(words[0].lower()), address, port)
 
     def __str__(self) -> str:
         if not self._text:
@@ -249,12 +280,23 @@ class Ownership:
 
     cidrs: tuple[IPNetwork, ...] = ()
     fwmarks: tuple[range, ...] = ()
+    # The answers so far: asked for every service of every sync (10,000 at a time), and
+    # ``address in network`` is slow Python in ipaddress. Not part of the value.
+    _answers: dict[ServiceKey, bool] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def owns(self, key: ServiceKey) -> bool:
-        if key.fwmark:
-            return any(key.fwmark in r for r in self.fwmarks)
-        assert key.address is not None
-        return any(key.address in net for net in self.cidrs)
+        known = self._answers.get(key)
+        if known is None:
+            if key.fwmark:
+                known = any(key.fwmark in r for r in self.fwmarks)
+            else:
+                assert key.address is not None
+                known = any(key.address in net for net in self.cidrs)
+            if len(self._answers) < 1 << 20:  # bounded: keys come and go over a long run
+                self._answers[key] = known
+        return known
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +314,13 @@ class DesiredState(LBState):
     # Per virtual service: its health check (none when absent). Not kernel state: the
     # director probes with it and gives each real server the weight its health says.
     health: Mapping[ServiceKey, HealthCheck] = field(default_factory=dict)
+    # How long a real server that left may drain its connections (weight 0) before it is
+    # deleted anyway: ``drain_timeout``, or the virtual service's own in ``drain_timeouts``.
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    drain_timeouts: Mapping[ServiceKey, float] = field(default_factory=dict)
+
+    def drain_timeout_of(self, key: ServiceKey) -> float:
+        return self.drain_timeouts.get(key, self.drain_timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +338,18 @@ def _realserver_key(address: IPAddress, port: int) -> RealServerKey:
     # Shared: the same nodes are real servers of every service, so a director with
     # 10,000 services holds a few keys instead of 100,000, and builds them once.
     return RealServerKey(address, port)
+
+
+def split_hostport(text: str) -> tuple[IPAddress, int]:
+    """``10.0.0.1:80`` or ``[2001:db8::1]:80`` -> (address, port); ValueError otherwise."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"not address:port: {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"an IPv6 address needs brackets: {text!r}")
+    return ipaddress.ip_address(host), int(port)
 
 
 def _hostport(address: IPAddress, port: int) -> str:

@@ -5,8 +5,8 @@ virtual services outside the owned ranges are reported as foreign and left alone
 (kube-proxy deleting kube-vip's services, kube-vip #454, is what this prevents).
 
 Real servers are matched by (address, port), so an edited Service port can never
-leave the old ``:80`` real server beside the new ``:6379`` one (the seed's first
-incident, kube-router #715): whatever is not desired is removed.
+leave the old ``:80`` real server beside the new ``:6379`` one (the stale real
+server incident, docs/incidents.md; kube-router #715): whatever is not desired is removed.
 
 Given ``keys``, only those services are compared, so a one-service change costs
 O(that service), not O(all services) as in kube-proxy's syncProxyRules.
@@ -14,7 +14,7 @@ O(that service), not O(all services) as in kube-proxy's syncProxyRules.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..model import (
@@ -48,7 +48,9 @@ class Plan:
 
     ops: tuple[Operation, ...] = ()
     foreign: tuple[ServiceKey, ...] = ()  # kernel services outside the owned ranges
-    draining: tuple[tuple[ServiceKey, RealServerKey], ...] = field(default=())  # weight 0, waiting for 0 connections
+    draining: tuple[tuple[ServiceKey, RealServerKey], ...] = field(
+        default=()
+    )  # weight 0, waiting for 0 connections
 
     def __bool__(self) -> bool:
         return bool(self.ops)
@@ -63,13 +65,17 @@ def plan(
     *,
     graceful: bool = False,
     keys: Iterable[ServiceKey] | None = None,
+    expired: Collection[tuple[ServiceKey, RealServerKey]] = (),
 ) -> Plan:
     """Operations that turn ``observed`` into ``desired``.
 
-    ``graceful``: a real server that is no longer desired first gets weight 0 and is
-    deleted once it has no active or inactive connections (kube-proxy's graceful
-    termination). UDP and SCTP are deleted at once, as kube-proxy does, because
-    ``expire_nodest_conn`` ends their flows cleanly.
+    ``graceful``: a real server that is no longer desired and still has active or
+    inactive connections first gets weight 0 and is deleted once they reach 0
+    (kube-proxy's graceful termination); one without connections is deleted at once
+    (the counters must be fresh: the director reads them for the services it plans).
+    ``expired``: drains that took too long (the caller's drain timeout): deleted
+    whatever their connections. UDP and SCTP are deleted at once, as kube-proxy does,
+    because ``expire_nodest_conn`` ends their flows cleanly.
 
     ``keys``: compare only these services (the ones a change touched). Timeouts and
     sysctls are always compared; they are few.
@@ -100,7 +106,7 @@ def plan(
         have = observed.services.get(key)
         if want is None:
             if have is not None:
-                service_ops += _remove_service(have, observed, graceful, draining)
+                service_ops += _remove_service(have, observed, graceful, draining, expired)
                 removed = True
             continue
         if have is None:
@@ -109,7 +115,7 @@ def plan(
             continue
         if not want.attributes_equal(have):
             service_ops.append(EditService(want))
-        service_ops += _realserver_ops(want, have, observed, graceful, draining)
+        service_ops += _realserver_ops(want, have, observed, graceful, draining, expired)
     # Deletions of whole services first: they free nothing the adds need, but doing them
     # early means a failed add later in the plan never leaves a stale service behind.
     if removed:
@@ -124,13 +130,22 @@ def _realserver_ops(
     observed: ObservedState,
     graceful: bool,
     draining: list[tuple[ServiceKey, RealServerKey]],
+    expired: Collection[tuple[ServiceKey, RealServerKey]],
 ) -> list[Operation]:
     key = want.key
+    if want.realservers == have.realservers:  # in C, and mostly by identity: the common case
+        return []
+    if len(want.realservers) == len(have.realservers) and all(
+        a.key is b.key for a, b in zip(want.realservers, have.realservers)
+    ):
+        # The same real servers (keys are shared objects), only values differ: e.g. a node
+        # going down is one weight edit in each of 10,000 services, no dict per service.
+        return [EditRealServer(key, a) for a, b in zip(want.realservers, have.realservers) if a != b]
     wanted = want.realserver_map()
     ops: list[Operation] = []
     for rs in have.realservers:
         if rs.key not in wanted:
-            ops += _remove_realserver(key, rs, observed, graceful, draining)
+            ops += _remove_realserver(key, rs, observed, graceful, draining, expired)
     existing = have.realserver_map()
     for rs in want.realservers:
         old = existing.get(rs.key)
@@ -147,15 +162,15 @@ def _remove_realserver(
     observed: ObservedState,
     graceful: bool,
     draining: list[tuple[ServiceKey, RealServerKey]],
+    expired: Collection[tuple[ServiceKey, RealServerKey]],
 ) -> list[Operation]:
-    if not graceful or key.protocol in (Protocol.UDP, Protocol.SCTP) and not key.fwmark:
+    if not graceful or (key.protocol in (Protocol.UDP, Protocol.SCTP) and not key.fwmark):
         return [DeleteRealServer(key, rs.key)]
-    if rs.weight != 0:
-        draining.append((key, rs.key))
-        return [EditRealServer(key, _with_weight(rs, 0))]
-    if _connections(observed.stats, key, rs.key) == 0:
-        return [DeleteRealServer(key, rs.key)]
+    if (key, rs.key) in expired or _connections(observed.stats, key, rs.key) == 0:
+        return [DeleteRealServer(key, rs.key)]  # nothing (left) to drain
     draining.append((key, rs.key))
+    if rs.weight != 0:
+        return [EditRealServer(key, _with_weight(rs, 0))]
     return []
 
 
@@ -164,22 +179,28 @@ def _remove_service(
     observed: ObservedState,
     graceful: bool,
     draining: list[tuple[ServiceKey, RealServerKey]],
+    expired: Collection[tuple[ServiceKey, RealServerKey]],
 ) -> list[Operation]:
     key = have.key
-    if not graceful or key.protocol in (Protocol.UDP, Protocol.SCTP) and not key.fwmark:
+    if not graceful or (key.protocol in (Protocol.UDP, Protocol.SCTP) and not key.fwmark):
         return [DeleteService(key)]
     ops: list[Operation] = []
-    drained_before = len(draining)
+    busy: list[tuple[ServiceKey, RealServerKey]] = []
     for rs in have.realservers:
+        if (key, rs.key) in expired or not _connections(observed.stats, key, rs.key):
+            continue
+        busy.append((key, rs.key))
         if rs.weight != 0:
             ops.append(EditRealServer(key, _with_weight(rs, 0)))
-        elif not _connections(observed.stats, key, rs.key):
-            continue
-        draining.append((key, rs.key))
-    return ops if len(draining) > drained_before else [DeleteService(key)]
+    if not busy:
+        return [DeleteService(key)]  # nothing (left) to drain
+    draining += busy
+    return ops
 
 
-def _connections(stats: Mapping[tuple[ServiceKey, RealServerKey], RealServerStats], key: ServiceKey, rs: RealServerKey) -> int:
+def _connections(
+    stats: Mapping[tuple[ServiceKey, RealServerKey], RealServerStats], key: ServiceKey, rs: RealServerKey
+) -> int:
     s = stats.get((key, rs))
     return 0 if s is None else s.active_conns + s.inactive_conns
 

@@ -24,7 +24,9 @@ __all__ = ["probe_direct"]
 MAX_RESPONSE = 64 * 1024
 
 
-async def probe_direct(address: IPAddress, port: int, check: HealthCheck, *, netns: str | None) -> tuple[bool, str]:
+async def probe_direct(
+    address: IPAddress, port: int, check: HealthCheck, *, netns: str | None
+) -> tuple[bool, str]:
     """Run one probe of ``check`` against ``address:port``."""
     runner: Awaitable[tuple[bool, str]]
     match check.kind:
@@ -80,7 +82,9 @@ async def _http(address: IPAddress, port: int, check: HealthCheck, netns: str | 
         context.check_hostname = False  # real servers are addressed by IP: no name to check
         context.verify_mode = ssl.CERT_NONE
     host = check.host or (f"[{address}]" if address.version == 6 else str(address))
-    reader, writer = await asyncio.open_connection(sock=sock, ssl=context, server_hostname=host if context else None)
+    reader, writer = await asyncio.open_connection(
+        sock=sock, ssl=context, server_hostname=host if context else None
+    )
     try:
         request = (
             f"GET {check.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kubelvs-health\r\n"
@@ -130,8 +134,11 @@ async def _exec(address: IPAddress, port: int, check: HealthCheck, netns: str | 
         argv = ["ip", "netns", "exec", netns, *argv]
     env = {**os.environ, "ADDRESS": str(address), "PORT": str(port)}
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE, env=env,
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
     try:
         _, err = await proc.communicate()

@@ -69,7 +69,7 @@ def _attach_filter(sock: socket.socket) -> ctypes.Array[ctypes.c_char]:
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -111,7 +111,9 @@ def tcp_reply(packet: bytes) -> TcpReply | None:
     if len(packet) < ihl + 20:
         return None
     sport, dport, _seq, ack, _off, flags = struct.unpack_from("!HHIIBB", packet, ihl)
-    return TcpReply(socket.inet_ntoa(packet[12:16]), socket.inet_ntoa(packet[16:20]), sport, dport, ack, flags)
+    return TcpReply(
+        socket.inet_ntoa(packet[12:16]), socket.inet_ntoa(packet[16:20]), sport, dport, ack, flags
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +173,7 @@ class VipProber:
             await loop.sock_sendto(self._ipip, packet, (syn.realserver, 0))
         else:
             # AF_PACKET/SOCK_DGRAM: the kernel adds the Ethernet header for the address given.
-            await loop.sock_sendto(self._packet, packet, (syn.interface, ETH_P_IP, 0, 0, syn.mac))  # type: ignore[arg-type]
+            await loop.sock_sendto(self._packet, packet, (syn.interface, ETH_P_IP, 0, 0, syn.mac))
 
     async def probe(self, syn: SynProbe, timeout: float) -> tuple[bool, str]:
         """SYN through the real server: (True, ...) on a SYN-ACK from the VIP."""
@@ -189,16 +191,21 @@ class VipProber:
             flags = await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
             how = "in IPIP" if syn.tunnel else "to its MAC"
-            return False, f"no answer from {syn.vip}:{syn.port} within {timeout:g} s (SYN sent {how} via {syn.realserver})"
+            return (
+                False,
+                f"no answer from {syn.vip}:{syn.port} within {timeout:g} s (SYN sent {how} via "
+                f"{syn.realserver})",
+            )
         finally:
             self._waiting.pop(key, None)
         if flags & (_SYN | _ACK) == _SYN | _ACK:
-            await self._send(syn, syn_packet(syn.source, syn.vip, sport, syn.port, (seq + 1) & 0xFFFFFFFF, flags=_RST))
+            await self._send(
+                syn, syn_packet(syn.source, syn.vip, sport, syn.port, (seq + 1) & 0xFFFFFFFF, flags=_RST)
+            )
             return True, f"SYN-ACK from {syn.vip}:{syn.port}"
         if flags & _RST:
             return False, f"connection refused by {syn.vip}:{syn.port} via {syn.realserver}"
         return False, f"unexpected TCP flags {flags:#x} from {syn.vip}:{syn.port}"
-
 
 
 def syn_probe_for(netns: str | None, vip: str, port: int, realserver: str, *, tunnel: bool) -> SynProbe:

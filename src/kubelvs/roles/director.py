@@ -14,6 +14,13 @@ retry time (0.5 s doubling up to 30 s, like the API watches' backoff), and retri
 them with a full sync, whose read repairs whatever the refusal left. The picture is
 dropped after any failure. The deletion guard (``roles.guard``) holds back a step that
 would delete most of the owned services at once.
+
+Drains (``graceful``): a real server that leaves and still has connections gets weight 0
+and is deleted once its active and inactive connections reach 0 (asked of the kernel
+every ``DRAIN_POLL`` seconds, for the draining services only) or its virtual service's
+drain timeout passes. The start of each drain is kept (and survives a restart through
+the director's state file): kube-proxy's graceful termination keeps its list in memory
+only, and a restarted kube-proxy leaves weight-0 real servers behind.
 """
 
 from __future__ import annotations
@@ -25,14 +32,29 @@ from dataclasses import dataclass, field
 from ..backends import Backend
 from ..bulk import no_gc
 from ..errors import CapabilityError, KubelvsError, PartialApplyError
-from ..model import DesiredState, ErrorList, ObservedState, ServiceKey
-from ..planner import AddService, Operation, Plan, apply_ops_in_place, plan, service_of
+from ..model import DesiredState, ErrorList, ObservedState, RealServerKey, RealServerStats, ServiceKey
+from ..planner import (
+    AddService,
+    DeleteRealServer,
+    DeleteService,
+    Operation,
+    Plan,
+    apply_ops_in_place,
+    plan,
+    service_of,
+)
 from .guard import DeletionGuard, GuardSettings, HeldDeletion
 
-__all__ = ["Director", "ServiceFailure", "SyncResult"]
+__all__ = ["DRAIN_POLL", "Director", "ServiceFailure", "SyncResult"]
 
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
+#: Seconds between two looks at the connections of the real servers draining.
+DRAIN_POLL = 1.0
+_IDLE = RealServerStats()
+
+#: A real server of a virtual service.
+Pair = tuple[ServiceKey, RealServerKey]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +107,9 @@ class Director:
         self.clock = clock
         self._observed: ObservedState | None = None
         self._failures: dict[ServiceKey, ServiceFailure] = {}
+        self._drains: dict[Pair, float] = {}  # real servers draining, since when (the clock)
+        self._drain_deadline: float | None = None  # when the first drain runs out
+        self._drain_poll_at = 0.0  # when the drains' connections are looked at again
 
     @property
     def observed(self) -> ObservedState | None:
@@ -95,11 +120,24 @@ class Director:
     def failures(self) -> Mapping[ServiceKey, ServiceFailure]:
         return dict(self._failures)
 
+    @property
+    def drains(self) -> Mapping[Pair, float]:
+        """Real servers draining (weight 0, waiting for their connections), since when."""
+        return dict(self._drains)
+
+    def restore_drains(self, since: Mapping[Pair, float]) -> None:
+        """Drains a previous run of the director started (read back from its state file),
+        so that a restart neither restarts their timeout nor forgets them."""
+        self._drains.update(since)
+
     def next_due(self) -> float | None:
-        """Seconds until a failing service's retry or a held deletion is due (None: nothing waits)."""
+        """Seconds until a failing service's retry, a held deletion or a drain check is due
+        (None: nothing waits). Drains are checked every ``DRAIN_POLL`` seconds."""
         times = [f.retry_at for f in self._failures.values()]
         if self.guard is not None and self.guard.held is not None:
             times.append(self.guard.held.until)
+        if self._drains:
+            times.append(min(self._drain_poll_at, self._drain_deadline or self._drain_poll_at))
         return max(0.0, min(times) - self.clock()) if times else None
 
     def check(self, desired: DesiredState) -> None:
@@ -135,7 +173,19 @@ class Director:
             keys = set(changed)
             if self.guard is not None and self.guard.held is not None:
                 keys |= self.guard.held.keys  # so that the guard sees the same deletions again
-        the_plan = plan(desired, observed, graceful=self.graceful, keys=keys)
+            if self.graceful:
+                keys |= {k for k, _ in self._drains}  # their connections may have ended
+        expired = self._expired(desired, now) if self.graceful else frozenset()
+        the_plan = plan(desired, observed, graceful=self.graceful, keys=keys, expired=expired)
+        if self.graceful and not full and not dry_run:
+            # The picture's counters are from the last full read: whether a leaving real
+            # server still has connections is asked of the kernel, for those services only.
+            leaving = {k for k, _ in the_plan.draining} | {
+                service_of(op) for op in the_plan.ops if isinstance(op, (DeleteRealServer, DeleteService))
+            }
+            if leaving:
+                self._refresh_stats(observed, leaving)  # type: ignore[arg-type]
+                the_plan = plan(desired, observed, graceful=True, keys=keys, expired=expired)
         if dry_run:
             return SyncResult(plan=the_plan, full=full)
 
@@ -166,6 +216,8 @@ class Director:
         except KubelvsError:
             self._observed = None  # unknown now: the next sync reads the kernel
             raise
+        finally:
+            self._track_drains(the_plan, keys, desired, now)
         self._clear_converged(the_plan, ops, full, frozenset())
         # The picture is ours alone (read for us, or kept from the last sync): update in place.
         self._observed = apply_ops_in_place(observed, ops) if self.keep_picture else None
@@ -176,6 +228,37 @@ class Director:
             deferred=tuple(deferred),
             failures=dict(self._failures),
             held=self.guard.held if self.guard is not None else None,
+        )
+
+    def _expired(self, desired: DesiredState, now: float) -> frozenset[Pair]:
+        return frozenset(
+            pair for pair, since in self._drains.items() if now - since >= desired.drain_timeout_of(pair[0])
+        )
+
+    def _refresh_stats(self, observed: ObservedState, keys: set[ServiceKey]) -> None:
+        fresh = self.backend.read_stats(keys)
+        stats = observed.stats
+        assert isinstance(stats, dict)  # the picture is ours: updated in place
+        for key in keys:
+            vs = observed.services.get(key)
+            for rs in vs.realservers if vs is not None else ():
+                stats[(key, rs.key)] = fresh.get((key, rs.key), _IDLE)
+
+    def _track_drains(
+        self, the_plan: Plan, keys: set[ServiceKey] | None, desired: DesiredState, now: float
+    ) -> None:
+        """The drains of the services this plan covered are exactly its ``draining``
+        (kept with their start time); drains of other services go on."""
+        if keys is None:
+            kept: dict[Pair, float] = {}
+        else:
+            kept = {pair: t for pair, t in self._drains.items() if pair[0] not in keys}
+        for pair in the_plan.draining:
+            kept[pair] = self._drains.get(pair, now)
+        self._drains = kept
+        self._drain_poll_at = now + DRAIN_POLL
+        self._drain_deadline = min(
+            (t + desired.drain_timeout_of(pair[0]) for pair, t in kept.items()), default=None
         )
 
     def _hold(
@@ -191,7 +274,7 @@ class Director:
             return frozenset()
         owns = desired.ownership.owns
         candidates = observed.services.keys() if keys is None else (k for k in keys if k in observed.services)
-        removed = [k for k in candidates if owns(k) and k not in desired.services]
+        removed = [k for k in candidates if k not in desired.services and owns(k)]
         added = sum(1 for op in the_plan.ops if type(op) is AddService)
         owned = sum(1 for k in observed.services if owns(k)) if removed else 0
         return self.guard.check(removed, added, owned, now)
@@ -213,7 +296,9 @@ class Director:
                 retry_at=now + delay,
             )
 
-    def _clear_converged(self, the_plan: Plan, ops: list[Operation], full: bool, failed: frozenset[int]) -> None:
+    def _clear_converged(
+        self, the_plan: Plan, ops: list[Operation], full: bool, failed: frozenset[int]
+    ) -> None:
         """Forget failures of services that were applied without error in this sync, or
         that a full plan found already converged (no operations: e.g. removed from the
         desired state, or repaired by someone)."""

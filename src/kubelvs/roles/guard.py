@@ -54,7 +54,9 @@ class DeletionGuard:
         self.settings = settings
         self.held: HeldDeletion | None = None
 
-    def check(self, removed: Collection[ServiceKey], added: int, owned: int, now: float) -> frozenset[ServiceKey]:
+    def check(
+        self, removed: Collection[ServiceKey], added: int, owned: int, now: float
+    ) -> frozenset[ServiceKey]:
         """The keys among ``removed`` (owned services the step deletes) to hold back now;
         empty when the step may go ahead. ``added``: services the step creates;
         ``owned``: owned services in the kernel before the step."""

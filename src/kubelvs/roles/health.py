@@ -27,7 +27,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from ..model import DesiredState, Forward, IPAddress, RealServer, RealServerKey, ServiceKey, VirtualService
 from ..model.health import NO_CHECK, CheckMode, HealthCheck, OnFailure
@@ -50,6 +50,13 @@ class TargetKey:
     check: HealthCheck
     vip: IPAddress | None = None  # vip mode: the VIP sent to ``address`` the way the director forwards
     forward: Forward = Forward.DR  # vip mode: dr (to the real server's MAC) or tun (inside IPIP)
+    _hash: int = field(init=False, repr=False, compare=False)  # looked up per real server: hash once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.address, self.port, self.check, self.vip, self.forward)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __str__(self) -> str:
         where = f"{self.address}:{self.port}"
@@ -99,15 +106,18 @@ def effective(rs: RealServer, state: TargetState | None, check: HealthCheck, now
     if state.status is Status.DOWN:
         if check.on_failure is OnFailure.REMOVE:
             return None
-        return rs if rs.weight == 0 else replace(rs, weight=0)
+        return rs if rs.weight == 0 else _weighted(rs, 0)
     if check.slow_start > 0 and state.came_back is not None and rs.weight > 0:
         elapsed = now - state.came_back
         if elapsed < check.slow_start:
-            return replace(rs, weight=max(1, math.ceil(rs.weight * elapsed / check.slow_start)))
+            return _weighted(rs, max(1, math.ceil(rs.weight * elapsed / check.slow_start)))
     return rs
 
 
-_UNKNOWN = TargetState()
+def _weighted(rs: RealServer, weight: int) -> RealServer:
+    # The constructor, not dataclasses.replace: a node going down reweights one real
+    # server in every service (10,000 of them), and replace() costs several times more.
+    return RealServer(rs.address, rs.port, weight, rs.forward, rs.u_thresh, rs.l_thresh)
 
 
 class HealthOverlay:
@@ -141,10 +151,10 @@ class HealthOverlay:
                 continue
             pairs = []
             for rs in vs.realservers:
-                target = target_of(key, rs, check)
-                if target is not None:
-                    pairs.append((rs.key, target))
-                    self.users.setdefault(target, set()).add(key)
+                rs_target = target_of(key, rs, check)
+                if rs_target is not None:
+                    pairs.append((rs.key, rs_target))
+                    self.users.setdefault(rs_target, set()).add(key)
             self._targets[key] = tuple(pairs)
 
     def pairs(self) -> dict[ServiceKey, tuple[tuple[RealServerKey, TargetKey], ...]]:
@@ -196,31 +206,41 @@ class HealthOverlay:
     def _adjust(
         self, vs: VirtualService, check: HealthCheck, states: Mapping[TargetKey, TargetState], now: float
     ) -> VirtualService:
-        pairs = dict(self._targets.get(vs.key, ()))
+        pairs = self._targets.get(vs.key, ())
         self.no_healthy.discard(vs.key)
         if not pairs:
             self._ramping.pop(vs.key, None)
             return vs
-        statuses = [states.get(t, _UNKNOWN).status for t in pairs.values()]
-        if statuses and all(st is Status.DOWN for st in statuses):
+        realservers = vs.realservers
+        if len(pairs) == len(realservers) and all(p[0] is rs.key for p, rs in zip(pairs, realservers)):
+            targets = [t for _, t in pairs]  # the usual case: built from this very value, in its order
+        else:
+            by_key = dict(pairs)
+            targets = [by_key.get(rs.key) for rs in realservers]  # type: ignore[misc]
+        got_states = [states.get(t) if t is not None else None for t in targets]
+        if all(st is not None and st.status is Status.DOWN for st in got_states):
             self.no_healthy.add(vs.key)  # fail open: see the module docstring
             self._ramping.pop(vs.key, None)
             return vs
         out: list[RealServer] = []
         ramp_end = 0.0
         changed = False
-        for rs in vs.realservers:
-            target = pairs.get(rs.key)
-            state = states.get(target) if target is not None else None
+        for rs, state in zip(realservers, got_states):
+            if state is None or state.status is Status.UNKNOWN:
+                out.append(rs)
+                continue
             got = effective(rs, state, check, now)
             if got is not rs:
                 changed = True
             if got is not None:
                 out.append(got)
-            if state is not None and state.came_back is not None and check.slow_start > 0:
+            if state.came_back is not None and check.slow_start > 0:
                 ramp_end = max(ramp_end, state.came_back + check.slow_start)
         if ramp_end > now:
             self._ramping[vs.key] = ramp_end
         else:
             self._ramping.pop(vs.key, None)
-        return vs.with_realservers(out) if changed else vs
+        if not changed:
+            return vs
+        # Same order as before (sorted by key): no sort, no dataclasses.replace.
+        return VirtualService(vs.key, vs.scheduler, vs.persistence, vs.netmask, vs.flags, tuple(out), vs.name)

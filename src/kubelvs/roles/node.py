@@ -1,4 +1,4 @@
-"""The node agent: the real-server side of LVS-DR/TUN, as the seed sets it up by hand.
+"""The node agent: the real-server side of LVS-DR/TUN (docs/incidents.md, the DR ARP settings).
 
 For every VIP this node serves in DR or TUN mode it:
 
@@ -10,7 +10,7 @@ For every VIP this node serves in DR or TUN mode it:
 - makes the *effective* rp_filter (the kernel uses max(conf/all, conf/IFACE)) loose
   where DR traffic enters, and 0 on ``tunl0`` for TUN (a device without an address
   fails even loose validation): strict mode drops IPIP-decapsulated or asymmetric
-  traffic, the seed's third incident (SYN_RECV at the director);
+  traffic, the rp_filter incident (SYN_RECV at the director);
 - TUN: brings up the IPIP fallback device ``tunl0`` (made by the ipip module).
 
 Everything it changes is recorded with the value found before (a small JSON file under
@@ -28,13 +28,14 @@ the running agent's work behind its back.
 
 Kernel access goes through the kernel-interface layer (``kernel.iproute``,
 ``kernel.sysctl``); its KernelErrors surface here as NodeErrors.
+
+One cohesive thing (over 500 lines): the record, the apply and the revert must stay
+side by side, since each undoes exactly what the other wrote.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import ipaddress
 import json
 import os
@@ -49,6 +50,7 @@ from ..kernel import iproute, sysctl
 from ..kernel.netns import path_of as netns_path
 from ..model import Forward
 from ..sources.config import Config
+from .agent_lock import AgentLock
 
 __all__ = [
     "DUMMY_DEVICE",
@@ -168,12 +170,6 @@ def _netns_inode(netns: str | None) -> int:
         raise NodeError(f"network namespace {netns!r} does not exist") from exc
 
 
-def _holder_pid(fd: int) -> str:
-    """The PID a lock holder wrote into the lock file ("unknown" while it is writing it)."""
-    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-    return text if text.isdigit() else "unknown"
-
-
 # ---------------------------------------------------------------------- the agent
 
 
@@ -208,8 +204,7 @@ class NodeAgent:
         self.netns = netns
         self.vip_device_choice: VipDevice = vip_device
         self.state_path = state_dir / f"{netns or 'root'}.json"
-        self.lock_path = state_dir / f"{netns or 'root'}.lock"
-        self._lock_fd: int | None = None
+        self._lock = AgentLock(state_dir / f"{netns or 'root'}.lock", netns or "the agent's own namespace")
         self._inode = _netns_inode(netns)
         with _node_errors():
             if iproute.link(netns, interface) is None:
@@ -220,89 +215,24 @@ class NodeAgent:
 
     # -------------------------------------------------------------- one agent per namespace
 
-    def _busy(self, pid: str) -> NodeError:
-        label = self.netns or "the agent's own namespace"
-        return NodeError(
-            f"a node agent (pid {pid}) is running for this namespace ({label}); stop it first"
-            f" (lock {self.lock_path})"
-        )
+    @property
+    def lock_path(self) -> Path:
+        return self._lock.path
 
-    def _acquire(self) -> int:
-        try:
-            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise NodeError(f"state dir {self.lock_path.parent}: {exc.strerror or exc}") from exc
-        while True:
-            try:
-                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as exc:
-                raise NodeError(f"lock {self.lock_path}: {exc.strerror or exc}") from exc
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                pid = _holder_pid(fd)
-                os.close(fd)
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise self._busy(pid) from None
-                raise NodeError(f"lock {self.lock_path}: {exc.strerror or exc}") from exc
-            # The previous holder removes the file when it lets go: if it did so after we
-            # opened it, our lock is on a file nobody else will open. Start over then.
-            try:
-                current = os.stat(self.lock_path)
-            except FileNotFoundError:
-                current = None
-            mine = os.fstat(fd)
-            if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return fd
-
-    def _release(self, fd: int) -> None:
-        try:
-            self.lock_path.unlink(missing_ok=True)  # while still holding it: see _acquire
-        finally:
-            os.close(fd)
-
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
+    def hold(self) -> contextlib.AbstractContextManager[None]:
         """Hold this namespace's agent lock for the block (the long-running loop).
         Raises NodeError naming the PID of the agent that holds it already; nested
         use by the same agent is allowed."""
-        if self._lock_fd is not None:
-            yield
-            return
-        fd = self._acquire()
-        self._lock_fd = fd
-        try:
-            yield
-        finally:
-            self._lock_fd = None
-            self._release(fd)
+        return self._lock.hold()
 
     @property
     def holding(self) -> bool:
         """True inside ``hold()``."""
-        return self._lock_fd is not None
+        return self._lock.holding
 
     def holder(self) -> int | None:
-        """PID of the process holding this namespace's agent lock (None: nobody; this
-        process when it holds it itself). Reads without taking it."""
-        try:
-            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pid = _holder_pid(fd)
-                return int(pid) if pid.isdigit() else None
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return os.getpid() if self._lock_fd is not None else None
-        finally:
-            os.close(fd)
+        """PID of the process holding this namespace's agent lock (None: nobody)."""
+        return self._lock.holder()
 
     # -------------------------------------------------------------- record
 
@@ -504,7 +434,7 @@ class NodeAgent:
                 )
             if str(address) not in wanted:
                 wanted.append(str(address))
-        with self._exclusive():
+        with self._lock.exclusive():
             return self._sync(wanted)
 
     def drifted(self, vips: Iterable[str]) -> bool:
@@ -528,21 +458,13 @@ class NodeAgent:
             ):
                 return True
             if self.mode == "tun":
-                tunl = max(self._read(_conf("all", "rp_filter")) or 0, self._read(_conf(TUN_DEVICE, "rp_filter")) or 0)
+                tunl = max(
+                    self._read(_conf("all", "rp_filter")) or 0,
+                    self._read(_conf(TUN_DEVICE, "rp_filter")) or 0,
+                )
                 link = iproute.link(self.netns, TUN_DEVICE)
                 return tunl != 0 or link is None or not link.up
         return False
-
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        if self._lock_fd is not None:  # inside hold(): ours already
-            yield
-            return
-        fd = self._acquire()
-        try:
-            yield
-        finally:
-            self._release(fd)
 
     def _sync(self, wanted: list[str]) -> list[Change]:
         record = self._load()

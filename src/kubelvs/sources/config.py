@@ -10,6 +10,9 @@ The file itself is read by ``formats.textfile`` (size limit, UTF-8, no NUL: the 
 parser would stop at a NUL and return the part before it as a valid config), and
 whatever the YAML parser raises becomes a ParseError with line and column.
 The reference of every key is docs/config.md.
+
+One cohesive thing (over 500 lines): the shape of every config key, so that the
+reference in docs/config.md has one counterpart.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import yaml_rs
 from ..errors import ConfigError, FieldError
 from ..formats.textfile import TextFileError, check_text, read_text_file, source_name
 from ..model import (
+    DEFAULT_DRAIN_TIMEOUT,
     NO_CHECK,
     CheckKind,
     CheckMode,
@@ -91,6 +95,7 @@ class ServiceSpec:
     forward: Forward = Forward.DR
     realservers: tuple[RealServerSpec, ...] = ()
     health: HealthSpec | None = None
+    drain_timeout: float | None = None  # None: the top-level drain_timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +144,8 @@ class Config:
     timeouts: TimeoutsSpec | None = None
     recommended_sysctls: bool = True
     sysctls: dict[str, int] = field(default_factory=dict)
-    graceful: bool = False
+    graceful: bool | None = None  # None: the running director drains, a one-shot apply does not
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     deletion_guard: DeletionGuardSpec | None = None  # None: the director's defaults
     health_defaults: HealthSpec | None = None
     services: tuple[ServiceSpec, ...] = ()
@@ -195,7 +201,8 @@ _CONFIG = shape.Record(
         ),
         "recommended_sysctls": shape.boolean,
         "sysctls": shape.mapping_of(shape.integer),
-        "graceful": shape.boolean,
+        "graceful": shape.optional(shape.boolean),
+        "drain_timeout": shape.bounded(shape.number, minimum=0, maximum=86400),
         "deletion_guard": shape.optional(
             shape.Record(
                 DeletionGuardSpec,
@@ -235,6 +242,7 @@ _CONFIG = shape.Record(
                         )
                     ),
                     "health": shape.optional(_HEALTH),
+                    "drain_timeout": shape.optional(shape.bounded(shape.number, minimum=0, maximum=86400)),
                 },
             )
         ),
@@ -286,7 +294,7 @@ def _load_yaml(text: str, source: str) -> Any:
         return yaml_rs.loads(text, parse_datetime=False)
     except MemoryError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the parser's boundary: anything it raises is "cannot parse"
+    except Exception as exc:
         # Besides YAMLDecodeError, yaml-rs lets out ValueError (an integer of more than
         # 4,300 digits), TypeError (a mapping as a key: unhashable) and RecursionError.
         message = str(exc)
@@ -350,10 +358,14 @@ def to_desired(config: Config, *, extra_sysctls: Mapping[str, int] | None = None
         raise config_error(errors)
     # The model keeps real servers sorted by key, as the kernel read-back does.
     ordered = {s.key: s.with_realservers(s.realservers) for s in services}
-    return DesiredState(services=ordered, timeouts=timeouts, sysctls=sysctls, ownership=ownership, health=health)
+    return DesiredState(
+        services=ordered, timeouts=timeouts, sysctls=sysctls, ownership=ownership, health=health
+    )
 
 
-def _health(config: Config, services: Sequence[VirtualService], errors: ErrorList) -> dict[ServiceKey, HealthCheck]:
+def _health(
+    config: Config, services: Sequence[VirtualService], errors: ErrorList
+) -> dict[ServiceKey, HealthCheck]:
     """Each service's check: its own ``health:`` over ``health_defaults:`` over the
     built-in defaults; only services with a check other than ``none`` are listed."""
     defaults = config.health_defaults
@@ -382,7 +394,9 @@ def _check_health(check: HealthCheck, where: str, vs: VirtualService | None, err
     before = len(errors)
     if check.timeout > check.interval:
         errors.append(
-            FieldError(f"{where}.timeout", f"{check.timeout:g} s is longer than the interval ({check.interval:g} s)")
+            FieldError(
+                f"{where}.timeout", f"{check.timeout:g} s is longer than the interval ({check.interval:g} s)"
+            )
         )
     if check.kind is CheckKind.EXEC and not check.command:
         errors.append(FieldError(f"{where}.command", "required with kind exec (the command to run)"))
@@ -392,7 +406,9 @@ def _check_health(check: HealthCheck, where: str, vs: VirtualService | None, err
         errors.append(FieldError(f"{where}.expect_status", "must list at least one status"))
     if check.mode is CheckMode.VIP and vs is not None:
         if check.kind is not CheckKind.TCP:
-            errors.append(FieldError(f"{where}.mode", "vip probes a TCP handshake through the data path: use kind tcp"))
+            errors.append(
+                FieldError(f"{where}.mode", "vip probes a TCP handshake through the data path: use kind tcp")
+            )
         elif vs.key.address is None or vs.key.address.version != 4 or vs.key.protocol is not Protocol.TCP:
             errors.append(FieldError(f"{where}.mode", "vip needs an IPv4 TCP virtual service"))
         else:
@@ -467,7 +483,9 @@ def _service(spec: ServiceSpec, where: str, errors: ErrorList) -> VirtualService
             errors.append(FieldError(where, "give either fwmark or vip/port, not both"))
             return None
         if not 1 <= spec.fwmark <= 0xFFFFFFFF:
-            errors.append(FieldError(f"{where}.fwmark", f"must be between 1 and 4294967295, got {shown(spec.fwmark)}"))
+            errors.append(
+                FieldError(f"{where}.fwmark", f"must be between 1 and 4294967295, got {shown(spec.fwmark)}")
+            )
             return None
         key = ServiceKey.for_fwmark(spec.fwmark, spec.family)
         service_port = 0

@@ -36,8 +36,9 @@ class DesiredUpdate:
     (the director then compares every service)."""
     recommended_sysctls: bool = True
     """The config's ``recommended_sysctls``: the director adds its backend's."""
-    graceful: bool = False
-    """The config's ``graceful``: weight 0 first, delete once without connections."""
+    graceful: bool | None = None
+    """The config's ``graceful`` (drain real servers that leave: weight 0 first, delete once
+    without connections or after the drain timeout); None: the director's default (yes)."""
     deletion_guard: tuple[float, float] | None = None
     """The config's ``deletion_guard`` (max_share, settle_seconds); None: the director's defaults."""
     notes: tuple[str, ...] = ()

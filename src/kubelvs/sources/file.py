@@ -84,7 +84,7 @@ class ConfigFileSource:
             try:
                 await asyncio.wait_for(stop.wait(), self.poll_seconds)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             stamp = file_stamp(self.path)
             now = self.clock()

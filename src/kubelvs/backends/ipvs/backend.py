@@ -40,7 +40,9 @@ class IpvsBackend:
         self._netns = netns
         self._sysctls_seen: dict[str, bool] = {}
         if not ipvs_available():
-            raise BackendUnavailable("this kernel has no IPVS (CONFIG_IP_VS unset or the ip_vs module missing)")
+            raise BackendUnavailable(
+                "this kernel has no IPVS (CONFIG_IP_VS unset or the ip_vs module missing)"
+            )
         with entered(netns):  # the socket stays in this namespace for its whole life
             self._sock = GenlSocket("IPVS")
 
@@ -83,6 +85,24 @@ class IpvsBackend:
                 if value is not None:
                     values[name] = value
         return ObservedState(services=services, timeouts=timeouts, sysctls=values, stats=stats)
+
+    def read_stats(
+        self, keys: Iterable[ServiceKey]
+    ) -> dict[tuple[ServiceKey, RealServerKey], RealServerStats]:
+        out: dict[tuple[ServiceKey, RealServerKey], RealServerStats] = {}
+        for key in keys:
+            try:
+                raws = self._sock.dump(wire.Cmd.GET_DEST, wire.service_key_attrs(key))
+            except OSError as exc:
+                if exc.errno == errno.ESRCH:  # the service is gone
+                    continue
+                raise BackendError(f"reading the counters of {key}: {exc.strerror or exc}") from exc
+            if raws:
+                from . import decode  # pyroute2 is imported only when there is something to decode
+            for raw in raws:
+                rs, st = decode.decode_dest(decode.decode(raw))
+                out[(key, rs.key)] = st
+        return out
 
     # ------------------------------------------------------------------ apply
 
@@ -194,7 +214,8 @@ def _explain(op: Operation, code: int) -> str:
         return f"{name}: the virtual service does not exist in the kernel"
     if code == errno.ENOENT:
         if isinstance(op, (AddService, EditService)):
-            return f"{name}: scheduler {op.service.scheduler!r} is not available in this kernel (module ip_vs_{op.service.scheduler})"
+            sched = op.service.scheduler
+            return f"{name}: scheduler {sched!r} is not available in this kernel (module ip_vs_{sched})"
         return f"{name}: the real server does not exist in the kernel"
     if code == errno.EINVAL:
         return (

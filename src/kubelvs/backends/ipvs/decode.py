@@ -35,8 +35,6 @@ from .wire import (
 __all__ = ["IpvsMessage", "decode", "decode_dest", "decode_service", "decode_service_key"]
 
 
-
-
 class IpvsMessage(ipvsmsg):  # type: ignore[misc]
     """pyroute2's ipvsmsg, with the timeout attributes decoded as the u32 they are."""
 
@@ -112,7 +110,11 @@ def decode_dest(msg: IpvsMessage) -> tuple[RealServer, RealServerStats]:
         u_thresh=a.get("IPVS_DEST_ATTR_U_THRESH", 0),
         l_thresh=a.get("IPVS_DEST_ATTR_L_THRESH", 0),
     )
-    s = _attrs(a["IPVS_DEST_ATTR_STATS64"]) if "IPVS_DEST_ATTR_STATS64" in a else _attrs(a.get("IPVS_DEST_ATTR_STATS", {"attrs": []}))
+    s = (
+        _attrs(a["IPVS_DEST_ATTR_STATS64"])
+        if "IPVS_DEST_ATTR_STATS64" in a
+        else _attrs(a.get("IPVS_DEST_ATTR_STATS", {"attrs": []}))
+    )
     stats = RealServerStats(
         active_conns=a.get("IPVS_DEST_ATTR_ACTIVE_CONNS", 0),
         inactive_conns=a.get("IPVS_DEST_ATTR_INACT_CONNS", 0),

@@ -65,9 +65,18 @@ class GenlSocket:
 
     def _resolve(self, name: str) -> int:
         payload = name.encode() + b"\0"
-        nla = struct.pack("=HH", 4 + len(payload), CTRL_ATTR_FAMILY_NAME) + payload + b"\0" * (-len(payload) & 3)
+        nla = (
+            struct.pack("=HH", 4 + len(payload), CTRL_ATTR_FAMILY_NAME)
+            + payload
+            + b"\0" * (-len(payload) & 3)
+        )
         seq = self._next_seq()
-        msg = struct.pack("=IHHIIBBH", 20 + len(nla), GENL_ID_CTRL, NLM_F_REQUEST, seq, 0, CTRL_CMD_GETFAMILY, 1, 0) + nla
+        msg = (
+            struct.pack(
+                "=IHHIIBBH", 20 + len(nla), GENL_ID_CTRL, NLM_F_REQUEST, seq, 0, CTRL_CMD_GETFAMILY, 1, 0
+            )
+            + nla
+        )
         self._sock.send(msg)
         for kind, body, rseq in self._messages():
             if rseq != seq:
@@ -75,7 +84,9 @@ class GenlSocket:
             if kind == NLMSG_ERROR:
                 code = -_ERR.unpack_from(body)[0]
                 if code == errno_mod.ENOENT:
-                    raise BackendUnavailable(f"the kernel has no {name} netlink family (is the ip_vs module loaded?)")
+                    raise BackendUnavailable(
+                        f"the kernel has no {name} netlink family (is the ip_vs module loaded?)"
+                    )
                 raise BackendError(f"resolving netlink family {name}: {errno_mod.errorcode.get(code, code)}")
             offset = 4  # genlmsghdr
             while offset + 4 <= len(body):

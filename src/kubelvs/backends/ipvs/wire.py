@@ -23,17 +23,17 @@ from ...model import (
 )
 
 __all__ = [
-    "Cmd",
     "NLM_F_ACK",
     "NLM_F_DUMP",
     "NLM_F_REQUEST",
-    "encode_request",
-    "service_attrs",
-    "service_key_attrs",
+    "Cmd",
+    "config_attrs",
     "dest_attrs",
     "dest_key_attrs",
-    "config_attrs",
+    "encode_request",
     "parse_config_reply",
+    "service_attrs",
+    "service_key_attrs",
 ]
 
 GENL_VERSION = 1
@@ -81,7 +81,11 @@ NAMED_SCHED_BITS = {"fallback": F_SCHED1, "port": F_SCHED2}
 _FWD_TO_KERNEL = {Forward.NAT: 0, Forward.LOCAL: 1, Forward.TUN: 2, Forward.DR: 3}
 FWD_FROM_KERNEL = {v: k for k, v in _FWD_TO_KERNEL.items()}
 
-_PROTO_TO_KERNEL = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP, Protocol.SCTP: socket.IPPROTO_SCTP}
+_PROTO_TO_KERNEL = {
+    Protocol.TCP: socket.IPPROTO_TCP,
+    Protocol.UDP: socket.IPPROTO_UDP,
+    Protocol.SCTP: socket.IPPROTO_SCTP,
+}
 PROTO_FROM_KERNEL = {v: k for k, v in _PROTO_TO_KERNEL.items()}
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 FAMILY_OF_AF = {socket.AF_INET: 4, socket.AF_INET6: 6}
@@ -167,7 +171,9 @@ def service_attrs(svc: VirtualService) -> bytes:
 def dest_key_attrs(rs: RealServerKey) -> bytes:
     return _attr(
         _CMD_ATTR_DEST,
-        _attr(_DEST_ADDR, rs.address.packed) + _be16(_DEST_PORT, rs.port) + _u16(_DEST_ADDR_FAMILY, _AF[rs.address.version]),
+        _attr(_DEST_ADDR, rs.address.packed)
+        + _be16(_DEST_PORT, rs.port)
+        + _u16(_DEST_ADDR_FAMILY, _AF[rs.address.version]),
     )
 
 
@@ -182,19 +188,38 @@ def dest_attrs(rs: RealServer) -> bytes:
     packed = rs.address.packed
     n = len(packed)
     return _DEST[n].pack(
-        _DEST_LEN[n], _CMD_ATTR_DEST,
-        4 + n, _DEST_ADDR, packed,
-        6, _DEST_PORT, socket.htons(rs.port),
-        6, _DEST_ADDR_FAMILY, _AF[rs.address.version],
-        8, _DEST_FWD_METHOD, _FWD_TO_KERNEL[rs.forward],
-        8, _DEST_WEIGHT, rs.weight,
-        8, _DEST_U_THRESH, rs.u_thresh,
-        8, _DEST_L_THRESH, rs.l_thresh,
+        _DEST_LEN[n],
+        _CMD_ATTR_DEST,
+        4 + n,
+        _DEST_ADDR,
+        packed,
+        6,
+        _DEST_PORT,
+        socket.htons(rs.port),
+        6,
+        _DEST_ADDR_FAMILY,
+        _AF[rs.address.version],
+        8,
+        _DEST_FWD_METHOD,
+        _FWD_TO_KERNEL[rs.forward],
+        8,
+        _DEST_WEIGHT,
+        rs.weight,
+        8,
+        _DEST_U_THRESH,
+        rs.u_thresh,
+        8,
+        _DEST_L_THRESH,
+        rs.l_thresh,
     )
 
 
 def config_attrs(t: Timeouts) -> bytes:
-    return _u32(_CMD_ATTR_TIMEOUT_TCP, t.tcp) + _u32(_CMD_ATTR_TIMEOUT_TCP_FIN, t.tcpfin) + _u32(_CMD_ATTR_TIMEOUT_UDP, t.udp)
+    return (
+        _u32(_CMD_ATTR_TIMEOUT_TCP, t.tcp)
+        + _u32(_CMD_ATTR_TIMEOUT_TCP_FIN, t.tcpfin)
+        + _u32(_CMD_ATTR_TIMEOUT_UDP, t.udp)
+    )
 
 
 def parse_config_reply(message: bytes) -> Timeouts:

@@ -100,10 +100,7 @@ def _plainly_possible(svc: VirtualService) -> bool:
         return True
     forward = rss[0].forward
     if forward is Forward.NAT:
-        for rs in rss:
-            if rs.forward is not forward or rs.u_thresh or rs.l_thresh or not rs.port:
-                return False
-        return True
+        return all(rs.forward is forward and not rs.u_thresh and not rs.l_thresh and rs.port for rs in rss)
     if forward is Forward.DR:
         for rs in rss:
             if rs.forward is not forward or rs.u_thresh or rs.l_thresh:

@@ -25,8 +25,8 @@ from .maglev import MAGLEV_SIZE, maglev_table, wrr_table
 from .schema import SUPPORTED_SCHEDULERS, TABLE, Element, Value, scheduler_chain
 
 __all__ = [
-    "Neighbour",
     "PROTO_TEXT",
+    "Neighbour",
     "ServiceElements",
     "elements_text",
     "group_elements",

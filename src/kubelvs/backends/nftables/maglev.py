@@ -24,7 +24,7 @@ import math
 from collections.abc import Mapping, Sequence
 from functools import reduce
 
-__all__ = ["MAGLEV_SIZE", "MAX_WRR_SLOTS", "PRIMES", "maglev_table", "wrr_table", "moved_fraction"]
+__all__ = ["MAGLEV_SIZE", "MAX_WRR_SLOTS", "PRIMES", "maglev_table", "moved_fraction", "wrr_table"]
 
 #: Table size for ``sh`` and ``mh`` services. Prime, as Maglev requires (the second
 #: of ip_vs_mh's sizes). Every such service costs this many map elements, so it is a

@@ -212,19 +212,32 @@ class _RawDecoder:
     def _codec(self, name: str) -> tuple[Callable[[bytes], tuple[str | int, ...]], Callable[[Any], Value]]:
         prefix, u32, be16 = self.prefix, _U32.unpack_from, _BE16.unpack_from
         ntoa = socket.inet_ntoa
-        keyed: Callable[[bytes], tuple[str | int, ...]]
         if name in ("nat_svc", "dr_svc"):
             return prefix, lambda raw: _verdict_text(raw.verdict)
         if name == "tun_svc":
             return prefix, lambda raw: None
+
+        def slot_key(k: bytes) -> tuple[str | int, ...]:  # VIP . proto . port . slot/mark
+            return (*prefix(k), *u32(k, 12))
+
+        def realserver_key(k: bytes) -> tuple[str | int, ...]:  # VIP . proto . port . RIP . RPORT
+            return (*prefix(k), ntoa(k[12:16]), *be16(k, 16))
+
+        def counter_key(k: bytes) -> tuple[str | int, ...]:  # VIP . proto . RIP . RPORT
+            return (ntoa(k[0:4]), _PROTO_NAMES.get(k[4], str(k[4])), ntoa(k[8:12]), *be16(k, 12))
+
+        def mark_key(k: bytes) -> tuple[str | int, ...]:
+            return u32(k, 0)
+
+        keyed: Callable[[bytes], tuple[str | int, ...]]
         if name in ("nat_slots", "dr_slots", "dr_in", "dr_rs"):
-            keyed = lambda k: prefix(k) + u32(k, 12)  # VIP . proto . port . slot/mark
+            keyed = slot_key
         elif name == "nat_rs":
-            keyed = lambda k: prefix(k) + (ntoa(k[12:16]),) + be16(k, 16)
+            keyed = realserver_key
         elif name in ("nat_in", "nat_out"):
-            keyed = lambda k: (ntoa(k[0:4]), _PROTO_NAMES.get(k[4], str(k[4])), ntoa(k[8:12])) + be16(k, 12)
+            keyed = counter_key
         else:  # dr_mac, dr_smac, dr_dev, tun_dev: keyed by the mark
-            keyed = lambda k: u32(k, 0)
+            keyed = mark_key
         values: dict[str, Callable[[Any], Value]] = {
             "nat_slots": lambda raw: self.nat_target(raw.data),
             "dr_slots": lambda raw: u32(raw.data, 0)[0],

@@ -23,6 +23,7 @@ arrive on the device that leads to the real servers.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from collections import Counter
@@ -140,10 +141,9 @@ def _create(netns: str | None, t: Tunnel) -> None:
 def _delete(netns: str | None, name: str) -> None:
     if address_of(name) is None:  # never touch a device that is not ours
         raise ValueError(f"{name} is not a kubelvs tunnel device")
-    try:
+    # Already gone (or its namespace is): nothing of ours is left to remove.
+    with contextlib.suppress(KernelError):
         iproute.delete_link(netns, name)
-    except KernelError:
-        pass  # already gone (or its namespace is): nothing of ours is left to remove
 
 
 def _element(rip: str, name: str | int) -> Element:

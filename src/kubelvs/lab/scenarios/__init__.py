@@ -1,5 +1,5 @@
-"""The seed's incidents as lab scenarios: each shows the symptom with real TCP
-connections, applies the fix, and shows it gone.
+"""The production incidents kubelvs is built around (docs/incidents.md) as lab scenarios:
+each shows the symptom with real TCP connections, applies the fix, and shows it gone.
 
 A scenario passes (``ok``) only when the symptom was reproduced *and* then fixed; a
 scenario that cannot reproduce its symptom fails too (it would prove nothing).
@@ -10,12 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..doctor import diagnose, digest, first_line
 from ..topology import LabInfo, down, lab_namespaces
 
-__all__ = ["SCENARIOS", "Phase", "Scenario", "ScenarioResult", "examine", "run_scenario"]
+__all__ = ["SCENARIOS", "Outcome", "Phase", "Scenario", "ScenarioResult", "examine", "run_scenario"]
 
 
 @dataclass
@@ -43,8 +43,13 @@ class ScenarioResult:
         return self.before.expected and self.after is not None and self.after.expected
 
     def as_json(self) -> dict[str, Any]:
-        return {"scenario": self.name, "backend": self.backend, "ok": self.ok,
-                "before": asdict(self.before), "after": asdict(self.after) if self.after else None}
+        return {
+            "scenario": self.name,
+            "backend": self.backend,
+            "ok": self.ok,
+            "before": asdict(self.before),
+            "after": asdict(self.after) if self.after else None,
+        }
 
     def render(self) -> str:
         lines = [f"scenario {self.name} (director backend {self.backend})"]
@@ -86,8 +91,9 @@ def wait_syn_recv_expired(netns: str, run: Callable[..., Any]) -> float:
     return time.monotonic() - start
 
 
-def examine(phase: Phase, info: LabInfo, *, enabled: bool, hosts: list[str] | None = None,
-            kubectl: str | None = None) -> None:
+def examine(
+    phase: Phase, info: LabInfo, *, enabled: bool, hosts: list[str] | None = None, kubectl: str | None = None
+) -> None:
     """The scenarios' doctor step: run ``kubelvs doctor`` on ``hosts`` of the lab (default:
     every director and worker, as one site) while the phase's state (the symptom, or the
     fix) is in place, and keep its findings in the phase."""
@@ -95,17 +101,29 @@ def examine(phase: Phase, info: LabInfo, *, enabled: bool, hosts: list[str] | No
         phase.doctor = digest(diagnose(info, hosts=hosts, kubectl=kubectl))
 
 
+class Outcome(Protocol):
+    """What a scenario returns: a verdict, a text report and the JSON one."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    def as_json(self) -> dict[str, Any]: ...
+
+    def render(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class Scenario:
     summary: str
-    run: Callable[..., ScenarioResult]
+    run: Callable[..., Outcome]
     needs: str = ""  # e.g. "kernel with ipip + IPVS (VM tier)"
 
 
 def _registry() -> dict[str, Scenario]:
-    from . import dr_arp, rp_filter, stale_realserver, worker_local_vip
+    from . import backend_failure, dr_arp, rp_filter, stale_realserver, worker_local_vip
 
     return {
+        "backend-failure": Scenario(backend_failure.SUMMARY, backend_failure.run),
         "stale-realserver": Scenario(stale_realserver.SUMMARY, stale_realserver.run),
         "worker-local-vip": Scenario(worker_local_vip.SUMMARY, worker_local_vip.run),
         "dr-arp": Scenario(dr_arp.SUMMARY, dr_arp.run),
@@ -144,13 +162,21 @@ class _Lazy(dict[str, Scenario]):
 SCENARIOS: dict[str, Scenario] = _Lazy()
 
 
-def run_scenario(name: str, *, prefix: str = "kubelvs-scn", backend: str = "auto", log: Callable[[str], None] | None = None,
-                 doctor: bool = True) -> ScenarioResult:
+def run_scenario(
+    name: str,
+    *,
+    prefix: str = "kubelvs-scn",
+    backend: str = "auto",
+    log: Callable[[str], None] | None = None,
+    doctor: bool = True,
+) -> Outcome:
     """Run one scenario in a fresh lab ``prefix`` and always remove the lab afterwards.
     ``doctor``: also run ``kubelvs doctor`` on the affected hosts in both phases."""
     if lab_namespaces(prefix):
         down(prefix)
     try:
-        return SCENARIOS[name].run(prefix=prefix, backend=backend, log=log or (lambda _m: None), doctor=doctor)
+        return SCENARIOS[name].run(
+            prefix=prefix, backend=backend, log=log or (lambda _m: None), doctor=doctor
+        )
     finally:
         down(prefix)

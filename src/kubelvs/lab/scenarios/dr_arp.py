@@ -21,7 +21,10 @@ from ..topology import LabSpec, build
 from ..traffic import DirectorCounters, arp_who_has, neighbour_mac, requests, tally
 from . import Phase, ScenarioResult, examine
 
-SUMMARY = "real servers without arp_ignore/arp_announce answer ARP for the VIP and steal the director's traffic; the node agent stops it"
+SUMMARY = (
+    "real servers without arp_ignore/arp_announce answer ARP for the VIP and steal the director's "
+    "traffic; the node agent stops it"
+)
 
 REQUESTS = 20
 
@@ -37,7 +40,10 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
         for node in info.nodes:
             running.lab.run(node.netns, "ip", "addr", "add", f"{spec.vip}/32", "dev", "lo")
         counters = DirectorCounters(
-            info.directors["dir1"], vip=spec.vip, port=spec.port, reply_sources=[(n.ip, spec.port) for n in info.nodes]
+            info.directors["dir1"],
+            vip=spec.vip,
+            port=spec.port,
+            reply_sources=[(n.ip, spec.port) for n in info.nodes],
         )
 
         def measure(title: str) -> tuple[Phase, list[str], int, str | None]:
@@ -55,7 +61,9 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
                 expected=False,
                 facts={
                     f"who answered ARP for {spec.vip}": who,
-                    "client's ARP entry for the VIP afterwards": "director" if entry == director_mac else node_macs.get(entry or "", entry),
+                    "client's ARP entry for the VIP afterwards": "director"
+                    if entry == director_mac
+                    else node_macs.get(entry or "", entry),
                     "connections that went through the director": f"{via_director}/{REQUESTS}",
                     "succeeded": f"{sum(r.ok for r in results)}/{REQUESTS}",
                     "answered by node": dict(by_node),
@@ -76,15 +84,19 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
         for node in info.nodes:
             running.wait_agent(
                 node.name,
-                ready=lambda: sysctl.read("net.ipv4.conf.eth0.arp_ignore") == 1
-                and sysctl.read("net.ipv4.conf.eth0.arp_announce") == 2,
+                ready=lambda: (
+                    sysctl.read("net.ipv4.conf.eth0.arp_ignore") == 1
+                    and sysctl.read("net.ipv4.conf.eth0.arp_announce") == 2
+                ),
                 what="set arp_ignore/arp_announce",
                 timeout=max(0.0, deadline - time.monotonic()),
             )
         after, who, via, entry = measure("the same with the node agent (arp_ignore=1, arp_announce=2)")
         examine(after, info, enabled=doctor)
         after.expected = (
-            who == ["director"] and entry == director_mac and via == REQUESTS
+            who == ["director"]
+            and entry == director_mac
+            and via == REQUESTS
             and after.facts["succeeded"] == f"{REQUESTS}/{REQUESTS}"
             and set(after.facts["answered by node"]) == {n.name for n in info.nodes}
         )

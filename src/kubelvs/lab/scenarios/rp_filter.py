@@ -1,11 +1,11 @@
-"""rp-filter: the seed's third incident - strict rp_filter on a TUN real server.
+"""rp-filter: rp_filter on tunnel devices (docs/incidents.md) - strict rp_filter on a TUN real server.
 
 CentOS 7 nodes came with ``net.ipv4.conf.all.rp_filter = 1`` and ``tun-*.rp_filter = 1``.
 In LVS-TUN the director IPIP-encapsulates the client's SYN to the node; after
 decapsulation it enters on ``tunl0`` with the client's source address, but the route
 back to the client leaves through eth0: strict reverse-path filtering (effective value
 max(all, tunl0) = 1) drops it. The director has sent nothing back, so its connection
-entries sit in SYN_RECV (the seed's ``ipvsadm -lnc``) and the client times out.
+entries sit in SYN_RECV (the incident's ``ipvsadm -lnc``) and the client times out.
 
 The node agent makes the effective rp_filter loose on the interfaces DR/TUN traffic
 enters, and the connections succeed. Needs IPIP and IPVS: the VM tier.
@@ -22,10 +22,15 @@ from ..topology import LabSpec, build
 from ..traffic import requests, tally
 from . import Phase, ScenarioResult, examine, ipvs_states, wait_syn_recv_expired
 
-SUMMARY = "strict rp_filter on a TUN real server: SYN_RECV at the director, clients time out; the node agent turns it off on tunl0, loose elsewhere"
+SUMMARY = (
+    "strict rp_filter on a TUN real server: SYN_RECV at the director, clients time out; "
+    "the node agent turns it off on tunl0, loose elsewhere"
+)
 NEEDS = "IPVS and ipip: VM tier (scripts/vm-run)"
 
 REQUESTS = 6
+
+
 def _rp_drops(netns: str, run: Callable[..., object]) -> int:
     text = run(netns, "cat", "/proc/net/netstat").stdout  # type: ignore[attr-defined]
     lines = text.splitlines()
@@ -41,7 +46,10 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
     from ...backends.nftables.backend import tun_supported
 
     if backend == "nftables" or not ipvs_available() or not tun_supported():
-        raise LabError("rp-filter needs IPVS (LVS-TUN) and ipip in the kernel: run it in the VM tier, scripts/vm-run -- kubelvs lab scenario rp-filter")
+        raise LabError(
+            "rp-filter needs IPVS (LVS-TUN) and ipip in the kernel: run it in the VM tier, "
+            "scripts/vm-run -- kubelvs lab scenario rp-filter"
+        )
     spec = LabSpec(prefix=prefix, topology="tun", backend="ipvs", agents=False)
     log("lab up: tun (IPVS); workers set up by hand with CentOS 7's strict rp_filter")
     running = build(spec)
@@ -52,8 +60,10 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
             run_(node.netns, "ip", "addr", "add", f"{spec.vip}/32", "dev", "lo")
             run_(node.netns, "ip", "link", "set", "tunl0", "up")
             for key, value in (
-                ("net.ipv4.conf.eth0.arp_ignore", 1), ("net.ipv4.conf.eth0.arp_announce", 2),
-                ("net.ipv4.conf.all.rp_filter", 1), ("net.ipv4.conf.tunl0.rp_filter", 1),
+                ("net.ipv4.conf.eth0.arp_ignore", 1),
+                ("net.ipv4.conf.eth0.arp_announce", 2),
+                ("net.ipv4.conf.all.rp_filter", 1),
+                ("net.ipv4.conf.tunl0.rp_filter", 1),
             ):
                 running.lab.sysctl(node.netns, key, value)
         drops0 = sum(_rp_drops(n.netns, run_) for n in info.nodes)
@@ -82,10 +92,13 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
             running.wait_agent(
                 node.name,
                 # tunl0 has no address: only an effective 0 lets decapsulated packets in.
-                ready=lambda: max(
-                    sysctl.read("net.ipv4.conf.all.rp_filter") or 0, sysctl.read("net/ipv4/conf/tunl0/rp_filter") or 0
-                )
-                == 0,
+                ready=lambda: (
+                    max(
+                        sysctl.read("net.ipv4.conf.all.rp_filter") or 0,
+                        sysctl.read("net/ipv4/conf/tunl0/rp_filter") or 0,
+                    )
+                    == 0
+                ),
                 what="loosen rp_filter",
                 timeout=max(0.0, deadline - time.monotonic()),
             )
@@ -100,8 +113,11 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
         after = Phase(
             "the same with the node agent (effective rp_filter: tunl0 off, eth0 loose)",
             expected=ok == REQUESTS and "SYN_RECV" not in states,
-            facts={"succeeded": f"{ok}/{REQUESTS}", "answered by node": dict(by_node),
-                   "director connection states": sorted(set(states))},
+            facts={
+                "succeeded": f"{ok}/{REQUESTS}",
+                "answered by node": dict(by_node),
+                "director connection states": sorted(set(states)),
+            },
             notes=[f"waited {waited:.0f} s for the failed attempts' SYN_RECV entries to expire first"],
         )
         examine(after, info, enabled=doctor)

@@ -1,9 +1,9 @@
-"""stale-realserver: the seed's first incident.
+"""stale-realserver: the stale real server after a port edit (docs/incidents.md).
 
 A Service created with the default port 80/targetPort 80 by mistake is edited to
 6379/6379. A reconciler that keys real servers by IP alone (kube-router before PR
-#842, the seed's cluster) moves the endpoints to the new virtual service VIP:6379 and
-keeps pod:80 because "that IP is still an endpoint" - the seed's ``ipvsadm`` shows
+#842, the incident's cluster) moves the endpoints to the new virtual service VIP:6379 and
+keeps pod:80 because "that IP is still an endpoint" - the incident's ``ipvsadm`` shows
 ``-> 172.26.6.185:http`` next to ``-> 172.26.6.185:6379``. Nothing listens on 80, so
 round robin sends about every second connection to a dead port.
 
@@ -38,7 +38,10 @@ from ..topology import LAB_TIMEOUTS, LabSpec, build
 from ..traffic import requests, tally
 from . import Phase, ScenarioResult, examine
 
-SUMMARY = "Service edited 80 -> 6379 leaves a stale real server (naive reconciler): ~half the connections fail; kubelvs converges"
+SUMMARY = (
+    "Service edited 80 -> 6379 leaves a stale real server (naive reconciler): "
+    "~half the connections fail; kubelvs converges"
+)
 
 REQUESTS = 20
 
@@ -68,7 +71,17 @@ def naive_update(old: VirtualService, new: VirtualService) -> list[Operation]:
 
 
 def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool = True) -> ScenarioResult:
-    spec = LabSpec(prefix=prefix, topology="nat", port=6379, target_port=6379, backend=backend, director=False, agents=False, nodes=1, pods=1)
+    spec = LabSpec(
+        prefix=prefix,
+        topology="nat",
+        port=6379,
+        target_port=6379,
+        backend=backend,
+        director=False,
+        agents=False,
+        nodes=1,
+        pods=1,
+    )
     log("lab up: nat, one pod running a server on 6379 (the redis)")
     running = build(spec)
     info = running.info
@@ -79,7 +92,12 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
         first = _service(spec.vip, 80, pods, 80)  # the mistake: port/targetPort left at 80
         edited = _service(spec.vip, 6379, pods, 6379)  # kubectl edit svc: 6379/6379
         # The naive reconciler: the first version, then the edit.
-        be.apply([AddService(first.with_realservers(())), *[AddRealServer(first.key, rs) for rs in first.realservers]])
+        be.apply(
+            [
+                AddService(first.with_realservers(())),
+                *[AddRealServer(first.key, rs) for rs in first.realservers],
+            ]
+        )
         be.apply(naive_update(first, edited))
         table = be.read().services
         stale = [str(rs.key) for rs in table[edited.key].realservers]
@@ -99,16 +117,23 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
             },
         )
         # The doctor compares the table with the Service as edited (what kubectl would show).
-        kubectl = kubectl_json(name=edited.name, vip=spec.vip, port=6379, target_port=6379,
-                               endpoints=[Endpoint(p.name, n.name, p.ip) for n in info.nodes for p in n.pods],
-                               nodes=[(n.name, n.ip) for n in info.nodes])
+        kubectl = kubectl_json(
+            name=edited.name,
+            vip=spec.vip,
+            port=6379,
+            target_port=6379,
+            endpoints=[Endpoint(p.name, n.name, p.ip) for n in info.nodes for p in n.pods],
+            nodes=[(n.name, n.ip) for n in info.nodes],
+        )
         examine(before, info, enabled=doctor, hosts=["dir1"], kubectl=kubectl)
         if not before.expected:
             return ScenarioResult("stale-realserver", be.name, before, None)
         # What ``kubelvs director`` converges to (cli desired_for): the Service, the sysctls it
         # recommends for this backend and kernel, and the lab's connection timeouts.
         desired = DesiredState(
-            services={edited.key: edited}, ownership=ownership, timeouts=Timeouts(*LAB_TIMEOUTS),
+            services={edited.key: edited},
+            ownership=ownership,
+            timeouts=Timeouts(*LAB_TIMEOUTS),
             sysctls=recommended_sysctls(be.name, kernel_version(os.uname().release), [edited]),
         )
         result = Director(be).sync(desired)
@@ -117,7 +142,8 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
         ok = sum(r.ok for r in results)
         after = Phase(
             "kubelvs director converged to the Service",
-            expected=ok == REQUESTS and [str(rs.key) for rs in table[edited.key].realservers] == [f"{p}:6379" for p in pods],
+            expected=ok == REQUESTS
+            and [str(rs.key) for rs in table[edited.key].realservers] == [f"{p}:6379" for p in pods],
             facts={
                 "plan": [describe(op) for op in result.plan.ops],
                 "real servers of " + str(edited.key): [str(rs.key) for rs in table[edited.key].realservers],

@@ -1,14 +1,14 @@
-"""worker-local-vip: the seed's last experiment - a worker without the VIP reaches the VIP.
+"""worker-local-vip: the worker-local VIP loop (docs/incidents.md) - a worker without the VIP reaches the VIP.
 
 node1 does not hold the VIP (kube-proxy's external-IP rules DNAT traffic from outside
-without it, so it "works" for clients), and has the seed's ``accept_local=1`` +
+without it, so it "works" for clients), and has the incident's ``accept_local=1`` +
 ``rp_filter=1`` on eth1 (here eth0). A connection from node1 to VIP:80 leaves the node
 unchanged (its source is local and the VIP is not, so no kube-proxy rule matches) and
 goes to the director. When the director picks node1 itself, the packet comes back with
 node1's own address as source: accepted because of accept_local, conntrack already has
 a NAT binding for it so the DNAT is skipped, the VIP is not local, so node1 routes it
 back to the director, which sends it to node1 again ... until the TTL runs out (the
-seed's tcpdump, TTL 64 down to 1; curl says "No route to host").
+incident's tcpdump, TTL 64 down to 1; curl says "No route to host").
 
 The fix is the node agent: with the VIP on lo, kube-proxy's ``--dst-type LOCAL`` rule
 matches in OUTPUT and the connection is DNATed to a local pod; nothing loops.
@@ -22,7 +22,10 @@ from ..topology import PROXY_TABLE, LabSpec, build
 from ..traffic import nft_counter, requests, tally
 from . import Phase, ScenarioResult, examine, wait_syn_recv_expired
 
-SUMMARY = "a worker without the VIP connects to the VIP: packets loop director<->node until the TTL runs out; VIP on lo fixes it"
+SUMMARY = (
+    "a worker without the VIP connects to the VIP: packets loop director<->node until the TTL runs out; "
+    "VIP on lo fixes it"
+)
 
 REQUESTS = 16
 
@@ -78,8 +81,15 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
                 "packets to the VIP node1 routed back out": loops,
                 "answered by pod": dict(by_pod),
             },
-            notes=["kube-proxy's `--dst-type LOCAL` rule now matches in OUTPUT: node1 serves itself from its own pods"]
-            + ([f"waited {waited:.0f} s for the director's SYN_RECV entries of the loop to expire first"] if waited >= 1 else []),
+            notes=[
+                "kube-proxy's `--dst-type LOCAL` rule now matches in OUTPUT: "
+                "node1 serves itself from its own pods"
+            ]
+            + (
+                [f"waited {waited:.0f} s for the director's SYN_RECV entries of the loop to expire first"]
+                if waited >= 1
+                else []
+            ),
         )
         examine(after, info, enabled=doctor)
         return ScenarioResult("worker-local-vip", info.backend, before, after)

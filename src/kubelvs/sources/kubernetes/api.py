@@ -29,7 +29,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from ...errors import KubelvsError
 
-__all__ = ["ApiError", "Gone", "KubeApi", "PATHS", "API_VERSIONS"]
+__all__ = ["API_VERSIONS", "PATHS", "ApiError", "Gone", "KubeApi"]
 
 #: Cluster-wide list/watch path of each kind we read.
 PATHS = {
@@ -82,12 +82,15 @@ class KubeApi:
             if kubeconfig is not None:
                 await k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
             elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-                k8s_config.load_incluster_config(client_configuration=cfg)
+                # kubernetes_asyncio leaves this function unannotated.
+                k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
             else:
                 await k8s_config.load_kube_config(client_configuration=cfg)
         except (k8s_config.ConfigException, OSError, ValueError) as exc:
             where = str(kubeconfig) if kubeconfig else "in-cluster service account or ~/.kube/config"
-            raise ApiError(0, "NoConfig", f"cannot load the Kubernetes client config ({where}): {exc}") from exc
+            raise ApiError(
+                0, "NoConfig", f"cannot load the Kubernetes client config ({where}): {exc}"
+            ) from exc
         return cls(k8s_client.ApiClient(configuration=cfg))
 
     @classmethod
@@ -110,7 +113,7 @@ class KubeApi:
         params: Mapping[str, Any] | None = None,
         body: Any = None,
         content_type: str = "application/json",
-        timeout: float | tuple[float, float] | None = 30.0,
+        timeout: float | aiohttp.ClientTimeout | None = 30.0,
     ) -> aiohttp.ClientResponse:
         try:
             resp: aiohttp.ClientResponse = await self._api.call_api(
@@ -163,14 +166,20 @@ class KubeApi:
         return await self.request_json("PUT", path, body=dict(body))
 
     async def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.request_json("PATCH", path, body=dict(body), content_type="application/merge-patch+json")
+        return await self.request_json(
+            "PATCH", path, body=dict(body), content_type="application/merge-patch+json"
+        )
 
-    async def stream(self, path: str, params: Mapping[str, Any], *, read_timeout: float) -> AsyncIterator[dict[str, Any]]:
+    async def stream(
+        self, path: str, params: Mapping[str, Any], *, read_timeout: float
+    ) -> AsyncIterator[dict[str, Any]]:
         """The events of a watch, one JSON object per line of the chunked response.
 
         ``read_timeout``: seconds without a byte before the stream counts as dead (the
         server sends bookmarks and ends the stream at ``timeoutSeconds``)."""
-        resp = await self._call("GET", path, params=params, timeout=aiohttp.ClientTimeout(sock_connect=10, sock_read=read_timeout))
+        resp = await self._call(
+            "GET", path, params=params, timeout=aiohttp.ClientTimeout(sock_connect=10, sock_read=read_timeout)
+        )
         buf = b""
         try:
             async for chunk in resp.content.iter_any():

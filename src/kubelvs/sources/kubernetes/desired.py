@@ -114,7 +114,9 @@ class KubernetesSource:
         for key, vs in self.base.services.items():
             if key in services:
                 log.warning(
-                    "%s is in the config file and in Kubernetes (%s); the config file wins", key, services[key].name
+                    "%s is in the config file and in Kubernetes (%s); the config file wins",
+                    key,
+                    services[key].name,
                 )
             services[key] = vs
         health = dict(result.desired.health)
@@ -128,10 +130,16 @@ class KubernetesSource:
             sysctls=self.base.sysctls,
             ownership=self.settings.ownership,
             health=health,
+            drain_timeout=self.settings.drain_timeout_seconds,
+            drain_timeouts=self.base.drain_timeouts,
         )
         self.last_result, self._last_snapshot = result, snap
         # The config file's services never change while we run: they are no change.
-        changed = None if result.changed is None else frozenset(k for k in result.changed if k not in self.base.services)
+        changed = (
+            None
+            if result.changed is None
+            else frozenset(k for k in result.changed if k not in self.base.services)
+        )
         return DesiredUpdate(
             desired,
             changed,
@@ -172,7 +180,11 @@ def _failure_events(outcome: SyncOutcome, result: MappingResult, snap: Snapshot)
             out.append(EventSpec(svc.namespace, svc.name, svc.uid, reason, message, type_))
 
     for key, reason in sorted(outcome.failing.items(), key=lambda kv: ServiceKey.sort_key(kv[0])):
-        event(key, "SyncFailed", f"{key} is not fully programmed: the kernel refused it ({reason}); retrying with backoff")
+        event(
+            key,
+            "SyncFailed",
+            f"{key} is not fully programmed: the kernel refused it ({reason}); retrying with backoff",
+        )
     for key, change, text in outcome.health_changes:
         if change == "down":
             event(key, "RealServerDown", f"{key}: {text}; it gets no new connections")

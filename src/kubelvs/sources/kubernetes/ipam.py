@@ -19,6 +19,7 @@ Two Services share an address only when both carry the same
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -126,7 +127,9 @@ def _pools_for(svc: Service, settings: KubeSettings, events: list[EventSpec]) ->
     pool = settings.pool(name)
     if pool is None:
         known = ", ".join(p.name for p in settings.pools) or "none"
-        events.append(_event(svc, "UnknownAddressPool", f"{ann.ADDRESS_POOL}: no pool named {name!r} (pools: {known})"))
+        events.append(
+            _event(svc, "UnknownAddressPool", f"{ann.ADDRESS_POOL}: no pool named {name!r} (pools: {known})")
+        )
         return None
     return [pool]
 
@@ -147,16 +150,16 @@ def allocate(services: Iterable[Service], settings: KubeSettings) -> IpamResult:
     managed = [s for s in all_services if is_managed_lb(s, settings)]
     book = _Book()
     events: list[EventSpec] = []
-    in_any_pool = lambda ip: any(ip in p for p in settings.pools)  # noqa: E731
+
+    def in_any_pool(ip: IPAddress) -> bool:
+        return any(ip in p for p in settings.pools)
 
     # 0. Addresses another controller's LoadBalancer Services hold are never handed out.
     for svc in all_services:
         if svc.type == "LoadBalancer" and not is_managed_lb(svc, settings):
             for text in svc.ingress_ips:
-                try:
+                with contextlib.suppress(ValueError):
                     book.holders.setdefault(ipaddress.ip_address(text), []).append(svc)
-                except ValueError:
-                    pass
 
     # 1. Keep what status already records (restart stability), oldest first.
     for svc in managed:
@@ -185,7 +188,9 @@ def allocate(services: Iterable[Service], settings: KubeSettings) -> IpamResult:
             try:
                 ip = ipaddress.ip_address(text)
             except ValueError:
-                events.append(_event(svc, "InvalidLoadBalancerIP", f"requested address {text!r} is not an IP address"))
+                events.append(
+                    _event(svc, "InvalidLoadBalancerIP", f"requested address {text!r} is not an IP address")
+                )
                 continue
             if ip in book.assigned.get(svc.id, ()):
                 continue
@@ -195,9 +200,16 @@ def allocate(services: Iterable[Service], settings: KubeSettings) -> IpamResult:
             if svc.annotation(ann.ADDRESS_POOL) is None:
                 pools = list(settings.pools)  # a request may name any pool's address
             if not any(ip in p for p in pools):
-                names = ", ".join(f"{p.name} ({', '.join(map(str, p.cidrs))})" for p in pools) or "none configured"
+                names = (
+                    ", ".join(f"{p.name} ({', '.join(map(str, p.cidrs))})" for p in pools)
+                    or "none configured"
+                )
                 events.append(
-                    _event(svc, "LoadBalancerIPNotInPool", f"requested address {ip} is not in an address pool: {names}")
+                    _event(
+                        svc,
+                        "LoadBalancerIPNotInPool",
+                        f"requested address {ip} is not in an address pool: {names}",
+                    )
                 )
                 continue
             holder = book.conflict(svc, ip)
@@ -206,7 +218,8 @@ def allocate(services: Iterable[Service], settings: KubeSettings) -> IpamResult:
                     _event(
                         svc,
                         "LoadBalancerIPInUse",
-                        f"requested address {ip} is already used by Service {holder.ref}; {_why_not_shared(svc, holder)}",
+                        f"requested address {ip} is already used by Service {holder.ref}; "
+                        f"{_why_not_shared(svc, holder)}",
                     )
                 )
                 continue
@@ -220,8 +233,8 @@ def allocate(services: Iterable[Service], settings: KubeSettings) -> IpamResult:
         pools = _pools_for(svc, settings, events)
         if pools is None:
             continue
-        ip = _shared_address(svc, pools, book) or _free_address(svc, pools, book, cursors)
-        if ip is None:
+        found = _shared_address(svc, pools, book) or _free_address(svc, pools, book, cursors)
+        if found is None:
             if not pools:
                 msg = "no auto-assign address pool is configured (kubernetes.lb_pools)"
             else:
@@ -230,9 +243,9 @@ def allocate(services: Iterable[Service], settings: KubeSettings) -> IpamResult:
                 )
             events.append(_event(svc, "AllocationFailed", msg))
             continue
-        book.take(svc, ip)
-        pool = next(p for p in pools if ip in p)
-        events.append(_event(svc, "IPAllocated", f"assigned {ip} from pool {pool.name}", "Normal"))
+        book.take(svc, found)
+        pool = next(p for p in pools if found in p)
+        events.append(_event(svc, "IPAllocated", f"assigned {found} from pool {pool.name}", "Normal"))
 
     assigned = {sid: tuple(ips) for sid, ips in book.assigned.items()}
     status: dict[ObjectId, tuple[str, ...]] = {}
@@ -262,9 +275,13 @@ def _shared_address(svc: Service, pools: list[Pool], book: _Book) -> IPAddress |
     if key is None:
         return None
     for ip in sorted(book.holders, key=lambda a: (a.version, int(a))):
-        if any(ip in p for p in pools) and _family_ok(svc, ip) and book.conflict(svc, ip) is None:
-            if any(sharing_key(h) == key for h in book.holders[ip]):
-                return ip
+        if (
+            any(ip in p for p in pools)
+            and _family_ok(svc, ip)
+            and book.conflict(svc, ip) is None
+            and any(sharing_key(h) == key for h in book.holders[ip])
+        ):
+            return ip
     return None
 
 

@@ -12,10 +12,11 @@ for ``lease_seconds`` stops writing before anyone else can have taken over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .api import ApiError, KubeApi
@@ -27,7 +28,7 @@ log = logging.getLogger("kubelvs.kubernetes.leader")
 
 def micro_time(t: float) -> str:
     """A MicroTime as the API writes it: ``2026-11-26T06:00:00.123456Z``."""
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_time(text: str | None) -> float | None:
@@ -124,10 +125,8 @@ class LeaderElector:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self.try_acquire_or_renew()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.renew_seconds)
-            except asyncio.TimeoutError:
-                pass
 
     async def release(self) -> None:
         """Give the Lease up at shutdown so another director takes over at once."""

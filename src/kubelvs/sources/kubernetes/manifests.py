@@ -7,6 +7,7 @@ reported and the last good objects are kept (the kernel keeps its state).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -19,7 +20,7 @@ from ...errors import ParseError
 from ...formats.textfile import read_text_file
 from .tracker import KINDS, Store
 
-__all__ = ["load_manifests", "watch_manifests", "directory_stamp"]
+__all__ = ["directory_stamp", "load_manifests", "watch_manifests"]
 
 log = logging.getLogger("kubelvs.kubernetes.manifests")
 
@@ -41,7 +42,9 @@ def _documents(path: Path) -> Iterator[Any]:
         yield from yaml.safe_load_all(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise ParseError(str(path), mark.line + 1 if mark else None, str(getattr(exc, "problem", exc))) from exc
+        raise ParseError(
+            str(path), mark.line + 1 if mark else None, str(getattr(exc, "problem", exc))
+        ) from exc
     except RecursionError:
         raise ParseError(str(path), None, "nested too deeply") from None
 
@@ -49,7 +52,9 @@ def _documents(path: Path) -> Iterator[Any]:
 def _objects(doc: Any, list_kind: str | None = None) -> Iterator[Mapping[str, Any]]:
     if not isinstance(doc, Mapping):
         return
-    kind = doc.get("kind") or (list_kind[: -len("List")] if list_kind and list_kind.endswith("List") else None)
+    kind = doc.get("kind") or (
+        list_kind[: -len("List")] if list_kind and list_kind.endswith("List") else None
+    )
     if kind and kind.endswith("List") and isinstance(doc.get("items"), list):
         for item in doc["items"]:
             yield from _objects(item, kind)
@@ -73,7 +78,11 @@ def load_manifests(directory: Path) -> dict[str, list[Mapping[str, Any]]]:
 def directory_stamp(directory: Path) -> tuple[tuple[str, int, int], ...]:
     try:
         return tuple(
-            sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in directory.iterdir() if p.suffix in SUFFIXES)
+            sorted(
+                (p.name, p.stat().st_mtime_ns, p.stat().st_size)
+                for p in directory.iterdir()
+                if p.suffix in SUFFIXES
+            )
         )
     except OSError:
         return ()
@@ -97,7 +106,5 @@ async def watch_manifests(store: Store, directory: Path, *, poll: float, stop: a
                     log.info("%s: %d object change(s)", directory, changes)
             except ParseError as exc:
                 log.error("%s; keeping the last good objects", exc)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), poll)
-        except asyncio.TimeoutError:
-            pass

@@ -330,7 +330,9 @@ def _service(obj: Mapping[str, Any], r: _Reader) -> Service:
         ingress_ips=tuple(ingress),
         ip_families=r.texts(spec.get("ipFamilies"), "spec.ipFamilies"),
         resource_version=version,
-        health_check_node_port=r.number(spec.get("healthCheckNodePort"), "spec.healthCheckNodePort", 1, 65535),
+        health_check_node_port=r.number(
+            spec.get("healthCheckNodePort"), "spec.healthCheckNodePort", 1, 65535
+        ),
     )
 
 

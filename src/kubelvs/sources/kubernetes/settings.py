@@ -27,7 +27,9 @@ ANNOTATION_PREFIX = "kubelvs.io/"
 class PoolSpec:
     name: str
     cidrs: tuple[str, ...]
-    auto_assign: bool = True  # False: only Services that name the pool (or request an IP in it) get its addresses
+    auto_assign: bool = (
+        True  # False: only Services that name the pool (or request an IP in it) get its addresses
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,7 @@ class KubernetesSpec:
     backoff_max_seconds: float = 30.0
     leader: LeaderSpec = LeaderSpec()
     health: HealthDefaultsSpec = HealthDefaultsSpec()
+    drain_timeout_seconds: float = 30.0
 
 
 _POSITIVE = shape.bounded(shape.number, above=0)
@@ -101,6 +104,7 @@ _SECTION = shape.Record(
                 "renew_seconds": _POSITIVE,
             },
         ),
+        "drain_timeout_seconds": shape.bounded(shape.number, minimum=0, maximum=86400),
         "health": shape.Record(
             HealthDefaultsSpec,
             {
@@ -131,6 +135,10 @@ class Pool:
         return sum(_usable(net) for net in self.cidrs)
 
 
+# One shared instance is safe: HealthCheck is frozen.
+_DEFAULT_HEALTH = HealthCheck(kind=CheckKind.HTTP, path="/healthz")
+
+
 @dataclass(frozen=True, slots=True)
 class KubeSettings:
     """The validated section. ``ownership`` comes from the top-level ``owned_cidrs``."""
@@ -155,8 +163,9 @@ class KubeSettings:
     renew_seconds: float = 5.0
     # The real servers' checks unless a Service's annotations say otherwise; None: no checks.
     # ``port`` None: kube-proxy's health port (Cluster) or the Service's healthCheckNodePort (Local).
-    health: HealthCheck | None = HealthCheck(kind=CheckKind.HTTP, path="/healthz")
+    health: HealthCheck | None = _DEFAULT_HEALTH
     kube_proxy_health_port: int = 10256
+    drain_timeout_seconds: float = 30.0  # a node that leaves a Service drains this long at most
 
     def external_ip_allowed(self, address: object) -> bool:
         return any(address in net for net in self.external_ip_cidrs)
@@ -198,7 +207,11 @@ def parse_kubernetes(data: Any, ownership: Ownership) -> KubeSettings:
 
     def inside_owned(net: IPNetwork, where: str) -> None:
         if not any(net.version == o.version and net.subnet_of(o) for o in ownership.cidrs):  # type: ignore[arg-type]
-            errors.append(FieldError(where, f"{net} is not inside owned_cidrs ({owned}); kubelvs only programs VIPs it owns"))
+            errors.append(
+                FieldError(
+                    where, f"{net} is not inside owned_cidrs ({owned}); kubelvs only programs VIPs it owns"
+                )
+            )
 
     ext: list[IPNetwork] = []
     for i, text in enumerate(spec.external_ip_cidrs):
@@ -228,7 +241,7 @@ def parse_kubernetes(data: Any, ownership: Ownership) -> KubeSettings:
                 continue
             inside_owned(net, at)
             for other, other_at in taken:
-                if other.version == net.version and net.overlaps(other):  # type: ignore[arg-type]
+                if other.version == net.version and net.overlaps(other):
                     errors.append(FieldError(at, f"{net} overlaps {other} of {other_at}"))
             # A pool may lie inside external_ip_cidrs (the issue's own example does); the
             # mapping then refuses externalIPs inside a pool, so IPAM alone hands them out.
@@ -242,9 +255,15 @@ def parse_kubernetes(data: Any, ownership: Ownership) -> KubeSettings:
         )
     h = spec.health
     if h.timeout > h.interval:
-        errors.append(FieldError("kubernetes.health.timeout", f"{h.timeout:g} s is longer than the interval ({h.interval:g} s)"))
+        errors.append(
+            FieldError(
+                "kubernetes.health.timeout", f"{h.timeout:g} s is longer than the interval ({h.interval:g} s)"
+            )
+        )
     if not spec.node_address_types:
-        errors.append(FieldError("kubernetes.node_address_types", "needs at least one address type (e.g. InternalIP)"))
+        errors.append(
+            FieldError("kubernetes.node_address_types", "needs at least one address type (e.g. InternalIP)")
+        )
     if errors:
         raise ConfigError(errors)
     return KubeSettings(
@@ -279,4 +298,5 @@ def parse_kubernetes(data: Any, ownership: Ownership) -> KubeSettings:
         if h.enabled
         else None,
         kube_proxy_health_port=h.kube_proxy_port,
+        drain_timeout_seconds=spec.drain_timeout_seconds,
     )

@@ -65,7 +65,9 @@ class MappingResult:
         return _node_vips(self.desired.services, self.targets)
 
 
-def _node_vips(services: Mapping[ServiceKey, VirtualService], targets: Sequence[NodeTarget]) -> dict[str, frozenset[IPAddress]]:
+def _node_vips(
+    services: Mapping[ServiceKey, VirtualService], targets: Sequence[NodeTarget]
+) -> dict[str, frozenset[IPAddress]]:
     by_address: dict[IPAddress, str] = {}
     for t in targets:
         for a in (t.v4, t.v6):

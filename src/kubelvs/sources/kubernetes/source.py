@@ -26,7 +26,9 @@ __all__ = ["ObjectSource", "initial_list"]
 log = logging.getLogger("kubelvs.kubernetes")
 
 
-async def initial_list(api: KubeApi, store: Store, stats: dict[str, WatchStats], settings: KubeSettings) -> None:
+async def initial_list(
+    api: KubeApi, store: Store, stats: dict[str, WatchStats], settings: KubeSettings
+) -> None:
     """List every kind once, retrying a few times; raises the last ``ApiError``."""
     backoff = Backoff(settings.backoff_max_seconds)
     for kind in KINDS:
@@ -71,14 +73,22 @@ class ObjectSource:
     def start(self, stop: asyncio.Event) -> list[asyncio.Task[None]]:
         """Keep the store current until ``stop``: one watch per kind, or the poller."""
         if self.manifests is not None:
-            return [asyncio.create_task(watch_manifests(self.store, self.manifests, poll=self.poll, stop=stop))]
+            return [
+                asyncio.create_task(watch_manifests(self.store, self.manifests, poll=self.poll, stop=stop))
+            ]
         assert self.api is not None, "open() first"
         s = self.settings
         return [
             asyncio.create_task(
                 watch_kind(
-                    self.api, kind, self.store, stats=self.stats[kind], timeout_seconds=s.watch_timeout_seconds,
-                    relist_seconds=s.relist_seconds, backoff_max=s.backoff_max_seconds, stop=stop,
+                    self.api,
+                    kind,
+                    self.store,
+                    stats=self.stats[kind],
+                    timeout_seconds=s.watch_timeout_seconds,
+                    relist_seconds=s.relist_seconds,
+                    backoff_max=s.backoff_max_seconds,
+                    stop=stop,
                 )
             )
             for kind in KINDS

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .snapshot import Snapshot, SnapshotChanges
 from .objects import EndpointSlice, Node, ObjectId, Service, object_id, parse_object
+from .snapshot import Snapshot, SnapshotChanges
 
 __all__ = ["KINDS", "Change", "Store"]
 

@@ -17,6 +17,7 @@ serving what it had, and converges once the watch is back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -131,7 +132,5 @@ async def watch_kind(
             delay = backoff.next()
             stats.backoffs.append(delay)
             log.warning("%s: %s; retrying in %.1f s (the kernel keeps its state)", kind, exc, delay)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
-            except asyncio.TimeoutError:
-                pass

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 
 from .api import ApiError, KubeApi
 from .leader import micro_time
-from .snapshot import MappingResult
 from .objects import EventSpec, ObjectId, Service
+from .snapshot import MappingResult
 
-__all__ = ["StatusWriter", "COMPONENT"]
+__all__ = ["COMPONENT", "StatusWriter"]
 
 log = logging.getLogger("kubelvs.kubernetes.writer")
 
@@ -28,7 +28,9 @@ class StatusWriter:
     def __init__(self, api: KubeApi, *, identity: str) -> None:
         self.api = api
         self.identity = identity
-        self._written: dict[ObjectId, tuple[tuple[str, ...], tuple[str, ...]]] = {}  # id -> (wrote, status we saw then)
+        self._written: dict[
+            ObjectId, tuple[tuple[str, ...], tuple[str, ...]]
+        ] = {}  # id -> (wrote, status we saw then)
         self._posted: set[tuple[str, str, str, str]] = set()
         self.status_writes = 0
         self.event_posts = 0
@@ -48,7 +50,9 @@ class StatusWriter:
             try:
                 await self.api.merge_patch(f"/api/v1/namespaces/{sid[0]}/services/{sid[1]}/status", body)
             except ApiError as exc:
-                log.warning("status of Service %s/%s not written (retried on the next reconcile): %s", *sid, exc)
+                log.warning(
+                    "status of Service %s/%s not written (retried on the next reconcile): %s", *sid, exc
+                )
                 continue
             self._written[sid] = (ips, svc.ingress_ips)
             self.status_writes += 1
@@ -73,7 +77,13 @@ class StatusWriter:
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {"name": f"{ev.name}.{secrets.token_hex(8)}", "namespace": ev.namespace},
-            "involvedObject": {"apiVersion": "v1", "kind": "Service", "name": ev.name, "namespace": ev.namespace, "uid": ev.uid},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "name": ev.name,
+                "namespace": ev.namespace,
+                "uid": ev.uid,
+            },
             "reason": ev.reason,
             "message": ev.message,
             "type": ev.type,

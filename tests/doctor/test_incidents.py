@@ -1,4 +1,4 @@
-"""The seed's own outputs must each produce the finding its author arrived at."""
+"""The incidents' own outputs (docs/incidents.md) must each produce the finding their operators arrived at."""
 
 from __future__ import annotations
 
@@ -10,19 +10,22 @@ from kubelvs.doctor import Bundle, Severity, analyse, analyse_site
 from .conftest import BUNDLES, ids, load
 
 
-def test_stale_port_80_beside_6379_from_the_seed_listing() -> None:
+def test_stale_port_80_beside_6379_from_the_incident_listing() -> None:
     # `ipvsadm | grep -2 10.108.152.210`: no header, port names instead of numbers.
-    findings = analyse(load("seed-stale-port"))
+    findings = analyse(load("incident-stale-port"))
     first = findings[0]
     assert first.id == "stale-realserver" and first.severity is Severity.ERROR
-    assert "172.26.6.185:80" in first.fix[0] and first.fix[0] == "ipvsadm -d -t 10.108.152.210:6379 -r 172.26.6.185:80"
+    assert (
+        "172.26.6.185:80" in first.fix[0]
+        and first.fix[0] == "ipvsadm -d -t 10.108.152.210:6379 -r 172.26.6.185:80"
+    )
     assert any("172.26.6.185:http" in e for e in first.evidence)
     assert ids(findings) == ["stale-realserver"]
 
 
 def test_stale_port_confirmed_by_endpoints(tmp_path: Path) -> None:
     target = tmp_path / "b"
-    shutil.copytree(BUNDLES / "seed-stale-port", target)
+    shutil.copytree(BUNDLES / "incident-stale-port", target)
     endpoints = """---
 apiVersion: v1
 kind: Endpoints
@@ -44,16 +47,16 @@ subsets:
     assert "default/skuapi-rds-prod:redis" in findings[0].summary
 
 
-def test_seed_after_fix_is_clean() -> None:
-    assert analyse(load("seed-stale-port-fixed")) == []
+def test_incident_after_fix_is_clean() -> None:
+    assert analyse(load("incident-stale-port-fixed")) == []
 
 
-def test_timewait_incident(seed_timewait: Path) -> None:
-    findings = analyse(Bundle.load(str(seed_timewait)))
+def test_timewait_incident(incident_timewait: Path) -> None:
+    findings = analyse(Bundle.load(str(incident_timewait)))
     got = ids(findings, at_least="warning")
     assert "tcpfin-timeout-long" in got and "timewait-heavy" in got and "paws-rejects" in got
     tcpfin = next(f for f in findings if f.id == "tcpfin-timeout-long")
-    assert tcpfin.fix[0] == "ipvsadm --set 900 30 300"  # what the seed's author ran
+    assert tcpfin.fix[0] == "ipvsadm --set 900 30 300"  # what the incident's operators ran
     assert "TIME_WAIT 10003" in tcpfin.summary
     paws = next(f for f in findings if f.id == "paws-rejects")
     assert "PAWSEstab 17855" in paws.summary
@@ -62,7 +65,7 @@ def test_timewait_incident(seed_timewait: Path) -> None:
 
 
 def test_syn_recv_and_rp_filter_incident() -> None:
-    findings = analyse(load("seed-syn-recv"))
+    findings = analyse(load("incident-syn-recv"))
     assert ids(findings) == ["rp-filter-strict", "syn-recv-stuck"]
     rp, syn = findings
     assert rp.severity is Severity.ERROR  # escalated: connections are hanging now
@@ -76,23 +79,23 @@ def test_syn_recv_and_rp_filter_incident() -> None:
 
 
 def test_syn_recv_lines_alone() -> None:
-    target = load("seed-syn-recv")
+    target = load("incident-syn-recv")
     del target.texts["sysctl.txt"]
     findings = analyse(target)
     assert ids(findings) == ["syn-recv-stuck"]
 
 
-def test_seed_sysctl_conf_on_its_centos_kernel_and_on_a_new_one() -> None:
-    b = load("seed-sysctl-conf")
+def test_incident_sysctl_conf_on_its_centos_kernel_and_on_a_new_one() -> None:
+    b = load("incident-sysctl-conf")
     assert [(f.id, f.severity) for f in analyse(b)] == [("tw-recycle-enabled", Severity.WARNING)]
-    b = load("seed-sysctl-conf")
+    b = load("incident-sysctl-conf")
     b.texts["uname.txt"] = "6.1.0-28-amd64\n"
     (f,) = analyse(b)
     assert f.id == "tw-recycle-enabled" and f.severity is Severity.INFO and "no longer has" in f.summary
 
 
 def test_dr_site_healthy_node_and_loop_node() -> None:
-    site = analyse_site({h: load(f"seed-dr-site/{h}") for h in ("director", "node1", "node2")})
+    site = analyse_site({h: load(f"incident-dr-site/{h}") for h in ("director", "node1", "node2")})
     assert site["director"] == [] and site["node1"] == []
     assert ids(site["node2"]) == ["local-vip-loop", "dr-vip-not-on-realserver"]
     loop = site["node2"][0]
@@ -100,29 +103,35 @@ def test_dr_site_healthy_node_and_loop_node() -> None:
     assert "sysctl -w net.ipv4.conf.eth1.accept_local=0" in loop.fix
 
 
-def test_dr_loop_from_one_node_bundle_and_the_seeds_service() -> None:
-    node = load("seed-dr-site/node2")
-    node.texts["kubectl.yaml"] = (BUNDLES / "seed-whoami-svc.yaml").read_text()
+def test_dr_loop_from_one_node_bundle_and_the_incidents_service() -> None:
+    node = load("incident-dr-site/node2")
+    node.texts["kubectl.yaml"] = (BUNDLES / "incident-whoami-svc.yaml").read_text()
     assert ids(analyse(node)) == ["local-vip-loop"]
 
 
 def test_dr_arp_ignore_broken_on_node1() -> None:
-    node = load("seed-dr-site/node1")
+    node = load("incident-dr-site/node1")
     node.texts["sysctl.txt"] = node.texts["sysctl.txt"].replace("eth1.arp_ignore = 1", "eth1.arp_ignore = 0")
     findings = analyse(node)
     assert ids(findings) == ["dr-arp-ignore"]
-    assert findings[0].fix == ("sysctl -w net.ipv4.conf.eth1.arp_ignore=1",
-                               "# persist: net.ipv4.conf.<if>.arp_ignore = 1 in /etc/sysctl.d/90-lvs-dr.conf")
-    node.texts["sysctl.txt"] = node.texts["sysctl.txt"].replace("eth1.arp_announce = 2", "eth1.arp_announce = 0")
+    assert findings[0].fix == (
+        "sysctl -w net.ipv4.conf.eth1.arp_ignore=1",
+        "# persist: net.ipv4.conf.<if>.arp_ignore = 1 in /etc/sysctl.d/90-lvs-dr.conf",
+    )
+    node.texts["sysctl.txt"] = node.texts["sysctl.txt"].replace(
+        "eth1.arp_announce = 2", "eth1.arp_announce = 0"
+    )
     node.__dict__.pop("sysctls", None)
     assert ids(analyse(node)) == ["dr-arp-ignore", "dr-arp-announce"]
 
 
 def test_all_arp_ignore_raises_the_effective_value() -> None:
-    node = load("seed-dr-site/node1")
-    node.texts["sysctl.txt"] = node.texts["sysctl.txt"].replace("all.arp_announce = 0", "all.arp_announce = 2")
+    node = load("incident-dr-site/node1")
+    node.texts["sysctl.txt"] = node.texts["sysctl.txt"].replace(
+        "all.arp_announce = 0", "all.arp_announce = 2"
+    )
     assert analyse(node) == []
-    node = load("seed-dr-site/node1")
+    node = load("incident-dr-site/node1")
     node.texts["sysctl.txt"] = node.texts["sysctl.txt"].replace("all.arp_ignore = 0", "all.arp_ignore = 8")
     (f,) = analyse(node)
     assert f.id == "dr-arp-ignore" and "8 on eth1" in f.summary

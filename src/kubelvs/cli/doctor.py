@@ -6,27 +6,37 @@ import argparse
 import os
 import sys
 
-from ..cli import exit_codes
-from .analyse import analyse, analyse_site
-from .bundle import FILES, ROLES, Bundle
-from .live import collect, live_bundle
-from .report import exit_code, render_json, render_text
+from ..doctor.analyse import analyse, analyse_site
+from ..doctor.bundle import FILES, ROLES, Bundle
+from ..doctor.live import collect, live_bundle
+from ..doctor.report import exit_code, render_json, render_text
+from . import exit_codes
 
-__all__ = ["register", "main"]
+__all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = subparsers.add_parser("doctor", help="find LVS/IPVS failure modes on this host or in a captured bundle")
+    p = subparsers.add_parser(
+        "doctor", help="find LVS/IPVS failure modes on this host or in a captured bundle"
+    )
     _configure(p)
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bundle", metavar="DIR", help="analyse this bundle (a directory of captured outputs, or a "
-                   "directory of such directories, one per host); default: the live host")
+    p.add_argument(
+        "--bundle",
+        metavar="DIR",
+        help="analyse this bundle (a directory of captured outputs, or a "
+        "directory of such directories, one per host); default: the live host",
+    )
     p.add_argument("--netns", metavar="NAME", help="analyse the live network namespace NAME")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    p.add_argument("--backend", choices=("auto", "ipvs", "nftables"), default="auto",
-                   help="accepted for symmetry with other commands; doctor reads every data plane it finds")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "ipvs", "nftables"),
+        default="auto",
+        help="accepted for symmetry with other commands; doctor reads every data plane it finds",
+    )
     p.set_defaults(func=run_doctor)
     sub = p.add_subparsers(dest="doctor_command")
     c = sub.add_parser("collect", help="capture a bundle from the live host into DIR")
@@ -52,8 +62,11 @@ def run_doctor(args: argparse.Namespace) -> int:
             else:
                 hosts = sorted(d for d in os.listdir(args.bundle) if _is_bundle(os.path.join(args.bundle, d)))
                 if not hosts:
-                    print(f"kubelvs doctor: {args.bundle}: no bundle files in it (expected e.g. {', '.join(list(FILES)[:3])})",
-                          file=sys.stderr)
+                    print(
+                        f"kubelvs doctor: {args.bundle}: no bundle files in it (expected e.g. "
+                        f"{', '.join(list(FILES)[:3])})",
+                        file=sys.stderr,
+                    )
                     return exit_codes.ERROR
                 site = analyse_site({h: Bundle.load(os.path.join(args.bundle, h)) for h in hosts})
                 if args.output == "json":
@@ -80,17 +93,11 @@ def _emit(text: str) -> None:
 
 def run_collect(args: argparse.Namespace) -> int:
     try:
-        written = collect(args.directory, netns=args.netns, role=args.role, kubectl=False if args.no_kubectl else None)
+        written = collect(
+            args.directory, netns=args.netns, role=args.role, kubectl=False if args.no_kubectl else None
+        )
     except OSError as exc:
         print(f"kubelvs doctor collect: {exc}", file=sys.stderr)
         return exit_codes.ERROR
     print(f"wrote {len(written)} files to {args.directory}: {' '.join(written)}")
     return exit_codes.OK
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m kubelvs.doctor``: the doctor command on its own."""
-    p = argparse.ArgumentParser(prog="kubelvs doctor")
-    _configure(p)
-    args = p.parse_args(argv)
-    return int(args.func(args))

@@ -1,0 +1,216 @@
+"""backend-failure: a node's service dies under load; the director's health check takes it
+out, and puts it back when it returns.
+
+A DR lab whose director checks every node with a data-path probe (``mode: vip``: a TCP
+handshake with the VIP, sent to the node's MAC as the director forwards a client's
+packet, so it proves the node serves the VIP, not merely that something listens on the
+node's own address). A client opens a steady stream of new connections through the VIP
+(25 a second). Then every pod of node1 is killed: node1 still holds the VIP and answers
+ARP, its kube-proxy rules still DNAT, but nothing answers behind them. The scenario
+measures how long the director took to mark node1 down (``detect_ms``, from its state
+file), how many requests failed meanwhile, then starts the pods again and measures how
+long until node1 was up (``recover_ms``) and got traffic again.
+
+It passes when node1 was detected within ``fall * interval + timeout`` (+ 500 ms), no more
+requests failed than were sent to node1 in that window, none failed after the detection,
+and node1 served requests again after coming back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ...app.state import state_path
+from ..topology import LabSpec, RunningLab, build
+from ..traffic import Result, requests
+
+__all__ = ["NEEDS", "SUMMARY", "FailureResult", "run"]
+
+SUMMARY = "a node's pods die under load: the health check takes the node out within fall x interval, and back"
+NEEDS = ""
+
+INTERVAL, TIMEOUT, FALL, RISE = 0.5, 0.3, 2, 2
+HEALTH = f"{{kind: tcp, mode: vip, interval: {INTERVAL}, timeout: {TIMEOUT}, fall: {FALL}, rise: {RISE}}}"
+RATE = 25.0  # new connections a second
+SLACK = 0.5  # seconds a detection may be later than fall * interval + timeout
+
+
+@dataclass
+class FailureResult:
+    backend: str
+    detect_ms: float | None
+    recover_ms: float | None
+    failed_requests: int
+    requests: int
+    probe_interval_ms: float
+    fall: int
+    rise: int
+    allowed_failures: int = 0
+    failed_after_detection: int = 0
+    node1_after_recovery: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        bound = (FALL * INTERVAL + TIMEOUT + SLACK) * 1000
+        return (
+            self.detect_ms is not None
+            and self.detect_ms <= bound
+            and self.failed_requests <= self.allowed_failures
+            and self.failed_after_detection == 0
+            and self.recover_ms is not None
+            and self.node1_after_recovery > 0
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        return {"scenario": "backend-failure", **out, "ok": self.ok}
+
+    def render(self) -> str:
+        lines = [f"scenario backend-failure (director backend {self.backend})"]
+        bound = (FALL * INTERVAL + TIMEOUT + SLACK) * 1000
+        lines.append(
+            f"checks: tcp through the data path (vip mode), interval {self.probe_interval_ms:.0f} ms, "
+            f"timeout {TIMEOUT * 1000:.0f} ms, fall {self.fall}, rise {self.rise}"
+        )
+        detect = "never" if self.detect_ms is None else f"{self.detect_ms:.0f} ms"
+        lines.append(f"node1's pods killed: marked down after {detect} (bound {bound:.0f} ms)")
+        lines.append(
+            f"requests: {self.requests}, failed {self.failed_requests} (allowed {self.allowed_failures}: "
+            f"what went to node1 before the bound), failed after the detection {self.failed_after_detection}"
+        )
+        recover = "never" if self.recover_ms is None else f"{self.recover_ms:.0f} ms"
+        lines.append(
+            f"pods back: node1 up after {recover}, then served {self.node1_after_recovery} request(s)"
+        )
+        lines += [f"  {n}" for n in self.notes]
+        lines.append("result: " + ("OK" if self.ok else "FAILED"))
+        return "\n".join(lines)
+
+
+class Stream:
+    """New connections through the VIP at a steady rate, from the client, until stopped."""
+
+    def __init__(self, running: RunningLab) -> None:
+        self.running = running
+        self.results: list[tuple[float, Result]] = []  # (wall time sent, outcome)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        info = self.running.info
+        next_at = time.time()
+        while not self._stop.is_set():
+            sent = time.time()
+            (result,) = requests(info.client, info.spec.vip, info.spec.port, 1, timeout=1.0)
+            self.results.append((sent, result))
+            next_at += 1 / RATE
+            time.sleep(max(0.0, next_at - time.time()))
+
+    def __enter__(self) -> Stream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _health(running: RunningLab, node_ip: str) -> tuple[str, float] | None:
+    """node1's state and since when (wall time), from the director's state file."""
+    path = state_path(running.info.directors["dir1"])
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    targets = (doc.get("health") or {}).get("targets") or {}
+    for name, state in targets.items():
+        if f" via {node_ip} " in name or name.endswith(f" {node_ip}:80"):
+            return str(state["status"]), float(state["since"])
+    return None
+
+
+def _wait(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool = True) -> FailureResult:
+    spec = LabSpec(prefix=prefix, topology="dr", backend=backend, health=HEALTH)
+    log(f"lab up: dr, health checks {HEALTH}")
+    running = build(spec)
+    info = running.info
+    node1 = next(n for n in info.nodes if n.name == "node1")
+    pod_node = info.pod_node()
+    result = FailureResult(info.backend, None, None, 0, 0, INTERVAL * 1000, FALL, RISE)
+    try:
+        if not _wait(lambda: (_health(running, node1.ip) or ("", 0))[0] == "up", 60):
+            result.notes.append("node1 never showed as up in the director's state")
+            return result
+        with Stream(running) as stream:
+            time.sleep(2.0)  # a steady state first
+            log("killing node1's pods")
+            killed = time.time()
+            for pod in node1.pods:
+                running.stop(f"pod {pod.name}")
+            down = _wait(lambda: (_health(running, node1.ip) or ("", 0))[0] == "down", 20)
+            state = _health(running, node1.ip)
+            detected = state[1] if down and state is not None else None
+            time.sleep(2.0)  # traffic after the detection: none may fail
+            log("starting node1's pods again")
+            restarted = time.time()
+            for pod in node1.pods:
+                proc = running.lab.start_python(
+                    pod.netns,
+                    "kubelvs.lab.servers",
+                    "http",
+                    "--name",
+                    pod.name,
+                    "--port",
+                    str(spec.target_port),
+                    log=running.log(f"pod-{pod.name}"),
+                )
+                info.pids[f"pod {pod.name}"] = proc.pid
+            running.save()
+            up = _wait(lambda: (_health(running, node1.ip) or ("", 0))[0] == "up", 30)
+            state = _health(running, node1.ip)
+            back = state[1] if up and state is not None else None
+            time.sleep(2.0)  # traffic after the recovery: node1 must get some
+        sent = stream.results
+        result.requests = len(sent)
+        result.failed_requests = sum(1 for _, r in sent if not r.ok)
+        bound = FALL * INTERVAL + TIMEOUT + SLACK
+        window = [r for t, r in sent if killed <= t < killed + bound]
+        # What the window allows: the requests the scheduler sends node1 in it, a share
+        # p = 1/nodes of them, with 4 standard deviations of slack (a per-flow hash spreads
+        # connections at random: a false failure is rarer than 1 in 10,000).
+        p = 1 / max(1, len(info.nodes))
+        n = len(window)
+        result.allowed_failures = math.ceil(n * p + 4 * math.sqrt(n * p * (1 - p))) + 1
+        if detected is not None:
+            result.detect_ms = round((detected - killed) * 1000, 1)
+            result.failed_after_detection = sum(
+                1 for t, r in sent if detected + 0.2 <= t < restarted and not r.ok
+            )
+        if back is not None:
+            result.recover_ms = round((back - restarted) * 1000, 1)
+            result.node1_after_recovery = sum(
+                1 for t, r in sent if t >= back and r.ok and pod_node.get(r.pod) == "node1"
+            )
+        failures = [r.error for _, r in sent if not r.ok]
+        if failures:
+            result.notes.append(f"failures: {', '.join(sorted(set(failures)))}")
+        return result
+    finally:
+        running.teardown()

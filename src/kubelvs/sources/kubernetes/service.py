@@ -1,0 +1,253 @@
+"""One Service -> its virtual services (pure): the translation the Mapper applies to each
+Service whose inputs changed. Its VIPs (allowed externalIPs, then IPAM's addresses), its
+real servers (the eligible nodes, weighted by local endpoints under Local policy), its
+health check (kube-proxy's health port, healthCheckNodePort, or what the annotations
+ask), and the Events about what it asks for and cannot get. The rules are in
+``mapping``'s docstring and docs/kubernetes.md."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+from ...model import (
+    KNOWN_SCHEDULERS,
+    SCHED_FLAGS,
+    CheckKind,
+    CheckMode,
+    Forward,
+    HealthCheck,
+    IPAddress,
+    RealServer,
+    ServiceKey,
+    VirtualService,
+)
+from ...model.validate import MAX_TIMEOUT, MAX_WEIGHT
+from . import annotations as ann
+from .objects import EndpointSlice, EventSpec, Node, Service
+from .settings import KubeSettings
+from .snapshot import NodeTarget
+
+__all__ = ["event", "node_targets", "service_check", "service_fragment", "service_vips"]
+
+
+def node_targets(nodes: Iterable[Node], settings: KubeSettings) -> tuple[NodeTarget, ...]:
+    """Eligible nodes with their address per family, sorted by name."""
+    out = []
+    for node in sorted(nodes, key=lambda n: n.name):
+        if not node.eligible:
+            continue
+        found: dict[int, IPAddress] = {}
+        for wanted in settings.node_address_types:
+            for type_, text in node.addresses:
+                if type_ != wanted:
+                    continue
+                try:
+                    ip = ipaddress.ip_address(text)
+                except ValueError:
+                    continue
+                found.setdefault(ip.version, ip)
+        if found:
+            out.append(NodeTarget(node.name, found.get(4), found.get(6)))
+    return tuple(out)
+
+
+def event(svc: Service, reason: str, message: str, type_: str = "Warning") -> EventSpec:
+    return EventSpec(svc.namespace, svc.name, svc.uid, reason, message, type_)
+
+
+def service_vips(
+    svc: Service, assigned: Sequence[IPAddress], settings: KubeSettings
+) -> tuple[list[IPAddress], list[EventSpec]]:
+    """The Service's VIPs: allowed externalIPs, then its assigned LoadBalancer addresses."""
+    vips: list[IPAddress] = []
+    events: list[EventSpec] = []
+    if svc.type == "ExternalName":
+        return vips, events
+    allowed = ", ".join(str(c) for c in settings.external_ip_cidrs) or "none"
+    for text in svc.external_ips:
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            events.append(event(svc, "InvalidExternalIP", f"externalIPs: {text!r} is not an IP address"))
+            continue
+        if not settings.external_ip_allowed(ip):
+            events.append(
+                event(
+                    svc,
+                    "ExternalIPNotAllowed",
+                    f"externalIP {ip} is outside the allowed ranges (kubernetes.external_ip_cidrs: "
+                    f"{allowed}); not programmed (an arbitrary externalIP could capture another "
+                    "destination's traffic, CVE-2020-8554)",
+                )
+            )
+            continue
+        pool = next((p for p in settings.pools if ip in p), None)
+        if pool is not None:
+            events.append(
+                event(
+                    svc,
+                    "ExternalIPInPool",
+                    f"externalIP {ip} is inside LoadBalancer pool {pool.name}, whose addresses only IPAM "
+                    "assigns; not programmed (ask for it with type LoadBalancer and "
+                    f"{ann.LOAD_BALANCER_IPS})",
+                )
+            )
+            continue
+        if ip not in vips:
+            vips.append(ip)
+    for ip in assigned:
+        if ip not in vips:
+            vips.append(ip)
+    return vips, events
+
+
+_CHECK_KINDS = {"tcp": CheckKind.TCP, "http": CheckKind.HTTP, "https": CheckKind.HTTPS}
+
+
+def service_check(
+    svc: Service, settings: KubeSettings, services: Sequence[VirtualService]
+) -> tuple[HealthCheck | None, list[EventSpec]]:
+    """The check of the Service's real servers (the nodes): by default kube-proxy's
+    ``/healthz`` on its health port for externalTrafficPolicy Cluster (is the node's
+    proxy alive), the Service's ``healthCheckNodePort`` for Local (does the node have a
+    ready endpoint); the annotations choose another or none."""
+    chosen = (svc.annotation(ann.HEALTH_CHECK) or "default").strip().lower()
+    if chosen == "none" or (chosen == "default" and settings.health is None):
+        return None, []
+    base = settings.health or HealthCheck(kind=CheckKind.HTTP, path="/healthz")
+    node_port = svc.health_check_node_port if svc.local_traffic else None
+    default = replace(
+        base, kind=CheckKind.HTTP, path="/healthz", port=node_port or settings.kube_proxy_health_port
+    )
+    bad: list[str] = []
+    if chosen == "default":
+        check = default
+    elif chosen in _CHECK_KINDS:
+        check = replace(
+            base, kind=_CHECK_KINDS[chosen], path=svc.annotation(ann.HEALTH_PATH) or "/healthz", port=None
+        )
+        port_text = svc.annotation(ann.HEALTH_PORT)
+        if port_text is not None:
+            if port_text.isdigit() and 1 <= int(port_text) <= 65535:
+                check = replace(check, port=int(port_text))
+            else:
+                bad.append(f"{ann.HEALTH_PORT}: {port_text!r} is not a port number")
+        if not check.path.startswith("/"):
+            bad.append(f"{ann.HEALTH_PATH}: {check.path!r} must start with /")
+    else:
+        bad.append(f"{ann.HEALTH_CHECK}: {chosen!r} is not default, none, tcp, http or https")
+        check = default
+    mode = (svc.annotation(ann.HEALTH_MODE) or "direct").strip().lower()
+    if mode == "vip":
+        if check.kind is not CheckKind.TCP:
+            bad.append(
+                f"{ann.HEALTH_MODE}: vip probes a TCP handshake through the data path: use "
+                f"{ann.HEALTH_CHECK}: tcp"
+            )
+        elif any(rs.forward is Forward.NAT for vs in services for rs in vs.realservers):
+            bad.append(f"{ann.HEALTH_MODE}: vip needs forward dr or tun")
+        else:
+            check = replace(check, mode=CheckMode.VIP)
+    elif mode != "direct":
+        bad.append(f"{ann.HEALTH_MODE}: {mode!r} is not direct or vip")
+    if bad:
+        message = "; ".join(bad) + "; the default check is used"
+        return (default if settings.health is not None else None), [event(svc, "InvalidAnnotation", message)]
+    return check, []
+
+
+def service_fragment(
+    svc: Service,
+    vips: Sequence[IPAddress],
+    slices: Sequence[EndpointSlice],
+    targets: Sequence[NodeTarget],
+    settings: KubeSettings,
+) -> tuple[list[VirtualService], list[EventSpec]]:
+    """The virtual services of one Service (before conflicts between Services are resolved)."""
+    events: list[EventSpec] = []
+    if not vips or not svc.ports:
+        return [], events
+    forward_text = svc.annotation(ann.FORWARD)
+    scheduler = svc.annotation(ann.SCHEDULER) or settings.default_scheduler
+    flags_text = svc.annotation(ann.SCHEDULER_FLAGS) or ""
+    flags = frozenset(f.strip() for f in flags_text.split(",") if f.strip())
+    bad = []
+    if forward_text is not None and forward_text not in ("dr", "tun", "nat"):
+        bad.append(f"{ann.FORWARD}: {forward_text!r} is not dr, tun or nat")
+    if scheduler not in KNOWN_SCHEDULERS:
+        bad.append(f"{ann.SCHEDULER}: unknown IPVS scheduler {scheduler!r}")
+    elif flags - SCHED_FLAGS.get(scheduler, frozenset()):
+        bad.append(
+            f"{ann.SCHEDULER_FLAGS}: {', '.join(sorted(flags - SCHED_FLAGS.get(scheduler, frozenset())))} "
+            f"not valid with scheduler {scheduler}"
+        )
+    if bad:
+        events.append(event(svc, "InvalidAnnotation", "; ".join(bad) + "; the Service is not programmed"))
+        return [], events
+    forward = Forward(forward_text) if forward_text else settings.default_forward
+    persistence = min(svc.affinity_timeout, MAX_TIMEOUT)
+
+    out: list[VirtualService] = []
+    for port in svc.ports:
+        if forward is Forward.NAT and not port.node_port:
+            events.append(
+                event(
+                    svc,
+                    "NATNeedsNodePort",
+                    f"port {port.name or port.port}: forward nat sends to nodeIP:nodePort, and this port has "
+                    "no nodePort; not programmed",
+                )
+            )
+            continue
+        rs_port = port.node_port if forward is Forward.NAT else port.port
+        assert rs_port is not None
+        for vip in vips:
+            weights = _weights(svc, port.name, vip.version, slices, targets)
+            realservers = []
+            for target, weight in weights:
+                address = target.address(vip.version)
+                assert address is not None
+                realservers.append(RealServer(address, rs_port, weight, forward))
+            key = ServiceKey(vip.version, port.protocol, vip, port.port)
+            out.append(
+                VirtualService(
+                    key=key,
+                    scheduler=scheduler,
+                    persistence=persistence,
+                    flags=flags,
+                    name=f"{svc.namespace}/{svc.name}:{port.name or port.port}",
+                ).with_realservers(realservers)
+            )
+    return out, events
+
+
+def _weights(
+    svc: Service, port_name: str, family: int, slices: Sequence[EndpointSlice], targets: Sequence[NodeTarget]
+) -> list[tuple[NodeTarget, int]]:
+    usable = [t for t in targets if t.address(family) is not None]
+    if not svc.local_traffic:
+        return [(t, 1) for t in usable]
+    ready: dict[str, int] = {}
+    terminating: dict[str, int] = {}
+    address_type = f"IPv{family}"
+    for sl in slices:
+        if sl.address_type != address_type:
+            continue  # dual-stack Services have a slice per family: count each pod once
+        if sl.port_names is not None and port_name not in sl.port_names:
+            continue
+        for ep in sl.endpoints:
+            if not ep.node_name:
+                continue
+            if ep.ready and not ep.terminating:
+                ready[ep.node_name] = ready.get(ep.node_name, 0) + 1
+            elif ep.serving and ep.terminating:
+                terminating[ep.node_name] = terminating.get(ep.node_name, 0) + 1
+    out = []
+    for t in usable:
+        if ready.get(t.name):
+            out.append((t, min(ready[t.name], MAX_WEIGHT)))
+        elif terminating.get(t.name):
+            out.append((t, 0))  # weight 0: established connections finish, new ones go elsewhere
+    return out
