@@ -24,7 +24,7 @@ APT_TEST  := $(APT_DEMO) conntrack ipvsadm net-tools qemu-system-x86 busybox-sta
 APT_BENCH := $(APT_TEST) iperf3 wrk curl keepalived
 
 .PHONY: setup setup-test setup-check setup-bench apt-demo apt-test apt-bench \
-        test test-machine test-vm check demo demo-ipvs bench bench-dr bench-health clean
+        test test-machine test-vm check demo demo-ipvs bench bench-dr bench-health bench-faults clean
 
 ## Set-up. The apt-* steps cost a dpkg query when everything is there; the virtualenv
 ## stamps are rebuilt when pyproject.toml changes.
@@ -92,11 +92,19 @@ bench: setup-test
 	scripts/vm-run -- $(PY) bench/ipvs_sync.py --out bench/results
 	$(PY) bench/nft_sync.py
 
-## Health checks: probe load and node failure at 10,000 services (nftables, this kernel);
-## then kubelvs beside keepalived on the same lab (IPVS, in the VM).
+## Health checks: probe load and node failure at 10,000 services (nftables, this kernel),
+## detection and failed requests of the backend-failure scenario; then in the VM (IPVS) the
+## node failure and kubelvs beside keepalived on the same lab (~45 min in all).
 bench-health: setup-bench
 	$(PY) bench/health.py --out bench/results
+	$(PY) bench/backend_failure.py --out bench/results
+	scripts/vm-run -- $(PY) bench/health.py --backends ipvs --no-probe-load --out bench/results
 	scripts/vm-run -- $(PY) bench/health_keepalived.py --out bench/results
+
+## Fault injection: failed requests and repair time per fault (nftables here, IPVS in the VM; ~12 min).
+bench-faults: setup-test
+	$(PY) bench/faults.py --backend nftables --out bench/results
+	scripts/vm-run -- $(PY) bench/faults.py --backend ipvs --out bench/results
 
 ## The DR data path in the VM: direct vs IPVS-DR vs nftables-DR with wrk and iperf3 (~12 min).
 ## The host's /proc/loadavg is copied into a file the VM reads, so the report records the load.

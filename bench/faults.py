@@ -26,20 +26,34 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.faults.standin import StandInKube  # noqa: E402
+
 from kubelvs.lab.faults import markdown, run_suite  # noqa: E402
 from kubelvs.lab.topology import down  # noqa: E402
-from tests.faults.standin import StandInKube  # noqa: E402
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backend", choices=("nftables", "ipvs"), required=True)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument(
+        "--only", nargs="+", metavar="FAULT", help="run only these faults (kubelvs.lab.faults.FAULTS)"
+    )
+    p.add_argument(
+        "--logs", type=Path, metavar="DIR", help="keep the lab's logs (director, agents, stream) here"
+    )
     args = p.parse_args()
     prefix = f"kubelvs-bf{secrets.token_hex(3)}"
     try:
         with tempfile.TemporaryDirectory() as tmp, StandInKube(Path(tmp)) as api:
-            suite = run_suite(args.backend, prefix=prefix, api=api, log=lambda line: print(line, flush=True))
+            suite = run_suite(
+                args.backend,
+                prefix=prefix,
+                api=api,
+                only=args.only,
+                logs_to=args.logs,
+                log=lambda line: print(line, flush=True),
+            )
     finally:
         down(prefix)  # also when the runner failed half-way
     args.out.mkdir(parents=True, exist_ok=True)

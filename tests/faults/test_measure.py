@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
-from kubelvs.lab.faults import Image, NodeImage, Request, attribute, flow_restored
+from kubelvs.lab.faults import FaultResult, Image, NodeImage, Request, attribute, flow_restored
 from kubelvs.model import Forward, Protocol, RealServer, ServiceKey, VirtualService
 
 
@@ -60,3 +60,34 @@ def test_differences_name_what_is_not_back() -> None:
     assert good.differences(bad, only=[]) == [found[3]]  # only the nodes besides the services named
     broken = Image({}, None, {}, "", {}, error="read failed: gone")
     assert good.differences(broken) == ["read failed: gone"]
+
+
+def test_targets_are_met_only_when_every_one_is() -> None:
+    def result(
+        failed: int, repair_ms: int | None, *, allowed: bool = False, checks: bool = True
+    ) -> FaultResult:
+        return FaultResult(
+            fault="f",
+            title="t",
+            backend="ipvs",
+            kind="kernel",
+            removes_realserver=allowed,
+            requests=40,
+            failed=failed,
+            errors={},
+            repair_ms=repair_ms,
+            state_ms=repair_ms,
+            flow_ms=0,
+            target_failed=None if allowed else 0,
+            target_repair_ms=2000,
+            met=False,
+            checks={"c": checks},
+        )
+
+    assert result(0, 1999).meets()
+    assert not result(1, 1999).meets()  # a failed request where none is allowed
+    assert result(5, 1999, allowed=True).meets()
+    assert not result(0, 2001).meets()
+    assert result(0, 5999).meets(time_scale=3.0) and not result(0, 6001).meets(time_scale=3.0)
+    assert not result(0, None).meets()  # never repaired
+    assert not result(0, 100, checks=False).meets()

@@ -211,11 +211,11 @@ def _read_regular_file(path: str, name: str, limit: int) -> bytes:
         if info.st_size > limit:  # before reading a byte of it
             raise TextFileError(name, None, None, _too_large(info.st_size, limit))
         try:
-            # One read of the whole file as fstat sizes it; then to the end, in case it grew
-            # (or is a /proc file, whose size says 0).
+            # One read of the whole file as fstat sizes it, then on to the end of the file:
+            # a read may return less than asked on a network file system (9p, NFS, FUSE),
+            # and the file may have grown (or be a /proc file, whose size says 0). Only an
+            # empty read is the end: a short one taken for it truncated a config.
             first = os.read(fd, info.st_size + 1) if info.st_size else b""
-            if info.st_size and len(first) <= info.st_size:  # a short read of a regular file: its end
-                return first
             return first + _read_chunks(lambda n: os.read(fd, n), limit - len(first))
         except OSError as exc:
             raise TextFileError(name, None, None, f"cannot read: {_strerror(exc)}") from None

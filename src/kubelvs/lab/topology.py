@@ -142,6 +142,22 @@ class RunningLab:
         self.save()
         return proc.pid
 
+    def start_pod(self, pod: PodInfo) -> int:
+        """Start one pod's web server (it answers with the pod's name)."""
+        proc = self.lab.start_python(
+            pod.netns,
+            "kubelvs.lab.servers",
+            "http",
+            "--name",
+            pod.name,
+            "--port",
+            str(self.info.spec.target_port),
+            log=self.log(f"pod-{pod.name}"),
+        )
+        self.info.pids[f"pod {pod.name}"] = proc.pid
+        self.save()
+        return proc.pid
+
     def stop(self, key: str) -> None:
         """Stop one process of the lab by its record key (``director dir1``, ``agent node1``)."""
         pid = self.info.pids.pop(key, None)
@@ -359,18 +375,7 @@ def _build(lab: Lab, spec: LabSpec, sdir: Path, backend: str) -> RunningLab:
     # --- processes
     for node in nodes:
         for pod in node.pods:
-            proc = lab.start_python(
-                pod.netns,
-                "kubelvs.lab.servers",
-                "http",
-                "--name",
-                pod.name,
-                "--port",
-                str(spec.target_port),
-                log=running.log(f"pod-{pod.name}"),
-            )
-            info.pids[f"pod {pod.name}"] = proc.pid
-    running.save()
+            running.start_pod(pod)
     if spec.agents and spec.topology in ("dr", "tun"):
         for node in nodes:
             running.start_agent(node.name)

@@ -23,7 +23,16 @@ from ..errors import KernelError, LabError
 from ..kernel import iproute
 from ..kernel.netns import entered
 
-__all__ = ["DirectorCounters", "Result", "arp_who_has", "neighbour_mac", "nft_counter", "requests", "tally"]
+__all__ = [
+    "DirectorCounters",
+    "Result",
+    "arp_who_has",
+    "error_text",
+    "neighbour_mac",
+    "nft_counter",
+    "requests",
+    "tally",
+]
 
 COUNT_TABLE = "kubelvs_lab_count"
 
@@ -36,7 +45,8 @@ class Result:
     error: str = ""  # why it failed ("connection refused", "timed out", "no route to host")
 
 
-def _error(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
+    """A failed request's reason in a few words (``connection refused``, ``timed out``)."""
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "timed out"
     if isinstance(exc, OSError) and exc.errno is not None:
@@ -56,7 +66,7 @@ def _one(host: str, port: int, timeout: float) -> Result:
         data = json.loads(conn.getresponse().read())
         return Result(True, pod=str(data["server"]), client=str(data["client"]))
     except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
-        return Result(False, error=_error(exc))
+        return Result(False, error=error_text(exc))
     finally:
         conn.close()
 

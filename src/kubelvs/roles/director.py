@@ -280,10 +280,15 @@ class Director:
         return self.guard.check(removed, added, owned, now)
 
     def _record(self, ops: list[Operation], exc: PartialApplyError, now: float) -> None:
+        seen: set[ServiceKey] = set()
         for failure in exc.failures:
             key = service_of(ops[failure.index])
-            if key is None or failure.reason.startswith("skipped:"):
+            if key is None or key in seen or failure.reason.startswith("skipped:"):
+                # One attempt per service and sync, named by its first refusal: the
+                # operations after it (IPVS: a real server of a service it refused to
+                # create) fail only because of it.
                 continue
+            seen.add(key)
             previous = self._failures.get(key)
             attempts = 1 if previous is None else previous.attempts + 1
             delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (attempts - 1))

@@ -171,18 +171,7 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
             log("starting node1's pods again")
             restarted = time.time()
             for pod in node1.pods:
-                proc = running.lab.start_python(
-                    pod.netns,
-                    "kubelvs.lab.servers",
-                    "http",
-                    "--name",
-                    pod.name,
-                    "--port",
-                    str(spec.target_port),
-                    log=running.log(f"pod-{pod.name}"),
-                )
-                info.pids[f"pod {pod.name}"] = proc.pid
-            running.save()
+                running.start_pod(pod)
             up = _wait(lambda: (_health(running, node1.ip) or ("", 0))[0] == "up", 30)
             state = _health(running, node1.ip)
             back = state[1] if up and state is not None else None

@@ -1,6 +1,7 @@
 """dr-arp: real servers holding the VIP on lo without arp_ignore/arp_announce.
 
-The seed: "因为这个VIP需要在多个worker节点上存在，因而把它配置在lo上，并抑制相应网卡上对该VIP的ARP响应".
+The VIP must exist on every worker, so it sits on lo, and the workers must not answer
+ARP for it on their network interface (docs/incidents.md, the DR ARP settings).
 Without ``arp_ignore=1`` every worker answers ARP for the VIP (Linux answers for any
 local address on any interface), and without ``arp_announce=2`` a worker replying
 from the VIP asks "who has <client>? tell <VIP>" with its own MAC - which re-points the
