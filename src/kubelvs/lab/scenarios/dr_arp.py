@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from ...kernel import sysctl
+from ..spec import READY_TIMEOUT
 from ..topology import LabSpec, build
 from ..traffic import DirectorCounters, arp_who_has, neighbour_mac, requests, tally
 from . import Phase, ScenarioResult, examine
@@ -81,7 +82,9 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
         log("starting the node agent on every worker")
         for node in info.nodes:
             running.start_agent(node.name)
-        deadline = time.monotonic() + 60  # for all the agents together
+        # For all the agents together; it bounds the wait only (a Python start-up in the
+        # emulated VM under load has taken over a minute).
+        deadline = time.monotonic() + READY_TIMEOUT
         for node in info.nodes:
             running.wait_agent(
                 node.name,
