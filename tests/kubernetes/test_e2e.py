@@ -17,7 +17,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ import pytest
 import yaml
 
 from kubelvs.kernel.netns import entered
-from kubelvs.lab.netlab import Host, Lab
+from kubelvs.lab.netlab import Host, Lab, terminate
 from kubelvs.lab.servers import http_get
 
 from . import k8sobjects as k
@@ -140,13 +139,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
         assert proc.poll() is None, log.read_text()
     finally:
         if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            terminate(proc, 10)
             with contextlib.suppress(OSError):
                 sys.stderr.write(log.read_text()[-3000:])  # the director's log, shown when the test fails
         lab.teardown()

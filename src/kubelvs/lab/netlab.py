@@ -33,9 +33,20 @@ from ..errors import KernelError, LabError
 from ..kernel import iproute
 from ..kernel import sysctl as _sysctl
 
-__all__ = ["NETNS_PREFIX", "Host", "Lab", "LabError", "Process"]
+__all__ = ["NETNS_PREFIX", "Host", "Lab", "LabError", "Process", "terminate"]
 
 NETNS_PREFIX = "kubelvs-"
+
+
+def terminate(popen: subprocess.Popen[bytes], timeout: float) -> None:
+    """End a process we started: SIGTERM, ``timeout`` seconds for it to exit, then SIGKILL."""
+    if popen.poll() is None:
+        popen.send_signal(signal.SIGTERM)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(timeout)
 
 
 @contextlib.contextmanager
@@ -186,13 +197,7 @@ class Lab:
 
     def stop(self, proc: Process, *, timeout: float = 3) -> None:
         """Stop one process we started (SIGTERM, then SIGKILL), by its PID."""
-        if proc.popen.poll() is None:
-            proc.popen.send_signal(signal.SIGTERM)
-            try:
-                proc.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait(timeout)
+        terminate(proc.popen, timeout)
         if proc.popen.stderr is not None:
             proc.popen.stderr.close()
         if proc in self.processes:

@@ -3,7 +3,6 @@ API server the caller provides), for the API server's outage."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from ...errors import LabError
 from ...sources.config import parse_config, parse_yaml, to_desired
+from ..netlab import terminate
 from ..spec import LAB_TIMEOUTS
 from ..topology import LabSpec
 from .stream import read_requests
@@ -102,11 +102,5 @@ def stop_kube_director(suite: Suite) -> None:
     proc = suite.kube_director
     if proc is None:
         return
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    terminate(proc, 30)
     suite.kube_director = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -227,14 +226,7 @@ class Suite:
         proc = self.stream
         if proc is None:
             return
-        if proc.popen.poll() is None:
-            proc.popen.send_signal(signal.SIGTERM)
-            try:
-                proc.popen.wait(self.settings.request_timeout + 30)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait(10)
-        self.running.lab.stop(proc)
+        self.running.lab.stop(proc, timeout=self.settings.request_timeout + 30)
         self.stream = None
 
     # ------------------------------------------------------------------ waiting and measuring
