@@ -48,11 +48,12 @@ from kubelvs.roles.director import Director
 
 VIP = "10.0.0.200"
 CLIENT_SOURCES = [f"10.0.0.{i}" for i in range(101, 141)]
-#: A client address only the stickiness test uses: the module's topologies live across
+#: Client addresses only the stickiness tests use: the module's topologies live across
 #: tests, and IPVS keeps a connection entry (TIME_WAIT: 2 minutes) for every earlier flow;
 #: a new connection whose client port the kernel reuses follows that entry to the earlier
 #: test's real server instead of being scheduled (the reused-port incident).
 STICKY_SOURCE = "10.0.0.98"
+MAGLEV_SOURCES = [f"10.0.0.{i}" for i in range(141, 181)]
 HTTP_PORT = {Forward.DR: 80, Forward.NAT: 8080}
 UDP_PORT = 5353
 
@@ -136,7 +137,8 @@ class Env:
 
 
 def _build(lab: Lab, backend_name: str, mode: Forward) -> Env:
-    client = lab.host("cl", ["10.0.0.10/24", f"{STICKY_SOURCE}/24"] + [f"{a}/24" for a in CLIENT_SOURCES])
+    sources = [STICKY_SOURCE, *CLIENT_SOURCES, *MAGLEV_SOURCES]
+    client = lab.host("cl", ["10.0.0.10/24"] + [f"{a}/24" for a in sources])
     director = lab.host("dir", ["10.0.0.2/24", "10.1.0.1/24", f"{VIP}/32"])
     for name, value in [
         ("net.ipv4.ip_forward", 1),
