@@ -1,14 +1,16 @@
-"""``kubelvs doctor [--bundle DIR] [-o text|json]`` and ``kubelvs doctor collect DIR``."""
+"""``kubelvs doctor [--bundle DIR | --paste FILE] [-o text|json]`` and ``kubelvs doctor collect DIR``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 from ..doctor.analyse import analyse, analyse_site
 from ..doctor.bundle import FILES, ROLES, Bundle
 from ..doctor.live import collect, live_bundle
+from ..doctor.paste import describe, read_paste, relocate
 from ..doctor.report import exit_code, render_json, render_text
 from . import exit_codes
 
@@ -28,6 +30,12 @@ def _configure(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="analyse this bundle (a directory of captured outputs, or a "
         "directory of such directories, one per host); default: the live host",
+    )
+    p.add_argument(
+        "--paste",
+        metavar="FILE",
+        help="analyse command outputs pasted into one text (FILE, or - for stdin), e.g. from "
+        "an issue thread: each section is recognised by its prompt line or its shape",
     )
     p.add_argument("--netns", metavar="NAME", help="analyse the live network namespace NAME")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
@@ -52,6 +60,11 @@ def _is_bundle(path: str) -> bool:
 
 
 def run_doctor(args: argparse.Namespace) -> int:
+    if args.paste is not None:
+        if args.bundle or args.netns:
+            print("kubelvs doctor: --paste: not with --bundle or --netns", file=sys.stderr)
+            return exit_codes.ERROR
+        return _run_paste(args.paste, args.output)
     try:
         if args.bundle:
             if not os.path.isdir(args.bundle):
@@ -80,6 +93,41 @@ def run_doctor(args: argparse.Namespace) -> int:
         print(f"kubelvs doctor: {exc}", file=sys.stderr)
         return exit_codes.ERROR
     _emit(render_json(findings) + "\n" if args.output == "json" else render_text(findings))
+    return exit_code(findings)
+
+
+#: Read at most this much of a paste (a paste is what fits in a terminal or a ticket).
+MAX_PASTE = 64 * 1024 * 1024
+
+
+def _run_paste(source: str, output: str) -> int:
+    try:
+        if source == "-":
+            data = sys.stdin.buffer.read(MAX_PASTE + 1)
+        else:
+            with open(source, "rb") as f:
+                data = f.read(MAX_PASTE + 1)
+    except OSError as exc:
+        print(f"kubelvs doctor: --paste: {exc}", file=sys.stderr)
+        return exit_codes.ERROR
+    if len(data) > MAX_PASTE:
+        print(f"kubelvs doctor: --paste {source}: larger than {MAX_PASTE} bytes", file=sys.stderr)
+        return exit_codes.ERROR
+    paste = read_paste(data.decode("utf-8", errors="replace"))
+    if not paste.texts:
+        _emit(describe(paste))
+        print(
+            f"kubelvs doctor: --paste {source}: no output in it that the doctor reads (e.g. ipvsadm -Ln, "
+            "ipvsadm -Lnc, ipvsadm -L --timeout, sysctl -a, netstat -s, ip addr)",
+            file=sys.stderr,
+        )
+        return exit_codes.ERROR
+    findings = relocate(paste, analyse(paste.bundle()))
+    if output == "json":
+        report = json.loads(render_json(findings))
+        _emit(json.dumps({"paste": paste.to_json(), **report}, indent=2) + "\n")
+    else:
+        _emit(describe(paste) + "\n" + render_text(findings))
     return exit_code(findings)
 
 

@@ -4,6 +4,7 @@ live host, and print the commands that fix them.
     analyse(Bundle.load(dir))        -> list[Finding], errors first
     analyse(live_bundle(netns=...))  -> the same for the running kernel / one namespace
     analyse_site({host: Bundle})     -> per host, with DR real servers matched to directors
+    analyse(read_paste(text).bundle()) -> the same for outputs pasted into one text (paste.py)
     collect(dir, netns=...)          -> write a bundle
 """
 
