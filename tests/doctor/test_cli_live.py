@@ -19,10 +19,22 @@ from .conftest import BUNDLES, ids
 
 def test_cli_text_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["doctor", "--bundle", str(BUNDLES / "vm-healthy")]) == 0
-    assert capsys.readouterr().out == "no findings\n"
+    # "no findings", after what was looked at: not to be taken for a host with nothing to check.
+    assert capsys.readouterr().out == (
+        f"examined: bundle {BUNDLES / 'vm-healthy'}\n"
+        "  role: director (as role.txt says)\n"
+        "  data plane: IPVS (from ipvsadm-Ln.txt)\n"
+        "  checked: 1 virtual service(s), 2 real server(s), 20 connection entries, 5 interface(s), "
+        "1228 sysctls, 1 Kubernetes service(s)\n"
+        "  missing: the sysctl configuration\n"
+        "  capture next, most useful first:\n"
+        "    cat /etc/sysctl.conf /etc/sysctl.d/*.conf   # needed for tw-recycle-enabled\n"
+        "\n"
+        "no findings\n"
+    )
     assert main(["doctor", "--bundle", str(BUNDLES / "vm-stale")]) == 1
     out = capsys.readouterr().out
-    assert out.startswith("1 error\n\n[error] stale-realserver: ")
+    assert "\n\n1 error\n\n[error] stale-realserver: " in out
     assert "  fix:\n    ipvsadm -d -t 10.96.0.20:6379 -r 10.0.2.2:80\n" in out
 
 
@@ -108,3 +120,37 @@ def test_collect_command_with_missing_tools(make_netns: Callable[[str], str], tm
     assert {"sysctl.txt", "ip-addr.txt", "proc-net-netstat.txt", "uname.txt"} <= files  # the direct sources
     assert "not installed" in (tmp_path / "b" / "collect-errors.txt").read_text()
     assert analyse(Bundle.load(str(tmp_path / "b"))) == []
+
+
+@pytest.mark.netns
+def test_a_live_host_without_a_load_balancer_says_what_it_looked_at(
+    make_netns: Callable[[str], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On this kernel (no IPVS) a namespace has no table: "no findings" alone would read as a
+    healthy director. The report says the role it assumed and why, and that no data
+    plane was found; a live host gets no "capture next" (what it lacks, it does not have)."""
+    ns = make_netns("bare")
+    assert main(["doctor", "--netns", ns, "-o", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    examined = report["examined"]
+    assert examined["origin"] == f"live namespace {ns}"
+    assert (examined["role"], examined["role_reason"]) == (
+        "node",
+        "inferred: no IPVS or kubelvs table in the input",
+    )
+    assert examined["data_plane"] == "none found"
+    assert examined["checked"]["interface(s)"] == 1  # lo
+    assert examined["checked"]["sysctls"] > 100
+    assert "virtual service(s)" not in examined["checked"]
+    assert examined["missing"][:4] == [
+        "the IPVS table",
+        "the IPVS listing with its connection counts",
+        "the IPVS connection table",
+        "the IPVS timeouts",
+    ]
+    assert examined["capture_next"] == []
+    assert report["findings"] == []
+    assert main(["doctor", "--netns", ns]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"examined: live namespace {ns}\n  role: node (inferred: no IPVS or kubelvs table")
+    assert text.endswith("\n\nno findings\n")

@@ -172,8 +172,9 @@ def test_cli_exit_and_report_for_an_unreadable_file(
     (bundle / "sysctl.txt").write_bytes(b"\x7fELF\x02\x01\x01\x00\x00\x00")
     assert main(["doctor", "--bundle", str(bundle)]) == 1
     out = capsys.readouterr().out
-    assert out.startswith(
-        "1 warning; 10 not checked (unknown)\n\n[warning] input-unparsed: sysctl.txt could not be read"
+    assert (
+        "\n\n1 warning; 10 not checked (unknown)\n\n[warning] input-unparsed: sysctl.txt could not be read"
+        in out
     )
     assert "  rp-filter-strict, local-vip-loop, dr-arp-ignore" in out and "because of sysctl.txt" in out
     assert main(["doctor", "--bundle", str(bundle), "-o", "json"]) == 1

@@ -22,8 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kubelvs.doctor import FILES, Bundle, Finding, analyse
+from kubelvs.doctor import FILES, Bundle, Finding, Severity, analyse
+from kubelvs.doctor.examined import examine
 from kubelvs.doctor.paste import UNUSED, describe, read_paste, relocate
+from kubelvs.doctor.report import render_markdown
 
 from .conftest import BUNDLES
 
@@ -247,6 +249,33 @@ def test_json_documents_are_named_by_their_content() -> None:
     assert paste.texts == {"ip-addr.txt": ip_json + "\n"}
 
 
+def test_a_thin_paste_says_what_to_capture_next() -> None:
+    """One timeout line: no table, so no role can be told; the commands that would let the
+    most checks run come first, each with the findings that need it."""
+    paste = read_paste("# ipvsadm -L --timeout\nTimeout (tcp tcpfin udp): 900 120 300\n")
+    bundle = paste.bundle()
+    analyse(bundle)
+    examined = examine(bundle, origin="paste")
+    assert (examined.role, examined.data_plane) == ("node", "none found")
+    assert examined.counts == {}
+    commands = [c.command for c in examined.capture_next]
+    assert commands[:2] == ["ipvsadm -Ln", "sysctl -a"]
+    assert set(commands) == {
+        "ipvsadm -Ln",
+        "sysctl -a",
+        "ip -d addr",
+        "kubectl get svc,endpoints,endpointslices,nodes -A -o yaml",
+        "ipvsadm -Lnc",
+        "uname -r",
+        "cat /etc/sysctl.conf /etc/sysctl.d/*.conf",
+        "cat /proc/net/netstat",
+    }
+    by_command = {c.command: c.decides for c in examined.capture_next}
+    assert "ipvs-timeout-below-keepalive" in by_command["ipvsadm -Ln"]
+    assert "ipvs-timeout-below-keepalive" in by_command["sysctl -a"]
+    assert by_command["cat /proc/net/netstat"] == ("paws-rejects",)
+
+
 # ---------------------------------------------------------------------- the command
 
 
@@ -323,6 +352,47 @@ def test_the_readme_paste_example_is_what_the_doctor_prints() -> None:
     assert pasted == SHORT_PASTE
     result = _doctor("--paste", "-", stdin=pasted)
     assert result.stdout == printed
+
+
+def test_markdown_output_is_ready_for_an_issue_thread() -> None:
+    out = _doctor("--paste", "-", "-o", "markdown", stdin=SHORT_PASTE).stdout
+    assert out.startswith("## kubelvs doctor\n\n```\npaste: 3 section(s) recognised, 2 line(s) not placed\n")
+    assert "**Examined:** paste; role director (inferred: IPVS table with 1 virtual service(s)); " in out
+    assert "**Findings:** 1 warning.\n\n### warning: `ipvs-timeout-below-keepalive`\n\n" in out
+    # Evidence and fixes verbatim in code blocks; prose escaped.
+    assert (
+        "Evidence:\n\n```\nline 11 (ipvsadm -L --timeout): Timeout (tcp tcpfin udp): 900 120 300\n"
+        "line 15 (sysctl -a | grep keepalive): net.ipv4.tcp_keepalive_time = 7200\n```\n"
+    ) in out
+    assert "Fix:\n\n```sh\nipvsadm --set 7260 120 300\n" in out
+    assert "shorter than tcp\\_keepalive\\_time 7200 s" in out
+    assert "### What to capture next\n\nMost useful first:\n\n```sh\nipvsadm -Lnc " in out
+
+
+def test_markdown_cannot_be_broken_out_of_by_what_was_pasted() -> None:
+    """A pasted line holding a fence, a mention or HTML stays inside its code block or
+    escaped: the report must not turn into someone else's Markdown."""
+    text = SHORT_PASTE.replace("any idea?", "see ``` and @everyone <img src=x> **look**")
+    out = _doctor("--paste", "-", "-o", "markdown", stdin=text).stdout
+    preamble = out.split("\n\n", 2)[1]
+    assert preamble.startswith("````\n") and preamble.endswith("\n````")  # longer than the ``` inside
+    assert "    line 17: see ``` and @everyone <img src=x> **look**" in preamble
+
+
+def test_markdown_escapes_prose_and_fences_evidence() -> None:
+    finding = Finding(
+        id="stale-realserver",
+        severity=Severity.ERROR,
+        summary="service `a` of @team <b>x</b>",
+        explanation="one\ntwo",
+        evidence=("```evil",),
+        fix=("ipvsadm -C",),
+    )
+    out = render_markdown([finding])
+    assert "\nservice \\`a\\` of \\@team \\<b\\>x\\</b\\>\n" in out
+    assert "\none\ntwo\n" in out
+    assert "Evidence:\n\n````\n```evil\n````\n" in out
+    assert "**Findings:** 1 error." in out
 
 
 # ---------------------------------------------------------------------- fuzzing

@@ -9,9 +9,11 @@ import sys
 
 from ..doctor.analyse import analyse, analyse_site
 from ..doctor.bundle import FILES, ROLES, Bundle
+from ..doctor.examined import Examined, examine
+from ..doctor.findings import Finding
 from ..doctor.live import collect, live_bundle
 from ..doctor.paste import describe, read_paste, relocate
-from ..doctor.report import exit_code, render_json, render_text
+from ..doctor.report import exit_code, render_json, render_markdown, render_text
 from . import exit_codes
 
 __all__ = ["register"]
@@ -38,7 +40,13 @@ def _configure(p: argparse.ArgumentParser) -> None:
         "an issue thread: each section is recognised by its prompt line or its shape",
     )
     p.add_argument("--netns", metavar="NAME", help="analyse the live network namespace NAME")
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json", "markdown"),
+        default="text",
+        help="markdown: ready to paste into an issue thread",
+    )
     p.add_argument(
         "--backend",
         choices=("auto", "ipvs", "nftables"),
@@ -70,30 +78,48 @@ def run_doctor(args: argparse.Namespace) -> int:
             if not os.path.isdir(args.bundle):
                 print(f"kubelvs doctor: {args.bundle}: not a directory", file=sys.stderr)
                 return exit_codes.ERROR
-            if _is_bundle(args.bundle):
-                findings = analyse(Bundle.load(args.bundle))
-            else:
-                hosts = sorted(d for d in os.listdir(args.bundle) if _is_bundle(os.path.join(args.bundle, d)))
-                if not hosts:
-                    print(
-                        f"kubelvs doctor: {args.bundle}: no bundle files in it (expected e.g. "
-                        f"{', '.join(list(FILES)[:3])})",
-                        file=sys.stderr,
-                    )
-                    return exit_codes.ERROR
-                site = analyse_site({h: Bundle.load(os.path.join(args.bundle, h)) for h in hosts})
-                if args.output == "json":
-                    _emit(render_json(site) + "\n")
-                else:
-                    _emit("\n".join(render_text(fs, host=h) for h, fs in site.items()))
-                return max(exit_code(fs) for fs in site.values())
+            if not _is_bundle(args.bundle):
+                return _run_site(args.bundle, args.output)
+            bundle, origin, live = Bundle.load(args.bundle), f"bundle {args.bundle}", False
         else:
-            findings = analyse(live_bundle(args.netns))
+            bundle = live_bundle(args.netns)
+            origin = f"live namespace {args.netns}" if args.netns else "live host"
+            live = True
     except OSError as exc:
         print(f"kubelvs doctor: {exc}", file=sys.stderr)
         return exit_codes.ERROR
-    _emit(render_json(findings) + "\n" if args.output == "json" else render_text(findings))
+    findings = analyse(bundle)
+    _report(findings, examine(bundle, origin=origin, live=live), args.output)
     return exit_code(findings)
+
+
+def _run_site(directory: str, output: str) -> int:
+    hosts = sorted(d for d in os.listdir(directory) if _is_bundle(os.path.join(directory, d)))
+    if not hosts:
+        expected = ", ".join(list(FILES)[:3])
+        print(
+            f"kubelvs doctor: {directory}: no bundle files in it (expected e.g. {expected})", file=sys.stderr
+        )
+        return exit_codes.ERROR
+    bundles = {h: Bundle.load(os.path.join(directory, h)) for h in hosts}
+    site = analyse_site(bundles)
+    examined = {h: examine(b, origin=f"bundle {os.path.join(directory, h)}") for h, b in bundles.items()}
+    if output == "json":
+        _emit(render_json(site, examined=examined) + "\n")
+    elif output == "markdown":
+        _emit(render_markdown(site, examined=examined))
+    else:
+        _emit("\n".join(render_text(fs, host=h, examined=examined[h]) for h, fs in site.items()))
+    return max(exit_code(fs) for fs in site.values())
+
+
+def _report(findings: list[Finding], examined: Examined, output: str, *, preamble: str = "") -> None:
+    if output == "json":
+        _emit(render_json(findings, examined=examined) + "\n")
+    elif output == "markdown":
+        _emit(render_markdown(findings, examined=examined, preamble=preamble.splitlines()))
+    else:
+        _emit(preamble + ("\n" if preamble else "") + render_text(findings, examined=examined))
 
 
 #: Read at most this much of a paste (a paste is what fits in a terminal or a ticket).
@@ -122,12 +148,14 @@ def _run_paste(source: str, output: str) -> int:
             file=sys.stderr,
         )
         return exit_codes.ERROR
-    findings = relocate(paste, analyse(paste.bundle()))
+    bundle = paste.bundle()
+    findings = relocate(paste, analyse(bundle))
+    examined = examine(bundle, origin="paste")
     if output == "json":
-        report = json.loads(render_json(findings))
+        report = json.loads(render_json(findings, examined=examined))
         _emit(json.dumps({"paste": paste.to_json(), **report}, indent=2) + "\n")
     else:
-        _emit(describe(paste) + "\n" + render_text(findings))
+        _report(findings, examined, output, preamble=describe(paste))
     return exit_code(findings)
 
 

@@ -498,25 +498,36 @@ class Bundle:
 
     # ------------------------------------------------------------------ derived facts
 
-    @functools.cached_property
+    @property
     def role(self) -> str:
-        """role.txt, else inferred: IPVS services -> director (both when it also runs pods or
-        holds kube-ipvs0), none -> node."""
+        return self.role_reason[0]
+
+    @functools.cached_property
+    def role_reason(self) -> tuple[str, str]:
+        """The role and why: role.txt, else inferred: IPVS services -> director (both when it
+        also runs pods or holds kube-ipvs0), none -> node."""
         if self.has("role.txt"):
             word = self.texts["role.txt"].split()[0].lower()
             if word in ROLES:
-                return word
+                return word, "as role.txt says"
             # Not unreadable for the checks: the role is inferred, as when role.txt is absent.
             why = f"{quote(word, 40)} is not one of {', '.join(ROLES)}; inferring the role"
             self._bad("role.txt", 1, [f"role.txt:1: {why}"])
         names = {i.name for i in self.interfaces or []}
-        has_ipvs = bool(self.services) or bool(self.conns and self.conns.rows)
-        pods = "kube-ipvs0" in names or any(
-            n.startswith(("cali", "veth", "cni", "flannel", "kube-bridge")) for n in names
+        pods = sorted(
+            n
+            for n in names
+            if n == "kube-ipvs0" or n.startswith(("cali", "veth", "cni", "flannel", "kube-bridge"))
         )
-        if has_ipvs:
-            return "both" if pods else "director"
-        return "node"
+        if self.services:
+            table = f"{self.plane} table with {len(self.services)} virtual service(s)"
+        elif self.conns and self.conns.rows:
+            table = f"{len(self.conns.rows)} IPVS connection entries"
+        else:
+            return "node", "inferred: no IPVS or kubelvs table in the input"
+        if pods:
+            return "both", f"inferred: {table}, and pod or kube-proxy interfaces ({', '.join(pods[:3])})"
+        return "director", f"inferred: {table}"
 
     def nat_evidence(self) -> list[str]:
         """Why we think this host does NAT for LVS traffic (empty: no sign of it)."""

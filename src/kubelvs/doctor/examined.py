@@ -1,0 +1,139 @@
+"""What a report examined, said before its findings (doctor layer).
+
+"No findings" from a host without IPVS cannot be told from a healthy director unless the
+report says what it looked at: the role it assumed and why, the data plane it found, how
+many virtual services, real servers, connection entries and interfaces it checked, and
+which inputs were missing. From the same account (``inputs.NEEDS``: the inputs that
+decide each finding) it names what to capture next, most useful first: the commands
+whose output would decide the most findings not checked for want of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .bundle import Bundle
+from .findings import FINDING_IDS
+from .inputs import INPUTS, NEEDS
+
+__all__ = ["CAPTURE", "Capture", "Examined", "examine"]
+
+#: input -> the command that captures it (the first of its files, as a user types it).
+CAPTURE = {
+    "lb-table": "ipvsadm -Ln",
+    "ipvs-table": "ipvsadm -Ln",
+    "ipvs-listing": "ipvsadm -Ln",
+    "conns": "ipvsadm -Lnc",
+    "timeouts": "ipvsadm -L --timeout",
+    "sysctls": "sysctl -a",
+    "sysctl-conf": "cat /etc/sysctl.conf /etc/sysctl.d/*.conf",
+    "counters": "cat /proc/net/netstat",
+    "kernel": "uname -r",
+    "interfaces": "ip -d addr",
+    "kube": "kubectl get svc,endpoints,endpointslices,nodes -A -o yaml",
+}
+assert set(CAPTURE) == set(INPUTS)
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    command: str
+    decides: tuple[str, ...]  # finding ids that need it (and were not checked), in report order
+
+
+@dataclass(frozen=True)
+class Examined:
+    origin: str  # "live host", "live namespace NAME", "bundle DIR", "paste"
+    role: str
+    role_reason: str
+    data_plane: str  # "IPVS", "the kubelvs nftables table" or "none found"
+    counts: dict[str, int]  # what was checked, by kind (only what the input held)
+    missing: tuple[str, ...]  # inputs absent from the input (not unreadable: input-unparsed says those)
+    capture_next: tuple[Capture, ...]  # empty for a live host: what it lacks, it does not have
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "origin": self.origin,
+            "role": self.role,
+            "role_reason": self.role_reason,
+            "data_plane": self.data_plane,
+            "checked": dict(self.counts),
+            "missing": list(self.missing),
+            "capture_next": [
+                {"command": c.command, "needed_for": list(c.decides)} for c in self.capture_next
+            ],
+        }
+
+    def lines(self) -> list[str]:
+        checked = ", ".join(f"{n} {what}" for what, n in self.counts.items()) or "nothing"
+        out = [
+            f"examined: {self.origin}",
+            f"  role: {self.role} ({self.role_reason})",
+            f"  data plane: {self.data_plane}",
+            f"  checked: {checked}",
+        ]
+        if self.missing:
+            out.append(f"  missing: {', '.join(self.missing)}")
+        if self.capture_next:
+            out.append("  capture next, most useful first:")
+            width = max(len(c.command) for c in self.capture_next)
+            out.extend(
+                f"    {c.command.ljust(width)}   # needed for {', '.join(c.decides)}"
+                for c in self.capture_next
+            )
+        return out
+
+
+def examine(bundle: Bundle, *, origin: str, live: bool = False) -> Examined:
+    """What ``bundle`` held for the checks (call after ``analyse``: the views are parsed)."""
+    services = bundle.services
+    counts: dict[str, int] = {}
+    if services is not None:
+        counts["virtual service(s)"] = len(services)
+        counts["real server(s)"] = sum(len(s.realservers) for s in services)
+    if bundle.conns is not None:
+        counts["connection entries"] = len(bundle.conns.rows)
+    if bundle.interfaces is not None:
+        counts["interface(s)"] = len(bundle.interfaces)
+    if bundle.sysctls is not None:
+        counts["sysctls"] = len(bundle.sysctls.values)
+    if bundle.kube is not None:
+        counts["Kubernetes service(s)"] = len({(port.namespace, port.name) for port in bundle.kube.ports})
+    absent = [
+        key
+        for key, source in INPUTS.items()
+        if not source.available(bundle) and not any(bundle.has(name) for name in source.files)
+    ]
+    role, reason = bundle.role_reason
+    source = bundle.services_source
+    plane = {"ipvs": "IPVS", "nftables": "the kubelvs nftables table"}.get(source, "none found")
+    if source:
+        plane += f" (from {bundle.ipvs_source or 'nft.json'})"
+    return Examined(
+        origin=origin,
+        role=role,
+        role_reason=reason,
+        data_plane=plane,
+        counts=counts,
+        missing=tuple(dict.fromkeys(INPUTS[key].what for key in absent)),
+        capture_next=() if live else _capture_next(absent, director=role == "director"),
+    )
+
+
+#: Findings about a DR/TUN real server itself: not what a director's missing input decides.
+_REAL_SERVER_ONLY = frozenset(
+    {"local-vip-loop", "dr-vip-not-on-realserver", "dr-arp-ignore", "dr-arp-announce"}
+)
+
+
+def _capture_next(absent: list[str], *, director: bool) -> tuple[Capture, ...]:
+    """The commands for the absent inputs, the one needed for the most findings first."""
+    decides: dict[str, set[str]] = {}
+    for key in absent:
+        ids = {fid for fid, needs in NEEDS.items() if key in needs}
+        if director:
+            ids -= _REAL_SERVER_ONLY
+        decides.setdefault(CAPTURE[key], set()).update(ids)
+    order = list(dict.fromkeys(CAPTURE.values()))
+    ranked = sorted(decides.items(), key=lambda item: (-len(item[1]), order.index(item[0])))
+    return tuple(Capture(cmd, tuple(sorted(ids, key=FINDING_IDS.index))) for cmd, ids in ranked if ids)
