@@ -23,6 +23,11 @@ def ids(findings: list[Finding], *, at_least: str = "info") -> list[str]:
     return [f.id for f in findings if f.severity >= floor]
 
 
+def confirmed(findings: list[Finding]) -> list[Finding]:
+    """The findings the evidence alone proves (not the likely ones resting on kernel defaults)."""
+    return [f for f in findings if f.confidence == "confirmed"]
+
+
 @pytest.fixture
 def incident_timewait(tmp_path: Path) -> Path:
     """The TIME_WAIT incident: its timeout and netstat lines plus a table with its counts."""
@@ -32,4 +37,4 @@ def incident_timewait(tmp_path: Path) -> Path:
     return target
 
 
-__all__ = ["BUNDLES", "analyse", "ids", "load"]
+__all__ = ["BUNDLES", "analyse", "confirmed", "ids", "load"]

@@ -16,7 +16,7 @@ import pytest
 
 from kubelvs.doctor import FINDING_IDS, Bundle, Severity, analyse, analyse_site
 
-from .conftest import BUNDLES, ids, load
+from .conftest import BUNDLES, confirmed, ids, load
 
 HEALTHY = ["vm-healthy", "m-node-healthy", "m-dr-node-healthy", "incident-stale-port-fixed"]
 
@@ -37,7 +37,10 @@ def _set_sysctl(bundle: Bundle, name: str, value: int | str) -> Bundle:
 
 @pytest.mark.parametrize("name", HEALTHY)
 def test_healthy_bundles_have_no_findings(name: str) -> None:
-    assert analyse(load(name)) == []
+    findings = analyse(load(name))
+    assert confirmed(findings) == []
+    # A capture without the sysctls may leave a kernel default to confirm: never more than info.
+    assert all(f.severity is Severity.INFO and f.to_confirm for f in findings), findings
 
 
 def test_healthy_tun_site_after_the_incidents_fix() -> None:
@@ -101,7 +104,7 @@ def test_dr_port_mapping_programmed_over_netlink() -> None:
 
 
 def test_dr_site_director_ports_are_fine() -> None:
-    assert analyse(load("incident-dr-site/director")) == []
+    assert confirmed(analyse(load("incident-dr-site/director"))) == []
 
 
 # -------------------------------------------------------------- connection table
@@ -185,7 +188,37 @@ def test_conn_reuse_mode_on_old_kernel() -> None:
     b.texts["uname.txt"] = "5.4.0-150-generic\n"
     findings = analyse(b)
     assert ids(findings) == ["conn-reuse-mode"]
-    assert findings[0].fix[0] == "sysctl -w net.ipv4.vs.conn_reuse_mode=0"
+    (f,) = findings
+    assert (f.confidence, f.severity) == ("confirmed", Severity.WARNING)
+    # Both sides of the setting, and what the two expire_* settings change.
+    assert "1 s or 3 s latency spikes" in f.explanation
+    assert "new connections land on terminating pods" in f.explanation
+    assert "expire_quiescent_template=1 does the same for persistence templates" in f.explanation
+    assert "Here expire_nodest_conn = 1 and expire_quiescent_template = 1." in f.explanation
+    assert f.fix[2:] == (
+        "sysctl -w net.ipv4.vs.conn_reuse_mode=0",
+        "sysctl -w net.ipv4.vs.expire_nodest_conn=1",
+        "sysctl -w net.ipv4.vs.expire_quiescent_template=1",
+    )
+
+
+def test_conn_reuse_mode_from_the_default_on_an_old_kernel_is_likely() -> None:
+    """The sysctl not captured (a grep excerpt), the kernel old and IPVS in use: the default 1
+    holds, so the finding stands as likely, one severity lower, with the command that decides it."""
+    b = Bundle(
+        {"uname.txt": "4.19.0-8-amd64\n", "ipvsadm-timeout.txt": "Timeout (tcp tcpfin udp): 900 120 300\n"}
+    )
+    by_id = {f.id: f for f in analyse(b)}
+    f = by_id["conn-reuse-mode"]
+    assert (f.confidence, f.severity) == ("likely", Severity.INFO)
+    assert f.to_confirm == ("sysctl net.ipv4.vs.conn_reuse_mode",)
+    assert "Assumed, not in the input: net.ipv4.vs.conn_reuse_mode is the kernel default 1." in f.explanation
+    # The setting known, the kernel not: likely too, decided by uname -r.
+    b = Bundle({"sysctl.txt": "net.ipv4.vs.conn_reuse_mode = 1\n"})
+    (f,) = [f for f in analyse(b) if f.id == "conn-reuse-mode"]
+    assert f.confidence == "likely" and f.to_confirm == ("uname -r",)
+    # Neither: nothing to go on.
+    assert "conn-reuse-mode" not in ids(analyse(Bundle({"uname.txt": "4.19.0-8-amd64\n"})))
 
 
 def test_conntrack_near_full() -> None:
@@ -200,6 +233,16 @@ def test_conntrack_near_full() -> None:
 def test_expire_nodest_conn_off() -> None:
     b = _set_sysctl(load("vm-healthy"), "net.ipv4.vs.expire_nodest_conn", 0)
     assert ids(analyse(b)) == ["expire-nodest-conn-off"]
+    (f,) = analyse(b)
+    assert (f.confidence, f.severity, f.to_confirm) == ("confirmed", Severity.WARNING, ())
+
+
+def test_expire_nodest_conn_from_the_default_is_likely() -> None:
+    """The incident's own listing holds no sysctls: the kernel default 0 is assumed, said so."""
+    (f,) = [f for f in analyse(load("incident-stale-port")) if f.id == "expire-nodest-conn-off"]
+    assert (f.confidence, f.severity) == ("likely", Severity.INFO)
+    assert f.to_confirm == ("sysctl net.ipv4.vs.expire_nodest_conn",)
+    assert f.evidence == ()
 
 
 # -------------------------------------------------------------- DR real servers

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from kubelvs.cli.main import main
 from kubelvs.doctor import FILES, Bundle, Severity, analyse, exit_code, render_json, render_text
 
-from .conftest import BUNDLES, ids, load
+from .conftest import BUNDLES, confirmed, ids, load
 
 
 @settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow], deadline=None)
@@ -60,7 +60,7 @@ def test_ipvsadm_without_n_and_old_versions() -> None:
             )
         }
     )
-    findings = analyse(b)
+    findings = confirmed(analyse(b))
     assert ids(findings) == ["stale-realserver", "input-unparsed"]
     unparsed = findings[-1]
     assert "host name" in " ".join(unparsed.evidence)

@@ -331,7 +331,10 @@ def test_doctor_paste_from_stdin_reports_the_sections_and_the_finding() -> None:
         {"line": 1, "text": "Here is what I see on the director:"},
         {"line": 17, "text": "any idea?"},
     ]
-    assert [f["id"] for f in as_json["findings"]] == ["ipvs-timeout-below-keepalive"]
+    assert [(f["id"], f["confidence"]) for f in as_json["findings"]] == [
+        ("ipvs-timeout-below-keepalive", "confirmed"),
+        ("expire-nodest-conn-off", "likely"),  # not in the paste: the kernel default
+    ]
 
 
 def test_doctor_paste_of_nothing_it_reads_is_an_error_not_a_clean_bill(tmp_path: Path) -> None:
@@ -358,7 +361,9 @@ def test_markdown_output_is_ready_for_an_issue_thread() -> None:
     out = _doctor("--paste", "-", "-o", "markdown", stdin=SHORT_PASTE).stdout
     assert out.startswith("## kubelvs doctor\n\n```\npaste: 3 section(s) recognised, 2 line(s) not placed\n")
     assert "**Examined:** paste; role director (inferred: IPVS table with 1 virtual service(s)); " in out
-    assert "**Findings:** 1 warning.\n\n### warning: `ipvs-timeout-below-keepalive`\n\n" in out
+    assert "**Findings:** 1 warning, 1 info.\n\n### warning: `ipvs-timeout-below-keepalive`\n\n" in out
+    assert "### info (likely): `expire-nodest-conn-off`" in out
+    assert "To confirm:\n\n```sh\nsysctl net.ipv4.vs.expire_nodest_conn\n```" in out
     # Evidence and fixes verbatim in code blocks; prose escaped.
     assert (
         "Evidence:\n\n```\nline 11 (ipvsadm -L --timeout): Timeout (tcp tcpfin udp): 900 120 300\n"

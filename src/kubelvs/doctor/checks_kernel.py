@@ -10,6 +10,7 @@ from .bundle import Bundle
 from .findings import Finding, Severity
 
 __all__ = [
+    "DEFAULTS",
     "check_conn_reuse",
     "check_conntrack",
     "check_expire_nodest",
@@ -229,33 +230,103 @@ def check_rp_filter(bundle: Bundle) -> Iterator[Finding]:
     )
 
 
-def check_conn_reuse(bundle: Bundle) -> Iterator[Finding]:
-    value = bundle.sysctl("net.ipv4.vs.conn_reuse_mode")
-    kernel = bundle.kernel
-    if value != 1 or kernel is None or kernel >= (5, 9):
-        return
-    yield Finding(
-        id="conn-reuse-mode",
-        severity=Severity.WARNING,
-        summary=f"net.ipv4.vs.conn_reuse_mode = 1 on kernel {kernel[0]}.{kernel[1]} (< 5.9)",
-        explanation=(
-            "Before 5.9, when a client reuses a source port whose old IPVS entry still exists, IPVS drops "
-            "the SYN to expire the entry: the client retransmits after one second. Busy clients see 1 s (or "
-            "3 s) latency spikes on new connections (kubernetes #81775)."
-        ),
-        evidence=(
-            *bundle.sysctl_evidence("net.ipv4.vs.conn_reuse_mode"),
-            f"uname.txt: {bundle.texts.get('uname.txt', '').strip() or 'kernel.osrelease'}",
-        ),
-        fix=(sysctl_w("net.ipv4.vs.conn_reuse_mode", 0), "# or upgrade to a kernel >= 5.9"),
-        subject="ipvs",
+#: Kernel defaults a check may assume when the input lacks the setting (Documentation/
+#: networking/ipvs-sysctl.rst, ip-sysctl.rst): a finding that holds under the default is
+#: reported as likely, with the command that decides it.
+DEFAULTS = {
+    "net.ipv4.vs.conn_reuse_mode": 1,
+    "net.ipv4.vs.expire_nodest_conn": 0,
+    "net.ipv4.tcp_keepalive_time": 7200,
+}
+
+
+def _setting(bundle: Bundle, name: str, assumed: list[str], to_confirm: list[str], where: str = "") -> int:
+    """A sysctl from the input, else its kernel default (noted in ``assumed``)."""
+    value = bundle.sysctl(name)
+    if value is not None:
+        return value
+    default = DEFAULTS[name]
+    assumed.append(f"{name} is the kernel default {default}")
+    to_confirm.append(f"sysctl {name}" + (f"   # {where}" if where else ""))
+    return default
+
+
+def _uses_ipvs(bundle: Bundle) -> bool:
+    """The input shows IPVS in use: services, connection entries, or ipvsadm's timeouts."""
+    return (
+        bool(bundle.ipvs_services) or bool(bundle.conns and bundle.conns.rows) or bundle.timeouts is not None
     )
 
 
+def check_conn_reuse(bundle: Bundle) -> Iterator[Finding]:
+    kernel = bundle.kernel
+    if kernel is not None and kernel >= (5, 9):
+        return
+    assumed: list[str] = []
+    to_confirm: list[str] = []
+    if bundle.sysctl("net.ipv4.vs.conn_reuse_mode") is None and (kernel is None or not _uses_ipvs(bundle)):
+        return  # neither the setting nor an old kernel using IPVS: nothing to go on
+    value = _setting(bundle, "net.ipv4.vs.conn_reuse_mode", assumed, to_confirm)
+    if value != 1:
+        return
+    if kernel is None:
+        assumed.append("the kernel is older than 5.9")
+        to_confirm.append("uname -r")
+    version = "an unknown kernel" if kernel is None else f"kernel {kernel[0]}.{kernel[1]}"
+    nodest = bundle.sysctl("net.ipv4.vs.expire_nodest_conn")
+    quiescent = bundle.sysctl("net.ipv4.vs.expire_quiescent_template")
+    yield Finding(
+        id="conn-reuse-mode",
+        severity=Severity.WARNING,
+        summary=f"net.ipv4.vs.conn_reuse_mode = 1 on {version} (< 5.9)",
+        explanation=(
+            "Before 5.9 both settings of conn_reuse_mode hurt, in different ways. With 1 (this host), when "
+            "a client reuses a source port whose old IPVS entry still exists, IPVS drops the SYN to expire "
+            "the entry: the client retransmits after one second, and busy clients (or a benchmark) see 1 s "
+            "or 3 s latency spikes and low throughput on new connections (kubernetes #81775, #70747). With "
+            "0 (what kube-proxy and kube-router set on these kernels) the SYN is not dropped, but it "
+            "follows the old entry to its real server, also one being drained (weight 0) or already "
+            "deleted: during rolling updates new connections land on terminating pods. expire_nodest_conn=1"
+            " makes the entry of a deleted real server expire at the first packet (the connection is then "
+            "scheduled anew), and expire_quiescent_template=1 does the same for persistence templates of a "
+            "weight-0 real server; neither helps with a real server that is still there at weight 0. Kernel"
+            " 5.9 fixed the 1 s drop, so that 1, the default, is right there."
+            + (
+                f" Here expire_nodest_conn = {nodest} and expire_quiescent_template = {quiescent}."
+                if nodest is not None and quiescent is not None
+                else ""
+            )
+        ),
+        evidence=(
+            *bundle.sysctl_evidence("net.ipv4.vs.conn_reuse_mode"),
+            *(
+                [f"uname.txt: {bundle.texts.get('uname.txt', '').strip() or 'kernel.osrelease'}"]
+                if kernel
+                else []
+            ),
+        ),
+        fix=(
+            "# best: a kernel >= 5.9, and keep the default 1",
+            "# else trade the 1 s delays for the drained-server risk, as kube-proxy does:",
+            sysctl_w("net.ipv4.vs.conn_reuse_mode", 0),
+            sysctl_w("net.ipv4.vs.expire_nodest_conn", 1),
+            sysctl_w("net.ipv4.vs.expire_quiescent_template", 1),
+        ),
+        subject="ipvs",
+    ).assume(assumed, to_confirm)
+
+
 def check_keepalive(bundle: Bundle) -> Iterator[Finding]:
+    """The IPVS tcp timeout against TCP keep-alive. The timeout line alone is enough to go
+    on (ipvsadm printed it: IPVS is in use); keep-alive then is the kernel default."""
     timeouts = bundle.timeouts
-    keepalive = bundle.sysctl("net.ipv4.tcp_keepalive_time")
-    if timeouts is None or keepalive is None or not bundle.ipvs_services or timeouts.tcp >= keepalive:
+    if timeouts is None or bundle.ipvs_services == [] or bundle.services_source == "nftables":
+        return  # an empty IPVS table, or the kubelvs nftables one: nothing of IPVS's to forget
+    assumed: list[str] = []
+    to_confirm: list[str] = []
+    where = "on the clients and the real servers: keep-alive is theirs"
+    keepalive = _setting(bundle, "net.ipv4.tcp_keepalive_time", assumed, to_confirm, where)
+    if timeouts.tcp >= keepalive:
         return
     yield Finding(
         id="ipvs-timeout-below-keepalive",
@@ -276,7 +347,7 @@ def check_keepalive(bundle: Bundle) -> Iterator[Finding]:
             f"{sysctl_w('net.ipv4.tcp_keepalive_time', max(timeouts.tcp - 60, 60))}",
         ),
         subject="timeouts",
-    )
+    ).assume(assumed, to_confirm)
 
 
 def check_conntrack(bundle: Bundle) -> Iterator[Finding]:
@@ -342,8 +413,11 @@ def check_ip_forward(bundle: Bundle) -> Iterator[Finding]:
 
 
 def check_expire_nodest(bundle: Bundle) -> Iterator[Finding]:
-    value = bundle.sysctl("net.ipv4.vs.expire_nodest_conn")
-    if value != 0 or not bundle.ipvs_services:
+    if not bundle.ipvs_services:
+        return
+    assumed: list[str] = []
+    to_confirm: list[str] = []
+    if _setting(bundle, "net.ipv4.vs.expire_nodest_conn", assumed, to_confirm) != 0:
         return
     yield Finding(
         id="expire-nodest-conn-off",
@@ -361,4 +435,4 @@ def check_expire_nodest(bundle: Bundle) -> Iterator[Finding]:
             sysctl_w("net.ipv4.vs.expire_quiescent_template", 1),
         ),
         subject="ipvs",
-    )
+    ).assume(assumed, to_confirm)

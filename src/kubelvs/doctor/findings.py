@@ -8,7 +8,7 @@ check-failed finding that explains why, never silently reported as healthy.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = ["FINDING_IDS", "Finding", "Severity"]
@@ -65,6 +65,24 @@ class Finding:
     # input-unparsed and check-failed only: the finding ids that could not be checked
     # because of it (unknown: neither found nor ruled out).
     unknown: tuple[str, ...] = ()
+    #: "confirmed": the evidence alone proves it; "likely": it rests on kernel defaults or
+    #: assumptions the explanation names (``assume``), and ``to_confirm`` says what decides it.
+    confidence: str = "confirmed"
+    to_confirm: tuple[str, ...] = ()  # exact commands whose output would confirm or rule it out
+
+    def assume(self, assumptions: list[str], to_confirm: list[str]) -> Finding:
+        """This finding, resting on ``assumptions`` (kernel defaults for inputs it did not
+        have): likely, one severity lower (an assumption alone never fails a report), the
+        assumptions said in the explanation. Unchanged when there are none."""
+        if not assumptions:
+            return self
+        return replace(
+            self,
+            severity=Severity(max(Severity.INFO, self.severity - 1)),
+            explanation=f"{self.explanation} Assumed, not in the input: {'; '.join(assumptions)}.",
+            confidence="likely",
+            to_confirm=tuple(to_confirm),
+        )
 
     def sort_key(self) -> tuple[int, int, str]:
         order = FINDING_IDS.index(self.id) if self.id in FINDING_IDS else len(FINDING_IDS)
@@ -81,4 +99,7 @@ class Finding:
         }
         if self.unknown:
             out["unknown"] = list(self.unknown)
+        out["confidence"] = self.confidence
+        if self.to_confirm:
+            out["to_confirm"] = list(self.to_confirm)
         return out

@@ -51,7 +51,8 @@ def render_text(findings: Sequence[Finding], *, host: str = "", examined: Examin
     out.append(totals + (f"; {len(not_checked)} not checked (unknown)" if not_checked else ""))
     for f in findings:
         out.append("")
-        out.append(f"[{f.severity}] {f.id}: {_line(f.summary)}")
+        grade = f"{f.severity}, likely" if f.confidence == "likely" else str(f.severity)
+        out.append(f"[{grade}] {f.id}: {_line(f.summary)}")
         for line in f.explanation.splitlines():
             out.append(f"  {_line(line)}")
         if f.evidence:
@@ -60,6 +61,9 @@ def render_text(findings: Sequence[Finding], *, host: str = "", examined: Examin
         if f.fix:
             out.append("  fix:")
             out.extend(f"    {_line(c)}" for c in f.fix)
+        if f.to_confirm:
+            out.append("  to confirm:")
+            out.extend(f"    {_line(c)}" for c in f.to_confirm)
     if not_checked:
         out.append("")
         out.append("not checked (unknown: neither found nor ruled out):")
@@ -141,12 +145,15 @@ def _markdown_host(findings: Sequence[Finding], examined: Examined | None, *, le
     totals = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), reverse=True) if n)
     out += [f"**Findings:** {totals or 'none'}.", ""]
     for f in findings:
-        out += [f"{level} {f.severity}: `{f.id}`", "", _md(f.summary), ""]
+        grade = f"{f.severity} (likely)" if f.confidence == "likely" else str(f.severity)
+        out += [f"{level} {grade}: `{f.id}`", "", _md(f.summary), ""]
         out += [_md(line) for line in f.explanation.splitlines()] + [""]
         if f.evidence:
             out += ["Evidence:", "", *_fenced(f.evidence), ""]
         if f.fix:
             out += ["Fix:", "", *_fenced(f.fix, "sh"), ""]
+        if f.to_confirm:
+            out += ["To confirm:", "", *_fenced(f.to_confirm, "sh"), ""]
         if f.unknown:
             out += [f"Not checked because of it: {_md(', '.join(f.unknown))}.", ""]
     if examined is not None and examined.capture_next:
