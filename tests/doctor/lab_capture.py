@@ -5,6 +5,14 @@ doctor's fixture tests. Machine kernel, the director on the nftables backend:
 
 - ``m-lab-healthy/{dir1,node1,node2}``: the default DR lab (director, node agents, the
   whoami Service as kubectl.json) - a site with nothing to report.
+- ``m-lab-dr-arp/{dir1,node1,node2}``: the dr-arp scenario's broken state (the VIP on the
+  workers' lo without the node agent's ARP settings): every host answers ARP for the VIP.
+- ``m-lab-dr-gateway{,-fixed}/{dir1,node1,node2}``: a DR lab with the client behind a
+  router; the workers route the client network via the director (no request answered),
+  and, fixed, via the router (every request answered).
+- ``m-lab-local-policy{,-fixed}``: the director of a Service with externalTrafficPolicy
+  Local whose node2 has no pod left (the director still sends there; those requests
+  fail), and, fixed, with pods on both nodes.
 - ``m-lab-stale-nft``: the director of the stale-realserver scenario after the naive
   reconciler (``VIP:6379 -> pod:80, pod:6379`` in the kubelvs nftables table), with the
   edited Service as kubectl.json.
@@ -25,7 +33,9 @@ from pathlib import Path
 from kubelvs.backends.base import open_backend
 from kubelvs.lab.kube import Endpoint, kubectl_json
 from kubelvs.lab.scenarios.stale_realserver import _service, naive_update
+from kubelvs.lab.spec import CLIENT_NET
 from kubelvs.lab.topology import KUBECTL_FILE, LabSpec, RunningLab, build, down
+from kubelvs.lab.traffic import requests
 from kubelvs.planner import AddRealServer, AddService
 
 PY = sys.executable
@@ -91,8 +101,69 @@ def stale(running: RunningLab, out: Path) -> None:
     collect(info.directors["dir1"], out, "director", kubectl)
 
 
+def dr_arp(running: RunningLab, out: Path) -> None:
+    """The dr-arp scenario's broken state: the workers hold the VIP on lo without the node
+    agent, so arp_ignore is 0 and all three hosts answer ARP for the VIP."""
+    info = running.info
+    for node in info.nodes:
+        running.lab.run(node.netns, "ip", "addr", "add", f"{info.spec.vip}/32", "dev", "lo")
+    healthy(running, out)
+
+
+def dr_gateway(running: RunningLab, out: Path) -> None:
+    """A DR lab whose client sits behind a router. Healthy (``<out>-fixed``): the workers
+    route the client network via the router, and every request is answered. Broken
+    (``<out>``): they route it via the director, which drops their replies from the VIP
+    (its own address, arriving from outside): no request is answered."""
+    info = running.info
+    spec = info.spec
+    assert sum(r.ok for r in requests(info.client, spec.vip, spec.port, 10)) == 10
+    healthy(running, out.parent / f"{out.name}-fixed")
+    for node in info.nodes:
+        running.lab.run(
+            node.netns, "ip", "route", "replace", str(CLIENT_NET), "via", info.director_ips["dir1"]
+        )
+    answered = sum(r.ok for r in requests(info.client, spec.vip, spec.port, 10, timeout=1.0))
+    assert answered == 0, answered
+    healthy(running, out)
+
+
+def local_policy(running: RunningLab, out: Path) -> None:
+    """The Service with externalTrafficPolicy: Local (as the lab's node proxy behaves: each
+    node sends the VIP's traffic to its own pods only). Healthy (``<out>-fixed``): pods on
+    both nodes, every request answered. Broken (``<out>``): node2's pods gone, the director
+    still sends to node2, and those requests fail. The director's bundle only."""
+    info = running.info
+    spec = info.spec
+
+    def kube(nodes: set[str]) -> str:
+        return kubectl_json(
+            name="whoami",
+            vip=spec.vip,
+            port=spec.port,
+            target_port=spec.target_port,
+            endpoints=[Endpoint(p.name, n.name, p.ip) for n in info.nodes if n.name in nodes for p in n.pods],
+            nodes=[(n.name, n.ip) for n in info.nodes],
+            traffic_policy="Local",
+        )
+
+    assert sum(r.ok for r in requests(info.client, spec.vip, spec.port, 20)) == 20
+    collect(info.directors["dir1"], out.parent / f"{out.name}-fixed", "director", kube({"node1", "node2"}))
+    for pod in info.nodes[1].pods:
+        running.stop(f"pod {pod.name}")
+    answered = sum(r.ok for r in requests(info.client, spec.vip, spec.port, 20, timeout=1.0))
+    assert 0 < answered < 20, answered  # the share the director sends to node2 fails
+    collect(info.directors["dir1"], out, "director", kube({"node1"}))
+
+
 CAPTURES: dict[str, tuple[Callable[[str], LabSpec], Callable[[RunningLab, Path], None]]] = {
     "m-lab-healthy": (lambda p: LabSpec(prefix=p, backend="nftables"), healthy),
+    "m-lab-dr-gateway": (
+        lambda p: LabSpec(prefix=p, topology="dr", router=True, backend="nftables"),
+        dr_gateway,
+    ),
+    "m-lab-local-policy": (lambda p: LabSpec(prefix=p, topology="dr", backend="nftables"), local_policy),
+    "m-lab-dr-arp": (lambda p: LabSpec(prefix=p, topology="dr", backend="nftables", agents=False), dr_arp),
     "m-lab-stale-nft": (
         lambda p: LabSpec(
             prefix=p,

@@ -58,6 +58,40 @@ for i in range(n):
         s.close()
 print(ok)
 """
+# One connection from (source address, source port): prints "connected <what the server
+# said>" (or "failed"), then waits for the server to close first (so that the client keeps
+# no TIME_WAIT and may use the same port again at once), or with --hold until stdin closes.
+CONNECT = r"""
+import socket, sys
+host, port, src, sport = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.settimeout(3)
+s.bind((src, sport))
+try:
+    s.connect((host, port)); print("connected", s.recv(64).decode().strip(), flush=True)
+except OSError:
+    print("failed", flush=True); sys.exit(0)
+if "--hold" in sys.argv:
+    sys.stdin.read()
+else:
+    while s.recv(64):
+        pass
+s.close()
+"""
+# Answers with the address it was reached on; closes the first connection at once (the
+# server closes first), holds every later one open until the client goes.
+HOLD_SERVER = r"""
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(64)
+print("ready", flush=True)
+held = []
+while True:
+    c, _ = s.accept(); c.sendall(c.getsockname()[0].encode() + b"\n")
+    if held or "--hold-all" in sys.argv:
+        held.append(c)
+    else:
+        c.close(); held.append(None)
+"""
 
 
 def sh(*argv: str, check: bool = True) -> str:
@@ -96,9 +130,11 @@ class Lab:
                 sh("ip", "-n", ns, "addr", "add", one, "dev", ifname)
             sh("ip", "-n", ns, "link", "set", ifname, "up")
 
-    def server(self, ns: str, *ports: int) -> None:
+    def server(self, ns: str, *ports: int, hold: bool = False) -> None:
+        """``hold``: one port, answered with the address reached; the first connection is
+        closed at once, later ones are held open."""
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, PY, "-c", SERVER, *map(str, ports)],
+            ["ip", "netns", "exec", ns, PY, "-c", HOLD_SERVER if hold else SERVER, *map(str, ports)],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -106,6 +142,23 @@ class Lab:
         assert proc.stdout is not None
         proc.stdout.readline()
         self.servers.append(proc)
+
+    def connect(self, ns: str, host: str, port: int, src: str, sport: int, *, hold: bool = False) -> str:
+        """One connection from ``src:sport``: "connected <reply>" or "failed". ``hold``: kept
+        open until the lab closes; else closed after the server closed it."""
+        argv = ["ip", "netns", "exec", ns, PY, "-c", CONNECT, host, str(port), src, str(sport)]
+        if not hold:
+            return sh(*argv).strip()
+        proc = subprocess.Popen(
+            [*argv, "--hold"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert proc.stdout is not None
+        self.servers.append(proc)
+        return proc.stdout.readline().strip()
 
     def clients(self, ns: str, host: str, port: int, n: int, timeout: float = 2.0) -> int:
         return int(self.run(ns, PY, "-c", CLIENT, host, str(port), str(n), str(timeout)).strip() or 0)
@@ -136,6 +189,8 @@ class Lab:
 
     def close(self) -> None:
         for proc in self.servers:
+            if proc.stdin is not None:
+                proc.stdin.close()
             proc.kill()
             proc.wait()
             if proc.stdout is not None:
@@ -387,6 +442,120 @@ def vm_ip_forward_off(lab: Lab, out: Path) -> None:
     lab.collect(d, out, "director")
 
 
+def _vip_source(lab: Lab, out: Path, *, fixed: bool) -> None:
+    """Node-originated traffic to a VIP held on kube-ipvs0 (as on every kube-proxy IPVS
+    node): the director's own connection to the VIP takes the VIP as its source (the local
+    route's ``src``); the real server's node holds the VIP too, so the reply stays there
+    and never returns: the entries stay in SYN_RECV. ``fixed``: the local route's source
+    set to the node's address (the doctor's fix), and the same connections work."""
+    d, c, r = nat_lab(lab, vip="10.96.0.70")
+    sh("ip", "-n", r, "link", "add", "kube-ipvs0", "type", "dummy")
+    sh("ip", "-n", r, "addr", "add", "10.96.0.70/32", "dev", "kube-ipvs0")
+    lab.run(d, "ipvsadm", "-A", "-t", "10.96.0.70:80", "-s", "rr")
+    lab.run(d, "ipvsadm", "-a", "-t", "10.96.0.70:80", "-r", "10.0.2.2:8080", "-m")
+    lab.server(r, 8080)
+    assert lab.clients(c, "10.96.0.70", 80, 4) == 4  # from a client: fine
+    if fixed:
+        route = "local 10.96.0.70 dev kube-ipvs0 table local proto kernel scope host src 10.0.2.1"
+        lab.run(d, "ip", "route", "replace", *route.split())
+    ok = lab.clients(d, "10.96.0.70", 80, 4, timeout=1.5)
+    assert ok == (4 if fixed else 0), ok
+    lab.collect(d, out, "director")
+
+
+def vm_vip_source(lab: Lab, out: Path) -> None:
+    _vip_source(lab, out, fixed=False)
+
+
+def vm_vip_source_fixed(lab: Lab, out: Path) -> None:
+    _vip_source(lab, out, fixed=True)
+
+
+def _reused_port(lab: Lab, out: Path, *, conn_reuse_mode: int) -> None:
+    """A rolling update on kube-proxy's pre-5.9 setting (conn_reuse_mode=0): 10.0.2.2 is
+    drained (weight 0, no longer an endpoint); a client reconnects from the port it used a
+    moment ago, the SYN follows the old entry, and the new connection lands on the drained
+    server (and stays open). With 1 (the healthy twin, on this 6.1 kernel) it is scheduled
+    anew, to 10.0.2.3."""
+    d, c, r = nat_lab(lab, vip="10.96.0.75")
+    lab.run(d, "sysctl", "-qw", f"net.ipv4.vs.conn_reuse_mode={conn_reuse_mode}")
+    lab.run(d, "ipvsadm", "-A", "-t", "10.96.0.75:80", "-s", "rr")
+    lab.run(d, "ipvsadm", "-a", "-t", "10.96.0.75:80", "-r", "10.0.2.2:8080", "-m")
+    lab.server(r, 8080, hold=True)
+    first = lab.connect(c, "10.96.0.75", 80, "10.0.1.2", 40000)
+    assert first == "connected 10.0.2.2", first  # the only one; the server closed it
+    lab.run(d, "ipvsadm", "-a", "-t", "10.96.0.75:80", "-r", "10.0.2.3:8080", "-m")
+    lab.run(d, "ipvsadm", "-e", "-t", "10.96.0.75:80", "-r", "10.0.2.2:8080", "-m", "-w", "0")
+    second = lab.connect(c, "10.96.0.75", 80, "10.0.1.2", 40000, hold=True)
+    assert second == ("connected 10.0.2.2" if conn_reuse_mode == 0 else "connected 10.0.2.3"), second
+    lab.collect(d, out, "director")
+    (out / "kubectl.json").write_text(
+        kubectl_json(
+            [{"name": "web", "ip": "10.96.0.75", "port": 80, "target": 8080, "endpoints": ["10.0.2.3"]}]
+        )
+    )
+
+
+def vm_reused_port(lab: Lab, out: Path) -> None:
+    _reused_port(lab, out, conn_reuse_mode=0)
+
+
+def vm_reused_port_rescheduled(lab: Lab, out: Path) -> None:
+    _reused_port(lab, out, conn_reuse_mode=1)
+
+
+def _persistence(lab: Lab, out: Path, *, expire_quiescent_template: int) -> None:
+    """A persistent service (-p 300): the client's template pins it to 10.0.2.2; 10.0.2.2
+    is drained (weight 0). With expire_quiescent_template=0 the client's next connection
+    still goes there; with 1 (the healthy twin) the template is expired at once and the
+    connection goes to 10.0.2.3."""
+    d, c, r = nat_lab(lab, vip="10.96.0.80")
+    lab.run(d, "sysctl", "-qw", f"net.ipv4.vs.expire_quiescent_template={expire_quiescent_template}")
+    lab.run(d, "ipvsadm", "-A", "-t", "10.96.0.80:80", "-s", "rr", "-p", "300")
+    lab.run(d, "ipvsadm", "-a", "-t", "10.96.0.80:80", "-r", "10.0.2.2:8080", "-m")
+    lab.server(r, 8080)
+    assert lab.clients(c, "10.96.0.80", 80, 2) == 2  # both to 10.0.2.2: the template holds
+    lab.run(d, "ipvsadm", "-a", "-t", "10.96.0.80:80", "-r", "10.0.2.3:8080", "-m")
+    lab.run(d, "ipvsadm", "-e", "-t", "10.96.0.80:80", "-r", "10.0.2.2:8080", "-m", "-w", "0")
+    assert lab.clients(c, "10.96.0.80", 80, 2) == 2
+    lab.collect(d, out, "director")
+
+
+def vm_persistence_template(lab: Lab, out: Path) -> None:
+    _persistence(lab, out, expire_quiescent_template=0)
+
+
+def vm_persistence_template_expired(lab: Lab, out: Path) -> None:
+    _persistence(lab, out, expire_quiescent_template=1)
+
+
+def _mh_directors(lab: Lab, out: Path, *, same_order: bool) -> None:
+    """Two directors of one VIP with the kernel's Maglev scheduler (mh) and the same three
+    real servers, added in a different order on the second one (it restarted and saw them
+    in another order): IPVS fills the Maglev table walking its destination list, newest
+    first, so the two tables differ and a flow moved between directors (ECMP) may change
+    real server. ``same_order``: the healthy twin."""
+    rs = ["10.0.2.2", "10.0.2.3", "10.0.2.4"]
+    for name, order in (("dir1", rs), ("dir2", rs if same_order else [rs[2], rs[0], rs[1]])):
+        d = lab.ns(name)
+        sh("ip", "-n", d, "link", "add", "kube-ipvs0", "type", "dummy")
+        sh("ip", "-n", d, "addr", "add", "10.96.0.90/32", "dev", "kube-ipvs0")
+        lab.run(d, "sysctl", "-qw", "net.ipv4.vs.expire_nodest_conn=1", "net.ipv4.vs.sloppy_tcp=1")
+        lab.run(d, "ipvsadm", "--set", "7260", "30", "300")
+        lab.run(d, "ipvsadm", "-A", "-t", "10.96.0.90:80", "-s", "mh")
+        for ip in order:
+            lab.run(d, "ipvsadm", "-a", "-t", "10.96.0.90:80", "-r", f"{ip}:80", "-g")
+        lab.collect(d, out / name, "director")
+
+
+def vm_mh_directors(lab: Lab, out: Path) -> None:
+    _mh_directors(lab, out, same_order=False)
+
+
+def vm_mh_directors_same(lab: Lab, out: Path) -> None:
+    _mh_directors(lab, out, same_order=True)
+
+
 VM_SCENARIOS: dict[str, Callable[[Lab, Path], None]] = {
     "healthy": vm_healthy,
     "stale": vm_stale,
@@ -395,6 +564,14 @@ VM_SCENARIOS: dict[str, Callable[[Lab, Path], None]] = {
     "tun-rp-filter": vm_syn_recv_tun_rp_filter,
     "timewait": vm_timewait,
     "ip-forward-off": vm_ip_forward_off,
+    "vip-source": vm_vip_source,
+    "vip-source-fixed": vm_vip_source_fixed,
+    "reused-port": vm_reused_port,
+    "reused-port-rescheduled": vm_reused_port_rescheduled,
+    "persistence-template": vm_persistence_template,
+    "persistence-template-expired": vm_persistence_template_expired,
+    "mh-directors": vm_mh_directors,
+    "mh-directors-same": vm_mh_directors_same,
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from kubelvs.doctor import Bundle, analyse, analyse_site
+from kubelvs.doctor import Bundle, Severity, analyse, analyse_site
 from kubelvs.model import Forward
 
 from .conftest import BUNDLES, ids, load
@@ -125,3 +125,87 @@ def test_strict_rp_filter_on_a_pod_bridge_is_not_reported() -> None:
     assert analyse(node) == []
     tunnel = load("m-rp-filter-tunnel")
     assert ids(analyse(tunnel)) == ["rp-filter-strict"]
+
+
+def test_vip_arp_conflict_in_the_dr_arp_lab() -> None:
+    """The dr-arp scenario's broken state (captured from the lab): the workers hold the VIP
+    on lo with arp_ignore 0, so they answer ARP for it as the director does. The director
+    serving the VIP is not blamed; each worker is, with its own fix."""
+    site = analyse_site({h: load(f"m-lab-dr-arp/{h}") for h in HOSTS})
+    assert site["dir1"] == []
+    for node in ("node1", "node2"):
+        assert ids(site[node]) == ["dr-arp-ignore", "vip-arp-conflict", "dr-arp-announce"]
+        conflict = site[node][1]
+        assert conflict.summary == (
+            "3 hosts answer ARP for 10.240.0.201: dir1: on eth0; node1: on lo, arp_ignore 0 on eth0; "
+            "node2: on lo, arp_ignore 0 on eth0"
+        )
+        assert conflict.fix[0] == "# keep it answered by dir1, its director; on the others:"
+        assert "# on dir1:" not in conflict.fix
+        assert conflict.fix[1:4] == (
+            "# on node1:",
+            "sysctl -w net.ipv4.conf.eth0.arp_ignore=1",
+            "sysctl -w net.ipv4.conf.eth0.arp_announce=2",
+        )
+    # The healthy twin: the node agent's arp_ignore=1 on the same lab (m-lab-healthy).
+    assert all(not [f for f in fs if f.id == "vip-arp-conflict"] for fs in analyse_site(_site()).values())
+
+
+def test_two_hosts_holding_one_address_on_their_ethernet() -> None:
+    """Split brain: a second host holds the VIP on its Ethernet interface (two VRRP masters,
+    or MetalLB's layer 2 beside the director). Both are blamed when neither or both serve it;
+    here the director serves it, so only the other host is."""
+    director = load("m-lab-healthy/dir1")
+    node = load("m-lab-healthy/node1")
+    text = node.texts["ip-addr.txt"]
+    eth = re.search(r"^(\s+inet 10\.240\.0\.\d+/24 .*eth0)$", text, flags=re.MULTILINE)
+    assert eth is not None
+    node.texts["ip-addr.txt"] = text.replace(
+        eth.group(1), eth.group(1) + "\n    inet 10.240.0.201/32 scope global eth0"
+    )
+    site = analyse_site({"dir1": director, "node1": node})
+    assert [f.id for f in site["dir1"]] == []
+    (conflict,) = [f for f in site["node1"] if f.id == "vip-arp-conflict"]
+    assert conflict.summary == "2 hosts answer ARP for 10.240.0.201: dir1: on eth0; node1: on eth0"
+    assert "ip addr del 10.240.0.201/32 dev eth0   # a DR real server holds it on lo instead" in conflict.fix
+
+
+def test_dr_real_servers_routing_replies_via_their_director() -> None:
+    """Captured from the lab with the client behind a router (lab_capture.dr_gateway): with
+    the workers' route to the client network via the director no request was answered;
+    via the router every one was (the -fixed capture)."""
+    site = analyse_site({h: load(f"m-lab-dr-gateway/{h}") for h in HOSTS})
+    assert site["dir1"] == []
+    for node in ("node1", "node2"):
+        (f,) = site[node]
+        assert f.id == "dr-director-is-gateway" and f.severity is Severity.ERROR
+        assert f.summary == (
+            f"real server {node} routes replies via its director dir1 (192.168.58.0/24 via 10.240.0.2): "
+            "replies from 10.240.0.201 are dropped there"
+        )
+        assert f.fix[1] == "ip route replace 192.168.58.0/24 via 10.240.0.254"  # the director's own router
+    fixed = analyse_site({h: load(f"m-lab-dr-gateway-fixed/{h}") for h in HOSTS})
+    assert fixed == {h: [] for h in HOSTS}
+
+
+def test_local_traffic_policy_with_a_node_without_endpoints() -> None:
+    """Captured from the lab (lab_capture.local_policy): node2's pods gone while the director
+    still sent to node2, and the requests it got failed; with pods on both nodes, none did."""
+    findings = analyse(load("m-lab-local-policy"))
+    assert [(f.id, f.severity) for f in findings] == [("local-policy-node-without-endpoint", Severity.ERROR)]
+    (f,) = findings
+    assert f.summary == (
+        "TCP 10.240.0.201:80: default/whoami:web has externalTrafficPolicy Local, but 1 real server(s) are "
+        "nodes without a ready endpoint of it: node2 (10.240.0.102:80)"
+    )
+    assert f.evidence == (
+        "nft.json: table kubelvs: TCP 10.240.0.201:80 -> 10.240.0.102:80 dr weight 1",
+        "kubectl.json: default/whoami:web externalTrafficPolicy Local, endpoints on: node1",
+    )
+    assert analyse(load("m-lab-local-policy-fixed")) == []
+    # The same table, the Service with the default policy (Cluster): any node may take it.
+    cluster = load("m-lab-local-policy")
+    cluster.texts["kubectl.json"] = cluster.texts["kubectl.json"].replace(
+        '"externalTrafficPolicy": "Local"', '"externalTrafficPolicy": "Cluster"'
+    )
+    assert "local-policy-node-without-endpoint" not in ids(analyse(cluster))

@@ -15,12 +15,12 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..model import Forward
-from . import checks_dr, checks_ipvs, checks_kernel
+from . import checks_conns, checks_dr, checks_ipvs, checks_kernel, checks_policy, checks_site
 from .bundle import Bundle
 from .findings import Finding, Severity
 from .inputs import input_findings
 
-__all__ = ["CHECKS", "REPORTS", "analyse", "analyse_site"]
+__all__ = ["CHECKS", "REPORTS", "SITE_CHECKS", "analyse", "analyse_site"]
 
 _SYN_CAUSES = frozenset({"rp-filter-strict", "ip-forward-off", "conntrack-near-full"})
 
@@ -29,8 +29,10 @@ Check = Callable[[Bundle], Iterable[Finding]]
 #: Checks that need only the bundle, in report order of equal severity.
 CHECKS: tuple[Check, ...] = (
     checks_ipvs.check_kube_sync,
+    checks_policy.check_local_policy,
     checks_kernel.check_rp_filter,
     checks_kernel.check_ip_forward,
+    checks_conns.check_vip_source,
     checks_ipvs.check_dr_port_mapping,
     checks_kernel.check_tw_recycle,
     checks_kernel.check_paws,
@@ -40,11 +42,14 @@ CHECKS: tuple[Check, ...] = (
     checks_kernel.check_expire_nodest,
     checks_kernel.check_keepalive,
     checks_ipvs.check_weight_zero,
+    checks_conns.check_drained_still_used,
+    checks_conns.check_persistence_templates,
 )
 
 #: check -> the finding ids it reports (unknown when it fails).
 REPORTS: Mapping[str, tuple[str, ...]] = {
     "check_kube_sync": ("stale-realserver", "missing-realserver", "missing-virtual-service"),
+    "check_local_policy": ("local-policy-node-without-endpoint",),
     "check_rp_filter": ("rp-filter-strict",),
     "check_ip_forward": ("ip-forward-off",),
     "check_dr_port_mapping": ("dr-port-mapping",),
@@ -56,9 +61,22 @@ REPORTS: Mapping[str, tuple[str, ...]] = {
     "check_expire_nodest": ("expire-nodest-conn-off",),
     "check_keepalive": ("ipvs-timeout-below-keepalive",),
     "check_weight_zero": ("weight-zero-leftover",),
+    "check_vip_source": ("vip-as-client-source",),
+    "check_drained_still_used": ("weight-zero-still-used",),
+    "check_persistence_templates": ("persistence-template-stale",),
     "check_dr_realserver": ("dr-arp-ignore", "dr-arp-announce", "local-vip-loop", "dr-vip-not-on-realserver"),
     "check_syn_recv": ("syn-recv-stuck",),
+    "check_directors_agree": ("directors-disagree",),
+    "check_vip_arp": ("vip-arp-conflict",),
+    "check_dr_gateway": ("dr-director-is-gateway",),
 }
+
+#: Checks across the hosts of a site: findings by host.
+SITE_CHECKS: tuple[Callable[[Mapping[str, Bundle]], dict[str, list[Finding]]], ...] = (
+    checks_site.check_directors_agree,
+    checks_site.check_vip_arp,
+    checks_site.check_dr_gateway,
+)
 
 
 def _guarded(name: str, run: Callable[[], Iterable[Finding]]) -> Iterator[Finding]:
@@ -136,4 +154,21 @@ def analyse_site(bundles: Mapping[str, Bundle]) -> dict[str, list[Finding]]:
     for name in order:
         remote = {str(a): results[h] for a, h in owner.items() if h != name and h in results}
         results[name] = analyse(bundles[name], dr_vips=vips[name], remote=remote)
+    for check in SITE_CHECKS:
+        for name, extra in _site_check(check, bundles).items():
+            results[name] = sorted([*results[name], *extra], key=Finding.sort_key)
     return {name: results[name] for name in bundles}
+
+
+def _site_check(
+    check: Callable[[Mapping[str, Bundle]], dict[str, list[Finding]]], bundles: Mapping[str, Bundle]
+) -> dict[str, list[Finding]]:
+    """A site check's findings by host; one that raises is a check-failed finding on every host."""
+    found: dict[str, list[Finding]] = {}
+
+    def run() -> Iterable[Finding]:
+        found.update(check(bundles))
+        return ()
+
+    failed = list(_guarded(check.__name__, run))
+    return {name: failed for name in bundles} if failed else found

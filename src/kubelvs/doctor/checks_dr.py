@@ -268,6 +268,9 @@ def check_syn_recv(
                 causes.append((95, "the real server is stale (no such endpoint): " + f.summary))
             elif f.id == "stale-realserver" and dest in f.subject.replace(" ", ""):
                 causes.append((95, "the real server is stale: " + f.summary))
+        for f in earlier:
+            if f.id == "vip-as-client-source" and any(e.endswith(f" {dest}") for e in f.evidence):
+                causes.append((97, "the connections come from the VIP itself: " + f.summary))
         if "ip-forward-off" in ids and rs_forward in (Forward.NAT, None):
             causes.append((85, "ip_forward is off: NAT replies are not forwarded back to the client"))
         if rs_forward in (Forward.DR, Forward.TUN):

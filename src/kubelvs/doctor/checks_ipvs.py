@@ -17,6 +17,8 @@ __all__ = [
     "check_dr_port_mapping",
     "check_kube_sync",
     "check_weight_zero",
+    "fmt_row",
+    "ipvsadm_add",
     "ipvsadm_rs",
     "ipvsadm_service",
     "remove_rs_fix",
@@ -37,6 +39,11 @@ def ipvsadm_service(key: ServiceKey) -> str:
 
 def ipvsadm_rs(rs: RealServer) -> str:
     return f"[{rs.address}]:{rs.port}" if rs.address.version == 6 else f"{rs.address}:{rs.port}"
+
+
+def ipvsadm_add(key: ServiceKey, rs: RealServer) -> str:
+    """The ipvsadm command that adds ``rs`` to the service ``key`` as it is."""
+    return f"ipvsadm -a {ipvsadm_service(key)} -r {ipvsadm_rs(rs)} {_FWD[rs.forward]} -w {rs.weight}"
 
 
 def remove_rs_fix(bundle: Bundle, key: ServiceKey, rs: RealServer, then: str) -> tuple[str, ...]:
@@ -421,13 +428,13 @@ def _samples(table: object, state: str, n: int) -> list[str]:
     out = []
     for row, lineno in zip(table.rows, table.linenos):
         if row[2] == state:
-            out.append(f"{table.source}:{lineno}: {_fmt_row(row)}")
+            out.append(f"{table.source}:{lineno}: {fmt_row(row)}")
             if len(out) >= n:
                 break
     return out
 
 
-def _fmt_row(row: tuple[str, int, str, str, str, str]) -> str:
+def fmt_row(row: tuple[str, int, str, str, str, str]) -> str:
     return f"{row[0]} {row[1] // 60:02d}:{row[1] % 60:02d} {row[2]} {row[3]} {row[4]} {row[5]}"
 
 
@@ -446,7 +453,7 @@ def syn_recv_groups(bundle: Bundle) -> list[tuple[str, int, int, list[str]]]:
             ev = []
             for row, lineno in zip(table.rows, table.linenos):
                 if row[5] == dest and row[2] == "SYN_RECV":
-                    ev.append(f"{table.source}:{lineno}: {_fmt_row(row)}")
+                    ev.append(f"{table.source}:{lineno}: {fmt_row(row)}")
                     if len(ev) >= 3:
                         break
             out.append((dest, n, total[dest], ev))

@@ -236,11 +236,14 @@ def check_rp_filter(bundle: Bundle) -> Iterator[Finding]:
 DEFAULTS = {
     "net.ipv4.vs.conn_reuse_mode": 1,
     "net.ipv4.vs.expire_nodest_conn": 0,
+    "net.ipv4.vs.expire_quiescent_template": 0,
     "net.ipv4.tcp_keepalive_time": 7200,
 }
 
 
-def _setting(bundle: Bundle, name: str, assumed: list[str], to_confirm: list[str], where: str = "") -> int:
+def setting_or_default(
+    bundle: Bundle, name: str, assumed: list[str], to_confirm: list[str], where: str = ""
+) -> int:
     """A sysctl from the input, else its kernel default (noted in ``assumed``)."""
     value = bundle.sysctl(name)
     if value is not None:
@@ -266,7 +269,7 @@ def check_conn_reuse(bundle: Bundle) -> Iterator[Finding]:
     to_confirm: list[str] = []
     if bundle.sysctl("net.ipv4.vs.conn_reuse_mode") is None and (kernel is None or not _uses_ipvs(bundle)):
         return  # neither the setting nor an old kernel using IPVS: nothing to go on
-    value = _setting(bundle, "net.ipv4.vs.conn_reuse_mode", assumed, to_confirm)
+    value = setting_or_default(bundle, "net.ipv4.vs.conn_reuse_mode", assumed, to_confirm)
     if value != 1:
         return
     if kernel is None:
@@ -325,7 +328,7 @@ def check_keepalive(bundle: Bundle) -> Iterator[Finding]:
     assumed: list[str] = []
     to_confirm: list[str] = []
     where = "on the clients and the real servers: keep-alive is theirs"
-    keepalive = _setting(bundle, "net.ipv4.tcp_keepalive_time", assumed, to_confirm, where)
+    keepalive = setting_or_default(bundle, "net.ipv4.tcp_keepalive_time", assumed, to_confirm, where)
     if timeouts.tcp >= keepalive:
         return
     yield Finding(
@@ -417,7 +420,7 @@ def check_expire_nodest(bundle: Bundle) -> Iterator[Finding]:
         return
     assumed: list[str] = []
     to_confirm: list[str] = []
-    if _setting(bundle, "net.ipv4.vs.expire_nodest_conn", assumed, to_confirm) != 0:
+    if setting_or_default(bundle, "net.ipv4.vs.expire_nodest_conn", assumed, to_confirm) != 0:
         return
     yield Finding(
         id="expire-nodest-conn-off",

@@ -116,8 +116,21 @@ def examine(bundle: Bundle, *, origin: str, live: bool = False) -> Examined:
         data_plane=plane,
         counts=counts,
         missing=tuple(dict.fromkeys(INPUTS[key].what for key in absent)),
-        capture_next=() if live else _capture_next(absent, director=role == "director"),
+        capture_next=() if live else _capture_next(_relevant(absent, bundle), director=role == "director"),
     )
+
+
+#: Inputs only an IPVS host has.
+_IPVS_INPUTS = frozenset({"ipvs-table", "ipvs-listing", "conns", "timeouts"})
+
+
+def _relevant(absent: list[str], bundle: Bundle) -> list[str]:
+    """The absent inputs worth capturing: not IPVS's on a host whose data plane is the
+    kubelvs nftables table, or that its role.txt says is a node."""
+    role, reason = bundle.role_reason
+    if bundle.services_source == "nftables" or (role == "node" and "role.txt" in reason):
+        return [key for key in absent if key not in _IPVS_INPUTS]
+    return absent
 
 
 #: Findings about a DR/TUN real server itself: not what a director's missing input decides.

@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["FINDING_IDS", "Finding", "Severity"]
+__all__ = ["FINDING_IDS", "SITE_IDS", "Finding", "Severity"]
 
 
 class Severity(enum.IntEnum):
@@ -29,16 +29,21 @@ class Severity(enum.IntEnum):
 #: (the incidents of docs/incidents.md first: they are what users hit; causes before symptoms).
 FINDING_IDS = (
     "stale-realserver",
+    "local-policy-node-without-endpoint",
     "rp-filter-strict",
     "local-vip-loop",
     "dr-vip-not-on-realserver",
     "dr-arp-ignore",
     "dr-arp-announce",
+    "vip-arp-conflict",  # across hosts: after the setting on each host that causes it
+    "dr-director-is-gateway",
     "dr-port-mapping",
     "ip-forward-off",
+    "vip-as-client-source",
     "syn-recv-stuck",  # after its causes: the report leads with the cause when both are found
     "missing-realserver",
     "missing-virtual-service",
+    "directors-disagree",
     "tw-recycle-enabled",
     "paws-rejects",
     "tcpfin-timeout-long",
@@ -47,10 +52,15 @@ FINDING_IDS = (
     "conn-reuse-mode",
     "expire-nodest-conn-off",
     "ipvs-timeout-below-keepalive",
+    "weight-zero-still-used",
+    "persistence-template-stale",
     "weight-zero-leftover",
     "input-unparsed",
     "check-failed",
 )
+
+#: Findings about several hosts at once: only a site (several bundles) can show them.
+SITE_IDS = frozenset({"vip-arp-conflict", "directors-disagree", "dr-director-is-gateway"})
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,10 @@ NEEDS: Mapping[str, tuple[str, ...]] = {
     "expire-nodest-conn-off": ("sysctls", "ipvs-table"),
     "ipvs-timeout-below-keepalive": ("timeouts", "sysctls", "ipvs-table"),
     "weight-zero-leftover": ("ipvs-listing", "conns"),
+    "vip-as-client-source": ("conns",),
+    "local-policy-node-without-endpoint": ("lb-table", "kube"),
+    "weight-zero-still-used": ("ipvs-listing", "conns"),
+    "persistence-template-stale": ("ipvs-listing", "conns"),
 }
 
 

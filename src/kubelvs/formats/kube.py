@@ -41,6 +41,8 @@ class ServicePort:
     endpoints: set[tuple[str, int]] = field(default_factory=set)  # ready (address, port)
     not_ready: set[tuple[str, int]] = field(default_factory=set)
     have_endpoints_object: bool = False
+    traffic_policy: str = "Cluster"  # spec.externalTrafficPolicy
+    endpoint_nodes: set[str] = field(default_factory=set)  # nodeName of the ready endpoints
 
     @property
     def ref(self) -> str:
@@ -221,6 +223,7 @@ def _service(obj: _Item, state: KubeState, by_service: dict[tuple[str, str], lis
         "status.loadBalancer.ingress[].ip",
     )
     svc_type = obj.text(spec, "type", "ClusterIP", at="spec.")
+    policy = obj.text(spec, "externalTrafficPolicy", "Cluster", at="spec.")
     for n, p in enumerate(obj.seq(spec, "ports", at="spec.")):
         path = f"spec.ports[{n}]"
         if not isinstance(p, dict):
@@ -251,6 +254,7 @@ def _service(obj: _Item, state: KubeState, by_service: dict[tuple[str, str], lis
             external,
             lb,
             svc_type,
+            traffic_policy="Local" if policy == "Local" else "Cluster",
         )
         state.ports.append(sp)
         by_service.setdefault((obj.namespace, obj.name), []).append(sp)
@@ -283,6 +287,9 @@ def _endpoint_slice(obj: _Item, by_service: dict[tuple[str, str], list[ServicePo
                 ready = obj.obj(ep, "conditions", at=at).get("ready", True) is not False
                 for address in obj.addresses(obj.seq(ep, "addresses", at=at), f"{at}addresses"):
                     (sp.endpoints if ready else sp.not_ready).add((address, number))
+                node = obj.text(ep, "nodeName", at=at)
+                if ready and node:
+                    sp.endpoint_nodes.add(node)
 
 
 def _endpoints(obj: _Item, by_service: dict[tuple[str, str], list[ServicePort]]) -> None:
@@ -303,3 +310,9 @@ def _endpoints(obj: _Item, by_service: dict[tuple[str, str], list[ServicePort]])
                     listed = obj.seq(subset, key, at=f"subsets[{n}].")
                     ips = [a.get("ip") for a in listed if isinstance(a, dict)]
                     into.update((ip, number) for ip in obj.addresses(ips, f"subsets[{n}].{key}[].ip"))
+                    if key == "addresses":
+                        sp.endpoint_nodes.update(
+                            a["nodeName"]
+                            for a in listed
+                            if isinstance(a, dict) and isinstance(a.get("nodeName"), str)
+                        )

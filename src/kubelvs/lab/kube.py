@@ -38,6 +38,7 @@ def kubectl_json(
     endpoints: Sequence[Endpoint],
     nodes: Sequence[tuple[str, str]],  # (node name, InternalIP)
     namespace: str = "default",
+    traffic_policy: str = "Cluster",  # spec.externalTrafficPolicy
 ) -> str:
     """A ``List`` with one Service (``externalIPs: [vip]``), its EndpointSlice and the Nodes."""
     service = {
@@ -49,6 +50,7 @@ def kubectl_json(
             "externalIPs": [vip],
             "ports": [{"name": "web", "protocol": "TCP", "port": port, "targetPort": target_port}],
             "selector": {"app": name},
+            **({"externalTrafficPolicy": "Local"} if traffic_policy == "Local" else {}),
         },
     }
     slice_ = {
