@@ -12,7 +12,7 @@ from ..doctor.bundle import FILES, ROLES, Bundle
 from ..doctor.examined import Examined, examine
 from ..doctor.findings import Finding
 from ..doctor.live import collect, live_bundle
-from ..doctor.paste import describe, read_paste, relocate
+from ..doctor.paste import analyse_paste, describe, read_paste
 from ..doctor.report import exit_code, render_json, render_markdown, render_text
 from . import exit_codes
 
@@ -149,7 +149,7 @@ def _run_paste(source: str, output: str) -> int:
         )
         return exit_codes.ERROR
     bundle = paste.bundle()
-    findings = relocate(paste, analyse(bundle))
+    findings = analyse_paste(paste, bundle)
     examined = examine(bundle, origin="paste")
     if output == "json":
         report = json.loads(render_json(findings, examined=examined))

@@ -87,7 +87,10 @@ def check_directors_agree(bundles: Mapping[str, Bundle]) -> dict[str, list[Findi
                     "walking its list of real servers, newest first, so a director that restarted, or saw "
                     "the changes in another order, builds another table from the same set."
                 ),
-                evidence=(*directors[first].rs_evidence(key)[:1], *directors[host].rs_evidence(key)[:1]),
+                evidence=(
+                    *(f"{first}: {line}" for line in directors[first].rs_evidence(key)[:1]),
+                    *(f"{host}: {line}" for line in directors[host].rs_evidence(key)[:1]),
+                ),
                 fix=_same_table_fix(key, ours, theirs, host, order_a, order_b),
                 subject=str(key),
             )

@@ -26,13 +26,17 @@ import shlex
 from dataclasses import dataclass, field, replace
 
 from ..formats.tokens import printable
+from .analyse import analyse
 from .bundle import FILES, Bundle
+from .checks_site import check_directors_agree
 from .findings import Finding
 
-__all__ = ["Paste", "Section", "describe", "read_paste", "relocate"]
+__all__ = ["Paste", "Section", "analyse_paste", "describe", "read_paste", "relocate"]
 
 #: Recognised and shown, but no check reads them yet.
 UNUSED = "unused"
+#: Outputs that are a whole IPVS table: each pasted one may be another director's.
+_TABLE_FILES = ("ipvsadm-Ln.txt", "proc-net-ip_vs.txt")
 
 _PROMPT = re.compile(
     r"^(?:\([\w.-]+\)\s*)?"  # (venv)
@@ -179,9 +183,24 @@ class Paste:
     unplaced: tuple[tuple[int, str], ...]  # (paste line, text) of lines no section took
     #: file -> the paste line of each of its lines (1-based both), for the evidence
     origin: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: every IPVS table pasted (ipvsadm -Ln, /proc/net/ip_vs), with its lines: two or more
+    #: are compared as the tables of directors of the same VIPs
+    tables: tuple[tuple[Section, tuple[tuple[int, str], ...]], ...] = ()
 
     def bundle(self) -> Bundle:
         return Bundle(self.texts, origin="paste")
+
+    def directors(self) -> dict[str, Bundle]:
+        """One director per pasted table ("lines 3-9"), when there are two or more."""
+        if len(self.tables) < 2:
+            return {}
+        return {
+            _table_name(section): Bundle(
+                {section.name: "\n".join(t for _, t in lines) + "\n", "role.txt": "director\n"},
+                origin="paste",
+            )
+            for section, lines in self.tables
+        }
 
     def paste_line(self, name: str, line: int) -> int | None:
         lines = self.origin.get(name, ())
@@ -267,6 +286,7 @@ class _Builder:
         self.origin: dict[str, list[int]] = {}
         self.sections: list[Section] = []
         self.unplaced: list[tuple[int, str]] = []
+        self.tables: list[tuple[Section, tuple[tuple[int, str], ...]]] = []
 
     def open(self, kind: _Kind, by: str, *, command: str = "") -> None:
         self.current = _Open(kind, by, command=command.strip()[:80])
@@ -301,11 +321,13 @@ class _Builder:
             return
         self.texts.setdefault(name, []).extend(text for _, text in lines)
         self.origin.setdefault(name, []).extend(n for n, _ in lines)
+        if name in _TABLE_FILES:
+            self.tables.append((self.sections[-1], tuple(lines)))
 
     def result(self) -> Paste:
         texts = {name: "\n".join(lines) + "\n" for name, lines in self.texts.items()}
         origin = {name: tuple(lines) for name, lines in self.origin.items()}
-        return Paste(texts, tuple(self.sections), tuple(self.unplaced), origin)
+        return Paste(texts, tuple(self.sections), tuple(self.unplaced), origin, tuple(self.tables))
 
 
 def _finish(section: _Open) -> tuple[str, list[tuple[int, str]]]:
@@ -518,19 +540,48 @@ def _common_indent(lines: list[str]) -> int:
 
 # ---------------------------------------------------------------------- the report
 
-_EVIDENCE = re.compile(r"^(?P<file>[\w.-]+\.(?:txt|json|yaml))(?::(?P<line>\d+))?: (?P<rest>.*)$", re.DOTALL)
+_EVIDENCE = re.compile(
+    r"^(?:(?P<table>lines \d+-\d+): )?(?P<file>[\w.-]+\.(?:txt|json|yaml))(?::(?P<line>\d+))?: (?P<rest>.*)$",
+    re.DOTALL,
+)
+
+
+def _table_name(section: Section) -> str:
+    return f"lines {section.first}-{section.last}"
+
+
+def analyse_paste(paste: Paste, bundle: Bundle | None = None) -> list[Finding]:
+    """The findings of a paste as one host (``bundle``: its bundle, if already made), plus,
+    when it holds two or more IPVS tables, the comparison of those tables as the directors
+    of the same VIPs; evidence pointing into the paste."""
+    findings = analyse(bundle if bundle is not None else paste.bundle())
+    seen = set()
+    for found in check_directors_agree(paste.directors()).values():
+        for f in found:
+            if f.summary not in seen:
+                seen.add(f.summary)
+                findings.append(f)
+    findings.sort(key=Finding.sort_key)
+    return relocate(paste, findings)
 
 
 def relocate(paste: Paste, findings: list[Finding]) -> list[Finding]:
     """The findings with their evidence pointing into the paste ("line 12 (ipvsadm -Ln): ...")
     instead of into the bundle files the paste was split into."""
 
+    tables = {_table_name(section): lines for section, lines in paste.tables}
+
     def one(evidence: str) -> str:
         match = _EVIDENCE.match(evidence)
         if match is None or match.group("file") not in paste.texts:
             return evidence
         name, rest = match.group("file"), match.group("rest")
-        line = paste.paste_line(name, int(match.group("line") or 1))
+        number = int(match.group("line") or 1)
+        if match.group("table") in tables:  # a line of one pasted table
+            own = tables[match.group("table")]
+            line = own[number - 1][0] if 0 < number <= len(own) else None
+        else:
+            line = paste.paste_line(name, number)
         section = next((s for s in paste.sections if line is not None and s.first <= line <= s.last), None)
         if section is None:
             return evidence
