@@ -77,6 +77,11 @@ def _healthy_lab(prefix: str, backend: str) -> None:
         doc = json.loads(out.stdout)
         assert list(doc["hosts"]) == HOSTS
         assert all(f["severity"] == "info" for h in doc["hosts"].values() for f in h["findings"])
+        # Each host's report says what it looked at: the role, and the director's data plane.
+        assert doc["hosts"]["dir1"]["examined"]["role"] == "director"
+        plane = "IPVS" if backend == "ipvs" else "the kubelvs nftables table"
+        assert doc["hosts"]["dir1"]["examined"]["data_plane"].startswith(plane)
+        assert doc["hosts"]["node1"]["examined"]["role"] == "node"
     finally:
         running.teardown()
 

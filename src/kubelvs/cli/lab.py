@@ -249,8 +249,8 @@ def cmd_scenario(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from ..doctor import exit_code, render_json, render_text
-    from ..lab.doctor import diagnose
+    from ..doctor import analyse_site, examine, exit_code, render_json, render_text
+    from ..lab.doctor import lab_bundles
 
     try:
         info = load_info(args.prefix)
@@ -258,13 +258,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         for host in args.host or []:
             if host not in known:
                 return _err(f"host: {host!r} is not one of {', '.join(known)}")
-        site = diagnose(info, hosts=args.host)
+        bundles = lab_bundles(info, hosts=args.host)
+        site = analyse_site(bundles)
     except LabError as exc:
         return _err(str(exc))
+    examined = {h: examine(b, origin=b.origin, live=True) for h, b in bundles.items()}
     if args.output == "json":
-        print(render_json(site))
+        print(render_json(site, examined=examined))
     else:
-        print("\n".join(render_text(fs, host=h) for h, fs in site.items()), end="")
+        print("\n".join(render_text(fs, host=h, examined=examined[h]) for h, fs in site.items()), end="")
     return max((exit_code(fs) for fs in site.values()), default=exit_codes.OK)
 
 
