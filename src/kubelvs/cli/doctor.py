@@ -89,7 +89,7 @@ def run_doctor(args: argparse.Namespace) -> int:
         print(f"kubelvs doctor: {exc}", file=sys.stderr)
         return exit_codes.ERROR
     findings = analyse(bundle)
-    _report(findings, examine(bundle, origin=origin, live=live), args.output)
+    _report(findings, examine(bundle, origin=origin, live=live, found=findings), args.output)
     return exit_code(findings)
 
 
@@ -103,7 +103,10 @@ def _run_site(directory: str, output: str) -> int:
         return exit_codes.ERROR
     bundles = {h: Bundle.load(os.path.join(directory, h)) for h in hosts}
     site = analyse_site(bundles)
-    examined = {h: examine(b, origin=f"bundle {os.path.join(directory, h)}") for h, b in bundles.items()}
+    examined = {
+        h: examine(b, origin=f"bundle {os.path.join(directory, h)}", found=site[h])
+        for h, b in bundles.items()
+    }
     if output == "json":
         _emit(render_json(site, examined=examined) + "\n")
     elif output == "markdown":
@@ -150,7 +153,7 @@ def _run_paste(source: str, output: str) -> int:
         return exit_codes.ERROR
     bundle = paste.bundle()
     findings = analyse_paste(paste, bundle)
-    examined = examine(bundle, origin="paste")
+    examined = examine(bundle, origin="paste", found=findings)
     if output == "json":
         report = json.loads(render_json(findings, examined=examined))
         _emit(json.dumps({"paste": paste.to_json(), **report}, indent=2) + "\n")

@@ -10,10 +10,11 @@ whose output would decide the most findings not checked for want of it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .bundle import Bundle
-from .findings import FINDING_IDS
+from .findings import FINDING_IDS, Finding
 from .inputs import INPUTS, NEEDS
 
 __all__ = ["CAPTURE", "Capture", "Examined", "examine"]
@@ -84,8 +85,9 @@ class Examined:
         return out
 
 
-def examine(bundle: Bundle, *, origin: str, live: bool = False) -> Examined:
-    """What ``bundle`` held for the checks (call after ``analyse``: the views are parsed)."""
+def examine(bundle: Bundle, *, origin: str, live: bool = False, found: Sequence[Finding] = ()) -> Examined:
+    """What ``bundle`` held for the checks (call after ``analyse``: the views are parsed).
+    ``found``: the findings of the report; the ones confirmed need nothing more captured."""
     services = bundle.services
     counts: dict[str, int] = {}
     if services is not None:
@@ -104,6 +106,11 @@ def examine(bundle: Bundle, *, origin: str, live: bool = False) -> Examined:
         for key, source in INPUTS.items()
         if not source.available(bundle) and not any(bundle.has(name) for name in source.files)
     ]
+    # A grep of sysctl -a is an excerpt: the checks that read other settings did not run.
+    excerpt = bundle.sysctls is not None and len(bundle.sysctls.values) < FULL_SYSCTLS
+    missing = [INPUTS[key].what for key in absent]
+    if excerpt and bundle.sysctls is not None:
+        missing.append(f"the running sysctls beyond the {len(bundle.sysctls.values)} in the input")
     role, reason = bundle.role_reason
     source = bundle.services_source
     plane = {"ipvs": "IPVS", "nftables": "the kubelvs nftables table"}.get(source, "none found")
@@ -115,10 +122,19 @@ def examine(bundle: Bundle, *, origin: str, live: bool = False) -> Examined:
         role_reason=reason,
         data_plane=plane,
         counts=counts,
-        missing=tuple(dict.fromkeys(INPUTS[key].what for key in absent)),
-        capture_next=() if live else _capture_next(_relevant(absent, bundle), director=role == "director"),
+        missing=tuple(dict.fromkeys(missing)),
+        capture_next=()
+        if live
+        else _capture_next(
+            _relevant([*absent, *(["sysctls"] if excerpt else [])], bundle),
+            director=role == "director",
+            confirmed={f.id for f in found if f.confidence == "confirmed"},
+        ),
     )
 
+
+#: ``sysctl -a`` prints over a thousand settings; fewer than this is an excerpt (a grep).
+FULL_SYSCTLS = 100
 
 #: Inputs only an IPVS host has.
 _IPVS_INPUTS = frozenset({"ipvs-table", "ipvs-listing", "conns", "timeouts"})
@@ -127,6 +143,11 @@ _IPVS_INPUTS = frozenset({"ipvs-table", "ipvs-listing", "conns", "timeouts"})
 def _relevant(absent: list[str], bundle: Bundle) -> list[str]:
     """The absent inputs worth capturing: not IPVS's on a host whose data plane is the
     kubelvs nftables table, or that its role.txt says is a node."""
+    # A grep of sysctl -a is an excerpt: the checks that read other settings did not run.
+    excerpt = bundle.sysctls is not None and len(bundle.sysctls.values) < FULL_SYSCTLS
+    missing = [INPUTS[key].what for key in absent]
+    if excerpt and bundle.sysctls is not None:
+        missing.append(f"the running sysctls beyond the {len(bundle.sysctls.values)} in the input")
     role, reason = bundle.role_reason
     if bundle.services_source == "nftables" or (role == "node" and "role.txt" in reason):
         return [key for key in absent if key not in _IPVS_INPUTS]
@@ -139,11 +160,12 @@ _REAL_SERVER_ONLY = frozenset(
 )
 
 
-def _capture_next(absent: list[str], *, director: bool) -> tuple[Capture, ...]:
-    """The commands for the absent inputs, the one needed for the most findings first."""
+def _capture_next(absent: list[str], *, director: bool, confirmed: set[str]) -> tuple[Capture, ...]:
+    """The commands for the absent inputs, the one needed for the most findings first
+    (not counting findings already confirmed)."""
     decides: dict[str, set[str]] = {}
     for key in absent:
-        ids = {fid for fid, needs in NEEDS.items() if key in needs}
+        ids = {fid for fid, needs in NEEDS.items() if key in needs} - confirmed
         if director:
             ids -= _REAL_SERVER_ONLY
         decides.setdefault(CAPTURE[key], set()).update(ids)
