@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from kubelvs.doctor import FILES, Bundle, Finding, Severity, analyse
 from kubelvs.doctor.examined import examine
-from kubelvs.doctor.paste import UNUSED, describe, read_paste, relocate
+from kubelvs.doctor.paste import describe, read_paste, relocate
+from kubelvs.doctor.paste_shapes import UNUSED
 from kubelvs.doctor.report import render_markdown
 
 from .conftest import BUNDLES
