@@ -117,6 +117,20 @@ def test_timewait_on_real_ipvs() -> None:
     assert findings[2].fix[0] == "ipvsadm --set 7260 120 300"
 
 
+def test_timewait_without_the_timeouts_assumes_the_kernel_defaults() -> None:
+    """The same capture without ipvsadm -L --timeout: the kernel's tcpfin 120 s is assumed,
+    so the finding stands as likely (info) and names the command that decides it."""
+    b = load("vm-timewait")
+    del b.texts["ipvsadm-timeout.txt"]
+    by_id = {f.id: f for f in analyse(b)}
+    tcpfin = by_id["tcpfin-timeout-long"]
+    assert (tcpfin.confidence, tcpfin.severity) == ("likely", Severity.INFO)
+    assert tcpfin.to_confirm == ("ipvsadm -L --timeout",)
+    assert tcpfin.summary.startswith("IPVS tcpfin timeout is 120 s while 1200 of 1200 TCP entries")
+    assert not any(e.startswith("ipvsadm-timeout.txt") for e in tcpfin.evidence)
+    assert by_id["timewait-heavy"].confidence == "confirmed"  # the table alone proves it
+
+
 def test_syn_recv_through_a_tunnel_with_strict_rp_filter() -> None:
     site = _site("vm-tun-rp-filter")
     assert ids(site["realserver"]) == ["rp-filter-strict"]

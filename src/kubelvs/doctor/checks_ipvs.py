@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from ..formats.ipvsadm_list import Listing
 from ..formats.kube import ServicePort
-from ..model import Forward, Protocol, RealServer, ServiceKey, VirtualService
+from ..model import Forward, Protocol, RealServer, ServiceKey, Timeouts, VirtualService
 from .bundle import Bundle
 from .findings import Finding, Severity
 
@@ -23,6 +23,9 @@ __all__ = [
     "ipvsadm_service",
     "remove_rs_fix",
 ]
+
+#: What ``ipvsadm -L --timeout`` prints on a kernel nobody changed (ipvs-sysctl.rst).
+KERNEL_TIMEOUTS = Timeouts(900, 120, 300)
 
 _SWITCH = {Protocol.TCP: "-t", Protocol.UDP: "-u", Protocol.SCTP: "--sctp-service"}
 _FWD = {Forward.NAT: "-m", Forward.DR: "-g", Forward.TUN: "-i", Forward.LOCAL: "-g"}
@@ -364,7 +367,11 @@ def check_conn_table(bundle: Bundle) -> Iterator[Finding]:
     )
     samples = _samples(table, "TIME_WAIT", 2) + _samples(table, "FIN_WAIT", 1)
     timeouts = bundle.timeouts
-    if timeouts and timeouts.tcpfin > 30 and fin_like >= 100 and fin_like / tcp_total >= 0.3:
+    assumed: list[str] = []
+    if timeouts is None:  # the connection table alone: the kernel's defaults (ipvsadm --set 0 0 0)
+        timeouts = KERNEL_TIMEOUTS
+        assumed.append("the IPVS timeouts are the kernel defaults 900 120 300")
+    if timeouts.tcpfin > 30 and fin_like >= 100 and fin_like / tcp_total >= 0.3:
         yield Finding(
             id="tcpfin-timeout-long",
             severity=Severity.WARNING,
@@ -378,8 +385,14 @@ def check_conn_table(bundle: Bundle) -> Iterator[Finding]:
                 "120 s whatever --set says, so their share only falls with fewer short connections."
             ),
             evidence=(
-                f"ipvsadm-timeout.txt: Timeout (tcp tcpfin udp): {timeouts.tcp} {timeouts.tcpfin} "
-                f"{timeouts.udp}",
+                *(
+                    ()
+                    if assumed
+                    else (
+                        f"ipvsadm-timeout.txt: Timeout (tcp tcpfin udp): {timeouts.tcp} {timeouts.tcpfin} "
+                        f"{timeouts.udp}",
+                    )
+                ),
                 summary_line,
                 *samples,
             ),
@@ -388,7 +401,7 @@ def check_conn_table(bundle: Bundle) -> Iterator[Finding]:
                 "# kube-proxy sets it again at start: give it --ipvs-tcpfin-timeout=30s",
             ),
             subject="timeouts",
-        )
+        ).assume(assumed, ["ipvsadm -L --timeout"] if assumed else [])
     if tw >= 1000 and tw / tcp_total >= 0.3:
         heavy = tw >= 10000 or tw / tcp_total >= 0.5
         yield Finding(
@@ -404,7 +417,7 @@ def check_conn_table(bundle: Bundle) -> Iterator[Finding]:
             fix=(
                 *(
                     (f"ipvsadm --set {timeouts.tcp} 30 {timeouts.udp}",)
-                    if timeouts and timeouts.tcpfin > 30
+                    if timeouts.tcpfin > 30 and not assumed
                     else ()
                 ),
                 "# use keep-alive / connection pooling in the clients",

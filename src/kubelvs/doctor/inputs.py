@@ -125,7 +125,7 @@ NEEDS: Mapping[str, tuple[str, ...]] = {
     "missing-virtual-service": ("lb-table", "kube"),
     "tw-recycle-enabled": ("sysctls", "sysctl-conf", "kernel"),
     "paws-rejects": ("counters",),
-    "tcpfin-timeout-long": ("conns", "timeouts"),
+    "tcpfin-timeout-long": ("conns", "timeouts"),  # timeouts: else the kernel's, as likely
     "timewait-heavy": ("conns",),
     "conntrack-near-full": ("sysctls",),
     "conn-reuse-mode": ("sysctls", "kernel"),
