@@ -471,14 +471,21 @@ def vm_vip_source_fixed(lab: Lab, out: Path) -> None:
     _vip_source(lab, out, fixed=True)
 
 
-def _reused_port(lab: Lab, out: Path, *, conn_reuse_mode: int) -> None:
-    """A rolling update on kube-proxy's pre-5.9 setting (conn_reuse_mode=0): 10.0.2.2 is
-    drained (weight 0, no longer an endpoint); a client reconnects from the port it used a
-    moment ago, the SYN follows the old entry, and the new connection lands on the drained
-    server (and stays open). With 1 (the healthy twin, on this 6.1 kernel) it is scheduled
-    anew, to 10.0.2.3."""
+def _reused_port(lab: Lab, out: Path, *, expire_nodest_conn: int) -> None:
+    """A rolling update with kube-proxy's pre-5.9 conn_reuse_mode=0: 10.0.2.2 is drained
+    (weight 0, no longer an endpoint); a client reconnects from the port it used a moment
+    ago, the SYN follows the old entry, and the new connection lands on the drained server
+    (and stays open). With expire_nodest_conn=1 (the healthy twin) this 6.1 kernel
+    schedules such a connection anew, to 10.0.2.3 ("ipvs: Fix reuse connection if RS
+    weight is 0")."""
     d, c, r = nat_lab(lab, vip="10.96.0.75")
-    lab.run(d, "sysctl", "-qw", f"net.ipv4.vs.conn_reuse_mode={conn_reuse_mode}")
+    lab.run(
+        d,
+        "sysctl",
+        "-qw",
+        "net.ipv4.vs.conn_reuse_mode=0",
+        f"net.ipv4.vs.expire_nodest_conn={expire_nodest_conn}",
+    )
     lab.run(d, "ipvsadm", "-A", "-t", "10.96.0.75:80", "-s", "rr")
     lab.run(d, "ipvsadm", "-a", "-t", "10.96.0.75:80", "-r", "10.0.2.2:8080", "-m")
     lab.server(r, 8080, hold=True)
@@ -487,7 +494,7 @@ def _reused_port(lab: Lab, out: Path, *, conn_reuse_mode: int) -> None:
     lab.run(d, "ipvsadm", "-a", "-t", "10.96.0.75:80", "-r", "10.0.2.3:8080", "-m")
     lab.run(d, "ipvsadm", "-e", "-t", "10.96.0.75:80", "-r", "10.0.2.2:8080", "-m", "-w", "0")
     second = lab.connect(c, "10.96.0.75", 80, "10.0.1.2", 40000, hold=True)
-    assert second == ("connected 10.0.2.2" if conn_reuse_mode == 0 else "connected 10.0.2.3"), second
+    assert second == ("connected 10.0.2.2" if expire_nodest_conn == 0 else "connected 10.0.2.3"), second
     lab.collect(d, out, "director")
     (out / "kubectl.json").write_text(
         kubectl_json(
@@ -497,11 +504,11 @@ def _reused_port(lab: Lab, out: Path, *, conn_reuse_mode: int) -> None:
 
 
 def vm_reused_port(lab: Lab, out: Path) -> None:
-    _reused_port(lab, out, conn_reuse_mode=0)
+    _reused_port(lab, out, expire_nodest_conn=0)
 
 
 def vm_reused_port_rescheduled(lab: Lab, out: Path) -> None:
-    _reused_port(lab, out, conn_reuse_mode=1)
+    _reused_port(lab, out, expire_nodest_conn=1)
 
 
 def _persistence(lab: Lab, out: Path, *, expire_quiescent_template: int) -> None:

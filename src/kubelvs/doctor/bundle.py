@@ -34,7 +34,7 @@ from ..formats.netstat import Counters, parse_netstat_s, parse_proc_netstat
 from ..formats.nft_json import NftRuleset, parse_nft_json
 from ..formats.sysctl_text import Sysctls, parse_sysctl
 from ..formats.tokens import quote
-from ..model import Forward, RealServer, ServiceKey, Timeouts, VirtualService, kernel_version
+from ..model import Forward, RealServer, RealServerKey, ServiceKey, Timeouts, VirtualService, kernel_version
 
 __all__ = ["FILES", "ROLES", "Bundle"]
 
@@ -219,6 +219,16 @@ class Bundle:
     def listing_source(self) -> str:
         listing = self.listing
         return listing.source if listing else ""
+
+    def kernel_order(self, key: ServiceKey) -> list[RealServerKey]:
+        """The real servers of ``key`` in the kernel's own list order, which IPVS's Maglev
+        scheduler walks to fill its table: /proc/net/ip_vs prints it (newest first),
+        ipvsadm sorts. Empty when /proc/net/ip_vs was not captured."""
+        listing = self._listing_file("proc-net-ip_vs.txt")
+        if listing is None:
+            return []
+        rows = [(at[0], k[1]) for k, at in listing.lines.items() if isinstance(k, tuple) and k[0] == key]
+        return [rs for _, rs in sorted(rows)]
 
     @functools.cached_property
     def stats_listing(self) -> Listing | None:

@@ -17,6 +17,9 @@ from .findings import Finding, Severity
 
 __all__ = ["check_drained_still_used", "check_persistence_templates", "check_vip_source"]
 
+#: How ipvsadm -Lnc shows a persistence template (NONE; ASSURED once it has been used).
+#: An invalidated template shows port 65535 instead of the service's and is not matched.
+_TEMPLATE_STATES = frozenset({"NONE", "ASSURED"})
 #: Entry states of a connection that is opening or open: traffic, not a leftover.
 _LIVE = frozenset({"SYN_RECV", "SYN_SENT", "ESTABLISHED"})
 
@@ -189,7 +192,7 @@ def _endpoints(bundle: Bundle) -> dict[tuple[str, int], set[tuple[str, int]]] | 
 
 
 def check_persistence_templates(bundle: Bundle) -> Iterator[Finding]:
-    """persistence-template-stale: templates (client port 0, state NONE) that pin clients
+    """persistence-template-stale: templates (client port 0) that pin clients
     to a weight-0 real server while expire_quiescent_template is 0. A template of a
     deleted real server is no problem: the kernel drops it at its next use (the
     destination is no longer available)."""
@@ -206,7 +209,7 @@ def check_persistence_templates(bundle: Bundle) -> Iterator[Finding]:
         pinned = [
             (r, n)
             for r, n in zip(table.rows, table.linenos, strict=False)
-            if r[2] == "NONE" and r[3].endswith(":0") and r[4] == virtual and r[5] in zero
+            if r[2] in _TEMPLATE_STATES and r[3].endswith(":0") and r[4] == virtual and r[5] in zero
         ]
         if not pinned:
             continue

@@ -22,13 +22,14 @@ __all__ = ["check_directors_agree", "check_dr_gateway", "check_vip_arp"]
 
 
 def _order(bundle: Bundle, svc: VirtualService) -> list[str]:
-    """The real servers in the kernel's own list order (ipvsadm -Ln and /proc/net/ip_vs
-    print it), which the IPVS Maglev scheduler walks to fill its table."""
-    listing = bundle.listing
-    if listing is None or bundle.services_source != "ipvs":
+    """The real servers in the kernel's list order (from /proc/net/ip_vs), as ipvsadm
+    names them; empty when the bundle does not show it."""
+    if bundle.services_source != "ipvs":
         return []
-    lines = [(listing.lines.get((svc.key, rs.key), (0, ""))[0], ipvsadm_rs(rs)) for rs in svc.realservers]
-    return [name for _, name in sorted(lines)]
+    return [
+        f"[{k.address}]:{k.port}" if k.address.version == 6 else f"{k.address}:{k.port}"
+        for k in bundle.kernel_order(svc.key)
+    ]
 
 
 def _differences(a: VirtualService, b: VirtualService, order_a: list[str], order_b: list[str]) -> list[str]:
@@ -90,6 +91,14 @@ def check_directors_agree(bundles: Mapping[str, Bundle]) -> dict[str, list[Findi
                 evidence=(
                     *(f"{first}: {line}" for line in directors[first].rs_evidence(key)[:1]),
                     *(f"{host}: {line}" for line in directors[host].rs_evidence(key)[:1]),
+                    *(
+                        (
+                            f"{first}: proc-net-ip_vs.txt: list order {' '.join(order_a)}",
+                            f"{host}: proc-net-ip_vs.txt: list order {' '.join(order_b)}",
+                        )
+                        if order_a and order_b and order_a != order_b
+                        else ()
+                    ),
                 ),
                 fix=_same_table_fix(key, ours, theirs, host, order_a, order_b),
                 subject=str(key),

@@ -78,7 +78,7 @@ _SERVICE = re.compile(r"^(TCP|UDP|SCTP|FWM)\s+\S+\s+([a-z]{2,5}\b|\d+\s+\d+)")
 _LISTING = re.compile(rf"{_LISTING_START.pattern}|{_SERVICE.pattern}|^\s*->\s")
 HEX_SERVICE = re.compile(r"^(TCP|UDP|SCTP)\s+[0-9A-F]{8}:[0-9A-F]{4}\s")
 _CONN_START = re.compile(r"^(IPVS connection entries|pro\s+expire\s+state)")
-_CONN = re.compile(rf"{_CONN_START.pattern}|^(TCP|UDP|SCTP|IP|ICMP)\s+\d\d:\d\d\s+[A-Z_]+\s")
+_CONN = re.compile(rf"{_CONN_START.pattern}|^(TCP|UDP|SCTP|IP|ICMP)\s+\d{{1,9}}:\d\d\s+[A-Z_]+\s")
 _PROC_CONN_START = re.compile(r"^Pro\s+FromIP\s")
 _PROC_CONN = re.compile(
     rf"{_PROC_CONN_START.pattern}|^(TCP|UDP|SCTP|IP)\s+[0-9A-Fa-f:]{{8,}}\s+[0-9A-F]{{4}}\s"
