@@ -140,13 +140,15 @@ def check_drained_still_used(bundle: Bundle) -> Iterator[Finding]:
                     "A drained real server should only see its last connections end. This one still has live "
                     f"entries, and {'; and '.join(why)}. Its graceful termination never ends (kube-proxy and "
                     "kubelvs delete it once ActiveConn + InActConn reach 0), and clients reusing their ports "
-                    "keep landing on a terminating or deleted pod during rolling updates. On kernels >= 5.9 "
-                    "conn_reuse_mode = 1 (the default) schedules such connections anew."
+                    "keep landing on a terminating or deleted pod during rolling updates. Kernels with "
+                    "'ipvs: Fix reuse connection if RS weight is 0' (2021) schedule such a connection anew "
+                    "when expire_nodest_conn = 1, whatever conn_reuse_mode says (the Debian 6.1 kernel of "
+                    "the tests does); on kernels >= 5.9 conn_reuse_mode = 1, the default, does too."
                 ),
                 evidence=(
                     *bundle.rs_evidence(svc.key, rs)[-1:],
                     *(_row_line(table, r, n) for r, n in live[:3]),
-                    *bundle.sysctl_evidence("net.ipv4.vs.conn_reuse_mode"),
+                    *bundle.sysctl_evidence("net.ipv4.vs.conn_reuse_mode", "net.ipv4.vs.expire_nodest_conn"),
                 ),
                 fix=(
                     *(
@@ -156,9 +158,9 @@ def check_drained_still_used(bundle: Bundle) -> Iterator[Finding]:
                     ),
                     *(
                         (
-                            "# kernel >= 5.9: " + sysctl_w("net.ipv4.vs.conn_reuse_mode", 1),
                             sysctl_w("net.ipv4.vs.expire_nodest_conn", 1)
-                            + "   # entries of deleted servers end",
+                            + "   # recent kernels: reused ports to a weight-0 server are scheduled anew",
+                            "# kernel >= 5.9: " + sysctl_w("net.ipv4.vs.conn_reuse_mode", 1),
                         )
                         if reuse == 0
                         else ()
