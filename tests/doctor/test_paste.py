@@ -74,10 +74,27 @@ def _key(findings: list[Finding]) -> list[tuple[str, str, str]]:
     return [(f.id, str(f.severity), f.summary) for f in findings]
 
 
+#: The tables a text area's hard wrap cuts in paste tests (their rows are long).
+TABLES = (
+    "ipvsadm-Ln.txt",
+    "ipvsadm-Ln-stats.txt",
+    "ipvsadm-Lnc.txt",
+    "proc-net-ip_vs.txt",
+    "proc-net-ip_vs_conn.txt",
+)
+
+
 def _assemble(
-    bundle: Bundle, rng: random.Random, *, prompts: bool, crlf: bool = False, indent: str = ""
+    bundle: Bundle,
+    rng: random.Random,
+    *,
+    prompts: bool,
+    crlf: bool = False,
+    indent: str = "",
+    wrap: int = 0,
 ) -> tuple[str, dict[tuple[str, int], int]]:
-    """The bundle's files as one paste, and where each file line went (file, line) -> paste line."""
+    """The bundle's files as one paste, and where each file line went (file, line) -> paste
+    line. ``wrap``: the tables' rows hard-wrapped at that width, at spaces, as a text area does."""
     names = sorted(bundle.texts)
     rng.shuffle(names)
     out: list[str] = []
@@ -96,7 +113,9 @@ def _assemble(
             add(rng.choice(PROMPTS).format(COMMANDS[name]))
         for number, line in enumerate(bundle.texts[name].rstrip("\n").split("\n"), 1):
             where[(name, number)] = len(out) + 1
-            add(line + (" " * rng.randrange(3)))
+            pieces = _wrapped(line, wrap) if wrap and name in TABLES else [line]
+            for piece in pieces:
+                add(piece + (" " * rng.randrange(3)))
         if fenced:
             add("```")
         if rng.random() < 0.5:
@@ -104,8 +123,18 @@ def _assemble(
     return ("\r\n" if crlf else "\n").join(out) + "\n", where
 
 
+def _wrapped(line: str, width: int) -> list[str]:
+    """``line`` cut at the last space before ``width`` (and again), the way a text area wraps."""
+    pieces = []
+    while len(line) > width and " " in line[1:width]:
+        cut = line.rindex(" ", 1, width)
+        pieces.append(line[:cut].rstrip())
+        line = line[cut:].lstrip()
+    return [*pieces, line]
+
+
 @pytest.mark.parametrize("host", _hosts())
-@pytest.mark.parametrize("style", ["prompts", "prompts-crlf-indented", "shapes-only"])
+@pytest.mark.parametrize("style", ["prompts", "prompts-crlf-indented", "prompts-wrapped", "shapes-only"])
 def test_a_paste_gives_the_findings_of_the_bundle_it_came_from(host: str, style: str) -> None:
     # Without prompts, /etc/sysctl.conf looks like sysctl -a: only a prompt tells them apart.
     drop = ("sysctl-conf.txt",) if style == "shapes-only" else ()
@@ -117,6 +146,7 @@ def test_a_paste_gives_the_findings_of_the_bundle_it_came_from(host: str, style:
         prompts=style != "shapes-only",
         crlf="crlf" in style,
         indent="    " if "indented" in style else "",
+        wrap=44 if "wrapped" in style else 0,
     )
     paste = read_paste(text)
     assert sorted(paste.texts) == sorted(bundle.texts)

@@ -32,6 +32,7 @@ from .bundle import FILES, Bundle
 from .checks_site import check_directors_agree
 from .findings import Finding
 from .paste_shapes import (
+    CUT_SHORT,
     FENCE,
     HEADER,
     HEX_SERVICE,
@@ -155,6 +156,14 @@ def read_paste(text: str) -> Paste:
         if current is not None and builder.fits(line) and not (current.lines and HEADER.match(line)):
             current.lines.append((n, line))
             continue
+        if (
+            current is not None
+            and builder.cut_short()
+            and not any(k.start is not None and k.start.match(line) for k in SHAPES)
+        ):  # the rest of a row a hard wrap cut: joined back
+            first, text = current.lines[-1]
+            current.lines[-1] = (first, f"{text} {line.strip()}")
+            continue
         shape = next((k for k in SHAPES if k.start is not None and k.start.match(line)), None)
         if shape is not None:
             builder.close()
@@ -204,6 +213,14 @@ class _Builder:
         if current.kind.name in (VALUE_KIND, UNAME_KIND) or line.startswith(("{", "[")):
             return False  # one line only; a JSON document is an output of its own
         return not any(k.start is not None and k.name != UNUSED and k.start.match(line) for k in SHAPES)
+
+    def cut_short(self) -> bool:
+        """The open section's last line is a row a hard wrap cut short."""
+        current = self.current
+        if current is None or not current.lines:
+            return False
+        pattern = CUT_SHORT.get(current.kind.name)
+        return pattern is not None and bool(pattern.match(current.lines[-1][1]))
 
     def close(self) -> None:
         section, self.current = self.current, None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 __all__ = [
     "BY_NAME",
+    "CUT_SHORT",
     "FENCE",
     "HEADER",
     "HEX_SERVICE",
@@ -74,7 +75,7 @@ FENCE = re.compile(r"^\s*(```|~~~)")
 HEADER = re.compile(r"^(IP Virtual Server version|IPVS connection entries|Pro\s+FromIP\s|#kernel\s*$)")
 _LISTING_START = re.compile(r"^(IP Virtual Server version|Prot\s+LocalAddress:Port)")
 # A virtual service line: its scheduler (-Ln) or its counters (--stats, --rate).
-_SERVICE = re.compile(r"^(TCP|UDP|SCTP|FWM)\s+\S+\s+([a-z]{2,5}\b|\d+\s+\d+)")
+_SERVICE = re.compile(r"^(TCP|UDP|SCTP|FWM)\s+\S+\s+([a-z]{2,5}\b|\d+(\s|$))")
 _LISTING = re.compile(rf"{_LISTING_START.pattern}|{_SERVICE.pattern}|^\s*->\s")
 HEX_SERVICE = re.compile(r"^(TCP|UDP|SCTP)\s+[0-9A-F]{8}:[0-9A-F]{4}\s")
 _CONN_START = re.compile(r"^(IPVS connection entries|pro\s+expire\s+state)")
@@ -159,6 +160,27 @@ SHAPES: tuple[Kind, ...] = (
     Kind(UNUSED, "ss -s", _SS, _SS),
 )
 BY_NAME = {k.name: k for k in SHAPES}
+
+#: Lines that a hard wrap (a text area, an email) cut short, by kind: such a line takes the
+#: next line when that one fits nothing else. A real-server row needs its forward, weight
+#: and counters (or its counters), a service row with counters all five, a header its last
+#: word, a connection its six (ten) fields, a sysctl its value.
+CUT_SHORT = {
+    LISTING_KIND: re.compile(
+        r"^\s*->\s+(?!RemoteAddress)\S+(\s+\S+){0,3}\s*$"
+        r"|^\s*->\s+RemoteAddress:Port\s+(?!.*InActConn\s*$)\S.*$"
+        r"|^Prot\s+LocalAddress:Port(?!.*(Flags|OutBytes|OutBPS)\s*$).*$"
+        r"|^(TCP|UDP|SCTP|FWM)\s+\S+(\s+\d+){1,4}\s*$"
+        r"|^(TCP|UDP|SCTP)\s+[0-9A-F]{8}:[0-9A-F]{4}\s+\S+\s+persistent\s+\d+\s*$"  # /proc: then its mask
+    ),
+    "ipvsadm-Lnc.txt": re.compile(
+        r"^(TCP|UDP|SCTP|IP|ICMP)(\s+\S+){0,4}\s*$|^pro\s+expire(?!.*destination\s*$).*$"
+    ),
+    "proc-net-ip_vs_conn.txt": re.compile(
+        r"^(TCP|UDP|SCTP|IP)(\s+\S+){0,7}\s*$|^Pro\s+FromIP(?!.*PEData\s*$).*$"
+    ),
+    "sysctl.txt": re.compile(r"^\s*[a-z][\w.@:/-]*\s*=\s*$"),
+}
 
 
 # ---------------------------------------------------------------------- prompts
