@@ -267,6 +267,13 @@ def parse_proc_ip_vs(text: str, *, source: str = "/proc/net/ip_vs") -> Listing:
     return parse_listing(text, source=source, hexa=True)
 
 
+#: /proc/net/ip_vs prints a persistent service's timeout in kernel ticks (``svc->timeout``
+#: is seconds * CONFIG_HZ; netlink and ipvsadm give seconds). The ticks per second are
+#: not in any capture; 250 is Debian's and Ubuntu's generic kernels' (RHEL's is 1000).
+PROC_HZ = 250
+_HEX_MASK = re.compile(r"[0-9A-Fa-f]{8}")
+
+
 def _netmask(text: str, family: int) -> int:
     if text.isascii() and text.isdigit():
         value = decimal(text, high=32 if family == 4 else 128)
@@ -317,6 +324,14 @@ def _parse_service(words: list[str], kind: str, hexa: bool) -> tuple[VirtualServ
         elif word == "persistent":
             persistence = _count(rest[i + 1], "persistence")
             i += 1
+            if hexa:  # /proc/net/ip_vs: the timeout in kernel ticks, then the netmask in hex
+                persistence = max(1, round(persistence / PROC_HZ))
+                if i + 1 < len(rest) and _HEX_MASK.fullmatch(rest[i + 1]):
+                    mask = hexadecimal(rest[i + 1]) or 0
+                    # IPv4: the mask itself; IPv6: the kernel keeps (and prints) the prefix length
+                    prefix = bin(mask).count("1") if key.family == 4 else mask
+                    netmask = None if prefix == (32 if key.family == 4 else 128) else prefix
+                    i += 1
         elif word == "mask":
             netmask = _netmask(rest[i + 1], key.family)
             if netmask == (32 if key.family == 4 else 128):
@@ -388,7 +403,14 @@ def format_listing(listing: Listing, *, hexa: bool = False) -> str:
         sched_flags = sorted(f for f in svc.flags if f != "ops")
         if sched_flags:
             head += " (" + ",".join(sched_flags) + ")"
-        if svc.persistence:
+        if svc.persistence and hexa:  # as the kernel prints it: ticks, then the mask in hex
+            mask = (
+                int(ipaddress.IPv4Network(f"0.0.0.0/{svc.effective_netmask}").netmask)
+                if svc.key.family == 4
+                else svc.effective_netmask
+            )
+            head += f" persistent {svc.persistence * PROC_HZ} {mask:08X}"
+        elif svc.persistence:
             head += f" persistent {svc.persistence}"
             if svc.netmask is not None:
                 head += " mask " + (
