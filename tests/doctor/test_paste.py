@@ -466,7 +466,7 @@ def test_no_paste_crashes_the_doctor(
 @_FUZZ
 @given(
     host=st.sampled_from(_hosts()),
-    seed=st.integers(0, 2**32),
+    shuffle=st.integers(0, 2**32),
     prose=st.lists(
         st.text("abcdefghijklmnopqrstuvwxyz ,.?", min_size=1, max_size=30).filter(lambda s: s[0].isalpha()),
         min_size=1,
@@ -474,13 +474,13 @@ def test_no_paste_crashes_the_doctor(
     ),
 )
 def test_prose_between_and_inside_the_outputs_changes_no_finding(
-    host: str, seed: int, prose: list[str]
+    host: str, shuffle: int, prose: list[str]
 ) -> None:
     bundle = _reference(host)
-    text, where = _assemble(bundle, random.Random(seed), prompts=True)
+    text, where = _assemble(bundle, random.Random(shuffle), prompts=True)
     lines = text.split("\n")
     json_lines = {line for (name, _), line in where.items() if name.endswith(".json")}
-    rng = random.Random(seed)
+    rng = random.Random(shuffle)
     # Anywhere but inside a JSON document (a sentence there breaks the document); from the
     # end, so that the positions drawn stay those of the assembled text.
     spots = sorted((rng.randrange(len(lines) + 1) for _ in prose), reverse=True)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from ..formats.ipvs_conn import ConnTable, Row
 from ..model import RealServer, VirtualService
 from .bundle import Bundle
-from .checks_ipvs import fmt_row, ipvsadm_rs, ipvsadm_service
+from .checks_ipvs import conn_line, ipvsadm_rs, ipvsadm_service
 from .checks_kernel import setting_or_default, sysctl_w
 from .findings import Finding, Severity
 
@@ -27,10 +27,6 @@ _LIVE = frozenset({"SYN_RECV", "SYN_SENT", "ESTABLISHED"})
 def _host(endpoint: str) -> str:
     """``10.0.0.1:80`` -> ``10.0.0.1``; ``[fd00::1]:80`` -> ``fd00::1``."""
     return endpoint.rsplit(":", 1)[0].strip("[]")
-
-
-def _row_line(table: ConnTable, row: Row, lineno: int) -> str:
-    return f"{table.source}:{lineno}: {fmt_row(row)}"
 
 
 def _states(rows: list[tuple[Row, int]]) -> str:
@@ -74,7 +70,7 @@ def check_vip_source(bundle: Bundle) -> Iterator[Finding]:
                 "Connections from this host to the VIP (health checks, hostNetwork pods, the kubelet) "
                 "hang in SYN_RECV and time out, while clients elsewhere are served."
             ),
-            evidence=tuple(_row_line(table, r, n) for r, n in rows[:3]),
+            evidence=tuple(conn_line(table, r, n) for r, n in rows[:3]),
             fix=(
                 f"ip route replace local {vip} dev {device} table local proto kernel scope host src {node}",
                 "# this host's connections to the VIP then leave from its address, and the replies come back",
@@ -147,7 +143,7 @@ def check_drained_still_used(bundle: Bundle) -> Iterator[Finding]:
                 ),
                 evidence=(
                     *bundle.rs_evidence(svc.key, rs)[-1:],
-                    *(_row_line(table, r, n) for r, n in live[:3]),
+                    *(conn_line(table, r, n) for r, n in live[:3]),
                     *bundle.sysctl_evidence("net.ipv4.vs.conn_reuse_mode", "net.ipv4.vs.expire_nodest_conn"),
                 ),
                 fix=(
@@ -230,7 +226,7 @@ def check_persistence_templates(bundle: Bundle) -> Iterator[Finding]:
                 "client is scheduled anew."
             ),
             evidence=(
-                *(_row_line(table, r, n) for r, n in pinned[:3]),
+                *(conn_line(table, r, n) for r, n in pinned[:3]),
                 *(
                     bundle.rs_evidence(svc.key, rs)[-1]
                     for rs in zero.values()

@@ -6,6 +6,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Iterator
 
+from ..formats.ipvs_conn import ConnTable
 from ..formats.ipvsadm_list import Listing
 from ..formats.kube import ServicePort
 from ..model import Forward, Protocol, RealServer, ServiceKey, Timeouts, VirtualService
@@ -17,6 +18,7 @@ __all__ = [
     "check_dr_port_mapping",
     "check_kube_sync",
     "check_weight_zero",
+    "conn_line",
     "fmt_row",
     "ipvsadm_add",
     "ipvsadm_rs",
@@ -434,14 +436,11 @@ def _conns(listing: Listing | None, key: ServiceKey, rs: RealServer) -> int:
     return st.active_conns + st.inactive_conns if st else -1
 
 
-def _samples(table: object, state: str, n: int) -> list[str]:
-    from ..formats.ipvs_conn import ConnTable
-
-    assert isinstance(table, ConnTable)
+def _samples(table: ConnTable, state: str, n: int) -> list[str]:
     out = []
     for row, lineno in zip(table.rows, table.linenos):
         if row[2] == state:
-            out.append(f"{table.source}:{lineno}: {fmt_row(row)}")
+            out.append(conn_line(table, row, lineno))
             if len(out) >= n:
                 break
     return out
@@ -449,6 +448,11 @@ def _samples(table: object, state: str, n: int) -> list[str]:
 
 def fmt_row(row: tuple[str, int, str, str, str, str]) -> str:
     return f"{row[0]} {row[1] // 60:02d}:{row[1] % 60:02d} {row[2]} {row[3]} {row[4]} {row[5]}"
+
+
+def conn_line(table: ConnTable, row: tuple[str, int, str, str, str, str], lineno: int) -> str:
+    """A connection entry as evidence: ``file:line: TCP 01:30 TIME_WAIT client virtual dest``."""
+    return f"{table.source}:{lineno}: {fmt_row(row)}"
 
 
 def syn_recv_groups(bundle: Bundle) -> list[tuple[str, int, int, list[str]]]:
@@ -466,7 +470,7 @@ def syn_recv_groups(bundle: Bundle) -> list[tuple[str, int, int, list[str]]]:
             ev = []
             for row, lineno in zip(table.rows, table.linenos):
                 if row[5] == dest and row[2] == "SYN_RECV":
-                    ev.append(f"{table.source}:{lineno}: {fmt_row(row)}")
+                    ev.append(conn_line(table, row, lineno))
                     if len(ev) >= 3:
                         break
             out.append((dest, n, total[dest], ev))

@@ -26,10 +26,8 @@ def _order(bundle: Bundle, svc: VirtualService) -> list[str]:
     names them; empty when the bundle does not show it."""
     if bundle.services_source != "ipvs":
         return []
-    return [
-        f"[{k.address}]:{k.port}" if k.address.version == 6 else f"{k.address}:{k.port}"
-        for k in bundle.kernel_order(svc.key)
-    ]
+    members = svc.realserver_map()
+    return [ipvsadm_rs(members[k]) for k in bundle.kernel_order(svc.key) if k in members]
 
 
 def _differences(a: VirtualService, b: VirtualService, order_a: list[str], order_b: list[str]) -> list[str]:
