@@ -6,6 +6,8 @@
                                                  deletion guard)
         -> source.after_sync                    (Kubernetes: status and Events, leader only)
         -> the state file                       (what ``kubelvs status`` shows of the director)
+        -> the VRRP announcer                   (config ``vrrp:``: keepalived holds the VIPs
+                                                 on the master, only after the first sync)
 
     ReconcileLoop runs it: after each coalesced burst of changes, on the resync timer,
     when a failing service's retry comes due, and at once when the backend says its table
@@ -20,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,9 +34,11 @@ from ..planner import changed_services, describe
 from ..roles.director import Director, SyncResult
 from ..roles.guard import GuardSettings
 from ..sources.desired import DesiredSource, DesiredUpdate, SyncOutcome
+from ..sources.vrrp import VrrpSpec
 from .health import DirectorHealth
 from .loop import ReconcileLoop
-from .state import DirectorStateFile, drains_to_restore
+from .state import DirectorStateFile, drains_to_restore, vrrp_dir
+from .vrrp import VrrpAnnouncer
 
 __all__ = ["DirectorOptions", "DirectorProgram", "run_director", "start_director"]
 
@@ -57,6 +63,7 @@ class DirectorOptions:
     back (nftables: the ruleset generation id); a change triggers a full sync at once."""
     guard: GuardSettings = field(default_factory=GuardSettings)
     state_file: Path | None = None  # None: no state file (tests, dry runs)
+    vrrp_priority: int | None = None  # --vrrp-priority: replaces the config's vrrp.priority
 
 
 class DirectorProgram:
@@ -90,6 +97,14 @@ class DirectorProgram:
         self.last_compared = 0  # virtual services the last step compared (all, or the changed ones)
         self._outcome = SyncOutcome(synced=False, failing={})
         self.health = DirectorHealth(options.netns, wake=self.loop.wake)
+        self._vrrp_spec: VrrpSpec | None = None
+        self.vrrp = VrrpAnnouncer(
+            _runtime_dir(options.state_file),
+            netns=options.netns,
+            priority=options.vrrp_priority,
+            router_id=f"kubelvs_{options.netns or socket.gethostname()}",
+            on_change=self._role_changed,
+        )
 
     # ------------------------------------------------------------------ one step
 
@@ -98,6 +113,7 @@ class DirectorProgram:
         seconds until the director must run again (a retry or a held deletion)."""
         self._outcome = SyncOutcome(synced=False, failing=self._failing())
         update = self.source.current(full=full)
+        self._vrrp_spec = update.vrrp
         same = update.desired is self._last_source_state and not full  # nothing new from the source
         self._last_source_state = update.desired
         raw = self.last_synced if same and self.last_synced is not None else self._with_sysctls(update, full)
@@ -213,9 +229,20 @@ class DirectorProgram:
 
     async def _after(self) -> None:
         # After the step, not in it: the kernel is programmed already, and writing the
-        # state file (10,000 services' checks) must not delay that.
-        await asyncio.to_thread(self.state_file.write, self.director, self.health)
+        # state file (10,000 services' checks) must not delay that. The VIPs are held
+        # (VRRP) only once the kernel forwards them.
+        if self._outcome.synced and self.last_synced is not None:
+            vips = {str(k.address) for k in self.last_synced.services if k.address is not None}
+            self.vrrp.update(self._vrrp_spec, vips if self._vrrp_spec is not None else ())
+        await asyncio.to_thread(self._write_state)
         await self.source.after_sync(self._outcome)
+
+    def _write_state(self) -> None:
+        vrrp = self.vrrp.document() if self._vrrp_spec is not None else None
+        self.state_file.write(self.director, self.health, vrrp)
+
+    def _role_changed(self) -> None:  # keepalived said this director's role changed
+        asyncio.get_running_loop().create_task(asyncio.to_thread(self._write_state))
 
     # ------------------------------------------------------------------ running
 
@@ -223,7 +250,12 @@ class DirectorProgram:
         """Until ``stop``: keep the kernel converged to the source (and probe the real servers)."""
         self.health.bind(asyncio.get_running_loop())
         loop = asyncio.create_task(self.loop.run(stop))
-        tasks = [*self.source.start(stop, self.loop.wake), loop, asyncio.create_task(self.health.run(stop))]
+        tasks = [
+            *self.source.start(stop, self.loop.wake),
+            loop,
+            asyncio.create_task(self.health.run(stop)),
+            asyncio.create_task(self.vrrp.run(stop)),
+        ]
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({stopped, loop}, return_when=asyncio.FIRST_COMPLETED)
         for task in [*tasks, stopped]:
@@ -244,6 +276,13 @@ class DirectorProgram:
         finally:
             self.health.close()
             self.backend.close()
+
+
+def _runtime_dir(state_file: Path | None) -> Path:
+    """keepalived's config, PID files and notify FIFO: next to the state file."""
+    if state_file is None:
+        return Path(tempfile.gettempdir()) / f"kubelvs-vrrp-{os.getpid()}"
+    return vrrp_dir(state_file)
 
 
 def _earliest(*delays: float | None) -> float | None:

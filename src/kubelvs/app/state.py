@@ -22,7 +22,14 @@ from ..model import ObservedState, RealServerKey, ServiceKey
 from ..roles.director import Director
 from .health import DirectorHealth
 
-__all__ = ["STATE_DIR", "DirectorStateFile", "drains_to_restore", "read_director_state", "state_path"]
+__all__ = [
+    "STATE_DIR",
+    "DirectorStateFile",
+    "drains_to_restore",
+    "read_director_state",
+    "state_path",
+    "vrrp_dir",
+]
 
 STATE_DIR = Path("/run/kubelvs/director")
 
@@ -33,6 +40,11 @@ def state_path(netns: str | None, directory: Path = STATE_DIR) -> Path:
     return directory / f"{netns or current_name() or 'host'}.json"
 
 
+def vrrp_dir(state_file: Path) -> Path:
+    """The director's keepalived files (config, PID files, notify FIFO), by its state file."""
+    return state_file.with_name(state_file.stem + ".vrrp")
+
+
 class DirectorStateFile:
     def __init__(self, path: Path | None, *, backend: str, source: str) -> None:
         self.path = path
@@ -40,12 +52,16 @@ class DirectorStateFile:
         self.source = source
         self._last: dict[str, Any] | None = None
 
-    def write(self, director: Director, health: DirectorHealth | None = None) -> None:
+    def write(
+        self, director: Director, health: DirectorHealth | None = None, vrrp: dict[str, Any] | None = None
+    ) -> None:
         if self.path is None:
             return
         doc = self.document(director)
         if health is not None:
             doc["health"] = health.document()
+        if vrrp is not None:
+            doc["vrrp"] = vrrp
         if doc == self._last:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)

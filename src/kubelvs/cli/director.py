@@ -74,6 +74,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="PATH",
         help="where the director publishes its state for kubelvs status",
     )
+    p.add_argument(
+        "--vrrp-priority",
+        type=int,
+        choices=range(1, 255),
+        metavar="1-254",
+        help="this director's VRRP priority (replaces the config's vrrp.priority: one config, "
+        "one number apart on each director)",
+    )
     add_backend_args(p)
     add_log_args(p)
     p.set_defaults(func=cmd_director)
@@ -112,6 +120,7 @@ def cmd_director(args: argparse.Namespace) -> int:
         resync_seconds=args.resync,
         guard=guard,
         state_file=args.state_file or state_path(args.netns),
+        vrrp_priority=args.vrrp_priority,
     )
 
     async def main() -> None:

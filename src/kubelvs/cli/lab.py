@@ -24,9 +24,16 @@ def _spec_args(p: argparse.ArgumentParser, *, prefix: str) -> None:
     )
     p.add_argument("--nodes", type=int, default=2, help="worker nodes (default 2)")
     p.add_argument("--pods", type=int, default=2, help="whoami pods per node (default 2)")
-    p.add_argument("--directors", type=int, default=1, help="directors (more than one needs --router: ECMP)")
+    p.add_argument(
+        "--directors", type=int, default=1, help="directors (more than one needs --router: ECMP, or --vrrp)"
+    )
     p.add_argument(
         "--router", action="store_true", help="put the client behind a router namespace (always for nat)"
+    )
+    p.add_argument(
+        "--vrrp",
+        action="store_true",
+        help="the directors move the VIP with VRRP (keepalived): one master holds it, the others take over",
     )
     p.add_argument("--vip", default="10.240.0.201")
     p.add_argument("--scheduler", default="rr")
@@ -46,6 +53,7 @@ def _spec(args: argparse.Namespace, **overrides: object) -> LabSpec:
         "pods": args.pods,
         "directors": args.directors,
         "router": args.router,
+        "vrrp": args.vrrp,
         "vip": args.vip,
         "scheduler": args.scheduler,
         "backend": args.backend,

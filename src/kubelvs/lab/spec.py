@@ -29,6 +29,7 @@ __all__ = [
     "load_info",
     "proxy_ruleset",
     "state_dir",
+    "vrrp_priority",
 ]
 
 DEFAULT_PREFIX = "kubelvs-lab"
@@ -47,6 +48,13 @@ Topology = Literal["dr", "nat", "tun"]
 #: The director's connection timeouts (tcp, tcpfin, udp): the kernel's 900 s TCP default is
 #: below Linux's default tcp_keepalive_time of 7200 s, which drops idle connections.
 LAB_TIMEOUTS = (7260, 30, 300)
+#: The lab's VRRP adverts (seconds): a master is declared dead after about 3 of them.
+VRRP_ADVERT = 0.1
+
+
+def vrrp_priority(director: str) -> int:
+    """dir1 is preferred, then dir2, ...: the lab's ``--vrrp-priority`` for each director."""
+    return 200 - 10 * int(director.removeprefix("dir"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +75,7 @@ class LabSpec:
     director: bool = True  # start ``kubelvs director``
     agents: bool = True  # start ``kubelvs node`` on every worker (dr, tun)
     health: str = ""  # the director config's ``health_defaults:`` (a YAML flow mapping); "": no checks
+    vrrp: bool = False  # the directors move the VIP with VRRP (keepalived) instead of holding it all
 
     def check(self) -> None:
         """Raise LabError naming the field when the spec cannot be built."""
@@ -82,9 +91,14 @@ class LabSpec:
             raise LabError(f"pods: {self.pods} is not within 1..50")
         if not 1 <= self.directors <= 8:
             raise LabError(f"directors: {self.directors} is not within 1..8")
-        if self.directors > 1 and not self.with_router:
+        if self.directors > 1 and not (self.with_router or self.vrrp):
             raise LabError(
-                "directors: more than one director needs the router (it spreads the VIP over them by ECMP)"
+                "directors: more than one director needs the router (it spreads the VIP over them by "
+                "ECMP) or vrrp (one master holds it)"
+            )
+        if self.vrrp and self.topology == "nat":
+            raise LabError(
+                "vrrp: nat needs the nodes' route back through a moving gateway address; use dr or tun"
             )
         if self.directors > 1 and self.topology == "nat":
             raise LabError(
@@ -205,6 +219,11 @@ def director_config(spec: LabSpec, nodes: list[NodeInfo]) -> str:
         "# TIME_WAIT fix.\n"
         f"timeouts: {{tcp: {LAB_TIMEOUTS[0]}, tcpfin: {LAB_TIMEOUTS[1]}, udp: {LAB_TIMEOUTS[2]}}}\n"
         + (f"health_defaults: {spec.health}\n" if spec.health else "")
+        + (
+            f"vrrp: {{interface: eth0, virtual_router_id: 51, advert_interval: {VRRP_ADVERT}}}\n"
+            if spec.vrrp
+            else ""
+        )
         + "services:\n"
         "  - name: whoami\n"
         f"    vip: {spec.vip}\n"

@@ -1,6 +1,7 @@
 """Removing a lab by its prefix alone, also after the process that built it crashed:
 processes recorded by PID (only while they are still the lab's), every process inside
-its namespaces, the namespaces (their links go with them), its state directory."""
+its namespaces, the namespaces (their links go with them), its state directory, and the
+state files of its directors."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+from ..app.state import state_path, vrrp_dir
 from ..errors import LabError
 from .netlab import NETNS_PREFIX
 from .spec import DEFAULT_PREFIX, state_dir
@@ -55,6 +57,10 @@ def down(prefix: str = DEFAULT_PREFIX) -> list[str]:
             removed.append(f"process {pid} (in {name})")
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
         removed.append(f"namespace {name}")
+        # A director's state file and VRRP directory are named after its namespace.
+        state = state_path(name)
+        state.unlink(missing_ok=True)
+        shutil.rmtree(vrrp_dir(state), ignore_errors=True)
     if sdir.exists():
         shutil.rmtree(sdir, ignore_errors=True)
         removed.append(f"directory {sdir}")

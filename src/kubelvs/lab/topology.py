@@ -60,6 +60,7 @@ from .spec import (
     load_info,
     proxy_ruleset,
     state_dir,
+    vrrp_priority,
 )
 from .teardown import down, lab_namespaces
 
@@ -116,6 +117,7 @@ class RunningLab:
             self.info.spec.backend,
             "--poll",
             "0.3",
+            *(("--vrrp-priority", str(vrrp_priority(name))) if self.info.spec.vrrp else ()),
             log=self.log(f"director-{name}"),
         )
         self.info.pids[f"director {name}"] = proc.pid
@@ -164,6 +166,17 @@ class RunningLab:
         for proc in list(self.lab.processes):
             if proc.pid == pid:
                 self.lab.stop(proc)
+        self.save()
+
+    def crash(self, key: str) -> None:
+        """Kill one process of the lab with SIGKILL, by its record key: a machine that dies
+        cleans nothing up."""
+        pid = self.info.pids.pop(key, None)
+        for proc in list(self.lab.processes):
+            if proc.pid == pid:
+                proc.popen.kill()
+                proc.popen.wait()
+                self.lab.processes.remove(proc)
         self.save()
 
     def wait_director(self, name: str = "dir1", *, timeout: float = READY_TIMEOUT) -> None:
@@ -299,7 +312,8 @@ def _build(lab: Lab, spec: LabSpec, sdir: Path, backend: str) -> RunningLab:
     director_macs: dict[str, str] = {}
     for d in range(1, spec.directors + 1):
         name = f"dir{d}"
-        host = lab.host(name, [f"{seg + 1 + d}/{plen}", f"{vip}/32"])
+        # With VRRP the VIP is keepalived's to add, on the master only.
+        host = lab.host(name, [f"{seg + 1 + d}/{plen}"] + ([] if spec.vrrp else [f"{vip}/32"]))
         directors[name], director_ips[name], director_macs[name] = host.netns, host.ip, host.mac
         for key, value in (("net.ipv4.conf.all.send_redirects", 0), ("net.ipv4.conf.eth0.send_redirects", 0)):
             lab.sysctl(host.netns, key, value)
@@ -309,7 +323,9 @@ def _build(lab: Lab, spec: LabSpec, sdir: Path, backend: str) -> RunningLab:
             lab.sysctl(host.netns, "net.ipv4.ip_forward", 1)
     if router_ns is not None:
         hops = [ip for ip in director_ips.values()]
-        if len(hops) == 1:
+        if spec.vrrp:  # on the segment: whoever answers ARP for it (the master)
+            lab.run(router_ns, "ip", "route", "add", f"{vip}/32", "dev", "eth0")
+        elif len(hops) == 1:
             lab.run(router_ns, "ip", "route", "add", f"{vip}/32", "via", hops[0])
         else:
             nexthops = [w for ip in hops for w in ("nexthop", "via", ip)]

@@ -14,9 +14,10 @@ import json
 import socket
 import struct
 import subprocess
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ..errors import KernelError, LabError
@@ -25,13 +26,16 @@ from ..kernel.netns import entered
 
 __all__ = [
     "DirectorCounters",
+    "NewConnections",
     "Result",
+    "Sent",
     "arp_who_has",
     "error_text",
     "neighbour_mac",
     "nft_counter",
     "requests",
     "tally",
+    "wait_until",
 ]
 
 COUNT_TABLE = "kubelvs_lab_count"
@@ -75,6 +79,66 @@ def requests(netns: str, host: str, port: int, count: int, *, timeout: float = 2
     """``count`` requests from inside ``netns``, each on a new connection."""
     with entered(netns):
         return [_one(host, port, timeout) for _ in range(count)]
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    sent: float  # wall time the connection was opened
+    done: float  # wall time it was answered or given up
+    result: Result
+
+
+class NewConnections:
+    """New connections (one request each) from ``netns`` at a steady ``rate`` a second
+    until the ``with`` block ends; each in its own thread, so that one waiting for its
+    timeout does not hold back the next (what a gap measures must be the network's).
+    ``results`` in the order sent."""
+
+    def __init__(self, netns: str, host: str, port: int, *, rate: float, timeout: float = 1.0) -> None:
+        self.netns, self.host, self.port, self.rate, self.timeout = netns, host, port, rate, timeout
+        self._done: list[Sent] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._workers: list[threading.Thread] = []
+
+    @property
+    def results(self) -> list[Sent]:
+        return sorted(self._done, key=lambda s: s.sent)
+
+    def _one(self) -> None:
+        sent = time.time()
+        with entered(self.netns):
+            result = _one(self.host, self.port, self.timeout)
+        self._done.append(Sent(sent, time.time(), result))  # list.append is atomic
+
+    def _run(self) -> None:
+        next_at = time.time()
+        while not self._stop.is_set():
+            worker = threading.Thread(target=self._one, daemon=True)
+            worker.start()
+            self._workers = [w for w in self._workers if w.is_alive()] + [worker]
+            next_at += 1 / self.rate
+            self._stop.wait(max(0.0, next_at - time.time()))
+
+    def __enter__(self) -> NewConnections:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for worker in self._workers:
+            worker.join(self.timeout + 5)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``condition`` every 20 ms; whether it became true within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def tally(results: Iterable[Result], pod_node: Mapping[str, str]) -> tuple[Counter[str], Counter[str]]:

@@ -52,6 +52,7 @@ from ..model import (
     validate,
 )
 from . import shape
+from .vrrp import VRRP, VrrpSpec, vrrp_errors
 
 __all__ = [
     "Config",
@@ -150,6 +151,7 @@ class Config:
     health_defaults: HealthSpec | None = None
     services: tuple[ServiceSpec, ...] = ()
     kubernetes: dict[str, Any] | None = None  # read by kubelvs.sources.kubernetes
+    vrrp: VrrpSpec | None = None  # None: no VRRP (sources/vrrp.py)
 
 
 def _network(value: Any) -> str:
@@ -248,6 +250,7 @@ _CONFIG = shape.Record(
         ),
         # Checked by kubelvs.sources.kubernetes (settings.parse_kubernetes).
         "kubernetes": shape.optional(shape.mapping_of(lambda value: value)),
+        "vrrp": shape.optional(VRRP),
     },
 )
 
@@ -262,6 +265,8 @@ def parse_config(data: Any, *, source: str = "config") -> Config:
         )
     config, errors = _CONFIG.parse(data)
     if config is None:
+        raise ConfigError(errors)
+    if config.vrrp is not None and (errors := vrrp_errors(config.vrrp)):
         raise ConfigError(errors)
     return config
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..model import DesiredState, ServiceKey
+from .vrrp import VrrpSpec
 
 __all__ = ["DesiredSource", "DesiredUpdate", "SyncOutcome"]
 
@@ -41,6 +42,8 @@ class DesiredUpdate:
     without connections or after the drain timeout); None: the director's default (yes)."""
     deletion_guard: tuple[float, float] | None = None
     """The config's ``deletion_guard`` (max_share, settle_seconds); None: the director's defaults."""
+    vrrp: VrrpSpec | None = None
+    """The config's ``vrrp:``: the director has keepalived hold the VIPs on the master."""
     notes: tuple[str, ...] = ()
     """Lines for a dry run: Events the source would post, status it would write."""
 

@@ -123,6 +123,7 @@ class ConfigFileSource:
             recommended_sysctls=self.config.recommended_sysctls,
             graceful=self.config.graceful,
             deletion_guard=config_guard(self.config),
+            vrrp=self.config.vrrp,
         )
 
     async def after_sync(self, outcome: SyncOutcome) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,7 +28,7 @@ from typing import Any
 
 from ...app.state import state_path
 from ..topology import LabSpec, RunningLab, build
-from ..traffic import Result, requests
+from ..traffic import NewConnections, wait_until
 
 __all__ = ["NEEDS", "SUMMARY", "FailureResult", "run"]
 
@@ -95,34 +94,6 @@ class FailureResult:
         return "\n".join(lines)
 
 
-class Stream:
-    """New connections through the VIP at a steady rate, from the client, until stopped."""
-
-    def __init__(self, running: RunningLab) -> None:
-        self.running = running
-        self.results: list[tuple[float, Result]] = []  # (wall time sent, outcome)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        info = self.running.info
-        next_at = time.time()
-        while not self._stop.is_set():
-            sent = time.time()
-            (result,) = requests(info.client, info.spec.vip, info.spec.port, 1, timeout=1.0)
-            self.results.append((sent, result))
-            next_at += 1 / RATE
-            time.sleep(max(0.0, next_at - time.time()))
-
-    def __enter__(self) -> Stream:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-
 def _health(running: RunningLab, node_ip: str) -> tuple[str, float] | None:
     """node1's state and since when (wall time), from the director's state file."""
     path = state_path(running.info.directors["dir1"])
@@ -137,15 +108,6 @@ def _health(running: RunningLab, node_ip: str) -> tuple[str, float] | None:
     return None
 
 
-def _wait(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool = True) -> FailureResult:
     spec = LabSpec(prefix=prefix, topology="dr", backend=backend, health=HEALTH)
     log(f"lab up: dr, health checks {HEALTH}")
@@ -155,16 +117,16 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
     pod_node = info.pod_node()
     result = FailureResult(info.backend, None, None, 0, 0, INTERVAL * 1000, FALL, RISE)
     try:
-        if not _wait(lambda: (_health(running, node1.ip) or ("", 0))[0] == "up", 60):
+        if not wait_until(lambda: (_health(running, node1.ip) or ("", 0))[0] == "up", 60):
             result.notes.append("node1 never showed as up in the director's state")
             return result
-        with Stream(running) as stream:
+        with NewConnections(info.client, info.spec.vip, info.spec.port, rate=RATE) as stream:
             time.sleep(2.0)  # a steady state first
             log("killing node1's pods")
             killed = time.time()
             for pod in node1.pods:
                 running.stop(f"pod {pod.name}")
-            down = _wait(lambda: (_health(running, node1.ip) or ("", 0))[0] == "down", 20)
+            down = wait_until(lambda: (_health(running, node1.ip) or ("", 0))[0] == "down", 20)
             state = _health(running, node1.ip)
             detected = state[1] if down and state is not None else None
             time.sleep(2.0)  # traffic after the detection: none may fail
@@ -172,15 +134,15 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
             restarted = time.time()
             for pod in node1.pods:
                 running.start_pod(pod)
-            up = _wait(lambda: (_health(running, node1.ip) or ("", 0))[0] == "up", 30)
+            up = wait_until(lambda: (_health(running, node1.ip) or ("", 0))[0] == "up", 30)
             state = _health(running, node1.ip)
             back = state[1] if up and state is not None else None
             time.sleep(2.0)  # traffic after the recovery: node1 must get some
         sent = stream.results
         result.requests = len(sent)
-        result.failed_requests = sum(1 for _, r in sent if not r.ok)
+        result.failed_requests = sum(1 for s in sent if not s.result.ok)
         bound = FALL * INTERVAL + TIMEOUT + SLACK
-        window = [r for t, r in sent if killed <= t < killed + bound]
+        window = [s for s in sent if killed <= s.sent < killed + bound]
         # What the window allows: the requests the scheduler sends node1 in it, a share
         # p = 1/nodes of them, with 4 standard deviations of slack (a per-flow hash spreads
         # connections at random: a false failure is rarer than 1 in 10,000).
@@ -190,14 +152,14 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
         if detected is not None:
             result.detect_ms = round((detected - killed) * 1000, 1)
             result.failed_after_detection = sum(
-                1 for t, r in sent if detected + 0.2 <= t < restarted and not r.ok
+                1 for s in sent if detected + 0.2 <= s.sent < restarted and not s.result.ok
             )
         if back is not None:
             result.recover_ms = round((back - restarted) * 1000, 1)
             result.node1_after_recovery = sum(
-                1 for t, r in sent if t >= back and r.ok and pod_node.get(r.pod) == "node1"
+                1 for s in sent if s.sent >= back and s.result.ok and pod_node.get(s.result.pod) == "node1"
             )
-        failures = [r.error for _, r in sent if not r.ok]
+        failures = [s.result.error for s in sent if not s.result.ok]
         if failures:
             result.notes.append(f"failures: {', '.join(sorted(set(failures)))}")
         return result

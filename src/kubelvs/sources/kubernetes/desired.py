@@ -146,6 +146,7 @@ class KubernetesSource:
             recommended_sysctls=self.config.recommended_sysctls,
             graceful=self.config.graceful,
             deletion_guard=config_guard(self.config),
+            vrrp=self.config.vrrp,
             notes=_notes(result),
         )
 

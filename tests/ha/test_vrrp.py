@@ -1,0 +1,233 @@
+"""The VRRP pair: the config's ``vrrp:`` (validated like the rest), the keepalived
+configuration rendered from it (accepted by the real keepalived), and the director's
+announcer running the real keepalived in a namespace: it holds the VIPs, follows the
+VIP set, comes back when keepalived dies, and takes the VIPs with it when it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kubelvs.app.keepalived import Instance, instances, render
+from kubelvs.app.vrrp import VrrpAnnouncer, parse_notify
+from kubelvs.errors import ConfigError
+from kubelvs.kernel import iproute
+from kubelvs.sources.config import parse_config
+from kubelvs.sources.vrrp import VrrpGroupSpec, VrrpSpec
+
+SPEC = VrrpSpec(
+    interface="eth0",
+    virtual_router_id=51,
+    priority=100,
+    advert_interval=0.1,
+    unicast_src_ip="10.9.0.1",
+    unicast_peers=("10.9.0.2",),
+    groups=(VrrpGroupSpec(virtual_router_id=52, vips=("10.9.0.210", "10.9.0.211"), priority=90),),
+)
+
+
+def test_instances_group_the_vips_and_leave_out_ipv6() -> None:
+    vips = ["10.9.0.201", "10.9.0.210", "10.9.0.200", "fd00::1", "10.9.0.211"]
+    assert instances(SPEC, vips) == [
+        Instance(51, 100, ("10.9.0.200", "10.9.0.201")),
+        Instance(52, 90, ("10.9.0.210", "10.9.0.211")),
+    ]
+    # --vrrp-priority replaces the top-level priority, not a group's own.
+    assert [i.priority for i in instances(SPEC, vips, priority=150)] == [150, 90]
+    # A group with none of its VIPs wanted is not rendered (keepalived refuses an empty one).
+    assert instances(SPEC, ["10.9.0.201"]) == [Instance(51, 100, ("10.9.0.201",))]
+    assert instances(SPEC, ["fd00::1"]) == []
+
+
+def test_render_is_keepalived_conf() -> None:
+    text = render(
+        SPEC, instances(SPEC, ["10.9.0.201", "10.9.0.210"]), fifo=Path("/run/x/fifo"), router_id="d1"
+    )
+    assert text == (
+        "# Written by kubelvs director: VRRP only; kubelvs owns the load-balancing table.\n"
+        "global_defs {\n"
+        "  router_id d1\n"
+        "  notify_fifo /run/x/fifo\n"
+        "}\n"
+        "\n"
+        "vrrp_instance kubelvs_51 {\n"
+        "  state BACKUP\n"
+        "  interface eth0\n"
+        "  virtual_router_id 51\n"
+        "  priority 100\n"
+        "  advert_int 0.1\n"
+        "  version 3\n"
+        "  unicast_src_ip 10.9.0.1\n"
+        "  unicast_peer {\n"
+        "    10.9.0.2\n"
+        "  }\n"
+        "  virtual_ipaddress {\n"
+        "    10.9.0.201/32 dev eth0\n"
+        "  }\n"
+        "}\n"
+        "\n"
+        "vrrp_instance kubelvs_52 {\n"
+        "  state BACKUP\n"
+        "  interface eth0\n"
+        "  virtual_router_id 52\n"
+        "  priority 90\n"
+        "  advert_int 0.1\n"
+        "  version 3\n"
+        "  unicast_src_ip 10.9.0.1\n"
+        "  unicast_peer {\n"
+        "    10.9.0.2\n"
+        "  }\n"
+        "  virtual_ipaddress {\n"
+        "    10.9.0.210/32 dev eth0\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+def test_many_vips_beyond_the_advert_are_held_too(tmp_path: Path) -> None:
+    spec = VrrpSpec(interface="eth0", nopreempt=True)
+    vips = [f"10.9.1.{i}" for i in range(1, 31)]
+    text = render(spec, instances(spec, vips), fifo=tmp_path / "f", router_id="d")
+    shown, _, excluded = text.partition("virtual_ipaddress_excluded {")
+    assert shown.count("/32 dev eth0") == 20 and excluded.count("/32 dev eth0") == 10
+    assert "  nopreempt\n" in text
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text(text)
+    # The real keepalived reads it without complaint.
+    check = subprocess.run(
+        ["keepalived", "--config-test", "--use-file", str(conf)], capture_output=True, text=True, timeout=30
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_keepalived_accepts_every_option(tmp_path: Path) -> None:
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text(
+        render(SPEC, instances(SPEC, ["10.9.0.201", "10.9.0.210"]), fifo=tmp_path / "f", router_id="d")
+    )
+    check = subprocess.run(
+        ["keepalived", "--config-test", "--use-file", str(conf)], capture_output=True, text=True, timeout=30
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize(
+    ("vrrp", "path", "reason"),
+    [
+        ({"priority": 100}, "vrrp.interface", "required"),
+        ({"interface": "eth0", "priority": 255}, "vrrp.priority", "255"),
+        ({"interface": "eth0", "advert_interval": 0}, "vrrp.advert_interval", "0"),
+        (
+            {"interface": "eth0", "unicast_peers": ["10.0.0.300"]},
+            "vrrp.unicast_peers[0]",
+            "not an IP address",
+        ),
+        (
+            {"interface": "eth0", "unicast_src_ip": "10.0.0.1"},
+            "vrrp.unicast_peers",
+            "required with unicast_src_ip",
+        ),
+        ({"interface": "eth0", "nopreempt": True, "preempt_delay": 5}, "vrrp.preempt_delay", "nopreempt"),
+        ({"interface": "eth0", "auth_pass": "x"}, "vrrp.auth_pass", "unknown key"),
+        (
+            {"interface": "eth0", "groups": [{"virtual_router_id": 51, "vips": ["10.0.0.1"]}]},
+            "vrrp.groups[0].virtual_router_id",
+            "already vrrp.virtual_router_id's",
+        ),
+        (
+            {
+                "interface": "eth0",
+                "groups": [
+                    {"virtual_router_id": 52, "vips": ["10.0.0.1"]},
+                    {"virtual_router_id": 53, "vips": ["10.0.0.1"]},
+                ],
+            },
+            "vrrp.groups[1].vips[0]",
+            "already in vrrp.groups[0]",
+        ),
+        (
+            {"interface": "eth0", "groups": [{"virtual_router_id": 52, "vips": []}]},
+            "vrrp.groups[0].vips",
+            "at least one",
+        ),
+    ],
+)
+def test_bad_vrrp_is_refused_naming_the_field(vrrp: dict[str, object], path: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"vrrp": vrrp})
+    assert any(e.field == path and reason in e.reason for e in caught.value.errors), caught.value
+
+
+def test_parse_notify() -> None:
+    assert parse_notify('INSTANCE "kubelvs_51" MASTER 150\n') == ("kubelvs_51", "MASTER")
+    assert parse_notify('GROUP "g" BACKUP\n') is None
+    assert parse_notify("") is None
+
+
+# ---------------------------------------------------------------------- the real keepalived
+
+
+def _vips(ns: str) -> set[str]:
+    return {a.cidr for a in iproute.addresses(ns, "eth0") if a.cidr.endswith("/32")}
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 15) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.netns
+def test_announcer_holds_follows_restarts_and_releases(
+    make_netns: Callable[[str], str], tmp_path: Path
+) -> None:
+    director, peer = make_netns("dir"), make_netns("peer")
+    iproute.add_veth(director, "eth0", "eth0", peer_netns=peer)
+    for ns, address in ((director, "10.9.0.1/24"), (peer, "10.9.0.2/24")):
+        iproute.add_address(ns, "eth0", address)
+        iproute.set_link_up(ns, "eth0")
+    spec = VrrpSpec(interface="eth0", advert_interval=0.1)
+    changes: list[str] = []
+    announcer = VrrpAnnouncer(
+        tmp_path / "vrrp", netns=director, priority=150, router_id="t", on_change=lambda: changes.append("x")
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(announcer.run(stop))
+        announcer.update(spec, ["10.9.0.201"])
+        # Alone on the link: master after the master-down interval, the VIP on eth0.
+        await _until(lambda: announcer.master and _vips(director) == {"10.9.0.201/32"})
+        assert announcer.document()["instances"]["kubelvs_51"]["state"] == "MASTER" and changes
+        first = announcer.pid
+        assert first is not None
+        # The VIP set follows the desired state: a reload, not a restart.
+        announcer.update(spec, ["10.9.0.201", "10.9.0.202"])
+        await _until(lambda: _vips(director) == {"10.9.0.201/32", "10.9.0.202/32"})
+        assert announcer.pid == first and announcer.starts == 1
+        # keepalived dies: started again (after 1 s), the VIPs held again.
+        os.kill(first, signal.SIGKILL)
+        await _until(lambda: announcer.starts == 2 and announcer.master)
+        await _until(lambda: _vips(director) == {"10.9.0.201/32", "10.9.0.202/32"})
+        second = announcer.pid
+        assert second is not None and second != first
+        # No VIP left to hold: keepalived stops and the VIPs go.
+        announcer.update(spec, [])
+        await _until(lambda: announcer.pid is None and _vips(director) == set())
+        announcer.update(spec, ["10.9.0.203"])
+        await _until(lambda: announcer.master and _vips(director) == {"10.9.0.203/32"})
+        third = announcer.pid
+        stop.set()
+        await task
+        # The director stopped: keepalived with it, the VIP released.
+        assert announcer.document()["pid"] is None and _vips(director) == set()
+        assert third is not None and not Path(f"/proc/{third}").exists()
+
+    asyncio.run(main())
