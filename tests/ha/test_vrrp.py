@@ -9,16 +9,22 @@ import asyncio
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from kubelvs.app.director import DirectorOptions, start_director
 from kubelvs.app.keepalived import Instance, instances, render
 from kubelvs.app.vrrp import VrrpAnnouncer, parse_notify
+from kubelvs.backends.memory import MemoryBackend
+from kubelvs.cli.render import director_lines
 from kubelvs.errors import ConfigError
 from kubelvs.kernel import iproute
+from kubelvs.model import ConnectionSync
 from kubelvs.sources.config import parse_config
+from kubelvs.sources.file import ConfigFileSource
 from kubelvs.sources.vrrp import VrrpGroupSpec, VrrpSpec
 
 SPEC = VrrpSpec(
@@ -231,3 +237,50 @@ def test_announcer_holds_follows_restarts_and_releases(
         assert third is not None and not Path(f"/proc/{third}").exists()
 
     asyncio.run(main())
+
+
+# ---------------------------------------------------------------------- the director
+
+
+def test_director_starts_the_connection_sync_once_and_leaves_a_foreign_one(tmp_path: Path) -> None:
+    config = tmp_path / "lb.yaml"
+    config.write_text(
+        "owned_cidrs: [10.240.0.0/24]\nrecommended_sysctls: false\n"
+        "vrrp: {interface: eth0, virtual_router_id: 7, sync_daemon: {}}\n"
+        "services: [{vip: 10.240.0.1, port: 80, scheduler: rr, realservers: [{address: 10.240.0.101}]}]\n"
+    )
+
+    def step_with(backend: MemoryBackend) -> None:
+        async def main() -> None:
+            program = await start_director(DirectorOptions(), ConfigFileSource(config), backend=backend)
+            try:
+                await asyncio.to_thread(program.step, True)
+                await asyncio.to_thread(program.step, False)
+            finally:
+                await program.close()
+
+        asyncio.run(main())
+
+    ours = MemoryBackend()
+    step_with(ours)
+    assert ours.connection_sync == ConnectionSync("eth0", 7)  # interface and id from vrrp:
+    assert len(ours.read().services) == 1
+    foreign = MemoryBackend()
+    foreign.connection_sync = ConnectionSync("eth1", 9)
+    step_with(foreign)  # reported, not replaced; the table is programmed all the same
+    assert foreign.connection_sync == ConnectionSync("eth1", 9) and len(foreign.read().services) == 1
+
+
+def test_status_shows_the_vrrp_role() -> None:
+    state = {
+        "pid": 1,
+        "backend": "nftables",
+        "source": "config file lb.yaml",
+        "vrrp": {
+            "running": True,
+            "pid": 42,
+            "starts": 1,
+            "instances": {"kubelvs_51": {"state": "MASTER", "since": time.time() - 125}},
+        },
+    }
+    assert "  vrrp: kubelvs_51 MASTER for 2m (keepalived pid 42)\n" in director_lines(state)

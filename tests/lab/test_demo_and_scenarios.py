@@ -172,15 +172,30 @@ def test_backend_failure_is_detected_in_time_and_recovered(backend: str, prefix:
     assert lab_namespaces(prefix) == []
 
 
-@MACHINE
-def test_director_failover_keeps_established_flows(prefix: str) -> None:
-    """The VRRP pair on nftables: the master dies (link down, SIGKILL), the backup takes
-    the VIP within the target, no established connection breaks, nor on the failback."""
-    result = _kubelvs("lab", "scenario", "director-failover", "--prefix", prefix, "-o", "json", timeout=600)
+@pytest.mark.parametrize(
+    "backend",
+    [pytest.param("nftables", marks=pytest.mark.netns), pytest.param("ipvs", marks=pytest.mark.kernel_ipvs)],
+)
+def test_director_failover_keeps_established_flows(backend: str, prefix: str) -> None:
+    """The VRRP pair: the master dies (link down, SIGKILL), the backup takes the VIP
+    within the target, no established connection breaks, nor on the failback (IPVS: with
+    the connection sync daemons both ways; nftables: stateless)."""
+    result = _kubelvs(
+        "lab",
+        "scenario",
+        "director-failover",
+        "--prefix",
+        prefix,
+        "--backend",
+        backend,
+        "-o",
+        "json",
+        timeout=900,
+    )
     doc = json.loads(result.stdout)
     assert result.returncode == 0, json.dumps(doc, indent=1)
     assert set(doc) >= {"gap_ms", "new_failed", "established_total", "established_broken", "failback_broken"}
-    assert doc["ok"] and doc["backend"] == "nftables"
+    assert doc["ok"] and doc["backend"] == backend
     # The death was real: no new connection got through before dir2 held the VIP (polled: 100 ms slack).
     assert 0 < doc["takeover_ms"] - 100 <= doc["gap_ms"] < 1500
     assert doc["established_total"] == 50 and doc["established_broken"] == doc["failback_broken"] == 0

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..backends import Backend, BackendName, open_backend
-from ..errors import CapabilityError
-from ..model import DesiredState, RecommendedSysctls, ServiceKey, kernel_version
+from ..errors import BackendError, CapabilityError
+from ..model import ConnectionSync, DesiredState, RecommendedSysctls, ServiceKey, kernel_version
 from ..planner import changed_services, describe
 from ..roles.director import Director, SyncResult
 from ..roles.guard import GuardSettings
@@ -98,6 +98,7 @@ class DirectorProgram:
         self._outcome = SyncOutcome(synced=False, failing={})
         self.health = DirectorHealth(options.netns, wake=self.loop.wake)
         self._vrrp_spec: VrrpSpec | None = None
+        self._sync_ensured: ConnectionSync | None = None  # the connection sync last made sure of
         self.vrrp = VrrpAnnouncer(
             _runtime_dir(options.state_file),
             netns=options.netns,
@@ -114,6 +115,7 @@ class DirectorProgram:
         self._outcome = SyncOutcome(synced=False, failing=self._failing())
         update = self.source.current(full=full)
         self._vrrp_spec = update.vrrp
+        self._sync_connections(update.vrrp, full)
         same = update.desired is self._last_source_state and not full  # nothing new from the source
         self._last_source_state = update.desired
         raw = self.last_synced if same and self.last_synced is not None else self._with_sysctls(update, full)
@@ -152,6 +154,26 @@ class DirectorProgram:
             no_healthy=frozenset(self.health.overlay.no_healthy),
         )
         return _earliest(self.director.next_due(), self.health.next_due())
+
+    def _sync_connections(self, spec: VrrpSpec | None, full: bool) -> None:
+        """The config's ``vrrp.sync_daemon``: started once, looked at again on full syncs
+        (before the VIPs are held: a takeover must find the peers' connections)."""
+        wanted = spec.connection_sync() if spec is not None else None
+        if wanted is None or (wanted == self._sync_ensured and not full):
+            return
+        try:
+            started = self.backend.sync_connections(wanted)
+        except CapabilityError as exc:
+            if self._sync_ensured != wanted:
+                log.info("connection sync: %s", exc)
+            self._sync_ensured = wanted
+            return
+        except BackendError as exc:
+            log.error("connection sync: %s", exc)
+            return
+        for line in started:
+            log.info("started the %s", line)
+        self._sync_ensured = wanted
 
     def _changed_elsewhere(self) -> bool:
         """Asked every second between steps: did someone else change the table? The

@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import Literal, Protocol, Self
 
 from ..errors import BackendUnavailable, FieldError
-from ..model import DesiredState, ObservedState, RealServerKey, RealServerStats, ServiceKey
+from ..model import ConnectionSync, DesiredState, ObservedState, RealServerKey, RealServerStats, ServiceKey
 from ..planner import Operation
 
 __all__ = ["Backend", "BackendName", "ipvs_available", "open_backend"]
@@ -61,6 +61,13 @@ class Backend(Protocol):
 
     def problems(self, desired: DesiredState) -> list[FieldError]:
         """What in ``desired`` this backend or kernel cannot do (empty when all is possible)."""
+        ...
+
+    def sync_connections(self, wanted: ConnectionSync) -> list[str]:
+        """Make sure the kernel's connection sync runs as ``wanted`` (started if missing,
+        never stopped or changed: a daemon with other settings is someone else's, and
+        BackendError says so). Returns what it started. CapabilityError when this data
+        plane has no connection state to share."""
         ...
 
     def refresh(self) -> list[str]:

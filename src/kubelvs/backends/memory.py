@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Self
 
-from ..errors import ApplyError, FieldError, PartialApplyError
-from ..model import DesiredState, ObservedState, RealServerKey, RealServerStats, ServiceKey
+from ..errors import ApplyError, BackendError, FieldError, PartialApplyError
+from ..model import ConnectionSync, DesiredState, ObservedState, RealServerKey, RealServerStats, ServiceKey
 from ..planner import (
     AddRealServer,
     AddService,
@@ -54,6 +54,7 @@ class MemoryBackend:
         self.reads = 0
         self.lock = threading.Lock()
         self._tampered = False
+        self.connection_sync: ConnectionSync | None = None
 
     def __enter__(self) -> Self:
         return self
@@ -134,6 +135,15 @@ class MemoryBackend:
 
     def problems(self, desired: DesiredState) -> list[FieldError]:
         return []
+
+    def sync_connections(self, wanted: ConnectionSync) -> list[str]:
+        """Recorded as IPVS would run it (both daemons), for the director's tests."""
+        if self.connection_sync == wanted:
+            return []
+        if self.connection_sync is not None:
+            raise BackendError(f"a sync daemon already runs as {self.connection_sync}; not kubelvs's")
+        self.connection_sync = wanted
+        return [f"sync daemons on {wanted.interface}, syncid {wanted.syncid}"]
 
     def refresh(self) -> list[str]:
         return []

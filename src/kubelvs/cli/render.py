@@ -172,4 +172,12 @@ def director_lines(state: Mapping[str, Any]) -> str:
     held = state.get("held_deletions")
     if held:
         lines.append(f"  {held['message']}: {', '.join(held['services'])}")
+    vrrp = state.get("vrrp")
+    if vrrp is not None:
+        roles = ", ".join(
+            f"{name} {i['state']} for {_age(now - float(i['since']))}"
+            for name, i in (vrrp.get("instances") or {}).items()
+        )
+        running = f"keepalived pid {vrrp['pid']}" if vrrp.get("running") else "keepalived not running"
+        lines.append(f"  vrrp: {roles or 'no virtual router yet'} ({running})")
     return "\n".join(lines) + "\n"

@@ -220,7 +220,9 @@ def director_config(spec: LabSpec, nodes: list[NodeInfo]) -> str:
         f"timeouts: {{tcp: {LAB_TIMEOUTS[0]}, tcpfin: {LAB_TIMEOUTS[1]}, udp: {LAB_TIMEOUTS[2]}}}\n"
         + (f"health_defaults: {spec.health}\n" if spec.health else "")
         + (
-            f"vrrp: {{interface: eth0, virtual_router_id: 51, advert_interval: {VRRP_ADVERT}}}\n"
+            # sync_daemon: IPVS shares connections both ways (nftables has none to share).
+            f"vrrp: {{interface: eth0, virtual_router_id: 51, advert_interval: {VRRP_ADVERT},\n"
+            "       sync_daemon: {}}\n"
             if spec.vrrp
             else ""
         )

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
     "KNOWN_SCHEDULERS",
     "SCHED_FLAGS",
+    "ConnectionSync",
     "DesiredState",
     "Forward",
     "IPAddress",
@@ -259,6 +260,15 @@ class VirtualService:
             realservers=tuple(sorted(realservers, key=_BY_KEY)),
             name=self.name,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSync:
+    """The kernel's connection sync daemons (IPVS), master and backup at once: a director
+    sends its connections to its peers and learns theirs, whichever holds the VIPs."""
+
+    interface: str  # the multicast interface
+    syncid: int  # 0-255: peers with another id ignore each other
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,10 @@ import ipaddress
 from dataclasses import dataclass
 
 from ..errors import FieldError
+from ..model import ConnectionSync
 from . import shape
 
-__all__ = ["VRRP", "VrrpGroupSpec", "VrrpSpec", "vrrp_errors"]
+__all__ = ["VRRP", "VrrpGroupSpec", "VrrpSpec", "VrrpSyncSpec", "vrrp_errors"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,15 @@ class VrrpGroupSpec:
     virtual_router_id: int
     vips: tuple[str, ...]
     priority: int | None = None  # None: the top-level priority
+
+
+@dataclass(frozen=True, slots=True)
+class VrrpSyncSpec:
+    """``sync_daemon:`` (IPVS): the kernel's connection sync between the directors, both
+    ways (keepalived's ``lvs_sync_daemon``, which runs one way at a time)."""
+
+    interface: str | None = None  # None: vrrp.interface
+    syncid: int | None = None  # None: vrrp.virtual_router_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +49,15 @@ class VrrpSpec:
     unicast_src_ip: str | None = None
     unicast_peers: tuple[str, ...] = ()
     groups: tuple[VrrpGroupSpec, ...] = ()
+    sync_daemon: VrrpSyncSpec | None = None
+
+    def connection_sync(self) -> ConnectionSync | None:
+        d = self.sync_daemon
+        if d is None:
+            return None
+        return ConnectionSync(
+            d.interface or self.interface, self.virtual_router_id if d.syncid is None else d.syncid
+        )
 
 
 _ROUTER_ID = shape.bounded(shape.integer, minimum=1, maximum=255)
@@ -67,6 +86,15 @@ VRRP = shape.Record(
                 },
             )
         ),
+        "sync_daemon": shape.optional(
+            shape.Record(
+                VrrpSyncSpec,
+                {
+                    "interface": shape.optional(shape.string),
+                    "syncid": shape.optional(shape.bounded(shape.integer, minimum=0, maximum=255)),
+                },
+            )
+        ),
     },
 )
 
@@ -76,6 +104,11 @@ def vrrp_errors(spec: VrrpSpec, path: str = "vrrp") -> list[FieldError]:
     errors: list[FieldError] = []
     if not spec.interface or "/" in spec.interface or len(spec.interface) > 15:
         errors.append(FieldError(f"{path}.interface", f"{spec.interface!r} is not an interface name"))
+    sync = spec.sync_daemon
+    if sync is not None and sync.interface is not None and (not sync.interface or len(sync.interface) > 15):
+        errors.append(
+            FieldError(f"{path}.sync_daemon.interface", f"{sync.interface!r} is not an interface name")
+        )
     if spec.nopreempt and spec.preempt_delay:
         errors.append(FieldError(f"{path}.preempt_delay", "means nothing with nopreempt: true"))
     addresses = [(f"{path}.unicast_src_ip", spec.unicast_src_ip)] if spec.unicast_src_ip else []

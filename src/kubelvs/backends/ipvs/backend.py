@@ -10,7 +10,15 @@ from typing import Self
 from ...errors import ApplyError, BackendError, BackendUnavailable, FieldError, PartialApplyError
 from ...kernel import sysctl
 from ...kernel.netns import entered
-from ...model import DesiredState, ObservedState, RealServerKey, RealServerStats, ServiceKey, VirtualService
+from ...model import (
+    ConnectionSync,
+    DesiredState,
+    ObservedState,
+    RealServerKey,
+    RealServerStats,
+    ServiceKey,
+    VirtualService,
+)
 from ...planner import (
     AddRealServer,
     AddService,
@@ -161,6 +169,36 @@ class IpvsBackend:
         dump is O(table): nothing cheap tells. The director's periodic full resync
         repairs changes made behind its back."""
         return False
+
+    def sync_connections(self, wanted: ConnectionSync) -> list[str]:
+        """Both sync daemons (master: send this director's connections; backup: receive
+        the peers'), so that connections survive a failover *and* the failback."""
+        try:
+            running = [
+                d for raw in self._sock.dump(wire.Cmd.GET_DAEMON) if (d := wire.parse_daemon_reply(raw))
+            ]
+        except OSError as exc:
+            raise BackendError(f"reading the IPVS sync daemons: {exc.strerror or exc}") from exc
+        started = []
+        for state, role in ((wire.DAEMON_MASTER, "master"), (wire.DAEMON_BACKUP, "backup")):
+            found = next(((ifn, sid) for st, ifn, sid in running if st == state), None)
+            if found == (wanted.interface, wanted.syncid):
+                continue
+            if found is not None:
+                raise BackendError(
+                    f"an IPVS {role} sync daemon already runs on {found[0]} with syncid {found[1]} "
+                    f"(wanted {wanted.interface}, syncid {wanted.syncid}); not kubelvs's: left as it is"
+                )
+            try:
+                self._sock.request(
+                    wire.Cmd.NEW_DAEMON, wire.daemon_attrs(state, wanted.interface, wanted.syncid)
+                )
+            except OSError as exc:
+                raise BackendError(
+                    f"starting the IPVS {role} sync daemon on {wanted.interface}: {exc.strerror or exc}"
+                ) from exc
+            started.append(f"IPVS {role} sync daemon on {wanted.interface}, syncid {wanted.syncid}")
+        return started
 
     def refresh(self) -> list[str]:
         """Nothing to do: the kernel resolves real servers' MACs itself in IPVS-DR."""

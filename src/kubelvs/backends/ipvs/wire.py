@@ -23,15 +23,19 @@ from ...model import (
 )
 
 __all__ = [
+    "DAEMON_BACKUP",
+    "DAEMON_MASTER",
     "NLM_F_ACK",
     "NLM_F_DUMP",
     "NLM_F_REQUEST",
     "Cmd",
     "config_attrs",
+    "daemon_attrs",
     "dest_attrs",
     "dest_key_attrs",
     "encode_request",
     "parse_config_reply",
+    "parse_daemon_reply",
     "service_attrs",
     "service_key_attrs",
 ]
@@ -52,6 +56,9 @@ class Cmd(enum.IntEnum):
     SET_DEST = 6
     DEL_DEST = 7
     GET_DEST = 8
+    NEW_DAEMON = 9
+    DEL_DAEMON = 10
+    GET_DAEMON = 11
     SET_CONFIG = 12
     GET_CONFIG = 13
     GET_INFO = 15
@@ -59,7 +66,7 @@ class Cmd(enum.IntEnum):
 
 
 # Top-level attributes (IPVS_CMD_ATTR_*).
-_CMD_ATTR_SERVICE, _CMD_ATTR_DEST = 1, 2
+_CMD_ATTR_SERVICE, _CMD_ATTR_DEST, _CMD_ATTR_DAEMON = 1, 2, 3
 _CMD_ATTR_TIMEOUT_TCP, _CMD_ATTR_TIMEOUT_TCP_FIN, _CMD_ATTR_TIMEOUT_UDP = 4, 5, 6
 # IPVS_SVC_ATTR_*
 _SVC_AF, _SVC_PROTOCOL, _SVC_ADDR, _SVC_PORT, _SVC_FWMARK = 1, 2, 3, 4, 5
@@ -67,6 +74,10 @@ _SVC_SCHED_NAME, _SVC_FLAGS, _SVC_TIMEOUT, _SVC_NETMASK = 6, 7, 8, 9
 # IPVS_DEST_ATTR_*
 _DEST_ADDR, _DEST_PORT, _DEST_FWD_METHOD, _DEST_WEIGHT = 1, 2, 3, 4
 _DEST_U_THRESH, _DEST_L_THRESH, _DEST_ADDR_FAMILY = 5, 6, 11
+
+# IPVS_DAEMON_ATTR_*, and the daemon states (IP_VS_STATE_*).
+_DAEMON_STATE, _DAEMON_MCAST_IFN, _DAEMON_SYNC_ID = 1, 2, 3
+DAEMON_MASTER, DAEMON_BACKUP = 1, 2
 
 # Service flags (IP_VS_SVC_F_*).
 F_PERSISTENT = 0x0001
@@ -220,6 +231,42 @@ def config_attrs(t: Timeouts) -> bytes:
         + _u32(_CMD_ATTR_TIMEOUT_TCP_FIN, t.tcpfin)
         + _u32(_CMD_ATTR_TIMEOUT_UDP, t.udp)
     )
+
+
+def daemon_attrs(state: int, interface: str, syncid: int) -> bytes:
+    """The nested DAEMON attribute of NEW_DAEMON (state only, for DEL_DAEMON, is not used:
+    kubelvs never stops a sync daemon)."""
+    body = (
+        _u32(_DAEMON_STATE, state)
+        + _attr(_DAEMON_MCAST_IFN, interface.encode() + b"\0")
+        + _u32(_DAEMON_SYNC_ID, syncid)
+    )
+    return _attr(_CMD_ATTR_DAEMON, body)
+
+
+def parse_daemon_reply(message: bytes) -> tuple[int, str, int] | None:
+    """(state, interface, syncid) of one GET_DAEMON reply message; None if it has none."""
+    values: dict[int, bytes] = {}
+    offset = 20
+    while offset + 4 <= len(message):
+        length, kind = _NLA.unpack_from(message, offset)
+        if length < 4:
+            break
+        if kind & 0x3FFF == _CMD_ATTR_DAEMON:  # without NLA_F_NESTED
+            inner, end = offset + 4, offset + length
+            while inner + 4 <= end:
+                ilen, ikind = _NLA.unpack_from(message, inner)
+                if ilen < 4:
+                    break
+                values[ikind] = message[inner + 4 : inner + ilen]
+                inner += (ilen + 3) & ~3
+        offset += (length + 3) & ~3
+    if _DAEMON_STATE not in values:
+        return None
+    state = _U32.unpack_from(values[_DAEMON_STATE])[0]
+    interface = values.get(_DAEMON_MCAST_IFN, b"").split(b"\0", 1)[0].decode(errors="replace")
+    syncid = _U32.unpack_from(values[_DAEMON_SYNC_ID])[0] if _DAEMON_SYNC_ID in values else 0
+    return state, interface, syncid
 
 
 def parse_config_reply(message: bytes) -> Timeouts:

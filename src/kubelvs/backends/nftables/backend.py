@@ -31,10 +31,18 @@ from types import TracebackType
 from typing import Self
 
 from ...bulk import no_gc
-from ...errors import FieldError
+from ...errors import CapabilityError, FieldError
 from ...kernel import sysctl
 from ...kernel.netns import entered
-from ...model import DesiredState, Forward, ObservedState, RealServerKey, RealServerStats, ServiceKey
+from ...model import (
+    ConnectionSync,
+    DesiredState,
+    Forward,
+    ObservedState,
+    RealServerKey,
+    RealServerStats,
+    ServiceKey,
+)
 from ...planner import Operation, SetSysctl, SetTimeouts
 from . import neigh, picture, transaction, tunnel
 from .capabilities import Capabilities, tun_supported
@@ -404,6 +412,17 @@ class NftablesBackend:
         return out
 
     # ------------------------------------------------------------------ upkeep
+
+    def sync_connections(self, wanted: ConnectionSync) -> list[str]:
+        raise CapabilityError(
+            [
+                FieldError(
+                    "vrrp.sync_daemon",
+                    "nftables needs none for DR and TUN (every director maps a flow by the same "
+                    "stateless hash); NAT connections are not synced",
+                )
+            ]
+        )
 
     def refresh(self) -> list[str]:
         """Re-resolve every DR real server's MAC and update the ones that changed
