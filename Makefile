@@ -18,10 +18,10 @@ APT_DEMO  := python3 python3-venv iproute2 nftables procps kmod
 # The tests: conntrack, ipvsadm, netstat; the VM tier: qemu, a static busybox for
 # virtme-ng's initramfs, `file` (virtme-ng reads the kernel's version with it), udev
 # (virtme-ng's guest init needs udevd for its command channel: without it vng prints
-# nothing and fails).
-APT_TEST  := $(APT_DEMO) conntrack ipvsadm net-tools qemu-system-x86 busybox-static file udev
-# The benchmarks in the VM: the data path (bench-dr), keepalived beside kubelvs (bench-health).
-APT_BENCH := $(APT_TEST) iperf3 wrk curl keepalived
+# nothing and fails); keepalived: the director's VRRP (tests/ha, the director-failover scenario).
+APT_TEST  := $(APT_DEMO) conntrack ipvsadm net-tools qemu-system-x86 busybox-static file udev keepalived
+# The benchmarks in the VM: the data path (bench-dr).
+APT_BENCH := $(APT_TEST) iperf3 wrk curl
 
 .PHONY: setup setup-test setup-check setup-bench apt-demo apt-test apt-bench \
         test test-machine test-vm check demo demo-ipvs bench bench-dr bench-health bench-faults clean

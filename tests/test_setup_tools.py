@@ -69,7 +69,9 @@ PROGRAMS: dict[str, Program] = {
     "bash": Program("bash", "essential", "scripts/vm-run, scripts/vm-kernel, scripts/demo-ipvs"),
     "wrk": Program("wrk", "bench", "make bench-dr (bench/dr_datapath.py)"),
     "iperf3": Program("iperf3", "bench", "make bench-dr (bench/dr_datapath.py)"),
-    "keepalived": Program("keepalived", "bench", "make bench-health (bench/health_keepalived.py)"),
+    "keepalived": Program(
+        "keepalived", "test", "the director's VRRP (app/vrrp.py), tests/ha, make bench-health beside kubelvs"
+    ),
     "curl": Program("curl", "bench", "make bench-dr checks each path with it"),
     "kubectl": Program("", "optional", "doctor collect, only when a cluster is configured"),
 }
