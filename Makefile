@@ -18,8 +18,10 @@ APT_DEMO  := python3 python3-venv iproute2 nftables procps kmod
 # The tests: conntrack, ipvsadm, netstat; the VM tier: qemu, a static busybox for
 # virtme-ng's initramfs, `file` (virtme-ng reads the kernel's version with it), udev
 # (virtme-ng's guest init needs udevd for its command channel: without it vng prints
-# nothing and fails); keepalived: the director's VRRP (tests/ha, the director-failover scenario).
-APT_TEST  := $(APT_DEMO) conntrack ipvsadm net-tools qemu-system-x86 busybox-static file udev keepalived
+# nothing and fails); keepalived and bird2: the director's VRRP and BGP (tests/ha, the HA scenarios;
+# their own system services are not used).
+APT_TEST  := $(APT_DEMO) conntrack ipvsadm net-tools qemu-system-x86 busybox-static file udev keepalived \
+             bird2
 # The benchmarks in the VM: the data path (bench-dr).
 APT_BENCH := $(APT_TEST) iperf3 wrk curl
 

@@ -52,6 +52,7 @@ from ..model import (
     validate,
 )
 from . import shape
+from .bgp import BGP, BgpSpec, bgp_errors
 from .vrrp import VRRP, VrrpSpec, vrrp_errors
 
 __all__ = [
@@ -152,6 +153,7 @@ class Config:
     services: tuple[ServiceSpec, ...] = ()
     kubernetes: dict[str, Any] | None = None  # read by kubelvs.sources.kubernetes
     vrrp: VrrpSpec | None = None  # None: no VRRP (sources/vrrp.py)
+    bgp: BgpSpec | None = None  # None: no BGP (sources/bgp.py)
 
 
 def _network(value: Any) -> str:
@@ -251,6 +253,7 @@ _CONFIG = shape.Record(
         # Checked by kubelvs.sources.kubernetes (settings.parse_kubernetes).
         "kubernetes": shape.optional(shape.mapping_of(lambda value: value)),
         "vrrp": shape.optional(VRRP),
+        "bgp": shape.optional(BGP),
     },
 )
 
@@ -266,7 +269,9 @@ def parse_config(data: Any, *, source: str = "config") -> Config:
     config, errors = _CONFIG.parse(data)
     if config is None:
         raise ConfigError(errors)
-    if config.vrrp is not None and (errors := vrrp_errors(config.vrrp)):
+    errors = vrrp_errors(config.vrrp) if config.vrrp is not None else []
+    errors += bgp_errors(config.bgp) if config.bgp is not None else []
+    if errors:
         raise ConfigError(errors)
     return config
 

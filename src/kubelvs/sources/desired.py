@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..model import DesiredState, ServiceKey
+from .bgp import BgpSpec
 from .vrrp import VrrpSpec
 
 __all__ = ["DesiredSource", "DesiredUpdate", "SyncOutcome"]
@@ -44,6 +45,8 @@ class DesiredUpdate:
     """The config's ``deletion_guard`` (max_share, settle_seconds); None: the director's defaults."""
     vrrp: VrrpSpec | None = None
     """The config's ``vrrp:``: the director has keepalived hold the VIPs on the master."""
+    bgp: BgpSpec | None = None
+    """The config's ``bgp:``: the director announces the VIPs it serves (bird)."""
     notes: tuple[str, ...] = ()
     """Lines for a dry run: Events the source would post, status it would write."""
 

@@ -124,6 +124,7 @@ class ConfigFileSource:
             graceful=self.config.graceful,
             deletion_guard=config_guard(self.config),
             vrrp=self.config.vrrp,
+            bgp=self.config.bgp,
         )
 
     async def after_sync(self, outcome: SyncOutcome) -> None:

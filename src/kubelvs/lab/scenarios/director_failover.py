@@ -30,7 +30,7 @@ from typing import Any
 
 from ...kernel import iproute
 from ...kernel.netns import entered
-from ..spec import VRRP_ADVERT
+from ..spec import READY_TIMEOUT, VRRP_ADVERT
 from ..topology import LabSpec, RunningLab, build
 from ..traffic import NewConnections, error_text, wait_until
 
@@ -56,7 +56,7 @@ class FailoverResult:
     established_total: int = 0
     established_broken: int = 0
     failback_broken: int = 0
-    established_answering_at_end: int = 0  # answered in the last second, after the failback
+    established_answering_at_end: int = 0  # answered in the last 3 s, after the failback
     advert_interval_ms: float = VRRP_ADVERT * 1000
     takeover_ms: float | None = None  # death -> the VIP on dir2
     failback_ms: float | None = None  # dir1's director started -> the VIP back on dir1
@@ -185,11 +185,14 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
             back = time.time()
             iproute.set_link_up(dir1, "eth0")
             running.start_director("dir1")
-            if wait_until(lambda: _holds_vip(running, "dir1") and not _holds_vip(running, "dir2"), 60):
+            # A director's start may take minutes on the VM tier's emulated CPU.
+            if wait_until(
+                lambda: _holds_vip(running, "dir1") and not _holds_vip(running, "dir2"), READY_TIMEOUT
+            ):
                 result.failback_ms = round((time.time() - back) * 1000, 1)
             time.sleep(3.0)  # connections that broke on the failback have done so by now
             end = time.time()
-            result.established_answering_at_end = sum(1 for t in long_lived.answered.values() if t > end - 1)
+            result.established_answering_at_end = sum(1 for t in long_lived.answered.values() if t > end - 3)
         result.established_broken = long_lived.broken_between(died, back)
         result.failback_broken = long_lived.broken_between(back, float("inf"))
         sent = stream.results

@@ -147,6 +147,7 @@ class KubernetesSource:
             graceful=self.config.graceful,
             deletion_guard=config_guard(self.config),
             vrrp=self.config.vrrp,
+            bgp=self.config.bgp,
             notes=_notes(result),
         )
 
