@@ -72,6 +72,8 @@ PROGRAMS: dict[str, Program] = {
     "keepalived": Program(
         "keepalived", "test", "the director's VRRP (app/vrrp.py), tests/ha, make bench-health beside kubelvs"
     ),
+    "bird": Program("bird2", "test", "the director's BGP (app/bgp.py), the lab's router, tests/ha"),
+    "birdc": Program("bird2", "test", "the director asks bird for its sessions and reloads it"),
     "curl": Program("curl", "bench", "make bench-dr checks each path with it"),
     "kubectl": Program("", "optional", "doctor collect, only when a cluster is configured"),
 }

@@ -103,6 +103,7 @@ def test_scenario_list() -> None:
     assert names == [
         "backend-failure",
         "director-failover",
+        "director-loss",
         "stale-realserver",
         "worker-local-vip",
         "dr-arp",
@@ -204,6 +205,41 @@ def test_director_failover_keeps_established_flows(backend: str, prefix: str) ->
     # Traffic ran throughout: new connections at 20/s over the ~8 s of the run.
     assert doc["new_total"] >= 100 and doc["new_failed"] < doc["new_total"] / 4
     assert doc["failback_ms"] is not None
+    assert lab_namespaces(prefix) == []
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [pytest.param("nftables", marks=pytest.mark.netns), pytest.param("ipvs", marks=pytest.mark.kernel_ipvs)],
+)
+def test_director_loss_breaks_no_flow_with_mh_and_some_without(backend: str, prefix: str) -> None:
+    """Three BGP ECMP directors, one dies: with mh on every director (IPVS: sloppy_tcp) none
+    of 100 long-lived connections breaks; the control (IPVS: rr without sloppy_tcp;
+    nftables: one director's table lacks a node) breaks some, so breakage is seen."""
+    result = _kubelvs(
+        "lab",
+        "scenario",
+        "director-loss",
+        "--prefix",
+        prefix,
+        "--backend",
+        backend,
+        "-o",
+        "json",
+        timeout=1800,
+    )
+    doc = json.loads(result.stdout)
+    assert result.returncode == 0, json.dumps(doc, indent=1)
+    assert doc["ok"] and doc["backend"] == backend
+    assert set(doc["mh"]) >= {"total", "broken", "reconverge_ms"} and set(doc["control"]) >= {
+        "total",
+        "broken",
+        "how",
+    }
+    assert doc["mh"]["total"] == doc["control"]["total"] == 100
+    assert doc["mh"]["broken"] == 0 < doc["control"]["broken"]
+    assert set(doc["control"]["by_reason"]) == {"connection reset"}  # the node had no such connection
+    assert 0 < doc["mh"]["reconverge_ms"] < 5000  # BFD: 3 x 100 ms (and the VM's slowness)
     assert lab_namespaces(prefix) == []
 
 

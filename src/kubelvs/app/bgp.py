@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,10 @@ POLL_SECONDS = 1.0
 class BgpAnnouncer(SupervisedDaemon):
     name = "bird"
 
-    def __init__(self, runtime_dir: Path, *, netns: str | None) -> None:
-        super().__init__(runtime_dir, "bird.conf", netns=netns)
+    def __init__(
+        self, runtime_dir: Path, *, netns: str | None, on_change: Callable[[], None] = lambda: None
+    ) -> None:
+        super().__init__(runtime_dir, "bird.conf", netns=netns, on_change=on_change)
         self.socket = runtime_dir / "bird.ctl"
         self.spec: BgpSpec | None = None
         self.announced: tuple[str, ...] = ()
@@ -106,4 +108,7 @@ class BgpAnnouncer(SupervisedDaemon):
             with contextlib.suppress(OSError, TimeoutError):
                 states = parse_protocols(await self.birdc("show", "protocols"))
                 names = {peer_protocol(p.address): p.address for p in self.spec.peers}
-                self.sessions = {names[n]: state for n, state in states.items() if n in names}
+                sessions = {names[n]: state for n, state in states.items() if n in names}
+                if sessions != self.sessions:
+                    self.sessions = sessions
+                    self.on_change()

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,15 @@ class SupervisedDaemon:
 
     name = "daemon"
 
-    def __init__(self, runtime_dir: Path, config_name: str, *, netns: str | None) -> None:
+    def __init__(
+        self,
+        runtime_dir: Path,
+        config_name: str,
+        *,
+        netns: str | None,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.on_change = on_change  # what ``document`` shows changed: started, stopped, a state
         self.dir = runtime_dir
         self.netns = netns
         self.config = runtime_dir / config_name
@@ -159,6 +168,7 @@ class SupervisedDaemon:
         self._proc, self.pid = proc, proc.pid
         self.starts += 1
         self.log.info("%s started (pid %d): %s", self.name, proc.pid, self.config)
+        self.on_change()
         assert proc.stdout is not None
         self._relay_task = asyncio.create_task(self._relay(proc.stdout))
         return proc
@@ -179,6 +189,7 @@ class SupervisedDaemon:
     def _gone(self) -> None:
         self.pid = None
         self.stopped()
+        self.on_change()
 
     def _write(self) -> None:
         assert self._wanted is not None

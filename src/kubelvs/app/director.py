@@ -24,20 +24,30 @@ import logging
 import os
 import socket
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..backends import Backend, BackendName, open_backend
 from ..errors import BackendError, CapabilityError
-from ..model import ConnectionSync, DesiredState, RecommendedSysctls, ServiceKey, kernel_version
+from ..model import (
+    ACTIVE_ACTIVE_IPVS,
+    ConnectionSync,
+    DesiredState,
+    RecommendedSysctls,
+    ServiceKey,
+    kernel_version,
+)
 from ..planner import changed_services, describe
 from ..roles.director import Director, SyncResult
 from ..roles.guard import GuardSettings
+from ..sources.bgp import BgpSpec
 from ..sources.desired import DesiredSource, DesiredUpdate, SyncOutcome
 from ..sources.vrrp import VrrpSpec
+from .bgp import BgpAnnouncer
 from .health import DirectorHealth
 from .loop import ReconcileLoop
-from .state import DirectorStateFile, drains_to_restore, vrrp_dir
+from .state import DirectorStateFile, daemons_dir, drains_to_restore
 from .vrrp import VrrpAnnouncer
 
 __all__ = ["DirectorOptions", "DirectorProgram", "run_director", "start_director"]
@@ -99,12 +109,17 @@ class DirectorProgram:
         self.health = DirectorHealth(options.netns, wake=self.loop.wake)
         self._vrrp_spec: VrrpSpec | None = None
         self._sync_ensured: ConnectionSync | None = None  # the connection sync last made sure of
+        self._bgp_spec: BgpSpec | None = None
+        self.served_vips: frozenset[str] = frozenset()  # VIPs programmed with a real server to take traffic
+        self.bgp = BgpAnnouncer(
+            _runtime_dir(options.state_file), netns=options.netns, on_change=self._daemon_changed
+        )
         self.vrrp = VrrpAnnouncer(
             _runtime_dir(options.state_file),
             netns=options.netns,
             priority=options.vrrp_priority,
             router_id=f"kubelvs_{options.netns or socket.gethostname()}",
-            on_change=self._role_changed,
+            on_change=self._daemon_changed,
         )
 
     # ------------------------------------------------------------------ one step
@@ -114,7 +129,7 @@ class DirectorProgram:
         seconds until the director must run again (a retry or a held deletion)."""
         self._outcome = SyncOutcome(synced=False, failing=self._failing())
         update = self.source.current(full=full)
-        self._vrrp_spec = update.vrrp
+        self._vrrp_spec, self._bgp_spec = update.vrrp, update.bgp
         self._sync_connections(update.vrrp, full)
         same = update.desired is self._last_source_state and not full  # nothing new from the source
         self._last_source_state = update.desired
@@ -138,6 +153,11 @@ class DirectorProgram:
             self._outcome = SyncOutcome(synced=True, failing=self._failing())
             return due
         result = self.director.sync(desired, changed=keys)
+        if update.bgp is not None:
+            # Not announced: a service the kernel refused, or whose every real server failed
+            # its checks (kept in the table, fail open, but another director may do better).
+            unserved = self.director.failures.keys() | self.health.overlay.no_healthy
+            self.served_vips = _served_vips(desired, unserved)
         self.last_synced = raw
         self.last_result = result
         self._log(result)
@@ -208,6 +228,8 @@ class DirectorProgram:
         changed = update.changed if self._sysctls_current and not full else None
         self._sysctls_current = False  # until the call below returns
         extra = self.sysctls(desired.services, changed)
+        if update.bgp is not None and self.backend.name == "ipvs":
+            extra = {**extra, **ACTIVE_ACTIVE_IPVS}
         self._sysctls_current = True
         return replace(desired, sysctls={**extra, **desired.sysctls})
 
@@ -256,14 +278,19 @@ class DirectorProgram:
         if self._outcome.synced and self.last_synced is not None:
             vips = {str(k.address) for k in self.last_synced.services if k.address is not None}
             self.vrrp.update(self._vrrp_spec, vips if self._vrrp_spec is not None else ())
+            self.bgp.update(self._bgp_spec, self.served_vips)
         await asyncio.to_thread(self._write_state)
         await self.source.after_sync(self._outcome)
 
     def _write_state(self) -> None:
-        vrrp = self.vrrp.document() if self._vrrp_spec is not None else None
-        self.state_file.write(self.director, self.health, vrrp)
+        daemons = {}
+        if self._vrrp_spec is not None:
+            daemons["vrrp"] = self.vrrp.document()
+        if self._bgp_spec is not None:
+            daemons["bgp"] = self.bgp.document()
+        self.state_file.write(self.director, self.health, daemons)
 
-    def _role_changed(self) -> None:  # keepalived said this director's role changed
+    def _daemon_changed(self) -> None:  # keepalived's role, bird's sessions: for kubelvs status
         asyncio.get_running_loop().create_task(asyncio.to_thread(self._write_state))
 
     # ------------------------------------------------------------------ running
@@ -277,6 +304,7 @@ class DirectorProgram:
             loop,
             asyncio.create_task(self.health.run(stop)),
             asyncio.create_task(self.vrrp.run(stop)),
+            asyncio.create_task(self.bgp.run(stop)),
         ]
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({stopped, loop}, return_when=asyncio.FIRST_COMPLETED)
@@ -300,11 +328,23 @@ class DirectorProgram:
             self.backend.close()
 
 
+def _served_vips(desired: DesiredState, unserved: Iterable[ServiceKey]) -> frozenset[str]:
+    """The VIPs worth announcing: programmed, with at least one healthy real server that
+    takes new connections (weight above 0: health checks applied). A VIP shared by
+    several services (ports) is announced while any of them is served."""
+    bad = set(unserved)
+    return frozenset(
+        str(key.address)
+        for key, vs in desired.services.items()
+        if key.address is not None and key not in bad and any(rs.weight > 0 for rs in vs.realservers)
+    )
+
+
 def _runtime_dir(state_file: Path | None) -> Path:
     """keepalived's config, PID files and notify FIFO: next to the state file."""
     if state_file is None:
         return Path(tempfile.gettempdir()) / f"kubelvs-vrrp-{os.getpid()}"
-    return vrrp_dir(state_file)
+    return daemons_dir(state_file)
 
 
 def _earliest(*delays: float | None) -> float | None:

@@ -25,10 +25,10 @@ from .health import DirectorHealth
 __all__ = [
     "STATE_DIR",
     "DirectorStateFile",
+    "daemons_dir",
     "drains_to_restore",
     "read_director_state",
     "state_path",
-    "vrrp_dir",
 ]
 
 STATE_DIR = Path("/run/kubelvs/director")
@@ -40,9 +40,10 @@ def state_path(netns: str | None, directory: Path = STATE_DIR) -> Path:
     return directory / f"{netns or current_name() or 'host'}.json"
 
 
-def vrrp_dir(state_file: Path) -> Path:
-    """The director's keepalived files (config, PID files, notify FIFO), by its state file."""
-    return state_file.with_name(state_file.stem + ".vrrp")
+def daemons_dir(state_file: Path) -> Path:
+    """The files of the director's helper daemons (keepalived, bird: configuration, PID
+    files, control socket, notify FIFO), by its state file."""
+    return state_file.with_name(state_file.stem + ".d")
 
 
 class DirectorStateFile:
@@ -53,15 +54,17 @@ class DirectorStateFile:
         self._last: dict[str, Any] | None = None
 
     def write(
-        self, director: Director, health: DirectorHealth | None = None, vrrp: dict[str, Any] | None = None
+        self,
+        director: Director,
+        health: DirectorHealth | None = None,
+        daemons: dict[str, Any] | None = None,  # "vrrp", "bgp": the helper daemons' documents
     ) -> None:
         if self.path is None:
             return
         doc = self.document(director)
         if health is not None:
             doc["health"] = health.document()
-        if vrrp is not None:
-            doc["vrrp"] = vrrp
+        doc.update(daemons or {})
         if doc == self._last:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -52,8 +52,7 @@ class VrrpAnnouncer(SupervisedDaemon):
         router_id: str,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
-        super().__init__(runtime_dir, "keepalived.conf", netns=netns)
-        self.on_change = on_change  # the role of a virtual router changed (or keepalived stopped)
+        super().__init__(runtime_dir, "keepalived.conf", netns=netns, on_change=on_change)
         self.priority = priority
         self.router_id = router_id
         self.fifo = runtime_dir / "notify.fifo"
@@ -111,7 +110,6 @@ class VrrpAnnouncer(SupervisedDaemon):
     def stopped(self) -> None:
         now = time.time()
         self.roles = {name: ("STOPPED", now) for name in self.roles}
-        self.on_change()
 
     async def run(self, stop: asyncio.Event) -> None:
         try:

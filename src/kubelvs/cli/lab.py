@@ -31,6 +31,11 @@ def _spec_args(p: argparse.ArgumentParser, *, prefix: str) -> None:
         "--router", action="store_true", help="put the client behind a router namespace (always for nat)"
     )
     p.add_argument(
+        "--bgp",
+        action="store_true",
+        help="the directors announce the VIP to the router by BGP (bird); the router spreads flows by ECMP",
+    )
+    p.add_argument(
         "--vrrp",
         action="store_true",
         help="the directors move the VIP with VRRP (keepalived): one master holds it, the others take over",
@@ -54,6 +59,7 @@ def _spec(args: argparse.Namespace, **overrides: object) -> LabSpec:
         "directors": args.directors,
         "router": args.router,
         "vrrp": args.vrrp,
+        "bgp": args.bgp,
         "vip": args.vip,
         "scheduler": args.scheduler,
         "backend": args.backend,

@@ -180,4 +180,10 @@ def director_lines(state: Mapping[str, Any]) -> str:
         )
         running = f"keepalived pid {vrrp['pid']}" if vrrp.get("running") else "keepalived not running"
         lines.append(f"  vrrp: {roles or 'no virtual router yet'} ({running})")
+    bgp = state.get("bgp")
+    if bgp is not None:
+        sessions = ", ".join(f"{peer} {st}" for peer, st in (bgp.get("sessions") or {}).items())
+        running = f"bird pid {bgp['pid']}" if bgp.get("running") else "bird not running"
+        announced = ", ".join(bgp.get("announced") or []) or "nothing"
+        lines.append(f"  bgp: announcing {announced}; sessions: {sessions or 'none yet'} ({running})")
     return "\n".join(lines) + "\n"

@@ -28,6 +28,7 @@ __all__ = [
     "director_config",
     "load_info",
     "proxy_ruleset",
+    "router_bird_config",
     "state_dir",
     "vrrp_priority",
 ]
@@ -50,6 +51,34 @@ Topology = Literal["dr", "nat", "tun"]
 LAB_TIMEOUTS = (7260, 30, 300)
 #: The lab's VRRP adverts (seconds): a master is declared dead after about 3 of them.
 VRRP_ADVERT = 0.1
+
+
+#: The lab's BGP: the router's AS, the directors' AS, BFD every 100 ms (3 missed: down).
+ROUTER_AS, DIRECTORS_AS, BFD_INTERVAL = 64500, 64512, 0.1
+
+
+def router_bird_config(director_ips: dict[str, str]) -> str:
+    """bird on the lab's router: a session with every director, ECMP over their routes
+    into the kernel (``merge paths``), BFD. What a user's top-of-rack router does."""
+    ms = round(BFD_INTERVAL * 1000)
+    lines = [
+        "# Written by kubelvs lab: the router's BGP.",
+        "log stderr { info, remote, warning, error, auth, fatal, bug };",
+        f"router id {SEGMENT.network_address + 254};",
+        "protocol device {}",
+        "protocol kernel { ipv4 { import none; export all; }; merge paths on; }",
+        f'protocol bfd {{ interface "*" {{ min rx interval {ms} ms; min tx interval {ms} ms;',
+        "  multiplier 3; }; }",
+        "template bgp directors {",
+        f"  local as {ROUTER_AS}; hold time 3; keepalive time 1; connect retry time 1; bfd on;",
+        "  ipv4 { import all; export none; };",
+        "}",
+    ]
+    lines += [
+        f"protocol bgp {name} from directors {{ neighbor {ip} as {DIRECTORS_AS}; }}"
+        for name, ip in director_ips.items()
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def vrrp_priority(director: str) -> int:
@@ -76,6 +105,9 @@ class LabSpec:
     agents: bool = True  # start ``kubelvs node`` on every worker (dr, tun)
     health: str = ""  # the director config's ``health_defaults:`` (a YAML flow mapping); "": no checks
     vrrp: bool = False  # the directors move the VIP with VRRP (keepalived) instead of holding it all
+    bgp: bool = False  # the directors announce the VIP to the router by BGP (bird), ECMP over them
+    flags: tuple[str, ...] = ()  # the Service's scheduler flags, e.g. ("mh-port",)
+    extra_config: str = ""  # more top-level YAML for the director's config (scenarios' variants)
 
     def check(self) -> None:
         """Raise LabError naming the field when the spec cannot be built."""
@@ -96,6 +128,10 @@ class LabSpec:
                 "directors: more than one director needs the router (it spreads the VIP over them by "
                 "ECMP) or vrrp (one master holds it)"
             )
+        if self.bgp and not self.with_router:
+            raise LabError("bgp: the directors announce the VIP to the router; add --router")
+        if self.bgp and self.vrrp:
+            raise LabError("bgp: every director holds the VIP with BGP; vrrp moves it to one: choose one")
         if self.vrrp and self.topology == "nat":
             raise LabError(
                 "vrrp: nat needs the nodes' route back through a moving gateway address; use dr or tun"
@@ -226,12 +262,20 @@ def director_config(spec: LabSpec, nodes: list[NodeInfo]) -> str:
             if spec.vrrp
             else ""
         )
+        + (
+            f"bgp: {{local_as: {DIRECTORS_AS}, peers: [{{address: {SEGMENT.network_address + 254}, "
+            f"peer_as: {ROUTER_AS}}}], bfd_interval: {BFD_INTERVAL}}}\n"
+            if spec.bgp
+            else ""
+        )
+        + spec.extra_config
         + "services:\n"
         "  - name: whoami\n"
         f"    vip: {spec.vip}\n"
         f"    port: {spec.port}\n"
         f"    scheduler: {spec.scheduler}\n"
-        f"    forward: {forward}\n"
+        + (f"    flags: [{', '.join(spec.flags)}]\n" if spec.flags else "")
+        + f"    forward: {forward}\n"
         "    realservers:\n" + "".join(rss)
     )
 

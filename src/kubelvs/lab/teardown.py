@@ -13,7 +13,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from ..app.state import state_path, vrrp_dir
+from ..app.state import daemons_dir, state_path
 from ..errors import LabError
 from .netlab import NETNS_PREFIX
 from .spec import DEFAULT_PREFIX, state_dir
@@ -60,7 +60,7 @@ def down(prefix: str = DEFAULT_PREFIX) -> list[str]:
         # A director's state file and VRRP directory are named after its namespace.
         state = state_path(name)
         state.unlink(missing_ok=True)
-        shutil.rmtree(vrrp_dir(state), ignore_errors=True)
+        shutil.rmtree(daemons_dir(state), ignore_errors=True)
     if sdir.exists():
         shutil.rmtree(sdir, ignore_errors=True)
         removed.append(f"directory {sdir}")

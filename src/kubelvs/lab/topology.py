@@ -30,6 +30,7 @@ PID first) and that directory, also when the process that built the lab crashed.
 from __future__ import annotations
 
 import ipaddress
+import re
 import shutil
 import subprocess
 import time
@@ -59,6 +60,7 @@ from .spec import (
     director_config,
     load_info,
     proxy_ruleset,
+    router_bird_config,
     state_dir,
     vrrp_priority,
 )
@@ -167,6 +169,48 @@ class RunningLab:
             if proc.pid == pid:
                 self.lab.stop(proc)
         self.save()
+
+    def start_router_bgp(self) -> int:
+        """bird on the router: BGP sessions with every director, ECMP into its routes."""
+        assert self.info.router is not None
+        conf = Path(self.info.state_dir) / "router-bird.conf"
+        conf.write_text(router_bird_config(self.info.director_ips))
+        run = Path(self.info.state_dir) / "router-bird"
+        proc = self.lab.start(
+            self.info.router,
+            "bird",
+            "-f",
+            "-c",
+            str(conf),
+            "-s",
+            f"{run}.ctl",
+            "-P",
+            f"{run}.pid",
+            log=self.log("router-bird"),
+        )
+        self.info.pids["bird router"] = proc.pid
+        self.save()
+        return proc.pid
+
+    def router_paths(self) -> list[str]:
+        """The next hops of the router's route to the VIP (the directors it spreads flows over)."""
+        assert self.info.router is not None
+        out = self.lab.run(
+            self.info.router, "ip", "-o", "route", "show", f"{self.info.spec.vip}/32", check=False
+        )
+        return sorted(set(re.findall(r"via (\S+)", out.stdout)))
+
+    def wait_router_paths(self, count: int, *, timeout: float = READY_TIMEOUT) -> float:
+        """Until the router's route to the VIP has ``count`` next hops; returns when (wall time)."""
+        deadline = time.monotonic() + timeout
+        while len(self.router_paths()) != count:
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"the router's route to {self.info.spec.vip} has next hops {self.router_paths()}, "
+                    f"not {count} (log: {self.log('router-bird')})"
+                )
+            time.sleep(0.02)
+        return time.time()
 
     def crash(self, key: str) -> None:
         """Kill one process of the lab with SIGKILL, by its record key: a machine that dies
@@ -325,6 +369,8 @@ def _build(lab: Lab, spec: LabSpec, sdir: Path, backend: str) -> RunningLab:
         hops = [ip for ip in director_ips.values()]
         if spec.vrrp:  # on the segment: whoever answers ARP for it (the master)
             lab.run(router_ns, "ip", "route", "add", f"{vip}/32", "dev", "eth0")
+        elif spec.bgp:  # bird installs the route, ECMP over the directors that announce it
+            lab.sysctl(router_ns, "net.ipv4.fib_multipath_hash_policy", 1)
         elif len(hops) == 1:
             lab.run(router_ns, "ip", "route", "add", f"{vip}/32", "via", hops[0])
         else:
@@ -389,6 +435,8 @@ def _build(lab: Lab, spec: LabSpec, sdir: Path, backend: str) -> RunningLab:
     running = RunningLab(lab, info)
     running.save()
     # --- processes
+    if spec.bgp:
+        running.start_router_bgp()
     for node in nodes:
         for pod in node.pods:
             running.start_pod(pod)
@@ -407,4 +455,6 @@ def _build(lab: Lab, spec: LabSpec, sdir: Path, backend: str) -> RunningLab:
     if spec.director:
         for name in directors:
             running.wait_director(name)
+        if spec.bgp:
+            running.wait_router_paths(len(directors))
     return running

@@ -26,6 +26,7 @@ from ..kernel.netns import entered
 
 __all__ = [
     "DirectorCounters",
+    "LongLived",
     "NewConnections",
     "Result",
     "Sent",
@@ -39,6 +40,8 @@ __all__ = [
 ]
 
 COUNT_TABLE = "kubelvs_lab_count"
+MESSAGE_EVERY = 0.1  # seconds between a long-lived connection's requests
+ANSWER_WITHIN = 5.0  # seconds: a long-lived connection that waits longer is broken
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,62 @@ class NewConnections:
         self._thread.join(10)
         for worker in self._workers:
             worker.join(self.timeout + 5)
+
+
+class LongLived:
+    """``count`` kept-alive HTTP connections from ``netns``, one thread each, a request
+    every ``MESSAGE_EVERY`` s; a connection that fails (a reset, or no answer within
+    ``ANSWER_WITHIN`` s) is broken for good."""
+
+    def __init__(self, netns: str, host: str, port: int, count: int) -> None:
+        self.broken: dict[int, tuple[float, str]] = {}  # connection -> (wall time, why)
+        self.answered: dict[int, float] = {}  # connection -> wall time of its last answer
+        self.opened = 0
+        self._stop = threading.Event()
+        self._conns: list[http.client.HTTPConnection] = []
+        with entered(netns):  # the sockets stay in the client's namespace
+            for _ in range(count):
+                conn = http.client.HTTPConnection(host, port, timeout=ANSWER_WITHIN)
+                try:
+                    self._ask(conn)
+                except (OSError, http.client.HTTPException, ValueError):
+                    conn.close()
+                    continue
+                self._conns.append(conn)
+        self.opened = len(self._conns)
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(self.opened)
+        ]
+
+    @staticmethod
+    def _ask(conn: http.client.HTTPConnection) -> None:
+        conn.request("GET", "/")
+        json.loads(conn.getresponse().read())
+
+    def _run(self, i: int) -> None:
+        conn = self._conns[i]
+        while not self._stop.wait(MESSAGE_EVERY):
+            try:
+                self._ask(conn)
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                self.broken[i] = (time.time(), error_text(exc))
+                return
+            self.answered[i] = time.time()
+
+    def broken_between(self, start: float, end: float) -> int:
+        return sum(1 for when, _ in self.broken.values() if start <= when < end)
+
+    def __enter__(self) -> LongLived:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(ANSWER_WITHIN + 1)
+        for conn in self._conns:
+            conn.close()
 
 
 def wait_until(condition: Callable[[], bool], timeout: float) -> bool:

@@ -7,7 +7,12 @@ from collections.abc import Iterable, Mapping
 
 from .types import Forward, ServiceKey, VirtualService
 
-__all__ = ["RecommendedSysctls", "kernel_version", "recommended_sysctls"]
+__all__ = ["ACTIVE_ACTIVE_IPVS", "RecommendedSysctls", "kernel_version", "recommended_sysctls"]
+
+#: IPVS on directors that share flows (BGP ECMP): a director that gets a flow another
+#: director started (the router re-hashed it when a director went away) takes it up
+#: from any packet, not only a SYN (sloppy_*), and ``mh`` sends it to the same node.
+ACTIVE_ACTIVE_IPVS = {"net.ipv4.vs.sloppy_tcp": 1, "net.ipv4.vs.sloppy_sctp": 1}
 
 
 def kernel_version(release: str) -> tuple[int, int]:

@@ -120,11 +120,20 @@ class Scenario:
 
 
 def _registry() -> dict[str, Scenario]:
-    from . import backend_failure, director_failover, dr_arp, rp_filter, stale_realserver, worker_local_vip
+    from . import (
+        backend_failure,
+        director_failover,
+        director_loss,
+        dr_arp,
+        rp_filter,
+        stale_realserver,
+        worker_local_vip,
+    )
 
     return {
         "backend-failure": Scenario(backend_failure.SUMMARY, backend_failure.run),
         "director-failover": Scenario(director_failover.SUMMARY, director_failover.run),
+        "director-loss": Scenario(director_loss.SUMMARY, director_loss.run),
         "stale-realserver": Scenario(stale_realserver.SUMMARY, stale_realserver.run),
         "worker-local-vip": Scenario(worker_local_vip.SUMMARY, worker_local_vip.run),
         "dr-arp": Scenario(dr_arp.SUMMARY, dr_arp.run),

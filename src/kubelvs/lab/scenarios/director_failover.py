@@ -20,19 +20,15 @@ is a stateless hash of the flow; IPVS needs the connection sync daemon, not run 
 
 from __future__ import annotations
 
-import http.client
-import json
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ...kernel import iproute
-from ...kernel.netns import entered
 from ..spec import READY_TIMEOUT, VRRP_ADVERT
 from ..topology import LabSpec, RunningLab, build
-from ..traffic import NewConnections, error_text, wait_until
+from ..traffic import LongLived, NewConnections, wait_until
 
 __all__ = ["SUMMARY", "FailoverResult", "run"]
 
@@ -41,8 +37,6 @@ SUMMARY = (
 )
 
 LONG_LIVED = 50
-MESSAGE_EVERY = 0.1  # seconds between a long-lived connection's requests
-ANSWER_WITHIN = 5.0  # seconds: a long-lived connection that waits longer is broken
 RATE = 20.0  # new connections a second
 GAP_TARGET_MS = 1500.0
 
@@ -97,61 +91,6 @@ class FailoverResult:
         return "\n".join(lines)
 
 
-class LongLived:
-    """``LONG_LIVED`` kept-alive HTTP connections through the VIP, one thread each, a
-    request every ``MESSAGE_EVERY`` s; a connection that fails is broken for good."""
-
-    def __init__(self, netns: str, host: str, port: int) -> None:
-        self.broken: dict[int, tuple[float, str]] = {}  # connection -> (wall time, why)
-        self.answered: dict[int, float] = {}  # connection -> wall time of its last answer
-        self.opened = 0
-        self._stop = threading.Event()
-        self._conns: list[http.client.HTTPConnection] = []
-        with entered(netns):  # the sockets stay in the client's namespace
-            for _ in range(LONG_LIVED):
-                conn = http.client.HTTPConnection(host, port, timeout=ANSWER_WITHIN)
-                try:
-                    self._ask(conn)
-                except (OSError, http.client.HTTPException, ValueError):
-                    conn.close()
-                    continue
-                self._conns.append(conn)
-        self.opened = len(self._conns)
-        self._threads = [
-            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(self.opened)
-        ]
-
-    @staticmethod
-    def _ask(conn: http.client.HTTPConnection) -> None:
-        conn.request("GET", "/")
-        json.loads(conn.getresponse().read())
-
-    def _run(self, i: int) -> None:
-        conn = self._conns[i]
-        while not self._stop.wait(MESSAGE_EVERY):
-            try:
-                self._ask(conn)
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                self.broken[i] = (time.time(), error_text(exc))
-                return
-            self.answered[i] = time.time()
-
-    def broken_between(self, start: float, end: float) -> int:
-        return sum(1 for when, _ in self.broken.values() if start <= when < end)
-
-    def __enter__(self) -> LongLived:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(ANSWER_WITHIN + 1)
-        for conn in self._conns:
-            conn.close()
-
-
 def _holds_vip(running: RunningLab, director: str) -> bool:
     vip = f"{running.info.spec.vip}/32"
     return any(a.cidr == vip for a in iproute.addresses(running.info.directors[director]))
@@ -169,7 +108,7 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
             return result
         dir1 = info.directors["dir1"]
         with (
-            LongLived(info.client, spec.vip, spec.port) as long_lived,
+            LongLived(info.client, spec.vip, spec.port, LONG_LIVED) as long_lived,
             NewConnections(info.client, spec.vip, spec.port, rate=RATE) as stream,
         ):
             result.established_total = long_lived.opened

@@ -1,0 +1,230 @@
+"""Active-active directors over BGP: the config's ``bgp:`` (validated like the rest), bird's
+configuration rendered from it (accepted by the real bird), which VIPs the director
+announces, and the announcer running the real bird against a real BGP peer (bird in
+another namespace): the route appears, follows the VIP set, and is withdrawn before
+bird stops on a planned stop."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kubelvs.app.bgp import BgpAnnouncer
+from kubelvs.app.bird import parse_protocols, render
+from kubelvs.app.director import DirectorOptions, start_director
+from kubelvs.backends.memory import MemoryBackend
+from kubelvs.errors import ConfigError
+from kubelvs.kernel import iproute
+from kubelvs.lab.spec import router_bird_config
+from kubelvs.sources.bgp import BgpPeerSpec, BgpSpec
+from kubelvs.sources.config import parse_config
+from kubelvs.sources.file import ConfigFileSource
+
+SPEC = BgpSpec(
+    local_as=64512,
+    peers=(BgpPeerSpec("10.9.0.254", 64500), BgpPeerSpec("10.9.0.253", 64500, password="s3cret")),
+    router_id="10.9.0.1",
+)
+
+
+def test_render_is_bird_conf(tmp_path: Path) -> None:
+    text = render(SPEC, ["10.9.0.202", "10.9.0.201", "fd00::1"])
+    assert text == (
+        "# Written by kubelvs director: BGP announcements of the VIPs it serves.\n"
+        "log stderr { info, remote, warning, error, auth, fatal, bug };\n"
+        'timeformat protocol "%s";\n'
+        "router id 10.9.0.1;\n"
+        "protocol device {}\n"
+        "protocol static kubelvs_vips {\n"
+        "  ipv4;\n"
+        "  route 10.9.0.201/32 unreachable;\n"
+        "  route 10.9.0.202/32 unreachable;\n"
+        "}\n"
+        "protocol bfd {\n"
+        '  interface "*" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };\n'
+        "}\n"
+        "protocol bgp peer_10_9_0_254 {\n"
+        "  local as 64512;\n"
+        "  neighbor 10.9.0.254 port 179 as 64500;\n"
+        "  hold time 3; keepalive time 1;\n"
+        "  connect retry time 1;\n"
+        "  bfd on;\n"
+        '  ipv4 { import none; export where proto = "kubelvs_vips"; next hop self; };\n'
+        "}\n"
+        "protocol bgp peer_10_9_0_253 {\n"
+        "  local as 64512;\n"
+        "  neighbor 10.9.0.253 port 179 as 64500;\n"
+        "  hold time 3; keepalive time 1;\n"
+        "  connect retry time 1;\n"
+        "  bfd on;\n"
+        '  password "s3cret";\n'
+        '  ipv4 { import none; export where proto = "kubelvs_vips"; next hop self; };\n'
+        "}\n"
+    )
+    # The real bird parses it (and the lab router's), and one without routes or BFD.
+    for name, conf in (
+        ("director", text),
+        ("empty", render(BgpSpec(local_as=65000, peers=(BgpPeerSpec("10.9.0.254", 65001),), bfd=False), [])),
+        ("router", router_bird_config({"dir1": "10.240.0.2", "dir2": "10.240.0.3"})),
+    ):
+        path = tmp_path / f"{name}.conf"
+        path.write_text(conf)
+        check = subprocess.run(["bird", "-p", "-c", str(path)], capture_output=True, text=True, timeout=30)
+        assert check.returncode == 0, (name, check.stdout + check.stderr)
+
+
+@pytest.mark.parametrize(
+    ("bgp", "path", "reason"),
+    [
+        ({"peers": [{"address": "10.0.0.1", "peer_as": 1}]}, "bgp.local_as", "required"),
+        ({"local_as": 0, "peers": [{"address": "10.0.0.1", "peer_as": 1}]}, "bgp.local_as", "0"),
+        ({"local_as": 1, "peers": []}, "bgp.peers", "at least one peer"),
+        (
+            {"local_as": 1, "peers": [{"address": "router", "peer_as": 1}]},
+            "bgp.peers[0].address",
+            "not an IP",
+        ),
+        (
+            {
+                "local_as": 1,
+                "peers": [{"address": "10.0.0.1", "peer_as": 1}, {"address": "10.0.0.1", "peer_as": 2}],
+            },
+            "bgp.peers[1].address",
+            "already bgp.peers[0]",
+        ),
+        (
+            {"local_as": 1, "peers": [{"address": "10.0.0.1", "peer_as": 1}], "hold_time": 1},
+            "bgp.hold_time",
+            "1",
+        ),
+        (
+            {"local_as": 1, "peers": [{"address": "10.0.0.1", "peer_as": 1, "password": 'a"b'}]},
+            "bgp.peers[0].password",
+            "double quote",
+        ),
+        (
+            {"local_as": 1, "peers": [{"address": "10.0.0.1", "peer_as": 1}], "router_id": "::1"},
+            "bgp.router_id",
+            "IPv4",
+        ),
+        (
+            {"local_as": 1, "peers": [{"address": "10.0.0.1", "peer_as": 1, "asn": 5}]},
+            "bgp.peers[0].asn",
+            "unknown key",
+        ),
+    ],
+)
+def test_bad_bgp_is_refused_naming_the_field(bgp: dict[str, object], path: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"bgp": bgp})
+    assert any(e.field == path and reason in e.reason for e in caught.value.errors), caught.value
+
+
+def test_parse_protocols() -> None:
+    text = (
+        "BIRD 2.0.12 ready.\n"
+        "Name       Proto      Table      State  Since         Info\n"
+        "device1    Device     ---        up     1796173978\n"
+        "peer_10_9_0_254 BGP   ---        up     1796173980    Established\n"
+        "peer_10_9_0_253 BGP   ---        start  1796173978    Active        Socket: Connection refused\n"
+        "peer_10_9_0_252 BGP   ---        down   1796173978\n"
+    )
+    assert parse_protocols(text) == {
+        "peer_10_9_0_254": "Established",
+        "peer_10_9_0_253": "Active",
+        "peer_10_9_0_252": "down",
+    }
+
+
+def test_the_director_announces_only_vips_it_can_serve(tmp_path: Path) -> None:
+    """A VIP whose real servers all have weight 0 is not announced; the IPVS active-active
+    sysctls are recommended with ``bgp:`` (checked on the memory backend named ipvs)."""
+    config = tmp_path / "lb.yaml"
+    config.write_text(
+        "owned_cidrs: [10.240.0.0/24]\n"
+        "bgp: {local_as: 64512, peers: [{address: 10.240.0.254, peer_as: 64500}]}\n"
+        "services:\n"
+        "  - {vip: 10.240.0.1, port: 80, scheduler: rr, realservers: [{address: 10.240.0.101}]}\n"
+        "  - {vip: 10.240.0.1, port: 443, scheduler: rr, realservers: [{address: 10.240.0.101, weight: 0}]}\n"
+        "  - {vip: 10.240.0.2, port: 80, scheduler: rr, realservers: [{address: 10.240.0.101, weight: 0}]}\n"
+        "  - {vip: 10.240.0.3, port: 80, scheduler: rr, realservers: []}\n"
+    )
+    backend = MemoryBackend()
+    backend.name = "ipvs"
+
+    async def main() -> frozenset[str]:
+        program = await start_director(DirectorOptions(), ConfigFileSource(config), backend=backend)
+        try:
+            await asyncio.to_thread(program.step, True)
+            return program.served_vips
+        finally:
+            await program.close()
+
+    assert asyncio.run(main()) == {"10.240.0.1"}
+    sysctls = backend.read(sysctls=["net.ipv4.vs.sloppy_tcp"]).sysctls
+    assert sysctls.get("net.ipv4.vs.sloppy_tcp") == 1
+
+
+# ---------------------------------------------------------------------- the real bird
+
+
+def _routes(ns: str) -> set[str]:
+    out = subprocess.run(
+        ["ip", "-n", ns, "-o", "route", "show", "proto", "bird"], capture_output=True, text=True
+    )
+    return {line.split()[0] for line in out.stdout.splitlines()}
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.netns
+def test_announcer_against_a_real_peer(make_netns: Callable[[str], str], tmp_path: Path) -> None:
+    director, router = make_netns("dir"), make_netns("router")
+    iproute.add_veth(director, "eth0", "eth0", peer_netns=router)
+    for ns, address in ((director, "10.240.0.2/24"), (router, "10.240.0.254/24")):
+        iproute.add_address(ns, "eth0", address)
+        iproute.set_link_up(ns, "eth0")
+    peer_conf = tmp_path / "router.conf"
+    peer_conf.write_text(router_bird_config({"dir1": "10.240.0.2"}))
+    peer = subprocess.Popen(
+        ["ip", "netns", "exec", router, "bird", "-f", "-c", str(peer_conf), "-s", str(tmp_path / "r.ctl")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    spec = BgpSpec(local_as=64512, peers=(BgpPeerSpec("10.240.0.254", 64500),), withdraw_delay=3.0)
+    announcer = BgpAnnouncer(tmp_path / "bgp", netns=director)
+    try:
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(announcer.run(stop))
+            announcer.update(spec, ["10.240.0.201"])
+            await _until(lambda: _routes(router) == {"10.240.0.201"})
+            await _until(lambda: announcer.sessions == {"10.240.0.254": "Established"})
+            assert announcer.document()["announced"] == ["10.240.0.201"]
+            first = announcer.pid
+            # The set follows the desired state: birdc configure, the session stays up.
+            announcer.update(spec, ["10.240.0.202"])
+            await _until(lambda: _routes(router) == {"10.240.0.202"})
+            assert announcer.pid == first and announcer.starts == 1
+            # A planned stop: the routes go first, while bird still runs (withdraw_delay) ...
+            stop.set()
+            await _until(lambda: _routes(router) == set(), timeout=2.5)
+            assert announcer.pid == first
+            await task
+            # ... then bird stops.
+            assert announcer.pid is None and first is not None and not Path(f"/proc/{first}").exists()
+
+        asyncio.run(main())
+    finally:
+        peer.terminate()
+        peer.wait(10)
