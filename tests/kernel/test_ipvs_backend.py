@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import itertools
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -323,3 +324,105 @@ def test_ipv6_and_fwmark_services(netns: str, backend: IpvsBackend) -> None:
 
 def test_owned_network_check_uses_ipaddress() -> None:
     assert OWNED.owns(ServiceKey(4, "tcp", ipaddress.ip_address("10.240.0.9"), 80))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- Maglev order
+
+
+def _kernel_order(ns: str) -> dict[str, list[str]]:
+    """Each service's destinations in the kernel's list order: /proc/net/ip_vs (ipvsadm
+    sorts them; the hashing schedulers walk this order)."""
+    text = subprocess.run(
+        ["ip", "netns", "exec", ns, "cat", "/proc/net/ip_vs"], capture_output=True, text=True, check=True
+    ).stdout
+    out: dict[str, list[str]] = {}
+    current = ""
+    for line in text.splitlines():
+        parts = line.split()
+        if parts and parts[0] in ("TCP", "UDP", "SCTP", "FWM"):
+            current = " ".join(parts[:2])
+            out[current] = []
+        elif parts[:1] == ["->"] and current:
+            out[current].append(f"{parts[1]} w{parts[3]}")
+    return out
+
+
+_POOL = [f"10.240.1.{n}" for n in (7, 3, 12, 5, 9, 1)]
+_EXAMPLES = itertools.count()
+_member_sets = st.lists(
+    st.tuples(st.sampled_from(_POOL), st.integers(0, 3)), min_size=1, max_size=6, unique_by=lambda t: t[0]
+)
+
+
+def _mh(members: list[tuple[str, int]]) -> DesiredState:
+    return to_desired(
+        parse_config(
+            {
+                "owned_cidrs": ["10.240.0.0/24"],
+                "services": [
+                    {
+                        "vip": "10.240.0.200",
+                        "port": 80,
+                        "scheduler": "mh",
+                        "realservers": [{"address": a, "port": 80, "weight": w} for a, w in members],
+                    },
+                    {
+                        "vip": "10.240.0.201",
+                        "port": 80,
+                        "scheduler": "sh",
+                        "realservers": [
+                            {"address": a, "port": 80, "weight": w} for a, w in reversed(members)
+                        ],
+                    },
+                ],
+            }
+        )
+    )
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    sequence=st.lists(_member_sets, min_size=1, max_size=5),
+    seen=st.lists(st.booleans(), min_size=5, max_size=5),
+    restarts=st.lists(st.booleans(), min_size=5, max_size=5),
+)
+def test_directors_build_the_same_maglev_table_whatever_they_saw(
+    make_netns: Callable[[str], str],
+    sequence: list[list[tuple[str, int]]],
+    seen: list[bool],
+    restarts: list[bool],
+) -> None:
+    """Two directors end at the same desired state: one saw every change, the other only
+    some of them, in batches, and was rebooted (an empty table) at some of them. Their
+    mh and sh services list the destinations in the same (canonical) order, so their
+    tables, a function of that order and the weights, send every flow the same way."""
+    n = next(_EXAMPLES)
+    one, other = make_netns(f"one{n}"), make_netns(f"two{n}")
+    with open_backend("ipvs", netns=one) as a, open_backend("ipvs", netns=other) as b:
+        for desired in map(_mh, sequence):
+            Director(a, graceful=False).sync(desired)
+        for i, members in enumerate(sequence):
+            last = i == len(sequence) - 1
+            if restarts[i % 5]:
+                ipvsadm(other, "-C")
+            if seen[i % 5] or last:
+                Director(b, graceful=False).sync(_mh(members))
+        final = _kernel_order(one)
+        assert final == _kernel_order(other)
+        for dests in final.values():
+            addresses = [d.split()[0] for d in dests]
+            assert addresses == sorted(addresses, reverse=True)  # hex AAAAAAAA:PPPP: descending
+
+
+def test_a_real_server_added_below_the_others_is_put_in_order(netns: str, backend: IpvsBackend) -> None:
+    """Added above the others (the usual growth): at the head, nothing moves. Added below:
+    the ones above it are deleted and re-added, and the list is canonical again."""
+    Director(backend).sync(_mh([("10.240.1.5", 1), ("10.240.1.9", 1)]))
+    assert _kernel_order(netns)["TCP 0AF000C8:0050"] == ["0AF00109:0050 w1", "0AF00105:0050 w1"]
+    Director(backend).sync(_mh([("10.240.1.5", 1), ("10.240.1.9", 1), ("10.240.1.1", 1), ("10.240.1.12", 2)]))
+    assert _kernel_order(netns)["TCP 0AF000C8:0050"] == [
+        "0AF0010C:0050 w2",
+        "0AF00109:0050 w1",
+        "0AF00105:0050 w1",
+        "0AF00101:0050 w1",
+    ]

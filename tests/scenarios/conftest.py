@@ -7,7 +7,7 @@ the tier's marker, so ``-m "not kernel_ipvs"`` runs the nftables half and
 
 Topology (one bridge segment, namespaces ``kubelvs-t<token>-<role>``)::
 
-    client  10.0.0.10/24 (+ 10.0.0.101-140 as extra sources)
+    client  10.0.0.10/24 (+ 10.0.0.98, 10.0.0.101-180, 10.0.0.221-254 as extra sources)
     director 10.0.0.2/24, 10.1.0.1/24, VIP 10.0.0.200/32
     DR:  rs1..rs3 10.0.0.11-13/24, VIP on lo, arp_ignore=1, arp_announce=2
     NAT: rs1..rs3 10.1.0.11-13/24, default route via the director (return path)
@@ -54,6 +54,7 @@ CLIENT_SOURCES = [f"10.0.0.{i}" for i in range(101, 141)]
 #: test's real server instead of being scheduled (the reused-port incident).
 STICKY_SOURCE = "10.0.0.98"
 MAGLEV_SOURCES = [f"10.0.0.{i}" for i in range(141, 181)]
+ORDER_SOURCES = [f"10.0.0.{i}" for i in range(221, 255)]  # the Maglev order test's own (not .200: the VIP)
 HTTP_PORT = {Forward.DR: 80, Forward.NAT: 8080}
 UDP_PORT = 5353
 
@@ -137,7 +138,7 @@ class Env:
 
 
 def _build(lab: Lab, backend_name: str, mode: Forward) -> Env:
-    sources = [STICKY_SOURCE, *CLIENT_SOURCES, *MAGLEV_SOURCES]
+    sources = [STICKY_SOURCE, *CLIENT_SOURCES, *MAGLEV_SOURCES, *ORDER_SOURCES]
     client = lab.host("cl", ["10.0.0.10/24"] + [f"{a}/24" for a in sources])
     director = lab.host("dir", ["10.0.0.2/24", "10.1.0.1/24", f"{VIP}/32"])
     for name, value in [

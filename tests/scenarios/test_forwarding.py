@@ -18,7 +18,16 @@ import pytest
 from kubelvs.kernel.netns import entered
 from kubelvs.model import Forward, RealServerKey, RealServerStats, ServiceKey
 
-from .conftest import CLIENT_SOURCES, HTTP_PORT, MAGLEV_SOURCES, STICKY_SOURCE, UDP_PORT, VIP, Env
+from .conftest import (
+    CLIENT_SOURCES,
+    HTTP_PORT,
+    MAGLEV_SOURCES,
+    ORDER_SOURCES,
+    STICKY_SOURCE,
+    UDP_PORT,
+    VIP,
+    Env,
+)
 
 
 def test_http_and_udp_reach_every_realserver_through_the_vip(env: Env) -> None:
@@ -94,6 +103,28 @@ def test_mh_is_sticky_and_removing_a_realserver_moves_only_its_flows(env: Env) -
     assert len(collateral) <= 0.05 * len(MAGLEV_SOURCES), (collateral, before, after)
     assert {src for src in MAGLEV_SOURCES if before[src] == "rs3"} <= set(moved)
     assert "rs3" not in after.values()
+
+
+def test_mh_sends_flows_the_same_way_whatever_order_real_servers_came_in(env: Env) -> None:
+    """A director that saw rs1 join after rs2 and rs3 sends every flow where a director
+    that started with all three does (IPVS builds the Maglev table from the order of its
+    destination list: kubelvs keeps one order, re-adding rs2 and rs3 when rs1 joins), and
+    the connection held to rs2 or rs3 meanwhile survives their re-adding."""
+    every = env.service("mh", [1, 1, 1])
+    env.sync(every.with_realservers(every.realservers[1:]))  # rs2, rs3
+    held = env.keepalive()
+    try:
+        first = held.get().server
+        assert first in ("rs2", "rs3")
+        env.sync(every)  # rs1 joins: below the others
+        assert held.get().server == first  # the same connection, still answered by its server
+    finally:
+        held.close()
+    grown = {a.source: a.server for a in env.ask(1, sources=ORDER_SOURCES)}
+    env.sync()  # a director that restarts with an empty table ...
+    env.sync(every)  # ... and adds all three at once
+    fresh = {a.source: a.server for a in env.ask(1, sources=ORDER_SOURCES)}
+    assert len(set(fresh.values())) == 3 and grown == fresh
 
 
 def test_weight_zero_stops_new_flows(env: Env) -> None:

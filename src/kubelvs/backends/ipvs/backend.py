@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from collections.abc import Iterable, Sequence
 from types import TracebackType
@@ -35,6 +36,7 @@ from ...planner import (
 from ..base import ipvs_available
 from . import wire
 from .genl import GenlSocket, Request
+from .order import ORDERED_SCHEDULERS, to_move
 
 __all__ = ["IpvsBackend"]
 
@@ -47,6 +49,10 @@ class IpvsBackend:
     def __init__(self, *, netns: str | None = None) -> None:
         self._netns = netns
         self._sysctls_seen: dict[str, bool] = {}
+        # Services whose scheduler hashes over the destination list (order.py), as last
+        # read or programmed; and those a read found out of canonical order.
+        self._ordered: set[ServiceKey] = set()
+        self._drifted: set[ServiceKey] = set()
         if not ipvs_available():
             raise BackendUnavailable(
                 "this kernel has no IPVS (CONFIG_IP_VS unset or the ip_vs module missing)"
@@ -71,6 +77,8 @@ class IpvsBackend:
         try:
             services: dict[ServiceKey, VirtualService] = {}
             stats: dict[tuple[ServiceKey, RealServerKey], RealServerStats] = {}
+            ordered: set[ServiceKey] = set()
+            drifted: set[ServiceKey] = set()
             service_messages = self._sock.dump(wire.Cmd.GET_SERVICE)
             if service_messages:
                 from . import decode  # pyroute2 is imported only when there is something to decode
@@ -82,10 +90,15 @@ class IpvsBackend:
                     realservers.append(rs)
                     stats[(svc.key, rs.key)] = st
                 services[svc.key] = svc.with_realservers(realservers)
+                if svc.scheduler in ORDERED_SCHEDULERS:
+                    ordered.add(svc.key)
+                    if to_move(realservers):
+                        drifted.add(svc.key)
             (config,) = self._sock.request(wire.Cmd.GET_CONFIG)
             timeouts = wire.parse_config_reply(config)
         except OSError as exc:
             raise BackendError(f"reading the IPVS table: {exc.strerror or exc}") from exc
+        self._ordered, self._drifted = ordered, drifted
         values: dict[str, int] = {}
         with entered(self._netns):
             for name in sysctls:
@@ -118,6 +131,69 @@ class IpvsBackend:
         # Runs of netlink operations go out pipelined; a sysctl write sits between runs.
         # A refused operation affects only its service: the service's later operations
         # are not sent, every other one is (see Backend.apply).
+        try:
+            self._apply(ops)
+        except PartialApplyError:
+            # What was applied is put in order too; a failure of that is left to the next
+            # full sync (its read notices the drift), not raised over the plan's own error.
+            with contextlib.suppress(BackendError):
+                self._put_in_order(ops)
+            raise
+        self._put_in_order(ops)
+
+    def _put_in_order(self, ops: Sequence[Operation]) -> None:
+        """After a plan: which services hash over their list now, and put in canonical
+        order (order.py) those that got real servers in another order than ascending
+        after the ones they had (each lands at the head of the list)."""
+        last: dict[ServiceKey, RealServerKey | None] = {}  # the last real server added, per service
+        grown: set[ServiceKey] = set()
+        for op in ops:
+            match op:
+                case AddService(service=svc) | EditService(service=svc):
+                    if svc.scheduler in ORDERED_SCHEDULERS:
+                        self._ordered.add(svc.key)
+                        if type(op) is AddService:
+                            last[svc.key] = None  # empty: anything may come first
+                    else:
+                        self._ordered.discard(svc.key)
+                case DeleteService(key=key):
+                    self._ordered.discard(key)
+                case AddRealServer(service=key, realserver=rs) if key in self._ordered:
+                    previous = last.get(key, rs.key)  # an existing service: compare with its list
+                    if key not in last or (previous is not None and previous.sort_key() > rs.key.sort_key()):
+                        grown.add(key)
+                    last[key] = rs.key
+        if grown:
+            self.restore_order(grown)
+
+    def restore_order(self, keys: Iterable[ServiceKey]) -> list[str]:
+        """Put these services' destination lists in canonical order (order.py): the
+        fewest destinations deleted and at once re-added, every service in one pipelined
+        batch. Returns what it moved."""
+        run: list[Request] = []
+        moved: list[str] = []
+        refused: list[str] = []
+        try:
+            for key in sorted(keys, key=ServiceKey.sort_key):
+                attrs = wire.service_key_attrs(key)
+                raws = self._sock.dump(wire.Cmd.GET_DEST, attrs)
+                if not raws:
+                    continue
+                from . import decode  # pyroute2 is imported only when there is something to decode
+
+                kernel_order = [decode.decode_dest(decode.decode(raw))[0] for raw in raws]
+                for rs in to_move(kernel_order):
+                    run.append((wire.Cmd.DEL_DEST, attrs + wire.dest_key_attrs(rs.key), len(moved)))
+                    run.append((wire.Cmd.NEW_DEST, attrs + wire.dest_attrs(rs), len(moved)))
+                    moved.append(f"{key}: {rs.key} re-added (Maglev order)")
+            self._sock.pipeline(run, on_error=lambda index, code: refused.append(moved[index]))
+        except OSError as exc:
+            raise BackendError(f"putting IPVS destinations in order: {exc.strerror or exc}") from exc
+        if refused:  # the next full sync re-adds a destination that stayed deleted
+            raise BackendError(f"putting IPVS destinations in order, refused: {'; '.join(refused)}")
+        return moved
+
+    def _apply(self, ops: Sequence[Operation]) -> None:
         failures: list[ApplyError] = []
         failed_services: dict[ServiceKey, str] = {}
 
@@ -201,8 +277,10 @@ class IpvsBackend:
         return started
 
     def refresh(self) -> list[str]:
-        """Nothing to do: the kernel resolves real servers' MACs itself in IPVS-DR."""
-        return []
+        """mh/sh services the last read found out of canonical order are put back in it
+        (order.py); MACs need nothing: the kernel resolves them itself in IPVS-DR."""
+        drifted, self._drifted = self._drifted, set()
+        return self.restore_order(drifted) if drifted else []
 
     def problems(self, desired: DesiredState) -> list[FieldError]:
         missing = [name for name in desired.sysctls if not self._sysctl_exists(name)]
