@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 from typing import TypedDict
 
-from kubelvs.model import validate
-from kubelvs.sources.kubernetes.mapping import Mapper, vips_for_node
+import pytest
+
+from kubelvs.errors import ConfigError
+from kubelvs.model import Ownership, validate
+from kubelvs.sources.kubernetes.mapping import Mapper, compute, vips_for_node
+from kubelvs.sources.kubernetes.settings import parse_kubernetes
 
 from . import k8sobjects as k
-from .helpers import key, reasons, rs_table, run, settings, snapshot
+from .helpers import WHOAMI_SECTION, key, reasons, rs_table, run, settings, snapshot
 
 NODES = [k.node("node1", "10.240.0.101"), k.node("node2", "10.240.0.102")]
 
@@ -134,6 +138,33 @@ def test_scheduler_annotation_flags_and_invalid() -> None:
         and "'magic' is not dr, tun or nat" in ev.message
         and "'fastest'" in ev.message
     )
+
+
+def test_active_active_directors_hash_the_port_by_default() -> None:
+    """With ``bgp:`` (directors sharing flows) a Service without scheduler annotations gets
+    ``mh`` with port hashing; annotations and an explicit default still win."""
+    plain = k.service("p", external_ips=["10.240.0.201"])
+    chosen = k.service("c", external_ips=["10.240.0.202"], annotations={ANN + "scheduler": "mh"})
+    section = {**WHOAMI_SECTION, "external_ip_cidrs": ["10.240.0.192/27"], "health": {"enabled": False}}
+    owned = Ownership(cidrs=(ip_network("10.240.0.0/24"),))
+    shared = compute(snapshot([*NODES, plain, chosen]), parse_kubernetes(section, owned, multi_director=True))
+    assert shared.desired.services[key("10.240.0.201", 80)].flags == {"mh-port"}
+    assert shared.desired.services[key("10.240.0.202", 80)].flags == frozenset()
+    alone = compute(snapshot([*NODES, plain]), parse_kubernetes(section, owned))
+    assert alone.desired.services[key("10.240.0.201", 80)].flags == frozenset()
+    told = parse_kubernetes({**section, "default_scheduler_flags": []}, owned, multi_director=True)
+    assert told.default_scheduler_flags == frozenset()
+    assert (
+        parse_kubernetes(
+            {**section, "default_scheduler": "rr"}, owned, multi_director=True
+        ).default_scheduler_flags
+        == frozenset()
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_kubernetes(
+            {**section, "default_scheduler": "rr", "default_scheduler_flags": ["mh-port"]}, owned
+        )
+    assert "kubernetes.default_scheduler_flags: mh-port not valid with scheduler rr" in str(caught.value)
 
 
 def test_sctp_and_multiple_external_ips() -> None:

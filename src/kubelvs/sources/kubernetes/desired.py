@@ -61,7 +61,9 @@ class KubernetesSource:
     ) -> None:
         self.config = config
         self.base = to_desired(config)
-        self.settings = settings or parse_kubernetes(config.kubernetes, self.base.ownership)
+        self.settings = settings or parse_kubernetes(
+            config.kubernetes, self.base.ownership, multi_director=config.bgp is not None
+        )
         self.objects = ObjectSource(
             self.settings, kubeconfig=kubeconfig, manifests=manifests, poll=poll_seconds, api=api
         )

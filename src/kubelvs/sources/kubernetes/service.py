@@ -170,9 +170,13 @@ def service_fragment(
     if not vips or not svc.ports:
         return [], events
     forward_text = svc.annotation(ann.FORWARD)
-    scheduler = svc.annotation(ann.SCHEDULER) or settings.default_scheduler
-    flags_text = svc.annotation(ann.SCHEDULER_FLAGS) or ""
-    flags = frozenset(f.strip() for f in flags_text.split(",") if f.strip())
+    chosen = svc.annotation(ann.SCHEDULER)
+    scheduler = chosen or settings.default_scheduler
+    flags_text = svc.annotation(ann.SCHEDULER_FLAGS)
+    if flags_text is None and chosen is None:
+        flags = settings.default_scheduler_flags
+    else:
+        flags = frozenset(f.strip() for f in (flags_text or "").split(",") if f.strip())
     bad = []
     if forward_text is not None and forward_text not in ("dr", "tun", "nat"):
         bad.append(f"{ann.FORWARD}: {forward_text!r} is not dr, tun or nat")

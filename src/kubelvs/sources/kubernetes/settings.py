@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import ConfigError, FieldError
-from ...model import KNOWN_SCHEDULERS, CheckKind, Forward, HealthCheck, IPNetwork, OnFailure, Ownership
+from ...model import (
+    KNOWN_SCHEDULERS,
+    SCHED_FLAGS,
+    CheckKind,
+    Forward,
+    HealthCheck,
+    IPNetwork,
+    OnFailure,
+    Ownership,
+)
 from .. import shape
 
 __all__ = ["ANNOTATION_PREFIX", "KubeSettings", "KubernetesSpec", "Pool", "PoolSpec", "parse_kubernetes"]
@@ -61,6 +70,8 @@ class KubernetesSpec:
     manage_unclassed: bool = True  # also serve type LoadBalancer Services without loadBalancerClass
     default_forward: str = "dr"
     default_scheduler: str = "mh"
+    # None: mh-port when the director shares flows with others (bgp:), else none.
+    default_scheduler_flags: tuple[str, ...] | None = None
     node_address_types: tuple[str, ...] = ("InternalIP", "ExternalIP")
     coalesce_ms: int = 100
     resync_seconds: float = 60.0  # full kernel sync
@@ -88,6 +99,7 @@ _SECTION = shape.Record(
         "manage_unclassed": shape.boolean,
         "default_forward": shape.choice("dr", "tun", "nat"),
         "default_scheduler": shape.string,
+        "default_scheduler_flags": shape.optional(shape.list_of(shape.string)),
         "node_address_types": shape.list_of(shape.string),
         "coalesce_ms": shape.bounded(shape.integer, minimum=0, maximum=60_000),
         "resync_seconds": _POSITIVE,
@@ -150,6 +162,7 @@ class KubeSettings:
     manage_unclassed: bool = True
     default_forward: Forward = Forward.DR
     default_scheduler: str = "mh"
+    default_scheduler_flags: frozenset[str] = frozenset()  # for Services without the scheduler annotations
     node_address_types: tuple[str, ...] = ("InternalIP", "ExternalIP")
     coalesce_seconds: float = 0.1
     resync_seconds: float = 60.0
@@ -192,8 +205,10 @@ def _net(text: str, where: str, errors: list[FieldError]) -> IPNetwork | None:
         return None
 
 
-def parse_kubernetes(data: Any, ownership: Ownership) -> KubeSettings:
-    """Validate the raw ``kubernetes:`` mapping; raise ConfigError listing every problem."""
+def parse_kubernetes(data: Any, ownership: Ownership, *, multi_director: bool = False) -> KubeSettings:
+    """Validate the raw ``kubernetes:`` mapping; raise ConfigError listing every problem.
+    ``multi_director``: the config has ``bgp:`` (directors share flows): ``mh`` hashes the
+    port too by default, so that clients behind one NAT address spread over the nodes."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -253,6 +268,20 @@ def parse_kubernetes(data: Any, ownership: Ownership) -> KubeSettings:
         errors.append(
             FieldError("kubernetes.default_scheduler", f"unknown IPVS scheduler {spec.default_scheduler!r}")
         )
+    if spec.default_scheduler_flags is not None:
+        default_flags = frozenset(spec.default_scheduler_flags)
+    else:
+        default_flags = (
+            frozenset({"mh-port"}) if multi_director and spec.default_scheduler == "mh" else frozenset()
+        )
+    wrong = default_flags - SCHED_FLAGS.get(spec.default_scheduler, frozenset())
+    if wrong:
+        errors.append(
+            FieldError(
+                "kubernetes.default_scheduler_flags",
+                f"{', '.join(sorted(wrong))} not valid with scheduler {spec.default_scheduler}",
+            )
+        )
     h = spec.health
     if h.timeout > h.interval:
         errors.append(
@@ -274,6 +303,7 @@ def parse_kubernetes(data: Any, ownership: Ownership) -> KubeSettings:
         manage_unclassed=spec.manage_unclassed,
         default_forward=Forward(spec.default_forward),
         default_scheduler=spec.default_scheduler,
+        default_scheduler_flags=default_flags,
         node_address_types=tuple(spec.node_address_types),
         coalesce_seconds=spec.coalesce_ms / 1000,
         resync_seconds=spec.resync_seconds,
