@@ -119,3 +119,18 @@ def test_node_daemonset_command_is_the_cli_contract() -> None:
         and any(s["name"] == spec["serviceAccountName"] for s in d["subjects"])
     ]
     assert [(b["kind"], b["roleRef"]["name"]) for b in bindings] == [("ClusterRoleBinding", "kubelvs-node")]
+
+
+def test_ha_configs_and_unit() -> None:
+    """The HA examples are valid configs for the Kubernetes source, and the unit's
+    command line is the real parser's."""
+    for name, key in (("ha/config-vrrp.yaml", "vrrp"), ("ha/config-bgp.yaml", "bgp")):
+        (cm,) = docs(name)
+        config = parse_config(yaml.safe_load(cm["data"]["config.yaml"]))
+        assert getattr(config, key) is not None, name
+        parse_kubernetes(config.kubernetes, to_desired(config).ownership)
+    unit = (DEPLOY / "ha/kubelvs-director-vrrp.service").read_text()
+    (line,) = [x for x in unit.splitlines() if x.startswith("ExecStart=")]
+    command = line.removeprefix("ExecStart=").split()
+    args = build_parser(command[1:]).parse_args(command[1:])
+    assert (args.command, args.kubernetes, args.vrrp_priority) == ("director", True, 150)

@@ -40,7 +40,7 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
         for node in info.nodes[1:]:
             running.start_agent(node.name)
             running.wait_agent(node.name)
-        # The seed: sysctl -w net.ipv4.conf.eth1.rp_filter=1; ... accept_local=1
+        # As in the worker-local VIP loop incident: rp_filter=1 on the node's NIC ... accept_local=1
         running.lab.sysctl(node1.netns, "net.ipv4.conf.eth0.rp_filter", 1)
         running.lab.sysctl(node1.netns, "net.ipv4.conf.eth0.accept_local", 1)
         loops0 = nft_counter(node1.netns, "ip", PROXY_TABLE, "vip_forwarded")
