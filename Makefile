@@ -26,7 +26,7 @@ APT_TEST  := $(APT_DEMO) conntrack ipvsadm net-tools qemu-system-x86 busybox-sta
 APT_BENCH := $(APT_TEST) iperf3 wrk curl
 
 .PHONY: setup setup-test setup-check setup-bench apt-demo apt-test apt-bench \
-        test test-machine test-vm check demo demo-ipvs bench bench-dr bench-health bench-faults clean
+        test test-machine test-vm check demo demo-ipvs bench bench-dr bench-health bench-faults bench-ha clean
 
 ## Set-up. The apt-* steps cost a dpkg query when everything is there; the virtualenv
 ## stamps are rebuilt when pyproject.toml changes.
@@ -104,6 +104,13 @@ bench-health: setup-bench
 	scripts/vm-run -- $(PY) bench/health_keepalived.py --out bench/results
 
 ## Fault injection: failed requests and repair time per fault (nftables here, IPVS in the VM; ~12 min).
+## HA: the VRRP and BGP scenarios, 3 rounds on nftables here and on IPVS in the VM, and the
+## cost of one Maglev order on IPVS (bench/results/ha-*.md, ipvs_order.md).
+bench-ha: setup-test
+	$(PY) bench/ha.py --backend nftables --out bench/results
+	scripts/vm-run -- $(PY) bench/ha.py --backend ipvs --out bench/results
+	scripts/vm-run -- $(PY) bench/ipvs_order.py --services 1000 10000 --out bench/results
+
 bench-faults: setup-test
 	$(PY) bench/faults.py --backend nftables --out bench/results
 	scripts/vm-run -- $(PY) bench/faults.py --backend ipvs --out bench/results
