@@ -24,6 +24,8 @@ from kubelvs.sources.bgp import BgpPeerSpec, BgpSpec
 from kubelvs.sources.config import parse_config
 from kubelvs.sources.file import ConfigFileSource
 
+from ..unit.test_director_program import until
+
 SPEC = BgpSpec(
     local_as=64512,
     peers=(BgpPeerSpec("10.9.0.254", 64500), BgpPeerSpec("10.9.0.253", 64500, password="s3cret")),
@@ -179,13 +181,6 @@ def _routes(ns: str) -> set[str]:
     return {line.split()[0] for line in out.stdout.splitlines()}
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.netns
 def test_announcer_against_a_real_peer(make_netns: Callable[[str], str], tmp_path: Path) -> None:
     director, router = make_netns("dir"), make_netns("router")
@@ -208,17 +203,17 @@ def test_announcer_against_a_real_peer(make_netns: Callable[[str], str], tmp_pat
             stop = asyncio.Event()
             task = asyncio.create_task(announcer.run(stop))
             announcer.update(spec, ["10.240.0.201"])
-            await _until(lambda: _routes(router) == {"10.240.0.201"})
-            await _until(lambda: announcer.sessions == {"10.240.0.254": "Established"})
+            await until(lambda: _routes(router) == {"10.240.0.201"}, timeout=20)
+            await until(lambda: announcer.sessions == {"10.240.0.254": "Established"}, timeout=20)
             assert announcer.document()["announced"] == ["10.240.0.201"]
             first = announcer.pid
             # The set follows the desired state: birdc configure, the session stays up.
             announcer.update(spec, ["10.240.0.202"])
-            await _until(lambda: _routes(router) == {"10.240.0.202"})
+            await until(lambda: _routes(router) == {"10.240.0.202"}, timeout=20)
             assert announcer.pid == first and announcer.starts == 1
             # A planned stop: the routes go first, while bird still runs (withdraw_delay) ...
             stop.set()
-            await _until(lambda: _routes(router) == set(), timeout=2.5)
+            await until(lambda: _routes(router) == set(), timeout=2.5)
             assert announcer.pid == first
             await task
             # ... then bird stops.

@@ -27,6 +27,8 @@ from kubelvs.sources.config import parse_config
 from kubelvs.sources.file import ConfigFileSource
 from kubelvs.sources.vrrp import VrrpGroupSpec, VrrpSpec
 
+from ..unit.test_director_program import until
+
 SPEC = VrrpSpec(
     interface="eth0",
     virtual_router_id=51,
@@ -183,13 +185,6 @@ def _vips(ns: str) -> set[str]:
     return {a.cidr for a in iproute.addresses(ns, "eth0") if a.cidr.endswith("/32")}
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.netns
 def test_announcer_holds_follows_restarts_and_releases(
     make_netns: Callable[[str], str], tmp_path: Path
@@ -210,25 +205,25 @@ def test_announcer_holds_follows_restarts_and_releases(
         task = asyncio.create_task(announcer.run(stop))
         announcer.update(spec, ["10.9.0.201"])
         # Alone on the link: master after the master-down interval, the VIP on eth0.
-        await _until(lambda: announcer.master and _vips(director) == {"10.9.0.201/32"})
+        await until(lambda: announcer.master and _vips(director) == {"10.9.0.201/32"}, timeout=15)
         assert announcer.document()["instances"]["kubelvs_51"]["state"] == "MASTER" and changes
         first = announcer.pid
         assert first is not None
         # The VIP set follows the desired state: a reload, not a restart.
         announcer.update(spec, ["10.9.0.201", "10.9.0.202"])
-        await _until(lambda: _vips(director) == {"10.9.0.201/32", "10.9.0.202/32"})
+        await until(lambda: _vips(director) == {"10.9.0.201/32", "10.9.0.202/32"}, timeout=15)
         assert announcer.pid == first and announcer.starts == 1
         # keepalived dies: started again (after 1 s), the VIPs held again.
         os.kill(first, signal.SIGKILL)
-        await _until(lambda: announcer.starts == 2 and announcer.master)
-        await _until(lambda: _vips(director) == {"10.9.0.201/32", "10.9.0.202/32"})
+        await until(lambda: announcer.starts == 2 and announcer.master, timeout=15)
+        await until(lambda: _vips(director) == {"10.9.0.201/32", "10.9.0.202/32"}, timeout=15)
         second = announcer.pid
         assert second is not None and second != first
         # No VIP left to hold: keepalived stops and the VIPs go.
         announcer.update(spec, [])
-        await _until(lambda: announcer.pid is None and _vips(director) == set())
+        await until(lambda: announcer.pid is None and _vips(director) == set(), timeout=15)
         announcer.update(spec, ["10.9.0.203"])
-        await _until(lambda: announcer.master and _vips(director) == {"10.9.0.203/32"})
+        await until(lambda: announcer.master and _vips(director) == {"10.9.0.203/32"}, timeout=15)
         third = announcer.pid
         stop.set()
         await task

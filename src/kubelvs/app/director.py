@@ -6,8 +6,9 @@
                                                  deletion guard)
         -> source.after_sync                    (Kubernetes: status and Events, leader only)
         -> the state file                       (what ``kubelvs status`` shows of the director)
-        -> the VRRP announcer                   (config ``vrrp:``: keepalived holds the VIPs
-                                                 on the master, only after the first sync)
+        -> the announcers                       (``vrrp:``: keepalived holds the VIPs on the
+                                                 master; ``bgp:``: bird announces the VIPs
+                                                 served; both only after the first sync)
 
     ReconcileLoop runs it: after each coalesced burst of changes, on the resync timer,
     when a failing service's retry comes due, and at once when the backend says its table
@@ -341,9 +342,9 @@ def _served_vips(desired: DesiredState, unserved: Iterable[ServiceKey]) -> froze
 
 
 def _runtime_dir(state_file: Path | None) -> Path:
-    """keepalived's config, PID files and notify FIFO: next to the state file."""
+    """The helper daemons' files (keepalived, bird): next to the state file."""
     if state_file is None:
-        return Path(tempfile.gettempdir()) / f"kubelvs-vrrp-{os.getpid()}"
+        return Path(tempfile.gettempdir()) / f"kubelvs-daemons-{os.getpid()}"
     return daemons_dir(state_file)
 
 
