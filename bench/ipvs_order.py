@@ -80,6 +80,8 @@ def measure(n: int) -> dict[str, object]:
     def run(steps: list[tuple[str | None, list[str], bool]]) -> None:
         ns = f"kubelvs-bench-order-{os.getpid()}"
         subprocess.run(["ip", "netns", "add", ns], check=True)
+        # lo up: IPVS refuses a destination whose address type it cannot tell (EINVAL).
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
         try:
             with IpvsBackend(netns=ns) as backend:
                 for name, nodes, keep in steps:
