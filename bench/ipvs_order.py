@@ -30,8 +30,16 @@ import time
 from pathlib import Path
 
 from kubelvs.backends.ipvs import IpvsBackend
-from kubelvs.model import DesiredState, Forward, Ownership, RealServer, ServiceKey, VirtualService
-from kubelvs.planner import plan
+from kubelvs.model import (
+    DesiredState,
+    Forward,
+    ObservedState,
+    Ownership,
+    RealServer,
+    ServiceKey,
+    VirtualService,
+)
+from kubelvs.planner import apply_ops, plan
 
 OWNED = Ownership(cidrs=(ipaddress.ip_network("10.200.0.0/16"),))
 
@@ -60,15 +68,18 @@ def in_order(ns: str) -> tuple[int, int]:
     return len(lists), sum(1 for dests in lists if dests == sorted(dests, reverse=True))
 
 
-def step(backend: IpvsBackend, want: DesiredState, *, keep_order: bool = True) -> tuple[float, int]:
-    """Plan against the kernel and apply; seconds spent applying, operations applied."""
-    ops = plan(want, backend.read()).ops
+def step(
+    backend: IpvsBackend, want: DesiredState, now: ObservedState, *, keep_order: bool = True
+) -> tuple[float, int, ObservedState]:
+    """Plan against what the kernel holds (``now``: no read, whose decoding would dwarf
+    what is measured under emulation) and apply; seconds applying, operations, the new state."""
+    ops = plan(want, now).ops
     start = time.perf_counter()
     if keep_order:
         backend.apply(ops)
     else:
         backend._apply(ops)  # the pipelined apply alone, the order step skipped
-    return time.perf_counter() - start, len(ops)
+    return time.perf_counter() - start, len(ops), apply_ops(now, ops)
 
 
 def measure(n: int) -> dict[str, object]:
@@ -84,8 +95,9 @@ def measure(n: int) -> dict[str, object]:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
         try:
             with IpvsBackend(netns=ns) as backend:
+                now = ObservedState()
                 for name, nodes, keep in steps:
-                    seconds, ops = step(backend, desired(n, nodes), keep_order=keep)
+                    seconds, ops, now = step(backend, desired(n, nodes), now, keep_order=keep)
                     if name is not None:
                         total, ordered = in_order(ns)
                         rows.append(

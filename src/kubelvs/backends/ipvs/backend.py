@@ -50,8 +50,11 @@ class IpvsBackend:
         self._netns = netns
         self._sysctls_seen: dict[str, bool] = {}
         # Services whose scheduler hashes over the destination list (order.py), as last
-        # read or programmed; and those a read found out of canonical order.
-        self._ordered: set[ServiceKey] = set()
+        # read or programmed, with the head of their list (None: empty; missing from the
+        # dict: unknown), so that a real server added above it needs no look; and those
+        # a read found out of canonical order.
+        self._top: dict[ServiceKey, RealServerKey | None] = {}
+        self._headless: set[ServiceKey] = set()  # in order, head deleted (unknown)
         self._drifted: set[ServiceKey] = set()
         if not ipvs_available():
             raise BackendUnavailable(
@@ -77,7 +80,7 @@ class IpvsBackend:
         try:
             services: dict[ServiceKey, VirtualService] = {}
             stats: dict[tuple[ServiceKey, RealServerKey], RealServerStats] = {}
-            ordered: set[ServiceKey] = set()
+            top: dict[ServiceKey, RealServerKey | None] = {}
             drifted: set[ServiceKey] = set()
             service_messages = self._sock.dump(wire.Cmd.GET_SERVICE)
             if service_messages:
@@ -91,14 +94,15 @@ class IpvsBackend:
                     stats[(svc.key, rs.key)] = st
                 services[svc.key] = svc.with_realservers(realservers)
                 if svc.scheduler in ORDERED_SCHEDULERS:
-                    ordered.add(svc.key)
+                    top[svc.key] = realservers[0].key if realservers else None
                     if to_move(realservers):
                         drifted.add(svc.key)
             (config,) = self._sock.request(wire.Cmd.GET_CONFIG)
             timeouts = wire.parse_config_reply(config)
         except OSError as exc:
             raise BackendError(f"reading the IPVS table: {exc.strerror or exc}") from exc
-        self._ordered, self._drifted = ordered, drifted
+        self._top, self._drifted = top, drifted
+        self._headless = set()
         values: dict[str, int] = {}
         with entered(self._netns):
             for name in sysctls:
@@ -143,26 +147,37 @@ class IpvsBackend:
 
     def _put_in_order(self, ops: Sequence[Operation]) -> None:
         """After a plan: which services hash over their list now, and put in canonical
-        order (order.py) those that got real servers in another order than ascending
-        after the ones they had (each lands at the head of the list)."""
-        last: dict[ServiceKey, RealServerKey | None] = {}  # the last real server added, per service
+        order (order.py) those that got a real server below the head of their list (each
+        new one lands at the head; above it is where it belongs, and needs no look)."""
+        top, headless = self._top, self._headless
         grown: set[ServiceKey] = set()
         for op in ops:
             match op:
+                case AddRealServer(service=key, realserver=rs) if (
+                    key in top or key in grown or key in headless
+                ):
+                    if key in top:
+                        head = top.pop(key)
+                        if head is None or head.sort_key() < rs.key.sort_key():
+                            top[key] = rs.key  # at the head, where it belongs
+                            continue
+                    # Below the head, or the head is unknown: looked at after the plan.
+                    headless.discard(key)
+                    grown.add(key)
                 case AddService(service=svc) | EditService(service=svc):
-                    if svc.scheduler in ORDERED_SCHEDULERS:
-                        self._ordered.add(svc.key)
-                        if type(op) is AddService:
-                            last[svc.key] = None  # empty: anything may come first
-                    else:
-                        self._ordered.discard(svc.key)
+                    if svc.scheduler not in ORDERED_SCHEDULERS:
+                        top.pop(svc.key, None)
+                    elif type(op) is AddService:
+                        top[svc.key] = None  # empty: anything may come first
+                    elif svc.key not in top:
+                        grown.add(svc.key)  # now hashing over a list of unknown order
                 case DeleteService(key=key):
-                    self._ordered.discard(key)
-                case AddRealServer(service=key, realserver=rs) if key in self._ordered:
-                    previous = last.get(key, rs.key)  # an existing service: compare with its list
-                    if key not in last or (previous is not None and previous.sort_key() > rs.key.sort_key()):
-                        grown.add(key)
-                    last[key] = rs.key
+                    top.pop(key, None)
+                    grown.discard(key)
+                    headless.discard(key)
+                case DeleteRealServer(service=key, realserver=rk) if top.get(key) == rk:
+                    del top[key]  # still in order; the next add to it looks at the list
+                    headless.add(key)
         if grown:
             self.restore_order(grown)
 
@@ -178,10 +193,14 @@ class IpvsBackend:
                 attrs = wire.service_key_attrs(key)
                 raws = self._sock.dump(wire.Cmd.GET_DEST, attrs)
                 if not raws:
+                    self._top[key] = None
+                    self._headless.discard(key)
                     continue
                 from . import decode  # pyroute2 is imported only when there is something to decode
 
                 kernel_order = [decode.decode_dest(decode.decode(raw))[0] for raw in raws]
+                self._top[key] = max(kernel_order, key=lambda rs: rs.key.sort_key()).key
+                self._headless.discard(key)
                 for rs in to_move(kernel_order):
                     run.append((wire.Cmd.DEL_DEST, attrs + wire.dest_key_attrs(rs.key), len(moved)))
                     run.append((wire.Cmd.NEW_DEST, attrs + wire.dest_attrs(rs), len(moved)))
