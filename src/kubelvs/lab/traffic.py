@@ -93,12 +93,16 @@ class Sent:
 
 class NewConnections:
     """New connections (one request each) from ``netns`` at a steady ``rate`` a second
-    until the ``with`` block ends; each in its own thread, so that one waiting for its
-    timeout does not hold back the next (what a gap measures must be the network's).
-    ``results`` in the order sent."""
+    until the ``with`` block ends. ``overlap``: each in its own thread, so that one
+    waiting for its timeout does not hold back the next (what a gap measures must be the
+    network's); otherwise one after the other (less load on a slow, emulated CPU, where
+    the rate then drops while requests time out). ``results`` in the order sent."""
 
-    def __init__(self, netns: str, host: str, port: int, *, rate: float, timeout: float = 1.0) -> None:
+    def __init__(
+        self, netns: str, host: str, port: int, *, rate: float, timeout: float = 1.0, overlap: bool = True
+    ) -> None:
         self.netns, self.host, self.port, self.rate, self.timeout = netns, host, port, rate, timeout
+        self.overlap = overlap
         self._done: list[Sent] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -117,9 +121,12 @@ class NewConnections:
     def _run(self) -> None:
         next_at = time.time()
         while not self._stop.is_set():
-            worker = threading.Thread(target=self._one, daemon=True)
-            worker.start()
-            self._workers = [w for w in self._workers if w.is_alive()] + [worker]
+            if self.overlap:
+                worker = threading.Thread(target=self._one, daemon=True)
+                worker.start()
+                self._workers = [w for w in self._workers if w.is_alive()] + [worker]
+            else:
+                self._one()
             next_at += 1 / self.rate
             self._stop.wait(max(0.0, next_at - time.time()))
 

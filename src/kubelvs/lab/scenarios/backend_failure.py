@@ -120,7 +120,7 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
         if not wait_until(lambda: (_health(running, node1.ip) or ("", 0))[0] == "up", 60):
             result.notes.append("node1 never showed as up in the director's state")
             return result
-        with NewConnections(info.client, info.spec.vip, info.spec.port, rate=RATE) as stream:
+        with NewConnections(info.client, info.spec.vip, info.spec.port, rate=RATE, overlap=False) as stream:
             time.sleep(2.0)  # a steady state first
             log("killing node1's pods")
             killed = time.time()
