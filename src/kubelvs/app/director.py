@@ -277,8 +277,12 @@ class DirectorProgram:
         # state file (10,000 services' checks) must not delay that. The VIPs are held
         # (VRRP) only once the kernel forwards them.
         if self._outcome.synced and self.last_synced is not None:
-            vips = {str(k.address) for k in self.last_synced.services if k.address is not None}
-            self.vrrp.update(self._vrrp_spec, vips if self._vrrp_spec is not None else ())
+            vips = (
+                {str(k.address) for k in self.last_synced.services if k.address is not None}
+                if self._vrrp_spec is not None  # O(services): only when VRRP is configured
+                else ()
+            )
+            self.vrrp.update(self._vrrp_spec, vips)
             self.bgp.update(self._bgp_spec, self.served_vips)
         await asyncio.to_thread(self._write_state)
         await self.source.after_sync(self._outcome)
