@@ -35,6 +35,7 @@ from ..model import (
     ACTIVE_ACTIVE_IPVS,
     ConnectionSync,
     DesiredState,
+    RealServerKey,
     RecommendedSysctls,
     ServiceKey,
     kernel_version,
@@ -42,12 +43,14 @@ from ..model import (
 from ..planner import changed_services, describe
 from ..roles.director import Director, SyncResult
 from ..roles.guard import GuardSettings
+from ..roles.health import Status
 from ..sources.bgp import BgpSpec
-from ..sources.desired import DesiredSource, DesiredUpdate, SyncOutcome
+from ..sources.desired import DesiredSource, DesiredUpdate, SourceGauges, SyncOutcome
 from ..sources.vrrp import VrrpSpec
 from .bgp import BgpAnnouncer
 from .health import DirectorHealth
 from .loop import ReconcileLoop
+from .metrics import DirectorCollector, MetricsServer, ProgramMetrics
 from .state import DirectorStateFile, daemons_dir, drains_to_restore
 from .vrrp import VrrpAnnouncer
 
@@ -75,6 +78,7 @@ class DirectorOptions:
     guard: GuardSettings = field(default_factory=GuardSettings)
     state_file: Path | None = None  # None: no state file (tests, dry runs)
     vrrp_priority: int | None = None  # --vrrp-priority: replaces the config's vrrp.priority
+    metrics_address: tuple[str, int] | None = None  # --metrics-address; None: no /metrics server
 
 
 class DirectorProgram:
@@ -92,6 +96,11 @@ class DirectorProgram:
         self.state_file = DirectorStateFile(
             options.state_file, backend=backend.name, source=source.description
         )
+        self.metrics = ProgramMetrics()
+        self.collector = DirectorCollector(self, self._open_reader)
+        self.metrics.registry.register(self.collector)
+        address = options.metrics_address
+        self.metrics_server = MetricsServer(self.metrics, *address) if address is not None else None
         self.loop = ReconcileLoop(
             self.step,
             ready=lambda: source.ready,
@@ -101,6 +110,7 @@ class DirectorProgram:
             check_seconds=options.check_seconds,
             after=self._after,
             fatal_at_start=(CapabilityError,),  # e.g. a scheduler the backend lacks: exit 2, say why
+            observer=self.metrics,
         )
         self.last_synced: DesiredState | None = None  # as the source gave it (health not applied)
         self._last_source_state: DesiredState | None = None  # the source's value behind last_synced
@@ -161,6 +171,8 @@ class DirectorProgram:
             self.served_vips = _served_vips(desired, unserved)
         self.last_synced = raw
         self.last_result = result
+        self.metrics.applied(result.applied)
+        self.metrics.error("refused", len(result.new_failures))
         self._log(result)
         held = result.held
         changes, more = self.health.changes()
@@ -298,6 +310,30 @@ class DirectorProgram:
     def _daemon_changed(self) -> None:  # keepalived's role, bird's sessions: for kubelvs status
         asyncio.get_running_loop().create_task(asyncio.to_thread(self._write_state))
 
+    # ------------------------------------------------------------------ what /metrics shows
+
+    def _open_reader(self) -> Backend:
+        """The metrics' own backend on the same table (the in-memory one of the tests
+        cannot be opened twice: it is shared)."""
+        name = self.backend.name
+        if name in ("ipvs", "nftables"):
+            return open_backend(name, netns=self.options.netns)  # type: ignore[arg-type]
+        return self.backend
+
+    def health_by_realserver(self) -> dict[tuple[ServiceKey, RealServerKey], int | None]:
+        """Checked real servers: 1 up, 0 down, None not known yet."""
+        states = dict(self.health.checker.states)
+        verdicts = {Status.UP: 1, Status.DOWN: 0}
+        out: dict[tuple[ServiceKey, RealServerKey], int | None] = {}
+        for key, pairs in self.health.overlay.pairs().items():
+            for rs_key, target in pairs:
+                state = states.get(target)
+                out[(key, rs_key)] = None if state is None else verdicts.get(state.status)
+        return out
+
+    def source_gauges(self) -> SourceGauges:
+        return self.source.gauges()
+
     # ------------------------------------------------------------------ running
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -311,6 +347,8 @@ class DirectorProgram:
             asyncio.create_task(self.vrrp.run(stop)),
             asyncio.create_task(self.bgp.run(stop)),
         ]
+        if self.metrics_server is not None:
+            tasks.append(asyncio.create_task(self.metrics_server.serve(stop)))
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({stopped, loop}, return_when=asyncio.FIRST_COMPLETED)
         for task in [*tasks, stopped]:
@@ -330,6 +368,7 @@ class DirectorProgram:
             await self.source.close()
         finally:
             self.health.close()
+            self.collector.close()
             self.backend.close()
 
 

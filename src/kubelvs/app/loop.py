@@ -9,6 +9,10 @@ retried as a full one with backoff; a full step also runs every ``resync`` secon
 at once when ``check()`` says the kernel was changed behind the program's back (asked
 every ``check_seconds`` while waiting; it must be cheap). A step may ask to run again
 sooner (a retry or a held deletion that comes due) by returning the delay.
+
+``observer`` hears of each step (for /metrics): whether it was full, how long it took,
+and how long since the first change it carries was seen (None when no change woke it:
+the resync timer, a retry).
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from ..errors import KubelvsError
 from ..retry import Backoff
 
-__all__ = ["Coalescer", "ReconcileLoop"]
+__all__ = ["Coalescer", "ReconcileLoop", "StepObserver"]
 
 log = logging.getLogger("kubelvs.loop")
 
@@ -58,6 +63,12 @@ class Coalescer:
 Step = Callable[[bool], float | None]
 
 
+class StepObserver(Protocol):
+    def step_done(self, full: bool, seconds: float, since_change: float | None) -> None: ...
+
+    def step_failed(self, exc: KubelvsError) -> None: ...
+
+
 class ReconcileLoop:
     def __init__(
         self,
@@ -71,6 +82,7 @@ class ReconcileLoop:
         check_seconds: float = 1.0,
         after: Callable[[], Awaitable[None]] | None = None,
         fatal_at_start: tuple[type[KubelvsError], ...] = (),
+        observer: StepObserver | None = None,
     ) -> None:
         """``fatal_at_start``: errors that end ``run`` when the FIRST step raises them (the
         director cannot do what its config asks at all: exit instead of retrying forever);
@@ -88,9 +100,13 @@ class ReconcileLoop:
         self.failures = 0
         self.tamper_resyncs = 0  # full steps run because check() said so
         self.last_programmed = 0.0  # time.monotonic() when the last step succeeded
+        self.observer = observer
+        self._changed_at: float | None = None  # the first change not yet taken by a step
 
     def wake(self) -> None:
         """A change came in: run a step soon (after the coalescing delay)."""
+        if self._changed_at is None:
+            self._changed_at = time.monotonic()
         self.coalescer.poke()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -102,10 +118,18 @@ class ReconcileLoop:
         while not stop.is_set():
             if time.monotonic() - last_full >= self.resync:
                 full = True
+            changed_at, self._changed_at = self._changed_at, None  # later changes: the next step's
+            started = time.monotonic()
             try:
                 again = await asyncio.to_thread(self.step, full)
                 self.steps += 1
                 self.last_programmed = time.monotonic()
+                if self.observer is not None:
+                    self.observer.step_done(
+                        full,
+                        self.last_programmed - started,
+                        None if changed_at is None else self.last_programmed - changed_at,
+                    )
                 if full:
                     last_full = time.monotonic()
                 full = False
@@ -117,6 +141,10 @@ class ReconcileLoop:
                 if not self.steps and isinstance(exc, self.fatal_at_start):
                     raise
                 self.failures += 1
+                if self.observer is not None:
+                    self.observer.step_failed(exc)
+                if changed_at is not None and self._changed_at is None:
+                    self._changed_at = changed_at  # not programmed yet: still pending
                 full = True
                 wait = backoff.next()
                 log.error("sync failed, full sync again in %.1f s: %s", wait, exc)

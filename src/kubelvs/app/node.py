@@ -45,6 +45,7 @@ from ..sources.kubernetes.mapping import Mapper, Snapshot, holding_view, vips_fo
 from ..sources.kubernetes.settings import KubeSettings, parse_kubernetes
 from ..sources.kubernetes.source import ObjectSource
 from .loop import ReconcileLoop
+from .metrics import MetricsServer, NodeCollector, ProgramMetrics
 
 __all__ = [
     "FileNodeSource",
@@ -264,6 +265,7 @@ class NodeOptions:
     vip_device: str = "auto"  # auto | lo | dummy
     state_dir: Path = field(default=STATE_DIR)
     resync_seconds: float | None = None  # None: the source's
+    metrics_address: tuple[str, int] | None = None  # --metrics-address; None: no /metrics server
 
 
 def make_agent(options: NodeOptions) -> NodeAgent:
@@ -287,13 +289,24 @@ class NodeProgram:
         self.agent = agent
         self.report = report
         self.last: NodeWant | None = None
+        self.metrics = ProgramMetrics()
+        self.metrics.registry.register(
+            NodeCollector(lambda: len(self.last.vips) if self.last is not None else 0)
+        )
+        address = options.metrics_address
+        self.metrics_server = MetricsServer(self.metrics, *address) if address is not None else None
         self.loop = ReconcileLoop(
             self.step,
             ready=lambda: source.ready,
             resync=options.resync_seconds or source.resync_seconds,
             coalesce=source.coalesce_seconds,
             check=self._drifted,  # a VIP or a sysctl changed behind the agent: repaired at once
+            observer=self.metrics,
         )
+
+    def _vips_held(self) -> int:
+        last = self.last
+        return len(last.vips) if last is not None else 0
 
     def _drifted(self) -> bool:
         last = self.last
@@ -306,6 +319,7 @@ class NodeProgram:
         _warn_changes(self.last, want)
         self.agent.mode = self.options.mode or want.mode
         changes = self.agent.sync(want.vips)
+        self.metrics.count_operations(c.action for c in changes)
         if changes or want != self.last:
             self.report(want, changes)
         self.last = want
@@ -316,6 +330,8 @@ class NodeProgram:
         ``kubelvs node --revert`` meanwhile, is refused instead of fighting this one."""
         with self.agent.hold():
             tasks = [*self.source.start(stop, self.loop.wake), asyncio.create_task(self.loop.run(stop))]
+            if self.metrics_server is not None:
+                tasks.append(asyncio.create_task(self.metrics_server.serve(stop)))
             await stop.wait()
             for task in tasks:
                 task.cancel()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..app.director import DirectorOptions, run_director
 from ..app.logs import setup_logging
+from ..app.metrics import DEFAULT_DIRECTOR_ADDRESS, parse_address
 from ..app.signals import stop_on_signals
 from ..app.state import state_path
 from ..errors import ConfigError, FieldError
@@ -20,7 +21,7 @@ from ..sources.config import load_config
 from ..sources.desired import DesiredSource, DesiredUpdate
 from ..sources.file import ConfigFileSource
 from . import exit_codes
-from .args import add_backend_args, add_log_args
+from .args import add_backend_args, add_log_args, add_metrics_args
 from .render import status_document
 
 __all__ = ["register", "render_text"]
@@ -83,6 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "one number apart on each director)",
     )
     add_backend_args(p)
+    add_metrics_args(p, DEFAULT_DIRECTOR_ADDRESS)
     add_log_args(p)
     p.set_defaults(func=cmd_director)
 
@@ -121,6 +123,7 @@ def cmd_director(args: argparse.Namespace) -> int:
         guard=guard,
         state_file=args.state_file or state_path(args.netns),
         vrrp_priority=args.vrrp_priority,
+        metrics_address=None if args.once else parse_address(args.metrics_address),
     )
 
     async def main() -> None:

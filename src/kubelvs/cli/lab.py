@@ -8,6 +8,7 @@ import os
 import sys
 
 from ..errors import LabError
+from ..lab.spec import AGENT_METRICS_PORT, METRICS_PORT
 from ..lab.topology import DEFAULT_PREFIX, LabSpec, build, down, lab_namespaces, load_info
 from . import exit_codes
 
@@ -40,6 +41,12 @@ def _spec_args(p: argparse.ArgumentParser, *, prefix: str) -> None:
         action="store_true",
         help="the directors move the VIP with VRRP (keepalived): one master holds it, the others take over",
     )
+    p.add_argument(
+        "--metrics",
+        action="store_true",
+        help=f"directors serve Prometheus metrics on :{METRICS_PORT}/metrics, node agents on "
+        f":{AGENT_METRICS_PORT}, in their namespaces",
+    )
     p.add_argument("--vip", default="10.240.0.201")
     p.add_argument("--scheduler", default="rr")
     p.add_argument(
@@ -60,6 +67,7 @@ def _spec(args: argparse.Namespace, **overrides: object) -> LabSpec:
         "router": args.router,
         "vrrp": args.vrrp,
         "bgp": args.bgp,
+        "metrics": args.metrics,
         "vip": args.vip,
         "scheduler": args.scheduler,
         "backend": args.backend,

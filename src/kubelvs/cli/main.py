@@ -9,6 +9,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+from .. import __version__
 from ..bulk import no_gc
 from ..errors import ApplyError, CapabilityError, ConfigError, KubelvsError
 from . import exit_codes
@@ -39,6 +40,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="LVS (IPVS) and nftables load balancing for Kubernetes Services on bare metal.",
     )
     parser.add_argument("--debug", action="store_true", help="print tracebacks of errors")
+    parser.add_argument("--version", action="version", version=f"kubelvs {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     wanted = next((a for a in (argv or ()) if not a.startswith("-")), None)
     modules = [m for m, names in COMMAND_MODULES.items() if wanted in names] or list(COMMAND_MODULES)

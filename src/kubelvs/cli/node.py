@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from ..app.logs import setup_logging
+from ..app.metrics import DEFAULT_NODE_ADDRESS, parse_address
 from ..app.node import (
     FileNodeSource,
     KubernetesNodeSource,
@@ -36,7 +37,7 @@ from ..errors import NodeError
 from ..roles.node import STATE_DIR, Change
 from ..sources.config import load_config
 from . import exit_codes
-from .args import add_log_args
+from .args import add_log_args, add_metrics_args
 
 __all__ = ["cmd_node", "register"]
 
@@ -84,6 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--dry-run", action="store_true", help="print the VIPs this node would hold, touch nothing"
     )
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    add_metrics_args(p, DEFAULT_NODE_ADDRESS)
     add_log_args(p)
     k = p.add_argument_group("Kubernetes (the node agent as a DaemonSet)")
     objects = k.add_mutually_exclusive_group()
@@ -158,6 +160,7 @@ def _options(args: argparse.Namespace) -> NodeOptions:
         vip_device=args.vip_device,
         state_dir=args.state_dir,
         resync_seconds=args.resync,
+        metrics_address=None if args.once else parse_address(args.metrics_address),
     )
 
 

@@ -36,6 +36,10 @@ __all__ = [
 DEFAULT_PREFIX = "kubelvs-lab"
 STATE_ROOT = Path("/run/kubelvs/lab")
 PROXY_TABLE = "kubelvs_lab_proxy"
+#: ``--metrics``: where the lab's directors and agents serve /metrics (all addresses of
+#: their namespaces: the client's namespace can scrape them over the lab's network).
+METRICS_PORT = 9565
+AGENT_METRICS_PORT = 9566
 KUBECTL_FILE = "kubectl.json"  # in the state directory: the lab's Service for kubelvs doctor
 SEGMENT = ipaddress.ip_network("10.240.0.0/24")
 CLIENT_NET = ipaddress.ip_network("192.168.58.0/24")
@@ -108,6 +112,7 @@ class LabSpec:
     bgp: bool = False  # the directors announce the VIP to the router by BGP (bird), ECMP over them
     flags: tuple[str, ...] = ()  # the Service's scheduler flags, e.g. ("mh-port",)
     extra_config: str = ""  # more top-level YAML for the director's config (scenarios' variants)
+    metrics: bool = False  # directors and agents serve /metrics on their lab addresses (else none)
 
     def check(self) -> None:
         """Raise LabError naming the field when the spec cannot be built."""

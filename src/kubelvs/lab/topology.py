@@ -45,10 +45,12 @@ from ..kernel.netns import entered
 from .kube import lab_kubectl_json
 from .netlab import Lab
 from .spec import (
+    AGENT_METRICS_PORT,
     CLIENT_NET,
     DEFAULT_PREFIX,
     KUBECTL_FILE,
     LAB_TIMEOUTS,
+    METRICS_PORT,
     PROXY_TABLE,
     READY_TIMEOUT,
     SEGMENT,
@@ -120,6 +122,8 @@ class RunningLab:
             "--poll",
             "0.3",
             *(("--vrrp-priority", str(vrrp_priority(name))) if self.info.spec.vrrp else ()),
+            "--metrics-address",
+            f"0.0.0.0:{METRICS_PORT}" if self.info.spec.metrics else "off",
             log=self.log(f"director-{name}"),
         )
         self.info.pids[f"director {name}"] = proc.pid
@@ -140,6 +144,8 @@ class RunningLab:
             str(Path(self.info.state_dir) / "node-state" / node),
             "--poll",
             "1",
+            "--metrics-address",
+            f"0.0.0.0:{AGENT_METRICS_PORT}" if self.info.spec.metrics else "off",
             log=self.log(f"agent-{node}"),
         )
         self.info.pids[f"agent {node}"] = proc.pid

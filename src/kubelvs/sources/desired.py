@@ -17,15 +17,15 @@ Sources never touch the kernel and never decide what to change: they say what is
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..model import DesiredState, ServiceKey
 from .bgp import BgpSpec
 from .vrrp import VrrpSpec
 
-__all__ = ["DesiredSource", "DesiredUpdate", "SyncOutcome"]
+__all__ = ["DesiredSource", "DesiredUpdate", "SourceGauges", "SyncOutcome"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +65,14 @@ class SyncOutcome:
     no_healthy: frozenset[ServiceKey] = frozenset()  # every checked real server down (fail open)
 
 
+@dataclass(frozen=True, slots=True)
+class SourceGauges:
+    """What a source shows on ``/metrics`` (the config file: nothing)."""
+
+    watch_restarts: Mapping[str, int] = field(default_factory=dict)  # per kind of object
+    ipam: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # pool -> (in use, free)
+
+
 class DesiredSource(Protocol):
     description: str
     """How the source is named in logs, e.g. ``config file lb.yaml``."""
@@ -94,6 +102,10 @@ class DesiredSource(Protocol):
 
     async def after_sync(self, outcome: SyncOutcome) -> None:
         """Called on the event loop after every sync, failed or not."""
+        ...
+
+    def gauges(self) -> SourceGauges:
+        """For ``/metrics``, read at scrape time from another thread: cheap, no I/O."""
         ...
 
     async def close(self) -> None: ...

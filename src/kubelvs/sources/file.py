@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import KubelvsError
 from ..model import DesiredState
 from .config import Config, load_config, to_desired
-from .desired import DesiredUpdate, SyncOutcome
+from .desired import DesiredUpdate, SourceGauges, SyncOutcome
 
 __all__ = ["ConfigFileSource", "config_guard", "file_stamp"]
 
@@ -129,6 +129,9 @@ class ConfigFileSource:
 
     async def after_sync(self, outcome: SyncOutcome) -> None:
         pass
+
+    def gauges(self) -> SourceGauges:
+        return SourceGauges()
 
     async def close(self) -> None:
         pass

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ...model import DesiredState, ServiceKey
 from ..config import Config, to_desired
-from ..desired import DesiredUpdate, SyncOutcome
+from ..desired import DesiredUpdate, SourceGauges, SyncOutcome
 from ..file import config_guard
 from .api import KubeApi
 from .leader import LeaderElector
@@ -151,6 +151,12 @@ class KubernetesSource:
             vrrp=self.config.vrrp,
             bgp=self.config.bgp,
             notes=_notes(result),
+        )
+
+    def gauges(self) -> SourceGauges:
+        return SourceGauges(
+            watch_restarts={kind: max(st.watches - 1, 0) for kind, st in self.objects.stats.items()},
+            ipam=self.mapper.ipam_usage(),
         )
 
     async def after_sync(self, outcome: SyncOutcome) -> None:

@@ -88,6 +88,17 @@ class Mapper:
         self._frag_events: dict[ObjectId, tuple[EventSpec, ...]] = {}
         self._conflicts: dict[ObjectId, tuple[EventSpec, ...]] = {}
         self.recomputed = 0  # Services recomputed by the last ``map`` call (for tests and the benchmark)
+        self.allocated: IpamResult | None = None  # the last allocation (never None again once made)
+
+    def ipam_usage(self) -> dict[str, tuple[int, int]]:
+        """Per pool: addresses in use, free (for /metrics)."""
+        allocated = self.allocated
+        used = {a for addrs in allocated.assigned.values() for a in addrs} if allocated is not None else set()
+        usage = {}
+        for pool in self.settings.pools:
+            in_use = sum(1 for a in used if a in pool)
+            usage[pool.name] = (in_use, pool.size() - in_use)
+        return usage
 
     def map(self, snap: Snapshot, *, full: bool = False) -> MappingResult:
         """``full``: map the whole snapshot even when it carries the changes (the
@@ -142,7 +153,7 @@ class Mapper:
                 self._ipam = None
             self._ipam_keys = keys
         if self._ipam is None:
-            ipam = self._ipam = allocate(snap.services.values(), settings)
+            ipam = self._ipam = self.allocated = allocate(snap.services.values(), settings)
             if incremental and old_ipam is not None:
                 old = old_ipam.assigned
                 dirty |= {s for s in old.keys() | ipam.assigned.keys() if old.get(s) != ipam.assigned.get(s)}
