@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from kubelvs.backends.memory import MemoryBackend
 from kubelvs.planner import service_of
 
@@ -196,5 +198,40 @@ def test_exhausted_pool_event_through_the_api() -> None:
         assert ev["involvedObject"]["name"] == "lb2"
         assert ev["message"] == "no free address in pool(s) tiny (2 addresses, all in use)"
         await d.close()
+
+    run(body)
+
+
+def test_metrics_show_the_pools_and_the_watch_restarts() -> None:
+    """/metrics of a Kubernetes director: a pool's addresses in use and free follow the
+    LoadBalancer Services; a watch the API server drops is counted when it restarts."""
+
+    def sample(d: DirectorStack, name: str, **labels: str) -> float | None:
+        assert d.program is not None
+        for family in text_string_to_metric_families(d.program.metrics.page().decode()):
+            for s in family.samples:
+                if s.name == name and labels.items() <= s.labels.items():
+                    return float(s.value)
+        return None
+
+    async def body(server: FakeApiServer) -> None:
+        whoami(server)
+        section = {"lb_pools": [{"name": "tiny", "cidrs": ["10.240.0.240/29"]}]}  # 6 usable addresses
+        server.put(k.service("lb0", type="LoadBalancer", created="2026-11-21T00:00:00Z"))
+        d = DirectorStack(server.url, settings(section), identity="d1")
+        await d.start()
+        try:
+            await until(lambda: sample(d, "kubelvs_ipam_addresses", pool="tiny", state="in_use") == 1)
+            assert sample(d, "kubelvs_ipam_addresses", pool="tiny", state="free") == 5
+            server.put(k.service("lb1", type="LoadBalancer", created="2026-11-21T00:00:01Z"))
+            await until(lambda: sample(d, "kubelvs_ipam_addresses", pool="tiny", state="in_use") == 2)
+            assert sample(d, "kubelvs_ipam_addresses", pool="tiny", state="free") == 4
+            assert sample(d, "kubelvs_kubernetes_watch_restarts_total", kind="Service") == 0
+            server.drop_watches()
+            await until(
+                lambda: (sample(d, "kubelvs_kubernetes_watch_restarts_total", kind="Service") or 0) >= 1
+            )
+        finally:
+            await d.close()
 
     run(body)

@@ -45,7 +45,7 @@ def _free_port() -> int:
 
 def _scrape(port: int) -> tuple[str, Samples]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        assert reply.headers["Content-Type"].startswith("text/plain; version=")
+        assert reply.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
         text = reply.read().decode()
     samples: Samples = {}
     for family in text_string_to_metric_families(text):

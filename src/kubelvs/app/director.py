@@ -99,6 +99,7 @@ class DirectorProgram:
         self.metrics = ProgramMetrics()
         self.collector = DirectorCollector(self, self._open_reader)
         self.metrics.registry.register(self.collector)
+        self.metrics.pages.append(self.collector.render_kernel)
         address = options.metrics_address
         self.metrics_server = MetricsServer(self.metrics, *address) if address is not None else None
         self.loop = ReconcileLoop(

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 
 from .. import __version__
 from ..backends import Backend
@@ -98,8 +98,8 @@ _OPERATION_NAMES: Mapping[type, str] = {
 #: keepalived_exporter's numbers for a VRRP instance's state.
 VRRP_STATES = {"INIT": 0, "BACKUP": 1, "MASTER": 2, "FAULT": 3}
 
-_SERVICE_LABELS = ("local_address", "local_port", "local_mark", "proto", "service")
-_REALSERVER_LABELS = (*_SERVICE_LABELS[:4], "remote_address", "remote_port", "service")
+#: The classic text format (what prometheus_client and node_exporter serve by default).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def parse_address(text: str, *, field_name: str = "--metrics-address") -> tuple[str, int] | None:
@@ -141,6 +141,11 @@ class ProgramMetrics:
         self.errors = Counter("kubelvs_errors", "Errors, by kind.", ["kind"], registry=r)
         build = Gauge("kubelvs_build_info", "The running kubelvs version.", ["version"], registry=r)
         build.labels(version=__version__).set(1)
+        self.pages: list[Callable[[], bytes]] = []  # parts of the page written without the registry
+
+    def page(self) -> bytes:
+        """The whole /metrics page, read now."""
+        return generate_latest(self.registry) + b"".join(part() for part in self.pages)
 
     def step_done(self, full: bool, seconds: float, since_change: float | None) -> None:
         self.sync_duration.labels(kind="full" if full else "partial").observe(seconds)
@@ -216,17 +221,24 @@ class DirectorCollector:
             self._reader = None
 
     def collect(self) -> Iterator[Metric]:
+        """The announcers' and the source's families (few: prometheus_client renders them)."""
+        yield from self._daemons()
+        yield from self._source(self.program.source_gauges())
+
+    def render_kernel(self) -> bytes:
+        """The per-service and per-real-server families, read from the kernel now and
+        written straight in the text format: prometheus_client's renderer validates
+        and escapes every label of every sample (about 20 us per sample here: 400 ms
+        for 100 VIPs x 20 real servers); these labels are known good, and each label
+        set is built once per real server instead of once per sample."""
         with self._lock:
             try:
                 observed = self._read()
             except KubelvsError as exc:
                 log.warning("metrics: reading the kernel: %s", exc)
                 self.program.metrics.error("metrics_read")
-                observed = None
-            if observed is not None:
-                yield from self._kernel(observed)
-        yield from self._daemons()
-        yield from self._source(self.program.source_gauges())
+                return b""
+            return self._kernel(observed).encode()
 
     def _read(self) -> ObservedState:
         if self._reader is None:
@@ -238,7 +250,7 @@ class DirectorCollector:
             self._reader = None
             raise
 
-    def _kernel(self, observed: ObservedState) -> Iterator[Metric]:
+    def _kernel(self, observed: ObservedState) -> str:
         program = self.program
         desired = program.last_synced
         owns = desired.ownership.owns if desired is not None else None
@@ -247,58 +259,19 @@ class DirectorCollector:
         draining = program.director.drains.keys()
         stats = {pair: st for pair, st in observed.stats.items() if owns is None or owns(pair[0])}
         self._totals.update(stats)
-
-        vs_conns = CounterMetricFamily(
-            "kubelvs_virtual_service_connections",
-            "Connections scheduled to the virtual service's real servers.",
-            labels=_SERVICE_LABELS,
-        )
-        vs_packets = CounterMetricFamily(
-            "kubelvs_virtual_service_packets",
-            "Packets of the virtual service (out: replies seen by the director, NAT only).",
-            labels=(*_SERVICE_LABELS, "direction"),
-        )
-        vs_bytes = CounterMetricFamily(
-            "kubelvs_virtual_service_bytes",
-            "Bytes of the virtual service.",
-            labels=(*_SERVICE_LABELS, "direction"),
-        )
-        rs_conns_total = CounterMetricFamily(
-            "kubelvs_realserver_scheduled_connections",
-            "Connections scheduled to the real server.",
-            labels=_REALSERVER_LABELS,
-        )
-        rs_packets = CounterMetricFamily(
-            "kubelvs_realserver_packets",
-            "Packets to (in) and from (out) the real server.",
-            labels=(*_REALSERVER_LABELS, "direction"),
-        )
-        rs_bytes = CounterMetricFamily(
-            "kubelvs_realserver_bytes",
-            "Bytes to (in) and from (out) the real server.",
-            labels=(*_REALSERVER_LABELS, "direction"),
-        )
-        rs_conns = GaugeMetricFamily(
-            "kubelvs_realserver_connections",
-            "Connections in the director's table (IPVS; nftables keeps none): active "
-            "(established) and inactive (others).",
-            labels=(*_REALSERVER_LABELS, "state"),
-        )
-        rs_weight = GaugeMetricFamily(
-            "kubelvs_realserver_weight", "The real server's weight in the kernel.", labels=_REALSERVER_LABELS
-        )
-        rs_up = GaugeMetricFamily(
-            "kubelvs_realserver_up",
-            "1 when the real server passes its health check (or has none), 0 when it fails "
-            "it; absent until its first verdict.",
-            labels=_REALSERVER_LABELS,
-        )
-        rs_draining = GaugeMetricFamily(
-            "kubelvs_realserver_draining",
-            "1 while the real server drains (weight 0, deleted once without connections "
-            "or at the drain timeout).",
-            labels=_REALSERVER_LABELS,
-        )
+        out: dict[str, list[str]] = {name: [] for name in _KERNEL_FAMILIES}  # family -> its samples
+        (
+            vs_conns,
+            vs_packets,
+            vs_bytes,
+            rs_sched,
+            rs_packets,
+            rs_bytes,
+            rs_conns,
+            rs_weight,
+            rs_up,
+            rs_draining,
+        ) = out.values()
         for key, vs in observed.services.items():
             if owns is not None and not owns(key):
                 continue
@@ -309,26 +282,29 @@ class DirectorCollector:
             for rs in vs.realservers:
                 st = stats.get((key, rs.key), _ZERO)
                 total.add(st)
-                labels = [*base[:4], str(rs.address), str(rs.port), base[4]]
-                rs_conns_total.add_metric(labels, st.conns)
-                rs_packets.add_metric([*labels, "in"], st.in_packets)
-                rs_packets.add_metric([*labels, "out"], st.out_packets)
-                rs_bytes.add_metric([*labels, "in"], st.in_bytes)
-                rs_bytes.add_metric([*labels, "out"], st.out_bytes)
-                rs_conns.add_metric([*labels, "active"], st.active_conns)
-                rs_conns.add_metric([*labels, "inactive"], st.inactive_conns)
-                rs_weight.add_metric(labels, rs.weight)
+                labels = f'{base},remote_address="{rs.address}",remote_port="{rs.port}"'
+                rs_sched.append(f"{{{labels}}} {st.conns}")
+                rs_packets.append(f'{{{labels},direction="in"}} {st.in_packets}')
+                rs_packets.append(f'{{{labels},direction="out"}} {st.out_packets}')
+                rs_bytes.append(f'{{{labels},direction="in"}} {st.in_bytes}')
+                rs_bytes.append(f'{{{labels},direction="out"}} {st.out_bytes}')
+                rs_conns.append(f'{{{labels},state="active"}} {st.active_conns}')
+                rs_conns.append(f'{{{labels},state="inactive"}} {st.inactive_conns}')
+                rs_weight.append(f"{{{labels}}} {rs.weight}")
                 up = health.get((key, rs.key), 1)
                 if up is not None:
-                    rs_up.add_metric(labels, up)
-                rs_draining.add_metric(labels, 1 if (key, rs.key) in draining else 0)
-            vs_conns.add_metric(base, total.conns)
-            vs_packets.add_metric([*base, "in"], total.in_packets)
-            vs_packets.add_metric([*base, "out"], total.out_packets)
-            vs_bytes.add_metric([*base, "in"], total.in_bytes)
-            vs_bytes.add_metric([*base, "out"], total.out_bytes)
-        yield from (vs_conns, vs_packets, vs_bytes, rs_conns_total, rs_packets, rs_bytes)
-        yield from (rs_conns, rs_weight, rs_up, rs_draining)
+                    rs_up.append(f"{{{labels}}} {up}")
+                rs_draining.append(f"{{{labels}}} {1 if (key, rs.key) in draining else 0}")
+            vs_conns.append(f"{{{base}}} {total.conns}")
+            vs_packets.append(f'{{{base},direction="in"}} {total.in_packets}')
+            vs_packets.append(f'{{{base},direction="out"}} {total.out_packets}')
+            vs_bytes.append(f'{{{base},direction="in"}} {total.in_bytes}')
+            vs_bytes.append(f'{{{base},direction="out"}} {total.out_bytes}')
+        page: list[str] = []
+        for name, (kind, text) in _KERNEL_FAMILIES.items():
+            page.append(f"# HELP {name} {text}\n# TYPE {name} {kind}\n")
+            page.extend(f"{name}{line}\n" for line in out[name])
+        return "".join(page)
 
     def _daemons(self) -> Iterator[Metric]:
         program = self.program
@@ -372,9 +348,52 @@ class DirectorCollector:
 _ZERO = RealServerStats()
 
 
-def _service_labels(key: ServiceKey, name: str) -> list[str]:
+#: The kernel's families: name -> (type, help), in page order.
+_KERNEL_FAMILIES: Mapping[str, tuple[str, str]] = {
+    "kubelvs_virtual_service_connections_total": (
+        "counter",
+        "Connections scheduled to the virtual service's real servers (IPVS; nftables keeps "
+        "no connection table).",
+    ),
+    "kubelvs_virtual_service_packets_total": (
+        "counter",
+        "Packets of the virtual service: in (to real servers), out (replies through the director: NAT).",
+    ),
+    "kubelvs_virtual_service_bytes_total": ("counter", "Bytes of the virtual service, in and out."),
+    "kubelvs_realserver_scheduled_connections_total": (
+        "counter",
+        "Connections scheduled to the real server.",
+    ),
+    "kubelvs_realserver_packets_total": ("counter", "Packets to (in) and from (out) the real server."),
+    "kubelvs_realserver_bytes_total": ("counter", "Bytes to (in) and from (out) the real server."),
+    "kubelvs_realserver_connections": (
+        "gauge",
+        "Connections in the director's table (IPVS): active (established) and inactive (others).",
+    ),
+    "kubelvs_realserver_weight": ("gauge", "The real server's weight in the kernel."),
+    "kubelvs_realserver_up": (
+        "gauge",
+        "1 when the real server passes its health check (or has none), 0 when it fails it; "
+        "absent until its first verdict.",
+    ),
+    "kubelvs_realserver_draining": (
+        "gauge",
+        "1 while the real server drains (weight 0, deleted once without connections or at "
+        "the drain timeout).",
+    ),
+}
+
+
+def _service_labels(key: ServiceKey, name: str) -> str:
+    """node_exporter's labels of a virtual service, plus its name (escaped: a config file's
+    names are free text)."""
     address = "" if key.address is None else str(key.address)
-    return [address, str(key.port), str(key.fwmark) if key.fwmark else "", key.protocol.name, name]
+    mark = str(key.fwmark) if key.fwmark else ""
+    name = name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return (
+        f'local_address="{address}",local_port="{key.port}",local_mark="{mark}",'
+        f'proto="{key.protocol.name}",service="{name}"'
+    )
 
 
 class NodeCollector:
@@ -433,5 +452,5 @@ class MetricsServer:
             await runner.cleanup()
 
     async def _scrape(self, request: web.Request) -> web.Response:
-        body = await asyncio.to_thread(generate_latest, self.program_metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body = await asyncio.to_thread(self.program_metrics.page)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
