@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -97,16 +99,42 @@ def test_lab_metrics_follow_the_kernel_and_the_config(backend: str, prefix: str)
     agent = _scrape(prefix, f"http://10.240.0.101:{AGENT_METRICS_PORT}/metrics")
     assert _value(agent, "kubelvs_node_vips") == 1
 
+    # kubelvs top --once, while requests flow: the VIP by name, both real servers moving.
+    done = threading.Event()
+
+    def flow() -> None:
+        while not done.is_set():
+            _requests(prefix, 10)
+
+    with ThreadPoolExecutor(1) as pool:
+        flowing = pool.submit(flow)
+        try:
+            time.sleep(0.5)
+            where = ("--netns", info.directors["dir1"], "--backend", backend)
+            top = _kubelvs("top", "--once", "-o", "json", *where)
+            table = _kubelvs("top", "--once", *where)
+        finally:
+            done.set()
+        flowing.result()
+    assert top.returncode == 0 and table.returncode == 0, top.stderr + table.stderr
+    (row,) = json.loads(top.stdout)["services"]
+    assert (row["what"], row["name"]) == ("TCP 10.240.0.201:80", "whoami")
+    assert row["in_packets_per_s"] > 0 and row["in_bits_per_s"] > 0
+    assert sorted(rs["what"] for rs in row["realservers"]) == [f"{n}:80" for n in NODES]
+    assert all(rs["weight"] == 1 for rs in row["realservers"])
+    assert row["in_packets_per_s"] == pytest.approx(sum(rs["in_packets_per_s"] for rs in row["realservers"]))
+    assert "TCP 10.240.0.201:80" in table.stdout and "whoami" in table.stdout and "PKT/s IN" in table.stdout
+
     # A config edit: node2 leaves (no drain), node1's weight goes to 3. /metrics follows,
     # the event is counted as programmed, and the virtual service's totals keep what
     # node2 had counted.
     config = Path(info.config)
-    text = config.read_text()
-    edited = text.replace(
+    original = config.read_text()
+    edited = original.replace(
         "      - address: 10.240.0.101\n      - address: 10.240.0.102\n",
         "      - {address: 10.240.0.101, weight: 3}\n",
     )
-    assert edited != text
+    assert edited != original
     config.write_text("graceful: false\n" + edited)
     deadline = time.monotonic() + 60
     while True:

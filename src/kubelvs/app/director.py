@@ -25,9 +25,10 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from ..backends import Backend, BackendName, open_backend
 from ..errors import BackendError, CapabilityError
@@ -123,6 +124,8 @@ class DirectorProgram:
         self._sync_ensured: ConnectionSync | None = None  # the connection sync last made sure of
         self._bgp_spec: BgpSpec | None = None
         self.served_vips: frozenset[str] = frozenset()  # VIPs programmed with a real server to take traffic
+        self.realserver_names: Mapping[str, str] = {}
+        self._names: tuple[DesiredState | None, Mapping[str, str], dict[str, object]] = (None, {}, {})
         self.bgp = BgpAnnouncer(
             _runtime_dir(options.state_file), netns=options.netns, on_change=self._daemon_changed
         )
@@ -142,6 +145,7 @@ class DirectorProgram:
         self._outcome = SyncOutcome(synced=False, failing=self._failing())
         update = self.source.current(full=full)
         self._vrrp_spec, self._bgp_spec = update.vrrp, update.bgp
+        self.realserver_names = update.realserver_names
         self._sync_connections(update.vrrp, full)
         same = update.desired is self._last_source_state and not full  # nothing new from the source
         self._last_source_state = update.desired
@@ -301,12 +305,25 @@ class DirectorProgram:
         await self.source.after_sync(self._outcome)
 
     def _write_state(self) -> None:
-        daemons = {}
+        extra: dict[str, Any] = {"names": self._names_document()}
         if self._vrrp_spec is not None:
-            daemons["vrrp"] = self.vrrp.document()
+            extra["vrrp"] = self.vrrp.document()
         if self._bgp_spec is not None:
-            daemons["bgp"] = self.bgp.document()
-        self.state_file.write(self.director, self.health, daemons)
+            extra["bgp"] = self.bgp.document()
+        self.state_file.write(self.director, self.health, extra)
+
+    def _names_document(self) -> dict[str, object]:
+        """What users call the services and real servers (``kubelvs top``, ``status``):
+        built again only when the desired state or the names changed."""
+        desired, nodes, doc = self._names
+        if desired is not self.last_synced or nodes is not self.realserver_names:
+            services = self.last_synced.services if self.last_synced is not None else {}
+            doc = {
+                "services": {str(k): vs.name for k, vs in services.items() if vs.name},
+                "realservers": dict(self.realserver_names),
+            }
+            self._names = (self.last_synced, self.realserver_names, doc)
+        return doc
 
     def _daemon_changed(self) -> None:  # keepalived's role, bird's sessions: for kubelvs status
         asyncio.get_running_loop().create_task(asyncio.to_thread(self._write_state))

@@ -57,14 +57,14 @@ class DirectorStateFile:
         self,
         director: Director,
         health: DirectorHealth | None = None,
-        daemons: dict[str, Any] | None = None,  # "vrrp", "bgp": the helper daemons' documents
+        extra: dict[str, Any] | None = None,  # "names", "vrrp", "bgp": documents of the program
     ) -> None:
         if self.path is None:
             return
         doc = self.document(director)
         if health is not None:
             doc["health"] = health.document()
-        doc.update(daemons or {})
+        doc.update(extra or {})
         if doc == self._last:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -203,6 +203,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     )  # imported where used: see the note at the imports
 
     director = read_director_state(args.state_file or state_path(args.netns))
+    if not names and director is not None:  # the running director's names (Kubernetes: namespace/name)
+        named = (director.get("names") or {}).get("services") or {}
+        names = {ServiceKey.parse(k): v for k, v in named.items()}
     if args.output == "json":
         import json  # imported where used: see the note at the imports
 

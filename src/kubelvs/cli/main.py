@@ -27,6 +27,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "kubelvs.cli.node": ("node",),
     "kubelvs.cli.doctor": ("doctor",),
     "kubelvs.cli.lab": ("lab", "demo"),
+    "kubelvs.cli.top": ("top",),
 }
 
 

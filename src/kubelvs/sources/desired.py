@@ -49,6 +49,9 @@ class DesiredUpdate:
     """The config's ``bgp:``: the director announces the VIPs it serves (bird)."""
     notes: tuple[str, ...] = ()
     """Lines for a dry run: Events the source would post, status it would write."""
+    realserver_names: Mapping[str, str] = field(default_factory=dict)
+    """Real servers' addresses -> what users call them (Kubernetes: the Node's name), for
+    ``kubelvs top`` and ``status``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,6 +151,7 @@ class KubernetesSource:
             vrrp=self.config.vrrp,
             bgp=self.config.bgp,
             notes=_notes(result),
+            realserver_names=self.mapper.node_names(),
         )
 
     def gauges(self) -> SourceGauges:

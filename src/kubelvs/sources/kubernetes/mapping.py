@@ -90,6 +90,10 @@ class Mapper:
         self.recomputed = 0  # Services recomputed by the last ``map`` call (for tests and the benchmark)
         self.allocated: IpamResult | None = None  # the last allocation (never None again once made)
 
+    def node_names(self) -> dict[str, str]:
+        """Eligible nodes' addresses -> their Node names."""
+        return {str(a): t.name for t in self._targets for a in (t.v4, t.v6) if a is not None}
+
     def ipam_usage(self) -> dict[str, tuple[int, int]]:
         """Per pool: addresses in use, free (for /metrics)."""
         allocated = self.allocated
