@@ -19,14 +19,16 @@ APT_DEMO  := python3 python3-venv iproute2 nftables procps kmod
 # virtme-ng's initramfs, `file` (virtme-ng reads the kernel's version with it), udev
 # (virtme-ng's guest init needs udevd for its command channel: without it vng prints
 # nothing and fails); keepalived and bird2: the director's VRRP and BGP (tests/ha, the HA scenarios;
-# their own system services are not used).
+# their own system services are not used); mmdebstrap, umoci: make image (the OCI image), runc: the
+# test that runs it.
 APT_TEST  := $(APT_DEMO) conntrack ipvsadm net-tools qemu-system-x86 busybox-static file udev keepalived \
-             bird2
+             bird2 mmdebstrap umoci runc
 # The benchmarks in the VM: the data path (bench-dr).
 APT_BENCH := $(APT_TEST) iperf3 wrk curl
 
 .PHONY: setup setup-test setup-check setup-bench apt-demo apt-test apt-bench \
-        test test-machine test-vm check demo demo-ipvs bench bench-dr bench-health bench-faults bench-ha clean
+        test test-machine test-vm check demo demo-ipvs image bench bench-dr bench-health bench-faults bench-ha \
+        bench-metrics clean
 
 ## Set-up. The apt-* steps cost a dpkg query when everything is there; the virtualenv
 ## stamps are rebuilt when pyproject.toml changes.
@@ -111,6 +113,15 @@ bench-ha: setup-test
 	scripts/vm-run -- $(PY) bench/ha.py --backend ipvs --out bench/results
 	scripts/vm-run -- $(PY) bench/ipvs_order.py --services 1000 10000 --out bench/results
 
+## The container image, as an OCI archive: dist/kubelvs-VERSION.oci.tar (scripts/image says how).
+image: setup-test
+	scripts/image dist
+
+## A /metrics scrape of 100 VIPs x 20 real servers: nftables here, IPVS in the VM.
+bench-metrics: setup-test
+	$(PY) bench/metrics_scrape.py --backend nftables --out bench/results
+	scripts/vm-run -- $(PY) bench/metrics_scrape.py --backend ipvs --out bench/results
+
 bench-faults: setup-test
 	$(PY) bench/faults.py --backend nftables --out bench/results
 	scripts/vm-run -- $(PY) bench/faults.py --backend ipvs --out bench/results
@@ -126,4 +137,4 @@ bench-dr: setup-bench
 ## The VM's unpacked kernel stays in $XDG_CACHE_HOME/kubelvs/vm-kernel (~/.cache/...; outside
 ## the repository, ~400 MB per kernel version): delete that directory to reclaim it.
 clean:
-	rm -rf $(VENV) .vmtmp
+	rm -rf $(VENV) .vmtmp dist

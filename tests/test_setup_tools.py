@@ -74,6 +74,9 @@ PROGRAMS: dict[str, Program] = {
     ),
     "bird": Program("bird2", "test", "the director's BGP (app/bgp.py), the lab's router, tests/ha"),
     "birdc": Program("bird2", "test", "the director asks bird for its sessions and reloads it"),
+    "mmdebstrap": Program("mmdebstrap", "test", "scripts/image: the image's Debian root filesystem"),
+    "umoci": Program("umoci", "test", "scripts/image assembles the OCI image; its test unpacks it"),
+    "runc": Program("runc", "test", "tests/packaging runs the image's entry point"),
     "curl": Program("curl", "bench", "make bench-dr checks each path with it"),
     "kubectl": Program("", "optional", "doctor collect, only when a cluster is configured"),
 }
