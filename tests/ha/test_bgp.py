@@ -25,6 +25,7 @@ from kubelvs.sources.config import parse_config
 from kubelvs.sources.file import ConfigFileSource
 
 from ..unit.test_director_program import until
+from .said import said
 
 SPEC = BgpSpec(
     local_as=64512,
@@ -142,9 +143,12 @@ def test_parse_protocols() -> None:
     }
 
 
-def test_the_director_announces_only_vips_it_can_serve(tmp_path: Path) -> None:
+def test_the_director_announces_only_vips_it_can_serve(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A VIP whose real servers all have weight 0 is not announced; the IPVS active-active
-    sysctls are recommended with ``bgp:`` (checked on the memory backend named ipvs)."""
+    sysctls are recommended with ``bgp:`` (checked on the memory backend named ipvs). What
+    is announced or withdrawn is said on each service (a log line; an Event with Kubernetes)."""
     config = tmp_path / "lb.yaml"
     config.write_text(
         "owned_cidrs: [10.240.0.0/24]\n"
@@ -158,15 +162,32 @@ def test_the_director_announces_only_vips_it_can_serve(tmp_path: Path) -> None:
     backend = MemoryBackend()
     backend.name = "ipvs"
 
-    async def main() -> frozenset[str]:
+    async def main() -> tuple[frozenset[str], frozenset[str]]:
         program = await start_director(DirectorOptions(), ConfigFileSource(config), backend=backend)
         try:
             await asyncio.to_thread(program.step, True)
-            return program.served_vips
+            first = program.served_vips
+            # 10.240.0.1:80's only real server goes to weight 0: the VIP is withdrawn.
+            config.write_text(
+                config.read_text().replace(
+                    "[{address: 10.240.0.101}]", "[{address: 10.240.0.101, weight: 0}]"
+                )
+            )
+            await program.source.open()  # the file read again
+            await asyncio.to_thread(program.step, True)
+            return first, program.served_vips
         finally:
             await program.close()
 
-    assert asyncio.run(main()) == {"10.240.0.1"}
+    with caplog.at_level("INFO", logger="kubelvs.director"):
+        first, then = asyncio.run(main())
+    assert first == {"10.240.0.1"} and then == set()
+    assert said(caplog) == [
+        ("VIPAnnounced", "TCP 10.240.0.1:80", "10.240.0.1 announced by this director (BGP)"),
+        ("VIPAnnounced", "TCP 10.240.0.1:443", "10.240.0.1 announced by this director (BGP)"),
+        ("VIPWithdrawn", "TCP 10.240.0.1:80", "10.240.0.1 withdrawn by this director (BGP)"),
+        ("VIPWithdrawn", "TCP 10.240.0.1:443", "10.240.0.1 withdrawn by this director (BGP)"),
+    ]
     sysctls = backend.read(sysctls=["net.ipv4.vs.sloppy_tcp"]).sysctls
     assert sysctls.get("net.ipv4.vs.sloppy_tcp") == 1
 

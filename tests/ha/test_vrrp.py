@@ -28,6 +28,7 @@ from kubelvs.sources.file import ConfigFileSource
 from kubelvs.sources.vrrp import VrrpGroupSpec, VrrpSpec
 
 from ..unit.test_director_program import until
+from .said import said
 
 SPEC = VrrpSpec(
     interface="eth0",
@@ -279,3 +280,35 @@ def test_status_shows_the_vrrp_role() -> None:
         },
     }
     assert "  vrrp: kubelvs_51 MASTER for 2m (keepalived pid 42)\n" in director_lines(state)
+
+
+def test_the_director_says_when_it_takes_and_gives_up_the_vips(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """keepalived's notifications (master, backup) become VIPAnnounced / VIPWithdrawn on
+    each service of the instance's VIPs (a log line; an Event with Kubernetes)."""
+    config = tmp_path / "lb.yaml"
+    config.write_text(
+        "owned_cidrs: [10.240.0.0/24]\nrecommended_sysctls: false\n"
+        "vrrp: {interface: eth0, virtual_router_id: 7}\n"
+        "services: [{vip: 10.240.0.1, port: 80, scheduler: rr, realservers: [{address: 10.240.0.101}]}]\n"
+    )
+
+    async def main() -> None:
+        program = await start_director(DirectorOptions(), ConfigFileSource(config), backend=MemoryBackend())
+        try:
+            await asyncio.to_thread(program.step, True)
+            program.vrrp.update(program.source.current(full=True).vrrp, ["10.240.0.1"])
+            (name,) = program.vrrp.vips_of_instances()
+            for state in ("BACKUP", "MASTER", "MASTER", "FAULT"):
+                program.vrrp.roles[name] = (state, time.time())
+                program._vrrp_changed()  # what keepalived's notify FIFO reader calls
+        finally:
+            await program.close()
+
+    with caplog.at_level("INFO", logger="kubelvs.director"):
+        asyncio.run(main())
+    assert said(caplog) == [
+        ("VIPAnnounced", "TCP 10.240.0.1:80", "10.240.0.1 announced by this director (VRRP master)"),
+        ("VIPWithdrawn", "TCP 10.240.0.1:80", "10.240.0.1 withdrawn by this director (VRRP fault)"),
+    ]

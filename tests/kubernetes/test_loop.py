@@ -10,6 +10,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubelvs.backends.memory import MemoryBackend
+from kubelvs.model import RealServerKey, RealServerStats, ServiceKey
 from kubelvs.planner import service_of
 
 from . import k8sobjects as k
@@ -233,5 +234,50 @@ def test_metrics_show_the_pools_and_the_watch_restarts() -> None:
             )
         finally:
             await d.close()
+
+    run(body)
+
+
+def test_every_director_tells_of_its_own_drains_leader_or_not() -> None:
+    """A node leaves while it has connections: each director drains it in its own kernel
+    and, once the connections end, posts DrainFinished on the Service (not only the
+    leader: each drain is that director's) and logs it."""
+
+    async def body(server: FakeApiServer) -> None:
+        whoami(server)
+        a = DirectorStack(server.url, settings(), identity="a")
+        b = DirectorStack(server.url, settings(), identity="b")
+        await a.start()
+        await b.start()
+        try:
+            key = ServiceKey.parse(WHOAMI)
+            node2 = RealServerKey.parse("10.240.0.102:80")
+
+            async def table_has(d: DirectorStack, row: tuple[str, int, int, str] | None) -> None:
+                def there() -> bool:
+                    table = d.backend.table()
+                    return WHOAMI in table and (row is None or row in table[WHOAMI])
+
+                await until(there)
+
+            for d in (a, b):
+                await table_has(d, None)
+                d.backend.set_stats(key, node2, RealServerStats(active_conns=1))
+            server.delete("Node", "", "node2")
+            for d in (a, b):
+                await table_has(d, ("10.240.0.102", 80, 0, "dr"))  # draining: weight 0
+                d.backend.set_stats(key, node2, RealServerStats())
+
+            def finished() -> set[str]:
+                return {e["source"]["host"] for e in server.events if e["reason"] == "DrainFinished"}
+
+            await until(lambda: finished() == {"a", "b"}, timeout=10)
+            ev = next(e for e in server.events if e["reason"] == "DrainFinished")
+            assert ev["type"] == "Normal" and ev["involvedObject"]["name"] == "whoami"
+            assert ev["message"].startswith(f"{WHOAMI}: real server 10.240.0.102:80 removed after draining")
+            assert ev["message"].endswith("(no connections left)")
+        finally:
+            await a.close()
+            await b.close()
 
     run(body)

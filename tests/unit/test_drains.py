@@ -68,9 +68,13 @@ def test_a_leaving_real_server_drains_until_its_connections_end() -> None:
     assert "10.240.0.102" in weights(backend)
     clock.now += DRAIN_POLL
     busy(backend, 102, active=0, inactive=0)
-    director.sync(desired(service((101,))), changed=[])
+    finished = director.sync(desired(service((101,))), changed=[]).drains_finished
     assert weights(backend) == {"10.240.0.101": 1}
     assert not director.drains and director.next_due() is None
+    # Reported once (a DrainFinished Event): the real server, why, and how long it drained.
+    node102 = service((102,)).realservers[0].key
+    assert finished == ((service((101,)).key, node102, "no connections left", 2 * DRAIN_POLL),)
+    assert director.sync(desired(service((101,))), changed=[]).drains_finished == ()
 
 
 def test_a_drain_ends_at_the_timeout_whatever_the_connections() -> None:
@@ -85,8 +89,9 @@ def test_a_drain_ends_at_the_timeout_whatever_the_connections() -> None:
     assert "10.240.0.102" in weights(backend)
     assert director.next_due() == 1.0  # the deadline, sooner than the next poll would be
     clock.now += 1
-    director.sync(desired(service((101,)), timeout=5), changed=[])
+    result = director.sync(desired(service((101,)), timeout=5), changed=[])
     assert weights(backend) == {"10.240.0.101": 1}
+    assert [(why, seconds) for _, _, why, seconds in result.drains_finished] == [("drain timeout", 5)]
 
 
 def test_udp_real_servers_are_deleted_at_once() -> None:
@@ -95,8 +100,9 @@ def test_udp_real_servers_are_deleted_at_once() -> None:
     director.sync(desired(service((101, 102), "udp")))
     key = service((101,), "udp").key
     backend.set_stats(key, service((102,), "udp").realservers[0].key, RealServerStats(active_conns=4))
-    director.sync(desired(service((101,), "udp")), changed=[key])
+    result = director.sync(desired(service((101,), "udp")), changed=[key])
     assert weights(backend) == {"10.240.0.101": 1}
+    assert result.drains_finished == ()  # never drained
 
 
 def test_a_restarted_director_goes_on_with_the_drains_of_the_one_before(tmp_path: Path) -> None:

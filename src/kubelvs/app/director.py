@@ -46,7 +46,7 @@ from ..roles.director import Director, SyncResult
 from ..roles.guard import GuardSettings
 from ..roles.health import Status
 from ..sources.bgp import BgpSpec
-from ..sources.desired import DesiredSource, DesiredUpdate, SourceGauges, SyncOutcome
+from ..sources.desired import DesiredSource, DesiredUpdate, Happening, SourceGauges, SyncOutcome
 from ..sources.vrrp import VrrpSpec
 from .bgp import BgpAnnouncer
 from .health import DirectorHealth
@@ -59,6 +59,9 @@ __all__ = ["DirectorOptions", "DirectorProgram", "run_director", "start_director
 
 log = logging.getLogger("kubelvs.director")
 
+#: Happenings (Events) kept for one after_sync: a VIP withdrawn from 10,000 services is
+#: logged 10,000 times but posted as this many Events.
+MAX_HAPPENINGS = 100
 #: Operations logged one per line after a sync; the rest are counted.
 LOGGED_OPERATIONS = 50
 #: Up to this many virtual services the director reads the kernel back every second to
@@ -125,6 +128,8 @@ class DirectorProgram:
         self._bgp_spec: BgpSpec | None = None
         self.served_vips: frozenset[str] = frozenset()  # VIPs programmed with a real server to take traffic
         self.realserver_names: Mapping[str, str] = {}
+        self._happenings: list[Happening] = []  # for the next after_sync (Events) since the last
+        self._vrrp_roles: dict[str, str] = {}  # keepalived instance -> the state last reported
         self._names: tuple[DesiredState | None, Mapping[str, str], dict[str, object]] = (None, {}, {})
         self.bgp = BgpAnnouncer(
             _runtime_dir(options.state_file), netns=options.netns, on_change=self._daemon_changed
@@ -173,7 +178,18 @@ class DirectorProgram:
             # Not announced: a service the kernel refused, or whose every real server failed
             # its checks (kept in the table, fail open, but another director may do better).
             unserved = self.director.failures.keys() | self.health.overlay.no_healthy
-            self.served_vips = _served_vips(desired, unserved)
+            served = _served_vips(desired, unserved)
+            if served != self.served_vips:
+                self._announced(desired, served - self.served_vips, self.served_vips - served, "BGP")
+            self.served_vips = served
+        for key, rs, why, seconds in result.drains_finished:
+            self._happened(
+                Happening(
+                    key,
+                    "DrainFinished",
+                    f"{key}: real server {rs} removed after draining {seconds:.0f} s ({why})",
+                )
+            )
         self.last_synced = raw
         self.last_result = result
         self.metrics.applied(result.applied)
@@ -302,7 +318,8 @@ class DirectorProgram:
             self.vrrp.update(self._vrrp_spec, vips)
             self.bgp.update(self._bgp_spec, self.served_vips)
         await asyncio.to_thread(self._write_state)
-        await self.source.after_sync(self._outcome)
+        happenings, self._happenings = tuple(self._happenings), []
+        await self.source.after_sync(replace(self._outcome, happenings=happenings))
 
     def _write_state(self) -> None:
         extra: dict[str, Any] = {"names": self._names_document()}
@@ -326,7 +343,55 @@ class DirectorProgram:
         return doc
 
     def _daemon_changed(self) -> None:  # keepalived's role, bird's sessions: for kubelvs status
+        self._vrrp_changed()
         asyncio.get_running_loop().create_task(asyncio.to_thread(self._write_state))
+
+    # ------------------------------------------------------------------ what users are told
+
+    def _happened(self, happening: Happening) -> None:
+        """An Event on the Service (Kubernetes source) and a log line, whatever the source."""
+        log.info(
+            "%s",
+            happening.message,
+            extra={"reason": happening.reason, "service": str(happening.key), "event_type": happening.type},
+        )
+        if len(self._happenings) < MAX_HAPPENINGS:
+            self._happenings.append(happening)
+
+    def _announced(
+        self, desired: DesiredState, added: Iterable[str], removed: Iterable[str], via: str
+    ) -> None:
+        """VIPs this director started or stopped announcing: said on each of their services."""
+        by_vip: dict[str, list[ServiceKey]] = {}
+        for key in desired.services:
+            if key.address is not None:
+                by_vip.setdefault(str(key.address), []).append(key)
+        last = self.last_synced.services if self.last_synced is not None else {}
+        for key in last:  # a withdrawn VIP's services may have left the desired state
+            if key.address is not None and key not in desired.services:
+                by_vip.setdefault(str(key.address), []).append(key)
+        for vip in sorted(added):
+            for key in by_vip.get(vip, ()):
+                self._happened(Happening(key, "VIPAnnounced", f"{vip} announced by this director ({via})"))
+        for vip in sorted(removed):
+            for key in by_vip.get(vip, ()):
+                self._happened(
+                    Happening(key, "VIPWithdrawn", f"{vip} withdrawn by this director ({via})", "Warning")
+                )
+
+    def _vrrp_changed(self) -> None:
+        """keepalived became master of an instance (it holds its VIPs) or stopped being it."""
+        desired = self.last_synced
+        if desired is None:
+            return
+        vips = self.vrrp.vips_of_instances()
+        for name, (state, _) in list(self.vrrp.roles.items()):
+            before = self._vrrp_roles.get(name)
+            self._vrrp_roles[name] = state
+            was, now = before == "MASTER", state == "MASTER"
+            if was != now:
+                held = vips.get(name, ())
+                self._announced(desired, held if now else (), () if now else held, f"VRRP {state.lower()}")
 
     # ------------------------------------------------------------------ what /metrics shows
 

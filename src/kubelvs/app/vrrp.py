@@ -23,7 +23,7 @@ from typing import Any
 
 from ..sources.vrrp import VrrpSpec
 from .daemon import SupervisedDaemon
-from .keepalived import instances, render
+from .keepalived import Instance, instance_name, instances, render
 
 __all__ = ["KEEPALIVED", "VrrpAnnouncer", "parse_notify"]
 
@@ -57,14 +57,19 @@ class VrrpAnnouncer(SupervisedDaemon):
         self.router_id = router_id
         self.fifo = runtime_dir / "notify.fifo"
         self.roles: dict[str, tuple[str, float]] = {}  # instance -> (state, since: wall time)
+        self.held: list[Instance] = []  # the instances keepalived is configured with
         self._reader: asyncio.Task[None] | None = None
 
     def update(self, spec: VrrpSpec | None, vips: Iterable[str]) -> None:
         """What keepalived should hold now (called after every director step)."""
         held = instances(spec, vips, priority=self.priority) if spec is not None else []
+        self.held = held
         self.set_config(
             render(spec, held, fifo=self.fifo, router_id=self.router_id) if spec and held else None
         )
+
+    def vips_of_instances(self) -> dict[str, tuple[str, ...]]:
+        return {instance_name(i.virtual_router_id): i.vips for i in self.held}
 
     def document(self) -> dict[str, Any]:
         """For the state file (``kubelvs status``)."""

@@ -78,6 +78,9 @@ class SyncResult:
     failures: Mapping[ServiceKey, ServiceFailure] = field(default_factory=dict)  # failing after this sync
     new_failures: tuple[str, ...] = ()  # what this sync could not apply, one line each
     held: HeldDeletion | None = None
+    # Real servers deleted after draining: (service, real server, why: "no connections
+    # left" or "drain timeout"), with how long they drained.
+    drains_finished: tuple[tuple[ServiceKey, RealServerKey, str, float], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -217,8 +220,10 @@ class Director:
             self._observed = None  # unknown now: the next sync reads the kernel
             raise
         finally:
+            draining = self._drains
             self._track_drains(the_plan, keys, desired, now)
         self._clear_converged(the_plan, ops, full, frozenset())
+        finished = _finished_drains(draining, self._drains, ops, expired, now)
         # The picture is ours alone (read for us, or kept from the last sync): update in place.
         self._observed = apply_ops_in_place(observed, ops) if self.keep_picture else None
         return SyncResult(
@@ -228,6 +233,7 @@ class Director:
             deferred=tuple(deferred),
             failures=dict(self._failures),
             held=self.guard.held if self.guard is not None else None,
+            drains_finished=finished,
         )
 
     def _expired(self, desired: DesiredState, now: float) -> frozenset[Pair]:
@@ -317,3 +323,24 @@ class Director:
                 continue
             if key in touched or (full and key not in planned):
                 del self._failures[key]
+
+
+def _finished_drains(
+    before: Mapping[Pair, float],
+    after: Mapping[Pair, float],
+    ops: Iterable[Operation],
+    expired: frozenset[Pair],
+    now: float,
+) -> tuple[tuple[ServiceKey, RealServerKey, str, float], ...]:
+    """The drains that ended with their real server deleted by ``ops`` (not those whose
+    real server came back)."""
+    ended = [pair for pair in before if pair not in after]
+    if not ended:
+        return ()
+    deleted = {(op.service, op.realserver) for op in ops if isinstance(op, DeleteRealServer)}
+    gone = {op.key for op in ops if isinstance(op, DeleteService)}
+    return tuple(
+        (key, rs, "drain timeout" if (key, rs) in expired else "no connections left", now - before[(key, rs)])
+        for key, rs in ended
+        if (key, rs) in deleted or key in gone
+    )

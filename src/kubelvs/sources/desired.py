@@ -25,7 +25,7 @@ from ..model import DesiredState, ServiceKey
 from .bgp import BgpSpec
 from .vrrp import VrrpSpec
 
-__all__ = ["DesiredSource", "DesiredUpdate", "SourceGauges", "SyncOutcome"]
+__all__ = ["DesiredSource", "DesiredUpdate", "Happening", "SourceGauges", "SyncOutcome"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,18 @@ class DesiredUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class Happening:
+    """A decision of this director that users must know of, about one virtual service:
+    a Kubernetes Event on its Service (``reason``, ``message``, ``type``) and a log line.
+    Each director reports its own (its VIP announcements, its drains), leader or not."""
+
+    key: ServiceKey
+    reason: str  # VIPAnnounced, VIPWithdrawn, DrainFinished
+    message: str
+    type: str = "Normal"
+
+
+@dataclass(frozen=True, slots=True)
 class SyncOutcome:
     """What the director did with the last update, for a source that reports it back
     (Service status, Events). ``failing``: services the kernel refused, with the reason;
@@ -66,6 +78,7 @@ class SyncOutcome:
     held_message: str = ""
     health_changes: tuple[tuple[ServiceKey, str, str], ...] = ()  # (service, "down" | "up", what)
     no_healthy: frozenset[ServiceKey] = frozenset()  # every checked real server down (fail open)
+    happenings: tuple[Happening, ...] = ()  # this director's own, since the last outcome
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,13 +17,13 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
 from ...model import DesiredState, ServiceKey
 from ..config import Config, to_desired
-from ..desired import DesiredUpdate, SourceGauges, SyncOutcome
+from ..desired import DesiredUpdate, Happening, SourceGauges, SyncOutcome
 from ..file import config_guard
 from .api import KubeApi
 from .leader import LeaderElector
@@ -164,6 +164,8 @@ class KubernetesSource:
         result, snap = self.last_result, self._last_snapshot
         if self.writer is None or result is None or snap is None:
             return
+        if outcome.happenings:  # this director's own decisions: posted by every director
+            await self.writer.post(_own_events(outcome.happenings, result, snap))
         if self.elector is not None:
             if not self._started:  # --once: take the Lease for this one write
                 await self.elector.try_acquire_or_renew()
@@ -208,6 +210,16 @@ def _failure_events(outcome: SyncOutcome, result: MappingResult, snap: Snapshot)
             f"{key}: every real server fails its health check; traffic goes to all of them (fail open)",
         )
     return tuple(out)
+
+
+def _own_events(happenings: Iterable[Happening], result: MappingResult, snap: Snapshot) -> list[EventSpec]:
+    out = []
+    for h in happenings:
+        owner = result.owners.get(h.key)
+        svc = snap.services.get(owner) if owner is not None else None
+        if svc is not None:  # gone with its Service: nobody to tell
+            out.append(EventSpec(svc.namespace, svc.name, svc.uid, h.reason, h.message, h.type))
+    return out
 
 
 def _notes(result: MappingResult) -> tuple[str, ...]:

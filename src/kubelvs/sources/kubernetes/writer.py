@@ -62,13 +62,31 @@ class StatusWriter:
             key = _event_key(ev)
             if key in self._posted:
                 continue
-            try:
-                await self.api.post(f"/api/v1/namespaces/{ev.namespace}/events", self._event_body(ev))
-            except ApiError as exc:
-                log.warning("Event %s for %s/%s not posted: %s", ev.reason, ev.namespace, ev.name, exc)
-                continue
-            self._posted.add(key)
-            self.event_posts += 1
+            if await self._post(ev):
+                self._posted.add(key)
+
+    async def post(self, events: list[EventSpec]) -> None:
+        """Events that happened once (not conditions that last): each posted now."""
+        for ev in events:
+            await self._post(ev)
+
+    async def _post(self, ev: EventSpec) -> bool:
+        try:
+            await self.api.post(f"/api/v1/namespaces/{ev.namespace}/events", self._event_body(ev))
+        except ApiError as exc:
+            log.warning("Event %s for %s/%s not posted: %s", ev.reason, ev.namespace, ev.name, exc)
+            return False
+        self.event_posts += 1
+        log.info(
+            "Event %s %s on Service %s/%s: %s",
+            ev.type,
+            ev.reason,
+            ev.namespace,
+            ev.name,
+            ev.message,
+            extra={"reason": ev.reason, "service": f"{ev.namespace}/{ev.name}", "event_type": ev.type},
+        )
+        return True
 
     def _event_body(self, ev: EventSpec) -> dict[str, object]:
         now = time.time()
