@@ -56,6 +56,15 @@ def test_demo_json_spreads_over_every_pod_and_proves_dr(prefix: str) -> None:
     assert doc["replies_via_director"] == 0  # DR: no reply crossed the director ...
     assert doc["requests_via_director"] >= 40 * 3  # ... while every request did (SYN, ACK, GET, ACK, FIN)
     assert doc["backend"] == "nftables"
+    # kubelvs top over the requests: the director's own counters agree with the client's.
+    (vip,) = doc["top"]["services"]
+    assert (vip["what"], vip["name"]) == ("TCP 10.240.0.201:80", "whoami")
+    window = doc["top"]["seconds"]  # rounded to the ms: a few % on a window of 40 ms
+    assert vip["in_packets_per_s"] * window == pytest.approx(doc["requests_via_director"], rel=0.1)
+    assert {rs["what"] for rs in vip["realservers"] if rs["in_packets_per_s"] > 0} == {
+        "10.240.0.101:80",
+        "10.240.0.102:80",
+    }
     assert lab_namespaces(prefix) == [] and root_links() == links  # the demo took its lab down
 
 
@@ -71,6 +80,8 @@ def test_demo_text_shows_the_curl_table(prefix: str) -> None:
         if re.match(r"^\s+\d+\s+whoami-node\d-1\s+node\d\s+10\.230\.", line)
     ]
     assert len(rows) == 12  # one row per curl: pod, node, RemoteAddr
+    assert "$ kubelvs top --once   (the director, over the requests)" in result.stdout
+    assert re.search(r"^TCP 10\.240\.0\.201:80\s+whoami\s+-\s+\S+", result.stdout, re.MULTILINE)
 
 
 @MACHINE

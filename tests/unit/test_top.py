@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from kubelvs.cli.top import frame, render
+from kubelvs.formats.top import frame, render
 from kubelvs.model import ObservedState, RealServerStats
 
 from .test_director import service

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..app.state import read_director_state, state_path
+from ..backends import open_backend
+from ..formats.top import Frame, frame
+from ..formats.top import render as render_top
 from .topology import LabSpec, RunningLab, build, down, lab_namespaces
 from .traffic import DirectorCounters, Result, requests, tally
 
@@ -39,6 +44,7 @@ class DemoResult:
     pods: list[str] = field(default_factory=list)
     nodes: list[str] = field(default_factory=list)
     answers: list[dict[str, Any]] = field(default_factory=list)
+    top: Frame | None = None  # ``kubelvs top`` over the requests (one director)
 
     @property
     def ok(self) -> bool:
@@ -62,6 +68,7 @@ class DemoResult:
         for key in out:
             extra.pop(key)
         extra.pop("answers")
+        extra["top"] = self.top.as_dict() if self.top is not None else None
         return {**out, **extra, "ok": self.ok}
 
 
@@ -87,7 +94,9 @@ def measure(running: RunningLab, count: int) -> DemoResult:
         DirectorCounters(ns, vip=spec.vip, port=spec.port, reply_sources=sources)
         for ns in info.directors.values()
     ]
+    window = _TopWindow(info.backend, info.directors["dir1"]) if len(info.directors) == 1 else None
     results = requests(info.client, spec.vip, spec.port, count)
+    top = window.frame() if window is not None else None
     by_pod, by_node = tally(results, info.pod_node())
     reqs = reps = 0
     for c in counters:
@@ -109,7 +118,28 @@ def measure(running: RunningLab, count: int) -> DemoResult:
         pods=sorted(info.pod_node()),
         nodes=[n.name for n in info.nodes],
         answers=[_answer(r, info.pod_node()) for r in results],
+        top=top,
     )
+
+
+class _TopWindow:
+    """The director's table read before and after the requests: ``kubelvs top``'s frame
+    of exactly them, with the director's names from its state file."""
+
+    def __init__(self, backend: str, netns: str) -> None:
+        self.netns = netns
+        self.backend = open_backend(backend, netns=netns)  # type: ignore[arg-type]
+        self.before, self.at = self.backend.read(), time.monotonic()
+
+    def frame(self) -> Frame:
+        try:
+            after = self.backend.read()
+            seconds = time.monotonic() - self.at
+        finally:
+            self.backend.close()
+        return frame(
+            self.backend.name, self.before, after, seconds, read_director_state(state_path(self.netns))
+        )
 
 
 def _answer(r: Result, pod_node: dict[str, str]) -> dict[str, Any]:
@@ -169,6 +199,12 @@ def render(result: DemoResult) -> str:
     else:
         verdict = f"NOT {result.topology.upper()}: replies crossed the director"
     lines.append(verdict)
+    if result.top is not None:
+        lines += [
+            "",
+            "$ kubelvs top --once   (the director, over the requests)",
+            *render_top(result.top).splitlines(),
+        ]
     lines.append(f"backend: {result.backend}; result: {'OK' if result.ok else 'FAILED'}")
     return "\n".join(lines) + "\n"
 
