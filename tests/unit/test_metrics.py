@@ -160,12 +160,16 @@ def test_a_virtual_service_total_keeps_what_its_real_servers_that_left_counted()
     key = ServiceKey.parse("TCP 10.240.0.201:80")
     a, b = RealServerKey.parse("10.240.0.101:80"), RealServerKey.parse("10.240.0.102:80")
     totals = _Totals()
-    totals.update({(key, a): RealServerStats(conns=7, in_packets=70), (key, b): RealServerStats(conns=3)})
-    totals.update({(key, b): RealServerStats(conns=4)})  # a left
+    totals.update(
+        {(key, a): RealServerStats(conns=7, in_packets=70), (key, b): RealServerStats(conns=3)}, {key}
+    )
+    totals.update({(key, b): RealServerStats(conns=4)}, {key})  # a left
     assert totals.departed[key].conns == 7 and totals.departed[key].in_packets == 70
-    totals.update({(key, b): RealServerStats(conns=1)})  # b deleted and added again: it counts anew
+    totals.update({(key, b): RealServerStats(conns=1)}, {key})  # b deleted and added again: counts anew
     assert totals.departed[key].conns == 7 + 4
-    totals.update({})  # the service left: its total starts again if it comes back
+    totals.update({}, {key})  # every real server left: the service keeps its total
+    assert totals.departed[key].conns == 7 + 4 + 1
+    totals.update({}, set())  # the service left: its total starts again if it comes back
     assert key not in totals.departed
 
 

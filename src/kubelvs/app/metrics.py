@@ -31,7 +31,7 @@ import collections
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -102,7 +102,7 @@ VRRP_STATES = {"INIT": 0, "BACKUP": 1, "MASTER": 2, "FAULT": 3}
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def parse_address(text: str, *, field_name: str = "--metrics-address") -> tuple[str, int] | None:
+def parse_address(text: str) -> tuple[str, int] | None:
     """``HOST:PORT`` (``[::1]:9565`` for IPv6) -> (host, port); ``off`` -> None."""
     if text == "off":
         return None
@@ -110,16 +110,15 @@ def parse_address(text: str, *, field_name: str = "--metrics-address") -> tuple[
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError([FieldError(field_name, f"{text!r} is not HOST:PORT (or off)")])
+        raise ConfigError([FieldError("--metrics-address", f"{text!r} is not HOST:PORT (or off)")])
     return host, int(port)
 
 
 class ProgramMetrics:
     """What happened, for one program (its own registry: tests run several in one process)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
         self.sync_duration = Histogram(
             "kubelvs_sync_duration_seconds",
             "How long one reconcile step took: full (the kernel read and every service "
@@ -191,14 +190,17 @@ class _Totals:
     departed: dict[ServiceKey, _Departed] = field(default_factory=dict)
     last: dict[tuple[ServiceKey, RealServerKey], RealServerStats] = field(default_factory=dict)
 
-    def update(self, now: Mapping[tuple[ServiceKey, RealServerKey], RealServerStats]) -> None:
+    def update(
+        self,
+        now: Mapping[tuple[ServiceKey, RealServerKey], RealServerStats],
+        services: Collection[ServiceKey],
+    ) -> None:
         """Remember what left since the last scrape (or was deleted and added again:
         its counters went back)."""
         for pair, before in self.last.items():
             after = now.get(pair)
             if after is None or after.conns < before.conns or after.in_packets < before.in_packets:
                 self.departed.setdefault(pair[0], _Departed()).add(before)
-        services = {key for key, _ in now}
         for key in [k for k in self.departed if k not in services]:
             del self.departed[key]  # the service itself is gone: its totals start again
         self.last = dict(now)
@@ -216,9 +218,12 @@ class DirectorCollector:
 
     def close(self) -> None:
         with self._lock:
-            if self._reader is not None and self._reader is not self.program.backend:
-                self._reader.close()
-            self._reader = None
+            self._drop_reader()
+
+    def _drop_reader(self) -> None:
+        if self._reader is not None and self._reader is not self.program.backend:
+            self._reader.close()
+        self._reader = None
 
     def collect(self) -> Iterator[Metric]:
         """The announcers' and the source's families (few: prometheus_client renders them)."""
@@ -246,8 +251,7 @@ class DirectorCollector:
         try:
             return self._reader.read()
         except KubelvsError:
-            self._reader.close()  # opened again on the next scrape
-            self._reader = None
+            self._drop_reader()  # opened again on the next scrape
             raise
 
     def _kernel(self, observed: ObservedState) -> str:
@@ -258,7 +262,7 @@ class DirectorCollector:
         health = program.health_by_realserver()
         draining = program.director.drains.keys()
         stats = {pair: st for pair, st in observed.stats.items() if owns is None or owns(pair[0])}
-        self._totals.update(stats)
+        self._totals.update(stats, observed.services.keys())
         out: dict[str, list[str]] = {name: [] for name in _KERNEL_FAMILIES}  # family -> its samples
         (
             vs_conns,
