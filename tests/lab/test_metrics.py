@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -50,6 +48,26 @@ def _value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: s
     found = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls]
     assert len(found) == 1, (name, labels, found)
     return found[0]
+
+
+#: Requests to the VIP one after another until killed (from the client's namespace).
+LOOP = (
+    "import time, urllib.request\n"
+    "while True:\n"
+    "    try:\n"
+    "        urllib.request.urlopen('http://10.240.0.201/', timeout=2).read()\n"
+    "    except OSError:\n"
+    "        time.sleep(0.05)\n"
+)
+
+
+def _wait_for_packets(backend: str, netns: str, key: ServiceKey, above: float) -> None:
+    """Until the virtual service's real servers counted more than ``above`` packets in."""
+    deadline = time.monotonic() + 60
+    with open_backend(backend, netns=netns) as kernel:  # type: ignore[arg-type]
+        while sum(st.in_packets for (k, _), st in kernel.read().stats.items() if k == key) <= above:
+            assert time.monotonic() < deadline, "the client's requests never reached the director"
+            time.sleep(0.2)
 
 
 def _requests(prefix: str, count: int) -> list[str]:
@@ -100,22 +118,21 @@ def test_lab_metrics_follow_the_kernel_and_the_config(backend: str, prefix: str)
     assert _value(agent, "kubelvs_node_vips") == 1
 
     # kubelvs top --once, while requests flow: the VIP by name, both real servers moving.
-    done = threading.Event()
-
-    def flow() -> None:
-        while not done.is_set():
-            _requests(prefix, 10)
-
-    with ThreadPoolExecutor(1) as pool:
-        flowing = pool.submit(flow)
-        try:
-            time.sleep(0.5)
-            where = ("--netns", info.directors["dir1"], "--backend", backend)
-            top = _kubelvs("top", "--once", "-o", "json", *where)
-            table = _kubelvs("top", "--once", *where)
-        finally:
-            done.set()
-        flowing.result()
+    # One client process loops on requests (started here, ended by its PID); top runs
+    # once the kernel's counters show it sending (the VM's emulated CPU starts slowly).
+    flow = subprocess.Popen(
+        ["ip", "netns", "exec", f"{prefix}-client", sys.executable, "-c", LOOP],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_packets(backend, info.directors["dir1"], key, vs_in + 12 * 3)
+        where = ("--netns", info.directors["dir1"], "--backend", backend, "--interval", "2")
+        top = _kubelvs("top", "--once", "-o", "json", *where)
+        table = _kubelvs("top", "--once", *where)
+    finally:
+        flow.kill()
+        flow.wait(10)
     assert top.returncode == 0 and table.returncode == 0, top.stderr + table.stderr
     (row,) = json.loads(top.stdout)["services"]
     assert (row["what"], row["name"]) == ("TCP 10.240.0.201:80", "whoami")
