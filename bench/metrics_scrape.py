@@ -95,7 +95,13 @@ def markdown(doc: dict[str, object]) -> str:
         f"| kernel read (baseline) | {read['median']} | {read['p95']} |\n"
         f"| whole scrape | {scrape['median']} | {scrape['p95']} |\n\n"
         f"Scrape / read: {r['ratio_scrape_to_read']}x; page {r['page_bytes']} bytes, {r['samples']} samples. "
-        f"Target: scrape under {TARGET_MS:g} ms: {'met' if doc['target_met'] else 'NOT met'}.\n"
+        + (
+            f"Target: scrape under {TARGET_MS:g} ms on this machine: "
+            f"{'met' if doc['target_met'] else 'NOT met'}.\n"
+            if doc["target_met"] is not None
+            else "The target is for this machine's kernel; under the VM's emulated CPU only the ratio "
+            "means something: what a scrape adds to the kernel read.\n"
+        )
     )
 
 
@@ -123,7 +129,8 @@ def main() -> int:
         "rounds": ROUNDS,
         "result": result,
         "target_ms": TARGET_MS,
-        "target_met": scrape["median"] < TARGET_MS,
+        # The VM's emulated CPU is ~100x slower: its absolute times say nothing of the target.
+        "target_met": scrape["median"] < TARGET_MS if args.backend == "nftables" else None,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"metrics_scrape-{args.backend}.json").write_text(json.dumps(doc, indent=1) + "\n")
