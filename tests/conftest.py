@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
+from kubelvs.app.state import remove_director_state
+
 NETNS_PREFIX = "kubelvs-t"
 
 HYPOTHESIS_PROFILES = ("ci", "explore")
@@ -84,6 +86,7 @@ def make_netns() -> Iterator[Callable[[str], str]]:
             for pid in pids:
                 subprocess.run(["kill", "-9", pid], capture_output=True)
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            remove_director_state(name)  # a director a test ran with --netns left its state file
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ __all__ = [
     "daemons_dir",
     "drains_to_restore",
     "read_director_state",
+    "remove_director_state",
     "state_path",
 ]
 
@@ -38,6 +40,14 @@ def state_path(netns: str | None, directory: Path = STATE_DIR) -> Path:
     """The state file of the director of ``netns`` (None: the namespace this process runs
     in: its name when it has one, as under ``ip netns exec``, else ``host``)."""
     return directory / f"{netns or current_name() or 'host'}.json"
+
+
+def remove_director_state(netns: str, directory: Path = STATE_DIR) -> None:
+    """Forget the director of ``netns`` once its namespace is gone (a lab's, a test's):
+    its state file and its helper daemons' directory."""
+    state = state_path(netns, directory)
+    state.unlink(missing_ok=True)
+    shutil.rmtree(daemons_dir(state), ignore_errors=True)
 
 
 def daemons_dir(state_file: Path) -> Path:

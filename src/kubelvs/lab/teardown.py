@@ -13,7 +13,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from ..app.state import daemons_dir, state_path
+from ..app.state import remove_director_state
 from ..errors import LabError
 from .netlab import NETNS_PREFIX
 from .spec import DEFAULT_PREFIX, state_dir
@@ -57,10 +57,7 @@ def down(prefix: str = DEFAULT_PREFIX) -> list[str]:
             removed.append(f"process {pid} (in {name})")
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
         removed.append(f"namespace {name}")
-        # A director's state file and VRRP directory are named after its namespace.
-        state = state_path(name)
-        state.unlink(missing_ok=True)
-        shutil.rmtree(daemons_dir(state), ignore_errors=True)
+        remove_director_state(name)  # named after its namespace
     if sdir.exists():
         shutil.rmtree(sdir, ignore_errors=True)
         removed.append(f"directory {sdir}")

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..app.state import remove_director_state
 from ..errors import LabError
 from ..kernel import iproute
 from ..kernel.netns import entered
@@ -286,6 +287,8 @@ class RunningLab:
 
     def teardown(self) -> None:
         self.lab.teardown()
+        for ns in self.info.directors.values():
+            remove_director_state(ns)  # written until the director stopped
         shutil.rmtree(self.info.state_dir, ignore_errors=True)
 
 
