@@ -157,7 +157,12 @@ def test_lab_metrics_follow_the_kernel_and_the_config(backend: str, prefix: str)
     while True:
         now = _scrape(prefix, director)
         weights = {ls for (n, ls), _ in now.items() if n == "kubelvs_realserver_weight"}
-        if len(weights) == 1 and _value(now, "kubelvs_realserver_weight", remote_address=NODES[0]) == 3:
+        # The kernel first, then the step's counts (kept when it returns): both, to go on.
+        if (
+            len(weights) == 1
+            and _value(now, "kubelvs_realserver_weight", remote_address=NODES[0]) == 3
+            and _value(now, "kubelvs_network_programming_duration_seconds_count") >= 1
+        ):
             break
         assert time.monotonic() < deadline, "the edit never showed on /metrics"
         time.sleep(0.3)

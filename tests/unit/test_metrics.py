@@ -9,6 +9,7 @@ import json
 import re
 import socket
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -85,9 +86,27 @@ def _run_director(tmp_path: Path, body: object) -> None:
     asyncio.run(main())
 
 
+async def _scrape_until(port: int, ready: Callable[[Samples], bool]) -> Samples:
+    """Scrape until ``ready``: what a step did is counted after it programmed the kernel
+    (its duration once it returned), so a scrape may fall between the two."""
+    for _ in range(200):
+        _, samples = await asyncio.to_thread(_scrape, port)
+        if ready(samples):
+            return samples
+        await asyncio.sleep(0.05)
+    pytest.fail("/metrics never showed it")
+
+
+def _has(samples: Samples, name: str, **labels: str) -> float | None:
+    found = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls]
+    return found[0] if len(found) == 1 else None
+
+
 def test_the_director_serves_its_table_and_its_reconciles(tmp_path: Path) -> None:
     async def body(program: object, config: Path, port: int) -> None:
-        _, s = await asyncio.to_thread(_scrape, port)
+        s = await _scrape_until(
+            port, lambda s: _has(s, "kubelvs_sync_duration_seconds_count", kind="full") == 1
+        )
         assert _value(s, "kubelvs_build_info", version=__version__) == 1
         web = {"service": "web", "local_address": "10.240.0.201", "local_port": "80", "proto": "TCP"}
         assert _value(s, "kubelvs_realserver_weight", remote_address="10.240.0.101", **web) == 2
@@ -96,21 +115,19 @@ def test_the_director_serves_its_table_and_its_reconciles(tmp_path: Path) -> Non
         assert _value(s, "kubelvs_realserver_draining", remote_address="10.240.0.101", **web) == 0
         assert _value(s, "kubelvs_sync_operations_total", op="add_service") == 1
         assert _value(s, "kubelvs_sync_operations_total", op="add_realserver") == 2
-        assert _value(s, "kubelvs_sync_duration_seconds_count", kind="full") == 1
         programmed_before = _value(s, "kubelvs_network_programming_duration_seconds_count")
 
         # An edit: the weight follows, one partial step, one event programmed.
         config.write_text(CONFIG.replace("weight: 2", "weight: 5"))
-        for _ in range(200):
-            _, s = await asyncio.to_thread(_scrape, port)
-            if _value(s, "kubelvs_realserver_weight", remote_address="10.240.0.101", **web) == 5:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            pytest.fail("the weight never reached 5 on /metrics")
+        s = await _scrape_until(
+            port,
+            lambda s: (
+                _has(s, "kubelvs_realserver_weight", remote_address="10.240.0.101", **web) == 5
+                and _has(s, "kubelvs_network_programming_duration_seconds_count") == programmed_before + 1
+            ),
+        )
         assert _value(s, "kubelvs_sync_operations_total", op="edit_realserver") == 1
         assert _value(s, "kubelvs_sync_duration_seconds_count", kind="partial") >= 1
-        assert _value(s, "kubelvs_network_programming_duration_seconds_count") == programmed_before + 1
 
     _run_director(tmp_path, body)
 
