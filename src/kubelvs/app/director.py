@@ -46,7 +46,7 @@ from ..roles.director import Director, SyncResult
 from ..roles.guard import GuardSettings
 from ..roles.health import Status
 from ..sources.bgp import BgpSpec
-from ..sources.desired import DesiredSource, DesiredUpdate, Happening, SourceGauges, SyncOutcome
+from ..sources.desired import DesiredSource, DesiredUpdate, Happening, SyncOutcome
 from ..sources.vrrp import VrrpSpec
 from .bgp import BgpAnnouncer
 from .health import DirectorHealth
@@ -413,9 +413,6 @@ class DirectorProgram:
                 state = states.get(target)
                 out[(key, rs_key)] = None if state is None else verdicts.get(state.status)
         return out
-
-    def source_gauges(self) -> SourceGauges:
-        return self.source.gauges()
 
     # ------------------------------------------------------------------ running
 

@@ -228,7 +228,7 @@ class DirectorCollector:
     def collect(self) -> Iterator[Metric]:
         """The announcers' and the source's families (few: prometheus_client renders them)."""
         yield from self._daemons()
-        yield from self._source(self.program.source_gauges())
+        yield from self._source(self.program.source.gauges())
 
     def render_kernel(self) -> bytes:
         """The per-service and per-real-server families, read from the kernel now and

@@ -290,9 +290,7 @@ class NodeProgram:
         self.report = report
         self.last: NodeWant | None = None
         self.metrics = ProgramMetrics()
-        self.metrics.registry.register(
-            NodeCollector(lambda: len(self.last.vips) if self.last is not None else 0)
-        )
+        self.metrics.registry.register(NodeCollector(self._vips_held))
         address = options.metrics_address
         self.metrics_server = MetricsServer(self.metrics, *address) if address is not None else None
         self.loop = ReconcileLoop(

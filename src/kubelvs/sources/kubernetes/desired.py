@@ -184,13 +184,12 @@ def _failure_events(outcome: SyncOutcome, result: MappingResult, snap: Snapshot)
     """Events on the Services: a virtual service the kernel refuses (Warning SyncFailed),
     a real server that went down (Warning RealServerDown) or came back (RealServerUp),
     and a virtual service whose every real server fails its check (NoHealthyRealServer)."""
-    out = []
+    out: list[EventSpec] = []
 
     def event(key: ServiceKey, reason: str, message: str, type_: str = "Warning") -> None:
-        owner = result.owners.get(key)
-        svc = snap.services.get(owner) if owner is not None else None
-        if svc is not None:
-            out.append(EventSpec(svc.namespace, svc.name, svc.uid, reason, message, type_))
+        spec = _service_event(result, snap, key, reason, message, type_)
+        if spec is not None:
+            out.append(spec)
 
     for key, reason in sorted(outcome.failing.items(), key=lambda kv: ServiceKey.sort_key(kv[0])):
         event(
@@ -212,14 +211,18 @@ def _failure_events(outcome: SyncOutcome, result: MappingResult, snap: Snapshot)
     return tuple(out)
 
 
+def _service_event(
+    result: MappingResult, snap: Snapshot, key: ServiceKey, reason: str, message: str, type_: str
+) -> EventSpec | None:
+    """An Event on the Service that owns ``key``; None when it is gone (nobody to tell)."""
+    owner = result.owners.get(key)
+    svc = snap.services.get(owner) if owner is not None else None
+    return None if svc is None else EventSpec(svc.namespace, svc.name, svc.uid, reason, message, type_)
+
+
 def _own_events(happenings: Iterable[Happening], result: MappingResult, snap: Snapshot) -> list[EventSpec]:
-    out = []
-    for h in happenings:
-        owner = result.owners.get(h.key)
-        svc = snap.services.get(owner) if owner is not None else None
-        if svc is not None:  # gone with its Service: nobody to tell
-            out.append(EventSpec(svc.namespace, svc.name, svc.uid, h.reason, h.message, h.type))
-    return out
+    events = (_service_event(result, snap, h.key, h.reason, h.message, h.type) for h in happenings)
+    return [e for e in events if e is not None]
 
 
 def _notes(result: MappingResult) -> tuple[str, ...]:
