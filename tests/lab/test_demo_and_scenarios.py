@@ -176,6 +176,7 @@ def test_backend_failure_is_detected_in_time_and_recovered(backend: str, prefix:
     }
     bound = doc["fall"] * doc["probe_interval_ms"] + 300 + 500  # fall x interval + timeout (+ 500 ms)
     assert 0 < doc["detect_ms"] <= bound
+    assert doc["programmed_ms"] >= doc["detect_ms"]
     assert (
         doc["requests"] >= 20 * 5 and doc["failed_after_detection"] == 0 and doc["node1_after_recovery"] > 0
     )
