@@ -129,7 +129,7 @@ def test_scheduler_annotation_flags_and_invalid() -> None:
         annotations={ANN + "scheduler": "fastest", ANN + "forward": "magic"},
     )
     r = run([*NODES, good, wrr, bad])
-    assert r.desired.services[key("10.240.0.201", 80)].flags == {"mh-port"}
+    assert r.desired.services[key("10.240.0.201", 80)].flags == {"mh-port", "mh-fallback"}
     assert r.desired.services[key("10.240.0.202", 80)].scheduler == "wrr"
     assert key("10.240.0.203", 80) not in r.desired.services
     [ev] = r.events
@@ -142,16 +142,17 @@ def test_scheduler_annotation_flags_and_invalid() -> None:
 
 def test_active_active_directors_hash_the_port_by_default() -> None:
     """With ``bgp:`` (directors sharing flows) a Service without scheduler annotations gets
-    ``mh`` with port hashing; annotations and an explicit default still win."""
+    ``mh`` with port hashing; annotations and an explicit default still win. ``mh`` always
+    falls back (a weight-0 node must not refuse the connections hashed to it)."""
     plain = k.service("p", external_ips=["10.240.0.201"])
     chosen = k.service("c", external_ips=["10.240.0.202"], annotations={ANN + "scheduler": "mh"})
     section = {**WHOAMI_SECTION, "external_ip_cidrs": ["10.240.0.192/27"], "health": {"enabled": False}}
     owned = Ownership(cidrs=(ip_network("10.240.0.0/24"),))
     shared = compute(snapshot([*NODES, plain, chosen]), parse_kubernetes(section, owned, multi_director=True))
-    assert shared.desired.services[key("10.240.0.201", 80)].flags == {"mh-port"}
-    assert shared.desired.services[key("10.240.0.202", 80)].flags == frozenset()
+    assert shared.desired.services[key("10.240.0.201", 80)].flags == {"mh-port", "mh-fallback"}
+    assert shared.desired.services[key("10.240.0.202", 80)].flags == {"mh-fallback"}
     alone = compute(snapshot([*NODES, plain]), parse_kubernetes(section, owned))
-    assert alone.desired.services[key("10.240.0.201", 80)].flags == frozenset()
+    assert alone.desired.services[key("10.240.0.201", 80)].flags == {"mh-fallback"}
     told = parse_kubernetes({**section, "default_scheduler_flags": []}, owned, multi_director=True)
     assert told.default_scheduler_flags == frozenset()
     assert (

@@ -37,7 +37,7 @@ EXPECTED = {
             "protocol": "tcp",
             "fwmark": None,
             "scheduler": "mh",
-            "flags": [],
+            "flags": ["mh-fallback"],
             "persistence": 0,
             "realservers": [
                 {"address": "10.240.0.101", "port": 80, "weight": 1, "forward": "dr"},

@@ -55,6 +55,7 @@ CLIENT_SOURCES = [f"10.0.0.{i}" for i in range(101, 141)]
 STICKY_SOURCE = "10.0.0.98"
 MAGLEV_SOURCES = [f"10.0.0.{i}" for i in range(141, 181)]
 ORDER_SOURCES = [f"10.0.0.{i}" for i in range(221, 255)]  # the Maglev order test's own (not .200: the VIP)
+FALLBACK_SOURCES = [f"10.0.0.{i}" for i in (*range(181, 200), *range(201, 221))]  # the weight-0 mh test's
 HTTP_PORT = {Forward.DR: 80, Forward.NAT: 8080}
 UDP_PORT = 5353
 
@@ -138,7 +139,7 @@ class Env:
 
 
 def _build(lab: Lab, backend_name: str, mode: Forward) -> Env:
-    sources = [STICKY_SOURCE, *CLIENT_SOURCES, *MAGLEV_SOURCES, *ORDER_SOURCES]
+    sources = [STICKY_SOURCE, *CLIENT_SOURCES, *MAGLEV_SOURCES, *ORDER_SOURCES, *FALLBACK_SOURCES]
     client = lab.host("cl", ["10.0.0.10/24"] + [f"{a}/24" for a in sources])
     director = lab.host("dir", ["10.0.0.2/24", "10.1.0.1/24", f"{VIP}/32"])
     for name, value in [

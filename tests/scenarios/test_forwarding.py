@@ -16,10 +16,12 @@ from collections.abc import Callable
 import pytest
 
 from kubelvs.kernel.netns import entered
-from kubelvs.model import Forward, RealServerKey, RealServerStats, ServiceKey
+from kubelvs.lab.servers import http_get
+from kubelvs.model import Forward, RealServerKey, RealServerStats, ServiceKey, desired_flags
 
 from .conftest import (
     CLIENT_SOURCES,
+    FALLBACK_SOURCES,
     HTTP_PORT,
     MAGLEV_SOURCES,
     ORDER_SOURCES,
@@ -141,6 +143,34 @@ def test_weight_zero_stops_new_flows(env: Env) -> None:
             assert held.get().server == first
     finally:
         held.close()
+
+
+def test_a_weight_zero_realserver_under_mh_refuses_no_new_client(env: Env) -> None:
+    """A real server at weight 0 (draining, or down with ``weight0``) under ``mh``: the
+    clients hashed to it go to the other servers and theirs stay put, with the flags every
+    source programs (``desired_flags``: mh falls back). IPVS without the flag refuses those
+    clients (what kube-proxy's mh does); nftables gives a weight-0 server no slot either way."""
+    flags = desired_flags("mh", frozenset())
+    env.sync(env.service("mh", [1, 1, 1], flags=flags))
+    before = {a.source: a.server for a in env.ask(1, sources=FALLBACK_SOURCES)}
+    hashed_to_rs3 = {src for src, server in before.items() if server == "rs3"}
+    assert hashed_to_rs3, before
+    env.sync(env.service("mh", [1, 1, 0], flags=flags))
+    after = {a.source: a.server for a in env.ask(1, sources=FALLBACK_SOURCES)}  # raises on a refusal
+    assert "rs3" not in after.values()
+    collateral = [src for src in FALLBACK_SOURCES if src not in hashed_to_rs3 and after[src] != before[src]]
+    assert len(collateral) <= 0.05 * len(FALLBACK_SOURCES), (collateral, before, after)
+    if env.backend_name != "ipvs":
+        return
+    env.sync(env.service("mh", [1, 1, 0]))  # no fallback flag
+    refused = set()
+    for src in FALLBACK_SOURCES:
+        with entered(env.client.netns):
+            try:
+                http_get(VIP, 80, source=src, timeout=10.0)
+            except ConnectionRefusedError:  # IPVS: "no destination available", port unreachable
+                refused.add(src)
+    assert refused == hashed_to_rs3
 
 
 def _get_from_port(env: Env, port: int) -> tuple[str, int]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from kubelvs.formats.ipvsadm_save import parse_save
+from kubelvs.model import desired_flags
 from kubelvs.sources.config import parse_config, parse_yaml, to_desired
 
 from .test_ipvsadm_save import REAL
@@ -57,7 +59,11 @@ def test_import_then_export_round_trips_ipvsadm_rules(tmp_path: Path) -> None:
     assert set(desired.services) == {s.key for s in parse_save(REAL)}
     exported = run("export", "--format", "ipvsadm", "-f", str(config))
     assert exported.returncode == 0, exported.stderr
-    assert {s.key: s for s in parse_save(exported.stdout)} == {s.key: s for s in parse_save(REAL)}
+    # The same rules, except that sh and mh services fall back (desired_flags).
+    assert {s.key: s for s in parse_save(exported.stdout)} == {
+        s.key: replace(s, flags=desired_flags(s.scheduler, s.flags)) for s in parse_save(REAL)
+    }
+    assert any(s.scheduler == "sh" for s in parse_save(REAL))
 
 
 def test_import_of_unparseable_rules_names_the_line(tmp_path: Path) -> None:

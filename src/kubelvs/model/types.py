@@ -38,6 +38,7 @@ __all__ = [
     "ServiceKey",
     "Timeouts",
     "VirtualService",
+    "desired_flags",
     "parse_address",
     "split_hostport",
 ]
@@ -58,6 +59,20 @@ SCHED_FLAGS: Mapping[str, frozenset[str]] = {
     "sh": frozenset({"sh-fallback", "sh-port"}),
     "mh": frozenset({"mh-fallback", "mh-port"}),
 }
+
+
+def desired_flags(scheduler: str, flags: frozenset[str]) -> frozenset[str]:
+    """The flags a desired service is programmed with: ``sh`` and ``mh`` always fall back.
+
+    kubelvs takes a real server out by weight 0 (drains, health checks with ``weight0``).
+    Without the fallback flag IPVS's ``sh``/``mh`` still hash new connections to a weight-0
+    real server and then refuse them ("no destination available": the client gets a port
+    unreachable), so one server's drain or failure would refuse its share of new clients
+    (kube-proxy's mh does this, kubernetes/kubernetes#139497). With the flag they go to the
+    next server of the table; flows of the other servers stay where they are."""
+    if scheduler in SCHED_FLAGS and "flag-1" not in flags:  # flag-1 is the fallback bit
+        return flags | {f"{scheduler}-fallback"}
+    return flags
 
 
 class Protocol(enum.StrEnum):

@@ -46,6 +46,7 @@ from ..model import (
     Timeouts,
     VirtualService,
     config_error,
+    desired_flags,
     parse_address,
     service_path,
     shown,
@@ -531,7 +532,7 @@ def _service(spec: ServiceSpec, where: str, errors: ErrorList) -> VirtualService
         scheduler=spec.scheduler,
         persistence=spec.persistence,
         netmask=spec.netmask,
-        flags=frozenset(spec.flags),
+        flags=desired_flags(spec.scheduler, frozenset(spec.flags)),
         realservers=tuple(realservers),
         name=spec.name,
     )

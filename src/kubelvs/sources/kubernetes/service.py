@@ -22,6 +22,7 @@ from ...model import (
     RealServer,
     ServiceKey,
     VirtualService,
+    desired_flags,
 )
 from ...model.validate import MAX_TIMEOUT, MAX_WEIGHT
 from . import annotations as ann
@@ -220,7 +221,7 @@ def service_fragment(
                     key=key,
                     scheduler=scheduler,
                     persistence=persistence,
-                    flags=flags,
+                    flags=desired_flags(scheduler, flags),
                     name=f"{svc.namespace}/{svc.name}:{port.name or port.port}",
                 ).with_realservers(realservers)
             )
