@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from kubelvs.lab.demo import run_demo
-from kubelvs.lab.scenarios import SCENARIOS, ScenarioResult, run_scenario
+from kubelvs.lab.scenarios import SCENARIOS
 from kubelvs.lab.topology import LabSpec, lab_namespaces
 
 from .conftest import root_links
@@ -138,16 +138,6 @@ def test_scenario_list() -> None:
 
 
 @MACHINE
-@pytest.mark.parametrize("name", ["stale-realserver", "worker-local-vip", "dr-arp"])
-def test_scenario_on_the_machine_kernel(name: str, prefix: str) -> None:
-    result = run_scenario(name, prefix=prefix, backend="nftables")
-    assert isinstance(result, ScenarioResult)
-    assert result.before.expected, result.render()  # the symptom was reproduced ...
-    assert result.after is not None and result.after.expected, result.render()  # ... and fixed
-    assert lab_namespaces(prefix) == []
-
-
-@MACHINE
 def test_scenario_cli_exit_code_and_json(prefix: str) -> None:
     result = _kubelvs("lab", "scenario", "stale-realserver", "--prefix", prefix, "-o", "json")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -221,11 +211,3 @@ def test_director_loss_breaks_no_flow_with_mh_and_some_without(backend: str, pre
     assert set(doc["control"]["by_reason"]) == {"connection reset"}  # the node had no such connection
     assert 0 < doc["mh"]["reconverge_ms"] < 5000  # BFD: 3 x 100 ms (and the VM's slowness)
     assert lab_namespaces(prefix) == []
-
-
-@VM
-@pytest.mark.parametrize("name", ["stale-realserver", "worker-local-vip", "dr-arp", "rp-filter"])
-def test_scenario_with_ipvs(name: str, prefix: str) -> None:
-    result = run_scenario(name, prefix=prefix, backend="ipvs")
-    assert isinstance(result, ScenarioResult) and result.backend == "ipvs"
-    assert result.ok, result.render()

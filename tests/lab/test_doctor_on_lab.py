@@ -1,6 +1,7 @@
 """``kubelvs doctor`` on the lab (issue 6's "done when"): nothing of severity warning or
-worse on a healthy lab; on each broken scenario, while the symptom is there, the right
-finding first on the right host - and gone once the scenario's fix is in.
+worse on a healthy lab; on each broken scenario (its run here is the scenario's test too:
+symptom reproduced, then fixed), while the symptom is there, the right finding first on
+the right host - and gone once the scenario's fix is in.
 
 The machine's kernel runs the director with the nftables backend (the doctor reads its
 table from ``nft -j list ruleset``); the VM tier (``kernel_ipvs``) runs the same with IPVS,
@@ -112,7 +113,10 @@ ALSO = {"dr-arp": {"node1": "vip-arp-conflict", "node2": "vip-arp-conflict"}}
 def _check_scenario(name: str, prefix: str, backend: str) -> None:
     result = run_scenario(name, prefix=prefix, backend=backend)
     assert isinstance(result, ScenarioResult)  # these scenarios report a before and an after phase
+    assert result.backend == backend
     assert result.ok, result.render()
+    assert result.before.expected, result.render()  # the symptom was reproduced ...
+    assert result.after is not None and result.after.expected, result.render()  # ... and fixed
     blamed, clean = EXPECTED[name]
     before = result.before.doctor
     for host, fid in blamed.items():
