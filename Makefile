@@ -73,10 +73,10 @@ test: setup-test
 	$(MAKE) test-vm
 
 test-machine: setup-test
-	$(PY) -m pytest -q -m "not kernel_ipvs" tests
+	$(PY) -m pytest -q --durations=15 -m "not kernel_ipvs" tests
 
 test-vm: setup-test
-	scripts/vm-run -- $(PY) -m pytest -q -m kernel_ipvs -p no:cacheprovider tests
+	scripts/vm-run -- $(PY) -m pytest -q --durations=25 -m kernel_ipvs -p no:cacheprovider tests
 
 ## Static checks; every one runs, and the target fails if any failed.
 check: setup-check

@@ -563,6 +563,30 @@ def vm_mh_directors_same(lab: Lab, out: Path) -> None:
     _mh_directors(lab, out, same_order=True)
 
 
+def _mh_without_fallback(lab: Lab, out: Path, *, fallback: bool) -> None:
+    """kube-proxy's mh (``mh-port``, no fallback) with a terminating endpoint at weight 0:
+    the new connections hashed to it are refused. ``fallback``: the twin with mh-fallback,
+    where every one is answered."""
+    d, c, r = nat_lab(lab, vip="10.96.0.95")
+    flags = "mh-port,mh-fallback" if fallback else "mh-port"
+    lab.run(d, "ipvsadm", "-A", "-t", "10.96.0.95:80", "-s", "mh", "-b", flags)
+    lab.run(d, "ipvsadm", "-a", "-t", "10.96.0.95:80", "-r", "10.0.2.2:8080", "-m")
+    lab.run(d, "ipvsadm", "-a", "-t", "10.96.0.95:80", "-r", "10.0.2.3:8080", "-m", "-w", "0")
+    lab.server(r, 8080)
+    ok = lab.clients(c, "10.96.0.95", 80, 20)
+    assert ok == 20 if fallback else 0 < ok < 20, ok
+    print(f"{out.name}: {ok} of 20 new connections answered", flush=True)
+    lab.collect(d, out, "director")
+
+
+def vm_mh_without_fallback(lab: Lab, out: Path) -> None:
+    _mh_without_fallback(lab, out, fallback=False)
+
+
+def vm_mh_with_fallback(lab: Lab, out: Path) -> None:
+    _mh_without_fallback(lab, out, fallback=True)
+
+
 VM_SCENARIOS: dict[str, Callable[[Lab, Path], None]] = {
     "healthy": vm_healthy,
     "stale": vm_stale,
@@ -579,6 +603,8 @@ VM_SCENARIOS: dict[str, Callable[[Lab, Path], None]] = {
     "persistence-template-expired": vm_persistence_template_expired,
     "mh-directors": vm_mh_directors,
     "mh-directors-same": vm_mh_directors_same,
+    "mh-without-fallback": vm_mh_without_fallback,
+    "mh-with-fallback": vm_mh_with_fallback,
 }
 
 

@@ -42,6 +42,7 @@ CHECKS: tuple[Check, ...] = (
     checks_kernel.check_expire_nodest,
     checks_kernel.check_keepalive,
     checks_ipvs.check_weight_zero,
+    checks_ipvs.check_hash_fallback,
     checks_conns.check_drained_still_used,
     checks_conns.check_persistence_templates,
 )
@@ -61,6 +62,7 @@ REPORTS: Mapping[str, tuple[str, ...]] = {
     "check_expire_nodest": ("expire-nodest-conn-off",),
     "check_keepalive": ("ipvs-timeout-below-keepalive",),
     "check_weight_zero": ("weight-zero-leftover",),
+    "check_hash_fallback": ("hash-without-fallback",),
     "check_vip_source": ("vip-as-client-source",),
     "check_drained_still_used": ("weight-zero-still-used",),
     "check_persistence_templates": ("persistence-template-stale",),

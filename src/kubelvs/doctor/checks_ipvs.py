@@ -16,6 +16,7 @@ from .findings import Finding, Severity
 __all__ = [
     "check_conn_table",
     "check_dr_port_mapping",
+    "check_hash_fallback",
     "check_kube_sync",
     "check_weight_zero",
     "conn_line",
@@ -318,6 +319,51 @@ def check_weight_zero(bundle: Bundle) -> Iterator[Finding]:
             ),
             evidence=tuple(line for rs in zero for line in bundle.rs_evidence(svc.key, rs)[-1:]),
             fix=tuple(f"ipvsadm -d {ipvsadm_service(svc.key)} -r {ipvsadm_rs(rs)}" for rs in zero),
+            subject=str(svc.key),
+        )
+
+
+def check_hash_fallback(bundle: Bundle) -> Iterator[Finding]:
+    """sh/mh without the fallback flag while a real server has weight 0: IPVS still hashes
+    new connections to it and refuses them. Only from ``ipvsadm -Ln`` (``/proc/net/ip_vs``
+    does not show the flags)."""
+    listing = bundle.listing
+    if not listing or listing.source != "ipvsadm-Ln.txt":
+        return
+    for svc in listing.services:
+        fallback = f"{svc.scheduler}-fallback"
+        if svc.scheduler not in ("sh", "mh") or fallback in svc.flags or "flag-1" in svc.flags:
+            continue
+        zero = [rs for rs in svc.realservers if rs.weight == 0]
+        if not zero or len(zero) == len(svc.realservers):  # all at 0: weight-zero-leftover's
+            continue
+        sched_flags = ",".join(sorted({*svc.flags, fallback} - {"ops"}))
+        edit = f"ipvsadm -E {ipvsadm_service(svc.key)} -s {svc.scheduler} -b {sched_flags}"
+        if "ops" in svc.flags:
+            edit += " -o"
+        if svc.persistence:
+            edit += f" -p {svc.persistence}" + (f" -M {svc.netmask}" if svc.netmask is not None else "")
+        yield Finding(
+            id="hash-without-fallback",
+            severity=Severity.ERROR,
+            summary=f"{svc.key}: {svc.scheduler} without {fallback} and {len(zero)} real server(s) at "
+            f"weight 0 ({', '.join(ipvsadm_rs(rs) for rs in zero)}): the new connections hashed to them "
+            "are refused",
+            explanation=(
+                f"The {svc.scheduler} scheduler hashes each new connection to a real server whatever its "
+                "weight; weight 0 (draining, a terminating endpoint, a failed health check) only makes "
+                f"that server unavailable, and without {fallback} IPVS then has no destination: the client "
+                'gets a port unreachable ("connection refused"), about '
+                f"{len(zero)} in {len(svc.realservers)} new connections until the server is deleted or back. "
+                f"With {fallback} they go to the next server of the table; the others' clients stay put. "
+                "kube-proxy's mh sets mh-port only (kubernetes/kubernetes#139497)."
+            ),
+            evidence=tuple(line for rs in zero for line in bundle.rs_evidence(svc.key, rs)[-1:]),
+            fix=(
+                edit,
+                "# kube-proxy puts its own flags back at its next sync: with kube-proxy, use another "
+                "scheduler (ipvs.scheduler) until it sets the fallback flag",
+            ),
             subject=str(svc.key),
         )
 

@@ -52,6 +52,7 @@ FINDING_IDS = (
     "conn-reuse-mode",
     "expire-nodest-conn-off",
     "ipvs-timeout-below-keepalive",
+    "hash-without-fallback",
     "weight-zero-still-used",
     "persistence-template-stale",
     "weight-zero-leftover",

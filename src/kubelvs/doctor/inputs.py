@@ -132,6 +132,7 @@ NEEDS: Mapping[str, tuple[str, ...]] = {
     "expire-nodest-conn-off": ("sysctls", "ipvs-table"),
     "ipvs-timeout-below-keepalive": ("timeouts", "sysctls", "ipvs-table"),
     "weight-zero-leftover": ("ipvs-listing", "conns"),
+    "hash-without-fallback": ("ipvs-listing",),
     "vip-as-client-source": ("conns",),
     "local-policy-node-without-endpoint": ("lb-table", "kube"),
     "weight-zero-still-used": ("ipvs-listing", "conns"),
