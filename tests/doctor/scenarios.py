@@ -571,7 +571,10 @@ def _mh_without_fallback(lab: Lab, out: Path, *, fallback: bool) -> None:
     flags = "mh-port,mh-fallback" if fallback else "mh-port"
     lab.run(d, "ipvsadm", "-A", "-t", "10.96.0.95:80", "-s", "mh", "-b", flags)
     lab.run(d, "ipvsadm", "-a", "-t", "10.96.0.95:80", "-r", "10.0.2.2:8080", "-m")
-    lab.run(d, "ipvsadm", "-a", "-t", "10.96.0.95:80", "-r", "10.0.2.3:8080", "-m", "-w", "0")
+    lab.run(d, "ipvsadm", "-a", "-t", "10.96.0.95:80", "-r", "10.0.2.3:8080", "-m")
+    # Its endpoint terminates: weight 0 now. (Added at weight 0 it would not be in the
+    # Maglev table at all: the table is built from the weight a server last had above 0.)
+    lab.run(d, "ipvsadm", "-e", "-t", "10.96.0.95:80", "-r", "10.0.2.3:8080", "-m", "-w", "0")
     lab.server(r, 8080)
     ok = lab.clients(c, "10.96.0.95", 80, 20)
     assert ok == 20 if fallback else 0 < ok < 20, ok

@@ -142,9 +142,10 @@ def test_a_live_host_without_a_load_balancer_says_what_it_looked_at(
     assert examined["checked"]["interface(s)"] == 1  # lo
     assert examined["checked"]["sysctls"] > 100
     assert "virtual service(s)" not in examined["checked"]
-    assert examined["missing"][:4] == [
+    assert examined["missing"][:5] == [
         "the IPVS table",
         "the IPVS listing with its connection counts",
+        "the IPVS scheduler flags",
         "the IPVS connection table",
         "the IPVS timeouts",
     ]

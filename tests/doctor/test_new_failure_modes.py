@@ -105,3 +105,20 @@ def test_two_pasted_tables_are_compared_as_two_directors() -> None:
     same = [load(f"vm-mh-directors-same/{h}") for h in ("dir1", "dir2")]
     text = "".join(f"$ cat /proc/net/ip_vs\n{b.texts['proc-net-ip_vs.txt']}" for b in same)
     assert "directors-disagree" not in ids(analyse_paste(read_paste(text)))
+
+
+def test_mh_without_fallback_with_a_terminating_endpoint_at_weight_0() -> None:
+    """kube-proxy's mh (mh-port only), 10.0.2.3 set to weight 0 (its endpoint terminating):
+    IPVS refused the new connections hashed to it. The twin with mh-fallback answered all."""
+    findings = analyse(load("vm-mh-without-fallback"))
+    assert ids(findings)[0] == "hash-without-fallback"
+    f = findings[0]
+    assert f.severity is Severity.ERROR
+    assert f.summary == (
+        "TCP 10.96.0.95:80: mh without mh-fallback and 1 real server(s) at weight 0 (10.0.2.3:8080): "
+        "the new connections hashed to them are refused"
+    )
+    assert "kubernetes/kubernetes#139497" in f.explanation
+    assert f.fix[0] == "ipvsadm -E -t 10.96.0.95:80 -s mh -b mh-fallback,mh-port"
+    assert any(e.startswith("ipvsadm-Ln.txt:") and "10.0.2.3:8080" in e for e in f.evidence)
+    assert "hash-without-fallback" not in ids(analyse(load("vm-mh-with-fallback")))

@@ -328,7 +328,7 @@ def check_hash_fallback(bundle: Bundle) -> Iterator[Finding]:
     new connections to it and refuses them. Only from ``ipvsadm -Ln`` (``/proc/net/ip_vs``
     does not show the flags)."""
     listing = bundle.listing
-    if not listing or listing.source != "ipvsadm-Ln.txt":
+    if not listing or bundle.listing_source != "ipvsadm-Ln.txt":
         return
     for svc in listing.services:
         fallback = f"{svc.scheduler}-fallback"

@@ -24,6 +24,7 @@ CAPTURE = {
     "lb-table": "ipvsadm -Ln",
     "ipvs-table": "ipvsadm -Ln",
     "ipvs-listing": "ipvsadm -Ln",
+    "ipvs-flags": "ipvsadm -Ln",
     "conns": "ipvsadm -Lnc",
     "timeouts": "ipvsadm -L --timeout",
     "sysctls": "sysctl -a",
@@ -137,7 +138,7 @@ def examine(bundle: Bundle, *, origin: str, live: bool = False, found: Sequence[
 FULL_SYSCTLS = 100
 
 #: Inputs only an IPVS host has.
-_IPVS_INPUTS = frozenset({"ipvs-table", "ipvs-listing", "conns", "timeouts"})
+_IPVS_INPUTS = frozenset({"ipvs-table", "ipvs-listing", "ipvs-flags", "conns", "timeouts"})
 
 
 def _relevant(absent: list[str], bundle: Bundle) -> list[str]:

@@ -44,6 +44,13 @@ class Input:
 _IPVS_FILES = ("ipvsadm-Ln.txt", "proc-net-ip_vs.txt", "ipvsadm-Sn.txt")
 
 
+def _no_hashing(bundle: Bundle) -> bool:
+    """Whether the listing (from /proc/net/ip_vs, which does not show scheduler flags) has
+    no sh or mh service, whose flags would matter."""
+    listing = bundle.listing
+    return listing is not None and all(s.scheduler not in ("sh", "mh") for s in listing.services)
+
+
 def _file(name: str, view: str) -> Callable[[Bundle], str]:
     return lambda b: name if getattr(b, view) is not None else ""
 
@@ -63,6 +70,12 @@ INPUTS: Mapping[str, Input] = {
         _IPVS_FILES[:2],
         lambda b: b.listing_source,
         lambda b: b.listing is not None,
+    ),
+    "ipvs-flags": Input(
+        "the IPVS scheduler flags",
+        _IPVS_FILES[:1],
+        lambda b: b.listing_source if b.listing_source == "ipvsadm-Ln.txt" else "",
+        lambda b: b.listing_source == "ipvsadm-Ln.txt" or _no_hashing(b),
     ),
     "conns": Input(
         "the IPVS connection table",
@@ -132,7 +145,7 @@ NEEDS: Mapping[str, tuple[str, ...]] = {
     "expire-nodest-conn-off": ("sysctls", "ipvs-table"),
     "ipvs-timeout-below-keepalive": ("timeouts", "sysctls", "ipvs-table"),
     "weight-zero-leftover": ("ipvs-listing", "conns"),
-    "hash-without-fallback": ("ipvs-listing",),
+    "hash-without-fallback": ("ipvs-flags",),
     "vip-as-client-source": ("conns",),
     "local-policy-node-without-endpoint": ("lb-table", "kube"),
     "weight-zero-still-used": ("ipvs-listing", "conns"),
