@@ -1,0 +1,97 @@
+"""Which slot the nftables data plane gives a flow (pure): nft's ``jhash`` expression as
+the kernel computes it, for ``kubelvs explain``.
+
+``jhash ip saddr [. th sport] mod N seed S`` (schema.py's scheduler chains) is, in
+nft_hash.c, ``reciprocal_scale(jhash(registers, len, S), N)``: Bob Jenkins' lookup3
+(``jhash`` in include/linux/jhash.h) over the source registers, ``len`` bytes. A
+concatenation puts each field in its own 32-bit registers (``ip saddr``: 4 bytes;
+``th sport``: 2 bytes in network order, then 2 zero bytes: nft_payload clears the
+register's last word before it copies), so ``ip saddr . th sport`` hashes 8 bytes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+__all__ = ["flow_key", "jhash", "slot"]
+
+_M32 = 0xFFFFFFFF
+JHASH_INITVAL = 0xDEADBEEF
+
+
+def _rol(x: int, k: int) -> int:
+    return ((x << k) | (x >> (32 - k))) & _M32
+
+
+def _mix(a: int, b: int, c: int) -> tuple[int, int, int]:
+    a = (a - c) & _M32
+    a ^= _rol(c, 4)
+    c = (c + b) & _M32
+    b = (b - a) & _M32
+    b ^= _rol(a, 6)
+    a = (a + c) & _M32
+    c = (c - b) & _M32
+    c ^= _rol(b, 8)
+    b = (b + a) & _M32
+    a = (a - c) & _M32
+    a ^= _rol(c, 16)
+    c = (c + b) & _M32
+    b = (b - a) & _M32
+    b ^= _rol(a, 19)
+    a = (a + c) & _M32
+    c = (c - b) & _M32
+    c ^= _rol(b, 4)
+    b = (b + a) & _M32
+    return a, b, c
+
+
+def _final(a: int, b: int, c: int) -> int:
+    c ^= b
+    c = (c - _rol(b, 14)) & _M32
+    a ^= c
+    a = (a - _rol(c, 11)) & _M32
+    b ^= a
+    b = (b - _rol(a, 25)) & _M32
+    c ^= b
+    c = (c - _rol(b, 16)) & _M32
+    a ^= c
+    a = (a - _rol(c, 4)) & _M32
+    b ^= a
+    b = (b - _rol(a, 14)) & _M32
+    c ^= b
+    c = (c - _rol(b, 24)) & _M32
+    return c
+
+
+def jhash(key: bytes, initval: int) -> int:
+    """The kernel's ``jhash(key, length, initval)`` (lookup3, words read little-endian
+    as on x86)."""
+    length = len(key)
+    a = b = c = (JHASH_INITVAL + length + initval) & _M32
+    k = key
+    while len(k) > 12:
+        a = (a + int.from_bytes(k[0:4], "little")) & _M32
+        b = (b + int.from_bytes(k[4:8], "little")) & _M32
+        c = (c + int.from_bytes(k[8:12], "little")) & _M32
+        a, b, c = _mix(a, b, c)
+        k = k[12:]
+    if not k:
+        return c
+    tail = k + bytes(12 - len(k))
+    a = (a + int.from_bytes(tail[0:4], "little")) & _M32
+    b = (b + int.from_bytes(tail[4:8], "little")) & _M32
+    c = (c + int.from_bytes(tail[8:12], "little")) & _M32
+    return _final(a, b, c)
+
+
+def flow_key(source: str, source_port: int | None) -> bytes:
+    """The registers ``ip saddr`` or ``ip saddr . th sport`` hold for this client."""
+    key = ipaddress.IPv4Address(source).packed
+    if source_port is not None:
+        key += source_port.to_bytes(2, "big") + b"\0\0"
+    return key
+
+
+def slot(source: str, source_port: int | None, modulus: int, seed: int) -> int:
+    """``jhash <key> mod <modulus> seed <seed>``: ``reciprocal_scale`` of the hash."""
+    return (jhash(flow_key(source, source_port), seed) * modulus) >> 32
