@@ -12,8 +12,14 @@ register's last word before it copies), so ``ip saddr . th sport`` hashes 8 byte
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-__all__ = ["flow_key", "jhash", "slot"]
+from ...model import Forward, VirtualService
+from .maglev import MAGLEV_SIZE, maglev_table, wrr_table
+from .schema import HASH_SEED
+
+__all__ = ["Prediction", "flow_key", "jhash", "predict", "slot"]
 
 _M32 = 0xFFFFFFFF
 JHASH_INITVAL = 0xDEADBEEF
@@ -95,3 +101,53 @@ def flow_key(source: str, source_port: int | None) -> bytes:
 def slot(source: str, source_port: int | None, modulus: int, seed: int) -> int:
     """``jhash <key> mod <modulus> seed <seed>``: ``reciprocal_scale`` of the hash."""
     return (jhash(flow_key(source, source_port), seed) * modulus) >> 32
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """Which real server a new flow gets, and why (``realserver`` None: none, or not
+    predictable from the table alone: ``predictable`` says which)."""
+
+    realserver: str | None  # "10.240.0.101:80"
+    predictable: bool
+    why: str
+    slot: int | None = None
+    slots: int | None = None
+
+
+def predict(svc: VirtualService, client: str, client_port: int | None) -> Prediction:
+    """What the nftables data plane does with a new flow from ``client`` to ``svc``."""
+    weights = {f"{rs.address}:{rs.port}": rs.weight for rs in svc.realservers}
+    nat = bool(svc.realservers) and svc.realservers[0].forward is Forward.NAT
+    table: Sequence[str | None]
+    if svc.scheduler in ("rr", "wrr"):
+        table = wrr_table(weights, weighted=svc.scheduler == "wrr")
+        if nat:
+            return Prediction(None, False, f"{svc.scheduler} on NAT: numgen (a counter) per new connection")
+        if client_port is None:
+            return Prediction(
+                None, False, f"{svc.scheduler} on DR hashes the source port too: give CLIENT:PORT"
+            )
+        port: int | None = client_port
+        source = "ip saddr . th sport"
+    elif svc.scheduler in ("sh", "mh"):
+        table = maglev_table(weights, MAGLEV_SIZE)
+        with_port = f"{svc.scheduler}-port" in svc.flags
+        if with_port and client_port is None:
+            return Prediction(None, False, f"{svc.scheduler}-port hashes the source port: give CLIENT:PORT")
+        port = client_port if with_port else None
+        source = "ip saddr . th sport" if with_port else "ip saddr"
+    else:
+        return Prediction(None, False, f"scheduler {svc.scheduler} is not one the nftables backend runs")
+    if not any(table):
+        return Prediction(None, True, "no real server takes new flows (every weight is 0): dropped")
+    n = len(table)
+    s = slot(client, port, n, HASH_SEED)
+    owner = table[s]
+    return Prediction(
+        owner,
+        True,
+        f"{svc.scheduler}: jhash {source} mod {n} seed {HASH_SEED:#x} = slot {s}, owned by {owner}",
+        s,
+        n,
+    )
