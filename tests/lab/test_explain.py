@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 
 from kubelvs.backends import open_backend
+from kubelvs.backends.ipvs import IpvsBackend
+from kubelvs.backends.ipvs.flowhash import predict as predict_ipvs
 from kubelvs.backends.nftables.flowhash import predict
 from kubelvs.lab.topology import LabSpec, build
 from kubelvs.lab.traffic import requests
@@ -42,3 +44,27 @@ def test_nftables_predictions_match_real_flows(prefix: str, scheduler: str, flag
         assert len({r.pod for r in results}) == len(pod_node)  # the sample reached every pod
     finally:
         running.teardown()
+
+
+@pytest.mark.kernel_ipvs
+@pytest.mark.parametrize(("scheduler", "flags"), [("mh", ("mh-port",)), ("sh", ("sh-port",))])
+def test_ipvs_predictions_match_real_flows(prefix: str, scheduler: str, flags: tuple[str, ...]) -> None:
+    running = build(LabSpec(prefix=prefix, scheduler=scheduler, flags=flags, backend="ipvs", agents=True))
+    try:
+        info = running.info
+        results = requests(info.client, info.spec.vip, info.spec.port, FLOWS)
+        assert all(r.ok for r in results)
+        key = ServiceKey.parse(f"TCP {info.spec.vip}:{info.spec.port}")
+        with IpvsBackend(netns=info.directors["dir1"]) as kernel:
+            svc = kernel.read().services[key]
+            order = kernel.destination_order(key)
+        node_ip = {n.name: n.ip for n in info.nodes}
+        pod_node = info.pod_node()
+        wrong = []
+        for r in results:
+            port = int(r.client.rsplit(":", 1)[1])
+            went = f"{node_ip[pod_node[r.pod]]}:{info.spec.port}"
+            guess = predict_ipvs(svc, order, info.client_ip, port)
+            if guess.realserver != went:
+                wrong.append((r.client, went, guess))
+        assert not wrong, f"{len(wrong)} of {FLOWS} flows went elsewhere than predicted: {wrong[:5]}"

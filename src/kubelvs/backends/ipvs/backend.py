@@ -15,6 +15,7 @@ from ...model import (
     ConnectionSync,
     DesiredState,
     ObservedState,
+    RealServer,
     RealServerKey,
     RealServerStats,
     ServiceKey,
@@ -128,6 +129,19 @@ class IpvsBackend:
                 rs, st = decode.decode_dest(decode.decode(raw))
                 out[(key, rs.key)] = st
         return out
+
+    def destination_order(self, key: ServiceKey) -> list[RealServer]:
+        """The service's real servers in the kernel's list order (the order sh and mh
+        build their tables in; ``read`` sorts them). Empty when the service is gone."""
+        try:
+            raws = self._sock.dump(wire.Cmd.GET_DEST, wire.service_key_attrs(key))
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                return []
+            raise BackendError(f"reading the real servers of {key}: {exc.strerror or exc}") from exc
+        if raws:
+            from . import decode  # pyroute2 is imported only when there is something to decode
+        return [decode.decode_dest(decode.decode(raw))[0] for raw in raws]
 
     # ------------------------------------------------------------------ apply
 

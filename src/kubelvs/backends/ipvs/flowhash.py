@@ -20,7 +20,19 @@ import ipaddress
 import math
 from collections.abc import Sequence
 
-__all__ = ["MH_TABLE_SIZE", "SH_TABLE_SIZE", "hsiphash_u32", "mh_bucket", "mh_table", "sh_bucket", "sh_table"]
+from ...model import RealServer, VirtualService
+from ..prediction import Prediction
+
+__all__ = [
+    "MH_TABLE_SIZE",
+    "SH_TABLE_SIZE",
+    "hsiphash_u32",
+    "mh_bucket",
+    "mh_table",
+    "predict",
+    "sh_bucket",
+    "sh_table",
+]
 
 _M64 = (1 << 64) - 1
 SH_TABLE_BITS = 8
@@ -145,3 +157,43 @@ def mh_table(destinations: Sequence[tuple[str, int, int]]) -> list[int | None]:
                 filled += 1
                 if filled == MH_TABLE_SIZE:
                     return table
+
+
+def predict(
+    svc: VirtualService, order: Sequence[RealServer], client: str, client_port: int | None
+) -> Prediction:
+    """What IPVS does with a new flow from ``client`` to ``svc`` whose real servers are
+    ``order`` (the kernel's list order). TODO (checked against the kernel in the VM):
+    mh's table is built from ``last_weight``, the weight before a real server went to 0;
+    here the current weight is used."""
+    if svc.scheduler not in ("sh", "mh"):
+        return Prediction(None, False, f"{svc.scheduler} depends on the kernel's state (counters, positions)")
+    with_port = f"{svc.scheduler}-port" in svc.flags
+    if with_port and client_port is None:
+        return Prediction(None, False, f"{svc.scheduler}-port hashes the source port: give CLIENT:PORT")
+    port = client_port if with_port and client_port is not None else 0
+    if not order:
+        return Prediction(None, True, "no real server: dropped")
+    if svc.scheduler == "sh":
+        sh = sh_table([rs.weight for rs in order])
+        bucket, size = sh_bucket(client, port), SH_TABLE_SIZE
+        owner: int | None = sh[bucket]
+    else:
+        mh = mh_table([(str(rs.address), rs.port, rs.weight) for rs in order])
+        bucket, size = mh_bucket(client, port), MH_TABLE_SIZE
+        owner = mh[bucket]
+    if owner is None:
+        return Prediction(
+            None, True, f"{svc.scheduler}: bucket {bucket} of {size} is empty: dropped", bucket, size
+        )
+    rs = order[owner]
+    name = f"{rs.address}:{rs.port}"
+    if rs.weight <= 0:
+        fallback = f"{svc.scheduler}-fallback" in svc.flags
+        why = "the next available one (fallback)" if fallback else "dropped (no fallback flag)"
+        return Prediction(
+            None, not fallback, f"{svc.scheduler}: bucket {bucket} is {name}, weight 0: {why}", bucket, size
+        )
+    return Prediction(
+        name, True, f"{svc.scheduler}: bucket {bucket} of {size}, owned by {name}", bucket, size
+    )

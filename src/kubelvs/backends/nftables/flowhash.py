@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from ...model import Forward, VirtualService
+from ..prediction import Prediction
 from .maglev import MAGLEV_SIZE, maglev_table, wrr_table
 from .schema import HASH_SEED
 
@@ -101,18 +101,6 @@ def flow_key(source: str, source_port: int | None) -> bytes:
 def slot(source: str, source_port: int | None, modulus: int, seed: int) -> int:
     """``jhash <key> mod <modulus> seed <seed>``: ``reciprocal_scale`` of the hash."""
     return (jhash(flow_key(source, source_port), seed) * modulus) >> 32
-
-
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """Which real server a new flow gets, and why (``realserver`` None: none, or not
-    predictable from the table alone: ``predictable`` says which)."""
-
-    realserver: str | None  # "10.240.0.101:80"
-    predictable: bool
-    why: str
-    slot: int | None = None
-    slots: int | None = None
 
 
 def predict(svc: VirtualService, client: str, client_port: int | None) -> Prediction:
