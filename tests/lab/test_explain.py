@@ -68,3 +68,5 @@ def test_ipvs_predictions_match_real_flows(prefix: str, scheduler: str, flags: t
             if guess.realserver != went:
                 wrong.append((r.client, went, guess))
         assert not wrong, f"{len(wrong)} of {FLOWS} flows went elsewhere than predicted: {wrong[:5]}"
+    finally:
+        running.teardown()
