@@ -14,6 +14,7 @@ from typing import Literal, Protocol, Self
 from ..errors import BackendUnavailable, FieldError
 from ..model import ConnectionSync, DesiredState, ObservedState, RealServerKey, RealServerStats, ServiceKey
 from ..planner import Operation
+from .prediction import Prediction
 
 __all__ = ["Backend", "BackendName", "ipvs_available", "open_backend"]
 
@@ -68,6 +69,16 @@ class Backend(Protocol):
         never stopped or changed: a daemon with other settings is someone else's, and
         BackendError says so). Returns what it started. CapabilityError when this data
         plane has no connection state to share."""
+        ...
+
+    def predict(self, key: ServiceKey, client: str, client_port: int | None) -> Prediction:
+        """Which real server a new flow from ``client`` gets (``kubelvs explain``),
+        computed as this data plane's kernel computes it, or why it cannot be."""
+        ...
+
+    def connection_of(self, key: ServiceKey, client: str, client_port: int) -> str | None:
+        """The real server (``ADDRESS:PORT``) of an existing connection entry of this
+        flow, which wins over any prediction; None: no entry (or no connection table)."""
         ...
 
     def refresh(self) -> list[str]:

@@ -34,6 +34,7 @@ from ..planner import (
     describe,
     service_of,
 )
+from .prediction import Prediction
 
 __all__ = ["MemoryBackend"]
 
@@ -135,6 +136,12 @@ class MemoryBackend:
 
     def problems(self, desired: DesiredState) -> list[FieldError]:
         return []
+
+    def predict(self, key: ServiceKey, client: str, client_port: int | None) -> Prediction:
+        return Prediction(None, False, "the in-memory backend has no data path")
+
+    def connection_of(self, key: ServiceKey, client: str, client_port: int) -> str | None:
+        return None
 
     def sync_connections(self, wanted: ConnectionSync) -> list[str]:
         """Recorded as IPVS would run it (both daemons), for the director's tests."""

@@ -28,11 +28,12 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "kubelvs.cli.doctor": ("doctor",),
     "kubelvs.cli.lab": ("lab", "demo"),
     "kubelvs.cli.top": ("top",),
+    "kubelvs.cli.explain": ("explain",),
 }
 
 
 #: Commands that do one piece of work and exit; the others run for long.
-ONE_SHOT = frozenset({"validate", "diff", "apply", "status", "export", "import"})
+ONE_SHOT = frozenset({"validate", "diff", "apply", "status", "export", "import", "explain"})
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Self
 
 from ...errors import ApplyError, BackendError, BackendUnavailable, FieldError, PartialApplyError
+from ...formats.ipvs_conn import parse_proc_conn
 from ...kernel import sysctl
 from ...kernel.netns import entered
 from ...model import (
@@ -35,7 +36,8 @@ from ...planner import (
     service_of,
 )
 from ..base import ipvs_available
-from . import wire
+from ..prediction import Prediction
+from . import flowhash, wire
 from .genl import GenlSocket, Request
 from .order import ORDERED_SCHEDULERS, to_move
 
@@ -142,6 +144,26 @@ class IpvsBackend:
         if raws:
             from . import decode  # pyroute2 is imported only when there is something to decode
         return [decode.decode_dest(decode.decode(raw))[0] for raw in raws]
+
+    def predict(self, key: ServiceKey, client: str, client_port: int | None) -> Prediction:
+        svc = self.read().services.get(key)  # TODO: one GET_SERVICE instead of a whole read
+        if svc is None:
+            return Prediction(None, False, f"no virtual service {key}")
+        return flowhash.predict(svc, self.destination_order(key), client, client_port)
+
+    def connection_of(self, key: ServiceKey, client: str, client_port: int) -> str | None:
+        """From /proc/net/ip_vs_conn in the backend's namespace (what ipvsadm -Lnc shows)."""
+        with entered(self._netns):
+            try:
+                text = open("/proc/net/ip_vs_conn").read()  # noqa: SIM115
+            except OSError:
+                return None
+        table = parse_proc_conn(text)
+        source, virtual = f"{client}:{client_port}", f"{key.address}:{key.port}"
+        for proto, _, _state, who, vip, dest in table.rows:
+            if who == source and vip == virtual and proto == key.protocol.name:
+                return dest
+        return None
 
     # ------------------------------------------------------------------ apply
 

@@ -44,7 +44,8 @@ from ...model import (
     ServiceKey,
 )
 from ...planner import Operation, SetSysctl, SetTimeouts
-from . import neigh, picture, transaction, tunnel
+from ..prediction import Prediction
+from . import flowhash, neigh, picture, transaction, tunnel
 from .capabilities import Capabilities, tun_supported
 from .elements import Neighbour, elements_text, neighbour_elements
 from .netlink import NftNetlink
@@ -412,6 +413,17 @@ class NftablesBackend:
         return out
 
     # ------------------------------------------------------------------ upkeep
+
+    def predict(self, key: ServiceKey, client: str, client_port: int | None) -> Prediction:
+        svc = self._current().state.services.get(key)
+        if svc is None:
+            return Prediction(None, False, f"no virtual service {key}")
+        return flowhash.predict(svc, client, client_port)
+
+    def connection_of(self, key: ServiceKey, client: str, client_port: int) -> str | None:
+        """DR keeps no state (the prediction is what every packet gets); NAT's entries are
+        conntrack's (not read here yet)."""
+        return None
 
     def sync_connections(self, wanted: ConnectionSync) -> list[str]:
         raise CapabilityError(
