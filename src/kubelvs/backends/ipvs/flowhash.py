@@ -179,6 +179,12 @@ def predict(
         bucket, size = sh_bucket(client, port), SH_TABLE_SIZE
         owner: int | None = sh[bucket]
     else:
+        if any(rs.weight <= 0 for rs in order):
+            # The kernel built the table with these servers' last non-zero weights,
+            # which netlink does not report: the table below may differ from the kernel's.
+            return Prediction(
+                None, False, "mh: a real server at weight 0 keeps its entries at its last weight (unknown)"
+            )
         mh = mh_table([(str(rs.address), rs.port, rs.weight) for rs in order])
         bucket, size = mh_bucket(client, port), MH_TABLE_SIZE
         owner = mh[bucket]
