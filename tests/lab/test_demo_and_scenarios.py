@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from kubelvs.lab.demo import run_demo
+from kubelvs.lab.demo import DemoResult, run_demo
 from kubelvs.lab.scenarios import SCENARIOS
 from kubelvs.lab.topology import LabSpec, lab_namespaces
 
@@ -65,6 +65,11 @@ def test_demo_json_spreads_over_every_pod_and_proves_dr(prefix: str) -> None:
         "10.240.0.101:80",
         "10.240.0.102:80",
     }
+    # kubelvs lab explain of the last request: the slot nftables hashed it to is the node
+    # whose pod answered (by_node counts it; a lone request's node is checked below).
+    (explained,) = doc["explain"]["directors"].values()
+    assert explained["prediction"]["predictable"] and explained["entry"] is None  # DR: no state
+    assert explained["realserver"] in ("10.240.0.101:80", "10.240.0.102:80")
     assert lab_namespaces(prefix) == [] and root_links() == links  # the demo took its lab down
 
 
@@ -93,11 +98,22 @@ def test_nat_replies_do_cross_the_director_so_the_counter_is_not_blind(prefix: s
     assert result.ok
 
 
+def _explained_where_answered(result: DemoResult) -> None:
+    """The demo's explain names the node whose pod answered its last request, on every
+    director, and the directors agree."""
+    node = [a for a in result.answers if a["ok"]][-1]["node"]
+    assert result.explain is not None and result.explain["agree"] is True, result.explain
+    for doc in result.explain["directors"].values():
+        assert doc["realserver"] == f"10.240.0.10{node[-1]}:80", doc
+
+
 @MACHINE
 def test_two_directors_behind_an_ecmp_router(prefix: str) -> None:
     result = run_demo(LabSpec(prefix=prefix, router=True, directors=2), 40)
     assert result.ok, result.as_json()
     assert result.replies_via_director == 0
+    assert result.explain is not None and len(result.explain["directors"]) == 2
+    _explained_where_answered(result)
 
 
 @VM
@@ -105,6 +121,10 @@ def test_demo_with_ipvs(prefix: str) -> None:
     result = run_demo(LabSpec(prefix=prefix, backend="ipvs"), 40)
     assert result.backend == "ipvs"
     assert result.ok, result.as_json()
+    # rr: no prediction; the flow's own IPVS connection entry says where it went.
+    _explained_where_answered(result)
+    (doc,) = result.explain["directors"].values()  # type: ignore[index]
+    assert doc["entry"]["kind"] == "connection" and not doc["prediction"]["predictable"]
 
 
 @VM

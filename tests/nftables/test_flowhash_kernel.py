@@ -17,8 +17,10 @@ RULESET = """table ip t {
   set seen { typeof meta mark . ip saddr . udp sport; flags dynamic; size 65536; }
   set seenp { typeof meta mark . ip saddr . udp sport; flags dynamic; size 65536; }
   chain out { type filter hook output priority 0; policy accept;
-    ip daddr 10.77.0.1 udp dport 9 meta mark set jhash ip saddr mod 509 seed %(seed)#x add @seen { meta mark . ip saddr . udp sport }
-    ip daddr 10.77.0.1 udp dport 9 meta mark set jhash ip saddr . udp sport mod 509 seed %(seed)#x add @seenp { meta mark . ip saddr . udp sport }
+    ip daddr 10.77.0.1 udp dport 9 meta mark set jhash ip saddr mod 509 seed %(seed)#x \
+      add @seen { meta mark . ip saddr . udp sport }
+    ip daddr 10.77.0.1 udp dport 9 meta mark set jhash ip saddr . udp sport mod 509 seed %(seed)#x \
+      add @seenp { meta mark . ip saddr . udp sport }
   }
 }
 """
@@ -37,7 +39,7 @@ def _seen(netns: str, name: str) -> list[tuple[int, str, int]]:
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     elements = json.loads(out)["nftables"][1]["set"]["elem"]
-    return [tuple(e["elem"]["val"]["concat"] if "elem" in e else e["concat"]) for e in elements]  # type: ignore[misc]
+    return [tuple(e["elem"]["val"]["concat"] if "elem" in e else e["concat"]) for e in elements]
 
 
 @pytest.mark.netns

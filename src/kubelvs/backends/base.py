@@ -12,9 +12,17 @@ from types import TracebackType
 from typing import Literal, Protocol, Self
 
 from ..errors import BackendUnavailable, FieldError
-from ..model import ConnectionSync, DesiredState, ObservedState, RealServerKey, RealServerStats, ServiceKey
+from ..model import (
+    ConnectionSync,
+    DesiredState,
+    FlowEntry,
+    ObservedState,
+    Prediction,
+    RealServerKey,
+    RealServerStats,
+    ServiceKey,
+)
 from ..planner import Operation
-from .prediction import Prediction
 
 __all__ = ["Backend", "BackendName", "ipvs_available", "open_backend"]
 
@@ -76,9 +84,10 @@ class Backend(Protocol):
         computed as this data plane's kernel computes it, or why it cannot be."""
         ...
 
-    def connection_of(self, key: ServiceKey, client: str, client_port: int) -> str | None:
-        """The real server (``ADDRESS:PORT``) of an existing connection entry of this
-        flow, which wins over any prediction; None: no entry (or no connection table)."""
+    def connection_of(self, key: ServiceKey, client: str, client_port: int | None) -> FlowEntry | None:
+        """The entry of the connection state that decides this flow before any scheduler
+        (its own connection; IPVS persistence: the client's template); None: none, or no
+        connection state to look in."""
         ...
 
     def refresh(self) -> list[str]:

@@ -21,7 +21,16 @@ from types import TracebackType
 from typing import Self
 
 from ..errors import ApplyError, BackendError, FieldError, PartialApplyError
-from ..model import ConnectionSync, DesiredState, ObservedState, RealServerKey, RealServerStats, ServiceKey
+from ..model import (
+    ConnectionSync,
+    DesiredState,
+    FlowEntry,
+    ObservedState,
+    Prediction,
+    RealServerKey,
+    RealServerStats,
+    ServiceKey,
+)
 from ..planner import (
     AddRealServer,
     AddService,
@@ -34,7 +43,6 @@ from ..planner import (
     describe,
     service_of,
 )
-from .prediction import Prediction
 
 __all__ = ["MemoryBackend"]
 
@@ -140,7 +148,7 @@ class MemoryBackend:
     def predict(self, key: ServiceKey, client: str, client_port: int | None) -> Prediction:
         return Prediction(None, False, "the in-memory backend has no data path")
 
-    def connection_of(self, key: ServiceKey, client: str, client_port: int) -> str | None:
+    def connection_of(self, key: ServiceKey, client: str, client_port: int | None) -> FlowEntry | None:
         return None
 
     def sync_connections(self, wanted: ConnectionSync) -> list[str]:

@@ -1,6 +1,8 @@
 """``kubelvs explain CLIENT_IP[:PORT] VIP:PORT[/PROTO]``: which real server a flow goes
-to, and why, on either backend: an existing connection entry wins (IPVS); otherwise the
-scheduler's choice computed the way the kernel computes it (``Backend.predict``)."""
+to, and why, on either backend: an entry of the connection state wins (IPVS: the flow's
+connection or the client's persistence template; nftables NAT: its conntrack entry);
+otherwise the scheduler's choice computed the way the kernel computes it
+(``Backend.predict``). docs/observability.md."""
 
 from __future__ import annotations
 
@@ -9,11 +11,12 @@ import json
 import sys
 
 from ..errors import ConfigError, FieldError
-from ..model import ServiceKey, split_hostport
+from ..formats.explain import render_explanation
+from ..model import ServiceKey, parse_address, split_hostport
 from . import exit_codes
 from .args import add_backend_args
 
-__all__ = ["register"]
+__all__ = ["parse_client", "parse_service", "register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -25,16 +28,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_explain)
 
 
-def _client(text: str) -> tuple[str, int | None]:
-    if text.count(":") == 1:
-        host, port = text.split(":")
-        if port.isdigit() and 0 < int(port) < 65536:
-            return host, int(port)
-        raise ConfigError([FieldError("CLIENT", f"{text!r}: the port is not 1-65535")])
-    return text, None
+def parse_client(text: str) -> tuple[str, int | None]:
+    """``CLIENT_IP[:PORT]``: an IPv4 address (the data planes hash IPv4 flows only)."""
+    host, _, port = text.partition(":")
+    try:
+        address = parse_address(host)
+    except ValueError:
+        address = None
+    if address is None or address.version != 4:
+        raise ConfigError([FieldError("CLIENT", f"{text!r}: not an IPv4 address[:port]")])
+    if not port:
+        return host, None
+    if port.isdigit() and 0 < int(port) < 65536:
+        return host, int(port)
+    raise ConfigError([FieldError("CLIENT", f"{text!r}: the port is not 1-65535")])
 
 
-def _service(text: str) -> ServiceKey:
+def parse_service(text: str) -> ServiceKey:
     where, _, proto = text.partition("/")
     try:
         split_hostport(where)  # says what is wrong with it
@@ -45,36 +55,15 @@ def _service(text: str) -> ServiceKey:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from ..backends import open_backend
+    from ..backends.explain import explain_flow
 
-    client, client_port = _client(args.client)
-    key = _service(args.service)
+    client, client_port = parse_client(args.client)
+    key = parse_service(args.service)
     with open_backend(args.backend, netns=args.netns) as backend:
-        existing = backend.connection_of(key, client, client_port) if client_port is not None else None
-        guess = backend.predict(key, client, client_port)
-        name = backend.name
-    doc = {
-        "backend": name,
-        "client": args.client,
-        "service": str(key),
-        "connection": existing,
-        "prediction": {
-            "realserver": guess.realserver,
-            "predictable": guess.predictable,
-            "why": guess.why,
-            "slot": guess.slot,
-            "slots": guess.slots,
-        },
-        "realserver": existing or guess.realserver,
-    }
+        doc = explain_flow(backend, client, client_port, key)
     if args.output == "json":
         json.dump(doc, sys.stdout, indent=1)
         print()
-        return exit_codes.OK
-    print(f"{args.client} -> {key} ({name}):")
-    if existing is not None:
-        agree = (
-            "" if guess.realserver in (None, existing) else f" (a new flow would go to {guess.realserver})"
-        )
-        print(f"  an existing connection entry sends it to {existing}{agree}")
-    print(f"  {'new flows: ' if existing else ''}{guess.why}")
+    else:
+        print(render_explanation(doc))
     return exit_codes.OK

@@ -124,6 +124,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_scenario)
 
     p = lsub.add_parser(
+        "explain", help="which real server a client's flow goes to, and why, on every director of the lab"
+    )
+    p.add_argument("client", metavar="CLIENT_IP[:PORT]")
+    p.add_argument("service", metavar="VIP:PORT[/PROTO]")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX)
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_explain)
+
+    p = lsub.add_parser(
         "doctor", help="run kubelvs doctor on every director and worker of the lab (as one site)"
     )
     p.add_argument("--prefix", default=DEFAULT_PREFIX)
@@ -290,6 +299,24 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         print("\n".join(render_text(fs, host=h, examined=examined[h]) for h, fs in site.items()), end="")
     return max((exit_code(fs) for fs in site.values()), default=exit_codes.OK)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from ..formats.explain import render_site
+    from ..lab.explain import explain_directors
+    from .explain import parse_client, parse_service
+
+    client, client_port = parse_client(args.client)
+    key = parse_service(args.service)
+    try:
+        doc = explain_directors(load_info(args.prefix), client, client_port, key)
+    except LabError as exc:
+        return _err(str(exc))
+    if args.output == "json":
+        print(json.dumps(doc, indent=1))
+    else:
+        print(render_site(doc))
+    return exit_codes.OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

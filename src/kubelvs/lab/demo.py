@@ -16,8 +16,11 @@ from typing import Any
 
 from ..app.state import read_director_state, state_path
 from ..backends import open_backend
+from ..formats.explain import render_site
 from ..formats.top import Frame, frame
 from ..formats.top import render as render_top
+from ..model import ServiceKey
+from .explain import explain_directors
 from .topology import LabSpec, RunningLab, build, down, lab_namespaces
 from .traffic import DirectorCounters, Result, requests, tally
 
@@ -45,6 +48,7 @@ class DemoResult:
     nodes: list[str] = field(default_factory=list)
     answers: list[dict[str, Any]] = field(default_factory=list)
     top: Frame | None = None  # ``kubelvs top`` over the requests (one director)
+    explain: dict[str, Any] | None = None  # ``kubelvs lab explain`` of the last answered request
 
     @property
     def ok(self) -> bool:
@@ -97,6 +101,13 @@ def measure(running: RunningLab, count: int) -> DemoResult:
     window = _TopWindow(info.backend, info.directors["dir1"]) if len(info.directors) == 1 else None
     results = requests(info.client, spec.vip, spec.port, count)
     top = window.frame() if window is not None else None
+    answered = [r for r in results if r.ok]
+    explained = None
+    if answered:
+        # The client's port as the pod saw it: the node's masquerading keeps it.
+        port = int(answered[-1].client.rsplit(":", 1)[1])
+        key = ServiceKey.parse(f"TCP {spec.vip}:{spec.port}")
+        explained = explain_directors(info, info.client_ip, port, key)
     by_pod, by_node = tally(results, info.pod_node())
     reqs = reps = 0
     for c in counters:
@@ -119,6 +130,7 @@ def measure(running: RunningLab, count: int) -> DemoResult:
         nodes=[n.name for n in info.nodes],
         answers=[_answer(r, info.pod_node()) for r in results],
         top=top,
+        explain=explained,
     )
 
 
@@ -204,6 +216,13 @@ def render(result: DemoResult) -> str:
             "",
             "$ kubelvs top --once   (the director, over the requests)",
             *render_top(result.top).splitlines(),
+        ]
+    if result.explain is not None:
+        client = next(iter(result.explain["directors"].values()))["client"]
+        lines += [
+            "",
+            f"$ kubelvs lab explain {client} {result.vip}:{result.port}   (the last request answered)",
+            *render_site(result.explain).splitlines(),
         ]
     lines.append(f"backend: {result.backend}; result: {'OK' if result.ok else 'FAILED'}")
     return "\n".join(lines) + "\n"

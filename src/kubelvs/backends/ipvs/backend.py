@@ -15,7 +15,9 @@ from ...kernel.netns import entered
 from ...model import (
     ConnectionSync,
     DesiredState,
+    FlowEntry,
     ObservedState,
+    Prediction,
     RealServer,
     RealServerKey,
     RealServerStats,
@@ -36,7 +38,6 @@ from ...planner import (
     service_of,
 )
 from ..base import ipvs_available
-from ..prediction import Prediction
 from . import flowhash, wire
 from .genl import GenlSocket, Request
 from .order import ORDERED_SCHEDULERS, to_move
@@ -146,24 +147,32 @@ class IpvsBackend:
         return [decode.decode_dest(decode.decode(raw))[0] for raw in raws]
 
     def predict(self, key: ServiceKey, client: str, client_port: int | None) -> Prediction:
-        svc = self.read().services.get(key)  # TODO: one GET_SERVICE instead of a whole read
+        svc = self.read().services.get(key)  # a whole read: explain is a one-off command
         if svc is None:
             return Prediction(None, False, f"no virtual service {key}")
         return flowhash.predict(svc, self.destination_order(key), client, client_port)
 
-    def connection_of(self, key: ServiceKey, client: str, client_port: int) -> str | None:
-        """From /proc/net/ip_vs_conn in the backend's namespace (what ipvsadm -Lnc shows)."""
+    def connection_of(self, key: ServiceKey, client: str, client_port: int | None) -> FlowEntry | None:
+        """From /proc/net/ip_vs_conn in the backend's namespace (what ipvsadm -Lnc shows):
+        the flow's own entry, else the client's persistence template (client port 0; of
+        the client's own address, i.e. a persistence netmask of /32)."""
         with entered(self._netns):
             try:
-                text = open("/proc/net/ip_vs_conn").read()  # noqa: SIM115
+                with open("/proc/net/ip_vs_conn") as f:
+                    text = f.read()
             except OSError:
                 return None
-        table = parse_proc_conn(text)
-        source, virtual = f"{client}:{client_port}", f"{key.address}:{key.port}"
-        for proto, _, _state, who, vip, dest in table.rows:
-            if who == source and vip == virtual and proto == key.protocol.name:
-                return dest
-        return None
+        own = f"{client}:{client_port}" if client_port is not None else None
+        virtual = {f"{key.address}:{key.port}", f"{key.address}:0"}  # a template of a port-0 service
+        template = None
+        for proto, _, state, who, vip, dest in parse_proc_conn(text).rows:
+            if proto != key.protocol.name or vip not in virtual:
+                continue
+            if who == own and vip.endswith(f":{key.port}"):
+                return FlowEntry(dest, "connection", state)
+            if who == f"{client}:0" and template is None:
+                template = FlowEntry(dest, "persistence template", state)
+        return template
 
     # ------------------------------------------------------------------ apply
 

@@ -20,8 +20,7 @@ import ipaddress
 import math
 from collections.abc import Sequence
 
-from ...model import RealServer, VirtualService
-from ..prediction import Prediction
+from ...model import Prediction, RealServer, VirtualService
 
 __all__ = [
     "MH_TABLE_SIZE",
@@ -141,8 +140,10 @@ def mh_table(destinations: Sequence[tuple[str, int, int]]) -> list[int | None]:
     shift = max(0, (max(weights) // gcd).bit_length() - MH_TABLE_BITS)
     perm, skip, turns = [], [], []
     for address, port, w in destinations:
-        perm.append(_mh_hashkey(address, port, MH_HASH2) % MH_TABLE_SIZE)
-        skip.append(_mh_hashkey(address, port, MH_HASH1) % (MH_TABLE_SIZE - 1) + 1)
+        # ip_vs_mh_permutate: the offset from hash1 (the key clients are looked up with
+        # too), the skip from hash2.
+        perm.append(_mh_hashkey(address, port, MH_HASH1) % MH_TABLE_SIZE)
+        skip.append(_mh_hashkey(address, port, MH_HASH2) % (MH_TABLE_SIZE - 1) + 1)
         turns.append(((w // gcd) >> shift) or (1 if w != 0 else 0))
     table: list[int | None] = [None] * MH_TABLE_SIZE
     filled = 0
@@ -163,9 +164,9 @@ def predict(
     svc: VirtualService, order: Sequence[RealServer], client: str, client_port: int | None
 ) -> Prediction:
     """What IPVS does with a new flow from ``client`` to ``svc`` whose real servers are
-    ``order`` (the kernel's list order). TODO (checked against the kernel in the VM):
-    mh's table is built from ``last_weight``, the weight before a real server went to 0;
-    here the current weight is used."""
+    ``order`` (the kernel's list order). mh's table is built from each server's
+    ``last_weight`` (the weight before it went to 0), which netlink does not report: with
+    a server at weight 0 the answer is "not predictable"."""
     if svc.scheduler not in ("sh", "mh"):
         return Prediction(None, False, f"{svc.scheduler} depends on the kernel's state (counters, positions)")
     with_port = f"{svc.scheduler}-port" in svc.flags

@@ -37,14 +37,16 @@ from ...kernel.netns import entered
 from ...model import (
     ConnectionSync,
     DesiredState,
+    FlowEntry,
     Forward,
     ObservedState,
+    Prediction,
+    Protocol,
     RealServerKey,
     RealServerStats,
     ServiceKey,
 )
 from ...planner import Operation, SetSysctl, SetTimeouts
-from ..prediction import Prediction
 from . import flowhash, neigh, picture, transaction, tunnel
 from .capabilities import Capabilities, tun_supported
 from .elements import Neighbour, elements_text, neighbour_elements
@@ -56,6 +58,13 @@ from .schema import Element, Found, device_chain_name, device_chain_text, repair
 from .transaction import Resolver, ServicesFailed, Transaction, build, key_of, touched_by
 
 __all__ = ["NftablesBackend", "tun_supported"]
+
+_IPPROTO = {Protocol.TCP: 6, Protocol.UDP: 17, Protocol.SCTP: 132}
+#: enum tcp_conntrack (nf_conntrack_tcp.h), as conntrack -L names them.
+_TCP_STATES = (
+    "NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE",
+    "SYN_SENT2",
+)  # fmt: skip
 
 _GEN_MASK = 0xFFFFFFFF
 _NO_CONNECTIONS = RealServerStats()
@@ -420,9 +429,28 @@ class NftablesBackend:
             return Prediction(None, False, f"no virtual service {key}")
         return flowhash.predict(svc, client, client_port)
 
-    def connection_of(self, key: ServiceKey, client: str, client_port: int) -> str | None:
-        """DR keeps no state (the prediction is what every packet gets); NAT's entries are
-        conntrack's (not read here yet)."""
+    def connection_of(self, key: ServiceKey, client: str, client_port: int | None) -> FlowEntry | None:
+        """NAT: the flow's conntrack entry, whose reply comes from its real server (its
+        later packets follow it, whatever the table says now). DR keeps no state: every
+        packet gets the prediction."""
+        if client_port is None or key.address is None:
+            return None
+        from pyroute2 import Conntrack  # only here: explain's; netlink sockets bind where created
+        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+        wanted = NFCTAttrTuple(
+            saddr=client,
+            daddr=str(key.address),
+            proto=_IPPROTO[key.protocol],
+            sport=client_port,
+            dport=key.port,
+        )
+        with entered(self._netns), Conntrack() as ct:
+            for entry in ct.dump_entries(tuple_orig=wanted):
+                reply = entry.tuple_reply
+                state = getattr(entry.protoinfo, "state", None)  # TCP's, a number
+                shown = _TCP_STATES[state] if isinstance(state, int) and state < len(_TCP_STATES) else "-"
+                return FlowEntry(f"{reply.saddr}:{reply.sport}", "connection", shown)
         return None
 
     def sync_connections(self, wanted: ConnectionSync) -> list[str]:

@@ -14,8 +14,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from ...model import Forward, VirtualService
-from ..prediction import Prediction
+from ...model import Forward, Prediction, VirtualService
 from .maglev import MAGLEV_SIZE, maglev_table, wrr_table
 from .schema import HASH_SEED
 
