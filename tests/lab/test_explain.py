@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
@@ -18,11 +19,32 @@ from kubelvs.backends.ipvs import IpvsBackend
 from kubelvs.backends.ipvs.flowhash import predict as predict_ipvs
 from kubelvs.backends.nftables.flowhash import predict
 from kubelvs.lab.explain import explain_directors
-from kubelvs.lab.topology import LabSpec, build
+from kubelvs.lab.topology import LabSpec, RunningLab, build
 from kubelvs.lab.traffic import requests
-from kubelvs.model import ServiceKey
+from kubelvs.model import Prediction, ServiceKey
 
 FLOWS = 1000
+
+
+def _assert_every_flow_predicted(running: RunningLab, guess: Callable[[str, int], Prediction]) -> None:
+    """FLOWS requests, each on a new connection: ``guess(client, port)`` names the real
+    server (the node) whose pod answered, every time."""
+    info = running.info
+    results = requests(info.client, info.spec.vip, info.spec.port, FLOWS)
+    assert all(r.ok for r in results)
+    node_ip = {n.name: n.ip for n in info.nodes}
+    pod_node = info.pod_node()
+    wrong = []
+    for r in results:
+        # The pod sees its node's address (the node's kube-proxy rules masquerade)
+        # and, as masquerading keeps it when it can, the client's own port.
+        port = int(r.client.rsplit(":", 1)[1])
+        went = f"{node_ip[pod_node[r.pod]]}:{info.spec.port}"
+        predicted = guess(info.client_ip, port)
+        if predicted.realserver != went:
+            wrong.append((r.client, went, predicted))
+    assert not wrong, f"{len(wrong)} of {FLOWS} flows went elsewhere than predicted: {wrong[:5]}"
+    assert len({r.pod for r in results}) == len(pod_node)  # the sample reached every pod
 
 
 @pytest.mark.netns
@@ -31,23 +53,9 @@ def test_nftables_predictions_match_real_flows(prefix: str, scheduler: str, flag
     running = build(LabSpec(prefix=prefix, scheduler=scheduler, flags=flags, backend="nftables", agents=True))
     try:
         info = running.info
-        results = requests(info.client, info.spec.vip, info.spec.port, FLOWS)
-        assert all(r.ok for r in results)
         with open_backend("nftables", netns=info.directors["dir1"]) as kernel:
             svc = kernel.read().services[ServiceKey.parse(f"TCP {info.spec.vip}:{info.spec.port}")]
-        node_ip = {n.name: n.ip for n in info.nodes}
-        pod_node = info.pod_node()
-        wrong = []
-        for r in results:
-            # The pod sees its node's address (the node's kube-proxy rules masquerade)
-            # and, as masquerading keeps it when it can, the client's own port.
-            port = int(r.client.rsplit(":", 1)[1])
-            went = f"{node_ip[pod_node[r.pod]]}:{info.spec.port}"
-            guess = predict(svc, info.client_ip, port)
-            if guess.realserver != went:
-                wrong.append((r.client, went, guess))
-        assert not wrong, f"{len(wrong)} of {FLOWS} flows went elsewhere than predicted: {wrong[:5]}"
-        assert len({r.pod for r in results}) == len(pod_node)  # the sample reached every pod
+        _assert_every_flow_predicted(running, lambda client, port: predict(svc, client, port))
     finally:
         running.teardown()
 
@@ -58,22 +66,11 @@ def test_ipvs_predictions_match_real_flows(prefix: str, scheduler: str, flags: t
     running = build(LabSpec(prefix=prefix, scheduler=scheduler, flags=flags, backend="ipvs", agents=True))
     try:
         info = running.info
-        results = requests(info.client, info.spec.vip, info.spec.port, FLOWS)
-        assert all(r.ok for r in results)
         key = ServiceKey.parse(f"TCP {info.spec.vip}:{info.spec.port}")
         with IpvsBackend(netns=info.directors["dir1"]) as kernel:
             svc = kernel.read().services[key]
             order = kernel.destination_order(key)
-        node_ip = {n.name: n.ip for n in info.nodes}
-        pod_node = info.pod_node()
-        wrong = []
-        for r in results:
-            port = int(r.client.rsplit(":", 1)[1])
-            went = f"{node_ip[pod_node[r.pod]]}:{info.spec.port}"
-            guess = predict_ipvs(svc, order, info.client_ip, port)
-            if guess.realserver != went:
-                wrong.append((r.client, went, guess))
-        assert not wrong, f"{len(wrong)} of {FLOWS} flows went elsewhere than predicted: {wrong[:5]}"
+        _assert_every_flow_predicted(running, lambda client, port: predict_ipvs(svc, order, client, port))
     finally:
         running.teardown()
 
