@@ -16,6 +16,7 @@ from typing import Any
 
 from ..app.state import read_director_state, state_path
 from ..backends import open_backend
+from ..errors import BackendError
 from ..formats.explain import render_site
 from ..formats.top import Frame, frame
 from ..formats.top import render as render_top
@@ -107,7 +108,10 @@ def measure(running: RunningLab, count: int) -> DemoResult:
         # The client's port as the pod saw it: the node's masquerading keeps it.
         port = int(answered[-1].client.rsplit(":", 1)[1])
         key = ServiceKey.parse(f"TCP {spec.vip}:{spec.port}")
-        explained = explain_directors(info, info.client_ip, port, key)
+        try:
+            explained = explain_directors(info, info.client_ip, port, key)
+        except BackendError as exc:  # said in the result; the demo's traffic stands on its own
+            explained = {"error": str(exc)}
     by_pod, by_node = tally(results, info.pod_node())
     reqs = reps = 0
     for c in counters:
@@ -217,7 +221,9 @@ def render(result: DemoResult) -> str:
             "$ kubelvs top --once   (the director, over the requests)",
             *render_top(result.top).splitlines(),
         ]
-    if result.explain is not None:
+    if result.explain is not None and "error" in result.explain:
+        lines.append(f"kubelvs lab explain failed: {result.explain['error']}")
+    elif result.explain is not None:
         client = next(iter(result.explain["directors"].values()))["client"]
         lines += [
             "",

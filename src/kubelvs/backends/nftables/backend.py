@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import Self
 
 from ...bulk import no_gc
-from ...errors import CapabilityError, FieldError
+from ...errors import BackendError, CapabilityError, FieldError
 from ...kernel import sysctl
 from ...kernel.netns import entered
 from ...model import (
@@ -436,6 +436,7 @@ class NftablesBackend:
         if client_port is None or key.address is None:
             return None
         from pyroute2 import Conntrack  # only here: explain's; netlink sockets bind where created
+        from pyroute2.netlink.exceptions import NetlinkError
         from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
         wanted = NFCTAttrTuple(
@@ -445,12 +446,15 @@ class NftablesBackend:
             sport=client_port,
             dport=key.port,
         )
-        with entered(self._netns), Conntrack() as ct:
-            for entry in ct.dump_entries(tuple_orig=wanted):
-                reply = entry.tuple_reply
-                state = getattr(entry.protoinfo, "state", None)  # TCP's, a number
-                shown = _TCP_STATES[state] if isinstance(state, int) and state < len(_TCP_STATES) else "-"
-                return FlowEntry(f"{reply.saddr}:{reply.sport}", "connection", shown)
+        try:
+            with entered(self._netns), Conntrack() as ct:
+                for entry in ct.dump_entries(tuple_orig=wanted):
+                    reply = entry.tuple_reply
+                    state = getattr(entry.protoinfo, "state", None)  # TCP's, a number
+                    shown = _TCP_STATES[state] if isinstance(state, int) and state < len(_TCP_STATES) else "-"
+                    return FlowEntry(f"{reply.saddr}:{reply.sport}", "connection", shown)
+        except (OSError, NetlinkError) as exc:  # e.g. no conntrack netlink in this kernel
+            raise BackendError(f"reading the connection tracking table: {exc}") from exc
         return None
 
     def sync_connections(self, wanted: ConnectionSync) -> list[str]:
