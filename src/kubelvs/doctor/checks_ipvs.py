@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from ..formats.ipvs_conn import ConnTable
 from ..formats.ipvsadm_list import Listing
 from ..formats.kube import ServicePort
-from ..model import Forward, Protocol, RealServer, ServiceKey, Timeouts, VirtualService
+from ..model import SCHED_FLAGS, Forward, Protocol, RealServer, ServiceKey, Timeouts, VirtualService
 from .bundle import Bundle
 from .findings import Finding, Severity
 
@@ -332,7 +332,7 @@ def check_hash_fallback(bundle: Bundle) -> Iterator[Finding]:
         return
     for svc in listing.services:
         fallback = f"{svc.scheduler}-fallback"
-        if svc.scheduler not in ("sh", "mh") or fallback in svc.flags or "flag-1" in svc.flags:
+        if svc.scheduler not in SCHED_FLAGS or fallback in svc.flags or "flag-1" in svc.flags:
             continue
         zero = [rs for rs in svc.realservers if rs.weight == 0]
         if not zero or len(zero) == len(svc.realservers):  # all at 0: weight-zero-leftover's

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from ..model import SCHED_FLAGS
 from .bundle import FILES, Bundle
 from .findings import FINDING_IDS, Finding, Severity
 
@@ -48,7 +49,7 @@ def _no_hashing(bundle: Bundle) -> bool:
     """Whether the listing (from /proc/net/ip_vs, which does not show scheduler flags) has
     no sh or mh service, whose flags would matter."""
     listing = bundle.listing
-    return listing is not None and all(s.scheduler not in ("sh", "mh") for s in listing.services)
+    return listing is not None and all(s.scheduler not in SCHED_FLAGS for s in listing.services)
 
 
 def _file(name: str, view: str) -> Callable[[Bundle], str]:

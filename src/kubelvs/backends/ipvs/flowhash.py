@@ -20,7 +20,7 @@ import ipaddress
 import math
 from collections.abc import Sequence
 
-from ...model import Prediction, RealServer, VirtualService
+from ...model import SCHED_FLAGS, Prediction, RealServer, VirtualService
 
 __all__ = [
     "MH_TABLE_SIZE",
@@ -167,7 +167,7 @@ def predict(
     ``order`` (the kernel's list order). mh's table is built from each server's
     ``last_weight`` (the weight before it went to 0), which netlink does not report: with
     a server at weight 0 the answer is "not predictable"."""
-    if svc.scheduler not in ("sh", "mh"):
+    if svc.scheduler not in SCHED_FLAGS:
         return Prediction(None, False, f"{svc.scheduler} depends on the kernel's state (counters, positions)")
     with_port = f"{svc.scheduler}-port" in svc.flags
     if with_port and client_port is None:

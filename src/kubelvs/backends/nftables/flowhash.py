@@ -18,7 +18,7 @@ from ...model import Forward, Prediction, VirtualService
 from .maglev import MAGLEV_SIZE, maglev_table, wrr_table
 from .schema import HASH_SEED
 
-__all__ = ["Prediction", "flow_key", "jhash", "predict", "slot"]
+__all__ = ["flow_key", "jhash", "predict", "slot"]
 
 _M32 = 0xFFFFFFFF
 JHASH_INITVAL = 0xDEADBEEF
