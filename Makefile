@@ -20,15 +20,15 @@ APT_DEMO  := python3 python3-venv iproute2 nftables procps kmod
 # (virtme-ng's guest init needs udevd for its command channel: without it vng prints
 # nothing and fails); keepalived and bird2: the director's VRRP and BGP (tests/ha, the HA scenarios;
 # their own system services are not used); mmdebstrap, umoci: make image (the OCI image), runc: the
-# test that runs it.
+# test that runs it; openssl: scripts/kube-up's certificates (the real kube-apiserver tier).
 APT_TEST  := $(APT_DEMO) conntrack ipvsadm net-tools qemu-system-x86 busybox-static file udev keepalived \
-             bird2 mmdebstrap umoci runc
+             bird2 mmdebstrap umoci runc openssl
 # The benchmarks in the VM: the data path (bench-dr).
 APT_BENCH := $(APT_TEST) iperf3 wrk curl
 
-.PHONY: setup setup-test setup-check setup-bench apt-demo apt-test apt-bench \
+.PHONY: setup setup-test setup-kube setup-check setup-bench apt-demo apt-test apt-bench \
         test test-machine test-vm check demo demo-ipvs image bench bench-dr bench-health bench-faults bench-ha \
-        bench-metrics clean
+        bench-metrics kube-up kube-down clean
 
 ## Set-up. The apt-* steps cost a dpkg query when everything is there; the virtualenv
 ## stamps are rebuilt when pyproject.toml changes.
@@ -61,6 +61,12 @@ setup: apt-demo $(VENV)/.stamp-demo
 setup-test: apt-test $(VENV)/.stamp-test
 	@scripts/vm-kernel >/dev/null
 
+## kube-apiserver and etcd for the real-API-server tier (tests/realkube) and make kube-up:
+## built once from the upstream Go modules into ~/.cache/kubelvs (about 6 minutes here).
+setup-kube:
+	@scripts/apt-need openssl python3
+	@scripts/kube-build >/dev/null
+
 ## What `make check` needs: mypy, ruff, import-linter and stubs (pyproject's dev extra).
 setup-check: apt-demo $(VENV)/.stamp-check
 
@@ -72,11 +78,19 @@ test: setup-test
 	$(MAKE) test-machine
 	$(MAKE) test-vm
 
-test-machine: setup-test
+test-machine: setup-test setup-kube
 	$(PY) -m pytest -q --durations=15 -m "not kernel_ipvs" tests
 
 test-vm: setup-test
 	scripts/vm-run -- $(PY) -m pytest -q --durations=25 -m kernel_ipvs -p no:cacheprovider tests
+
+## A real Kubernetes control plane on 127.0.0.1 for trying kubelvs by hand: etcd and
+## kube-apiserver, built once from their upstream Go modules (scripts/kube-build, cached in
+## ~/.cache/kubelvs), admin kubeconfig in .kube-local/admin.kubeconfig. kube-down stops them.
+kube-up: setup-kube
+	scripts/kube-up
+kube-down:
+	scripts/kube-down
 
 ## Static checks; every one runs, and the target fails if any failed.
 check: setup-check

@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Which set-up installs it: ``demo`` (make setup), ``test`` (make setup-test, also every VM
 #: run), ``bench`` (make setup-bench), ``essential`` (on every Debian system: never listed),
-#: ``optional`` (used only when present; no Debian 12 package).
-Need = Literal["demo", "test", "bench", "essential", "optional"]
+#: ``optional`` (used only when present; no Debian 12 package), ``machine`` (required, but not
+#: from Debian: Debian 12's Go is too old for Kubernetes; these machines come with Go 1.26).
+Need = Literal["demo", "test", "bench", "essential", "optional", "machine"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,10 @@ PROGRAMS: dict[str, Program] = {
     "runc": Program("runc", "test", "tests/packaging runs the image's entry point"),
     "curl": Program("curl", "bench", "make bench-dr checks each path with it"),
     "kubectl": Program("", "optional", "doctor collect, only when a cluster is configured"),
+    "openssl": Program(
+        "openssl", "test", "scripts/kube-up: the local control plane's CA, certificates, keys"
+    ),
+    "go": Program("", "machine", "scripts/kube-build: kube-apiserver and etcd from their Go modules"),
 }
 
 #: Installed into the virtualenv by ``make setup-test`` (pyproject's ``test`` extra).
@@ -200,7 +205,7 @@ def _dpkg_owner(path: str) -> str | None:
 
 
 @pytest.mark.parametrize(
-    "program", sorted(p for p, d in PROGRAMS.items() if d.need in ("demo", "test", "essential"))
+    "program", sorted(p for p, d in PROGRAMS.items() if d.need in ("demo", "test", "essential", "machine"))
 )
 def test_program_is_on_path_after_the_test_set_up(program: str) -> None:
     need = PROGRAMS[program]

@@ -1,6 +1,7 @@
 """A whole director (watches, store, mapping, director, leader, status writer) on one
 event loop, against the stand-in API server, with the in-memory data plane: assembled
-by ``kubelvs.app.director.start_director``, the same builder the CLI uses."""
+by ``kubelvs.app.director.start_director``, the same builder the CLI uses. The real
+kube-apiserver tier (tests/realkube) gives it a client of its own (TLS, a token)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from kubelvs.sources.kubernetes.settings import KubeSettings
 class DirectorStack:
     def __init__(
         self,
-        url: str,
+        url: str | KubeApi,
         settings: KubeSettings,
         *,
         identity: str,
@@ -28,7 +29,7 @@ class DirectorStack:
         resync: float = 30.0,
         guard: GuardSettings | None = None,
     ) -> None:
-        self.api = KubeApi.for_url(url)
+        self.api = KubeApi.for_url(url) if isinstance(url, str) else url
         self.backend = backend or MemoryBackend()
         self.settings = replace(settings, lease_seconds=2, renew_seconds=0.2)
         self.source = KubernetesSource(Config(), settings=self.settings, api=self.api, name=identity)

@@ -96,11 +96,9 @@ class NodeStack:
     builder (``app.node.start_node``): the Kubernetes node source (list + watch through a
     kubeconfig), the loop, a real NodeAgent on the namespace; running inside ``async with``."""
 
-    def __init__(self, server: FakeApiServer, ns: str, tmp: Path, *, resync: float = 30.0) -> None:
+    def __init__(self, kubeconfig: Path, ns: str, tmp: Path, *, resync: float = 30.0) -> None:
         config = parse_config({"owned_cidrs": ["10.240.0.0/24"], "kubernetes": SECTION})
-        self.node_source = KubernetesNodeSource(
-            config, "node1", netns=ns, kubeconfig=kubeconfig(tmp / "kubeconfig", server.url)
-        )
+        self.node_source = KubernetesNodeSource(config, "node1", netns=ns, kubeconfig=kubeconfig)
         self.source = self.node_source.objects
         self.agent = NodeAgent(interface="eth0", netns=ns, vip_device="lo", state_dir=tmp / "state")
         self.options = NodeOptions(netns=ns, resync_seconds=resync)
@@ -144,7 +142,7 @@ def run_node(
         try:
             for obj in cluster():
                 server.put(obj)
-            async with NodeStack(server, ns, tmp, resync=resync) as n:
+            async with NodeStack(kubeconfig(tmp / "kubeconfig", server.url), ns, tmp, resync=resync) as n:
                 await body(server, n)
         finally:
             await server.close()

@@ -1,0 +1,55 @@
+"""Watches against a real kube-apiserver: it is killed mid-watch (the director keeps its
+table and converges once it is back), and etcd's history is compacted while it is away, so
+that the director's resourceVersion is gone when it watches again (410, a relist)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from kubelvs.sources.kubernetes.api import KubeApi
+
+from ..kubernetes import k8sobjects as k
+from ..kubernetes.helpers import WHOAMI_SECTION, settings
+from ..kubernetes.stack import DirectorStack
+from ..kubernetes.test_watch import until
+from .cluster import Cluster
+
+WHOAMI = "TCP 10.240.0.201:80"
+
+
+def test_outage_and_compaction_then_converges(kube: Cluster) -> None:
+    kube.create_all(k.whoami_objects())
+
+    async def main() -> None:
+        api = await KubeApi.connect(kube.kubeconfig)
+        d = DirectorStack(api, settings(WHOAMI_SECTION), identity="director-a", resync=0.5)
+        await d.start()
+        try:
+            await until(lambda: WHOAMI in d.backend.table(), timeout=20)
+            table = d.backend.table()
+            lists = d.stats["Service"].lists
+            # Writes the director does not watch move etcd's revision past its Services'.
+            for i in range(5):
+                await asyncio.to_thread(
+                    kube.call,
+                    "POST",
+                    "/api/v1/namespaces/default/configmaps",
+                    {"metadata": {"name": f"filler-{i}"}, "data": {"i": str(i)}},
+                )
+            await asyncio.to_thread(kube.kill_apiserver)
+            await until(lambda: sum(s.errors for s in d.stats.values()) >= 3, timeout=20)
+            await asyncio.sleep(1.0)  # resyncs while it is away
+            assert d.backend.table() == table and d.loop.failures == 0
+            revision = await asyncio.to_thread(kube.etcd_compact)
+            assert revision > int(d.stats["Service"].resource_version)
+            await asyncio.to_thread(kube.start)
+            await until(lambda: d.stats["Service"].gone >= 1 and d.stats["Service"].lists > lists, timeout=30)
+            # Converges on an edit made after the outage.
+            await asyncio.to_thread(
+                kube.merge_patch, "/api/v1/nodes/node2", {"spec": {"unschedulable": True}}
+            )
+            await until(lambda: d.backend.table()[WHOAMI] == [("10.240.0.101", 80, 1, "dr")], timeout=20)
+        finally:
+            await d.close()
+
+    asyncio.run(main())
