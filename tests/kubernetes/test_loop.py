@@ -46,6 +46,8 @@ def test_converges_on_edits_incrementally() -> None:
         await d.start()
         await until(lambda: WHOAMI in d.backend.table())
         assert d.backend.table()[WHOAMI] == [("10.240.0.101", 80, 1, "dr"), ("10.240.0.102", 80, 1, "dr")]
+        # One list per kind: the watches start from the start-up list's resourceVersion.
+        assert {kind: s.lists for kind, s in d.stats.items()} == {"Service": 1, "EndpointSlice": 1, "Node": 1}
         reads = d.backend.reads
         # Port change: the old VIP:80 goes, VIP:8080 comes (kube-router #715 cannot happen).
         svc = server.get("Service", "default", "whoami")

@@ -26,6 +26,12 @@ def test_outage_and_compaction_then_converges(kube: Cluster) -> None:
         await d.start()
         try:
             await until(lambda: WHOAMI in d.backend.table(), timeout=20)
+            # One list per kind: the watches start from the start-up list's resourceVersion.
+            assert {kind: s.lists for kind, s in d.stats.items()} == {
+                "Service": 1,
+                "EndpointSlice": 1,
+                "Node": 1,
+            }
             table = d.backend.table()
             lists = d.stats["Service"].lists
             # Writes the director does not watch move etcd's revision past its Services'.

@@ -89,6 +89,7 @@ class ObjectSource:
                     relist_seconds=s.relist_seconds,
                     backoff_max=s.backoff_max_seconds,
                     stop=stop,
+                    listed_rv=self.stats[kind].resource_version,  # open() listed: watch from there
                 )
             )
             for kind in KINDS

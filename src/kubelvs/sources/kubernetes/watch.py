@@ -71,6 +71,7 @@ async def list_kind(api: KubeApi, kind: str, store: Store, stats: WatchStats) ->
         rv = str(meta.get("resourceVersion") or "")
         store.replace(kind, items)
         stats.lists += 1
+        stats.resource_version = rv
         return rv
 
 
@@ -84,19 +85,22 @@ async def watch_kind(
     relist_seconds: float = 900.0,
     backoff_max: float = 30.0,
     stop: asyncio.Event | None = None,
+    listed_rv: str = "",
 ) -> None:
-    """Keep ``store``'s objects of ``kind`` current until ``stop`` is set (or cancelled)."""
+    """Keep ``store``'s objects of ``kind`` current until ``stop`` is set (or cancelled).
+
+    ``listed_rv``: the resourceVersion of a list the caller has just put into ``store``;
+    the watch starts from it instead of listing again."""
     stats = stats if stats is not None else WatchStats()
     stop = stop or asyncio.Event()
     backoff = Backoff(backoff_max)
-    rv = ""
-    listed_at = 0.0
+    rv = listed_rv
+    listed_at = time.monotonic() if listed_rv else 0.0
     while not stop.is_set():
         try:
             if not rv or time.monotonic() - listed_at >= relist_seconds:
                 rv = await list_kind(api, kind, store, stats)
                 listed_at = time.monotonic()
-                stats.resource_version = rv
             params = {
                 "watch": "true",
                 "resourceVersion": rv,
