@@ -25,11 +25,16 @@ import os
 import secrets
 import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from kubelvs.app.state import remove_director_state
+
+from .realkube.cluster import Cluster
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
 NETNS_PREFIX = "kubelvs-t"
 
@@ -93,3 +98,52 @@ def make_netns() -> Iterator[Callable[[str], str]]:
 def netns(make_netns: Callable[[str], str]) -> str:
     """One fresh namespace (IPVS tables and nftables rulesets are per namespace)."""
     return make_netns("ns")
+
+
+# --- the real kube-apiserver (tests/realkube, and the Kubernetes tests that run on both the
+# stand-in and the real server): one control plane per session, started on the first test
+# that asks for it, stopped at the end even when tests fail.
+
+#: What each test may have created; emptied before the next (the RBAC objects stay).
+_COLLECTIONS = (
+    "/api/v1/namespaces/default/services",
+    "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+    "/api/v1/nodes",
+    "/api/v1/namespaces/default/events",
+    "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases",
+    "/api/v1/namespaces/default/configmaps",
+)
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    directory = tmp_path_factory.mktemp("kube")
+    try:
+        cluster = Cluster.up(directory)
+    except BaseException:
+        Cluster(directory, 0, 0, 0, "").down()
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.down()
+
+
+@pytest.fixture
+def kube(kube_cluster: Cluster) -> Cluster:
+    kube_cluster.start()  # a test that stopped the API server may have failed before restarting it
+    for path in _COLLECTIONS:
+        if path.endswith("/services"):  # Services have no deletecollection
+            for item in kube_cluster.call("GET", path)["items"]:
+                if item["metadata"]["name"] != "kubernetes":
+                    kube_cluster.call("DELETE", f"{path}/{item['metadata']['name']}")
+        else:
+            kube_cluster.call("DELETE", path)
+    return kube_cluster
+
+
+@pytest.fixture(scope="session")
+def rbac(kube_cluster: Cluster) -> None:
+    """deploy/rbac.yaml applied for real, once (it stays: a namespace cannot be deleted
+    without kube-controller-manager's namespace controller, and the cluster goes at the end)."""
+    kube_cluster.apply_manifest(DEPLOY / "rbac.yaml")

@@ -32,6 +32,8 @@ from typing import Any
 
 from aiohttp import web
 
+from kubelvs.sources.kubernetes.api import KubeApi
+
 Obj = dict[str, Any]
 
 KIND_OF_PATH = {
@@ -113,6 +115,9 @@ class FakeApiServer:
 
     async def close(self) -> None:
         await self.stop()
+
+    async def client(self) -> KubeApi:
+        return KubeApi.for_url(self.url)
 
     # ------------------------------------------------------------ faults
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from kubelvs.app.director import DirectorOptions, DirectorProgram, start_director
 from kubelvs.backends.memory import MemoryBackend
@@ -16,6 +16,18 @@ from kubelvs.sources.config import Config
 from kubelvs.sources.kubernetes.api import KubeApi
 from kubelvs.sources.kubernetes.desired import KubernetesSource
 from kubelvs.sources.kubernetes.settings import KubeSettings
+
+
+class ApiUnderTest(Protocol):
+    """What a test does to the API server its director watches: the stand-in
+    (tests/kubernetes/apiserver.py) or a real kube-apiserver (tests/realkube/cluster.py)."""
+
+    def put(self, obj: dict[str, Any]) -> Any: ...  # create, or update an object got from it
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]: ...
+    def delete(self, kind: str, namespace: str, name: str) -> None: ...
+    async def stop(self) -> None: ...  # an outage (a crash)
+    async def start(self) -> None: ...
+    async def client(self) -> KubeApi: ...  # a client for the director, with its credentials
 
 
 class DirectorStack:

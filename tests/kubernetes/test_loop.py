@@ -1,22 +1,25 @@
 """The running director against the stand-in API server: converges on changes with
 one coalesced reconcile, keeps the kernel through an outage, writes status and Events
-as the only leader among several active-active directors."""
+as the only leader among several active-active directors. The tests that need no fault
+only the stand-in can make run on a real kube-apiserver too (``SERVERS``)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubelvs.backends.memory import MemoryBackend
 from kubelvs.model import RealServerKey, RealServerStats, ServiceKey
 from kubelvs.planner import service_of
 
+from ..realkube.cluster import RealApi
 from . import k8sobjects as k
 from .apiserver import FakeApiServer
 from .helpers import settings
-from .stack import DirectorStack
+from .stack import ApiUnderTest, DirectorStack
 from .test_watch import until
 
 WHOAMI = "TCP 10.240.0.201:80"
@@ -34,15 +37,27 @@ def run(body: Any, **kw: Any) -> Any:
     return asyncio.run(main())
 
 
-def whoami(server: FakeApiServer) -> None:
+SERVERS = ["stand-in", pytest.param("real", marks=pytest.mark.real_apiserver)]
+
+
+def run_on(server: str, request: pytest.FixtureRequest, body: Any) -> Any:
+    """``body(api)`` against the stand-in, or the session's real kube-apiserver."""
+    if server == "stand-in":
+        return run(body)
+    real = RealApi(request.getfixturevalue("kube"))
+    return asyncio.run(body(real))
+
+
+def whoami(server: ApiUnderTest) -> None:
     for obj in k.whoami_objects():
         server.put(obj)
 
 
-def test_converges_on_edits_incrementally() -> None:
-    async def body(server: FakeApiServer) -> None:
+@pytest.mark.parametrize("server_kind", SERVERS)
+def test_converges_on_edits_incrementally(server_kind: str, request: pytest.FixtureRequest) -> None:
+    async def body(server: ApiUnderTest) -> None:
         whoami(server)
-        d = DirectorStack(server.url, settings(), identity="d1")
+        d = DirectorStack(await server.client(), settings(), identity="d1")
         await d.start()
         await until(lambda: WHOAMI in d.backend.table())
         assert d.backend.table()[WHOAMI] == [("10.240.0.101", 80, 1, "dr"), ("10.240.0.102", 80, 1, "dr")]
@@ -60,7 +75,7 @@ def test_converges_on_edits_incrementally() -> None:
         assert d.backend.reads == reads  # incremental: planned against memory, no kernel re-read
         await d.close()
 
-    run(body)
+    run_on(server_kind, request, body)
 
 
 def test_burst_of_changes_is_one_reconcile() -> None:
@@ -88,23 +103,29 @@ def test_burst_of_changes_is_one_reconcile() -> None:
     run(body)
 
 
-def test_outage_keeps_kernel_then_converges() -> None:
-    async def body(server: FakeApiServer) -> None:
+@pytest.mark.parametrize("server_kind", SERVERS)
+def test_outage_keeps_kernel_then_converges(server_kind: str, request: pytest.FixtureRequest) -> None:
+    async def body(server: ApiUnderTest) -> None:
         whoami(server)
-        d = DirectorStack(server.url, settings(), identity="d1", resync=0.3)
+        d = DirectorStack(await server.client(), settings(), identity="d1", resync=0.3)
         await d.start()
-        await until(lambda: WHOAMI in d.backend.table())
+        await until(lambda: WHOAMI in d.backend.table(), timeout=20)
         table = d.backend.table()
         await server.stop()
+        await until(lambda: sum(s.errors for s in d.stats.values()) >= 3, timeout=10)
         await asyncio.sleep(1.2)  # several resync periods and watch retries while away
         assert d.backend.table() == table
-        assert d.loop.failures == 0 and sum(s.errors for s in d.stats.values()) >= 3
-        server.delete("Node", "", "node1")  # changed while we could not see it
-        await server.start()
-        await until(lambda: d.backend.table()[WHOAMI] == [("10.240.0.102", 80, 1, "dr")], timeout=8)
+        assert d.loop.failures == 0
+        if isinstance(server, FakeApiServer):
+            server.delete("Node", "", "node1")  # changed while the director could not see it
+            await server.start()
+        else:  # a real server takes no change while it is away
+            await server.start()
+            server.delete("Node", "", "node1")
+        await until(lambda: d.backend.table()[WHOAMI] == [("10.240.0.102", 80, 1, "dr")], timeout=20)
         await d.close()
 
-    run(body)
+    run_on(server_kind, request, body)
 
 
 def test_a_refused_service_is_retried_and_reported_while_others_go_ahead() -> None:

@@ -7,6 +7,7 @@ product's: what the tests set up and read back does not depend on the code under
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from kubelvs.sources.kubernetes.api import KubeApi
 
 from ..kubernetes.apiserver import free_port
 
@@ -206,6 +209,48 @@ class Cluster:
         return revision
 
 
+class RealApi:
+    """The stand-in server's test interface (``put``/``get``/``delete``/``stop``/``start``,
+    tests/kubernetes/stack.py's ``ApiUnderTest``) on the real server, so that the same test
+    runs on both."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def _path(self, kind: str, namespace: str, name: str) -> str:
+        probe = {"apiVersion": _API_VERSION[kind], "kind": kind, "metadata": {"namespace": namespace or None}}
+        return f"{collection_path(probe)}/{name}"
+
+    def put(self, obj: Obj) -> Obj:
+        meta = obj["metadata"]
+        try:
+            current = self.get(obj["kind"], meta.get("namespace", ""), meta["name"])
+        except ApiStatus as err:
+            if err.code != 404:
+                raise
+            self.cluster.create_all([obj])
+            return self.get(obj["kind"], meta.get("namespace", ""), meta["name"])
+        if meta.get("uid") != current["metadata"]["uid"]:
+            raise ValueError(f"put: {meta['name']} exists; update the object got from the server")
+        return self.cluster.call("PUT", self._path(obj["kind"], meta.get("namespace", ""), meta["name"]), obj)
+
+    def get(self, kind: str, namespace: str, name: str) -> Obj:
+        return self.cluster.call("GET", self._path(kind, namespace, name))
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        self.cluster.call("DELETE", self._path(kind, namespace, name))
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.cluster.kill_apiserver)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.cluster.start)
+
+    async def client(self) -> KubeApi:
+        return await KubeApi.connect(self.cluster.kubeconfig)
+
+
+_API_VERSION = {"Service": "v1", "Node": "v1", "EndpointSlice": "discovery.k8s.io/v1"}
 _PLURAL = {
     "Service": "services",
     "Node": "nodes",

@@ -20,6 +20,8 @@ from ..kubernetes.stack import DirectorStack
 from ..kubernetes.test_watch import until
 from .cluster import SA_NAMESPACE, ApiStatus, Cluster, for_create
 
+pytestmark = pytest.mark.real_apiserver
+
 
 def whoami_cluster(kube: Cluster) -> None:
     """The whoami objects of the stand-in tests, plus a LoadBalancer Service and a Service

@@ -28,7 +28,7 @@ from ..kubernetes.test_e2e import SOURCES, VIP, World
 from ..kubernetes.test_runner import CONFIG
 from .cluster import SA_NAMESPACE, Cluster
 
-pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("rbac")]
+pytestmark = [pytest.mark.netns, pytest.mark.real_apiserver, pytest.mark.usefixtures("rbac")]
 
 NODES = {"node1": "10.240.0.101", "node2": "10.240.0.102"}
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from kubelvs.sources.kubernetes.api import KubeApi
 
 from ..kubernetes import k8sobjects as k
@@ -14,6 +16,8 @@ from ..kubernetes.helpers import WHOAMI_SECTION, settings
 from ..kubernetes.stack import DirectorStack
 from ..kubernetes.test_watch import until
 from .cluster import Cluster, for_create
+
+pytestmark = pytest.mark.real_apiserver
 
 ANN = "kubelvs.io/"
 HOLD = "kubelvs.test/hold"  # a finalizer: the node stays, with deletionTimestamp, once deleted

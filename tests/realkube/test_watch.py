@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from kubelvs.sources.kubernetes.api import KubeApi
 
 from ..kubernetes import k8sobjects as k
@@ -13,6 +15,8 @@ from ..kubernetes.helpers import WHOAMI_SECTION, settings
 from ..kubernetes.stack import DirectorStack
 from ..kubernetes.test_watch import until
 from .cluster import Cluster
+
+pytestmark = pytest.mark.real_apiserver
 
 WHOAMI = "TCP 10.240.0.201:80"
 
