@@ -106,10 +106,11 @@ def test_bad_kubernetes_section_is_refused(tmp_path: Path, capsys: pytest.Captur
     assert "kubernetes.lb_pools[0].cidrs[1]: '10.9.0.0/33' is not a network" in capsys.readouterr().err
 
 
-def test_once_programs_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_once_programs_the_backend(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     backend = MemoryBackend()
     monkeypatch.setattr(director_app, "open_backend", lambda name, netns=None: backend)
-    rc = main(["director", "-f", str(CONFIG), "--from-manifests", str(WHOAMI_DIR), "--once"])
+    state = ["--state-file", str(tmp_path / "state.json")]  # not the host's director state
+    rc = main(["director", "-f", str(CONFIG), "--from-manifests", str(WHOAMI_DIR), "--once", *state])
     assert rc == 0
     assert backend.table() == {
         "TCP 10.240.0.201:80": [("10.240.0.101", 80, 1, "dr"), ("10.240.0.102", 80, 1, "dr")]
@@ -176,14 +177,17 @@ def test_kubernetes_dry_run_via_kubeconfig(
 
 
 def test_kubernetes_once_programs_and_writes_status(
-    api_server: tuple[ServerThread, Path], monkeypatch: pytest.MonkeyPatch
+    api_server: tuple[ServerThread, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     st, kubeconfig = api_server
     for obj in [*k.whoami_objects(), k.service("lb", type="LoadBalancer", created="2026-11-21T00:00:00Z")]:
         st.call(st.server.put, obj)
     backend = MemoryBackend()
     monkeypatch.setattr(director_app, "open_backend", lambda name, netns=None: backend)
-    rc = main(["director", "-f", str(CONFIG), "--kubernetes", "--kubeconfig", str(kubeconfig), "--once"])
+    state = ["--state-file", str(tmp_path / "state.json")]  # not the host's director state
+    rc = main(
+        ["director", "-f", str(CONFIG), "--kubernetes", "--kubeconfig", str(kubeconfig), "--once", *state]
+    )
     assert rc == 0
     assert set(backend.table()) == {"TCP 10.240.0.201:80", "TCP 10.240.0.225:80"}
     assert st.server.get("Service", "default", "lb")["status"]["loadBalancer"]["ingress"] == [

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from ..app.state import remove_director_state
 from ..errors import KernelError, LabError
 from ..kernel import iproute
 from ..kernel import sysctl as _sysctl
@@ -231,6 +232,7 @@ class Lab:
                 with contextlib.suppress(OSError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+            remove_director_state(name)  # a director run with --netns NAME (by the lab or a test)
         self.namespaces.clear()
         self.hosts.clear()
         self._switch = None
