@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from kubelvs.sources.kubernetes.api import KubeApi
+from kubelvs.sources.kubernetes.api import API_VERSIONS, KubeApi
 
 from ..kubernetes.apiserver import free_port
 
@@ -49,7 +49,6 @@ class Cluster:
     etcd_port: int
     peer_port: int
     admin_token: str
-    version: str = ""
 
     @property
     def url(self) -> str:
@@ -59,14 +58,13 @@ class Cluster:
     def kubeconfig(self) -> Path:
         return self.dir / "admin.kubeconfig"
 
-    def env(self, **extra: str) -> dict[str, str]:
+    def env(self) -> dict[str, str]:
         return {
             **os.environ,
             "KUBELVS_KUBE_DIR": str(self.dir),
             "KUBE_APISERVER_PORT": str(self.port),
             "ETCD_CLIENT_PORT": str(self.etcd_port),
             "ETCD_PEER_PORT": str(self.peer_port),
-            **extra,
         }
 
     # --- processes -------------------------------------------------------------------------
@@ -75,14 +73,11 @@ class Cluster:
         cluster = cls(directory, free_port(), free_port(), free_port(), "")
         cluster.start()
         cluster.admin_token = (directory / "tokens.csv").read_text().split(",", 1)[0]
-        cluster.version = str(cluster.call("GET", "/version")["gitVersion"])
         return cluster
 
-    def start(self, **extra_env: str) -> None:
+    def start(self) -> None:
         """kube-up: starts whichever of etcd and kube-apiserver is not running."""
-        done = subprocess.run(
-            [str(ROOT / "scripts/kube-up")], env=self.env(**extra_env), capture_output=True, text=True
-        )
+        done = subprocess.run([str(ROOT / "scripts/kube-up")], env=self.env(), capture_output=True, text=True)
         if done.returncode != 0:
             log = (self.dir / "kube-apiserver.log").read_text()[-3000:] if self.dir.exists() else ""
             raise RuntimeError(f"kube-up failed:\n{done.stdout}\n{done.stderr}\n{log}")
@@ -218,7 +213,7 @@ class RealApi:
         self.cluster = cluster
 
     def _path(self, kind: str, namespace: str, name: str) -> str:
-        probe = {"apiVersion": _API_VERSION[kind], "kind": kind, "metadata": {"namespace": namespace or None}}
+        probe = {"apiVersion": API_VERSIONS[kind], "kind": kind, "metadata": {"namespace": namespace or None}}
         return f"{collection_path(probe)}/{name}"
 
     def put(self, obj: Obj) -> Obj:
@@ -250,7 +245,6 @@ class RealApi:
         return await KubeApi.connect(self.cluster.kubeconfig)
 
 
-_API_VERSION = {"Service": "v1", "Node": "v1", "EndpointSlice": "discovery.k8s.io/v1"}
 _PLURAL = {
     "Service": "services",
     "Node": "nodes",

@@ -18,7 +18,7 @@ from ..kubernetes import k8sobjects as k
 from ..kubernetes.helpers import WHOAMI_SECTION, settings
 from ..kubernetes.stack import DirectorStack
 from ..kubernetes.test_watch import until
-from .cluster import SA_NAMESPACE, ApiStatus, Cluster, for_create
+from .cluster import SA_NAMESPACE, ApiStatus, Cluster
 
 pytestmark = pytest.mark.real_apiserver
 
@@ -26,9 +26,13 @@ pytestmark = pytest.mark.real_apiserver
 def whoami_cluster(kube: Cluster) -> None:
     """The whoami objects of the stand-in tests, plus a LoadBalancer Service and a Service
     whose externalIP is not allowed (an Event), created through the API."""
-    kube.create_all(k.whoami_objects())
-    kube.create(for_create(k.service("lb", type="LoadBalancer")))
-    kube.create(for_create(k.service("evil", external_ips=["10.240.0.10"])))
+    kube.create_all(
+        [
+            *k.whoami_objects(),
+            k.service("lb", type="LoadBalancer"),
+            k.service("evil", external_ips=["10.240.0.10"]),
+        ]
+    )
 
 
 def refused(kube: Cluster, token: str, method: str, path: str, body: k.Obj | None = None) -> str:
