@@ -43,7 +43,6 @@ from ..sources.config import Config, to_desired
 from ..sources.file import ConfigFileSource
 from ..sources.kubernetes.mapping import Mapper, Snapshot, holding_view, vips_for_node
 from ..sources.kubernetes.settings import KubeSettings, parse_kubernetes
-from ..sources.kubernetes.source import ObjectSource
 from .loop import ReconcileLoop
 from .metrics import MetricsServer, NodeCollector, ProgramMetrics
 
@@ -226,6 +225,8 @@ class KubernetesNodeSource:
         manifests: Path | None = None,
         poll_seconds: float = 1.0,
     ) -> None:
+        from ..sources.kubernetes.source import ObjectSource  # the API client is imported only here
+
         self.settings = parse_kubernetes(config.kubernetes, to_desired(config).ownership)
         self.objects = ObjectSource(
             self.settings, kubeconfig=kubeconfig, manifests=manifests, poll=poll_seconds
