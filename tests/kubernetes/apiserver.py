@@ -1,6 +1,7 @@
 """A stand-in Kubernetes API server that speaks the real wire protocol.
 
-No API server can be installed here, so the client is tested against this one. It
+A real kube-apiserver runs in tests/realkube; this one stays for what a real one cannot
+do on demand (500s, watches cut mid-stream, outages on the same port) and for speed. It
 serves what kube-apiserver serves for the calls kubelvs makes:
 
 - list: ``GET /api/v1/services`` etc. with ``limit``/``continue`` pages, a List object
@@ -17,7 +18,8 @@ serves what kube-apiserver serves for the calls kubelvs makes:
   ``stop()``/``start()`` on the same port (an outage).
 
 Objects are the JSON the tests build (k8sobjects.py); resourceVersions are one
-cluster-wide counter, as etcd's revision is.
+cluster-wide counter, as etcd's revision is. As on the real server, an object created
+without ``creationTimestamp`` gets the current second, and an update keeps the first one.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import copy
 import json
 import socket
 import threading
+import time
 from typing import Any
 
 from aiohttp import web
@@ -152,7 +155,12 @@ class FakeApiServer:
         obj = copy.deepcopy(obj)
         meta = obj["metadata"]
         key = (meta.get("namespace", "") if kind != "Node" else "", meta["name"])
-        etype = "MODIFIED" if key in self.objects[kind] else "ADDED"
+        previous = self.objects[kind].get(key)
+        etype = "MODIFIED" if previous is not None else "ADDED"
+        if previous is None:
+            meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        elif "creationTimestamp" in previous["metadata"]:
+            meta["creationTimestamp"] = previous["metadata"]["creationTimestamp"]
         meta["resourceVersion"] = self._bump()
         self.objects[kind][key] = obj
         self._emit(kind, etype, obj)

@@ -65,6 +65,10 @@ class Cluster:
             "KUBE_APISERVER_PORT": str(self.port),
             "ETCD_CLIENT_PORT": str(self.etcd_port),
             "ETCD_PEER_PORT": str(self.peer_port),
+            # etcd tells the API server's watch cache its revision every second (default 10
+            # minutes): a quiet collection's cache then moves on with the cluster's writes, and
+            # its watches get bookmarks past their resourceVersion (test_watch.py).
+            "ETCD_ARGS": "--watch-progress-notify-interval=1s",
         }
 
     # --- processes -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Watches against a real kube-apiserver: it is killed mid-watch (the director keeps its
 table and converges once it is back), and etcd's history is compacted while it is away, so
-that the director's resourceVersion is gone when it watches again (410, a relist)."""
+that the director's resourceVersion is gone when it watches again (410, a relist); and its
+bookmarks, which it sends 2 s before a watch's ``timeoutSeconds`` ends."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import asyncio
 import pytest
 
 from kubelvs.sources.kubernetes.api import KubeApi
+from kubelvs.sources.kubernetes.tracker import Store
+from kubelvs.sources.kubernetes.watch import WatchStats, list_kind
 
 from ..kubernetes import k8sobjects as k
 from ..kubernetes.helpers import WHOAMI_SECTION, settings
 from ..kubernetes.stack import DirectorStack
-from ..kubernetes.test_watch import until
+from ..kubernetes.test_watch import Watching, until
 from .cluster import Cluster
 
 pytestmark = pytest.mark.real_apiserver
@@ -61,5 +64,42 @@ def test_outage_and_compaction_then_converges(kube: Cluster) -> None:
             await until(lambda: d.backend.table()[WHOAMI] == [("10.240.0.101", 80, 1, "dr")], timeout=20)
         finally:
             await d.close()
+
+    asyncio.run(main())
+
+
+def test_bookmarks_move_a_quiet_watch_past_the_clusters_writes(kube: Cluster) -> None:
+    """A real bookmark: the watch cache sends one 2 s before a watch's timeoutSeconds, when
+    its revision is past the watch's (here etcd's progress notifications carry the writes of
+    other kinds into the Services' cache). The watch loop counts it, resumes from its
+    resourceVersion without a list, and an edit after still arrives."""
+    kube.create_all(k.whoami_objects())
+
+    async def main() -> None:
+        api = await KubeApi.connect(kube.kubeconfig)
+        store, listed = Store(), WatchStats()
+        rv = await list_kind(api, "Service", store, listed)
+        w = Watching(api, "Service", store, timeout_seconds=4, listed_rv=rv)
+        try:
+            for i in range(3):  # writes the Services' watch does not see
+                await asyncio.to_thread(
+                    kube.call,
+                    "POST",
+                    "/api/v1/namespaces/default/configmaps",
+                    {"metadata": {"name": f"bookmark-{i}"}, "data": {"i": str(i)}},
+                )
+            await until(lambda: w.stats.bookmarks >= 1, timeout=20)
+            assert w.stats.events == 0 and int(w.stats.resource_version) > int(rv)
+            await until(lambda: w.stats.watches >= 2, timeout=10)  # resumed from the bookmark
+            assert w.stats.lists == 0 and w.stats.errors == 0 and w.stats.gone == 0
+            await asyncio.to_thread(
+                kube.merge_patch,
+                "/api/v1/namespaces/default/services/whoami",
+                {"metadata": {"labels": {"edited": "yes"}}},
+            )
+            await until(lambda: w.stats.events >= 1, timeout=10)
+        finally:
+            await w.close()
+            await api.close()
 
     asyncio.run(main())

@@ -35,6 +35,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
@@ -57,8 +58,6 @@ from ..planner import (
 from ..sources.desired import SourceGauges
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from .director import DirectorProgram
 
 __all__ = [
@@ -428,8 +427,6 @@ class MetricsServer:
         self.listening = asyncio.Event()
 
     async def serve(self, stop: asyncio.Event) -> None:
-        from aiohttp import web  # only when serving: a program without metrics does not pay for it
-
         app = web.Application()
         app.router.add_get("/metrics", self._scrape)
         runner = web.AppRunner(app, access_log=None)
