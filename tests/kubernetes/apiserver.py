@@ -156,11 +156,13 @@ class FakeApiServer:
         meta = obj["metadata"]
         key = (meta.get("namespace", "") if kind != "Node" else "", meta["name"])
         previous = self.objects[kind].get(key)
-        etype = "MODIFIED" if previous is not None else "ADDED"
         if previous is None:
+            etype = "ADDED"
             meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        elif "creationTimestamp" in previous["metadata"]:
-            meta["creationTimestamp"] = previous["metadata"]["creationTimestamp"]
+        else:
+            etype = "MODIFIED"
+            if "creationTimestamp" in previous["metadata"]:
+                meta["creationTimestamp"] = previous["metadata"]["creationTimestamp"]
         meta["resourceVersion"] = self._bump()
         self.objects[kind][key] = obj
         self._emit(kind, etype, obj)

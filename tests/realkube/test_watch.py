@@ -6,6 +6,7 @@ bookmarks, which it sends 2 s before a watch's ``timeoutSeconds`` ends."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,19 @@ from .cluster import Cluster
 pytestmark = pytest.mark.real_apiserver
 
 WHOAMI = "TCP 10.240.0.201:80"
+
+
+def configmaps(prefix: str, count: int) -> list[dict[str, Any]]:
+    """Writes no Service watch sees: they move etcd's revision past the Services'."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": f"{prefix}-{i}", "namespace": "default"},
+            "data": {"i": str(i)},
+        }
+        for i in range(count)
+    ]
 
 
 def test_outage_and_compaction_then_converges(kube: Cluster) -> None:
@@ -41,14 +55,7 @@ def test_outage_and_compaction_then_converges(kube: Cluster) -> None:
             }
             table = d.backend.table()
             lists = d.stats["Service"].lists
-            # Writes the director does not watch move etcd's revision past its Services'.
-            for i in range(5):
-                await asyncio.to_thread(
-                    kube.call,
-                    "POST",
-                    "/api/v1/namespaces/default/configmaps",
-                    {"metadata": {"name": f"filler-{i}"}, "data": {"i": str(i)}},
-                )
+            await asyncio.to_thread(kube.create_all, configmaps("filler", 5))
             await asyncio.to_thread(kube.kill_apiserver)
             await until(lambda: sum(s.errors for s in d.stats.values()) >= 3, timeout=20)
             await asyncio.sleep(1.0)  # resyncs while it is away
@@ -81,13 +88,7 @@ def test_bookmarks_move_a_quiet_watch_past_the_clusters_writes(kube: Cluster) ->
         rv = await list_kind(api, "Service", store, listed)
         w = Watching(api, "Service", store, timeout_seconds=4, listed_rv=rv)
         try:
-            for i in range(3):  # writes the Services' watch does not see
-                await asyncio.to_thread(
-                    kube.call,
-                    "POST",
-                    "/api/v1/namespaces/default/configmaps",
-                    {"metadata": {"name": f"bookmark-{i}"}, "data": {"i": str(i)}},
-                )
+            await asyncio.to_thread(kube.create_all, configmaps("bookmark", 3))
             await until(lambda: w.stats.bookmarks >= 1, timeout=20)
             assert w.stats.events == 0 and int(w.stats.resource_version) > int(rv)
             await until(lambda: w.stats.watches >= 2, timeout=10)  # resumed from the bookmark
