@@ -7,7 +7,8 @@
    ``--seconds``: probes per second sustained, the process's CPU per second (one core is
    1.0), and the drift of the real intervals from the configured one (how late each probe
    started, p50/p99/max, as a share of the interval). Target: p99 under 10% at 1,000.
-2. Node failure at scale: ``--services`` virtual services x 10 nodes programmed into
+2. Node failure at scale: ``--services`` virtual services x 10 nodes (DR, ``mh``, the
+   same nodes in every service: what the Kubernetes source programs) programmed into
    nftables by the director program (config file source, TCP checks, fall 1); one node's
    listener is closed; measured: from the checker's DOWN transition to the end of the
    sync that programmed weight 0 for that node in every service (one batch), and the
@@ -168,7 +169,8 @@ def probe_load(count: int, seconds: float) -> dict[str, Any]:
 
 
 def _config(n: int, nodes: list[str]) -> str:
-    rss = ", ".join(f"{{address: {a}, port: 80, forward: nat}}" for a in nodes)
+    # What the Kubernetes source programs: DR, mh, every service on the same nodes.
+    rss = ", ".join(f"{{address: {a}, port: 80, forward: dr}}" for a in nodes)
     lines = [
         "owned_cidrs: [10.96.0.0/12]",
         "recommended_sysctls: false",
@@ -177,13 +179,13 @@ def _config(n: int, nodes: list[str]) -> str:
     ]
     for i in range(n):
         vip = ipaddress.IPv4Address(int(ipaddress.IPv4Address("10.96.0.0")) + i)
-        lines.append(f"  - {{vip: {vip}, port: 80, scheduler: rr, realservers: [{rss}]}}")
+        lines.append(f"  - {{vip: {vip}, port: 80, scheduler: mh, realservers: [{rss}]}}")
     return "\n".join(lines) + "\n"
 
 
 def node_failure(n: int, backend_name: str, tmp: Path) -> dict[str, Any]:
     """The director in one namespace, the 10 nodes' addresses in another, on a veth link
-    (NAT real servers on a connected subnet: IPVS takes them, and no ARP per node)."""
+    (DR real servers on a connected subnet: the peer answers ARP for all ten)."""
     with Netns() as director, Netns() as peer:
         subprocess.run(
             ["ip", "-n", director, "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", peer],

@@ -12,6 +12,9 @@ from collections.abc import Sequence
 
 from hypothesis import strategies as st
 
+from kubelvs.backends.nftables.elements import ServiceElements, group_elements, service_elements, service_text
+from kubelvs.backends.nftables.schema import Element
+from kubelvs.backends.nftables.slottables import SlotTables, TableChange
 from kubelvs.model import (
     DesiredState,
     Forward,
@@ -30,6 +33,21 @@ NAT_POOL = [f"10.0.2.{i}" for i in range(2, 7)]
 
 def make_desired(*services: VirtualService, timeouts: Timeouts | None = None) -> DesiredState:
     return DesiredState(services={s.key: s for s in services}, timeouts=timeouts, ownership=OWN)
+
+
+def written(svc: VirtualService) -> tuple[ServiceElements, set[Element], dict[tuple[str, str], list[str]]]:
+    """What a backend with no slot table yet writes for ``svc`` alone: its elements, them
+    with the slots of the DR table it takes (table 1), and the text the cold-sync path
+    renders for them (``service_text``, with the table's slots)."""
+    change = TableChange(SlotTables())
+    built = service_elements(svc, change.acquire)
+    slots, _ = change.elements()
+    direct: dict[tuple[str, str], list[str]] = {}
+    text_change = TableChange(SlotTables())
+    dr_addresses = service_text(svc, direct, text_change.acquire)
+    assert dr_addresses == built.dr_addresses
+    group_elements(text_change.elements()[0], with_value=True, into=direct)
+    return built, set(built.own) | slots, direct
 
 
 def make_service(

@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,9 +20,12 @@ from hypothesis import strategies as st
 from kubelvs.backends.base import ipvs_available, open_backend
 from kubelvs.backends.nftables import NftablesBackend, readback
 from kubelvs.backends.nftables import backend as backend_module
+from kubelvs.backends.nftables.elements import dr_content, service_key
+from kubelvs.backends.nftables.maglev import MAGLEV_SIZE, maglev_table
 from kubelvs.backends.nftables.netlink import NftNetlink
 from kubelvs.backends.nftables.partial import Culprits
 from kubelvs.backends.nftables.picture import read_tables
+from kubelvs.backends.nftables.slottables import tables_of
 from kubelvs.errors import PartialApplyError
 from kubelvs.model import (
     DesiredState,
@@ -30,6 +34,7 @@ from kubelvs.model import (
     RealServer,
     ServiceKey,
     Timeouts,
+    VirtualService,
 )
 from kubelvs.planner import AddRealServer, DeleteService, Operation, apply_ops, changed_services, plan
 from kubelvs.roles.director import Director
@@ -74,12 +79,29 @@ def test_read_back_equals_the_last_desired_state(
         _assert_netlink_read_equals_nft(ns, backend)
         assert fresh.timeouts == last_timeouts
         assert plan(desired, fresh).ops == ()
+        _assert_tables_are_shared(ns, desired)
         # The backend's own picture after apply equals what the kernel says.
         assert director.observed is not None and director.observed.services == fresh.services
         subprocess.run(
             ["ip", "netns", "exec", ns, "nft", "-c", "list", "ruleset"], check=True, capture_output=True
         )
     subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def _assert_tables_are_shared(ns: str, desired: DesiredState) -> None:
+    """The DR slot tables: each service names the one that holds its slots, every table
+    is named by some service, and no two tables hold the same slots."""
+    with NftNetlink(ns) as nl:
+        parsed, _, _ = read_tables(nl, ns)
+    tables = tables_of(parsed.by_set.get("dr_slots", ()))
+    contents = {tid: tuple(slots[i] for i in range(len(slots))) for tid, slots in tables.items()}
+    named = {service_key(e.key): int(e.value) for e in parsed.by_set.get("dr_tab", ())}  # type: ignore[arg-type]
+    expected = {key: dr_content(svc) for key, svc in desired.services.items()}
+    assert named == {key: named.get(key) for key, content in expected.items() if content is not None}
+    for key, tid in named.items():
+        assert contents[tid] == expected[key], key
+    assert set(named.values()) == set(contents)
+    assert len(set(contents.values())) == len(contents)
 
 
 def _assert_netlink_read_equals_nft(ns: str, backend: NftablesBackend) -> None:
@@ -109,6 +131,61 @@ def _assert_netlink_read_equals_nft(ns: str, backend: NftablesBackend) -> None:
 
 
 # ---------------------------------------------------------------- transactions
+
+
+def test_services_with_the_same_real_servers_share_one_slot_table(
+    nsb: tuple[str, NftablesBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two mh services on the same nodes are one 509-slot table; a third is two elements
+    (its entry and the table it names); a node's weight change rewrites just the slots
+    it owns, in place; a service that leaves the set takes a table of its own, and the
+    last one to leave a table deletes its slots."""
+    ns, backend = nsb
+    nodes = [("10.0.1.2", 1), ("10.0.1.3", 1), ("10.0.1.4", 1)]
+
+    def svc(vip: str, port: int, weights: list[tuple[str, int]]) -> VirtualService:
+        return make_service(vip, port, "mh", [(a, port, w, Forward.DR) for a, w in weights])
+
+    a, b, c = svc("10.0.0.1", 80, nodes), svc("10.0.0.1", 443, nodes), svc("10.0.0.2", 80, nodes)
+    director = Director(backend)
+    director.sync(make_desired(a, b))
+    assert _sh(ns, "nft", "list", "map", "netdev", "kubelvs", "dr_slots").count(" : 0x") == MAGLEV_SIZE
+    scripts: list[str] = []
+    original = backend._nft.run_script
+
+    def recorded(script: str, *args: Any, **kwargs: Any) -> Any:
+        scripts.append(script)
+        return original(script, *args, **kwargs)
+
+    monkeypatch.setattr(backend._nft, "run_script", recorded)
+    director.sync(make_desired(a, b, c), changed={c.key})
+    assert scripts[-1] == (
+        "add element netdev kubelvs dr_svc { 10.0.0.2 . tcp . 80 : goto dr_mh }\n"
+        "add element netdev kubelvs dr_tab { 10.0.0.2 . tcp . 80 : 1 }\n"
+    )
+    heavier = [("10.0.1.2", 1), ("10.0.1.3", 1), ("10.0.1.4", 2)]
+    a2, b2, c2 = svc("10.0.0.1", 80, heavier), svc("10.0.0.1", 443, heavier), svc("10.0.0.2", 80, heavier)
+    director.sync(make_desired(a2, b2, c2), changed={a2.key, b2.key, c2.key})
+    script = scripts[-1]
+    assert "dr_tab" not in script and "dr_svc" not in script  # the table changed, not the services
+    before, after = maglev_table({n: 1 for n, _ in nodes}), maglev_table(dict(heavier))
+    moved = sum(1 for x, y in zip(before, after, strict=True) if x != y)
+    written = {
+        line.split(" {")[0]: line.count(",") + 1 for line in script.splitlines() if " element " in line
+    }
+    assert written == {  # each moved slot deleted and added; each service's weight 2 for .4
+        "delete element netdev kubelvs dr_slots": moved,
+        "add element netdev kubelvs dr_slots": moved,
+        "add element netdev kubelvs dr_rs": 3,
+    }
+    assert NftablesBackend(netns=ns).read().services == make_desired(a2, b2, c2).services
+    # c leaves the set: a table of its own; then a and b leave theirs: table 1 is deleted.
+    c3 = svc("10.0.0.2", 80, nodes[:2])
+    director.sync(make_desired(a2, b2, c3), changed={c3.key})
+    director.sync(make_desired(c3), changed={a2.key, b2.key})
+    slots = _sh(ns, "nft", "list", "map", "netdev", "kubelvs", "dr_slots")
+    assert slots.count(" : 0x") == MAGLEV_SIZE and "0x00000001 . " not in slots
+    _assert_tables_are_shared(ns, make_desired(c3))
 
 
 def test_a_refused_service_is_left_out_the_rest_is_applied_and_the_next_sync_converges(
@@ -237,7 +314,7 @@ def test_elements_edited_by_hand_are_seen_and_rewritten(nsb: tuple[str, Nftables
         "delete element ip kubelvs nat_slots { 10.0.0.1 . tcp . 80 . 0 }\n"
         'add element ip kubelvs nat_slots { 10.0.0.1 . tcp . 80 . 0 comment "by hand" : 10.0.2.9 . 9090 }\n'
         "add element ip kubelvs nat_svc { 10.0.0.3 . udp . 53 : goto nat_rr_1 }\n"
-        "delete element netdev kubelvs dr_slots { 10.0.0.2 . tcp . 80 . 7 }\n"
+        "delete element netdev kubelvs dr_slots { 1 . 7 }\n"
     )
     subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=edits, text=True, check=True)
     _assert_netlink_read_equals_nft(ns, backend)

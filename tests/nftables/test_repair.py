@@ -132,9 +132,16 @@ DAMAGE = [
     ("a service entry deleted", "delete element ip kubelvs nat_svc { 10.0.0.1 . tcp . 443 }"),
     (
         "a DR slot changed",
-        "delete element netdev kubelvs dr_slots { 10.0.0.2 . tcp . 80 . 5 }\n"
-        "add element netdev kubelvs dr_slots { 10.0.0.2 . tcp . 80 . 5 : 167772420 }",
+        "delete element netdev kubelvs dr_slots { 1 . 5 }\n"
+        "add element netdev kubelvs dr_slots { 1 . 5 : 167772420 }",
     ),
+    (
+        "a DR service names another table",
+        "delete element netdev kubelvs dr_tab { 10.0.0.2 . tcp . 80 }\n"
+        "add element netdev kubelvs dr_tab { 10.0.0.2 . tcp . 80 : 7 }",
+    ),
+    ("a DR service's table entry deleted", "delete element netdev kubelvs dr_tab { 10.0.0.2 . tcp . 80 }"),
+    ("a table no service names", "add element netdev kubelvs dr_slots { 9 . 0 : 167772420 }"),
     (
         "a service entry changed",
         "delete element ip kubelvs nat_svc { 10.0.0.1 . tcp . 80 }\n"
@@ -206,7 +213,7 @@ def test_damage_is_repaired_by_an_apply_with_an_empty_plan(nsb: tuple[str, Nftab
     backend.apply([])
     after = snapshot(ns)
     assert after["netdev"] is not None and after["ip"] == whole["ip"]
-    assert set(after["netdev"]["chains"]) >= {"dr_out", "dr_mh", "kubelvs_v1"}
+    assert set(after["netdev"]["chains"]) >= {"dr_out", "dr_mh", "kubelvs_v2"}
 
 
 def test_a_foreign_table_of_our_name_is_refused_not_repaired(nsb: tuple[str, NftablesBackend]) -> None:

@@ -10,12 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kubelvs.backends.nftables import elements, readback, schema
-from kubelvs.backends.nftables.elements import service_elements
 from kubelvs.backends.nftables.maglev import MAGLEV_SIZE
 from kubelvs.backends.nftables.schema import Element, parse_scheduler_chain, scheduler_chain
 from kubelvs.model import Forward, Protocol, Timeouts
 
-from .strategies import make_service
+from .strategies import make_service, written
 
 
 def _as_nft_json(
@@ -27,7 +26,7 @@ def _as_nft_json(
         {"table": {"family": "ip", "name": "kubelvs", "handle": 1}},
         {"table": {"family": "netdev", "name": "kubelvs", "handle": 2}},
         {"chain": {"family": "ip", "table": "kubelvs", "name": schema.SKELETON_VERSION, "handle": 3}},
-        {"chain": {"family": "netdev", "table": "kubelvs", "name": schema.SKELETON_VERSION, "handle": 4}},
+        {"chain": {"family": "netdev", "table": "kubelvs", "name": schema.NETDEV_VERSION, "handle": 4}},
     ]
     by_set: dict[tuple[str, str], list[Element]] = {}
     for e in elements:
@@ -72,7 +71,7 @@ def test_nat_service_elements() -> None:
             ("10.1.0.4", 8080, 0, Forward.NAT),
         ],
     )
-    built = service_elements(svc)
+    built, _, _ = written(svc)
     by_set: dict[str, list[Element]] = {}
     for e in built.own:
         by_set.setdefault(e.set, []).append(e)
@@ -93,10 +92,13 @@ def test_dr_service_elements_and_text() -> None:
         [("10.1.0.2", 80, 1, Forward.DR), ("10.1.0.3", 81, 2, Forward.DR)],
         flags=frozenset({"mh-port"}),
     )
-    built = service_elements(svc)
+    built, with_table, _ = written(svc)
     assert built.dr_addresses == {"10.1.0.2", "10.1.0.3"}
-    slots = [e for e in built.own if e.set == "dr_slots"]
-    assert len(slots) == MAGLEV_SIZE
+    # The service names table 1; the table's 509 slots are not the service's own.
+    assert Element("netdev", "dr_tab", ("10.0.0.1", "tcp", 80), 1) in built.own
+    assert not any(e.set == "dr_slots" for e in built.own)
+    slots = [e for e in with_table if e.set == "dr_slots"]
+    assert sorted(e.key for e in slots) == [(1, i) for i in range(MAGLEV_SIZE)]
     assert {e.value for e in slots} == {
         int(ipaddress.ip_address("10.1.0.2")),
         int(ipaddress.ip_address("10.1.0.3")),
@@ -148,15 +150,15 @@ def test_elements_parse_back_to_the_same_service(
 ) -> None:
     flags = frozenset({f"{sched}-port"}) if port_flag and sched in ("sh", "mh") else frozenset()
     svc = make_service("10.0.0.1", 80, sched, [(a, p, w, forward) for a, p, w in rss], proto, flags)
-    built = service_elements(svc)
-    parsed = readback.parse_tables([_as_nft_json(set(built.own))])
+    _, with_table, _ = written(svc)
+    parsed = readback.parse_tables([_as_nft_json(with_table)])
     assert parsed.services == {svc.key: svc}
-    assert parsed.elements == set(built.own)
+    assert parsed.elements == with_table
 
 
 def test_counters_and_timeouts_are_read() -> None:
     svc = make_service("10.0.0.1", 80, "rr", [("10.1.0.2", 8080, 1, Forward.NAT)])
-    doc = _as_nft_json(set(service_elements(svc).own))
+    doc = _as_nft_json(written(svc)[1])
     doc["nftables"].append(
         {
             "set": {
@@ -218,9 +220,6 @@ def test_service_text_writes_exactly_the_service_elements(
     tuples, then text) must write the same elements: later diffs assume it."""
     flags = frozenset({f"{sched}-port"}) if port_flag and sched in ("sh", "mh") else frozenset()
     svc = make_service("10.0.0.1", 80, sched, [(a, p, w, forward) for a, p, w in rss], proto, flags)
-    direct: dict[tuple[str, str], list[str]] = {}
-    dr_addresses = elements.service_text(svc, direct)
-    built = service_elements(svc)
-    via_elements = elements.group_elements(built.own, with_value=True)
+    _, with_table, direct = written(svc)  # (it checks that both give the same DR real servers)
+    via_elements = elements.group_elements(with_table, with_value=True)
     assert {k: sorted(v) for k, v in direct.items()} == {k: sorted(v) for k, v in via_elements.items()}
-    assert dr_addresses == built.dr_addresses

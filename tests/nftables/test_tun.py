@@ -42,7 +42,7 @@ from kubelvs.planner import AddRealServer, apply_ops, changed_services, plan
 from kubelvs.roles.director import Director
 
 from .links import prepare
-from .strategies import desired_states, make_desired, make_service
+from .strategies import desired_states, make_desired, make_service, written
 from .test_ruleset import _as_nft_json as as_nft_json
 from .test_ruleset import realservers as rs_lists
 
@@ -84,18 +84,16 @@ def test_tun_elements_are_the_dr_path_plus_tun_svc_and_parse_back(
     flags = frozenset({f"{sched}-port"}) if port_flag and sched in ("sh", "mh") else frozenset()
     tun = make_service("10.0.0.1", 80, sched, [(a, 80, w, Forward.TUN) for a, _, w in rss], proto, flags)
     dr = make_service("10.0.0.1", 80, sched, [(a, 80, w, Forward.DR) for a, _, w in rss], proto, flags)
-    built, as_dr = elements.service_elements(tun), elements.service_elements(dr)
+    (built, with_table, direct), (as_dr, dr_with_table, _) = written(tun), written(dr)
     if not rss:  # no real servers: no method, kept as an (empty) NAT service
         assert built == as_dr
         return
     tun_key = Element("netdev", "tun_svc", ("10.0.0.1", str(proto.value), 80))
-    assert built.own == as_dr.own | {tun_key}
+    assert with_table == dr_with_table | {tun_key}
     assert built.dr_addresses == frozenset()  # tunnels, not neighbours
-    parsed = readback.parse_tables([as_nft_json(set(built.own))])
+    parsed = readback.parse_tables([as_nft_json(with_table)])
     assert parsed.services == {tun.key: tun}
-    direct: dict[tuple[str, str], list[str]] = {}
-    assert elements.service_text(tun, direct) == frozenset()
-    via_elements = elements.group_elements(built.own, with_value=True)
+    via_elements = elements.group_elements(with_table, with_value=True)
     assert {k: sorted(v) for k, v in direct.items()} == {k: sorted(v) for k, v in via_elements.items()}
 
 

@@ -4,9 +4,10 @@ straight to nft text (the cold-sync path), and element texts grouped into ``add
 element``/``delete element`` lines.
 
 A service is nothing but elements of the maps schema.py declares: its entry in
-``nat_svc``/``dr_svc`` (``goto`` the scheduler chain), one slot element per table entry
-(``*_slots``: wrr order or Maglev table, maglev.py), a ``*_rs`` element for each real
-server the slots cannot describe, and for TUN its key in ``tun_svc``. DR real servers
+``nat_svc``/``dr_svc`` (``goto`` the scheduler chain), its slots (wrr order or Maglev
+table, maglev.py: NAT one ``nat_slots`` element per slot, DR one ``dr_tab`` element
+naming a shared table, slottables.py), a ``*_rs`` element for each real server the
+slots cannot describe, and for TUN its key in ``tun_svc``. DR real servers
 also need neighbour elements (``dr_mac``/``dr_smac``/``dr_dev``), shared by every
 service that has them.
 """
@@ -16,18 +17,21 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from ...model import Forward, Protocol, RealServer, ServiceKey, VirtualService
 from .maglev import MAGLEV_SIZE, maglev_table, wrr_table
 from .schema import SUPPORTED_SCHEDULERS, TABLE, Element, Value, scheduler_chain
+from .slottables import Content
 
 __all__ = [
     "PROTO_TEXT",
     "Neighbour",
     "ServiceElements",
+    "TableFor",
+    "dr_content",
     "elements_text",
     "group_elements",
     "ip_of",
@@ -39,6 +43,7 @@ __all__ = [
     "service_forward",
     "service_key",
     "service_text",
+    "slot_order",
 ]
 
 _CHUNK = 20000  # elements per ``add element`` line: the size the notes measured
@@ -87,8 +92,34 @@ class _Layout(NamedTuple):
     proto: str
     port: int
     chain: str
-    table: Sequence[str | None]  # slot -> real server name ("RIP:RPORT"), None = empty
-    by_name: dict[str, tuple[RealServer, str]]  # name -> (real server, RIP text)
+    table: Sequence[str | None]  # slot -> owner's name (NAT "RIP:RPORT", DR "RIP"), None = empty
+    by_name: dict[str, tuple[RealServer, str]]  # owner's name -> (real server, RIP text)
+    content: Content | None  # DR: the slots as the shared table holds them (None: no slots)
+
+
+#: Which tables ``slot_order`` may cache: DR tables are shared (few distinct ones, each
+#: computed once), NAT ones carry every service's ports (each distinct, never cached).
+_ORDER_CACHE = 1024
+
+
+def slot_order(scheduler: str, weights: Mapping[str, int]) -> Sequence[str | None]:
+    """The slot table of a service of ``scheduler`` whose owners have ``weights`` (name ->
+    weight): the wrr order (rr, wrr) or the Maglev table (sh, mh); empty when no owner
+    takes new flows. The backend and ``explain``'s prediction both use it."""
+    if scheduler in ("rr", "wrr"):
+        return wrr_table(weights, weighted=scheduler == "wrr")
+    table = maglev_table(weights, MAGLEV_SIZE)
+    return table if any(table) else []
+
+
+@functools.lru_cache(maxsize=_ORDER_CACHE)
+def _dr_table(
+    scheduler: str, weights: tuple[tuple[str, int], ...]
+) -> tuple[Sequence[str | None], Content | None]:
+    """A DR service's slots by owner (address) and as marks, the table's content."""
+    table = slot_order(scheduler, dict(weights))
+    marks = {name: int(ip_of(name)) for name, _ in weights}
+    return table, (tuple(marks[name] for name in table if name) if table else None)
 
 
 def _layout(svc: VirtualService) -> _Layout:
@@ -103,6 +134,9 @@ def _layout(svc: VirtualService) -> _Layout:
     # and the forwarding method checked on the way (service_forward says what is wrong).
     rss = svc.realservers
     forward = rss[0].forward if rss else Forward.NAT
+    if forward is not Forward.NAT and forward is not Forward.DR and forward is not Forward.TUN:
+        service_forward(svc)  # raises: not supported by this backend
+    nat = forward is Forward.NAT
     ntoa, IPv4 = socket.inet_ntoa, ipaddress.IPv4Address
     by_name: dict[str, tuple[RealServer, str]] = {}
     weights: dict[str, int] = {}
@@ -113,19 +147,17 @@ def _layout(svc: VirtualService) -> _Layout:
         rip = (
             ntoa(int(address).to_bytes(4, "big")) if type(address) is IPv4 else str(address)
         )  # ip_text, inlined
-        name = f"{rip}:{rs.port}"
+        # DR owners are addresses (the port is the VIP's), so that services on other
+        # ports with the same real servers share a table.
+        name = f"{rip}:{rs.port}" if nat else rip
         by_name[name] = (rs, rip)
         weights[name] = rs.weight
-    if forward is not Forward.NAT and forward is not Forward.DR and forward is not Forward.TUN:
-        service_forward(svc)  # raises: not supported by this backend
-    kind = "nat" if forward is Forward.NAT else "dr"  # TUN: the DR path, then tun_out (tun_svc)
-    table: Sequence[str | None]
-    if svc.scheduler in ("rr", "wrr"):
-        table = wrr_table(weights, weighted=svc.scheduler == "wrr")
+    kind = "nat" if nat else "dr"  # TUN: the DR path, then tun_out (tun_svc)
+    content: Content | None = None
+    if nat:
+        table = slot_order(svc.scheduler, weights)
     else:
-        table = maglev_table(weights, MAGLEV_SIZE)
-        if not any(table):
-            table = []
+        table, content = _dr_table(svc.scheduler, tuple(sorted(weights.items())))
     return _Layout(
         kind,
         "netdev" if kind == "dr" else "ip",
@@ -135,7 +167,19 @@ def _layout(svc: VirtualService) -> _Layout:
         scheduler_chain(kind, svc.scheduler, svc.flags, len(table)),
         table,
         by_name,
+        content,
     )
+
+
+#: The table a service's slots are in, given their content (slottables.TableChange.acquire
+#: when writing, SlotTables.lookup when comparing a read with the model).
+TableFor = Callable[[Content], int]
+
+
+def dr_content(svc: VirtualService) -> Content | None:
+    """The slots of ``svc``'s DR table, None when it has none (NAT, or no real server
+    takes new flows)."""
+    return _layout(svc).content
 
 
 def _implicit(lay: _Layout, rs: RealServer, name: str, in_table: set[str | None]) -> bool:
@@ -144,22 +188,27 @@ def _implicit(lay: _Layout, rs: RealServer, name: str, in_table: set[str | None]
     return rs.weight == 1 and name in in_table and (lay.kind == "nat" or rs.port == lay.port)
 
 
-def service_elements(svc: VirtualService) -> ServiceElements:
-    """Every element that represents ``svc`` (pure; the input of the diff in the backend).
-    ``service_text`` renders the same elements straight to nft text."""
+def service_elements(svc: VirtualService, table_for: TableFor) -> ServiceElements:
+    """Every element that represents ``svc`` (pure; the input of the diff in the backend),
+    its DR slots as the table ``table_for`` gives for them (their elements are the
+    table's, not the service's). ``service_text`` renders the same elements straight to
+    nft text."""
     lay = _layout(svc)
     kind, family, vip, proto, port = lay.kind, lay.family, lay.vip, lay.proto, lay.port
     own: list[Element] = [Element(family, f"{kind}_svc", (vip, proto, port), f"goto {lay.chain}")]
-    values: dict[str, Value] = {
-        name: ((rip, rs.port) if kind == "nat" else int(rs.address))
-        for name, (rs, rip) in lay.by_name.items()
-    }
-    slots = f"{kind}_slots"
-    own += [
-        Element(family, slots, (vip, proto, port, slot), values[name])
-        for slot, name in enumerate(lay.table)
-        if name
-    ]
+    if kind == "nat":
+        own += [
+            Element(
+                family,
+                "nat_slots",
+                (vip, proto, port, slot),
+                (lay.by_name[name][1], lay.by_name[name][0].port),
+            )
+            for slot, name in enumerate(lay.table)
+            if name
+        ]
+    elif lay.content is not None:
+        own.append(Element(family, "dr_tab", (vip, proto, port), table_for(lay.content)))
     in_table = set(lay.table)
     dr_addresses: set[str] = set()
     for name, (rs, rip) in lay.by_name.items():
@@ -181,10 +230,12 @@ def _is_tun(svc: VirtualService) -> bool:
     return bool(svc.realservers) and svc.realservers[0].forward is Forward.TUN
 
 
-def service_text(svc: VirtualService, out: dict[tuple[str, str], list[str]]) -> frozenset[str]:
+def service_text(
+    svc: VirtualService, out: dict[tuple[str, str], list[str]], table_for: TableFor
+) -> frozenset[str]:
     """Append the nft text of every element of ``svc`` (what ``elements_text("add",
-    service_elements(svc).own)`` would write, element for element) to ``out[(family,
-    set)]``; return the DR real servers that need neighbour elements.
+    service_elements(svc, table_for).own)`` would write, element for element) to
+    ``out[(family, set)]``; return the DR real servers that need neighbour elements.
 
     The cold-sync path: no Element tuples, no sets to hash, one f-string per element
     (10,000 services x 10 real servers went from ~0.8 s to ~0.1 s)."""
@@ -194,11 +245,11 @@ def service_text(svc: VirtualService, out: dict[tuple[str, str], list[str]]) -> 
     _list(out, family, f"{kind}_svc").append(f"{prefix} : goto {lay.chain}")
     if kind == "nat":
         values = {name: f"{rip} . {rs.port}" for name, (rs, rip) in lay.by_name.items()}
-    else:
-        values = {name: str(int(rs.address)) for name, (rs, _) in lay.by_name.items()}
-    slots = [f"{prefix} . {slot} : {values[name]}" for slot, name in enumerate(lay.table) if name]
-    if slots:
-        _list(out, family, f"{kind}_slots").extend(slots)
+        slots = [f"{prefix} . {slot} : {values[name]}" for slot, name in enumerate(lay.table) if name]
+        if slots:
+            _list(out, family, "nat_slots").extend(slots)
+    elif lay.content is not None:
+        _list(out, family, "dr_tab").append(f"{prefix} : {table_for(lay.content)}")
     in_table = set(lay.table)
     for name, (rs, rip) in lay.by_name.items():
         if rs.weight == 1 and name in in_table and (kind == "nat" or rs.port == port):

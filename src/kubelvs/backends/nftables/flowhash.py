@@ -12,10 +12,9 @@ register's last word before it copies), so ``ip saddr . th sport`` hashes 8 byte
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
 
 from ...model import Forward, Prediction, VirtualService
-from .maglev import MAGLEV_SIZE, maglev_table, wrr_table
+from .elements import slot_order
 from .schema import HASH_SEED
 
 __all__ = ["flow_key", "jhash", "predict", "slot"]
@@ -104,11 +103,11 @@ def slot(source: str, source_port: int | None, modulus: int, seed: int) -> int:
 
 def predict(svc: VirtualService, client: str, client_port: int | None) -> Prediction:
     """What the nftables data plane does with a new flow from ``client`` to ``svc``."""
-    weights = {f"{rs.address}:{rs.port}": rs.weight for rs in svc.realservers}
     nat = bool(svc.realservers) and svc.realservers[0].forward is Forward.NAT
-    table: Sequence[str | None]
+    # The owners as the backend names them (elements.py): NAT "RIP:RPORT", DR the address.
+    names = {(f"{rs.address}:{rs.port}" if nat else str(rs.address)): rs for rs in svc.realservers}
+    weights = {name: rs.weight for name, rs in names.items()}
     if svc.scheduler in ("rr", "wrr"):
-        table = wrr_table(weights, weighted=svc.scheduler == "wrr")
         if nat:
             return Prediction(None, False, f"{svc.scheduler} on NAT: numgen (a counter) per new connection")
         if client_port is None:
@@ -118,7 +117,6 @@ def predict(svc: VirtualService, client: str, client_port: int | None) -> Predic
         port: int | None = client_port
         source = "ip saddr . th sport"
     elif svc.scheduler in ("sh", "mh"):
-        table = maglev_table(weights, MAGLEV_SIZE)
         with_port = f"{svc.scheduler}-port" in svc.flags
         if with_port and client_port is None:
             return Prediction(None, False, f"{svc.scheduler}-port hashes the source port: give CLIENT:PORT")
@@ -126,11 +124,13 @@ def predict(svc: VirtualService, client: str, client_port: int | None) -> Predic
         source = "ip saddr . th sport" if with_port else "ip saddr"
     else:
         return Prediction(None, False, f"scheduler {svc.scheduler} is not one the nftables backend runs")
-    if not any(table):
+    table = slot_order(svc.scheduler, weights)
+    if not table:
         return Prediction(None, True, "no real server takes new flows (every weight is 0): dropped")
     n = len(table)
     s = slot(client, port, n, HASH_SEED)
-    owner = table[s]
+    name = table[s]
+    owner = None if name is None else f"{names[name].address}:{names[name].port}"
     return Prediction(
         owner,
         True,

@@ -18,6 +18,7 @@ ruleset generation: ``nft -j list`` of 10,000 services cost ~6 s of nft and JSON
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections import Counter
@@ -38,16 +39,17 @@ from .schema import (
     NEIGHBOUR_SETS,
     PER_SERVICE_SETS,
     SETS,
-    SKELETON_VERSION,
     TABLE,
-    TABLE_COMMENT,
+    TABLE_COMMENTS,
     TIMEOUT_OBJECTS,
+    VERSIONS,
     Element,
     Found,
     device_chain_name,
     needs_rebuild,
     repair_text,
 )
+from .slottables import Content, SlotTables
 
 __all__ = ["Picture", "load", "read_counters", "read_tables", "stale_counters"]
 
@@ -68,7 +70,7 @@ class Picture:
 
     state: ObservedState
     found: Found  # the fixed part of the tables (and the ingress hooks) as it is
-    # Services whose kernel elements are not service_elements(state.services[key]) -
+    # Services whose kernel elements are not service_elements(state.services[key], ...) -
     # edited by hand, unbuildable, or elements of no service: their actual elements,
     # rewritten by the next apply. Every other service's elements follow from its model.
     actual: dict[ServiceKey, frozenset[Element]] = field(default_factory=dict)
@@ -83,6 +85,7 @@ class Picture:
     device_chains: dict[int, str] = field(default_factory=dict)  # ingress hooks: ifindex -> device
     rebuild: bool = False  # the ip table is made again whole by the next apply (schema.needs_rebuild)
     tunnels: tunnel.TunnelState = field(default_factory=tunnel.TunnelState)  # TUN: IPIP devices, tun_dev
+    tables: SlotTables = field(default_factory=SlotTables)  # the shared DR slot tables
     # The ruleset generation this picture is exact for (None: unknown). Every committed
     # nftables transaction in the namespace, anyone's, increments it; as long as it has
     # not moved, the tables are as pictured and a read only needs the counters.
@@ -95,7 +98,7 @@ class Picture:
     def damaged(self) -> bool:
         """Something of the fixed part, of the ingress hooks or of the neighbour elements
         is missing or broken (the next apply repairs it)."""
-        if self.strays or repair_text(self.found, tun=self.found.has_tun()):
+        if self.strays or self.tables.damaged() or repair_text(self.found, tun=self.found.has_tun()):
             return True
         return any(self.found.rules.get(("netdev", device_chain_name(i))) != 1 for i in self.device_chains)
 
@@ -113,7 +116,8 @@ def _dump(nl: NftNetlink) -> _Dumped:
         comments[family] = comment
         chains[family] = nl.chains(family, TABLE)
         rules[family] = nl.rule_counts(family, TABLE)
-        if not any(name == SKELETON_VERSION for name, _ in chains[family]) and comment != TABLE_COMMENT:
+        version = VERSIONS[family]
+        if not any(name == version for name, _ in chains[family]) and comment != TABLE_COMMENTS[family]:
             continue  # not ours: refused by ``load``, its elements are not even read
         for name in SETS[family]:
             raws = nl.elements(family, TABLE, name)
@@ -139,11 +143,12 @@ def read_tables(nl: NftNetlink, netns: str | None) -> tuple[ParsedTables, Found,
     except ValueError as exc:
         raise BackendError(f"reading the {TABLE} tables: {exc}") from exc
     for family, version in parsed.tables.items():
-        if version != SKELETON_VERSION:
+        if version != VERSIONS[family]:
             raise BackendError(
                 f"table {family} {TABLE} was not made by this version of kubelvs"
-                f" (no {SKELETON_VERSION} marker "
-                f"chain); remove it with: nft delete table {family} {TABLE}"
+                f" (no {VERSIONS[family]} marker "
+                f"chain{', but ' + version + 's' if version else ''});"
+                f" remove it with: nft delete table {family} {TABLE}"
             )
     found = Found(
         tables=frozenset(parsed.tables),
@@ -187,10 +192,14 @@ def _picture(
     # The kernel's per-service elements against what the services' models imply, as
     # two sets at once (grouping 110,000 elements per service first cost more than
     # all the rest); only the services on either side of a difference are looked at.
+    # A DR service is expected to name the table that holds its slots: which table that
+    # is depends on what every service expects (slottables.SlotTables.read), so its
+    # ``dr_tab`` element is first built naming table 0 (never used) and then corrected.
     expected: set[Element] = set()
+    contents: dict[ServiceKey, Content] = {}
     for key, svc in parsed.services.items():
         try:
-            built = service_elements(svc)
+            built = service_elements(svc, functools.partial(_record, contents, key))
         except ValueError:
             pic.actual[key] = frozenset()  # filled below: rewritten (or removed) at the next apply
             continue
@@ -198,6 +207,19 @@ def _picture(
         if built.dr_addresses:
             pic.dr_of[key] = built.dr_addresses
             pic.dr_refs.update(built.dr_addresses)
+    named = {service_key(e.key): int(e.value) for e in parsed.by_set.get("dr_tab", ())}  # type: ignore[arg-type]
+    wanted: dict[int, list[Content]] = {}
+    for key, content in contents.items():
+        if key in named:
+            wanted.setdefault(named[key], []).append(content)
+    tables = SlotTables.read(parsed.by_set.get("dr_slots", ()), wanted)
+    for key, content in contents.items():
+        head = (ip_text(key.address), str(key.protocol), key.port)  # type: ignore[arg-type]
+        expected.discard(Element("netdev", "dr_tab", head, 0))
+        expected.add(Element("netdev", "dr_tab", head, tables.lookup(content)))
+    for tid in named.values():
+        tables.use(tid)
+    pic.tables = tables
     present = {e for name in PER_SERVICE_SETS for e in parsed.by_set.get(name, ())}
     differ = present.symmetric_difference(expected)
     if differ or pic.actual:
@@ -216,6 +238,11 @@ def _picture(
     _neighbours(pic, parsed, ifindex)
     pic.tunnels = tunnel.TunnelState.load(netns, parsed.by_set, parsed.services)
     return pic
+
+
+def _record(contents: dict[ServiceKey, Content], key: ServiceKey, content: Content) -> int:
+    contents[key] = content
+    return 0
 
 
 def _neighbours(pic: Picture, parsed: ParsedTables, ifindex: Mapping[str, int]) -> None:

@@ -8,7 +8,8 @@ servers those elements describe, their counters, and the timeouts.
 
 A service is recognised by its ``nat_svc``/``dr_svc`` element (``goto`` a scheduler
 chain, whose name is the scheduler and flags); its real servers come from its slots
-(weight 1, DR port = VIP port) and its ``*_rs`` elements (everything else).
+(NAT ``nat_slots``, DR the shared table its ``dr_tab`` names; weight 1, DR port = VIP
+port) and its ``*_rs`` elements (everything else).
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ from ...model import Forward, RealServer, RealServerKey, RealServerStats, Servic
 from .elements import PROTO_TEXT, ip_of, ip_text, mark_address, service_key
 from .schema import (
     CT_DEFAULTS,
-    SKELETON_VERSION,
+    MARKERS,
     TABLE,
-    TABLE_COMMENT,
+    TABLE_COMMENTS,
+    VERSIONS,
     Element,
     Value,
     parse_device_chain,
     parse_scheduler_chain,
 )
+from .slottables import tables_of
 
 __all__ = [
     "CTA_TCP_ESTABLISHED",
@@ -106,8 +109,8 @@ def parse_tables(documents: Sequence[Mapping[str, Any]]) -> ParsedTables:
                 out.tables.setdefault(item["table"]["family"], "")
             elif "chain" in item:
                 chain = item["chain"]
-                if chain["name"] == SKELETON_VERSION:
-                    out.tables[chain["family"]] = SKELETON_VERSION
+                if chain["name"] in MARKERS:
+                    out.tables[chain["family"]] = chain["name"]
                 ifindex = parse_device_chain(chain["name"])
                 if ifindex is not None and "dev" in chain:
                     out.device_chains[ifindex] = chain["dev"]
@@ -214,6 +217,8 @@ class _RawDecoder:
         ntoa = socket.inet_ntoa
         if name in ("nat_svc", "dr_svc"):
             return prefix, lambda raw: _verdict_text(raw.verdict)
+        if name == "dr_tab":
+            return prefix, lambda raw: u32(raw.data, 0)[0]
         if name == "tun_svc":
             return prefix, lambda raw: None
 
@@ -229,8 +234,13 @@ class _RawDecoder:
         def mark_key(k: bytes) -> tuple[str | int, ...]:
             return u32(k, 0)
 
+        def table_key(k: bytes) -> tuple[str | int, ...]:  # table . slot
+            return u32(k, 0) + u32(k, 4)
+
         keyed: Callable[[bytes], tuple[str | int, ...]]
-        if name in ("nat_slots", "dr_slots", "dr_in", "dr_rs"):
+        if name == "dr_slots":
+            keyed = table_key
+        elif name in ("nat_slots", "dr_in", "dr_rs"):
             keyed = slot_key
         elif name == "nat_rs":
             keyed = realserver_key
@@ -279,11 +289,11 @@ def parse_raw(
     """
     out = ParsedTables()
     for family, members in chains.items():
-        ours = (comments or {}).get(family) == TABLE_COMMENT
-        out.tables[family] = SKELETON_VERSION if ours else ""
+        ours = (comments or {}).get(family) == TABLE_COMMENTS.get(family)
+        out.tables[family] = VERSIONS[family] if ours else ""
         for name, device in members:
-            if name == SKELETON_VERSION:
-                out.tables[family] = SKELETON_VERSION
+            if name in MARKERS:
+                out.tables[family] = name
             elif (ifindex := parse_device_chain(name)) is not None and device is not None:
                 out.device_chains[ifindex] = device
     decoder = _RawDecoder(ifnames)
@@ -383,8 +393,20 @@ def _rebuild(
             assert isinstance(e.value, tuple)
             rip, rport = str(e.value[0]), int(e.value[1])
             m[(rip, rport)] = real(rip, rport, 1, False)
-    for e in by_set.get("dr_slots", ()):
-        m = members.get(e.key[:3])
+    # DR: the owners of the service's shared table (``dr_tab``, slottables.py). A capture
+    # of an older director (``kubelvs doctor``) has per-service slots: VIP . proto . port . slot.
+    slots = by_set.get("dr_slots", ())
+    owners = {
+        tid: set(table.values()) for tid, table in tables_of(e for e in slots if len(e.key) == 2).items()
+    }
+    for e in by_set.get("dr_tab", ()):
+        m = members.get(e.key)
+        if m is not None:
+            for mark in owners.get(int(e.value), ()):  # type: ignore[arg-type]
+                rip = mark_address(mark)
+                m[(rip, -1)] = real(rip, int(e.key[2]), 1, True)
+    for e in slots:
+        m = members.get(e.key[:3]) if len(e.key) == 4 else None
         if m is not None:
             rip = mark_address(int(e.value))  # type: ignore[arg-type]
             if (rip, -1) not in m:

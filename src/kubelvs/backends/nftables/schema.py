@@ -13,7 +13,10 @@ chain costs ~10x more at 10,000 services):
 ``nat_svc``/``dr_svc``  ``VIP . proto . port -> goto <scheduler chain>``; the chain's name
                         is the scheduler, flags and slot count (``nat_wrr_4``, ``dr_mh_p``)
 ``nat_slots``           ``VIP . proto . port . slot -> RIP . RPORT`` (dnat target)
-``dr_slots``            ``VIP . proto . port . slot -> mark`` where mark = the RIP as u32
+``dr_tab``              ``VIP . proto . port -> table``: the DR slot table the service uses
+``dr_slots``            ``table . slot -> mark`` where mark = the RIP as u32: a *shared* slot
+                        table (slottables.py): every DR service whose real servers have
+                        the same addresses and weights uses the same one
 ``nat_rs``              ``VIP . proto . port . RIP . RPORT -> weight``, only for real servers
                         the slots do not describe (weight != 1, or no slot: weight 0)
 ``dr_rs``               ``VIP . proto . port . RIP -> RPORT . weight``, likewise (and port != VIP's)
@@ -22,6 +25,15 @@ chain costs ~10x more at 10,000 services):
                         (forward hook) when a real server first sees traffic
 ``dr_mac``/``dr_smac``/``dr_dev``  ``RIP -> real server MAC / own MAC / out device``
 ``tun_svc``/``tun_dev`` TUN: the DR services that tunnel; ``RIP -> IPIP device``
+
+A DR scheduler chain looks the service's table up first (``meta mark set ... map
+@dr_tab``), then the slot in it (``meta mark set meta mark . <slot> map @dr_slots``): nft
+cannot nest two lookups in one expression, so the mark carries the table number between
+them (DR owns the mark: it is the RIP from there on, and the frame leaves by ``fwd``).
+In a cluster almost every Service has the same real servers (the nodes), so 10,000
+``mh`` services are 10,000 ``dr_tab`` elements and one 509-slot table, not 5 million slots.
+NAT keeps per-service slots: its mark belongs to the host's routing (kube-proxy's
+masquerade bit, policy routing), so nothing is left to carry a table number in.
 
 A scheduler chain turns the packet into a slot: ``numgen inc mod N`` (NAT rr/wrr: per
 new connection, conntrack keeps the rest), ``jhash`` of the flow ``mod N`` (DR rr/wrr:
@@ -52,16 +64,19 @@ __all__ = [
     "CT_DEFAULTS",
     "FAMILIES",
     "HASH_SEED",
+    "MARKERS",
     "NEIGHBOUR_SETS",
+    "NETDEV_VERSION",
     "PER_SERVICE_SETS",
     "SETS",
     "SKELETON_VERSION",
     "SUPPORTED_SCHEDULERS",
     "TABLE",
-    "TABLE_COMMENT",
+    "TABLE_COMMENTS",
     "TIMEOUT_CHAIN",
     "TIMEOUT_OBJECTS",
     "TUN_SETS",
+    "VERSIONS",
     "ChainDecl",
     "Element",
     "Found",
@@ -83,9 +98,18 @@ __all__ = [
 TABLE = "kubelvs"
 #: An empty chain of this name marks a table as made by this version (and the table
 #: comment says so to people). A table of our name with neither was made by another
-#: version (or by hand) and is refused rather than silently mixed with.
+#: version (or by hand) and is refused rather than silently mixed with; a netdev table
+#: of version 1 (per-service DR slots) is made again by the next apply (``needs_rebuild``).
 SKELETON_VERSION = "kubelvs_v1"
-TABLE_COMMENT = "managed by kubelvs (nftables backend v1), do not edit"
+#: The netdev table's marker since DR slot tables are shared (``dr_tab``).
+NETDEV_VERSION = "kubelvs_v2"
+VERSIONS = {"ip": SKELETON_VERSION, "netdev": NETDEV_VERSION}
+#: Every version's marker: a table is of the version its marker names.
+MARKERS = frozenset({SKELETON_VERSION, NETDEV_VERSION})
+TABLE_COMMENTS = {
+    family: f"managed by kubelvs (nftables backend v{version[-1]}), do not edit"
+    for family, version in VERSIONS.items()
+}
 FAMILIES = ("ip", "netdev")
 SUPPORTED_SCHEDULERS = frozenset({"rr", "wrr", "sh", "mh"})
 #: jhash seed of every hash chain: fixed, so every director computes the same slot.
@@ -97,10 +121,22 @@ COUNTER_SET_SIZE = 1048576
 #: Every set and map of the skeleton, per family: what a read dumps.
 SETS = {
     "ip": ("nat_svc", "nat_slots", "nat_rs", "nat_in", "nat_out"),
-    "netdev": ("dr_svc", "dr_slots", "dr_rs", "dr_in", "dr_mac", "dr_smac", "dr_dev", "tun_svc", "tun_dev"),
+    "netdev": (
+        "dr_svc",
+        "dr_tab",
+        "dr_slots",
+        "dr_rs",
+        "dr_in",
+        "dr_mac",
+        "dr_smac",
+        "dr_dev",
+        "tun_svc",
+        "tun_dev",
+    ),
 }
-#: The maps that hold services (elements.py), the DR neighbours, the packet path's counters.
-PER_SERVICE_SETS = frozenset({"nat_svc", "dr_svc", "nat_slots", "dr_slots", "nat_rs", "dr_rs", "tun_svc"})
+#: The maps that hold services, keyed by ``VIP . proto . port`` (elements.py), the shared
+#: DR slot tables (slottables.py), the DR neighbours, the packet path's counters.
+PER_SERVICE_SETS = frozenset({"nat_svc", "dr_svc", "nat_slots", "dr_tab", "nat_rs", "dr_rs", "tun_svc"})
 NEIGHBOUR_SETS = frozenset({"dr_mac", "dr_smac", "dr_dev"})
 COUNTER_SETS = ("nat_in", "nat_out", "dr_in")
 #: TUN's part of the netdev table: added the first time a TUN service appears, so that
@@ -204,7 +240,10 @@ def _scheduler_chains(kind: str) -> list[ChainDecl]:
     else:
         # No connection state in netdev: every packet of a flow must hash to the same slot.
         def pick(slot: str) -> tuple[str, ...]:
-            return (f"meta mark set {_KEY} . {slot} map @dr_slots goto dr_out",)
+            return (
+                f"meta mark set {_KEY} map @dr_tab"
+                f" meta mark set meta mark . {slot} map @dr_slots goto dr_out",
+            )
 
         rr_slot = f"jhash ip saddr . th sport mod {{n}} {seed}"
     chains: list[ChainDecl] = []
@@ -233,7 +272,7 @@ def declarations(family: str, *, tun: bool = False) -> tuple[tuple[SetDecl, ...]
     (a chain before the rules that jump to it). ``tun``: with TUN's part (netdev).
     Cached: every apply compares what a read found with them."""
     counter_set = f"size {COUNTER_SET_SIZE}; flags dynamic; counter;"
-    marker = ChainDecl(family, SKELETON_VERSION, "", ())
+    marker = ChainDecl(family, VERSIONS[family], "", ())
     if family == "ip":
         sets = [
             SetDecl(family, "map", "nat_svc", f"typeof {_KEY} : verdict;"),
@@ -281,7 +320,8 @@ def declarations(family: str, *, tun: bool = False) -> tuple[tuple[SetDecl, ...]
         raise ValueError(f"no {TABLE} table in family {family!r}")
     sets = [
         SetDecl(family, "map", "dr_svc", f"typeof {_KEY} : verdict;"),
-        SetDecl(family, "map", "dr_slots", f"typeof {_KEY} . numgen inc mod 2 : meta mark;"),
+        SetDecl(family, "map", "dr_tab", f"typeof {_KEY} : meta mark;"),
+        SetDecl(family, "map", "dr_slots", "typeof meta mark . numgen inc mod 2 : meta mark;"),
         SetDecl(family, "map", "dr_rs", f"typeof {_KEY} . meta mark : th dport . meta mark;"),
         SetDecl(family, "set", "dr_in", f"typeof {_KEY} . meta mark; {counter_set}"),
         SetDecl(family, "map", "dr_mac", "typeof meta mark : ether daddr;"),
@@ -397,7 +437,7 @@ def repair_text(found: Found, *, tun: bool) -> str:
     rules: list[str] = []
     for family in FAMILIES:
         if family not in found.tables:
-            tables.append(f'add table {family} {TABLE} {{ comment "{TABLE_COMMENT}"; }}\n')
+            tables.append(f'add table {family} {TABLE} {{ comment "{TABLE_COMMENTS[family]}"; }}\n')
         family_sets, family_chains = declarations(family, tun=tun)
         for s in family_sets:
             if (family, s.name) not in found.sets:

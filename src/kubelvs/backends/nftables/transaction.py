@@ -43,6 +43,7 @@ from . import neigh, tunnel
 from .elements import (
     Neighbour,
     ServiceElements,
+    dr_content,
     group_elements,
     ip_text,
     neighbour_elements,
@@ -62,6 +63,7 @@ from .schema import (
     repair_text,
     timeouts_text,
 )
+from .slottables import Content, TableChange
 
 __all__ = ["Piece", "Resolver", "ServicesFailed", "Transaction", "build", "commit", "key_of", "touched_by"]
 
@@ -105,6 +107,7 @@ class Transaction:
     tun: tunnel.TunnelChange
     garbage: set[Element]
     found: Found  # what a read would find of the fixed part once this is committed
+    tables: TableChange  # what it does to the shared DR slot tables
     unresolved: dict[str, str] = field(default_factory=dict)  # DR real server -> why it has no neighbour
 
     @property
@@ -156,7 +159,11 @@ def build(
     adds: set[Element] = set()
     deletes: set[Element] = set()
     add_text: dict[tuple[str, str], list[str]] = {}  # new services, rendered directly
-    dr_of = _service_elements(pic, touched, new_services, adds, deletes, add_text)
+    tables = TableChange(pic.tables)
+    dr_of = _service_elements(pic, touched, new_services, adds, deletes, add_text, tables)
+    table_adds, table_deletes = tables.elements()
+    adds |= table_adds
+    deletes |= table_deletes
     gone = _garbage(pic, touched, new_services) if garbage else set()
     deletes |= gone
 
@@ -229,6 +236,7 @@ def build(
         tun=tun,
         garbage=gone,
         found=found,
+        tables=tables,
         unresolved=unresolved,
     )
 
@@ -240,33 +248,49 @@ def _service_elements(
     adds: set[Element],
     deletes: set[Element],
     add_text: dict[tuple[str, str], list[str]],
+    tables: TableChange,
 ) -> dict[ServiceKey, frozenset[str]]:
     """The element changes of the touched services (into ``adds``/``deletes``, new
-    services as text into ``add_text``); returns the DR real servers of each."""
+    services as text into ``add_text``), and the DR slot tables they leave and take
+    (``tables``); returns the DR real servers of each."""
     dr_of: dict[ServiceKey, frozenset[str]] = {}
     failed: dict[ServiceKey, str] = {}
     old_services = pic.services
+    # First where each service goes: which table it names now and which slots it needs
+    # (TableChange.plan decides which tables are rewritten in place), then its elements.
+    olds: dict[ServiceKey, frozenset[Element]] = {}
+    moves: list[tuple[int, Content | None]] = []
     for key in touched:
         svc = new_services.get(key)
         try:
             old = pic.actual.get(key)
             if old is None:
                 old_svc = old_services.get(key)
-                # Its elements are what its model implies (written so, or read and compared).
-                old = service_elements(old_svc).own if old_svc is not None else frozenset()
-            if not old:
-                # A new service: nothing to diff against (the cold-sync path).
-                dr_of[key] = service_text(svc, add_text) if svc is not None else frozenset()
-                continue
-            built = service_elements(svc) if svc is not None else _NO_ELEMENTS
+                # Its elements are what its model implies (written so, or read and compared):
+                # it names the table that holds its slots.
+                old = service_elements(old_svc, pic.tables.lookup).own if old_svc is not None else frozenset()
+            content = dr_content(svc) if svc is not None else None
         except ValueError as exc:
             failed[key] = str(exc)
             continue
+        olds[key] = old
+        for e in old:
+            if e.set == "dr_tab":
+                moves.append((int(e.value), content))  # type: ignore[arg-type]
+                tables.release(int(e.value))  # type: ignore[arg-type]
+    if failed:
+        raise ServicesFailed(failed)
+    tables.plan(moves)
+    for key, old in olds.items():
+        svc = new_services.get(key)
+        if not old:
+            # A new service: nothing to diff against (the cold-sync path).
+            dr_of[key] = service_text(svc, add_text, tables.acquire) if svc is not None else frozenset()
+            continue
+        built = service_elements(svc, tables.acquire) if svc is not None else _NO_ELEMENTS
         deletes |= old - built.own
         adds |= built.own - old
         dr_of[key] = built.dr_addresses
-    if failed:
-        raise ServicesFailed(failed)
     return dr_of
 
 
@@ -341,6 +365,7 @@ def commit(pic: Picture, tx: Transaction) -> None:
     pic.neighbours = tx.neighbours
     pic.device_chains = tx.devices
     pic.tunnels = tx.tun.commit()
+    pic.tables = tx.tables.commit()
 
 
 def touched_by(ops: Sequence[Operation], keep: Iterable[int]) -> dict[ServiceKey, int]:

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import yaml
 
+from ...backends.nftables.netlink import NftNetlink
+from ...backends.nftables.picture import read_tables
 from ...errors import LabError
 from ...kernel import iproute
 from ...model import (
@@ -64,9 +66,16 @@ def _flush_ingress_chain(suite: Suite) -> Outcome:
 
 
 def _delete_slot(suite: Suite) -> Outcome:
-    """``nft delete element`` of the last real server's slot in ``dr_slots``."""
+    """``nft delete element`` of the last real server's slot in the service's table in
+    ``dr_slots`` (the table its ``dr_tab`` element names)."""
     spec = suite.info.spec
-    element = f"{{ {spec.vip} . tcp . {spec.port} . {len(suite.info.nodes) - 1} }}"
+    with NftNetlink(suite.director_ns) as nl:
+        parsed, _, _ = read_tables(nl, suite.director_ns)
+    head = (spec.vip, "tcp", spec.port)
+    tables = [e.value for e in parsed.by_set.get("dr_tab", ()) if e.key == head]
+    if not tables:
+        raise LabError(f"the director has no dr_tab element for {spec.vip}:{spec.port}")
+    element = f"{{ {tables[0]} . {len(suite.info.nodes) - 1} }}"
     return _tampered(
         suite,
         lambda: suite.run_in("dir1", "nft", "delete", "element", "netdev", "kubelvs", "dr_slots", element),
