@@ -122,7 +122,21 @@ def _dr_table(
     return table, (tuple(marks[name] for name in table if name) if table else None)
 
 
+#: The last service laid out, and its layout: a transaction asks for a service's table
+#: (``dr_content``) and then for its elements, one after the other. Held by the object
+#: itself (``is``), never by an id that a new object could reuse.
+_last: list[tuple[VirtualService, _Layout]] = []
+
+
 def _layout(svc: VirtualService) -> _Layout:
+    if _last and _last[0][0] is svc:
+        return _last[0][1]
+    lay = _lay_out(svc)
+    _last[:] = [(svc, lay)]
+    return lay
+
+
+def _lay_out(svc: VirtualService) -> _Layout:
     key = svc.key
     if key.fwmark or key.address is None or key.family != 4:
         raise ValueError(f"service {key}: only IPv4 address services are supported by the nftables backend")
