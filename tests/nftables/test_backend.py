@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from kubelvs.backends.base import ipvs_available, open_backend
 from kubelvs.backends.nftables import NftablesBackend, readback
 from kubelvs.backends.nftables import backend as backend_module
-from kubelvs.backends.nftables.elements import dr_content, service_key
+from kubelvs.backends.nftables.elements import layout, service_key
 from kubelvs.backends.nftables.maglev import MAGLEV_SIZE, maglev_table
 from kubelvs.backends.nftables.netlink import NftNetlink
 from kubelvs.backends.nftables.partial import Culprits
@@ -96,7 +96,7 @@ def _assert_tables_are_shared(ns: str, desired: DesiredState) -> None:
     tables = tables_of(parsed.by_set.get("dr_slots", ()))
     contents = {tid: tuple(slots[i] for i in range(len(slots))) for tid, slots in tables.items()}
     named = {service_key(e.key): int(e.value) for e in parsed.by_set.get("dr_tab", ())}  # type: ignore[arg-type]
-    expected = {key: dr_content(svc) for key, svc in desired.services.items()}
+    expected = {key: layout(svc).content for key, svc in desired.services.items()}
     assert named == {key: named.get(key) for key, content in expected.items() if content is not None}
     for key, tid in named.items():
         assert contents[tid] == expected[key], key

@@ -28,14 +28,15 @@ from .slottables import Content
 
 __all__ = [
     "PROTO_TEXT",
+    "Layout",
     "Neighbour",
     "ServiceElements",
     "TableFor",
-    "dr_content",
     "elements_text",
     "group_elements",
     "ip_of",
     "ip_text",
+    "layout",
     "mark_address",
     "neighbour_elements",
     "render_groups",
@@ -83,8 +84,9 @@ def service_forward(svc: VirtualService) -> Forward:
     return method
 
 
-class _Layout(NamedTuple):
-    """What both renderings of a service (Element tuples, nft text) are made of."""
+class Layout(NamedTuple):
+    """What both renderings of a service (Element tuples, nft text) are made of
+    (``layout``)."""
 
     kind: str  # "nat" or "dr"
     family: str
@@ -122,21 +124,10 @@ def _dr_table(
     return table, (tuple(marks[name] for name in table if name) if table else None)
 
 
-#: The last service laid out, and its layout: a transaction asks for a service's table
-#: (``dr_content``) and then for its elements, one after the other. Held by the object
-#: itself (``is``), never by an id that a new object could reuse.
-_last: list[tuple[VirtualService, _Layout]] = []
-
-
-def _layout(svc: VirtualService) -> _Layout:
-    if _last and _last[0][0] is svc:
-        return _last[0][1]
-    lay = _lay_out(svc)
-    _last[:] = [(svc, lay)]
-    return lay
-
-
-def _lay_out(svc: VirtualService) -> _Layout:
+def layout(svc: VirtualService) -> Layout:
+    """What ``service_elements`` and ``service_text`` render ``svc`` from (its slots, its
+    table's content): a transaction lays each service out once and passes it to both.
+    ValueError when the backend cannot represent ``svc``."""
     key = svc.key
     if key.fwmark or key.address is None or key.family != 4:
         raise ValueError(f"service {key}: only IPv4 address services are supported by the nftables backend")
@@ -172,7 +163,7 @@ def _lay_out(svc: VirtualService) -> _Layout:
         table = slot_order(svc.scheduler, weights)
     else:
         table, content = _dr_table(svc.scheduler, tuple(sorted(weights.items())))
-    return _Layout(
+    return Layout(
         kind,
         "netdev" if kind == "dr" else "ip",
         ip_text(key.address),
@@ -190,24 +181,18 @@ def _lay_out(svc: VirtualService) -> _Layout:
 TableFor = Callable[[Content], int]
 
 
-def dr_content(svc: VirtualService) -> Content | None:
-    """The slots of ``svc``'s DR table, None when it has none (NAT, or no real server
-    takes new flows)."""
-    return _layout(svc).content
-
-
-def _implicit(lay: _Layout, rs: RealServer, name: str, in_table: set[str | None]) -> bool:
+def _implicit(lay: Layout, rs: RealServer, name: str, in_table: set[str | None]) -> bool:
     """True when the slots say all there is to know about ``rs``: weight 1, at least one
     slot, and (DR) the VIP's port. Only the others get a ``*_rs`` element."""
     return rs.weight == 1 and name in in_table and (lay.kind == "nat" or rs.port == lay.port)
 
 
-def service_elements(svc: VirtualService, table_for: TableFor) -> ServiceElements:
+def service_elements(svc: VirtualService, table_for: TableFor, lay: Layout | None = None) -> ServiceElements:
     """Every element that represents ``svc`` (pure; the input of the diff in the backend),
     its DR slots as the table ``table_for`` gives for them (their elements are the
     table's, not the service's). ``service_text`` renders the same elements straight to
-    nft text."""
-    lay = _layout(svc)
+    nft text. ``lay``: ``layout(svc)``, when the caller has it already."""
+    lay = lay or layout(svc)
     kind, family, vip, proto, port = lay.kind, lay.family, lay.vip, lay.proto, lay.port
     own: list[Element] = [Element(family, f"{kind}_svc", (vip, proto, port), f"goto {lay.chain}")]
     if kind == "nat":
@@ -245,7 +230,10 @@ def _is_tun(svc: VirtualService) -> bool:
 
 
 def service_text(
-    svc: VirtualService, out: dict[tuple[str, str], list[str]], table_for: TableFor
+    svc: VirtualService,
+    out: dict[tuple[str, str], list[str]],
+    table_for: TableFor,
+    lay: Layout | None = None,
 ) -> frozenset[str]:
     """Append the nft text of every element of ``svc`` (what ``elements_text("add",
     service_elements(svc, table_for).own)`` would write, element for element) to
@@ -253,7 +241,7 @@ def service_text(
 
     The cold-sync path: no Element tuples, no sets to hash, one f-string per element
     (10,000 services x 10 real servers went from ~0.8 s to ~0.1 s)."""
-    lay = _layout(svc)
+    lay = lay or layout(svc)
     kind, family, port = lay.kind, lay.family, lay.port
     prefix = f"{lay.vip} . {lay.proto} . {port}"
     _list(out, family, f"{kind}_svc").append(f"{prefix} : goto {lay.chain}")

@@ -41,11 +41,11 @@ from ...planner import (
 )
 from . import neigh, tunnel
 from .elements import (
+    Layout,
     Neighbour,
-    ServiceElements,
-    dr_content,
     group_elements,
     ip_text,
+    layout,
     neighbour_elements,
     render_groups,
     service_elements,
@@ -67,7 +67,6 @@ from .slottables import Content, TableChange
 
 __all__ = ["Piece", "Resolver", "ServicesFailed", "Transaction", "build", "commit", "key_of", "touched_by"]
 
-_NO_ELEMENTS = ServiceElements(frozenset(), frozenset())
 
 #: What a piece of the script is, for telling from nft's error which part it refused.
 Piece = tuple[str, str]  # (kind, text); kind: "skeleton", "devices", "elements", "timeouts"
@@ -259,6 +258,7 @@ def _service_elements(
     # First where each service goes: which table it names now and which slots it needs
     # (TableChange.plan decides which tables are rewritten in place), then its elements.
     olds: dict[ServiceKey, frozenset[Element]] = {}
+    lays: dict[ServiceKey, Layout] = {}
     moves: list[tuple[int, Content | None]] = []
     for key in touched:
         svc = new_services.get(key)
@@ -269,28 +269,33 @@ def _service_elements(
                 # Its elements are what its model implies (written so, or read and compared):
                 # it names the table that holds its slots.
                 old = service_elements(old_svc, pic.tables.lookup).own if old_svc is not None else frozenset()
-            content = dr_content(svc) if svc is not None else None
+            if svc is not None:
+                lays[key] = layout(svc)
         except ValueError as exc:
             failed[key] = str(exc)
             continue
         olds[key] = old
         for e in old:
             if e.set == "dr_tab":
-                moves.append((int(e.value), content))  # type: ignore[arg-type]
+                lay = lays.get(key)
+                moves.append((int(e.value), lay.content if lay is not None else None))  # type: ignore[arg-type]
                 tables.release(int(e.value))  # type: ignore[arg-type]
     if failed:
         raise ServicesFailed(failed)
     tables.plan(moves)
     for key, old in olds.items():
         svc = new_services.get(key)
-        if not old:
+        if svc is None:
+            deletes |= old
+            dr_of[key] = frozenset()
+        elif not old:
             # A new service: nothing to diff against (the cold-sync path).
-            dr_of[key] = service_text(svc, add_text, tables.acquire) if svc is not None else frozenset()
-            continue
-        built = service_elements(svc, tables.acquire) if svc is not None else _NO_ELEMENTS
-        deletes |= old - built.own
-        adds |= built.own - old
-        dr_of[key] = built.dr_addresses
+            dr_of[key] = service_text(svc, add_text, tables.acquire, lays[key])
+        else:
+            built = service_elements(svc, tables.acquire, lays[key])
+            deletes |= old - built.own
+            adds |= built.own - old
+            dr_of[key] = built.dr_addresses
     return dr_of
 
 
