@@ -18,7 +18,7 @@ what kube-proxy's syncProxyRules does on every change. The ratios compare agains
 A benchmark, not a timed test: nothing here passes or fails on a number.
 
     .venv/bin/python bench/k8s_reconcile.py [--services 10000] [--nodes 10] [--backend memory|nftables|ipvs]
-Results: bench/results/k8s_reconcile-<backend>.json and .md
+Results: bench/results/k8s_reconcile-<backend>[-<services> unless 10,000].json and .md
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ from kubelvs.sources.kubernetes.desired import KubernetesSource  # noqa: E402
 from kubelvs.sources.kubernetes.mapping import Mapper  # noqa: E402
 from kubelvs.sources.kubernetes.settings import parse_kubernetes  # noqa: E402
 
-OWNED = "10.128.0.0/16"
-POOL = "10.128.0.0/17"
+OWNED = "10.128.0.0/12"
+POOL = "10.128.0.0/13"  # 524,288 addresses: room for the 100,000-Service run
 
 
 def rss_mib() -> float:
@@ -356,7 +356,8 @@ def main() -> int:
     r["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     r["loadavg_1m_at_end"] = round(os.getloadavg()[0], 1)  # other work on the machine skews absolute times
     a.out.mkdir(parents=True, exist_ok=True)
-    stem = a.out / f"k8s_reconcile-{a.backend}"
+    # The 10,000-Service run is the reference; other sizes are kept beside it.
+    stem = a.out / (f"k8s_reconcile-{a.backend}" + ("" if a.services == 10_000 else f"-{a.services}"))
     stem.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(r))
     print(markdown(r))

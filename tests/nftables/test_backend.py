@@ -88,6 +88,45 @@ def test_read_back_equals_the_last_desired_state(
     subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
+@st.composite
+def cluster_states(draw: st.DrawFn) -> DesiredState:
+    """DR services drawn from a few real-server sets (as a cluster's Services share the
+    nodes): services share tables, move between them, and whole tables change."""
+    sets = [
+        [("10.0.1.2", 1), ("10.0.1.3", 1), ("10.0.1.4", 1)],
+        [("10.0.1.2", 1), ("10.0.1.3", 1)],
+        [("10.0.1.2", 2), ("10.0.1.3", 1), ("10.0.1.4", 0)],
+    ]
+    keys = draw(
+        st.lists(st.sampled_from([("10.0.0.1", 80), ("10.0.0.1", 443), ("10.0.0.2", 80)]), unique=True)
+    )
+    sched = draw(st.sampled_from(["mh", "rr", "wrr"]))
+    services = []
+    for vip, port in keys:
+        members = draw(st.sampled_from(sets))
+        services.append(make_service(vip, port, sched, [(a, port, w, Forward.DR) for a, w in members]))
+    return make_desired(*services)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(cluster_states(), min_size=2, max_size=6))
+def test_shared_tables_follow_any_sequence_of_cluster_states(
+    make_netns: Callable[[str], str], steps: list[DesiredState]
+) -> None:
+    ns = make_netns("tab")
+    prepare(ns)
+    director = Director(NftablesBackend(netns=ns))
+    previous: DesiredState | None = None
+    for desired in steps:
+        director.sync(desired, changed=changed_services(previous, desired) if previous is not None else None)
+        previous = desired
+        fresh = NftablesBackend(netns=ns).read()
+        assert fresh.services == desired.services
+        assert plan(desired, fresh).ops == ()
+        _assert_tables_are_shared(ns, desired)
+    subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
 def _assert_tables_are_shared(ns: str, desired: DesiredState) -> None:
     """The DR slot tables: each service names the one that holds its slots, every table
     is named by some service, and no two tables hold the same slots."""
