@@ -7,6 +7,7 @@ ask), and the Events about what it asks for and cannot get. The rules are in
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -214,7 +215,7 @@ def service_fragment(
             for target, weight in weights:
                 address = target.address(vip.version)
                 assert address is not None
-                realservers.append(RealServer(address, rs_port, weight, forward))
+                realservers.append(_realserver(address, rs_port, weight, forward))
             key = ServiceKey(vip.version, port.protocol, vip, port.port)
             out.append(
                 VirtualService(
@@ -226,6 +227,14 @@ def service_fragment(
                 ).with_realservers(realservers)
             )
     return out, events
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _realserver(address: IPAddress, port: int, weight: int, forward: Forward) -> RealServer:
+    # One object per node, port, weight and method: the nodes are the real servers of
+    # every Service, so 10,000 Services hold a few dozen instead of 100,000 (memory, and
+    # a node going NotReady rebuilds every Service).
+    return RealServer(address, port, weight, forward)
 
 
 def _weights(
