@@ -88,6 +88,7 @@ class FakeApiServer:
         self._fail: list[int] = []
         self._watchers: set[asyncio.Queue[tuple[str, str, Obj] | None]] = set()
         self._responses: set[web.StreamResponse] = set()
+        self._sorted: dict[str, tuple[int, list[tuple[tuple[str, str], Obj]]]] = {}  # kind -> (rv, items)
         self.port = free_port()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -224,7 +225,12 @@ class FakeApiServer:
     def _list(self, request: web.Request, kind: str) -> web.Response:
         limit = int(request.query.get("limit") or 0)
         token = request.query.get("continue")
-        items = sorted(self.objects[kind].items())
+        # Sorted once per state: a paginated list of 100,000 objects asks for 200 pages,
+        # and sorting the whole collection for each made the list quadratic.
+        cached = self._sorted.get(kind)
+        if cached is None or cached[0] != self.rv:
+            cached = self._sorted[kind] = (self.rv, sorted(self.objects[kind].items()))
+        items = cached[1]
         start, list_rv = 0, self.rv
         if token:
             state = json.loads(base64.b64decode(token))
