@@ -99,8 +99,8 @@ class Layout(NamedTuple):
     content: Content | None  # DR: the slots as the shared table holds them (None: no slots)
 
 
-#: Which tables ``slot_order`` may cache: DR tables are shared (few distinct ones, each
-#: computed once), NAT ones carry every service's ports (each distinct, never cached).
+#: DR tables computed and kept (``_dr_table``): they are shared, so a cluster has few
+#: distinct ones. NAT tables carry every service's ports (each distinct): never kept.
 _ORDER_CACHE = 1024
 
 
