@@ -18,7 +18,6 @@ ruleset generation: ``nft -j list`` of 10,000 services cost ~6 s of nft and JSON
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import socket
 from collections import Counter
@@ -30,7 +29,7 @@ from ...errors import BackendError
 from ...kernel.netns import entered
 from ...model import Forward, ObservedState, ServiceKey, VirtualService
 from . import tunnel
-from .elements import Neighbour, ip_text, service_elements, service_key
+from .elements import PROTO_TEXT, Neighbour, ip_text, layout, service_elements, service_key
 from .netlink import NftNetlink, RawElement
 from .readback import ParsedTables, decode_counters, parse_raw, stats_of
 from .schema import (
@@ -146,8 +145,8 @@ def read_tables(nl: NftNetlink, netns: str | None) -> tuple[ParsedTables, Found,
         if version != VERSIONS[family]:
             raise BackendError(
                 f"table {family} {TABLE} was not made by this version of kubelvs"
-                f" (no {VERSIONS[family]} marker "
-                f"chain{', but ' + version + 's' if version else ''});"
+                f" (no {VERSIONS[family]} marker chain"
+                f"{'; it has ' + version + ', an earlier version' if version else ''});"
                 f" remove it with: nft delete table {family} {TABLE}"
             )
     found = Found(
@@ -199,11 +198,14 @@ def _picture(
     contents: dict[ServiceKey, Content] = {}
     for key, svc in parsed.services.items():
         try:
-            built = service_elements(svc, functools.partial(_record, contents, key))
+            lay = layout(svc)
+            built = service_elements(svc, _no_table_yet, lay)
         except ValueError:
             pic.actual[key] = frozenset()  # filled below: rewritten (or removed) at the next apply
             continue
         expected.update(built.own)
+        if lay.content is not None:
+            contents[key] = lay.content
         if built.dr_addresses:
             pic.dr_of[key] = built.dr_addresses
             pic.dr_refs.update(built.dr_addresses)
@@ -214,7 +216,7 @@ def _picture(
             wanted.setdefault(named[key], []).append(content)
     tables = SlotTables.read(parsed.by_set.get("dr_slots", ()), wanted)
     for key, content in contents.items():
-        head = (ip_text(key.address), str(key.protocol), key.port)  # type: ignore[arg-type]
+        head = (ip_text(key.address), PROTO_TEXT[key.protocol], key.port)  # type: ignore[arg-type]
         expected.discard(Element("netdev", "dr_tab", head, 0))
         expected.add(Element("netdev", "dr_tab", head, tables.lookup(content)))
     for tid in named.values():
@@ -240,9 +242,8 @@ def _picture(
     return pic
 
 
-def _record(contents: dict[ServiceKey, Content], key: ServiceKey, content: Content) -> int:
-    contents[key] = content
-    return 0
+def _no_table_yet(content: Content) -> int:
+    return 0  # table 0 is never used: corrected once the tables are read
 
 
 def _neighbours(pic: Picture, parsed: ParsedTables, ifindex: Mapping[str, int]) -> None:

@@ -98,8 +98,8 @@ __all__ = [
 TABLE = "kubelvs"
 #: An empty chain of this name marks a table as made by this version (and the table
 #: comment says so to people). A table of our name with neither was made by another
-#: version (or by hand) and is refused rather than silently mixed with; a netdev table
-#: of version 1 (per-service DR slots) is made again by the next apply (``needs_rebuild``).
+#: version (or by hand) and is refused rather than silently mixed with: so is a netdev
+#: table of version 1 (per-service DR slots; docs/nftables.md says how to replace it).
 SKELETON_VERSION = "kubelvs_v1"
 #: The netdev table's marker since DR slot tables are shared (``dr_tab``).
 NETDEV_VERSION = "kubelvs_v2"
