@@ -23,8 +23,8 @@ APT_DEMO  := python3 python3-venv iproute2 nftables procps kmod
 # test that runs it; openssl: scripts/kube-up's certificates (the real kube-apiserver tier).
 APT_TEST  := $(APT_DEMO) conntrack ipvsadm net-tools qemu-system-x86 busybox-static file udev keepalived \
              bird2 mmdebstrap umoci runc openssl
-# The benchmarks in the VM: the data path (bench-dr).
-APT_BENCH := $(APT_TEST) iperf3 wrk curl
+# The benchmarks: the data path (bench-dr: nginx, wrk, iperf3, curl; here and in the VM).
+APT_BENCH := $(APT_TEST) iperf3 wrk curl nginx
 
 .PHONY: setup setup-test setup-kube setup-check setup-bench apt-demo apt-test apt-bench \
         test test-machine test-vm check demo demo-ipvs image bench bench-dr bench-health bench-faults bench-ha \
@@ -140,9 +140,11 @@ bench-faults: setup-test
 	$(PY) bench/faults.py --backend nftables --out bench/results
 	scripts/vm-run -- $(PY) bench/faults.py --backend ipvs --out bench/results
 
-## The DR data path in the VM: direct vs IPVS-DR vs nftables-DR with wrk and iperf3 (~12 min).
-## The host's /proc/loadavg is copied into a file the VM reads, so the report records the load.
+## The DR data path with nginx, wrk and iperf3: on this machine's kernel direct vs hand-written
+## netdev DR vs nftables-DR (~5 min), then in the VM the same and IPVS-DR (~15 min). The host's
+## /proc/loadavg is copied into a file the VM reads, so the VM's report records the load.
 bench-dr: setup-bench
+	$(PY) bench/dr_datapath.py --no-ipvs --name dr_datapath-machine --out bench/results
 	@mkdir -p .vmtmp; load=$$(mktemp .vmtmp/host-loadavg.XXXXXX); \
 	( while cat /proc/loadavg > $$load.new && mv $$load.new $$load; do sleep 5; done ) & sampler=$$!; \
 	scripts/vm-run -- $(PY) bench/dr_datapath.py --out bench/results --host-loadavg $$load; rc=$$?; \

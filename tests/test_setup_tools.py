@@ -55,7 +55,7 @@ PROGRAMS: dict[str, Program] = {
     "qemu-system-x86_64": Program(
         "qemu-system-x86", "test", "the VM tier (virtme-ng boots the kernel in it)"
     ),
-    "busybox": Program("busybox-static", "test", "virtme-ng's initramfs (static); make bench-dr's httpd"),
+    "busybox": Program("busybox-static", "test", "virtme-ng's initramfs (static); bench-dr --server busybox"),
     "file": Program("file", "test", "virtme-ng reads the kernel image's version with it"),
     "udevadm": Program("udev", "test", "virtme-ng's guest init (no udevd: no command channel, vng fails)"),
     "apt-get": Program("apt", "essential", "scripts/vm-kernel downloads the kernel package"),
@@ -70,6 +70,7 @@ PROGRAMS: dict[str, Program] = {
     "bash": Program("bash", "essential", "scripts/vm-run, scripts/vm-kernel, scripts/demo-ipvs"),
     "wrk": Program("wrk", "bench", "make bench-dr (bench/dr_datapath.py)"),
     "iperf3": Program("iperf3", "bench", "make bench-dr (bench/dr_datapath.py)"),
+    "nginx": Program("nginx", "bench", "make bench-dr's HTTP server (bench/dr_datapath.py)"),
     "keepalived": Program(
         "keepalived", "test", "the director's VRRP (app/vrrp.py), tests/ha, make bench-health beside kubelvs"
     ),
