@@ -103,6 +103,7 @@ def _source(args: argparse.Namespace, *, dry_run: bool) -> DesiredSource:
             manifests=args.from_manifests,
             poll_seconds=args.poll,
             write_status=not dry_run,
+            notes=dry_run,
         )
     return ConfigFileSource(args.file, poll_seconds=args.poll, settle_seconds=args.settle)
 

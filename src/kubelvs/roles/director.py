@@ -282,7 +282,9 @@ class Director:
         candidates = observed.services.keys() if keys is None else (k for k in keys if k in observed.services)
         removed = [k for k in candidates if k not in desired.services and owns(k)]
         added = sum(1 for op in the_plan.ops if type(op) is AddService)
-        owned = sum(1 for k in observed.services if owns(k)) if removed else 0
+        # Counting the owned services is O(all of them): only a step that deletes more
+        # services than it adds can be held back (guard.check), so only that one needs it.
+        owned = sum(1 for k in observed.services if owns(k)) if len(removed) > added else 0
         return self.guard.check(removed, added, owned, now)
 
     def _record(self, ops: list[Operation], exc: PartialApplyError, now: float) -> None:

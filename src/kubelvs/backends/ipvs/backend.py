@@ -39,6 +39,7 @@ from ...planner import (
 )
 from ..base import ipvs_available
 from . import flowhash, wire
+from .decode import decode_dest, decode_service
 from .genl import GenlSocket, Request
 from .order import ORDERED_SCHEDULERS, to_move
 
@@ -87,13 +88,11 @@ class IpvsBackend:
             top: dict[ServiceKey, RealServerKey | None] = {}
             drifted: set[ServiceKey] = set()
             service_messages = self._sock.dump(wire.Cmd.GET_SERVICE)
-            if service_messages:
-                from . import decode  # pyroute2 is imported only when there is something to decode
             for raw in service_messages:
-                svc = decode.decode_service(decode.decode(raw))
+                svc = decode_service(raw)
                 realservers = []
                 for draw in self._sock.dump(wire.Cmd.GET_DEST, wire.service_key_attrs(svc.key)):
-                    rs, st = decode.decode_dest(decode.decode(draw))
+                    rs, st = decode_dest(draw, svc.key.family)
                     realservers.append(rs)
                     stats[(svc.key, rs.key)] = st
                 services[svc.key] = svc.with_realservers(realservers)
@@ -126,10 +125,8 @@ class IpvsBackend:
                 if exc.errno == errno.ESRCH:  # the service is gone
                     continue
                 raise BackendError(f"reading the counters of {key}: {exc.strerror or exc}") from exc
-            if raws:
-                from . import decode  # pyroute2 is imported only when there is something to decode
             for raw in raws:
-                rs, st = decode.decode_dest(decode.decode(raw))
+                rs, st = decode_dest(raw, key.family)
                 out[(key, rs.key)] = st
         return out
 
@@ -142,9 +139,7 @@ class IpvsBackend:
             if exc.errno == errno.ESRCH:
                 return []
             raise BackendError(f"reading the real servers of {key}: {exc.strerror or exc}") from exc
-        if raws:
-            from . import decode  # pyroute2 is imported only when there is something to decode
-        return [decode.decode_dest(decode.decode(raw))[0] for raw in raws]
+        return [decode_dest(raw, key.family)[0] for raw in raws]
 
     def predict(self, key: ServiceKey, client: str, client_port: int | None) -> Prediction:
         svc = self.read().services.get(key)  # a whole read: explain is a one-off command
@@ -241,9 +236,7 @@ class IpvsBackend:
                     self._top[key] = None
                     self._headless.discard(key)
                     continue
-                from . import decode  # pyroute2 is imported only when there is something to decode
-
-                kernel_order = [decode.decode_dest(decode.decode(raw))[0] for raw in raws]
+                kernel_order = [decode_dest(raw, key.family)[0] for raw in raws]
                 self._top[key] = max(kernel_order, key=lambda rs: rs.key.sort_key()).key
                 self._headless.discard(key)
                 for rs in to_move(kernel_order):

@@ -57,6 +57,7 @@ class KubernetesSource:
         api: KubeApi | None = None,  # an API client already made (tests: KubeApi.for_url)
         poll_seconds: float = 1.0,
         write_status: bool = True,  # False for a dry run: read only
+        notes: bool = False,  # True for a dry run: DesiredUpdate.notes (a line per Service)
         name: str | None = None,  # the identity in the Lease and Events (default: identity())
     ) -> None:
         self.config = config
@@ -71,6 +72,7 @@ class KubernetesSource:
         self.resync_seconds = self.settings.resync_seconds
         self.coalesce_seconds = self.settings.coalesce_seconds
         self.write_status = write_status
+        self.notes = notes
         self.identity = name or identity()
         self.mapper = Mapper(self.settings)
         self.writer: StatusWriter | None = None
@@ -150,7 +152,8 @@ class KubernetesSource:
             deletion_guard=config_guard(self.config),
             vrrp=self.config.vrrp,
             bgp=self.config.bgp,
-            notes=_notes(result),
+            # A line per Service, O(all Services): only for the dry run's report.
+            notes=_notes(result) if self.notes else (),
             realserver_names=self.mapper.node_names(),
         )
 

@@ -39,7 +39,7 @@ class StatusWriter:
         for sid in list(self._written):
             if sid not in result.status:
                 del self._written[sid]
-        for sid, ips in sorted(result.status.items()):
+        for sid, ips in result.status.items():  # every Service, every sync: no sort
             svc = services.get(sid)
             if svc is None:
                 continue
