@@ -245,12 +245,9 @@ class FakeApiServer:
                 )
             start, list_rv = state["start"], state["rv"]
         page = items[start : start + limit] if limit else items[start:]
-        out_items = []
-        for _, obj in page:
-            o = copy.deepcopy(obj)
-            o.pop("kind", None)  # list items carry no kind/apiVersion, as on a real server
-            o.pop("apiVersion", None)
-            out_items.append(o)
+        # List items carry no kind/apiVersion, as on a real server. A shallow copy: the
+        # page is encoded at once (a deep copy per item was most of a 10,000-object list).
+        out_items = [{k: v for k, v in obj.items() if k != "kind" and k != "apiVersion"} for _, obj in page]
         meta: Obj = {"resourceVersion": str(list_rv)}
         if limit and start + limit < len(items):
             meta["continue"] = base64.b64encode(

@@ -5,14 +5,18 @@ its back as soon as the backend says so, and publishes what it could not do."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
 from kubelvs.app.director import DirectorOptions, DirectorProgram, start_director
 from kubelvs.app.state import read_director_state
 from kubelvs.backends.memory import MemoryBackend
+from kubelvs.errors import KubelvsError
 from kubelvs.planner import DeleteService, service_of
 from kubelvs.roles.guard import GuardSettings
 from kubelvs.sources.file import ConfigFileSource
@@ -123,3 +127,38 @@ def test_refused_services_and_held_deletions_are_published_for_status(tmp_path: 
         backend=backend,
         guard=GuardSettings(settle_seconds=1.0),
     )
+
+
+def test_the_collector_pauses_for_the_initial_load_only(tmp_path: Path) -> None:
+    # Paused from start_director until the first step is over, then the survivors are
+    # frozen; the program's close gives them back to the collector (app/heap.py).
+    config = tmp_path / "lb.yaml"
+    config.write_text(HEAD + svc(1))
+    backend = MemoryBackend()
+    gc.unfreeze()
+
+    async def main() -> None:
+        source = ConfigFileSource(config, poll_seconds=0.05)
+        program = await start_director(DirectorOptions(resync_seconds=3600), source, backend=backend)
+        assert not gc.isenabled()  # the source is open: its state is loaded, nothing synced
+        stop = asyncio.Event()
+        task = asyncio.create_task(program.run(stop))
+        try:
+            await until(lambda: program.loop.steps >= 1 and gc.isenabled())
+            assert len(backend.table()) == 1
+            assert gc.get_freeze_count() > 1000
+        finally:
+            stop.set()
+            await task
+            await program.close()
+        assert gc.isenabled() and gc.get_freeze_count() == 0
+
+    asyncio.run(main())
+
+
+def test_a_source_that_cannot_open_leaves_the_collector_running(tmp_path: Path) -> None:
+    options = DirectorOptions(resync_seconds=3600, state_file=tmp_path / "state.json")
+    source = ConfigFileSource(tmp_path / "missing.yaml", poll_seconds=0.05)
+    with pytest.raises(KubelvsError):
+        asyncio.run(start_director(options, source, backend=MemoryBackend()))
+    assert gc.isenabled() and gc.get_freeze_count() == 0

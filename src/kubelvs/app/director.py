@@ -50,6 +50,7 @@ from ..sources.desired import DesiredSource, DesiredUpdate, Happening, SyncOutco
 from ..sources.vrrp import VrrpSpec
 from .bgp import BgpAnnouncer
 from .health import DirectorHealth
+from .heap import BulkLoad
 from .loop import ReconcileLoop
 from .metrics import DirectorCollector, MetricsServer, ProgramMetrics
 from .state import DirectorStateFile, daemons_dir, drains_to_restore
@@ -85,11 +86,24 @@ class DirectorOptions:
     metrics_address: tuple[str, int] | None = None  # --metrics-address; None: no /metrics server
 
 
+#: Seconds the garbage collector may stay paused for the initial load (heap.py) when the
+#: first step does not come: a source still waiting for its API server, say.
+BULK_LOAD_LIMIT = 60.0
+
+
 class DirectorProgram:
     """One director: a source, a backend and the loop between them."""
 
-    def __init__(self, options: DirectorOptions, source: DesiredSource, backend: Backend) -> None:
+    def __init__(
+        self,
+        options: DirectorOptions,
+        source: DesiredSource,
+        backend: Backend,
+        *,
+        bulk: BulkLoad | None = None,
+    ) -> None:
         self.options = options
+        self._bulk = bulk  # the collector paused for the initial load: resumed after the first step
         self.source = source
         self.backend = backend
         self.director = Director(backend, graceful=options.graceful is not False, guard=options.guard)
@@ -309,6 +323,8 @@ class DirectorProgram:
         # After the step, not in it: the kernel is programmed already, and writing the
         # state file (10,000 services' checks) must not delay that. The VIPs are held
         # (VRRP) only once the kernel forwards them.
+        if self._bulk is not None:
+            self._bulk.end()  # the first step, done or failed, ends the bulk load
         if self._outcome.synced and self.last_synced is not None:
             vips = (
                 {str(k.address) for k in self.last_synced.services if k.address is not None}
@@ -419,6 +435,8 @@ class DirectorProgram:
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop``: keep the kernel converged to the source (and probe the real servers)."""
         self.health.bind(asyncio.get_running_loop())
+        if self._bulk is not None:  # a source that is never ready must not keep the collector paused
+            asyncio.get_running_loop().call_later(BULK_LOAD_LIMIT, self._bulk.end)
         loop = asyncio.create_task(self.loop.run(stop))
         tasks = [
             *self.source.start(stop, self.loop.wake),
@@ -447,6 +465,8 @@ class DirectorProgram:
         try:
             await self.source.close()
         finally:
+            if self._bulk is not None:
+                self._bulk.release()
             self.health.close()
             self.collector.close()
             self.backend.close()
@@ -480,15 +500,22 @@ async def start_director(
     options: DirectorOptions, source: DesiredSource, *, backend: Backend | None = None
 ) -> DirectorProgram:
     """Open the source (its first complete desired state), then the backend (``None``: the
-    one ``options`` names), and assemble the program. Nothing touches the kernel yet."""
-    await source.open()
+    one ``options`` names), and assemble the program. Nothing touches the kernel yet.
+    The garbage collector pauses from here to the end of the first step (heap.py)."""
+    bulk = BulkLoad()
+    bulk.begin()
+    opened = False
     try:
+        await source.open()
+        opened = True
         if backend is None:
             backend = open_backend(options.backend, netns=options.netns)
+        return DirectorProgram(options, source, backend, bulk=bulk)
     except BaseException:
-        await source.close()
+        bulk.release()  # never leave the collector paused
+        if opened:
+            await source.close()
         raise
-    return DirectorProgram(options, source, backend)
 
 
 async def run_director(

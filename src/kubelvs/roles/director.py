@@ -186,8 +186,9 @@ class Director:
             leaving = {k for k, _ in the_plan.draining} | {
                 service_of(op) for op in the_plan.ops if isinstance(op, (DeleteRealServer, DeleteService))
             }
-            if leaving:
-                self._refresh_stats(observed, leaving)  # type: ignore[arg-type]
+            # The plan asks only whether a real server has connections: planned again only
+            # when a refreshed answer differs (never on nftables DR, which keeps none).
+            if leaving and self._refresh_stats(observed, leaving):  # type: ignore[arg-type]
                 the_plan = plan(desired, observed, graceful=True, keys=keys, expired=expired)
         if dry_run:
             return SyncResult(plan=the_plan, full=full)
@@ -241,14 +242,23 @@ class Director:
             pair for pair, since in self._drains.items() if now - since >= desired.drain_timeout_of(pair[0])
         )
 
-    def _refresh_stats(self, observed: ObservedState, keys: set[ServiceKey]) -> None:
+    def _refresh_stats(self, observed: ObservedState, keys: set[ServiceKey]) -> bool:
+        """Read these services' counters into the picture; True when a real server got
+        or lost connections (what the planner asks of them)."""
         fresh = self.backend.read_stats(keys)
         stats = observed.stats
         assert isinstance(stats, dict)  # the picture is ours: updated in place
+        flipped = False
         for key in keys:
             vs = observed.services.get(key)
             for rs in vs.realservers if vs is not None else ():
-                stats[(key, rs.key)] = fresh.get((key, rs.key), _IDLE)
+                pair = (key, rs.key)
+                new = fresh.get(pair, _IDLE)
+                old = stats.get(pair, _IDLE)
+                if (old.active_conns + old.inactive_conns > 0) != (new.active_conns + new.inactive_conns > 0):
+                    flipped = True
+                stats[pair] = new
+        return flipped
 
     def _track_drains(
         self, the_plan: Plan, keys: set[ServiceKey] | None, desired: DesiredState, now: float
