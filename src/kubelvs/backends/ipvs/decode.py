@@ -15,6 +15,29 @@ import struct
 
 from ...model import SCHED_FLAGS, IPAddress, RealServer, RealServerStats, ServiceKey, VirtualService
 from .wire import (
+    _BE16,
+    _CMD_ATTR_DEST,
+    _CMD_ATTR_SERVICE,
+    _DEST_ADDR,
+    _DEST_ADDR_FAMILY,
+    _DEST_FWD_METHOD,
+    _DEST_L_THRESH,
+    _DEST_PORT,
+    _DEST_U_THRESH,
+    _DEST_WEIGHT,
+    _NLA,
+    _SVC_ADDR,
+    _SVC_AF,
+    _SVC_FLAGS,
+    _SVC_FWMARK,
+    _SVC_NETMASK,
+    _SVC_PORT,
+    _SVC_PROTOCOL,
+    _SVC_SCHED_NAME,
+    _SVC_TIMEOUT,
+    _U16,
+    _U32,
+    _U32_BE,
     F_ONEPACKET,
     F_PERSISTENT,
     F_SCHED1,
@@ -28,31 +51,18 @@ from .wire import (
 
 __all__ = ["decode_dest", "decode_service", "decode_service_key"]
 
-_NLA = struct.Struct("=HH")
-_U16 = struct.Struct("=H")
-_U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
-_BE16 = struct.Struct("!H")
-_BE32 = struct.Struct("!I")
 _FLAGS = struct.Struct("=II")
 _HEADERS = 20  # nlmsghdr + genlmsghdr
-
-# IPVS_CMD_ATTR_*
-_CMD_SERVICE, _CMD_DEST = 1, 2
-# IPVS_SVC_ATTR_*
-_SVC_AF, _SVC_PROTOCOL, _SVC_ADDR, _SVC_PORT, _SVC_FWMARK = 1, 2, 3, 4, 5
-_SVC_SCHED_NAME, _SVC_FLAGS, _SVC_TIMEOUT, _SVC_NETMASK = 6, 7, 8, 9
-# IPVS_DEST_ATTR_*
-_DEST_ADDR, _DEST_PORT, _DEST_FWD_METHOD, _DEST_WEIGHT = 1, 2, 3, 4
-_DEST_U_THRESH, _DEST_L_THRESH, _DEST_ACTIVE, _DEST_INACTIVE, _DEST_PERSIST = 5, 6, 7, 8, 9
-_DEST_STATS, _DEST_ADDR_FAMILY, _DEST_STATS64 = 10, 11, 12
+# The attributes only replies carry (wire.py has those of requests). IPVS_DEST_ATTR_*:
+_DEST_ACTIVE, _DEST_INACTIVE, _DEST_PERSIST, _DEST_STATS, _DEST_STATS64 = 7, 8, 9, 10, 12
 # IPVS_STATS_ATTR_*: u32 in STATS but the byte counts, u64 all in STATS64.
 _STATS_CONNS, _STATS_INPKTS, _STATS_OUTPKTS, _STATS_INBYTES, _STATS_OUTBYTES = 1, 2, 3, 4, 5
 
 
-def _attrs(buf: bytes, start: int = 0, end: int | None = None) -> dict[int, bytes]:
+def _attrs(buf: bytes, start: int = 0) -> dict[int, bytes]:
     """Attribute type (without the NESTED and BYTEORDER bits) -> payload, of one level."""
-    end = len(buf) if end is None else end
+    end = len(buf)
     out: dict[int, bytes] = {}
     unpack = _NLA.unpack_from
     while start + 4 <= end:
@@ -86,7 +96,7 @@ def _address(raw: bytes, family: int) -> IPAddress:
 
 def decode_service_key(raw: bytes) -> ServiceKey:
     """The service key of a message with a SERVICE attribute (a reply or a request)."""
-    return _service_key(_nested(raw, _CMD_SERVICE, "service"))
+    return _service_key(_nested(raw, _CMD_ATTR_SERVICE, "service"))
 
 
 def _service_key(a: dict[int, bytes]) -> ServiceKey:
@@ -104,7 +114,7 @@ def _service_key(a: dict[int, bytes]) -> ServiceKey:
 
 def decode_service(raw: bytes, *, name: str = "") -> VirtualService:
     """A ``GET_SERVICE`` reply message as a service without real servers."""
-    a = _nested(raw, _CMD_SERVICE, "service")
+    a = _nested(raw, _CMD_ATTR_SERVICE, "service")
     key = _service_key(a)
     family = key.family
     scheduler = a.get(_SVC_SCHED_NAME, b"").split(b"\0", 1)[0].decode()
@@ -121,7 +131,7 @@ def decode_service(raw: bytes, *, name: str = "") -> VirtualService:
     netmask = a.get(_SVC_NETMASK)
     if family == 4:
         # A netmask in network order, e.g. 255.255.255.0.
-        prefix = bin(_BE32.unpack_from(netmask)[0]).count("1") if netmask else 32
+        prefix = bin(_U32_BE.unpack_from(netmask)[0]).count("1") if netmask else 32
     else:
         # A prefix length in host order.
         prefix = _U32.unpack_from(netmask)[0] if netmask else 128
@@ -139,7 +149,7 @@ def decode_service(raw: bytes, *, name: str = "") -> VirtualService:
 def decode_dest(raw: bytes, family: int = 4) -> tuple[RealServer, RealServerStats]:
     """A ``GET_DEST`` reply message: the real server and its counters. ``family``: the
     service's, for kernels that do not send the destination's own (before 4.0)."""
-    a = _nested(raw, _CMD_DEST, "destination")
+    a = _nested(raw, _CMD_ATTR_DEST, "destination")
     if _DEST_ADDR_FAMILY in a:
         family = FAMILY_OF_AF[_U16.unpack_from(a[_DEST_ADDR_FAMILY])[0]]
     rs = RealServer(
