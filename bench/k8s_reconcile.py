@@ -252,6 +252,13 @@ async def bench(
             ),
         )
 
+        # The program stops first: its loop checks the backend between steps (in a thread),
+        # and a backend is used by one thread at a time (two on one netlink socket take
+        # each other's replies).
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         # Baseline: recompute everything and sync everything (kube-proxy's way), same state.
         base_times = []
         for _ in range(baseline_rounds):
@@ -265,10 +272,6 @@ async def bench(
         results["ratio_burst_to_baseline"] = results["burst_100_edits_s"] / base
         results["ratio_node_to_baseline"] = results["node_not_ready_s"] / base
         results["rss_peak_mib"] = round(rss_mib(), 1)
-        stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         if program is not None:
             await program.close()  # the source (API client) and the backend
