@@ -131,7 +131,7 @@ def test_refused_services_and_held_deletions_are_published_for_status(tmp_path: 
 
 def test_the_collector_pauses_for_the_initial_load_only(tmp_path: Path) -> None:
     # Paused from start_director until the first step is over, then the survivors are
-    # frozen; the program's close gives them back to the collector (app/heap.py).
+    # frozen; the program's close gives them back to the collector (kubelvs.bulk.BulkLoad).
     config = tmp_path / "lb.yaml"
     config.write_text(HEAD + svc(1))
     backend = MemoryBackend()

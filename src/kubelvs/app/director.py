@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends import Backend, BackendName, open_backend
+from ..bulk import BulkLoad
 from ..errors import BackendError, CapabilityError
 from ..model import (
     ACTIVE_ACTIVE_IPVS,
@@ -50,7 +51,6 @@ from ..sources.desired import DesiredSource, DesiredUpdate, Happening, SyncOutco
 from ..sources.vrrp import VrrpSpec
 from .bgp import BgpAnnouncer
 from .health import DirectorHealth
-from .heap import BulkLoad
 from .loop import ReconcileLoop
 from .metrics import DirectorCollector, MetricsServer, ProgramMetrics
 from .state import DirectorStateFile, daemons_dir, drains_to_restore
@@ -86,7 +86,7 @@ class DirectorOptions:
     metrics_address: tuple[str, int] | None = None  # --metrics-address; None: no /metrics server
 
 
-#: Seconds the garbage collector may stay paused for the initial load (heap.py) when the
+#: Seconds the garbage collector may stay paused for the initial load (bulk.BulkLoad) when the
 #: first step does not come: a source still waiting for its API server, say.
 BULK_LOAD_LIMIT = 60.0
 
@@ -501,7 +501,7 @@ async def start_director(
 ) -> DirectorProgram:
     """Open the source (its first complete desired state), then the backend (``None``: the
     one ``options`` names), and assemble the program. Nothing touches the kernel yet.
-    The garbage collector pauses from here to the end of the first step (heap.py)."""
+    The garbage collector pauses from here to the end of the first step (bulk.BulkLoad)."""
     bulk = BulkLoad()
     bulk.begin()
     opened = False
