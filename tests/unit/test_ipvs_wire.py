@@ -287,3 +287,13 @@ def test_forward_codes_match_ip_vs_h() -> None:
         msg = reference(request(wire.Cmd.NEW_DEST, attrs))
         dest = dict(msg.get_attr("IPVS_CMD_ATTR_DEST")["attrs"])
         assert dest["IPVS_DEST_ATTR_FWD_METHOD"] == code
+
+
+def test_daemon_reply_round_trip() -> None:
+    raw = wire.encode_request(
+        0x1F, wire.Cmd.NEW_DAEMON, wire.daemon_attrs(wire.DAEMON_BACKUP, "eth1", 7), flags=1, seq=1
+    )
+    assert wire.parse_daemon_reply(raw) == (wire.DAEMON_BACKUP, "eth1", 7)
+    assert (
+        wire.parse_daemon_reply(wire.encode_request(0x1F, wire.Cmd.GET_DAEMON, b"", flags=1, seq=2)) is None
+    )

@@ -25,7 +25,6 @@ from .wire import (
     _DEST_PORT,
     _DEST_U_THRESH,
     _DEST_WEIGHT,
-    _NLA,
     _SVC_ADDR,
     _SVC_AF,
     _SVC_FLAGS,
@@ -45,40 +44,27 @@ from .wire import (
     F_SCHED3,
     FAMILY_OF_AF,
     FWD_FROM_KERNEL,
+    HEADERS,
     NAMED_SCHED_BITS,
     PROTO_FROM_KERNEL,
+    attributes,
 )
 
 __all__ = ["decode_dest", "decode_service", "decode_service_key"]
 
 _U64 = struct.Struct("=Q")
 _FLAGS = struct.Struct("=II")
-_HEADERS = 20  # nlmsghdr + genlmsghdr
 # The attributes only replies carry (wire.py has those of requests). IPVS_DEST_ATTR_*:
 _DEST_ACTIVE, _DEST_INACTIVE, _DEST_PERSIST, _DEST_STATS, _DEST_STATS64 = 7, 8, 9, 10, 12
 # IPVS_STATS_ATTR_*: u32 in STATS but the byte counts, u64 all in STATS64.
 _STATS_CONNS, _STATS_INPKTS, _STATS_OUTPKTS, _STATS_INBYTES, _STATS_OUTBYTES = 1, 2, 3, 4, 5
 
 
-def _attrs(buf: bytes, start: int = 0) -> dict[int, bytes]:
-    """Attribute type (without the NESTED and BYTEORDER bits) -> payload, of one level."""
-    end = len(buf)
-    out: dict[int, bytes] = {}
-    unpack = _NLA.unpack_from
-    while start + 4 <= end:
-        length, kind = unpack(buf, start)
-        if length < 4:
-            break
-        out[kind & 0x3FFF] = buf[start + 4 : start + length]
-        start += (length + 3) & ~3
-    return out
-
-
 def _nested(raw: bytes, kind: int, what: str) -> dict[int, bytes]:
-    top = _attrs(raw, _HEADERS)
+    top = attributes(raw, HEADERS)
     if kind not in top:
         raise ValueError(f"IPVS reply without its {what} attribute")
-    return _attrs(top[kind])
+    return attributes(top[kind])
 
 
 def _u32(a: dict[int, bytes], kind: int) -> int:
@@ -161,7 +147,7 @@ def decode_dest(raw: bytes, family: int = 4) -> tuple[RealServer, RealServerStat
         l_thresh=_u32(a, _DEST_L_THRESH),
     )
     nested = a.get(_DEST_STATS64) or a.get(_DEST_STATS)
-    s = _attrs(nested) if nested else {}
+    s = attributes(nested) if nested else {}
 
     def counter(kind: int) -> int:
         value = s.get(kind)

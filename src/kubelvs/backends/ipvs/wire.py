@@ -1,4 +1,5 @@
-"""IPVS generic-netlink wire format: fast encoding of requests (decode.py decodes).
+"""IPVS generic-netlink wire format: fast encoding of requests, the attribute walk of
+replies (decode.py decodes services and destinations with it).
 
 Requests are packed with ``struct`` (a bulk sync sends ~110,000 of them; pyroute2's
 generic encoder costs several times more per message). The tests decode every
@@ -25,10 +26,12 @@ from ...model import (
 __all__ = [
     "DAEMON_BACKUP",
     "DAEMON_MASTER",
+    "HEADERS",
     "NLM_F_ACK",
     "NLM_F_DUMP",
     "NLM_F_REQUEST",
     "Cmd",
+    "attributes",
     "config_attrs",
     "daemon_attrs",
     "dest_attrs",
@@ -107,6 +110,7 @@ _U32 = struct.Struct("=I")
 _U32_BE = struct.Struct("!I")
 _BE16 = struct.Struct("!H")
 _NLMSG_GENL = struct.Struct("=IHHIIBBH")
+HEADERS = _NLMSG_GENL.size  # nlmsghdr + genlmsghdr: where a message's attributes start
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -128,7 +132,7 @@ def _be16(kind: int, value: int) -> bytes:
 
 def encode_request(family_id: int, cmd: Cmd, attrs: bytes, *, flags: int, seq: int) -> bytes:
     """One complete netlink message: nlmsghdr + genlmsghdr + attributes."""
-    return _NLMSG_GENL.pack(20 + len(attrs), family_id, flags, seq, 0, cmd, GENL_VERSION, 0) + attrs
+    return _NLMSG_GENL.pack(HEADERS + len(attrs), family_id, flags, seq, 0, cmd, GENL_VERSION, 0) + attrs
 
 
 def service_key_attrs(key: ServiceKey) -> bytes:
@@ -244,23 +248,25 @@ def daemon_attrs(state: int, interface: str, syncid: int) -> bytes:
     return _attr(_CMD_ATTR_DAEMON, body)
 
 
-def parse_daemon_reply(message: bytes) -> tuple[int, str, int] | None:
-    """(state, interface, syncid) of one GET_DAEMON reply message; None if it has none."""
-    values: dict[int, bytes] = {}
-    offset = 20
-    while offset + 4 <= len(message):
-        length, kind = _NLA.unpack_from(message, offset)
+def attributes(buf: bytes, start: int = 0) -> dict[int, bytes]:
+    """Attribute type (without the NESTED and BYTEORDER bits) -> payload, of one level of
+    ``buf`` from ``start`` (``HEADERS`` for a whole message)."""
+    end = len(buf)
+    out: dict[int, bytes] = {}
+    unpack = _NLA.unpack_from
+    while start + 4 <= end:
+        length, kind = unpack(buf, start)
         if length < 4:
             break
-        if kind & 0x3FFF == _CMD_ATTR_DAEMON:  # without NLA_F_NESTED
-            inner, end = offset + 4, offset + length
-            while inner + 4 <= end:
-                ilen, ikind = _NLA.unpack_from(message, inner)
-                if ilen < 4:
-                    break
-                values[ikind] = message[inner + 4 : inner + ilen]
-                inner += (ilen + 3) & ~3
-        offset += (length + 3) & ~3
+        out[kind & 0x3FFF] = buf[start + 4 : start + length]
+        start += (length + 3) & ~3
+    return out
+
+
+def parse_daemon_reply(message: bytes) -> tuple[int, str, int] | None:
+    """(state, interface, syncid) of one GET_DAEMON reply message; None if it has none."""
+    daemon = attributes(message, HEADERS).get(_CMD_ATTR_DAEMON)
+    values = attributes(daemon) if daemon is not None else {}
     if _DAEMON_STATE not in values:
         return None
     state = _U32.unpack_from(values[_DAEMON_STATE])[0]
@@ -271,17 +277,15 @@ def parse_daemon_reply(message: bytes) -> tuple[int, str, int] | None:
 
 def parse_config_reply(message: bytes) -> Timeouts:
     """Timeouts from a GET_CONFIG reply (nlmsghdr + genlmsghdr + three u32 attributes)."""
-    values: dict[int, int] = {}
-    offset = 20
-    while offset + 8 <= len(message):
-        length, kind = _NLA.unpack_from(message, offset)
-        if length < 4:
-            break
-        if kind in (_CMD_ATTR_TIMEOUT_TCP, _CMD_ATTR_TIMEOUT_TCP_FIN, _CMD_ATTR_TIMEOUT_UDP):
-            values[kind] = _U32.unpack_from(message, offset + 4)[0]
-        offset += (length + 3) & ~3
+    values = attributes(message, HEADERS)
+
+    def timeout(kind: int) -> int:
+        raw = values.get(kind)
+        found: int = _U32.unpack_from(raw)[0] if raw is not None and len(raw) >= 4 else 0
+        return found
+
     return Timeouts(
-        tcp=values.get(_CMD_ATTR_TIMEOUT_TCP, 0),
-        tcpfin=values.get(_CMD_ATTR_TIMEOUT_TCP_FIN, 0),
-        udp=values.get(_CMD_ATTR_TIMEOUT_UDP, 0),
+        tcp=timeout(_CMD_ATTR_TIMEOUT_TCP),
+        tcpfin=timeout(_CMD_ATTR_TIMEOUT_TCP_FIN),
+        udp=timeout(_CMD_ATTR_TIMEOUT_UDP),
     )
