@@ -210,12 +210,15 @@ def test_a_reused_client_port_is_not_black_holed_after_its_realserver_is_deleted
     assert server in {"rs1", "rs2"}
 
 
+Pairs = list[tuple[RealServerStats, RealServerStats]]  # per real server: (before, now)
+
+
 def _stats_after(
     env: Env,
     before: dict[tuple[ServiceKey, RealServerKey], RealServerStats],
-    done: Callable[[list[tuple[RealServerStats, RealServerStats]]], bool],
-) -> list[RealServerStats]:
-    """Per real server counters once ``done`` holds for their (before, now) pairs.
+    done: Callable[[Pairs], bool],
+) -> Pairs:
+    """Per real server (before, now) counters once ``done`` holds for them (or after 8 s).
 
     IPVS folds its per-CPU counters into what netlink reports every 2 s (the estimator,
     which folds each real server at its own tick, so one can lag the other), nftables
@@ -224,11 +227,14 @@ def _stats_after(
     deadline = time.monotonic() + 8
     while True:
         stats = env.backend.read().stats
-        now = [stats[k] for k in keys]
-        pairs = [(before.get(k, RealServerStats()), n) for k, n in zip(keys, now, strict=True)]
+        pairs = [(before.get(k, RealServerStats()), stats[k]) for k in keys]
         if done(pairs) or time.monotonic() > deadline:
-            return now
+            return pairs
         time.sleep(0.5)
+
+
+def _delivered(pairs: Pairs) -> int:
+    return sum(n.in_packets - b.in_packets for b, n in pairs)
 
 
 def test_dr_replies_bypass_the_director(dr_env: Env) -> None:
@@ -238,30 +244,22 @@ def test_dr_replies_bypass_the_director(dr_env: Env) -> None:
     answers = dr_env.ask(30)
     assert len(answers) == 30
     # SYN, ACK, request, FIN... of every connection reached the director ...
-    rs_stats = _stats_after(
-        dr_env, before, lambda pairs: sum(n.in_packets - b.in_packets for b, n in pairs) >= 30 * 3
-    )
-    base = [
-        before.get((dr_env.http_key, rs.key), RealServerStats())
-        for rs in dr_env.service("rr", [1, 1]).realservers
-    ]
-    assert sum(s.in_packets - b.in_packets for s, b in zip(rs_stats, base, strict=True)) >= 30 * 3
-    assert all(s.in_bytes > b.in_bytes for s, b in zip(rs_stats, base, strict=True))
+    pairs = _stats_after(dr_env, before, lambda pairs: _delivered(pairs) >= 30 * 3)
+    assert _delivered(pairs) >= 30 * 3
+    assert all(n.in_bytes > b.in_bytes for b, n in pairs)
     # ... and none of the replies: they go from the real server straight to the client.
-    assert all(s.out_packets == 0 and s.out_bytes == 0 for s in rs_stats)
+    assert all(n.out_packets == 0 and n.out_bytes == 0 for _, n in pairs)
 
 
 def test_nat_counts_both_directions(nat_env: Env) -> None:
     nat_env.sync(nat_env.service("rr", [1, 1]))
     before = dict(nat_env.backend.read().stats)
     nat_env.ask(10)
-    after = _stats_after(
-        nat_env,
-        before,
-        lambda pairs: all(n.in_packets > b.in_packets and n.out_packets > b.out_packets for b, n in pairs),
-    )
-    for rs, now in zip(nat_env.service("rr", [1, 1]).realservers, after, strict=True):
-        old = before.get((nat_env.http_key, rs.key), RealServerStats())
+
+    def both_ways(pairs: Pairs) -> bool:
+        return all(n.in_packets > b.in_packets and n.out_packets > b.out_packets for b, n in pairs)
+
+    for old, now in _stats_after(nat_env, before, both_ways):
         assert now.in_packets > old.in_packets
         assert now.out_packets > old.out_packets
 
