@@ -75,6 +75,7 @@ from kubelvs.model import (
     Ownership,
     Protocol,
     RealServer,
+    RealServerKey,
     RealServerStats,
     ServiceKey,
     VirtualService,
@@ -135,8 +136,9 @@ def build(lab: Lab, body: bytes, docroot: Path, server: str) -> Built:
 
 def nginx_conf(docroot: Path) -> str:
     """A foreground nginx serving ``docroot`` on HTTP_PORT, everything it writes in
-    ``docroot`` (not the system's /var/lib/nginx or /run/nginx.pid). One worker: the
-    client, the director and the server share the machine's two CPUs."""
+    ``docroot`` (not the system's /var/lib/nginx or /run/nginx.pid). Its worker runs as
+    root, which can read the run's private temporary directory. One worker: the client,
+    the director and the server share the machine's two CPUs."""
     d = docroot
     temps = "".join(
         f"    {kind}_temp_path {d}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -399,10 +401,10 @@ class HandWritten:
     def read(self) -> ObservedState:
         """The rules' counters as the real server's in-counters (a DR path has no out)."""
         out = self.lab.run(self.netns, "nft", "-j", "list", "table", "netdev", self.table, check=False)
-        stats: dict[tuple[ServiceKey, Any], RealServerStats] = {}
+        stats: dict[tuple[ServiceKey, RealServerKey], RealServerStats] = {}
         if out.returncode != 0:
             return ObservedState(stats=stats)
-        rs = RealServer(ipaddress.ip_address(self.built.rs_ip), HTTP_PORT, 1, Forward.DR)
+        rip = ipaddress.ip_address(self.built.rs_ip)
         for item in json.loads(out.stdout)["nftables"]:
             rule = item.get("rule")
             if rule is None:
@@ -412,7 +414,9 @@ class HandWritten:
             )
             counter = next(e["counter"] for e in rule["expr"] if "counter" in e)
             key = HTTP_KEY if port == HTTP_PORT else IPERF_KEY
-            stats[(key, rs.key)] = RealServerStats(in_packets=counter["packets"], in_bytes=counter["bytes"])
+            stats[(key, RealServerKey(rip, key.port))] = RealServerStats(
+                in_packets=counter["packets"], in_bytes=counter["bytes"]
+            )
         return ObservedState(stats=stats)
 
 
@@ -496,7 +500,6 @@ def main() -> int:
         tempfile.TemporaryDirectory(prefix="kubelvs-bench-www") as www,
         Lab(f"kubelvs-bench{secrets.token_hex(2)}") as lab,
     ):
-        os.chmod(www, 0o755)  # nginx's worker reads it
         built = build(lab, body, Path(www), args.server)
         client, director_ns, rs_ip = built.client, built.director, built.rs_ip
         reference = HandWritten(lab, built)

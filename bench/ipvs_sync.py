@@ -23,6 +23,7 @@ times: only the ratios measured in the same run mean something.
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import json
 import os
@@ -209,16 +210,16 @@ class LocalRuntime:
                 raise OSError(err, os.strerror(err))
 
 
-def keepalived_conf(doc: dict[str, object], changed: int | None = None) -> str:
+def keepalived_conf(doc: dict[str, object]) -> str:
     """The config's virtual servers as keepalived writes them (no checkers: a real server
-    without one is up at once); ``changed``: that service's first real server has weight 2."""
+    without one is up at once)."""
     parts = ["global_defs {\n    router_id kubelvs_bench\n}\n"]
     services: list[dict[str, Any]] = doc["services"]  # type: ignore[assignment]
-    for i, svc in enumerate(services):
+    for svc in services:
         reals = "".join(
             f"    real_server {rs['address']} {svc['port']} {{\n"
-            f"        weight {2 if i == changed and j == 0 else 1}\n    }}\n"
-            for j, rs in enumerate(svc["realservers"])
+            f"        weight {rs.get('weight', 1)}\n    }}\n"
+            for rs in svc["realservers"]
         )
         parts.append(
             f"virtual_server {svc['vip']} {svc['port']} {{\n    lvs_sched {svc['scheduler']}\n"
@@ -256,10 +257,13 @@ def _wait_for(check: Callable[[], bool], what: str, timeout: float = 900) -> flo
     return time.perf_counter() - start
 
 
-def keepalived_round(doc: dict[str, object], expected: list[str], workdir: Path) -> tuple[float, float]:
-    """keepalived's cold start and one change (edit + SIGHUP), in a fresh namespace."""
+def keepalived_round(
+    doc: dict[str, object], edited_doc: dict[str, object], changed: int, expected: list[str], workdir: Path
+) -> tuple[float, float]:
+    """keepalived's cold start with ``doc`` and one change (``edited_doc``, whose service
+    ``changed`` has its first real server at weight 2: edit + SIGHUP), in a fresh namespace."""
     services: list[dict[str, Any]] = doc["services"]  # type: ignore[assignment]
-    last, changed = services[-1], len(services) // 2
+    last = services[-1]
     conf = workdir / "keepalived.conf"
     conf.write_text(keepalived_conf(doc))
     with Namespace("keepalived") as ns:
@@ -282,7 +286,7 @@ def keepalived_round(doc: dict[str, object], expected: list[str], workdir: Path)
             assert kernel_rules(ns) == expected, "keepalived did not program exactly the config"
             target = services[changed]
             rip = f"{target['realservers'][0]['address']}:{target['port']}"
-            conf.write_text(keepalived_conf(doc, changed=changed))
+            conf.write_text(keepalived_conf(edited_doc))
             start = time.perf_counter()
             proc.send_signal(signal.SIGHUP)
             change = _wait_for(
@@ -301,10 +305,11 @@ def cold_sync(n: int, workdir: Path, repeat: int) -> dict[str, object]:
     desired = to_desired(parse_config(doc))
     rules = format_save(desired.services.values())
     expected = sorted(rules.splitlines())
-    # The one change, as keepalived_conf(doc, changed=...) writes it for keepalived.
+    # The one change, for both kubelvs and keepalived.
     changed = n // 2
-    edited_doc = json.loads(json.dumps(doc))
-    edited_doc["services"][changed]["realservers"][0]["weight"] = 2
+    edited_doc = copy.deepcopy(doc)
+    edited_services: list[dict[str, Any]] = edited_doc["services"]  # type: ignore[assignment]
+    edited_services[changed]["realservers"][0]["weight"] = 2
     edited_path = workdir / f"bench-{n}-edited.yaml"
     edited_path.write_text(yaml_rs.dumps(edited_doc))
     edited = sorted(format_save(to_desired(parse_config(edited_doc)).services.values()).splitlines())
@@ -342,7 +347,7 @@ def cold_sync(n: int, workdir: Path, repeat: int) -> dict[str, object]:
                 applies.append(cold)
                 apply_changes.append(change)
             else:
-                cold, change = keepalived_round(doc, expected, workdir)
+                cold, change = keepalived_round(doc, edited_doc, changed, expected, workdir)
                 ka_colds.append(cold)
                 ka_changes.append(change)
     over_9p, _ = apply(None, "kubelvs-9p")
