@@ -119,6 +119,13 @@ def _health(running: RunningLab, node_ip: str) -> tuple[str, float] | None:
     return None
 
 
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 def _out_of_rotation(backend: BackendName, netns: str, node_ip: str) -> bool:
     """Whether the director's kernel sends node1 no new connections: weight 0 or absent."""
     with open_backend(backend, netns=netns) as kernel:
@@ -138,7 +145,10 @@ def run(*, prefix: str, backend: str, log: Callable[[str], None], doctor: bool =
     result = FailureResult(info.backend, None, None, 0, 0, INTERVAL * 1000, FALL, RISE)
     try:
         if not wait_until(lambda: (_health(running, node1.ip) or ("", 0))[0] == "up", 60):
-            result.notes.append("node1 never showed as up in the director's state")
+            result.notes.append(
+                f"node1 never showed as up in the director's state (it said {_health(running, node1.ip)}); "
+                "the director's log ends:\n" + _tail(running.log("director-dir1"))
+            )
             return result
         with NewConnections(info.client, info.spec.vip, info.spec.port, rate=RATE, overlap=False) as stream:
             time.sleep(2.0)  # a steady state first
