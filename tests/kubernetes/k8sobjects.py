@@ -149,6 +149,7 @@ def node(
     deleting: bool = False,
     labels: dict[str, str] | None = None,
     rv: str = "1",
+    address6: str | None = None,  # a dual-stack node's IPv6 InternalIP
 ) -> Obj:
     meta: Obj = {
         "name": name,
@@ -175,7 +176,11 @@ def node(
         "metadata": meta,
         "spec": spec,
         "status": {
-            "addresses": [{"address": address, "type": "InternalIP"}, {"address": name, "type": "Hostname"}],
+            "addresses": [
+                {"address": address, "type": "InternalIP"},
+                *([{"address": address6, "type": "InternalIP"}] if address6 else []),
+                {"address": name, "type": "Hostname"},
+            ],
             "conditions": [
                 {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory"},
                 {

@@ -40,7 +40,7 @@ from .test_watch import until
 pytestmark = pytest.mark.netns
 
 SECTION = {
-    "external_ip_cidrs": ["10.240.0.192/26"],
+    "external_ip_cidrs": ["10.240.0.192/26", "fd00:240::/64"],
     "lb_pools": [{"name": "default", "cidrs": ["10.240.0.224/28"]}],
     "coalesce_ms": 20,
     "backoff_max_seconds": 0.2,
@@ -97,7 +97,7 @@ class NodeStack:
     kubeconfig), the loop, a real NodeAgent on the namespace; running inside ``async with``."""
 
     def __init__(self, kubeconfig: Path, ns: str, tmp: Path, *, resync: float = 30.0) -> None:
-        config = parse_config({"owned_cidrs": ["10.240.0.0/24"], "kubernetes": SECTION})
+        config = parse_config({"owned_cidrs": ["10.240.0.0/24", "fd00:240::/64"], "kubernetes": SECTION})
         self.node_source = KubernetesNodeSource(config, "node1", netns=ns, kubeconfig=kubeconfig)
         self.source = self.node_source.objects
         self.agent = NodeAgent(interface="eth0", netns=ns, vip_device="lo", state_dir=tmp / "state")
@@ -150,10 +150,12 @@ def run_node(
     asyncio.run(amain())
 
 
-async def wait_held(ns: str, want: set[str], timeout: float = 8.0) -> None:
+async def wait_held(
+    ns: str, want: set[str], timeout: float = 8.0, read: Callable[[str], set[str]] = held
+) -> None:
     # The agent runs ip(8) in a worker thread; poll the kernel without blocking the loop.
     async def current() -> set[str]:
-        return await asyncio.to_thread(held, ns)
+        return await asyncio.to_thread(read, ns)
 
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
@@ -217,6 +219,32 @@ def test_node_holds_the_vips_it_serves_and_drops_deleted_ones(node1: str, tmp_pa
         await until(lambda: not state.exists() or not any(p.suffix != ".lock" for p in state.iterdir()))
         assert conf(node1, "net.ipv4.conf.eth0.arp_ignore") == 0
         assert conf(node1, "net.ipv4.conf.eth0.arp_announce") == 0
+
+    run_node(node1, tmp_path, body)
+
+
+def test_a_dual_stack_service_puts_both_vips_on_lo(node1: str, tmp_path: Path) -> None:
+    """One VIP per family, held when the node has an address of that family (docs/ipv6.md)."""
+
+    def lo_v6(ns: str) -> set[str]:
+        (link,) = json.loads(_ip(ns, "-j", "addr", "show", "dev", "lo"))
+        return {f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"] if a["local"].startswith("fd00:")}
+
+    async def body(server: FakeApiServer, n: NodeStack) -> None:
+        await wait_held(node1, {"10.240.0.201", "10.240.0.225"})
+        dual = k.service("dual", external_ips=["10.240.0.205", "fd00:240::205"])
+        dual["spec"].update(ipFamilies=["IPv4", "IPv6"], ipFamilyPolicy="RequireDualStack")
+        server.put(dual)
+        await asyncio.sleep(0.5)
+        assert await asyncio.to_thread(lo_v6, node1) == set(), "node1 has no IPv6 address yet: no IPv6 VIP"
+        server.put(k.node("node1", "10.240.0.101", address6="fd00:240::101", rv="2"))
+        await wait_held(node1, {"fd00:240::205/128"}, read=lo_v6)
+        assert held(node1) == {"10.240.0.201", "10.240.0.225", "10.240.0.205"}
+        both = ("10.240.0.201", "10.240.0.205", "10.240.0.225", "fd00:240::205")
+        await until(lambda: n.reports[-1][0].vips == both)  # reported once the sync is done
+        server.delete("Service", "default", "dual")
+        await wait_held(node1, set(), read=lo_v6)
+        await wait_held(node1, {"10.240.0.201", "10.240.0.225"})
 
     run_node(node1, tmp_path, body)
 
@@ -330,7 +358,6 @@ def test_once_dry_run_revert_and_errors_through_the_cli(
         "found": True,
         "vips": ["10.240.0.201", "10.240.0.225"],
         "mode": "dr",
-        "ipv6_not_held": [],
     }
     assert held(node1) == set() and conf(node1, "net.ipv4.conf.eth0.arp_ignore") == 0
     assert not (tmp_path / "state").exists()

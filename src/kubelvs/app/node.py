@@ -66,16 +66,15 @@ log = logging.getLogger("kubelvs.node")
 class NodeWant:
     """What this node must hold."""
 
-    vips: tuple[str, ...]  # IPv4, sorted
+    vips: tuple[str, ...]  # IPv4 then IPv6, sorted
     mode: Mode  # "tun" when any of them is served by TUN
     node: str | None = None  # the Node's name (Kubernetes source)
     found: bool = True  # the Node object exists (Kubernetes source)
-    ipv6: tuple[str, ...] = ()  # IPv6 VIPs it would serve: the agent holds IPv4 only
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"vips": list(self.vips), "mode": self.mode}
         if self.node is not None:
-            out.update(node=self.node, found=self.found, ipv6_not_held=list(self.ipv6))
+            out.update(node=self.node, found=self.found)
         return out
 
 
@@ -98,12 +97,10 @@ class NodeSource(Protocol):
     async def close(self) -> None: ...
 
 
-def _split(vips: set[str], mode: Mode, **extra: object) -> NodeWant:
-    """IPv4 VIPs to hold, IPv6 ones to report; text that is no address stays with the
-    IPv4 ones, for the agent to refuse with its own message."""
-    v6 = {v for v in vips if _version(v) == 6}
-    v4 = vips - v6
-    return NodeWant(vips=tuple(_sorted(v4)), mode=mode, ipv6=tuple(sorted_addresses(v6)), **extra)  # type: ignore[arg-type]
+def _want(vips: set[str], mode: Mode, **extra: object) -> NodeWant:
+    """The VIPs in order; text that is no address goes last, for the agent to refuse
+    with its own message."""
+    return NodeWant(vips=tuple(_sorted(vips)), mode=mode, **extra)  # type: ignore[arg-type]
 
 
 def _version(text: str) -> int | None:
@@ -126,7 +123,7 @@ class StaticNodeSource:
 
     def __init__(self, vips: list[str], mode: Mode) -> None:
         self.description = "the command line"
-        self.want = _split(set(vips), mode)
+        self.want = _want(set(vips), mode)
         self.ready = True
 
     async def open(self) -> None:
@@ -180,7 +177,7 @@ class FileNodeSource:
     def current(self) -> NodeWant:
         assert self.file.config is not None, "open() first"
         vips, mode = config_vips_for_node(self.file.config, node_addresses(self.netns))
-        return _split(set(vips) | set(self.extra), mode)
+        return _want(set(vips) | set(self.extra), mode)
 
     async def close(self) -> None:
         await self.file.close()
@@ -208,7 +205,7 @@ class NodeVips:
             static, static_mode = config_vips_for_node(self.config, node_addresses(self.netns))
             vips |= set(static)
             tun = tun or static_mode == "tun"
-        return _split(vips, "tun" if tun else "dr", node=name, found=("", name) in snap.nodes)
+        return _want(vips, "tun" if tun else "dr", node=name, found=("", name) in snap.nodes)
 
 
 class KubernetesNodeSource:
@@ -343,8 +340,6 @@ class NodeProgram:
 def _warn_changes(last: NodeWant | None, want: NodeWant) -> None:
     if want.node is not None and not want.found and (last is None or last.found):
         log.warning("node %r is not in the cluster (no Node object of that name): it holds no VIP", want.node)
-    if want.ipv6 and (last is None or last.ipv6 != want.ipv6):
-        log.warning("IPv6 VIPs not held (the node agent handles IPv4 only): %s", ", ".join(want.ipv6))
 
 
 async def start_node(

@@ -2,15 +2,21 @@
 
 For every VIP this node serves in DR or TUN mode it:
 
-- puts ``VIP/32`` on ``lo`` (or on a ``dummy`` device ``kubelvs0`` where the kernel has
-  that link type), so the kernel accepts packets addressed to the VIP;
-- sets ``arp_ignore=1`` / ``arp_announce=2`` on the L2 interface, so the node neither
+- puts ``VIP/32`` (IPv6: ``VIP/128``) on ``lo`` (or on a ``dummy`` device ``kubelvs0``
+  where the kernel has that link type), so the kernel accepts packets addressed to the VIP;
+- IPv4: sets ``arp_ignore=1`` / ``arp_announce=2`` on the L2 interface, so the node neither
   answers ARP for the VIP (it would steal the director's traffic) nor announces the VIP
-  as the sender of its own ARP requests (which re-points clients' ARP caches at it);
-- makes the *effective* rp_filter (the kernel uses max(conf/all, conf/IFACE)) loose
+  as the sender of its own ARP requests (which re-points clients' ARP caches at it).
+  IPv6 needs neither: Linux answers a neighbour solicitation only for an address of the
+  interface it arrived on (``ndisc_recv_ns``), and takes the source of its own
+  solicitations from the outgoing interface, so a VIP on ``lo`` is never advertised
+  (docs/ipv6.md; tests/node/test_ipv6_neighbours.py proves both with real NDP);
+- IPv4: makes the *effective* rp_filter (the kernel uses max(conf/all, conf/IFACE)) loose
   where DR traffic enters, and 0 on ``tunl0`` for TUN (a device without an address
   fails even loose validation): strict mode drops IPIP-decapsulated or asymmetric
-  traffic, the rp_filter incident (SYN_RECV at the director);
+  traffic, the rp_filter incident (SYN_RECV at the director). IPv6 has no rp_filter;
+- the IPv4 settings are made while the node holds an IPv4 VIP. TUN is IPIP (IPv4) only:
+  an IPv6 VIP is held for DR whatever the mode (docs/ipv6.md);
 - TUN: brings up the IPIP fallback device ``tunl0`` (made by the ipip module).
 
 Everything it changes is recorded with the value found before (a small JSON file under
@@ -120,11 +126,13 @@ def sorted_addresses(texts: Iterable[str]) -> list[str]:
     return [str(a) for a in parsed]
 
 
-def _is_ipv4(text: str) -> bool:
-    try:
-        return ipaddress.ip_address(text).version == 4
-    except ValueError:
-        return False
+def _host_cidr(vip: str) -> str:
+    """``VIP/32``, or ``VIP/128`` for IPv6."""
+    return f"{vip}/128" if ":" in vip else f"{vip}/32"
+
+
+def _ipv4(vips: Iterable[str]) -> list[str]:
+    return [v for v in vips if ":" not in v]
 
 
 def _conf(iface: str, key: str) -> str:
@@ -399,7 +407,7 @@ class NodeAgent:
         neither added nor, later, removed."""
         present = iproute.addresses(self.netns)
         for vip in wanted:
-            cidr = f"{vip}/32"
+            cidr = _host_cidr(vip)
             entry = record["vips"].get(vip)
             ours = entry is not None and entry["added"]
             if ours and any(a.cidr == cidr and a.device == entry["device"] for a in present):
@@ -428,10 +436,6 @@ class NodeAgent:
                 address = ipaddress.ip_address(v)
             except ValueError:
                 raise NodeError(f"vip: {v!r} is not an IPv4 or IPv6 address (nothing was changed)") from None
-            if address.version != 4:
-                raise NodeError(
-                    f"vip: {v} is IPv6; the node agent handles IPv4 VIPs only (nothing was changed)"
-                )
             if str(address) not in wanted:
                 wanted.append(str(address))
         with self._lock.exclusive():
@@ -442,13 +446,15 @@ class NodeAgent:
         an ARP or reverse-path setting changed by someone else. Read-only and cheap (one
         address dump, a few /proc reads): the agent's loop asks every second, so that
         damage is repaired in about a second instead of at the next resync."""
-        wanted = [v for v in vips if _is_ipv4(v)]
+        wanted = list(vips)
         if not wanted:
             return False
         with _node_errors():
             held = {a.address for a in iproute.addresses(self.netns)}
             if any(v not in held for v in wanted):
                 return True
+            if not _ipv4(wanted):
+                return False  # IPv6 VIPs need no sysctl
             iface = self.interface
             for key, need in (("arp_ignore", 1), ("arp_announce", 2)):
                 if max(self._read(_conf("all", key)) or 0, self._read(_conf(iface, key)) or 0) < need:
@@ -475,16 +481,20 @@ class NodeAgent:
                     if self.mode == "tun":  # first: without ipip nothing else should change
                         self._ensure_tunnel(record, changes)
                     device = self._vip_device(record, changes)
-                    self._ensure_sysctls(record, changes)
+                    if _ipv4(wanted):
+                        self._ensure_sysctls(record, changes)
+                    else:  # the last IPv4 VIP went: its settings go with it
+                        self._restore_sysctls(record, changes)
                     self._ensure_vips(record, device, wanted, changes)
                 for vip in sorted(set(record["vips"]) - set(wanted)):
                     entry = record["vips"].pop(vip)
-                    target = f"{vip}/{entry.get('prefixlen', 32)} dev {entry['device']}"
+                    cidr = _host_cidr(vip) if entry["added"] else f"{vip}/{entry.get('prefixlen', 32)}"
+                    target = f"{cidr} dev {entry['device']}"
                     if not entry["added"]:
                         changes.append(Change("keep", target, "was there before the agent: left alone"))
                         continue
                     try:
-                        iproute.delete_address(self.netns, entry["device"], f"{vip}/32")
+                        iproute.delete_address(self.netns, entry["device"], cidr)
                         changes.append(Change("delete", target))
                     except KernelError:
                         changes.append(Change("delete", target, "already gone"))
