@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from kubelvs.backends import open_backend
 from kubelvs.backends.ipvs import IpvsBackend
-from kubelvs.errors import PartialApplyError
+from kubelvs.errors import ConfigError, PartialApplyError
 from kubelvs.formats.ipvsadm_save import format_save, parse_save
 from kubelvs.model import (
     DesiredState,
@@ -326,6 +326,27 @@ def test_ipv6_and_fwmark_services(netns: str, backend: IpvsBackend) -> None:
     assert head == "-A -t [2001:db8::10]:443 -s sh -p 600 -M 64"
     assert set(flags.split(",")) == {"sh-port", "sh-fallback"}  # sh always falls back (desired_flags)
     assert "-A -f 100 -s mh" in saved
+
+
+def test_families_mix_only_through_a_tunnel(netns: str, backend: IpvsBackend) -> None:
+    """IPVS tunnels across families (an IPv4 real server behind an IPv6 VIP, IPIP in IPv6's
+    place); DR and NAT cannot mix and are refused before the kernel, naming the field."""
+    service = {
+        "vip": "2001:db8::10",
+        "port": 80,
+        "forward": "tun",
+        "realservers": [{"address": "10.1.0.1"}, {"address": "2001:db8::101"}],
+    }
+    desired = to_desired(parse_config({"owned_cidrs": ["2001:db8::/64"], "services": [service]}))
+    Director(backend).sync(desired)
+    assert owned(backend.read(), desired.ownership) == dict(desired.services)
+    saved = ipvsadm(netns, "-Sn")
+    assert re.search(r"^-a -t \[2001:db8::10\]:80 -r 10\.1\.0\.1:80 -i ", saved, re.M), saved
+    with pytest.raises(ConfigError, match=r"realservers\[0\]\.address: IPv4 real server in an IPv6 service"):
+        to_desired(
+            parse_config({"owned_cidrs": ["2001:db8::/64"], "services": [{**service, "forward": "dr"}]})
+        )
+    assert ipvsadm(netns, "-Sn") == saved, "the refused config changed nothing"
 
 
 def test_owned_network_check_uses_ipaddress() -> None:

@@ -115,6 +115,10 @@ class Lab:
         self.namespaces.append(name)
         with _lab_errors():
             iproute.set_link_up(name, "lo")
+            # No duplicate address detection on the lab's interfaces (addresses are unique
+            # by construction): an IPv6 address is usable at once, not a second later.
+            if _sysctl.read_in(name, "net.ipv6.conf.default.accept_dad") is not None:
+                _sysctl.write_in(name, "net.ipv6.conf.default.accept_dad", 0)
         return name
 
     def switch(self) -> str:

@@ -38,13 +38,16 @@ class Answer:
 
 
 def _hostport(addr: tuple[str, int] | tuple[str, int, int, int]) -> str:
-    return f"{addr[0]}:{addr[1]}"
+    """``10.0.0.10:80``; an IPv6 address in brackets: ``[fd00::10]:80``."""
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
 
 
 # ---------------------------------------------------------------------- servers
 
 
 def serve_http(name: str, port: int, bind: str = "0.0.0.0") -> None:
+    """``bind`` ``::`` serves IPv6 and IPv4 (a dual-stack socket)."""
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive when the client asks for it
 
@@ -98,6 +101,12 @@ def serve_http(name: str, port: int, bind: str = "0.0.0.0") -> None:
     class Server(ThreadingHTTPServer):
         daemon_threads = True
         allow_reuse_address = True
+        address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+
+        def server_bind(self) -> None:
+            if self.address_family == socket.AF_INET6:
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            super().server_bind()
 
     with Server((bind, port), Handler) as server:
         server.serve_forever()

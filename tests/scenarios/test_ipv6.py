@@ -1,0 +1,157 @@
+"""IPv6 services with real traffic: DR and NAT through the VIP, on one bridge segment.
+
+Topology (namespaces ``kubelvs-t<token>-<role>``, no DAD on the lab's interfaces)::
+
+    client   fd00:10::10/64
+    director fd00:10::2/64, fd00:11::1/64, VIP fd00:10::200/128 (answers NDP for it)
+    DR:  rs1, rs2 fd00:10::11-12/64, the VIP on lo put there by the node agent
+    NAT: rs1, rs2 fd00:11::11-12/64, default route via the director
+
+IPVS runs it in the VM tier. The nftables backend has no IPv6 yet: its test asserts the
+refusal, by field and reason, and that nothing was programmed (docs/ipv6.md).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kubelvs.backends import open_backend
+from kubelvs.errors import CapabilityError
+from kubelvs.kernel.netns import entered
+from kubelvs.lab.netlab import Host, Lab
+from kubelvs.lab.servers import Answer, probe
+from kubelvs.model import DesiredState, Forward, Ownership, Protocol, RealServer, ServiceKey, VirtualService
+from kubelvs.planner import plan
+from kubelvs.roles.director import Director
+from kubelvs.roles.node import NodeAgent
+
+VIP6 = "fd00:10::200"
+CLIENT6 = "fd00:10::10"
+HTTP_PORT = {Forward.DR: 80, Forward.NAT: 8080}
+OWNED = Ownership(cidrs=(ipaddress.ip_network("fd00:10::/64"),))
+
+
+@dataclass
+class Env6:
+    lab: Lab
+    mode: Forward
+    director: Host
+    client: Host
+    realservers: list[Host]
+
+    def service(self) -> VirtualService:
+        port = HTTP_PORT[self.mode]
+        rss = [RealServer(ipaddress.ip_address(rs.ip), port, 1, self.mode) for rs in self.realservers]
+        key = ServiceKey(6, Protocol.TCP, ipaddress.ip_address(VIP6), 80)
+        return VirtualService(key=key, scheduler="rr").with_realservers(rss)
+
+    def desired(self) -> DesiredState:
+        svc = self.service()
+        return DesiredState(services={svc.key: svc}, ownership=OWNED)
+
+    def ask(self, count: int) -> list[Answer]:
+        with entered(self.client.netns):
+            return probe(VIP6, 80, count=count, timeout=10.0)
+
+
+def _build(lab: Lab, mode: Forward, state_dir: Path) -> Env6:
+    client = lab.host("cl", [f"{CLIENT6}/64"])
+    director = lab.host("dir", ["fd00:10::2/64", "fd00:11::1/64", f"{VIP6}/128"])
+    lab.sysctl(director.netns, "net.ipv6.conf.all.forwarding", 1)  # NAT: the replies pass through it
+    realservers = []
+    for i in range(2):
+        role = f"rs{i + 1}"
+        if mode is Forward.DR:
+            rs = lab.host(role, [f"fd00:10::{11 + i}/64"])
+            # The product's node agent holds the VIP (IPv6 needs no ARP settings).
+            NodeAgent(interface="eth0", netns=rs.netns, vip_device="lo", state_dir=state_dir).sync([VIP6])
+        else:
+            rs = lab.host(role, [f"fd00:11::{11 + i}/64"])
+            lab.run(rs.netns, "ip", "-6", "route", "add", "default", "via", "fd00:11::1")
+            # A one-armed NAT director forwards the replies out of the interface they came
+            # in on, so it sends the real server an ICMPv6 redirect to the client, which
+            # would then be answered directly, bypassing the rewrite back to the VIP.
+            lab.sysctl(rs.netns, "net.ipv6.conf.all.accept_redirects", 0)
+            lab.sysctl(rs.netns, "net.ipv6.conf.eth0.accept_redirects", 0)
+        lab.start_python(
+            rs.netns,
+            "kubelvs.lab.servers",
+            "http",
+            "--name",
+            role,
+            "--port",
+            str(HTTP_PORT[mode]),
+            "--bind",
+            "::",
+        )
+        realservers.append(rs)
+    for rs in realservers:
+        lab.wait_listening(rs.netns, HTTP_PORT[mode])
+    return Env6(lab, mode, director, client, realservers)
+
+
+@pytest.fixture(params=[Forward.DR, Forward.NAT], ids=["dr", "nat"])
+def env6(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env6]:
+    with Lab(f"kubelvs-t{secrets.token_hex(3)}") as lab:
+        yield _build(lab, request.param, tmp_path)
+
+
+def _wait_stats(
+    backend_netns: str, done: Callable[[int, int], bool], timeout: float = 8.0
+) -> tuple[int, int]:
+    """(in packets, out packets) of the VIP's real servers once ``done`` says so: IPVS folds
+    per-CPU counters at its estimator's tick, not at every packet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open_backend("ipvs", netns=backend_netns) as backend:
+            stats = backend.read().stats
+        totals = (sum(s.in_packets for s in stats.values()), sum(s.out_packets for s in stats.values()))
+        if done(*totals) or time.monotonic() > deadline:
+            return totals
+        time.sleep(0.2)
+
+
+@pytest.mark.kernel_ipvs
+def test_ipv6_through_the_vip_on_ipvs(env6: Env6) -> None:
+    desired = env6.desired()
+    with open_backend("ipvs", netns=env6.director.netns) as backend:
+        Director(backend).sync(desired)
+        assert plan(desired, backend.read()).ops == (), "the kernel reads back as desired"
+
+    answers = env6.ask(20)
+    assert len(answers) == 20
+    assert {a.server for a in answers} == {"rs1", "rs2"}  # rr: every other connection
+    assert all(a.client.startswith(f"[{CLIENT6}]:") for a in answers), "no source NAT"
+    if env6.mode is Forward.DR:
+        # The real server was reached on the VIP (the frame was only re-addressed to its MAC) ...
+        assert {a.local for a in answers} == {f"[{VIP6}]:80"}
+        # ... and answered the client directly: the director saw no reply.
+        inbound, outbound = _wait_stats(env6.director.netns, lambda i, o: i >= 20 * 3)
+        assert inbound >= 20 * 3 and outbound == 0
+    else:
+        assert {a.local for a in answers} == {f"[{rs.ip}]:8080" for rs in env6.realservers}
+        inbound, outbound = _wait_stats(env6.director.netns, lambda i, o: i >= 20 * 3 and o >= 20 * 2)
+        assert inbound >= 20 * 3 and outbound >= 20 * 2
+
+
+@pytest.mark.netns
+def test_nftables_refuses_ipv6_services_by_field_and_changes_nothing(env6: Env6) -> None:
+    desired = env6.desired()
+    with open_backend("nftables", netns=env6.director.netns) as backend:
+        problems = backend.problems(desired)
+        assert [(p.field, p.reason) for p in problems] == [
+            (
+                "services[TCP [fd00:10::200]:80].vip",
+                "IPv6 services are not supported by the nftables backend yet",
+            )
+        ]
+        with pytest.raises(CapabilityError, match=r"services\[TCP \[fd00:10::200\]:80\]\.vip: IPv6"):
+            Director(backend).sync(desired)
+        assert not backend.read().services
