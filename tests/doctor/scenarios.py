@@ -44,12 +44,14 @@ for s in socks[1:]:
 print("ready", flush=True)
 serve(socks[0])
 """
+# The same on IPv6 (dual-stack sockets: IPv4 clients are answered too).
+SERVER6 = SERVER.replace("socket.socket()", "socket.socket(socket.AF_INET6)").replace('"0.0.0.0"', '"::"')
 CLIENT = r"""
 import socket, sys
 host, port, n, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 ok = 0
 for i in range(n):
-    s = socket.socket(); s.settimeout(timeout)
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET); s.settimeout(timeout)
     try:
         s.connect((host, port)); s.recv(10); ok += 1
     except OSError:
@@ -130,11 +132,12 @@ class Lab:
                 sh("ip", "-n", ns, "addr", "add", one, "dev", ifname)
             sh("ip", "-n", ns, "link", "set", ifname, "up")
 
-    def server(self, ns: str, *ports: int, hold: bool = False) -> None:
+    def server(self, ns: str, *ports: int, hold: bool = False, ipv6: bool = False) -> None:
         """``hold``: one port, answered with the address reached; the first connection is
-        closed at once, later ones are held open."""
+        closed at once, later ones are held open. ``ipv6``: listen on ``::``."""
+        script = HOLD_SERVER if hold else SERVER6 if ipv6 else SERVER
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, PY, "-c", HOLD_SERVER if hold else SERVER, *map(str, ports)],
+            ["ip", "netns", "exec", ns, PY, "-c", script, *map(str, ports)],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -442,6 +445,36 @@ def vm_ip_forward_off(lab: Lab, out: Path) -> None:
     lab.collect(d, out, "director")
 
 
+def _ip6_nat(lab: Lab, out: Path, *, forward: bool) -> None:
+    """The IPv6 twin of nat_lab: client fd00:1::2 -> director (fd00:1::1 | fd00:2::1, VIP
+    fd00:96::60 on kube-ipvs0) -> real server fd00:2::2; IPv6 forwarding on or off."""
+    d, c, r = lab.ns("dir"), lab.ns("cli"), lab.ns("rs")
+    for ns in (d, c, r):  # addresses usable at once (no duplicate address detection)
+        lab.run(ns, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0")
+    lab.link(d, "eth-cli", "fd00:1::1/64", c, "eth0", "fd00:1::2/64")
+    lab.link(d, "eth-rs", "fd00:2::1/64", r, "eth0", "fd00:2::2/64")
+    sh("ip", "-n", c, "-6", "route", "add", "default", "via", "fd00:1::1")
+    sh("ip", "-n", r, "-6", "route", "add", "default", "via", "fd00:2::1")
+    sh("ip", "-n", d, "link", "add", "kube-ipvs0", "type", "dummy")
+    sh("ip", "-n", d, "addr", "add", "fd00:96::60/128", "dev", "kube-ipvs0")
+    lab.run(d, "sysctl", "-qw", f"net.ipv6.conf.all.forwarding={1 if forward else 0}")
+    lab.run(d, "sysctl", "-qw", "net.ipv4.vs.expire_nodest_conn=1", "net.ipv4.vs.expire_quiescent_template=1")
+    lab.run(d, "ipvsadm", "--set", "7260", "30", "300")
+    lab.run(d, "ipvsadm", "-A", "-t", "[fd00:96::60]:80", "-s", "rr")
+    lab.run(d, "ipvsadm", "-a", "-t", "[fd00:96::60]:80", "-r", "[fd00:2::2]:8080", "-m")
+    lab.server(r, 8080, ipv6=True)
+    assert lab.clients(c, "fd00:96::60", 80, 4, timeout=1.5) == (4 if forward else 0)
+    lab.collect(d, out, "director")
+
+
+def vm_ip6_forward_off(lab: Lab, out: Path) -> None:
+    _ip6_nat(lab, out, forward=False)
+
+
+def vm_ip6_healthy(lab: Lab, out: Path) -> None:
+    _ip6_nat(lab, out, forward=True)
+
+
 def _vip_source(lab: Lab, out: Path, *, fixed: bool) -> None:
     """Node-originated traffic to a VIP held on kube-ipvs0 (as on every kube-proxy IPVS
     node): the director's own connection to the VIP takes the VIP as its source (the local
@@ -598,6 +631,8 @@ VM_SCENARIOS: dict[str, Callable[[Lab, Path], None]] = {
     "tun-rp-filter": vm_syn_recv_tun_rp_filter,
     "timewait": vm_timewait,
     "ip-forward-off": vm_ip_forward_off,
+    "ip6-forward-off": vm_ip6_forward_off,
+    "ip6-healthy": vm_ip6_healthy,
     "vip-source": vm_vip_source,
     "vip-source-fixed": vm_vip_source_fixed,
     "reused-port": vm_reused_port,

@@ -18,7 +18,7 @@ from kubelvs.doctor import FINDING_IDS, Bundle, Severity, analyse, analyse_site
 
 from .conftest import BUNDLES, confirmed, ids, load
 
-HEALTHY = ["vm-healthy", "m-node-healthy", "m-dr-node-healthy", "incident-stale-port-fixed"]
+HEALTHY = ["vm-healthy", "vm-ip6-healthy", "m-node-healthy", "m-dr-node-healthy", "incident-stale-port-fixed"]
 
 
 def _site(name: str) -> dict[str, list]:  # type: ignore[type-arg]
@@ -147,6 +147,23 @@ def test_syn_recv_without_ip_forward() -> None:
     assert ids(findings) == ["ip-forward-off", "syn-recv-stuck"]
     assert findings[0].fix[0] == "sysctl -w net.ipv4.ip_forward=1"
     assert "1. ip_forward is off" in findings[1].explanation
+
+
+def test_syn_recv_without_ipv6_forwarding() -> None:
+    """The IPv6 twin (vm-ip6-healthy is the same director with forwarding on). IPv4's
+    ip_forward is 0 there too, but no IPv4 real server needs it: only IPv6's is named."""
+    findings = analyse(load("vm-ip6-forward-off"))
+    assert ids(findings) == ["ip-forward-off", "syn-recv-stuck"]
+    forward, syn = findings
+    assert forward.summary.startswith("net.ipv6.conf.all.forwarding = 0 on a NAT director (1 IPv6 Masq")
+    assert forward.fix[0] == "sysctl -w net.ipv6.conf.all.forwarding=1"
+    assert "sysctl.txt:703: net.ipv6.conf.all.forwarding = 0" in forward.evidence
+    assert "4 of 4 IPVS connections to real server [fd00:2::2]:8080" in syn.summary
+    assert "1. IPv6 forwarding is off" in syn.explanation
+    assert syn.fix[:2] == (
+        "ipvsadm -d -t [fd00:96::60]:80 -r [fd00:2::2]:8080   # take it out of rotation meanwhile",
+        "sysctl -w net.ipv6.conf.all.forwarding=1",
+    )
 
 
 # -------------------------------------------------------------- kernel settings

@@ -156,8 +156,9 @@ def check_dr_realserver(bundle: Bundle, *, dr_vips: Sequence[str] = ()) -> Itera
         must = expected_vips(bundle)
     missing = [(v, why) for v, why in must if not _accepts(bundle, v)]
     loop_ifaces = _accept_local_on(bundle, l2)
-    if missing and loop_ifaces:
-        vip, why = missing[0]
+    missing4 = [(v, why) for v, why in missing if ":" not in v]  # accept_local is IPv4's
+    if missing4 and loop_ifaces:
+        vip, why = missing4[0]
         yield Finding(
             id="local-vip-loop",
             severity=Severity.ERROR,
@@ -210,13 +211,27 @@ def check_dr_realserver(bundle: Bundle, *, dr_vips: Sequence[str] = ()) -> Itera
                 "ip-addr.txt: no interface holds " + vip,
                 *[f"ip-addr.txt: {i.name}: {a.line}" for i, a in held[:2]],
             ),
-            fix=(
-                f"ip addr add {vip}/32 dev lo",
-                *(sysctl_w(_conf(i.name, "arp_ignore"), 1) for i in l2[:2]),
-                *(sysctl_w(_conf(i.name, "arp_announce"), 2) for i in l2[:2]),
-            ),
+            fix=_hold_vip_fix(vip, l2),
             subject=vip,
         )
+
+
+def _hold_vip_fix(vip: str, l2: Sequence[Interface]) -> tuple[str, ...]:
+    """How a real server holds ``vip``: on lo, and for IPv4 with the ARP settings (an IPv6
+    VIP on lo is neither advertised nor used to solicit: docs/ipv6.md)."""
+    if ":" in vip:
+        return (f"ip -6 addr add {vip}/128 dev lo",)
+    return (
+        f"ip addr add {vip}/32 dev lo",
+        *(sysctl_w(_conf(i.name, "arp_ignore"), 1) for i in l2[:2]),
+        *(sysctl_w(_conf(i.name, "arp_announce"), 2) for i in l2[:2]),
+    )
+
+
+def _forwarding_off(earlier: Sequence[Finding], dest: str) -> Finding | None:
+    """The ip-forward-off finding of ``dest``'s family (IPv6 destinations are ``[addr]:port``)."""
+    subject = "forward6" if dest.startswith("[") else "forward"
+    return next((f for f in earlier if f.id == "ip-forward-off" and f.subject == subject), None)
 
 
 def _kube_file(bundle: Bundle) -> str:
@@ -271,8 +286,10 @@ def check_syn_recv(
         for f in earlier:
             if f.id == "vip-as-client-source" and any(e.endswith(f" {dest}") for e in f.evidence):
                 causes.append((97, "the connections come from the VIP itself: " + f.summary))
-        if "ip-forward-off" in ids and rs_forward in (Forward.NAT, None):
-            causes.append((85, "ip_forward is off: NAT replies are not forwarded back to the client"))
+        forwarding = _forwarding_off(earlier, dest)
+        if forwarding is not None and rs_forward in (Forward.NAT, None):
+            switch = "IPv6 forwarding" if forwarding.subject == "forward6" else "ip_forward"
+            causes.append((85, f"{switch} is off: NAT replies are not forwarded back to the client"))
         if rs_forward in (Forward.DR, Forward.TUN):
             causes.append(
                 (
@@ -326,7 +343,8 @@ def check_syn_recv(
             evidence=tuple(ev),
             fix=tuple(
                 svc_lines
-                + [line for f in earlier if f.id in ("rp-filter-strict", "ip-forward-off") for line in f.fix]
+                + [line for f in earlier if f.id == "rp-filter-strict" for line in f.fix]
+                + list(forwarding.fix if forwarding is not None else ())
                 or ["# see the causes above"]
             ),
             subject=dest,

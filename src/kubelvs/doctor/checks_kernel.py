@@ -381,38 +381,43 @@ def check_conntrack(bundle: Bundle) -> Iterator[Finding]:
     )
 
 
+#: The forwarding switch of each family: IPv4's, and IPv6's (``all`` turns every interface
+#: into a router; there is no separate global one).
+FORWARDING = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}
+
+
 def check_ip_forward(bundle: Bundle) -> Iterator[Finding]:
-    value = bundle.sysctl("net.ipv4.ip_forward")
-    if value != 0 or not bundle.services:
+    """ip-forward-off, for each family whose NAT real servers' replies must be forwarded."""
+    if not bundle.services:
         return
     local = bundle.local_addresses
-    nat = [
-        (svc, rs)
-        for svc in bundle.services
-        for rs in svc.realservers
-        if rs.forward is Forward.NAT and rs.address.version == 4 and rs.address not in local
-    ]
-    if not nat:
-        return
-    svc, rs = nat[0]
-    yield Finding(
-        id="ip-forward-off",
-        severity=Severity.ERROR,
-        summary=(
-            f"net.ipv4.ip_forward = 0 on a NAT director ({len(nat)} Masq real server(s), "
-            f"e.g. {rs.address}:{rs.port})"
-        ),
-        explanation=(
-            "In NAT mode the real servers' replies come back through the director, which must forward them "
-            "to the client. With forwarding off they are dropped: clients send SYNs and never get an answer."
-        ),
-        evidence=(*bundle.sysctl_evidence("net.ipv4.ip_forward"), *bundle.rs_evidence(svc.key, rs)[-1:]),
-        fix=(
-            sysctl_w("net.ipv4.ip_forward", 1),
-            "echo 'net.ipv4.ip_forward = 1' > /etc/sysctl.d/90-lvs-forward.conf",
-        ),
-        subject="forward",
-    )
+    for family, name in FORWARDING.items():
+        if bundle.sysctl(name) != 0:
+            continue
+        nat = [
+            (svc, rs)
+            for svc in bundle.services
+            for rs in svc.realservers
+            if rs.forward is Forward.NAT and rs.address.version == family and rs.address not in local
+        ]
+        if not nat:
+            continue
+        svc, rs = nat[0]
+        shown = f"[{rs.address}]:{rs.port}" if family == 6 else f"{rs.address}:{rs.port}"
+        yield Finding(
+            id="ip-forward-off",
+            severity=Severity.ERROR,
+            summary=f"{name} = 0 on a NAT director ({len(nat)}{' IPv6' if family == 6 else ''} Masq real "
+            f"server(s), e.g. {shown})",
+            explanation=(
+                "In NAT mode the real servers' replies come back through the director, which must forward "
+                "them to the client. With forwarding off they are dropped: clients send SYNs and never get "
+                "an answer."
+            ),
+            evidence=(*bundle.sysctl_evidence(name), *bundle.rs_evidence(svc.key, rs)[-1:]),
+            fix=(sysctl_w(name, 1), f"echo '{name} = 1' > /etc/sysctl.d/90-lvs-forward.conf"),
+            subject="forward" if family == 4 else "forward6",
+        )
 
 
 def check_expire_nodest(bundle: Bundle) -> Iterator[Finding]:

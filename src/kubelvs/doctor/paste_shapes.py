@@ -76,13 +76,15 @@ HEADER = re.compile(r"^(IP Virtual Server version|IPVS connection entries|Pro\s+
 _LISTING_START = re.compile(r"^(IP Virtual Server version|Prot\s+LocalAddress:Port)")
 # A virtual service line: its scheduler (-Ln) or its counters (--stats, --rate).
 _SERVICE = re.compile(r"^(TCP|UDP|SCTP|FWM)\s+\S+\s+([a-z]{2,5}\b|\d+(\s|$))")
-_LISTING = re.compile(rf"{_LISTING_START.pattern}|{_SERVICE.pattern}|^\s*->\s")
-HEX_SERVICE = re.compile(r"^(TCP|UDP|SCTP)\s+[0-9A-F]{8}:[0-9A-F]{4}\s")
+#: A wrap may leave a row's first word alone: an IPv6 address does not fit beside it.
+_LISTING = re.compile(rf"{_LISTING_START.pattern}|{_SERVICE.pattern}|^\s*->(\s|$)|^(TCP|UDP|SCTP|FWM)\s*$")
+#: A /proc/net/ip_vs service line: ``TCP  0A600A0A:0050 rr``, IPv6 ``TCP  [fd00:0096:...:0060]:0050 rr``.
+HEX_SERVICE = re.compile(r"^(TCP|UDP|SCTP)\s+(?:[0-9A-F]{8}|\[[0-9a-f:]{39}\]):[0-9A-F]{4}\s")
 _CONN_START = re.compile(r"^(IPVS connection entries|pro\s+expire\s+state)")
 _CONN = re.compile(rf"{_CONN_START.pattern}|^(TCP|UDP|SCTP|IP|ICMP)\s+\d{{1,9}}:\d\d\s+[A-Z_]+\s")
 _PROC_CONN_START = re.compile(r"^Pro\s+FromIP\s")
-_PROC_CONN = re.compile(
-    rf"{_PROC_CONN_START.pattern}|^(TCP|UDP|SCTP|IP)\s+[0-9A-Fa-f:]{{8,}}\s+[0-9A-F]{{4}}\s"
+_PROC_CONN = re.compile(  # a wrapped IPv6 row may start with its first address alone
+    rf"{_PROC_CONN_START.pattern}|^(TCP|UDP|SCTP|IP)\s+[0-9A-Fa-f:]{{8,}}(\s+[0-9A-F]{{4}}\s|\s*$)"
 )
 _TIMEOUT = re.compile(r"^Timeout \(tcp tcpfin udp\):")
 _SAVE = re.compile(r"^-[AaEe]\s+-[tuf]\s")
@@ -167,11 +169,13 @@ BY_NAME = {k.name: k for k in SHAPES}
 #: word, a connection its six (ten) fields, a sysctl its value.
 CUT_SHORT = {
     LISTING_KIND: re.compile(
-        r"^\s*->\s+(?!RemoteAddress)\S+(\s+\S+){0,3}\s*$"
+        r"^\s*->\s*$|^(TCP|UDP|SCTP|FWM)\s*$"  # an IPv6 address (/proc: 47 characters) went on alone
+        r"|^\s*->\s+(?!RemoteAddress)\S+(\s+\S+){0,3}\s*$"
         r"|^\s*->\s+RemoteAddress:Port\s+(?!.*InActConn\s*$)\S.*$"
         r"|^Prot\s+LocalAddress:Port(?!.*(Flags|OutBytes|OutBPS)\s*$).*$"
         r"|^(TCP|UDP|SCTP|FWM)\s+\S+(\s+\d+){1,4}\s*$"
-        r"|^(TCP|UDP|SCTP)\s+[0-9A-F]{8}:[0-9A-F]{4}\s+\S+\s+persistent\s+\d+\s*$"  # /proc: then its mask
+        # /proc/net/ip_vs: a persistent service's mask went on the next line
+        r"|^(TCP|UDP|SCTP)\s+(?:[0-9A-F]{8}|\[[0-9a-f:]{39}\]):[0-9A-F]{4}\s+\S+\s+persistent\s+\d+\s*$"
     ),
     "ipvsadm-Lnc.txt": re.compile(
         r"^(TCP|UDP|SCTP|IP|ICMP)(\s+\S+){0,4}\s*$|^pro\s+expire(?!.*destination\s*$).*$"
