@@ -300,6 +300,20 @@ def test_dr_vip_missing_among_several() -> None:
     assert findings[0].fix[0] == "ip addr add 10.240.0.202/32 dev lo"
 
 
+def test_an_ipv6_vip_missing_is_fixed_without_arp_settings() -> None:
+    """The same capture with a dual-stack Service's IPv6 externalIP added: the real server
+    needs it on lo, and nothing else (docs/ipv6.md); no accept_local loop for IPv6."""
+    b = load("m-dr-node-healthy")
+    kube = json.loads(b.texts["kubectl.json"])
+    kube["items"][0]["spec"]["externalIPs"].append("fd00:240::201")
+    b.texts["kubectl.json"] = json.dumps(kube)
+    b = _set_sysctl(b, "net.ipv4.conf.eth1.accept_local", 1)
+    findings = analyse(b)
+    assert ids(findings) == ["dr-vip-not-on-realserver"]
+    assert findings[0].summary.startswith("real server does not hold VIP fd00:240::201 (")
+    assert findings[0].fix == ("ip -6 addr add fd00:240::201/128 dev lo",)
+
+
 # -------------------------------------------------------------- the report as a whole
 
 
