@@ -465,7 +465,9 @@ def test_problems_name_the_field_and_the_reason(nsb: tuple[str, NftablesBackend]
     mixed = make_service(
         "10.0.0.3", 80, "rr", [("10.0.2.2", 80, 1, Forward.NAT), ("10.0.1.2", 80, 1, Forward.DR)]
     )
-    problems = {p.field: p.reason for p in backend.problems(make_desired(tun, wlc, mixed))}
+    tun6 = make_service("10.0.0.4", 80, "rr", [("2001:db8::2", 80, 1, Forward.TUN)])  # IPv6 in IPv4
+    problems = {p.field: p.reason for p in backend.problems(make_desired(tun, wlc, mixed, tun6))}
+    assert "tunnels IPv4 in IPv4 only" in problems["services[TCP 10.0.0.4:80].realservers[0].address"]
     tun_reason = problems["services[TCP 10.0.0.1:80].realservers"]
     if subprocess.run(["modprobe", "-n", "ipip"], capture_output=True).returncode != 0:
         assert "no ipip" in tun_reason

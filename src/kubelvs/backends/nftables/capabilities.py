@@ -176,6 +176,13 @@ def _service_problems(where: str, svc: VirtualService, tun_supported: Callable[[
             out.append(
                 FieldError(f"{at}.port", "a NAT real server needs a port (0 is not a port to DNAT to)")
             )
+        if rs.address.version != 4:  # only TUN may mix families (validated before)
+            out.append(
+                FieldError(
+                    f"{at}.address",
+                    f"{rs.address} is IPv6: the nftables backend tunnels IPv4 in IPv4 only (IPIP)",
+                )
+            )
         if rs.forward is Forward.DR or rs.forward is Forward.TUN:
             if rs.address in seen:
                 out.append(
