@@ -111,8 +111,11 @@ class Lab:
         self.namespaces: list[str] = []
         self.servers: list[subprocess.Popen[str]] = []
 
+    def name(self, role: str) -> str:
+        return f"kubelvs-c{self.token}-{role}"
+
     def ns(self, role: str) -> str:
-        name = f"kubelvs-c{self.token}-{role}"
+        name = self.name(role)
         sh("ip", "netns", "add", name)
         self.namespaces.append(name)
         self.run(name, "ip", "link", "set", "lo", "up")
@@ -699,6 +702,57 @@ def m_dr_node_arp(lab: Lab, out: Path) -> None:
     lab.collect(node, out, "node")
 
 
+# The segment's side asks for the VIP (a TCP connect makes the kernel solicit it) and
+# prints the neighbour entry it got: a MAC when the node answered.
+SOLICIT = r"""
+import socket, subprocess, sys
+s = socket.socket(socket.AF_INET6); s.settimeout(1.5)
+try: s.connect((sys.argv[1], 80))
+except OSError: pass
+print(subprocess.run(["ip", "-6", "neigh", "show", sys.argv[1]], capture_output=True, text=True).stdout)
+"""
+
+
+def _dr_node_vip6(lab: Lab, out: Path, *, on_lan: bool) -> None:
+    """A dual-stack DR real server: the IPv4 VIP on lo, the IPv6 VIP on lo or (the mistake)
+    on its LAN interface eth1, where it answers the segment's neighbour solicitations: the
+    scenario checks that it does, and does not from lo."""
+    node = dr_node_lab(lab, vip="10.240.0.201", arp_ignore=1, arp_announce=2)
+    seg = lab.name("seg")
+    sh("ip", "-n", seg, "addr", "add", "fd00:240::200/64", "dev", "to-node", "nodad")
+    sh("ip", "-n", node, "addr", "add", "fd00:240::101/64", "dev", "eth1", "nodad")
+    if on_lan:
+        sh("ip", "-n", node, "addr", "add", "fd00:240::201/64", "dev", "eth1", "nodad")
+    else:
+        sh("ip", "-n", node, "addr", "add", "fd00:240::201/128", "dev", "lo")
+        sh("ip", "-n", seg, "-6", "route", "add", "fd00:240::201/128", "dev", "to-node")
+    answered = "lladdr" in lab.run(seg, PY, "-c", SOLICIT, "fd00:240::201")
+    assert answered == on_lan, f"the node {'did not answer' if on_lan else 'answered'} for the VIP"
+    lab.collect(node, out, "node")
+    (out / "kubectl.json").write_text(
+        kubectl_json(
+            [
+                {
+                    "name": "whoami",
+                    "ip": "10.32.0.60",
+                    "port": 80,
+                    "target": 80,
+                    "endpoints": ["10.230.74.24"],
+                    "external": ["10.240.0.201", "fd00:240::201"],
+                }
+            ]
+        )
+    )
+
+
+def m_dr_node_vip6_on_lan(lab: Lab, out: Path) -> None:
+    _dr_node_vip6(lab, out, on_lan=True)
+
+
+def m_dr_node_vip6_healthy(lab: Lab, out: Path) -> None:
+    _dr_node_vip6(lab, out, on_lan=False)
+
+
 def m_dr_node_loop(lab: Lab, out: Path) -> None:
     """The worker-local VIP loop's setup: no VIP, accept_local=1 and rp_filter=1 on eth1."""
     node = dr_node_lab(lab, vip=None, arp_ignore=1, arp_announce=2, accept_local=1, rp_filter=1)
@@ -772,6 +826,8 @@ MACHINE_SCENARIOS: dict[str, Callable[[Lab, Path], None]] = {
     "dr-node-healthy": m_dr_node_healthy,
     "dr-node-arp": m_dr_node_arp,
     "dr-node-loop": m_dr_node_loop,
+    "dr-node-vip6-on-lan": m_dr_node_vip6_on_lan,
+    "dr-node-vip6-healthy": m_dr_node_vip6_healthy,
     "rp-filter-tunnel": m_rp_filter_tunnel,
     "node-healthy": m_node_healthy,
 }

@@ -18,7 +18,14 @@ from kubelvs.doctor import FINDING_IDS, Bundle, Severity, analyse, analyse_site
 
 from .conftest import BUNDLES, confirmed, ids, load
 
-HEALTHY = ["vm-healthy", "vm-ip6-healthy", "m-node-healthy", "m-dr-node-healthy", "incident-stale-port-fixed"]
+HEALTHY = [
+    "vm-healthy",
+    "vm-ip6-healthy",
+    "m-node-healthy",
+    "m-dr-node-healthy",
+    "m-dr-node-vip6-healthy",
+    "incident-stale-port-fixed",
+]
 
 
 def _site(name: str) -> dict[str, list]:  # type: ignore[type-arg]
@@ -298,6 +305,20 @@ def test_dr_vip_missing_among_several() -> None:
     findings = analyse(b)
     assert ids(findings) == ["dr-vip-not-on-realserver"]
     assert findings[0].fix[0] == "ip addr add 10.240.0.202/32 dev lo"
+
+
+def test_an_ipv6_vip_on_the_lan_interface_is_advertised() -> None:
+    """Captured from a node that did answer the segment's solicitation for the VIP (the
+    scenario checks it; its twin m-dr-node-vip6-healthy, VIP on lo, did not)."""
+    findings = analyse(load("m-dr-node-vip6-on-lan"))
+    assert ids(findings) == ["dr-ipv6-vip-on-lan"]
+    (f,) = findings
+    assert f.severity is Severity.WARNING  # a node's own capture: the VIP comes from its Services
+    assert f.summary == (
+        "real server holds IPv6 VIP fd00:240::201 on its LAN interface eth1 (default/whoami:p externalIPs)"
+    )
+    assert f.evidence[0] == "ip-addr.txt:14: eth1: inet6 fd00:240::201/64 scope global nodad"
+    assert f.fix == ("ip -6 addr del fd00:240::201/64 dev eth1", "ip -6 addr add fd00:240::201/128 dev lo")
 
 
 def test_an_ipv6_vip_missing_is_fixed_without_arp_settings() -> None:

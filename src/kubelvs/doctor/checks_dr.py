@@ -83,7 +83,7 @@ def _accepts(bundle: Bundle, vip: str) -> bool:
 
 
 def check_dr_realserver(bundle: Bundle, *, dr_vips: Sequence[str] = ()) -> Iterator[Finding]:
-    """dr-arp-ignore, dr-arp-announce, dr-vip-not-on-realserver, local-vip-loop.
+    """dr-arp-ignore, dr-arp-announce, dr-vip-not-on-realserver, local-vip-loop, dr-ipv6-vip-on-lan.
 
     ``dr_vips``: VIPs a director sends to this host in DR/TUN mode (known when a whole
     site is analysed); otherwise Kubernetes external IPs stand in when the host is a node.
@@ -155,6 +155,7 @@ def check_dr_realserver(bundle: Bundle, *, dr_vips: Sequence[str] = ()) -> Itera
     if not must and bundle.role in ("node", "both") and (held or _accept_local_on(bundle, l2)):
         must = expected_vips(bundle)
     missing = [(v, why) for v, why in must if not _accepts(bundle, v)]
+    yield from _ipv6_vips_on_lan(bundle, must, l2, site=bool(dr_vips))
     loop_ifaces = _accept_local_on(bundle, l2)
     missing4 = [(v, why) for v, why in missing if ":" not in v]  # accept_local is IPv4's
     if missing4 and loop_ifaces:
@@ -214,6 +215,47 @@ def check_dr_realserver(bundle: Bundle, *, dr_vips: Sequence[str] = ()) -> Itera
             fix=_hold_vip_fix(vip, l2),
             subject=vip,
         )
+
+
+def _ipv6_vips_on_lan(
+    bundle: Bundle, must: Sequence[tuple[str, str]], l2: Sequence[Interface], *, site: bool
+) -> Iterator[Finding]:
+    """dr-ipv6-vip-on-lan: an IPv6 VIP this real server must accept is on its LAN interface.
+
+    Linux answers a neighbour solicitation for any address of the interface it arrived on
+    (no sysctl changes that, unlike arp_ignore for IPv4), so the segment learns that the VIP
+    lives here. On lo it is never advertised (docs/ipv6.md)."""
+    for vip, why in must:
+        if ":" not in vip:
+            continue  # IPv4: the ARP findings and the site's vip-arp-conflict cover it
+        address = ipaddress.ip_address(vip)
+        for iface in l2:
+            held = next((a for a in iface.addresses if a.ip == address), None)
+            if held is None:
+                continue
+            yield Finding(
+                id="dr-ipv6-vip-on-lan",
+                severity=Severity.ERROR if site else Severity.WARNING,
+                summary=f"real server holds IPv6 VIP {vip} on its LAN interface {iface.name} ({why})",
+                explanation=(
+                    f"Linux answers neighbour solicitations for every address of the interface they "
+                    f"arrive on, and no sysctl stops that for IPv6. Routers and clients on the segment "
+                    f"of {iface.name} learn that {vip} is at this host's MAC and send it the VIP's "
+                    "traffic directly instead of to the director: load balancing stops. A VIP on lo "
+                    "is accepted the same way and never advertised."
+                ),
+                evidence=(
+                    f"ip-addr.txt:{held.lineno}: {iface.name}: {held.line}"
+                    if held.lineno
+                    else f"ip-addr.txt: {iface.name}: {held.line}",
+                    f"{_kube_file(bundle) if not site else 'director'}: {vip} ({why})",
+                ),
+                fix=(
+                    f"ip -6 addr del {held.interface.with_prefixlen} dev {iface.name}",
+                    f"ip -6 addr add {vip}/128 dev lo",
+                ),
+                subject=vip,
+            )
 
 
 def _hold_vip_fix(vip: str, l2: Sequence[Interface]) -> tuple[str, ...]:

@@ -157,7 +157,7 @@ def _relevant(absent: list[str], bundle: Bundle) -> list[str]:
 
 #: Findings about a DR/TUN real server itself: not what a director's missing input decides.
 _REAL_SERVER_ONLY = frozenset(
-    {"local-vip-loop", "dr-vip-not-on-realserver", "dr-arp-ignore", "dr-arp-announce"}
+    {"local-vip-loop", "dr-vip-not-on-realserver", "dr-arp-ignore", "dr-arp-announce", "dr-ipv6-vip-on-lan"}
 )
 
 

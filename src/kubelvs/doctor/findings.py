@@ -35,6 +35,7 @@ FINDING_IDS = (
     "dr-vip-not-on-realserver",
     "dr-arp-ignore",
     "dr-arp-announce",
+    "dr-ipv6-vip-on-lan",
     "vip-arp-conflict",  # across hosts: after the setting on each host that causes it
     "dr-director-is-gateway",
     "dr-port-mapping",

@@ -131,6 +131,7 @@ NEEDS: Mapping[str, tuple[str, ...]] = {
     "local-vip-loop": ("interfaces", "sysctls", "kube", "lb-table"),
     "dr-vip-not-on-realserver": ("interfaces", "kube", "lb-table"),
     "dr-arp-ignore": ("interfaces", "sysctls"),
+    "dr-ipv6-vip-on-lan": ("interfaces", "kube"),
     "dr-arp-announce": ("interfaces", "sysctls"),
     "dr-port-mapping": ("lb-table",),
     "ip-forward-off": ("sysctls", "lb-table", "interfaces"),
