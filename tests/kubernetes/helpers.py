@@ -42,7 +42,8 @@ def run(objs: list[dict[str, Any]], section: dict[str, Any] | None = None) -> Ma
 
 
 def key(vip: str, port: int, proto: str = "tcp") -> ServiceKey:
-    return ServiceKey(4, Protocol(proto), ip_address(vip), port)
+    address = ip_address(vip)
+    return ServiceKey(address.version, Protocol(proto), address, port)
 
 
 def rs_table(

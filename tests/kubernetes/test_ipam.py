@@ -19,7 +19,8 @@ POOL = {
 
 
 def ipam(objs: list[dict], section: dict | None = None):  # type: ignore[no-untyped-def,type-arg]
-    return allocate(snapshot(objs).services.values(), settings(section or POOL))
+    owned = ("10.240.0.0/24", "fd00:240::/64")
+    return allocate(snapshot(objs).services.values(), settings(section or POOL, owned=owned))
 
 
 def ts(i: int) -> str:
@@ -178,3 +179,56 @@ def test_other_class_status_is_never_touched_nor_its_address_reused() -> None:
     )
     assert ("default", "m") not in r.status and ("default", "m") not in r.assigned
     assert r.assigned[("default", "n")] == (ip_address("10.240.0.226"),)
+
+
+# -------------------------------------------------------------- dual stack
+
+DUAL_POOL = {"lb_pools": [{"name": "default", "cidrs": ["10.240.0.224/29", "fd00:240::e0/125"]}]}
+
+
+def dual(name: str, families: list[str], policy: str, **kw: object) -> dict:  # type: ignore[type-arg]
+    svc = k.service(name, type="LoadBalancer", **kw)  # type: ignore[arg-type]
+    svc["spec"].update(ipFamilies=families, ipFamilyPolicy=policy)
+    return svc
+
+
+def test_a_dual_stack_service_gets_one_address_per_family_in_its_order() -> None:
+    r = ipam(
+        [
+            dual("a", ["IPv4", "IPv6"], "RequireDualStack", created=ts(1)),
+            dual("b", ["IPv6", "IPv4"], "PreferDualStack", created=ts(2)),
+            dual("c", ["IPv6"], "SingleStack", created=ts(3)),
+        ],
+        DUAL_POOL,
+    )
+    assert r.status == {
+        ("default", "a"): ("10.240.0.225", "fd00:240::e1"),
+        ("default", "b"): ("fd00:240::e2", "10.240.0.226"),
+        ("default", "c"): ("fd00:240::e3",),
+    }
+    assert [e.reason for e in r.events] == ["IPAllocated"] * 5
+
+
+def test_the_second_family_is_required_only_by_require_dual_stack() -> None:
+    """Pools with IPv4 ranges only: PreferDualStack makes do with IPv4, quietly."""
+    r = ipam(
+        [
+            dual("prefer", ["IPv4", "IPv6"], "PreferDualStack", created=ts(1)),
+            dual("require", ["IPv4", "IPv6"], "RequireDualStack", created=ts(2)),
+        ]
+    )
+    assert r.status == {("default", "prefer"): ("10.240.0.225",), ("default", "require"): ("10.240.0.226",)}
+    failed = [(e.name, e.message) for e in r.events if e.reason == "AllocationFailed"]
+    assert failed == [("require", "no free IPv6 address in pool(s) default (no IPv6 range)")]
+
+
+def test_dual_stack_from_status_then_back_to_single_stack_releases_the_other_family() -> None:
+    held = ["10.240.0.228", "fd00:240::e5"]
+    both = dual("a", ["IPv4", "IPv6"], "RequireDualStack", ingress=held)
+    assert ipam([both], DUAL_POOL).status == {}  # kept as they are: nothing to write
+    single = dual("a", ["IPv4"], "SingleStack", ingress=held)
+    r = ipam([single], DUAL_POOL)
+    assert r.status == {("default", "a"): ("10.240.0.228",)}
+    # IPv4 held from before, then made dual-stack: the IPv6 address is added after it.
+    grown = dual("a", ["IPv4", "IPv6"], "PreferDualStack", ingress=held[:1])
+    assert ipam([grown], DUAL_POOL).status == {("default", "a"): ("10.240.0.228", "fd00:240::e1")}

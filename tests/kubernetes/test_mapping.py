@@ -346,3 +346,29 @@ def test_node_agent_view_tun_vips_and_transient_node_states() -> None:
         ]
     )
     assert vips_for_node(Mapper(settings()).map(holding_view(excluded, "node1")), "node1") == frozenset()
+
+
+def test_a_dual_stack_load_balancer_is_one_virtual_service_per_family() -> None:
+    """IPAM gives it an address of each family; each virtual service's real servers are the
+    nodes' addresses of its family (node2 has no IPv6 address: not in the IPv6 one)."""
+    section = {
+        "external_ip_cidrs": ["10.240.0.192/26", "fd00:240::/120"],
+        "lb_pools": [{"name": "default", "cidrs": ["10.240.0.224/28", "fd00:240::e0/124"]}],
+    }
+    svc = k.service("web", type="LoadBalancer")
+    svc["spec"].update(ipFamilies=["IPv4", "IPv6"], ipFamilyPolicy="PreferDualStack")
+    ext = k.service("ext", external_ips=["10.240.0.201", "fd00:240::c9"])
+    ext["spec"].update(ipFamilies=["IPv4", "IPv6"], ipFamilyPolicy="RequireDualStack")
+    nodes = [k.node("node1", "10.240.0.101", address6="fd00:240::101"), k.node("node2", "10.240.0.102")]
+    r = compute(snapshot([*nodes, svc, ext]), settings(section, owned=("10.240.0.0/24", "fd00:240::/64")))
+    assert sorted(map(str, r.desired.services)) == sorted(
+        ["TCP 10.240.0.225:80", "TCP [fd00:240::e1]:80", "TCP 10.240.0.201:80", "TCP [fd00:240::c9]:80"]
+    )
+    assert rs_table(r, "fd00:240::e1", 80) == [("fd00:240::101", 80, 1, "dr")]
+    assert rs_table(r, "10.240.0.225", 80) == [("10.240.0.101", 80, 1, "dr"), ("10.240.0.102", 80, 1, "dr")]
+    assert rs_table(r, "fd00:240::c9", 80) == [("fd00:240::101", 80, 1, "dr")]
+    assert not validate(list(r.desired.services.values()), ownership=r.desired.ownership)
+    assert vips_for_node(r, "node1") == {
+        ip_address(a) for a in ("10.240.0.201", "10.240.0.225", "fd00:240::c9", "fd00:240::e1")
+    }
+    assert vips_for_node(r, "node2") == {ip_address("10.240.0.201"), ip_address("10.240.0.225")}

@@ -13,6 +13,12 @@ same one and the data plane never waits for the status writer:
    the auto-assign pools in config order); a sharing key first reuses an address its
    group already holds.
 
+Families follow ``spec.ipFamilies`` (which Kubernetes fills from ``ipFamilyPolicy``): a
+dual-stack Service gets one address of each family, in that order, as MetalLB does. An
+address of a family the Service no longer has is released. When the pools have no free
+address of the second family, ``RequireDualStack`` gets a Warning and ``PreferDualStack``
+makes do with one family (quietly: that is what it asks for).
+
 Two Services share an address only when both carry the same
 ``kubelvs.io/allow-shared-ip`` key and no (protocol, port) of one is a port of the other.
 """
@@ -65,6 +71,7 @@ def ipam_key(svc: Service, settings: KubeSettings) -> tuple[object, ...]:
         svc.ports if share else (),
         svc.ingress_ips,
         svc.ip_families,
+        svc.ip_family_policy,
     )
 
 
@@ -138,10 +145,14 @@ def _event(svc: Service, reason: str, message: str, type_: str = "Warning") -> E
     return EventSpec(svc.namespace, svc.name, svc.uid, reason, message, type_)
 
 
-def _family_ok(svc: Service, ip: IPAddress) -> bool:
-    if not svc.ip_families:
-        return True
-    return f"IPv{ip.version}" == svc.ip_families[0]
+def _families(svc: Service) -> tuple[str, ...]:
+    """The families ``svc`` gets an address of, in order ("IPv4", "IPv6"); ("",) for any
+    one when the API left ``ipFamilies`` empty."""
+    return svc.ip_families or ("",)
+
+
+def _family_ok(family: str, ip: IPAddress) -> bool:
+    return not family or f"IPv{ip.version}" == family
 
 
 def allocate(services: Iterable[Service], settings: KubeSettings) -> IpamResult:
@@ -175,6 +186,8 @@ def allocate(services: Iterable[Service], settings: KubeSettings) -> IpamResult:
                 continue
             if (pool is not None and ip not in pool) or (pool is None and not in_any_pool(ip)):
                 continue
+            if not any(_family_ok(f, ip) for f in _families(svc)):
+                continue  # a family the Service no longer has: released
             if ip in book.assigned.get(svc.id, ()) or book.conflict(svc, ip) is not None:
                 continue
             book.take(svc, ip)
@@ -228,24 +241,23 @@ def allocate(services: Iterable[Service], settings: KubeSettings) -> IpamResult:
     # 3. Allocate for the rest.
     cursors: dict[tuple[str, str], Iterator[IPAddress]] = {}
     for svc in managed:
-        if book.has(svc) or requested_ips(svc):
+        if requested_ips(svc):
+            continue
+        held = book.assigned.get(svc.id, ())
+        missing = [f for f in _families(svc) if not any(_family_ok(f, ip) for ip in held)]
+        if not missing:
             continue
         pools = _pools_for(svc, settings, events)
         if pools is None:
             continue
-        found = _shared_address(svc, pools, book) or _free_address(svc, pools, book, cursors)
-        if found is None:
-            if not pools:
-                msg = "no auto-assign address pool is configured (kubernetes.lb_pools)"
-            else:
-                msg = "no free address in pool(s) " + ", ".join(
-                    f"{p.name} ({p.size()} addresses, all in use)" for p in pools
-                )
-            events.append(_event(svc, "AllocationFailed", msg))
-            continue
-        book.take(svc, found)
-        pool = next(p for p in pools if found in p)
-        events.append(_event(svc, "IPAllocated", f"assigned {found} from pool {pool.name}", "Normal"))
+        for family in missing:
+            found = _shared_address(svc, pools, book, family) or _free_address(pools, book, cursors, family)
+            if found is not None:
+                book.take(svc, found)
+                pool = next(p for p in pools if found in p)
+                events.append(_event(svc, "IPAllocated", f"assigned {found} from pool {pool.name}", "Normal"))
+            elif family == _families(svc)[0] or svc.ip_family_policy == "RequireDualStack":
+                events.append(_event(svc, "AllocationFailed", _no_address(pools, family, svc)))
 
     assigned = {sid: tuple(ips) for sid, ips in book.assigned.items()}
     status: dict[ObjectId, tuple[str, ...]] = {}
@@ -262,6 +274,16 @@ def allocate(services: Iterable[Service], settings: KubeSettings) -> IpamResult:
     return IpamResult(assigned=assigned, status=status, events=tuple(events))
 
 
+def _no_address(pools: list[Pool], family: str, svc: Service) -> str:
+    if not pools:
+        return "no auto-assign address pool is configured (kubernetes.lb_pools)"
+    what = f"no free {family} address" if len(_families(svc)) > 1 else "no free address"
+    return f"{what} in pool(s) " + ", ".join(
+        f"{p.name} ({n} addresses, all in use)" if (n := p.size(family)) else f"{p.name} (no {family} range)"
+        for p in pools
+    )
+
+
 def _ours(text: str, settings: KubeSettings) -> bool:
     try:
         ip = ipaddress.ip_address(text)
@@ -270,14 +292,14 @@ def _ours(text: str, settings: KubeSettings) -> bool:
     return any(ip in p for p in settings.pools)
 
 
-def _shared_address(svc: Service, pools: list[Pool], book: _Book) -> IPAddress | None:
+def _shared_address(svc: Service, pools: list[Pool], book: _Book, family: str) -> IPAddress | None:
     key = sharing_key(svc)
     if key is None:
         return None
     for ip in sorted(book.holders, key=lambda a: (a.version, int(a))):
         if (
             any(ip in p for p in pools)
-            and _family_ok(svc, ip)
+            and _family_ok(family, ip)
             and book.conflict(svc, ip) is None
             and any(sharing_key(h) == key for h in book.holders[ip])
         ):
@@ -286,9 +308,8 @@ def _shared_address(svc: Service, pools: list[Pool], book: _Book) -> IPAddress |
 
 
 def _free_address(
-    svc: Service, pools: list[Pool], book: _Book, cursors: dict[tuple[str, str], Iterator[IPAddress]]
+    pools: list[Pool], book: _Book, cursors: dict[tuple[str, str], Iterator[IPAddress]], family: str
 ) -> IPAddress | None:
-    family = svc.ip_families[0] if svc.ip_families else ""
     for pool in pools:
         # One cursor per (pool, family) for the whole pass: addresses are only taken
         # during it, so one skipped as taken stays taken and the pass costs O(pool size).

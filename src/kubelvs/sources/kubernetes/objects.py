@@ -94,6 +94,7 @@ class Service:
     ip_families: tuple[str, ...]
     resource_version: str = field(default="", compare=False)
     health_check_node_port: int | None = None  # spec.healthCheckNodePort (Local policy, type LoadBalancer)
+    ip_family_policy: str = ""  # spec.ipFamilyPolicy: SingleStack, PreferDualStack, RequireDualStack
 
     @property
     def id(self) -> ObjectId:
@@ -333,6 +334,7 @@ def _service(obj: Mapping[str, Any], r: _Reader) -> Service:
         health_check_node_port=r.number(
             spec.get("healthCheckNodePort"), "spec.healthCheckNodePort", 1, 65535
         ),
+        ip_family_policy=r.text(spec.get("ipFamilyPolicy"), "spec.ipFamilyPolicy") or "",
     )
 
 

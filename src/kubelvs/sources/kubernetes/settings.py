@@ -143,8 +143,9 @@ class Pool:
     def __contains__(self, address: object) -> bool:
         return any(address in net for net in self.cidrs)
 
-    def size(self) -> int:
-        return sum(_usable(net) for net in self.cidrs)
+    def size(self, family: str = "") -> int:
+        """Usable addresses, of one family ("IPv4", "IPv6") or all ("")."""
+        return sum(_usable(net) for net in self.cidrs if not family or f"IPv{net.version}" == family)
 
 
 # One shared instance is safe: HealthCheck is frozen.
