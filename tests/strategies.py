@@ -30,10 +30,14 @@ SCHEDULERS = ["rr", "wrr", "wlc", "sh", "mh"]
 
 @st.composite
 def realservers(draw: st.DrawFn, key: ServiceKey) -> tuple[RealServer, ...]:
-    family_pool = RS4 if key.family == 4 else RS6
+    # One address of the other family: IPVS tunnels across families (TUN only).
+    family_pool = RS4 + RS6[:1] if key.family == 4 else RS6 + RS4[:1]
     out: dict[tuple[object, int], RealServer] = {}
     for address in draw(st.lists(st.sampled_from(family_pool), max_size=4, unique=True)):
-        forward = draw(st.sampled_from([Forward.DR, Forward.NAT, Forward.TUN]))
+        if address.version != key.family:
+            forward = Forward.TUN
+        else:
+            forward = draw(st.sampled_from([Forward.DR, Forward.NAT, Forward.TUN]))
         if forward is Forward.NAT:
             port = draw(st.sampled_from([80, 6379, 8080]))
         else:
