@@ -372,3 +372,20 @@ def test_a_dual_stack_load_balancer_is_one_virtual_service_per_family() -> None:
         ip_address(a) for a in ("10.240.0.201", "10.240.0.225", "fd00:240::c9", "fd00:240::e1")
     }
     assert vips_for_node(r, "node2") == {ip_address("10.240.0.201"), ip_address("10.240.0.225")}
+
+
+def test_an_external_ip_of_a_family_the_service_lacks_is_not_programmed() -> None:
+    """kube-proxy on the nodes has no endpoints of that family for a single-stack Service:
+    the VIP would lead nowhere."""
+    section = {"external_ip_cidrs": ["10.240.0.192/26", "fd00:240::/120"]}
+    svc = k.service("web", external_ips=["10.240.0.201", "fd00:240::c9"])  # SingleStack IPv4
+    nodes = [k.node("node1", "10.240.0.101", address6="fd00:240::101")]
+    r = compute(snapshot([*nodes, svc]), settings(section, owned=("10.240.0.0/24", "fd00:240::/64")))
+    assert list(r.desired.services) == [key("10.240.0.201", 80)]
+    assert [(e.reason, e.message) for e in r.events] == [
+        (
+            "ExternalIPWrongFamily",
+            "externalIP fd00:240::c9 is IPv6 but the Service's ipFamilies are IPv4; not programmed "
+            "(its nodes' kube-proxy has no IPv6 endpoints for it: make the Service dual-stack)",
+        )
+    ]

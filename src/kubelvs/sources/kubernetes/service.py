@@ -85,6 +85,17 @@ def service_vips(
                 )
             )
             continue
+        if svc.ip_families and f"IPv{ip.version}" not in svc.ip_families:
+            events.append(
+                event(
+                    svc,
+                    "ExternalIPWrongFamily",
+                    f"externalIP {ip} is IPv{ip.version} but the Service's ipFamilies are "
+                    f"{', '.join(svc.ip_families)}; not programmed (its nodes' kube-proxy has no "
+                    f"IPv{ip.version} endpoints for it: make the Service dual-stack)",
+                )
+            )
+            continue
         pool = next((p for p in settings.pools if ip in p), None)
         if pool is not None:
             events.append(
