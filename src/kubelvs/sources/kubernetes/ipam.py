@@ -112,9 +112,6 @@ class _Book:
         self.holders.setdefault(ip, []).append(svc)
         self.assigned.setdefault(svc.id, []).append(ip)
 
-    def has(self, svc: Service) -> bool:
-        return bool(self.assigned.get(svc.id))
-
 
 def _why_not_shared(svc: Service, holder: Service) -> str:
     key, other = sharing_key(svc), sharing_key(holder)
