@@ -678,23 +678,23 @@ def dr_node_lab(
     return node
 
 
+def _whoami_kubectl(out: Path, *external: str) -> None:
+    """kubectl.json of the DR node scenarios: the whoami Service with these externalIPs."""
+    service: KubeService = {
+        "name": "whoami",
+        "ip": "10.32.0.60",
+        "port": 80,
+        "target": 80,
+        "endpoints": ["10.230.74.24"],
+        "external": list(external),
+    }
+    (out / "kubectl.json").write_text(kubectl_json([service]))
+
+
 def m_dr_node_healthy(lab: Lab, out: Path) -> None:
     node = dr_node_lab(lab, vip="10.240.0.201", arp_ignore=1, arp_announce=2)
     lab.collect(node, out, "node")
-    (out / "kubectl.json").write_text(
-        kubectl_json(
-            [
-                {
-                    "name": "whoami",
-                    "ip": "10.32.0.60",
-                    "port": 80,
-                    "target": 80,
-                    "endpoints": ["10.230.74.24"],
-                    "external": ["10.240.0.201"],
-                }
-            ]
-        )
-    )
+    _whoami_kubectl(out, "10.240.0.201")
 
 
 def m_dr_node_arp(lab: Lab, out: Path) -> None:
@@ -729,20 +729,7 @@ def _dr_node_vip6(lab: Lab, out: Path, *, on_lan: bool) -> None:
     answered = "lladdr" in lab.run(seg, PY, "-c", SOLICIT, "fd00:240::201")
     assert answered == on_lan, f"the node {'did not answer' if on_lan else 'answered'} for the VIP"
     lab.collect(node, out, "node")
-    (out / "kubectl.json").write_text(
-        kubectl_json(
-            [
-                {
-                    "name": "whoami",
-                    "ip": "10.32.0.60",
-                    "port": 80,
-                    "target": 80,
-                    "endpoints": ["10.230.74.24"],
-                    "external": ["10.240.0.201", "fd00:240::201"],
-                }
-            ]
-        )
-    )
+    _whoami_kubectl(out, "10.240.0.201", "fd00:240::201")
 
 
 def m_dr_node_vip6_on_lan(lab: Lab, out: Path) -> None:
@@ -757,20 +744,7 @@ def m_dr_node_loop(lab: Lab, out: Path) -> None:
     """The worker-local VIP loop's setup: no VIP, accept_local=1 and rp_filter=1 on eth1."""
     node = dr_node_lab(lab, vip=None, arp_ignore=1, arp_announce=2, accept_local=1, rp_filter=1)
     lab.collect(node, out, "node")
-    (out / "kubectl.json").write_text(
-        kubectl_json(
-            [
-                {
-                    "name": "whoami",
-                    "ip": "10.32.0.60",
-                    "port": 80,
-                    "target": 80,
-                    "endpoints": ["10.230.74.24"],
-                    "external": ["10.240.0.201"],
-                }
-            ]
-        )
-    )
+    _whoami_kubectl(out, "10.240.0.201")
 
 
 def m_rp_filter_tunnel(lab: Lab, out: Path) -> None:

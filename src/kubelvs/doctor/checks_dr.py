@@ -175,7 +175,7 @@ def check_dr_realserver(bundle: Bundle, *, dr_vips: Sequence[str] = ()) -> Itera
                 "accepting local sources."
             ),
             evidence=(
-                f"{_kube_file(bundle) if not dr_vips else 'director'}: {vip} ({why})",
+                _wanted_because(bundle, vip, why, site=bool(dr_vips)),
                 *bundle.sysctl_evidence(
                     "net.ipv4.conf.all.accept_local",
                     *[_conf(i.name, "accept_local") for i in loop_ifaces],
@@ -208,7 +208,7 @@ def check_dr_realserver(bundle: Bundle, *, dr_vips: Sequence[str] = ()) -> Itera
                 "connections the director schedules here hangs in SYN_RECV."
             ),
             evidence=(
-                f"{_kube_file(bundle) if not dr_vips else 'director'}: {vip} ({why})",
+                _wanted_because(bundle, vip, why, site=bool(dr_vips)),
                 "ip-addr.txt: no interface holds " + vip,
                 *[f"ip-addr.txt: {i.name}: {a.line}" for i, a in held[:2]],
             ),
@@ -248,7 +248,7 @@ def _ipv6_vips_on_lan(
                     f"ip-addr.txt:{held.lineno}: {iface.name}: {held.line}"
                     if held.lineno
                     else f"ip-addr.txt: {iface.name}: {held.line}",
-                    f"{_kube_file(bundle) if not site else 'director'}: {vip} ({why})",
+                    _wanted_because(bundle, vip, why, site=site),
                 ),
                 fix=(
                     f"ip -6 addr del {held.interface.with_prefixlen} dev {iface.name}",
@@ -274,6 +274,12 @@ def _forwarding_off(earlier: Sequence[Finding], dest: str) -> Finding | None:
     """The ip-forward-off finding of ``dest``'s family (IPv6 destinations are ``[addr]:port``)."""
     subject = "forward6" if dest.startswith("[") else "forward"
     return next((f for f in earlier if f.id == "ip-forward-off" and f.subject == subject), None)
+
+
+def _wanted_because(bundle: Bundle, vip: str, why: str, *, site: bool) -> str:
+    """The evidence line saying why this host must accept ``vip``: the director's table
+    (a whole site analysed) or the Kubernetes data."""
+    return f"{'director' if site else _kube_file(bundle)}: {vip} ({why})"
 
 
 def _kube_file(bundle: Bundle) -> str:
