@@ -713,10 +713,12 @@ print(subprocess.run(["ip", "-6", "neigh", "show", sys.argv[1]], capture_output=
 """
 
 
-def _dr_node_vip6(lab: Lab, out: Path, *, on_lan: bool) -> None:
+def _dr_node_vip6(lab: Lab, out: Path, *, on_lan: bool = False, proxy: bool = False) -> None:
     """A dual-stack DR real server: the IPv4 VIP on lo, the IPv6 VIP on lo or (the mistake)
     on its LAN interface eth1, where it answers the segment's neighbour solicitations: the
-    scenario checks that it does, and does not from lo."""
+    scenario checks that it does, and does not from lo. ``proxy``: the VIP on lo, and a
+    proxy neighbour entry for it on eth1 with proxy_ndp and forwarding on there (the other
+    mistake), which answers too."""
     node = dr_node_lab(lab, vip="10.240.0.201", arp_ignore=1, arp_announce=2)
     seg = lab.name("seg")
     sh("ip", "-n", seg, "addr", "add", "fd00:240::200/64", "dev", "to-node", "nodad")
@@ -726,8 +728,13 @@ def _dr_node_vip6(lab: Lab, out: Path, *, on_lan: bool) -> None:
     else:
         sh("ip", "-n", node, "addr", "add", "fd00:240::201/128", "dev", "lo")
         sh("ip", "-n", seg, "-6", "route", "add", "fd00:240::201/128", "dev", "to-node")
+    if proxy:
+        sh("ip", "-n", node, "-6", "neigh", "add", "proxy", "fd00:240::201", "dev", "eth1")
+        lab.run(node, "sysctl", "-qw", "net.ipv6.conf.eth1.proxy_ndp=1", "net.ipv6.conf.eth1.forwarding=1")
     answered = "lladdr" in lab.run(seg, PY, "-c", SOLICIT, "fd00:240::201")
-    assert answered == on_lan, f"the node {'did not answer' if on_lan else 'answered'} for the VIP"
+    assert answered == (on_lan or proxy), (
+        f"the node {'answered' if answered else 'did not answer'} for the VIP"
+    )
     lab.collect(node, out, "node")
     _whoami_kubectl(out, "10.240.0.201", "fd00:240::201")
 
@@ -736,8 +743,12 @@ def m_dr_node_vip6_on_lan(lab: Lab, out: Path) -> None:
     _dr_node_vip6(lab, out, on_lan=True)
 
 
+def m_dr_node_vip6_proxy_ndp(lab: Lab, out: Path) -> None:
+    _dr_node_vip6(lab, out, proxy=True)
+
+
 def m_dr_node_vip6_healthy(lab: Lab, out: Path) -> None:
-    _dr_node_vip6(lab, out, on_lan=False)
+    _dr_node_vip6(lab, out)
 
 
 def m_dr_node_loop(lab: Lab, out: Path) -> None:
@@ -801,6 +812,7 @@ MACHINE_SCENARIOS: dict[str, Callable[[Lab, Path], None]] = {
     "dr-node-arp": m_dr_node_arp,
     "dr-node-loop": m_dr_node_loop,
     "dr-node-vip6-on-lan": m_dr_node_vip6_on_lan,
+    "dr-node-vip6-proxy-ndp": m_dr_node_vip6_proxy_ndp,
     "dr-node-vip6-healthy": m_dr_node_vip6_healthy,
     "rp-filter-tunnel": m_rp_filter_tunnel,
     "node-healthy": m_node_healthy,

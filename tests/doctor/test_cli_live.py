@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kubelvs.cli.main import main
-from kubelvs.doctor import Bundle, analyse, collect, live_bundle
+from kubelvs.doctor import Bundle, Severity, analyse, collect, live_bundle
 
 from .conftest import BUNDLES, ids
 
@@ -93,6 +93,46 @@ def test_collect_and_live_in_a_namespace(make_netns: Callable[[str], str], tmp_p
         check=True,
     )
     assert analyse(live_bundle(ns, kubectl=False)) == []
+
+
+@pytest.mark.netns
+def test_a_proxy_neighbour_entry_for_an_ipv6_vip_is_found_live_and_its_fix_works(
+    make_netns: Callable[[str], str], tmp_path: Path
+) -> None:
+    ns = make_netns("dr6")
+    peer = make_netns("seg6")
+    subprocess.run(
+        ["ip", "-n", peer, "link", "add", "to-node", "type", "veth", "peer", "name", "eth1", "netns", ns],
+        check=True,
+    )
+    for n, dev, addr in ((peer, "to-node", "fd00:240::200/64"), (ns, "eth1", "fd00:240::101/64")):
+        subprocess.run(["ip", "-n", n, "addr", "add", addr, "dev", dev, "nodad"], check=True)
+        subprocess.run(["ip", "-n", n, "link", "set", dev, "up"], check=True)
+    subprocess.run(["ip", "-n", ns, "addr", "add", "fd00:240::201/128", "dev", "lo"], check=True)
+    subprocess.run(
+        ["ip", "-n", ns, "-6", "neigh", "add", "proxy", "fd00:240::201", "dev", "eth1"], check=True
+    )
+    subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.proxy_ndp=1",
+            "net.ipv6.conf.eth1.forwarding=1",
+        ],
+        check=True,
+    )
+    vips = ("fd00:240::201",)  # as a director's table names it (a site): no Kubernetes data here
+    collect(str(tmp_path / "b"), netns=ns, role="node", kubectl=False)
+    assert (tmp_path / "b" / "ip-neigh-proxy.txt").read_text() == "fd00:240::201 dev eth1 proxy \n"
+    (found,) = analyse(live_bundle(ns, kubectl=False), dr_vips=vips)
+    assert (found.id, found.severity) == ("dr-ipv6-vip-proxy-ndp", Severity.ERROR)
+    assert ids(analyse(Bundle.load(str(tmp_path / "b")), dr_vips=vips)) == ["dr-ipv6-vip-proxy-ndp"]
+    subprocess.run(["ip", "netns", "exec", ns, *found.fix[0].split()], check=True)
+    assert analyse(live_bundle(ns, kubectl=False), dr_vips=vips) == []
 
 
 @pytest.mark.netns

@@ -15,6 +15,7 @@ import re
 import pytest
 
 from kubelvs.doctor import FINDING_IDS, Bundle, Severity, analyse, analyse_site
+from kubelvs.doctor.examined import examine
 
 from .conftest import BUNDLES, confirmed, ids, load
 
@@ -319,6 +320,55 @@ def test_an_ipv6_vip_on_the_lan_interface_is_advertised() -> None:
     )
     assert f.evidence[0] == "ip-addr.txt:14: eth1: inet6 fd00:240::201/64 scope global nodad"
     assert f.fix == ("ip -6 addr del fd00:240::201/64 dev eth1", "ip -6 addr add fd00:240::201/128 dev lo")
+
+
+def test_a_proxy_neighbour_entry_advertises_an_ipv6_vip_held_on_lo() -> None:
+    """Captured from a node with the VIP on lo and a proxy entry for it on eth1 (proxy_ndp
+    and forwarding on there): the scenario checked that the segment's solicitation for the
+    VIP was answered."""
+    findings = analyse(load("m-dr-node-vip6-proxy-ndp"))
+    assert ids(findings) == ["dr-ipv6-vip-proxy-ndp"]
+    (f,) = findings
+    assert f.severity is Severity.WARNING  # a node's own capture: the VIP comes from its Services
+    assert f.summary == (
+        "real server answers neighbour solicitations for IPv6 VIP fd00:240::201 on eth1 through a proxy "
+        "entry (default/whoami:p externalIPs)"
+    )
+    assert f.evidence == (
+        "ip-neigh-proxy.txt:1: fd00:240::201 dev eth1 proxy",
+        "sysctl.txt:554: net.ipv6.conf.all.proxy_ndp = 0",
+        "sysctl.txt:676: net.ipv6.conf.eth1.proxy_ndp = 1",
+        "sysctl.txt:660: net.ipv6.conf.eth1.forwarding = 1",
+        "kubectl.json: fd00:240::201 (default/whoami:p externalIPs)",
+    )
+    assert f.fix[0] == "ip -6 neigh del proxy fd00:240::201 dev eth1"
+
+
+@pytest.mark.parametrize(
+    ("changes", "answers"),
+    [
+        ({"net.ipv6.conf.eth1.forwarding": 0}, False),  # the kernel proxies only on a forwarding interface
+        ({"net.ipv6.conf.eth1.proxy_ndp": 0}, False),
+        ({"net.ipv6.conf.eth1.proxy_ndp": 0, "net.ipv6.conf.all.proxy_ndp": 1}, True),  # all OR the interface
+    ],
+)
+def test_a_proxy_neighbour_entry_answers_only_where_proxying_is_on(
+    changes: dict[str, int], answers: bool
+) -> None:
+    """The kernel's rule (ndisc_recv_ns), as the scenario's real node showed: the entry
+    answers with proxy_ndp on the interface or on all, and forwarding on the interface."""
+    b = load("m-dr-node-vip6-proxy-ndp")
+    for name, value in changes.items():
+        b = _set_sysctl(b, name, value)
+    assert ids(analyse(b)) == (["dr-ipv6-vip-proxy-ndp"] if answers else [])
+
+
+def test_a_proxy_entry_for_another_address_or_on_an_ipv4_only_node_is_not_reported() -> None:
+    b = load("m-dr-node-vip6-proxy-ndp")
+    b.texts["ip-neigh-proxy.txt"] = "fd00:240::99 dev eth1 proxy\n"
+    assert ids(analyse(b)) == []
+    b = load("m-dr-node-healthy")  # IPv4 VIPs only: not asked for the proxy entries either
+    assert "proxy neighbour" not in " ".join(examine(b, origin="bundle").missing)
 
 
 def test_an_ipv6_vip_missing_is_fixed_without_arp_settings() -> None:

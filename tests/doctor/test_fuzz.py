@@ -51,7 +51,13 @@ from kubelvs.doctor.analyse import REPORTS
 from kubelvs.doctor.findings import SITE_IDS
 from kubelvs.doctor.inputs import INPUTS, NEEDS
 from kubelvs.errors import ParseError
-from kubelvs.formats.iproute import format_ip_addr_json, parse_ip_addr, parse_ip_route, parse_ip_rule
+from kubelvs.formats.iproute import (
+    format_ip_addr_json,
+    parse_ip_addr,
+    parse_ip_neigh_proxy,
+    parse_ip_route,
+    parse_ip_rule,
+)
 from kubelvs.formats.ipvs_conn import ConnTable, parse_conn_list, parse_proc_conn
 from kubelvs.formats.ipvsadm_list import Listing, parse_listing, parse_proc_ip_vs, parse_timeout
 from kubelvs.formats.ipvsadm_save import parse_save
@@ -190,6 +196,12 @@ def _parse_ip_rule(text: str) -> None:
     assert all(isinstance(p, int) and 0 <= p < 2**32 for p, _ in rules) and len(problems) <= MAX_PROBLEMS + 1
 
 
+def _parse_ip_neigh_proxy(text: str) -> None:
+    entries, problems = parse_ip_neigh_proxy(text, source="f")
+    assert all(e.address.version in (4, 6) and " " not in e.device for e in entries)
+    assert len(problems) <= MAX_PROBLEMS + 1
+
+
 def _parse_nft(text: str) -> None:
     ruleset = parse_nft_json(text, source="f")
     assert all(isinstance(t, str) for t in [*ruleset.tables, *ruleset.chains, *ruleset.nat_rules])
@@ -232,6 +244,7 @@ PARSERS: dict[str, Callable[[str], None]] = {
     "ip-route.txt": _parse_ip_route,
     "ip-route.json": _parse_ip_route,
     "ip-rule.txt": _parse_ip_rule,
+    "ip-neigh-proxy.txt": _parse_ip_neigh_proxy,
     "uname.txt": _kernel,
     "kubectl.json": lambda t: _check_kube(parse_kube(t, source="f")),
     "kubectl.yaml": lambda t: _check_kube(parse_kube(t, source="f")),
@@ -865,6 +878,10 @@ IRRELEVANT: dict[str, Callable[[str], st.SearchStrategy[str]]] = {
     ),
     "ip-rule.txt": _inserted(
         _NOISE | st.builds("{}:\tfrom all lookup {}".format, st.integers(1, 32000), _WORD)
+    ),
+    # proxy entries for addresses that are no VIP of the host's
+    "ip-neigh-proxy.txt": _inserted(
+        _NOISE | st.builds("2001:db8::{:x} dev {} proxy".format, st.integers(1, 65535), _WORD)
     ),
     "uname.txt": _inserted(st.text(max_size=20), first=1),
     "role.txt": _inserted(st.text(max_size=20), first=1),

@@ -173,7 +173,7 @@ def test_cli_exit_and_report_for_an_unreadable_file(
     assert main(["doctor", "--bundle", str(bundle)]) == 1
     out = capsys.readouterr().out
     assert (
-        "\n\n1 warning; 10 not checked (unknown)\n\n[warning] input-unparsed: sysctl.txt could not be read"
+        "\n\n1 warning; 11 not checked (unknown)\n\n[warning] input-unparsed: sysctl.txt could not be read"
         in out
     )
     assert "  rp-filter-strict, local-vip-loop, dr-arp-ignore" in out and "because of sysctl.txt" in out

@@ -72,6 +72,7 @@ REPORTS: Mapping[str, tuple[str, ...]] = {
         "local-vip-loop",
         "dr-vip-not-on-realserver",
         "dr-ipv6-vip-on-lan",
+        "dr-ipv6-vip-proxy-ndp",
     ),
     "check_syn_recv": ("syn-recv-stuck",),
     "check_directors_agree": ("directors-disagree",),

@@ -25,7 +25,15 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from ..errors import ParseError
-from ..formats.iproute import Interface, Route, parse_ip_addr, parse_ip_route, parse_ip_rule
+from ..formats.iproute import (
+    Interface,
+    ProxyNeighbour,
+    Route,
+    parse_ip_addr,
+    parse_ip_neigh_proxy,
+    parse_ip_route,
+    parse_ip_rule,
+)
 from ..formats.ipvs_conn import ConnTable, parse_conn_list, parse_proc_conn
 from ..formats.ipvsadm_list import Listing, parse_listing, parse_timeout
 from ..formats.ipvsadm_save import parse_save
@@ -55,6 +63,7 @@ FILES = {
     "ip-addr.txt": "ip -d addr",
     "ip-route.txt": "ip route",
     "ip-rule.txt": "ip rule",
+    "ip-neigh-proxy.txt": "ip -6 neigh show proxy",
     "uname.txt": "uname -r",
     "kubectl.json": "kubectl get svc,endpoints,endpointslices,nodes -A -o json",
     "kubectl.yaml": "kubectl get svc,endpoints,endpointslices,nodes -A -o yaml",
@@ -82,6 +91,7 @@ _VIEWS = (
     "interfaces",
     "routes",
     "rules",
+    "proxy_neighbours",
     "kube",
     "nft",
     "nft_services",
@@ -489,6 +499,21 @@ class Bundle:
         if not rules and problems:
             self._unusable("ip-rule.txt", _none_read(problems))
         return rules
+
+    @functools.cached_property
+    def proxy_neighbours(self) -> list[ProxyNeighbour] | None:
+        """The IPv6 proxy neighbour entries; None when not captured (an empty file is
+        a capture: no entries)."""
+        if "ip-neigh-proxy.txt" not in self.texts:
+            return None
+        entries, problems = parse_ip_neigh_proxy(
+            self.texts["ip-neigh-proxy.txt"], source="ip-neigh-proxy.txt"
+        )
+        self._bad("ip-neigh-proxy.txt", len(problems), problems)
+        if not entries and problems:
+            self._unusable("ip-neigh-proxy.txt", _none_read(problems))
+            return None
+        return entries
 
     @functools.cached_property
     def kube(self) -> KubeState | None:

@@ -83,7 +83,8 @@ def _accepts(bundle: Bundle, vip: str) -> bool:
 
 
 def check_dr_realserver(bundle: Bundle, *, dr_vips: Sequence[str] = ()) -> Iterator[Finding]:
-    """dr-arp-ignore, dr-arp-announce, dr-vip-not-on-realserver, local-vip-loop, dr-ipv6-vip-on-lan.
+    """dr-arp-ignore, dr-arp-announce, dr-vip-not-on-realserver, local-vip-loop, dr-ipv6-vip-on-lan,
+    dr-ipv6-vip-proxy-ndp.
 
     ``dr_vips``: VIPs a director sends to this host in DR/TUN mode (known when a whole
     site is analysed); otherwise Kubernetes external IPs stand in when the host is a node.
@@ -156,6 +157,7 @@ def check_dr_realserver(bundle: Bundle, *, dr_vips: Sequence[str] = ()) -> Itera
         must = expected_vips(bundle)
     missing = [(v, why) for v, why in must if not _accepts(bundle, v)]
     yield from _ipv6_vips_on_lan(bundle, must, l2, site=bool(dr_vips))
+    yield from _ipv6_vips_proxied(bundle, must, site=bool(dr_vips))
     loop_ifaces = _accept_local_on(bundle, l2)
     missing4 = [(v, why) for v, why in missing if ":" not in v]  # accept_local is IPv4's
     if missing4 and loop_ifaces:
@@ -274,6 +276,65 @@ def _forwarding_off(earlier: Sequence[Finding], dest: str) -> Finding | None:
     """The ip-forward-off finding of ``dest``'s family (IPv6 destinations are ``[addr]:port``)."""
     subject = "forward6" if dest.startswith("[") else "forward"
     return next((f for f in earlier if f.id == "ip-forward-off" and f.subject == subject), None)
+
+
+def _ipv6_vips_proxied(bundle: Bundle, must: Sequence[tuple[str, str]], *, site: bool) -> Iterator[Finding]:
+    """dr-ipv6-vip-proxy-ndp: this real server answers neighbour solicitations for an IPv6
+    VIP it must accept through a proxy neighbour entry. Linux answers for a proxy entry on
+    an interface whose ``forwarding`` is 1 when ``proxy_ndp`` is 1 on it or on ``all``
+    (ndisc_recv_ns; docs/ipv6.md): without both the entry is inert, and not reported."""
+    entries = bundle.proxy_neighbours
+    if not entries or bundle.sysctls is None:
+        return
+    ethernet = [i.name for i in bundle.interfaces or [] if i.link_type == "ether"]
+    for vip, why in must:
+        if ":" not in vip:
+            continue  # proxy ARP is IPv4's, and the site's vip-arp-conflict sees its answers
+        address = ipaddress.ip_address(vip)
+        for entry in entries:
+            if entry.address != address:
+                continue
+            names = [entry.device] if entry.device else ethernet
+            answering = [
+                name
+                for name in names
+                if bundle.sysctl(_conf6(name, "forwarding")) == 1
+                and 1 in (bundle.sysctl(_conf6("all", "proxy_ndp")), bundle.sysctl(_conf6(name, "proxy_ndp")))
+            ]
+            if not answering:
+                continue
+            yield Finding(
+                id="dr-ipv6-vip-proxy-ndp",
+                severity=Severity.ERROR if site else Severity.WARNING,
+                summary=f"real server answers neighbour solicitations for IPv6 VIP {vip} on "
+                + ", ".join(answering)
+                + f" through a proxy entry ({why})",
+                explanation=(
+                    f"A proxy neighbour entry for {vip} makes Linux advertise it as this host's own on "
+                    "an interface with proxy_ndp and forwarding on, wherever the VIP itself is held. "
+                    "Routers and clients on the segment then send the VIP's traffic straight to this "
+                    "real server instead of the director: load balancing stops. Proxy entries are "
+                    "usually made by ndppd, systemd-networkd (IPv6ProxyNDPAddress=) or a container "
+                    "runtime; remove it there too, or it comes back."
+                ),
+                evidence=(
+                    f"ip-neigh-proxy.txt:{entry.lineno}: {entry.line}",
+                    *bundle.sysctl_evidence(
+                        _conf6("all", "proxy_ndp"),
+                        *[_conf6(n, key) for n in answering for key in ("proxy_ndp", "forwarding")],
+                    ),
+                    _wanted_because(bundle, vip, why, site=site),
+                ),
+                fix=(
+                    f"ip -6 neigh del proxy {vip}" + (f" dev {entry.device}" if entry.device else ""),
+                    "# and where it is configured (ndppd.conf, IPv6ProxyNDPAddress= of systemd-networkd)",
+                ),
+                subject=vip,
+            )
+
+
+def _conf6(iface: str, key: str) -> str:
+    return f"net.ipv6.conf.{iface.replace('.', '/')}.{key}"
 
 
 def _wanted_because(bundle: Bundle, vip: str, why: str, *, site: bool) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .bundle import Bundle
+from .checks_dr import expected_vips
 from .findings import FINDING_IDS, Finding
 from .inputs import INPUTS, NEEDS
 
@@ -32,6 +33,7 @@ CAPTURE = {
     "counters": "cat /proc/net/netstat",
     "kernel": "uname -r",
     "interfaces": "ip -d addr",
+    "proxy-neighbours": "ip -6 neigh show proxy",
     "kube": "kubectl get svc,endpoints,endpointslices,nodes -A -o yaml",
 }
 assert set(CAPTURE) == set(INPUTS)
@@ -105,7 +107,9 @@ def examine(bundle: Bundle, *, origin: str, live: bool = False, found: Sequence[
     absent = [
         key
         for key, source in INPUTS.items()
-        if not source.available(bundle) and not any(bundle.has(name) for name in source.files)
+        if not source.available(bundle)
+        and not any(bundle.has(name) for name in source.files)
+        and (key != "proxy-neighbours" or _has_ipv6_vips(bundle))
     ]
     # A grep of sysctl -a is an excerpt: the checks that read other settings did not run.
     excerpt = bundle.sysctls is not None and len(bundle.sysctls.values) < FULL_SYSCTLS
@@ -134,6 +138,20 @@ def examine(bundle: Bundle, *, origin: str, live: bool = False, found: Sequence[
     )
 
 
+def _has_ipv6_vips(bundle: Bundle) -> bool:
+    """Whether the host may be a real server of an IPv6 VIP (its Services name one, or lo
+    holds one): only then do its proxy neighbour entries matter (dr-ipv6-vip-proxy-ndp),
+    so only then is their absence worth saying."""
+    if any(":" in vip for vip, _ in expected_vips(bundle)):
+        return True
+    return any(
+        a.ip.version == 6 and not a.ip.is_loopback
+        for i in bundle.interfaces or []
+        if i.link_type == "loopback"
+        for a in i.addresses
+    )
+
+
 #: ``sysctl -a`` prints over a thousand settings; fewer than this is an excerpt (a grep).
 FULL_SYSCTLS = 100
 
@@ -157,7 +175,14 @@ def _relevant(absent: list[str], bundle: Bundle) -> list[str]:
 
 #: Findings about a DR/TUN real server itself: not what a director's missing input decides.
 _REAL_SERVER_ONLY = frozenset(
-    {"local-vip-loop", "dr-vip-not-on-realserver", "dr-arp-ignore", "dr-arp-announce", "dr-ipv6-vip-on-lan"}
+    {
+        "local-vip-loop",
+        "dr-vip-not-on-realserver",
+        "dr-arp-ignore",
+        "dr-arp-announce",
+        "dr-ipv6-vip-on-lan",
+        "dr-ipv6-vip-proxy-ndp",
+    }
 )
 
 

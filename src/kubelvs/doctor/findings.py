@@ -36,6 +36,7 @@ FINDING_IDS = (
     "dr-arp-ignore",
     "dr-arp-announce",
     "dr-ipv6-vip-on-lan",
+    "dr-ipv6-vip-proxy-ndp",
     "vip-arp-conflict",  # across hosts: after the setting on each host that causes it
     "dr-director-is-gateway",
     "dr-port-mapping",

@@ -116,6 +116,12 @@ INPUTS: Mapping[str, Input] = {
         _file("ip-addr.txt", "interfaces"),
         lambda b: b.interfaces is not None,
     ),
+    "proxy-neighbours": Input(
+        "the IPv6 proxy neighbour entries",
+        ("ip-neigh-proxy.txt",),
+        _file("ip-neigh-proxy.txt", "proxy_neighbours"),
+        lambda b: b.proxy_neighbours is not None,
+    ),
     "kube": Input(
         "the Kubernetes services and endpoints",
         ("kubectl.json", "kubectl.yaml"),
@@ -132,6 +138,7 @@ NEEDS: Mapping[str, tuple[str, ...]] = {
     "dr-vip-not-on-realserver": ("interfaces", "kube", "lb-table"),
     "dr-arp-ignore": ("interfaces", "sysctls"),
     "dr-ipv6-vip-on-lan": ("interfaces", "kube"),
+    "dr-ipv6-vip-proxy-ndp": ("proxy-neighbours", "sysctls", "interfaces", "kube"),
     "dr-arp-announce": ("interfaces", "sysctls"),
     "dr-port-mapping": ("lb-table",),
     "ip-forward-off": ("sysctls", "lb-table", "interfaces"),

@@ -34,6 +34,7 @@ COMMANDS: dict[str, list[str]] = {
     "ip-addr.txt": ["ip", "-d", "addr"],
     "ip-route.txt": ["ip", "route", "show", "table", "all"],
     "ip-rule.txt": ["ip", "rule"],
+    "ip-neigh-proxy.txt": ["ip", "-6", "neigh", "show", "proxy"],
     "uname.txt": ["uname", "-r"],
     "nft.json": ["nft", "-j", "list", "ruleset"],
     "kubectl.json": [
@@ -199,6 +200,9 @@ def live_texts(netns: str | None = None, *, kubectl: bool | None = None) -> dict
         if addr:
             texts["ip-addr.txt"] = addr
         texts["uname.txt"] = os.uname().release + "\n"
+        proxies, _ = _run(COMMANDS["ip-neigh-proxy.txt"])
+        if proxies is not None:  # empty is a fact too: no proxy entries
+            texts["ip-neigh-proxy.txt"] = proxies
         nft, _ = _run(COMMANDS["nft.json"])
         if nft:
             texts["nft.json"] = nft

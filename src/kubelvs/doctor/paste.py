@@ -33,6 +33,7 @@ from .checks_site import check_directors_agree
 from .findings import Finding
 from .paste_shapes import (
     CUT_SHORT,
+    EMPTY_IS_OUTPUT,
     FENCE,
     HEADER,
     HEX_SERVICE,
@@ -224,6 +225,9 @@ class _Builder:
 
     def close(self) -> None:
         section, self.current = self.current, None
+        if section is not None and not section.lines and section.kind.name in EMPTY_IS_OUTPUT:
+            self.texts.setdefault(section.kind.name, [])
+            self.origin.setdefault(section.kind.name, [])
         if section is None or not section.lines:
             return
         name, lines = _finish(section)

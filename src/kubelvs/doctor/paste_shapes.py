@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 __all__ = [
     "BY_NAME",
     "CUT_SHORT",
+    "EMPTY_IS_OUTPUT",
     "FENCE",
     "HEADER",
     "HEX_SERVICE",
@@ -103,10 +104,12 @@ _IP_ADDR = re.compile(rf"{_IP_ADDR_START.pattern}|^\s+\S")
 _IP_RULE = re.compile(r"^\d+:\s+(not\s+)?from\s")
 _ROUTE_WORDS = r"(via|dev|proto|scope|src|table|nhid|metric|nexthop)"
 _IP_ROUTE_START = re.compile(
-    r"^(default|local|broadcast|unreachable|blackhole|prohibit|throw|anycast|multicast|unicast)\s"
-    rf"|^[0-9.]+(/\d+)?\s+{_ROUTE_WORDS}\b|^[0-9a-fA-F:]+:[0-9a-fA-F:]*(/\d+)?\s+{_ROUTE_WORDS}\b"
+    r"^(?!.*\sproxy\s*$)"  # ip -6 neigh show proxy: "fd00::1 dev eth1 proxy"
+    r"(?:(default|local|broadcast|unreachable|blackhole|prohibit|throw|anycast|multicast|unicast)\s"
+    rf"|[0-9.]+(/\d+)?\s+{_ROUTE_WORDS}\b|[0-9a-fA-F:]+:[0-9a-fA-F:]*(/\d+)?\s+{_ROUTE_WORDS}\b)"
 )
 _IP_ROUTE = re.compile(rf"{_IP_ROUTE_START.pattern}|^\s+nexthop\s")
+_IP_NEIGH_PROXY = re.compile(r"^[0-9a-fA-F:.]{2,45}\s+(dev\s+\S+\s+)?(router\s+)?proxy\s*$")
 _RELEASE = re.compile(r"^\d{1,4}\.\d{1,4}\.\d{1,4}[\w.+~-]{0,100}$")
 UNAME_A = re.compile(r"^Linux\s+\S+\s+(?P<release>\d{1,4}\.\d{1,4}\S*)\s")
 _YAML_START = re.compile(r"^(apiVersion:\s|kind:\s*List\b|items:\s*$)")
@@ -157,11 +160,15 @@ SHAPES: tuple[Kind, ...] = (
     Kind("ip-addr.txt", "ip addr", _IP_ADDR_START, _IP_ADDR),
     Kind("ip-rule.txt", "ip rule", _IP_RULE, _IP_RULE),
     Kind("ip-route.txt", "ip route", _IP_ROUTE_START, _IP_ROUTE),
+    Kind("ip-neigh-proxy.txt", "ip -6 neigh show proxy", _IP_NEIGH_PROXY, _IP_NEIGH_PROXY),
     Kind(UNAME_KIND, "uname", re.compile(f"{_RELEASE.pattern}|{UNAME_A.pattern}"), None),
     Kind("kubectl.yaml", "kubectl -o yaml", _YAML_START, _YAML),
     Kind(UNUSED, "ss -s", _SS, _SS),
 )
 BY_NAME = {k.name: k for k in SHAPES}
+#: Outputs that may be empty and still say something (no proxy entries): a prompt with
+#: nothing after it is such an output, an empty file.
+EMPTY_IS_OUTPUT = frozenset({"ip-neigh-proxy.txt"})
 
 #: Lines that a hard wrap (a text area, an email) cut short, by kind: such a line takes the
 #: next line when that one fits nothing else. A real-server row needs its forward, weight
@@ -241,6 +248,8 @@ def command_kind(command: str) -> Kind | None:
             return BY_NAME["ip-route.txt"]
         if obj and "rule".startswith(obj) and len(obj) >= 2:
             return BY_NAME["ip-rule.txt"]
+        if obj and ("neighbour".startswith(obj) or "neighbor".startswith(obj)) and "proxy" in objects:
+            return BY_NAME["ip-neigh-proxy.txt"]
         return Kind(UNUSED, f"ip {joined}".strip(), None, None)
     if program == "uname":
         return BY_NAME[UNAME_KIND]

@@ -1,4 +1,5 @@
-"""iproute2 output: ``ip addr`` (text or ``-j``, with or without ``-d``), ``ip route``, ``ip rule``.
+"""iproute2 output: ``ip addr`` (text or ``-j``, with or without ``-d``), ``ip route``, ``ip rule``,
+``ip -6 neigh show proxy``.
 
 Only what kubelvs doctor reasons about is kept: per interface its name, flags,
 link type (``ether``, ``loopback``, ``ipip``, ``none``...), kind when ``-d`` showed
@@ -22,10 +23,12 @@ from .tokens import MAX_PROBLEMS, decimal, ip_address, lines, quote
 __all__ = [
     "Address",
     "Interface",
+    "ProxyNeighbour",
     "Route",
     "format_ip_addr",
     "format_ip_addr_json",
     "parse_ip_addr",
+    "parse_ip_neigh_proxy",
     "parse_ip_route",
     "parse_ip_rule",
 ]
@@ -373,3 +376,34 @@ def parse_ip_rule(text: str, *, source: str = "ip rule") -> tuple[list[tuple[int
             continue
         rules.append((priority, rest.strip()))
     return rules, problems.done()
+
+
+@dataclass(frozen=True)
+class ProxyNeighbour:
+    """A proxy neighbour entry: this host answers neighbour solicitations for ``address``
+    on ``device`` (every device when ""), when proxying is enabled there."""
+
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    device: str
+    lineno: int
+    line: str
+
+
+def parse_ip_neigh_proxy(
+    text: str, *, source: str = "ip -6 neigh show proxy"
+) -> tuple[list[ProxyNeighbour], list[str]]:
+    """``ADDRESS [dev DEVICE] [router] proxy`` per line."""
+    entries: list[ProxyNeighbour] = []
+    problems = _Problems(source)
+    for lineno, raw in enumerate(lines(text), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        words = line.split()
+        address = ip_address(words[0])
+        device = words[words.index("dev") + 1] if "dev" in words[:-1] else ""
+        if address is None or "proxy" not in words or ("dev" in words and not device):
+            problems.add(f"{source}:{lineno}: not 'ADDRESS dev DEVICE proxy': {quote(line)}")
+            continue
+        entries.append(ProxyNeighbour(address, device, lineno, line))
+    return entries, problems.done()
