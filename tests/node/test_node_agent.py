@@ -19,6 +19,7 @@ from kubelvs.sources.config import parse_config
 
 VIP = "10.240.0.201"
 VIP2 = "10.240.0.202"
+VIP6 = "fd00:240::201"
 
 pytestmark = pytest.mark.netns
 
@@ -149,6 +150,16 @@ def test_tun_mode_without_ipip_is_refused_before_any_change(node: str, tmp_path:
     assert _get(node, "net.ipv4.conf.eth0.arp_ignore") == 0
 
 
+def test_tun_mode_without_ip6_tunnel_is_refused_for_an_ipv6_vip_before_any_change(
+    node: str, tmp_path: Path
+) -> None:
+    if Path("/sys/module/ip6_tunnel").exists():
+        pytest.skip("this kernel has ip6_tunnel (the VM tier tests IPv6 tun mode)")
+    with pytest.raises(NodeError, match=r"IPv6-in-IPv6 tunnels for IPv6 VIPs, .* no ip6_tunnel support"):
+        _agent(node, tmp_path, mode="tun").sync([VIP6])
+    assert f"{VIP6}/128" not in _lo_addrs(node)
+
+
 def test_a_record_of_a_recreated_namespace_is_ignored(
     make_netns: Callable[[str], str], tmp_path: Path
 ) -> None:
@@ -238,6 +249,24 @@ def test_cli_with_a_config_file_once_and_revert(
     assert f"{VIP}/32" not in _lo_addrs(node)
     assert main([*base, "--vip", "not-an-ip", "--once"]) == 2
     assert "vip: 'not-an-ip' is not an IPv4" in capsys.readouterr().err
+
+
+@pytest.mark.kernel_ipvs
+def test_tun_mode_brings_up_ip6tnl0_for_an_ipv6_vip_and_reverts(node: str, tmp_path: Path) -> None:
+    """IPv6 in IPv6 (what IPVS sends a TUN real server of an IPv6 VIP) comes out of the
+    ip6_tunnel module's fallback device; no sysctl is needed (docs/ipv6.md). The traffic
+    through it: tests/scenarios/test_ipv6.py."""
+    agent = NodeAgent(interface="eth0", netns=node, mode="tun", vip_device="lo", state_dir=tmp_path)
+    changes = {str(c) for c in agent.sync([VIP6])}
+    assert changes == {"up link ip6tnl0 (IPv6-in-IPv6 fallback device)", f"add {VIP6}/128 dev lo"}
+    assert "UP" in json.loads(_ip(node, "-j", "link", "show", "dev", "ip6tnl0"))[0]["flags"]
+    assert not agent.drifted([VIP6])
+    _ip(node, "link", "set", "ip6tnl0", "down")
+    assert agent.drifted([VIP6])
+    assert {str(c) for c in agent.sync([VIP6])} == {"up link ip6tnl0 (IPv6-in-IPv6 fallback device)"}
+    agent.revert()
+    assert "UP" not in json.loads(_ip(node, "-j", "link", "show", "dev", "ip6tnl0"))[0]["flags"]
+    assert f"{VIP6}/128" not in _lo_addrs(node)
 
 
 @pytest.mark.kernel_ipvs

@@ -15,9 +15,11 @@ For every VIP this node serves in DR or TUN mode it:
   where DR traffic enters, and 0 on ``tunl0`` for TUN (a device without an address
   fails even loose validation): strict mode drops IPIP-decapsulated or asymmetric
   traffic, the rp_filter incident (SYN_RECV at the director). IPv6 has no rp_filter;
-- the IPv4 settings are made while the node holds an IPv4 VIP. TUN is IPIP (IPv4) only:
-  an IPv6 VIP is held for DR whatever the mode (docs/ipv6.md);
-- TUN: brings up the IPIP fallback device ``tunl0`` (made by the ipip module).
+- the IPv4 settings are made while the node holds an IPv4 VIP;
+- TUN: brings up the fallback device that decapsulates what the director sends: ``tunl0``
+  (ipip module, IPv4 in IPv4) while it holds an IPv4 VIP, ``ip6tnl0`` (ip6_tunnel module,
+  IPv6 in IPv6) while it holds an IPv6 one. A real server of the other family than its
+  VIP (IPVS tunnels across families) needs a tunnel the agent does not make (docs/ipv6.md).
 
 Everything it changes is recorded with the value found before (a small JSON file under
 ``/run/kubelvs/node/``, one per network namespace, tied to the namespace's inode so a
@@ -74,6 +76,11 @@ __all__ = [
 STATE_DIR = Path("/run/kubelvs/node")
 DUMMY_DEVICE = "kubelvs0"
 TUN_DEVICE = "tunl0"  # the ipip module's fallback device: receives IPIP for any local address
+#: VIP family -> (fallback device that decapsulates it, its module, what it carries).
+TUNNELS = {
+    4: (TUN_DEVICE, "ipip", "IPIP"),
+    6: ("ip6tnl0", "ip6_tunnel", "IPv6-in-IPv6"),
+}
 
 Mode = Literal["dr", "tun"]
 VipDevice = Literal["auto", "lo", "dummy"]
@@ -385,19 +392,27 @@ class NodeAgent:
         record["device"] = device
         return device
 
-    def _ensure_tunnel(self, record: dict[str, Any], changes: list[Change]) -> None:
-        link = iproute.link(self.netns, TUN_DEVICE)
-        if link is None:
-            subprocess.run(["modprobe", "-q", "ipip"], check=False, capture_output=True)
-            link = iproute.link(self.netns, TUN_DEVICE)
-        if link is None:
-            raise NodeError(
-                "mode: tun needs IPIP tunnels, and this kernel has no ipip support (no tunl0 device)"
-            )
-        if not link.up:
-            iproute.set_link_up(self.netns, TUN_DEVICE)
-            record["links"][TUN_DEVICE] = {"was_up": False}
-            changes.append(Change("up", f"link {TUN_DEVICE}", "IPIP fallback device"))
+    def _ensure_tunnels(self, record: dict[str, Any], wanted: list[str], changes: list[Change]) -> None:
+        """The fallback tunnel device of each family among ``wanted``, up; all checked
+        before any is brought up, so a missing one changes nothing."""
+        links = []
+        for family in sorted({ipaddress.ip_address(v).version for v in wanted}):
+            device, module, carries = TUNNELS[family]
+            link = iproute.link(self.netns, device)
+            if link is None:
+                subprocess.run(["modprobe", "-q", module], check=False, capture_output=True)
+                link = iproute.link(self.netns, device)
+            if link is None:
+                raise NodeError(
+                    f"mode: tun needs {carries} tunnels for IPv{family} VIPs, and this kernel has no "
+                    f"{module} support (no {device} device)"
+                )
+            links.append((device, carries, link.up))
+        for device, carries, up in links:
+            if not up:
+                iproute.set_link_up(self.netns, device)
+                record["links"][device] = {"was_up": False}
+                changes.append(Change("up", f"link {device}", f"{carries} fallback device"))
 
     def _ensure_vips(
         self, record: dict[str, Any], device: str, wanted: list[str], changes: list[Change]
@@ -453,6 +468,10 @@ class NodeAgent:
             held = {a.address for a in iproute.addresses(self.netns)}
             if any(v not in held for v in wanted):
                 return True
+            if self.mode == "tun" and len(wanted) > len(_ipv4(wanted)):
+                link = iproute.link(self.netns, TUNNELS[6][0])
+                if link is None or not link.up:
+                    return True
             if not _ipv4(wanted):
                 return False  # IPv6 VIPs need no sysctl
             iface = self.interface
@@ -478,8 +497,8 @@ class NodeAgent:
         try:
             with _node_errors():
                 if wanted:
-                    if self.mode == "tun":  # first: without ipip nothing else should change
-                        self._ensure_tunnel(record, changes)
+                    if self.mode == "tun":  # first: without the tunnels nothing else should change
+                        self._ensure_tunnels(record, wanted, changes)
                     device = self._vip_device(record, changes)
                     if _ipv4(wanted):
                         self._ensure_sysctls(record, changes)
