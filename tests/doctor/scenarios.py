@@ -478,6 +478,44 @@ def vm_ip6_healthy(lab: Lab, out: Path) -> None:
     _ip6_nat(lab, out, forward=True)
 
 
+def _ip6_tun_source(lab: Lab, out: Path, *, deprecated: bool) -> None:
+    """An IPv6 TUN director holding its VIP fd00:2::200/128 on eth-rs beside its own
+    fd00:2::1/64: Linux picks the VIP as the source for the real server fd00:2::2 (the /128
+    matches more of the address), so the tunnel packets come from the VIP, which the real
+    server holds on lo: it drops them, and the connections hang in SYN_RECV. The real
+    server answers the client over its own link (fd00:3::/64). ``deprecated``: the VIP
+    added with preferred_lft 0 (the fix), and the same connections work."""
+    d, c, r = lab.ns("dir"), lab.ns("cli"), lab.ns("rs")
+    for ns in (d, c, r):  # addresses usable at once (no duplicate address detection)
+        lab.run(ns, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0")
+    lab.link(d, "eth-cli", "fd00:1::1/64", c, "eth0", "fd00:1::2/64")
+    lab.link(d, "eth-rs", "fd00:2::1/64", r, "eth0", "fd00:2::2/64")
+    lab.link(r, "eth1", "fd00:3::1/64", c, "eth1", "fd00:3::2/64")
+    sh("ip", "-n", c, "-6", "route", "add", "default", "via", "fd00:1::1")
+    sh("ip", "-n", r, "-6", "route", "add", "fd00:1::/64", "via", "fd00:3::2")
+    lifetime = ["preferred_lft", "0"] if deprecated else []
+    sh("ip", "-n", d, "-6", "addr", "add", "fd00:2::200/128", "dev", "eth-rs", *lifetime)
+    sh("ip", "-n", r, "-6", "addr", "add", "fd00:2::200/128", "dev", "lo")
+    lab.run(r, "modprobe", "-q", "ip6_tunnel", check=False)
+    sh("ip", "-n", r, "link", "set", "ip6tnl0", "up")
+    lab.run(d, "sysctl", "-qw", "net.ipv4.vs.expire_nodest_conn=1", "net.ipv4.vs.expire_quiescent_template=1")
+    lab.run(d, "ipvsadm", "--set", "7260", "30", "300")
+    lab.run(d, "ipvsadm", "-A", "-t", "[fd00:2::200]:80", "-s", "rr")
+    lab.run(d, "ipvsadm", "-a", "-t", "[fd00:2::200]:80", "-r", "[fd00:2::2]:80", "-i")
+    lab.server(r, 80, ipv6=True)
+    ok = lab.clients(c, "fd00:2::200", 80, 4, timeout=1.5)
+    assert ok == (4 if deprecated else 0), ok
+    lab.collect(d, out, "director")
+
+
+def vm_ip6_tun_vip_source(lab: Lab, out: Path) -> None:
+    _ip6_tun_source(lab, out, deprecated=False)
+
+
+def vm_ip6_tun_vip_deprecated(lab: Lab, out: Path) -> None:
+    _ip6_tun_source(lab, out, deprecated=True)
+
+
 def _vip_source(lab: Lab, out: Path, *, fixed: bool) -> None:
     """Node-originated traffic to a VIP held on kube-ipvs0 (as on every kube-proxy IPVS
     node): the director's own connection to the VIP takes the VIP as its source (the local
@@ -635,6 +673,8 @@ VM_SCENARIOS: dict[str, Callable[[Lab, Path], None]] = {
     "timewait": vm_timewait,
     "ip-forward-off": vm_ip_forward_off,
     "ip6-forward-off": vm_ip6_forward_off,
+    "ip6-tun-vip-source": vm_ip6_tun_vip_source,
+    "ip6-tun-vip-deprecated": vm_ip6_tun_vip_deprecated,
     "ip6-healthy": vm_ip6_healthy,
     "vip-source": vm_vip_source,
     "vip-source-fixed": vm_vip_source_fixed,

@@ -22,6 +22,7 @@ from .conftest import BUNDLES, confirmed, ids, load
 HEALTHY = [
     "vm-healthy",
     "vm-ip6-healthy",
+    "vm-ip6-tun-vip-deprecated",
     "m-node-healthy",
     "m-dr-node-healthy",
     "m-dr-node-vip6-healthy",
@@ -369,6 +370,38 @@ def test_a_proxy_entry_for_another_address_or_on_an_ipv4_only_node_is_not_report
     assert ids(analyse(b)) == []
     b = load("m-dr-node-healthy")  # IPv4 VIPs only: not asked for the proxy entries either
     assert "proxy neighbour" not in " ".join(examine(b, origin="bundle").missing)
+
+
+def test_an_ipv6_vip_preferred_on_the_directors_interface_is_the_source_of_its_tunnels() -> None:
+    """Captured on real IPVS: the TUN director held its VIP /128 beside its /64 on the real
+    servers' interface, its tunnel packets left from the VIP and every connection hung
+    (the scenario checks both; its twin with the VIP deprecated served all of them)."""
+    findings = analyse(load("vm-ip6-tun-vip-source"))
+    assert ids(findings) == ["director-ipv6-vip-source", "syn-recv-stuck"]
+    source, stuck = findings
+    assert source.severity is Severity.ERROR
+    assert source.summary == (
+        "this director sends to its real server(s) [fd00:2::2]:80 from the VIP fd00:2::200, which it holds "
+        "on eth-rs as a preferred address"
+    )
+    assert source.evidence == (
+        "ip-addr.txt:20: eth-rs: inet6 fd00:2::200/128 scope global",
+        "ip-addr.txt:22: eth-rs: inet6 fd00:2::1/64 scope global",
+        "Tunnel real server [fd00:2::2]:80",
+    )
+    assert source.fix[0] == "ip -6 addr change fd00:2::200/128 dev eth-rs preferred_lft 0"
+    assert "1. the director's packets to it come from the VIP" in stuck.explanation
+
+
+def test_an_ipv6_vip_source_of_dr_real_servers_is_a_warning() -> None:
+    """Route real servers still get the clients' traffic; what the director sends them
+    itself (health checks) is answered on the real server."""
+    b = load("vm-ip6-tun-vip-source")
+    b.texts["ipvsadm-Ln.txt"] = b.texts["ipvsadm-Ln.txt"].replace("Tunnel", "Route")
+    b.texts.pop("ipvsadm-Lnc.txt")
+    b.texts.pop("proc-net-ip_vs_conn.txt")
+    (f,) = [f for f in analyse(b) if f.id == "director-ipv6-vip-source"]
+    assert f.severity is Severity.WARNING and f.evidence[-1] == "Route real server [fd00:2::2]:80"
 
 
 def test_an_ipv6_vip_missing_is_fixed_without_arp_settings() -> None:

@@ -6,11 +6,13 @@ import ipaddress
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kubelvs.doctor.live import live_texts
 from kubelvs.formats.iproute import (
     Address,
     Interface,
@@ -24,25 +26,35 @@ from kubelvs.formats.kube import parse_kube
 from kubelvs.formats.nft_json import parse_nft_json
 
 _IFACE = st.builds(
-    lambda name, idx, kind, addrs: Interface(
+    lambda name, idx, kind, addrs, deprecated: Interface(
         name=name,
         index=idx,
         flags=("BROADCAST", "UP", "LOWER_UP"),
         link_type="ether",
         kind=kind,
         mac="02:00:00:00:00:01",
-        addresses=[Address(ipaddress.ip_interface(a), "global") for a in addrs],
+        addresses=[
+            Address(ipaddress.ip_interface(a), "global", deprecated=":" in a and deprecated) for a in addrs
+        ],
     ),
     st.sampled_from(["eth0", "eth1", "lo0", "kube-bridge", "tun-192168926", "br0", "dummy0"]),
     st.integers(1, 9999),
     st.sampled_from(["", "dummy", "bridge", "vxlan", "veth"]),
     st.lists(st.sampled_from(["10.0.0.1/24", "10.240.0.201/32", "2001:db8::1/64"]), unique=True, max_size=3),
+    st.booleans(),
 )
 
 
 def _shape(ifaces: list[Interface]) -> list[tuple[object, ...]]:
     return [
-        (i.name, i.index, i.flags, i.link_type, i.kind, [(str(a.interface), a.scope) for a in i.addresses])
+        (
+            i.name,
+            i.index,
+            i.flags,
+            i.link_type,
+            i.kind,
+            [(str(a.interface), a.scope, a.deprecated) for a in i.addresses],
+        )
         for i in ifaces
     ]
 
@@ -65,6 +77,40 @@ def test_real_ip_addr_text_and_json_agree() -> None:
     assert [(i.name, i.link_type, [str(x.interface) for x in i.addresses]) for i in a] == [
         (i.name, i.link_type, [str(x.interface) for x in i.addresses]) for i in b
     ]
+
+
+@pytest.mark.netns
+def test_a_deprecated_address_reads_so_from_text_json_and_netlink(make_netns: Callable[[str], str]) -> None:
+    """What keeps an IPv6 VIP from becoming the director's source address (docs/ipv6.md)."""
+    ns = make_netns("addr")
+    subprocess.run(["ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "p0"], check=True)
+    subprocess.run(["ip", "-n", ns, "-6", "addr", "add", "fd00:2::1/64", "dev", "eth0", "nodad"], check=True)
+    add = [
+        "ip",
+        "-n",
+        ns,
+        "-6",
+        "addr",
+        "add",
+        "fd00:2::200/128",
+        "dev",
+        "eth0",
+        "nodad",
+        "preferred_lft",
+        "0",
+    ]
+    subprocess.run(add, check=True)
+    text = subprocess.run(["ip", "-n", ns, "addr"], capture_output=True, text=True, check=True).stdout
+    data = subprocess.run(["ip", "-n", ns, "-j", "addr"], capture_output=True, text=True, check=True).stdout
+    live = live_texts(ns, kubectl=False)["ip-addr.txt"]
+    for output in (text, data, live):
+        interfaces, problems = parse_ip_addr(output)
+        (eth0,) = [i for i in interfaces if i.name == "eth0"]
+        assert problems == []
+        assert {str(a.ip): a.deprecated for a in eth0.addresses if a.scope == "global"} == {
+            "fd00:2::1": False,
+            "fd00:2::200": True,
+        }
 
 
 def test_ip_addr_bad_json_and_orphan_lines() -> None:

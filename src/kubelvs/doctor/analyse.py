@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..model import Forward
-from . import checks_conns, checks_dr, checks_ipvs, checks_kernel, checks_policy, checks_site
+from . import checks_conns, checks_dr, checks_ipvs, checks_kernel, checks_policy, checks_site, checks_source
 from .bundle import Bundle
 from .findings import Finding, Severity
 from .inputs import input_findings
@@ -33,6 +33,7 @@ CHECKS: tuple[Check, ...] = (
     checks_kernel.check_rp_filter,
     checks_kernel.check_ip_forward,
     checks_conns.check_vip_source,
+    checks_source.check_ipv6_vip_source,
     checks_ipvs.check_dr_port_mapping,
     checks_kernel.check_tw_recycle,
     checks_kernel.check_paws,
@@ -53,6 +54,7 @@ REPORTS: Mapping[str, tuple[str, ...]] = {
     "check_local_policy": ("local-policy-node-without-endpoint",),
     "check_rp_filter": ("rp-filter-strict",),
     "check_ip_forward": ("ip-forward-off",),
+    "check_ipv6_vip_source": ("director-ipv6-vip-source",),
     "check_dr_port_mapping": ("dr-port-mapping",),
     "check_tw_recycle": ("tw-recycle-enabled",),
     "check_paws": ("paws-rejects",),

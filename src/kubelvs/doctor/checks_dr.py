@@ -395,6 +395,10 @@ def check_syn_recv(
         for f in earlier:
             if f.id == "vip-as-client-source" and any(e.endswith(f" {dest}") for e in f.evidence):
                 causes.append((97, "the connections come from the VIP itself: " + f.summary))
+            if f.id == "director-ipv6-vip-source" and any(
+                e.endswith(f" real server {dest}") for e in f.evidence
+            ):
+                causes.append((96, "the director's packets to it come from the VIP: " + f.summary))
         forwarding = _forwarding_off(earlier, dest)
         if forwarding is not None and rs_forward in (Forward.NAT, None):
             switch = "IPv6 forwarding" if forwarding.subject == "forward6" else "ip_forward"

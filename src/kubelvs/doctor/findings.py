@@ -42,6 +42,7 @@ FINDING_IDS = (
     "dr-port-mapping",
     "ip-forward-off",
     "vip-as-client-source",
+    "director-ipv6-vip-source",
     "syn-recv-stuck",  # after its causes: the report leads with the cause when both are found
     "missing-realserver",
     "missing-virtual-service",

@@ -142,6 +142,7 @@ NEEDS: Mapping[str, tuple[str, ...]] = {
     "dr-arp-announce": ("interfaces", "sysctls"),
     "dr-port-mapping": ("lb-table",),
     "ip-forward-off": ("sysctls", "lb-table", "interfaces"),
+    "director-ipv6-vip-source": ("lb-table", "interfaces"),
     "syn-recv-stuck": ("conns",),
     "missing-realserver": ("lb-table", "kube", "interfaces"),
     "missing-virtual-service": ("lb-table", "kube"),

@@ -53,6 +53,7 @@ _PROC = {
     "proc-net-netstat.txt": "netstat",
     "proc-net-snmp.txt": "snmp",
 }
+_IFA_F_DEPRECATED = 0x20  # linux/if_addr.h
 _ARPHRD = {
     1: "ether",
     772: "loopback",
@@ -141,6 +142,7 @@ def _interfaces_json() -> str | None:
                 ipaddress.ip_interface(f"{local}/{a['prefixlen']}"),
                 _SCOPE.get(a["scope"], str(a["scope"])),
                 a.get("IFA_LABEL") or "",
+                deprecated=bool((a.get("IFA_FLAGS") or a["flags"]) & _IFA_F_DEPRECATED),
             )
         )
     return format_ip_addr_json(list(by_index.values()))

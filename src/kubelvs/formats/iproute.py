@@ -41,6 +41,9 @@ class Address:
     label: str = ""
     lineno: int = 0
     line: str = ""
+    #: IPv6: preferred lifetime over (``preferred_lft 0``): never chosen as a source address
+    #: while another one is preferred, still accepted as a destination.
+    deprecated: bool = False
 
     @property
     def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -82,7 +85,7 @@ _KINDS = frozenset(
         "geneve",
     }
 )
-_NOT_LABELS = frozenset({"noprefixroute", "dynamic", "secondary", "permanent", "nodad"})
+_NOT_LABELS = frozenset({"noprefixroute", "dynamic", "secondary", "permanent", "nodad", "deprecated"})
 
 
 class _Problems(list[str]):
@@ -155,7 +158,14 @@ def parse_ip_addr(text: str, *, source: str = "ip addr") -> tuple[list[Interface
                 else ""
             )
             current.addresses.append(
-                Address(address, scope, label if label != scope else "", lineno, line.strip())
+                Address(
+                    address,
+                    scope,
+                    label if label != scope else "",
+                    lineno,
+                    line.strip(),
+                    deprecated="deprecated" in words,
+                )
             )
         elif words[0] in _KINDS:
             current.kind = words[0]  # -d detail line
@@ -222,13 +232,16 @@ def _parse_json(data: object, source: str, problems: _Problems) -> list[Interfac
                 problems.add(f"{where} ({quote(name, 30)}): bad address {bad}")
                 continue
             scope = _text(info.get("scope", "global")) or "global"
+            deprecated = info.get("deprecated") is True
             iface.addresses.append(
                 Address(
                     net,
                     scope,
                     _text(info.get("label")),
                     0,
-                    f"{iface.name}: {'inet' if net.version == 4 else 'inet6'} {net} scope {scope}",
+                    f"{iface.name}: {'inet' if net.version == 4 else 'inet6'} {net} scope {scope}"
+                    + (" deprecated" if deprecated else ""),
+                    deprecated=deprecated,
                 )
             )
         out.append(iface)
@@ -263,6 +276,8 @@ def format_ip_addr_json(interfaces: list[Interface]) -> str:
             }
             if a.label:
                 info["label"] = a.label
+            if a.deprecated:
+                info["deprecated"] = True
             entry["addr_info"].append(info)  # type: ignore[attr-defined]
         data.append(entry)
     return json.dumps(data)
@@ -281,9 +296,11 @@ def format_ip_addr(interfaces: list[Interface]) -> str:
         for a in i.addresses:
             fam = "inet" if a.ip.version == 4 else "inet6"
             out.append(
-                f"    {fam} {a.interface.with_prefixlen} scope {a.scope}" + (f" {a.label}" if a.label else "")
+                f"    {fam} {a.interface.with_prefixlen} scope {a.scope}"
+                + (" deprecated" if a.deprecated else "")
+                + (f" {a.label}" if a.label else "")
             )
-            out.append("       valid_lft forever preferred_lft forever")
+            out.append(f"       valid_lft forever preferred_lft {'0sec' if a.deprecated else 'forever'}")
     return "\n".join(out) + "\n"
 
 
