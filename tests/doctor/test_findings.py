@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from kubelvs.doctor import FINDING_IDS, Bundle, Severity, analyse, analyse_site
+from kubelvs.doctor import FINDING_IDS, Bundle, Finding, Severity, analyse, analyse_site
 from kubelvs.doctor.examined import examine
 
 from .conftest import BUNDLES, confirmed, ids, load
@@ -402,6 +402,32 @@ def test_an_ipv6_vip_source_of_dr_real_servers_is_a_warning() -> None:
     b.texts.pop("proc-net-ip_vs_conn.txt")
     (f,) = [f for f in analyse(b) if f.id == "director-ipv6-vip-source"]
     assert f.severity is Severity.WARNING and f.evidence[-1] == "Route real server [fd00:2::2]:80"
+
+
+def test_two_hosts_answering_neighbour_solicitations_for_one_ipv6_vip_conflict() -> None:
+    """The site twin of the two captures above: one node holds the VIP on eth1, the other
+    has a proxy entry for it; both answered the segment's solicitation (their scenarios
+    checked it), so the segment's neighbour cache flips between them. (The captures come
+    from separate labs with the same node addresses, which conflict too: not looked at.)"""
+    site = analyse_site({host: load(f"m-dr-node-vip6-{host}") for host in ("on-lan", "proxy-ndp", "healthy")})
+
+    def conflicts(host: str) -> list[Finding]:
+        return [f for f in site[host] if f.id == "vip-arp-conflict" and f.subject == "fd00:240::201"]
+
+    (on_lan,), (proxy,) = conflicts("on-lan"), conflicts("proxy-ndp")
+    assert on_lan == proxy and conflicts("healthy") == []
+    assert "check-failed" not in {f.id for fs in site.values() for f in fs}
+    assert on_lan.summary == (
+        "2 hosts answer neighbour solicitations for fd00:240::201: on-lan: on eth1; "
+        "proxy-ndp: a proxy entry on eth1"
+    )
+    assert on_lan.fix == (
+        "# keep it answered by one host only, the director of the VIP; on the others:",
+        "# on on-lan:",
+        "ip -6 addr del fd00:240::201/64 dev eth1   # a DR real server holds it on lo instead",
+        "# on proxy-ndp:",
+        "ip -6 neigh del proxy fd00:240::201 dev eth1",
+    )
 
 
 def test_an_ipv6_vip_missing_is_fixed_without_arp_settings() -> None:

@@ -7,14 +7,21 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator, Mapping, Sequence
 
-from ..formats.iproute import Address, Interface
+from ..formats.iproute import Address, Interface, ProxyNeighbour
 from ..model import Forward
 from .bundle import Bundle
 from .checks_ipvs import ipvsadm_rs, ipvsadm_service, syn_recv_groups
 from .checks_kernel import sysctl_w
 from .findings import Finding, Severity
 
-__all__ = ["check_dr_realserver", "check_syn_recv", "expected_vips", "held_vips", "l2_interfaces"]
+__all__ = [
+    "answering_proxies",
+    "check_dr_realserver",
+    "check_syn_recv",
+    "expected_vips",
+    "held_vips",
+    "l2_interfaces",
+]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -39,11 +46,12 @@ def held_vips(bundle: Bundle) -> list[tuple[Interface, Address]]:
     return out
 
 
-def l2_interfaces(bundle: Bundle) -> list[Interface]:
-    """Interfaces that answer ARP for the host: Ethernet, up, with a global IPv4 address."""
+def l2_interfaces(bundle: Bundle, version: int = 4) -> list[Interface]:
+    """Interfaces that answer ARP (``version`` 6: neighbour solicitations) for the host:
+    Ethernet, up, with a global address of that family."""
     out = []
     for iface in bundle.interfaces or []:
-        # Pod-side veths carry no global IPv4 address on the host, so the address test below
+        # Pod-side veths carry no global address on the host, so the address test below
         # leaves them out; a veth with one is the host's uplink (as in netns labs).
         if iface.link_type != "ether" or iface.kind == "dummy" or iface.name == "kube-ipvs0":
             continue
@@ -54,8 +62,28 @@ def l2_interfaces(bundle: Bundle) -> list[Interface]:
             continue
         if "NOARP" in iface.flags or not iface.up:
             continue
-        if any(a.ip.version == 4 and a.scope == "global" for a in iface.addresses):
+        if any(a.ip.version == version and a.scope == "global" for a in iface.addresses):
             out.append(iface)
+    return out
+
+
+def answering_proxies(bundle: Bundle) -> list[tuple[ProxyNeighbour, list[str]]]:
+    """The IPv6 proxy neighbour entries the kernel acts on, each with the interfaces it
+    answers on: ``forwarding`` 1 there, and ``proxy_ndp`` 1 there or on ``all``
+    (ndisc_recv_ns; docs/ipv6.md). An entry without a device is for every interface."""
+    if not bundle.proxy_neighbours or bundle.sysctls is None:
+        return []
+    ethernet = [i.name for i in bundle.interfaces or [] if i.link_type == "ether"]
+    out = []
+    for entry in bundle.proxy_neighbours:
+        answering = [
+            name
+            for name in ([entry.device] if entry.device else ethernet)
+            if bundle.sysctl(_conf6(name, "forwarding")) == 1
+            and 1 in (bundle.sysctl(_conf6("all", "proxy_ndp")), bundle.sysctl(_conf6(name, "proxy_ndp")))
+        ]
+        if answering:
+            out.append((entry, answering))
     return out
 
 
@@ -156,7 +184,7 @@ def check_dr_realserver(bundle: Bundle, *, dr_vips: Sequence[str] = ()) -> Itera
     if not must and bundle.role in ("node", "both") and (held or _accept_local_on(bundle, l2)):
         must = expected_vips(bundle)
     missing = [(v, why) for v, why in must if not _accepts(bundle, v)]
-    yield from _ipv6_vips_on_lan(bundle, must, l2, site=bool(dr_vips))
+    yield from _ipv6_vips_on_lan(bundle, must, l2_interfaces(bundle, 6), site=bool(dr_vips))
     yield from _ipv6_vips_proxied(bundle, must, site=bool(dr_vips))
     loop_ifaces = _accept_local_on(bundle, l2)
     missing4 = [(v, why) for v, why in missing if ":" not in v]  # accept_local is IPv4's
@@ -280,28 +308,15 @@ def _forwarding_off(earlier: Sequence[Finding], dest: str) -> Finding | None:
 
 def _ipv6_vips_proxied(bundle: Bundle, must: Sequence[tuple[str, str]], *, site: bool) -> Iterator[Finding]:
     """dr-ipv6-vip-proxy-ndp: this real server answers neighbour solicitations for an IPv6
-    VIP it must accept through a proxy neighbour entry. Linux answers for a proxy entry on
-    an interface whose ``forwarding`` is 1 when ``proxy_ndp`` is 1 on it or on ``all``
-    (ndisc_recv_ns; docs/ipv6.md): without both the entry is inert, and not reported."""
-    entries = bundle.proxy_neighbours
-    if not entries or bundle.sysctls is None:
-        return
-    ethernet = [i.name for i in bundle.interfaces or [] if i.link_type == "ether"]
+    VIP it must accept through a proxy neighbour entry the kernel acts on (an inert entry
+    is not reported)."""
+    proxies = answering_proxies(bundle)
     for vip, why in must:
         if ":" not in vip:
-            continue  # proxy ARP is IPv4's, and the site's vip-arp-conflict sees its answers
+            continue  # proxy ARP is IPv4's
         address = ipaddress.ip_address(vip)
-        for entry in entries:
+        for entry, answering in proxies:
             if entry.address != address:
-                continue
-            names = [entry.device] if entry.device else ethernet
-            answering = [
-                name
-                for name in names
-                if bundle.sysctl(_conf6(name, "forwarding")) == 1
-                and 1 in (bundle.sysctl(_conf6("all", "proxy_ndp")), bundle.sysctl(_conf6(name, "proxy_ndp")))
-            ]
-            if not answering:
                 continue
             yield Finding(
                 id="dr-ipv6-vip-proxy-ndp",

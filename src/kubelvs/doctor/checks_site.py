@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from ..model import Forward, ServiceKey, VirtualService
 from .bundle import Bundle
-from .checks_dr import l2_interfaces
+from .checks_dr import answering_proxies, l2_interfaces
 from .checks_ipvs import ipvsadm_add, ipvsadm_rs, ipvsadm_service
 from .findings import Finding, Severity
 
@@ -129,18 +130,38 @@ def _same_table_fix(
 # ---------------------------------------------------------------------- ARP for a VIP
 
 
-def _answers_arp_for(bundle: Bundle) -> dict[str, tuple[str, str]]:
-    """Address -> (device holding it, ARP interface answering for it, "" when the same)
-    for every address this host answers ARP for on its segment: one on an ARP interface;
-    one on lo, a dummy device or kube-ipvs0 inside the network of an ARP interface whose
-    effective arp_ignore is 0 (the kernel then answers for any local address, and hosts on
-    that segment do ask for it)."""
-    out: dict[str, tuple[str, str]] = {}
+class _Answer(NamedTuple):
+    """How one host answers ARP (or, IPv6, neighbour solicitations) for an address."""
+
+    how: str  # "on eth1", "on lo, arp_ignore 0 on eth1", "a proxy entry on eth1"
+    fix: tuple[str, ...]
+
+
+def _answers_for(bundle: Bundle) -> dict[str, _Answer]:
+    """Every address this host answers ARP or neighbour solicitations for on its segment:
+    one on an Ethernet interface; IPv4: one on lo, a dummy device or kube-ipvs0 inside the
+    network of an interface whose effective arp_ignore is 0 (the kernel then answers for
+    any local address, and hosts on that segment do ask for it); IPv6: one with a proxy
+    neighbour entry the kernel acts on (docs/ipv6.md: nothing else makes it answer for an
+    address it holds elsewhere)."""
+    out: dict[str, _Answer] = {}
     l2 = l2_interfaces(bundle)
     for iface in l2:
         for a in iface.addresses:
             if a.ip.version == 4 and a.scope == "global":
-                out.setdefault(str(a.ip), (iface.name, ""))
+                fix = f"ip addr del {a.ip}/32 dev {iface.name}   # a DR real server holds it on lo instead"
+                out.setdefault(str(a.ip), _Answer(f"on {iface.name}", (fix,)))
+    for iface in l2_interfaces(bundle, 6):
+        for a in iface.addresses:
+            if a.ip.version == 6 and a.scope == "global":
+                fix = (
+                    f"ip -6 addr del {a.interface.with_prefixlen} dev {iface.name}"
+                    "   # a DR real server holds it on lo instead"
+                )
+                out.setdefault(str(a.ip), _Answer(f"on {iface.name}", (fix,)))
+    for entry, devices in answering_proxies(bundle):
+        fix = f"ip -6 neigh del proxy {entry.address}" + (f" dev {entry.device}" if entry.device else "")
+        out.setdefault(str(entry.address), _Answer(f"a proxy entry on {', '.join(devices)}", (fix,)))
     loose = [i for i in l2 if (bundle.conf(i.name, "arp_ignore") or 0) == 0]
     for iface in bundle.interfaces or []:
         if iface in l2 or not (iface.name in ("lo", "kube-ipvs0") or iface.kind == "dummy"):
@@ -158,58 +179,70 @@ def _answers_arp_for(bundle: Bundle) -> dict[str, tuple[str, str]]:
                 None,
             )
             if segment is not None:
-                out.setdefault(str(a.ip), (iface.name, segment.name))
+                out.setdefault(
+                    str(a.ip),
+                    _Answer(
+                        f"on {iface.name}, arp_ignore 0 on {segment.name}",
+                        (
+                            f"sysctl -w net.ipv4.conf.{segment.name}.arp_ignore=1",
+                            f"sysctl -w net.ipv4.conf.{segment.name}.arp_announce=2",
+                        ),
+                    ),
+                )
     return out
 
 
 def check_vip_arp(bundles: Mapping[str, Bundle]) -> dict[str, list[Finding]]:
-    """vip-arp-conflict: more than one host of the site answers ARP for one address."""
-    answering: dict[str, list[tuple[str, str, str]]] = {}
+    """vip-arp-conflict: more than one host of the site answers ARP (IPv6: neighbour
+    solicitations) for one address."""
+    answering: dict[str, list[tuple[str, _Answer]]] = {}
     for host, b in bundles.items():
-        for address, (device, segment) in _answers_arp_for(b).items():
-            answering.setdefault(address, []).append((host, device, segment))
+        for address, answer in _answers_for(b).items():
+            answering.setdefault(address, []).append((host, answer))
     out: dict[str, list[Finding]] = {}
-    for address, hosts in sorted(answering.items(), key=lambda item: ipaddress.ip_address(item[0])):
+    for address, hosts in sorted(answering.items(), key=lambda item: _numeric(item[0])):
         if len(hosts) < 2:
             continue
         # The one director serving this address is where it belongs: the others are wrong.
-        owners = [h for h, _, _ in hosts if _serves(bundles[h], address)]
+        owners = [h for h, _ in hosts if _serves(bundles[h], address)]
         blamed = [entry for entry in hosts if len(owners) != 1 or entry[0] != owners[0]]
-        how = [
-            f"{h}: on {device}" + (f", arp_ignore 0 on {segment}" if segment else "")
-            for h, device, segment in hosts
-        ]
+        how = [f"{h}: {answer.how}" for h, answer in hosts]
         keep = f"{owners[0]}, its director" if len(owners) == 1 else "one host only, the director of the VIP"
         fix: list[str] = [f"# keep it answered by {keep}; on the others:"]
-        for h, device, segment in blamed:
-            fix.append(f"# on {h}:")
-            if segment:
-                fix += [
-                    f"sysctl -w net.ipv4.conf.{segment}.arp_ignore=1",
-                    f"sysctl -w net.ipv4.conf.{segment}.arp_announce=2",
-                ]
-            else:
-                fix.append(
-                    f"ip addr del {address}/32 dev {device}   # a DR real server holds it on lo instead"
-                )
+        for h, answer in blamed:
+            fix += [f"# on {h}:", *answer.fix]
+        ipv6 = ":" in address
+        asked = "neighbour solicitations" if ipv6 else "ARP"
         finding = Finding(
             id="vip-arp-conflict",
             severity=Severity.ERROR,
-            summary=f"{len(hosts)} hosts answer ARP for {address}: {'; '.join(how)}",
+            summary=f"{len(hosts)} hosts answer {asked} for {address}: {'; '.join(how)}",
             explanation=(
-                "Only one host may answer ARP for an address: for a VIP, the director (the VRRP master, or "
-                "the host it is announced from). When two answer, routers and clients keep whichever reply "
-                "came last: traffic for the VIP flips between hosts, bypasses the director, and connections "
-                "break whenever the ARP cache changes (two keepalived masters, MetalLB's layer 2 beside "
-                "kubelvs, a DR real server with the VIP on its Ethernet interface or with arp_ignore 0)."
+                f"Only one host may answer {asked} for an address: for a VIP, the director (the VRRP "
+                "master, or the host it is announced from). When two answer, routers and clients keep "
+                "whichever reply came last: traffic for the VIP flips between hosts, bypasses the director, "
+                f"and connections break whenever the {'neighbour' if ipv6 else 'ARP'} cache changes (two "
+                "keepalived masters, MetalLB's layer 2 beside kubelvs, a DR real server with the VIP on its "
+                "Ethernet interface"
+                + (" or with a proxy neighbour entry for it)." if ipv6 else " or with arp_ignore 0).")
             ),
-            evidence=tuple(f"{line} (ip-addr.txt, sysctl.txt of {line.split(':')[0]})" for line in how),
+            evidence=tuple(
+                f"{line} ({'ip-addr.txt, ip-neigh-proxy.txt' if ipv6 else 'ip-addr.txt'}, sysctl.txt of "
+                f"{line.split(':')[0]})"
+                for line in how
+            ),
             fix=tuple(fix),
             subject=address,
         )
-        for h, _, _ in blamed:
+        for h, _ in blamed:
             out.setdefault(h, []).append(finding)
     return out
+
+
+def _numeric(address: str) -> tuple[int, int]:
+    """IPv4 before IPv6, each in numeric order."""
+    ip = ipaddress.ip_address(address)
+    return ip.version, int(ip)
 
 
 def _serves(bundle: Bundle, address: str) -> bool:
