@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kubelvs.app.bgp import BgpAnnouncer
-from kubelvs.app.bird import parse_protocols, render
+from kubelvs.app.bird import announceable, parse_protocols, render
 from kubelvs.app.director import DirectorOptions, start_director
 from kubelvs.backends.memory import MemoryBackend
 from kubelvs.errors import ConfigError
@@ -78,6 +78,33 @@ def test_render_is_bird_conf(tmp_path: Path) -> None:
         path.write_text(conf)
         check = subprocess.run(["bird", "-p", "-c", str(path)], capture_output=True, text=True, timeout=30)
         assert check.returncode == 0, (name, check.stdout + check.stderr)
+
+
+def test_each_family_goes_to_the_peers_of_that_family(tmp_path: Path) -> None:
+    """Routers peer once per family: IPv4 VIPs over the IPv4 session, IPv6 VIPs over the
+    IPv6 one (an IPv6 route over an IPv4 session would have no IPv6 next hop)."""
+    spec = BgpSpec(
+        local_as=64512, peers=(BgpPeerSpec("10.9.0.254", 64500), BgpPeerSpec("fd00:9::fe", 64500)), bfd=False
+    )
+    text = render(spec, ["fd00:9::201", "10.9.0.201", "fd00:9::10"])
+    assert (
+        "protocol static kubelvs_vips {\n  ipv4;\n  route 10.9.0.201/32 unreachable;\n}\n"
+        "protocol static kubelvs_vips6 {\n  ipv6;\n  route fd00:9::10/128 unreachable;\n"
+        "  route fd00:9::201/128 unreachable;\n}\n"
+    ) in text
+    assert '  ipv4 { import none; export where proto = "kubelvs_vips"; next hop self; };\n' in text
+    assert (
+        "protocol bgp peer_fd00_9__fe {\n  local as 64512;\n  neighbor fd00:9::fe port 179 as 64500;\n"
+        "  hold time 3; keepalive time 1;\n  connect retry time 1;\n"
+        '  ipv6 { import none; export where proto = "kubelvs_vips6"; next hop self; };\n}\n'
+    ) in text
+    path = tmp_path / "dual.conf"
+    path.write_text(text)
+    check = subprocess.run(["bird", "-p", "-c", str(path)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # Without an IPv6 peer an IPv6 VIP is not announced, and not said to be.
+    assert announceable(SPEC, ["10.9.0.201", "fd00:9::201"]) == {"10.9.0.201"}
+    assert announceable(spec, ["10.9.0.201", "fd00:9::201"]) == {"10.9.0.201", "fd00:9::201"}
 
 
 @pytest.mark.parametrize(
@@ -195,11 +222,72 @@ def test_the_director_announces_only_vips_it_can_serve(
 # ---------------------------------------------------------------------- the real bird
 
 
-def _routes(ns: str) -> set[str]:
+def _routes(ns: str, *family: str) -> set[str]:
     out = subprocess.run(
-        ["ip", "-n", ns, "-o", "route", "show", "proto", "bird"], capture_output=True, text=True
+        ["ip", "-n", ns, *family, "-o", "route", "show", "proto", "bird"], capture_output=True, text=True
     )
     return {line.split()[0] for line in out.stdout.splitlines()}
+
+
+#: The router's side of an IPv6 session: what a top-of-rack router does, ECMP into its kernel.
+ROUTER6 = """
+log stderr { info, remote, warning, error, auth, fatal, bug };
+router id 10.240.0.254;
+protocol device {}
+protocol kernel { ipv6 { import none; export all; }; merge paths on; }
+protocol bgp dir1 {
+  local as 64500; neighbor fd00:240::2 as 64512; hold time 3; keepalive time 1; connect retry time 1;
+  ipv6 { import all; export none; };
+}
+"""
+
+
+@pytest.mark.netns
+def test_announcer_announces_ipv6_vips_to_a_real_ipv6_peer(
+    make_netns: Callable[[str], str], tmp_path: Path
+) -> None:
+    director, router = make_netns("dir6"), make_netns("router6")
+    iproute.add_veth(director, "eth0", "eth0", peer_netns=router)
+    for ns, address in ((director, "fd00:240::2/64"), (router, "fd00:240::fe/64")):
+        subprocess.run(["ip", "-n", ns, "addr", "add", address, "dev", "eth0", "nodad"], check=True)
+        iproute.set_link_up(ns, "eth0")
+    peer_conf = tmp_path / "router6.conf"
+    peer_conf.write_text(ROUTER6)
+    peer = subprocess.Popen(
+        ["ip", "netns", "exec", router, "bird", "-f", "-c", str(peer_conf), "-s", str(tmp_path / "r6.ctl")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # An IPv6-only director: bird takes its router id from an IPv4 address, so it is given.
+    spec = BgpSpec(
+        local_as=64512,
+        peers=(BgpPeerSpec("fd00:240::fe", 64500),),
+        router_id="10.240.0.2",
+        bfd=False,
+        withdraw_delay=1.0,
+    )
+    announcer = BgpAnnouncer(tmp_path / "bgp6", netns=director)
+    try:
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(announcer.run(stop))
+            announcer.update(spec, ["fd00:240::201", "10.240.0.201"])
+            await until(lambda: _routes(router, "-6") == {"fd00:240::201"}, timeout=20)
+            await until(lambda: announcer.sessions == {"fd00:240::fe": "Established"}, timeout=20)
+            assert announcer.document()["announced"] == ["fd00:240::201"]  # no IPv4 peer: not the IPv4 VIP
+            route = subprocess.run(
+                ["ip", "-n", router, "-6", "route", "show", "fd00:240::201"], capture_output=True, text=True
+            ).stdout
+            assert "via fd00:240::2 dev eth0" in route  # next hop self: the director
+            stop.set()
+            await until(lambda: _routes(router, "-6") == set(), timeout=2.5)
+            await task
+
+        asyncio.run(main())
+    finally:
+        peer.terminate()
+        peer.wait(10)
 
 
 @pytest.mark.netns

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..sources.bgp import BgpSpec
-from .bird import parse_protocols, peer_protocol, render
+from .bird import announceable, parse_protocols, peer_protocol, render
 from .daemon import SupervisedDaemon
 
 __all__ = ["BIRD", "BIRDC", "BgpAnnouncer"]
@@ -43,9 +43,10 @@ class BgpAnnouncer(SupervisedDaemon):
         self.sessions: dict[str, str] = {}  # peer address -> BGP state (Established, Active, ...)
 
     def update(self, spec: BgpSpec | None, vips: Iterable[str]) -> None:
-        """What to announce now (called after every director step)."""
+        """What to announce now (called after every director step): the VIPs among ``vips``
+        that a peer of their family receives."""
         self.spec = spec
-        self.announced = tuple(sorted(set(vips))) if spec is not None else ()
+        self.announced = tuple(sorted(announceable(spec, vips)))
         self.set_config(render(spec, self.announced) if spec is not None else None)
 
     def document(self) -> dict[str, Any]:

@@ -1,10 +1,13 @@
 """bird's configuration for the VIPs a director announces (pure), and its protocol table
 as ``birdc show protocols`` prints it.
 
-One static protocol holds a ``/32 unreachable`` route per VIP the director serves (the
-route exists only to be exported; the director's own forwarding is its load-balancing
-table); one BGP session per peer exports exactly those routes, next hop self, and
-imports nothing; BFD on every session unless turned off. IPv4 only (docs/ha.md).
+One static protocol per family holds a ``/32`` (``/128``) unreachable route per VIP the
+director serves (the route exists only to be exported; the director's own forwarding is
+its load-balancing table); one BGP session per peer exports exactly the routes of the
+peer's own family, next hop self, and imports nothing; BFD on every session unless
+turned off. A VIP of a family no peer has is not announced (docs/ha.md): routers peer
+once per family, and an IPv6 route over an IPv4 session would need an IPv6 next hop
+that session does not have.
 """
 
 from __future__ import annotations
@@ -14,9 +17,29 @@ from collections.abc import Iterable
 
 from ..sources.bgp import BgpSpec
 
-__all__ = ["STATIC_PROTOCOL", "parse_protocols", "peer_protocol", "render"]
+__all__ = [
+    "STATIC_PROTOCOL",
+    "STATIC_PROTOCOL6",
+    "announceable",
+    "parse_protocols",
+    "peer_protocol",
+    "render",
+]
 
 STATIC_PROTOCOL = "kubelvs_vips"
+STATIC_PROTOCOL6 = "kubelvs_vips6"
+
+
+def _version(address: str) -> int:
+    return ipaddress.ip_address(address).version
+
+
+def announceable(spec: BgpSpec | None, vips: Iterable[str]) -> frozenset[str]:
+    """The VIPs some peer of their family will receive."""
+    if spec is None:
+        return frozenset()
+    families = {_version(p.address) for p in spec.peers}
+    return frozenset(v for v in vips if _version(v) in families)
 
 
 def peer_protocol(address: str) -> str:
@@ -25,7 +48,10 @@ def peer_protocol(address: str) -> str:
 
 
 def render(spec: BgpSpec, vips: Iterable[str]) -> str:
-    announced = sorted({ipaddress.ip_address(v) for v in vips if ipaddress.ip_address(v).version == 4})
+    addresses = sorted({ipaddress.ip_address(v) for v in vips}, key=lambda a: (a.version, int(a)))
+    announced = [a for a in addresses if a.version == 4]
+    announced6 = [a for a in addresses if a.version == 6]
+    six = any(_version(p.address) == 6 for p in spec.peers)
     ms = round(spec.bfd_interval * 1000)
     lines = [
         "# Written by kubelvs director: BGP announcements of the VIPs it serves.",
@@ -41,6 +67,13 @@ def render(spec: BgpSpec, vips: Iterable[str]) -> str:
         *(f"  route {v}/32 unreachable;" for v in announced),
         "}",
     ]
+    if six:
+        lines += [
+            f"protocol static {STATIC_PROTOCOL6} {{",
+            "  ipv6;",
+            *(f"  route {v}/128 unreachable;" for v in announced6),
+            "}",
+        ]
     if spec.bfd:
         lines += [
             "protocol bfd {",
@@ -60,8 +93,11 @@ def render(spec: BgpSpec, vips: Iterable[str]) -> str:
             lines.append("  bfd on;")
         if peer.password is not None:
             lines.append(f'  password "{peer.password}";')
+        channel, static = (
+            ("ipv6", STATIC_PROTOCOL6) if _version(peer.address) == 6 else ("ipv4", STATIC_PROTOCOL)
+        )
         lines += [
-            f'  ipv4 {{ import none; export where proto = "{STATIC_PROTOCOL}"; next hop self; }};',
+            f'  {channel} {{ import none; export where proto = "{static}"; next hop self; }};',
             "}",
         ]
     return "\n".join(lines) + "\n"

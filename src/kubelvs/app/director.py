@@ -50,6 +50,7 @@ from ..sources.bgp import BgpSpec
 from ..sources.desired import DesiredSource, DesiredUpdate, Happening, SyncOutcome
 from ..sources.vrrp import VrrpSpec
 from .bgp import BgpAnnouncer
+from .bird import announceable
 from .health import DirectorHealth
 from .loop import ReconcileLoop
 from .metrics import DirectorCollector, MetricsServer, ProgramMetrics
@@ -192,7 +193,7 @@ class DirectorProgram:
             # Not announced: a service the kernel refused, or whose every real server failed
             # its checks (kept in the table, fail open, but another director may do better).
             unserved = self.director.failures.keys() | self.health.overlay.no_healthy
-            served = _served_vips(desired, unserved)
+            served = announceable(update.bgp, _served_vips(desired, unserved))
             if served != self.served_vips:
                 self._announced(desired, served - self.served_vips, self.served_vips - served, "BGP")
             self.served_vips = served
