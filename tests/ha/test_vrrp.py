@@ -41,17 +41,44 @@ SPEC = VrrpSpec(
 )
 
 
-def test_instances_group_the_vips_and_leave_out_ipv6() -> None:
+def test_instances_group_the_vips_ipv6_beside_ipv4() -> None:
     vips = ["10.9.0.201", "10.9.0.210", "10.9.0.200", "fd00::1", "10.9.0.211"]
     assert instances(SPEC, vips) == [
-        Instance(51, 100, ("10.9.0.200", "10.9.0.201")),
+        Instance(51, 100, ("10.9.0.200", "10.9.0.201", "fd00::1")),
         Instance(52, 90, ("10.9.0.210", "10.9.0.211")),
     ]
     # --vrrp-priority replaces the top-level priority, not a group's own.
     assert [i.priority for i in instances(SPEC, vips, priority=150)] == [150, 90]
     # A group with none of its VIPs wanted is not rendered (keepalived refuses an empty one).
     assert instances(SPEC, ["10.9.0.201"]) == [Instance(51, 100, ("10.9.0.201",))]
+    # IPv6 VIPs alone would need IPv6 adverts: not with IPv4 unicast peers ...
     assert instances(SPEC, ["fd00::1"]) == []
+    # ... but over multicast on the interface (IPv6 link-local adverts).
+    assert instances(VrrpSpec(interface="eth0"), ["fd00::1"]) == [Instance(51, 100, ("fd00::1",))]
+
+
+def test_ipv6_vips_ride_beside_the_ipv4_ones_or_alone(tmp_path: Path) -> None:
+    """The adverts carry one family: IPv6 VIPs are excluded from them beside IPv4 ones;
+    alone, they are the advertised ones. The real keepalived accepts both."""
+    spec = VrrpSpec(interface="eth0")
+    mixed = render(spec, instances(spec, ["fd00::1", "10.9.0.201"]), fifo=tmp_path / "f", router_id="d")
+    assert (
+        "  virtual_ipaddress {\n    10.9.0.201/32 dev eth0\n  }\n"
+        "  virtual_ipaddress_excluded {\n    fd00::1/128 dev eth0\n  }\n"
+    ) in mixed
+    alone = render(spec, instances(spec, ["fd00::1"]), fifo=tmp_path / "f", router_id="d")
+    assert "  virtual_ipaddress {\n    fd00::1/128 dev eth0\n  }\n" in alone
+    assert "virtual_ipaddress_excluded" not in alone
+    for name, text in (("mixed", mixed), ("alone", alone)):
+        conf = tmp_path / f"{name}.conf"
+        conf.write_text(text)
+        check = subprocess.run(
+            ["keepalived", "--config-test", "--use-file", str(conf)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert check.returncode == 0, (name, check.stdout + check.stderr)
 
 
 def test_render_is_keepalived_conf() -> None:
@@ -231,6 +258,61 @@ def test_announcer_holds_follows_restarts_and_releases(
         # The director stopped: keepalived with it, the VIP released.
         assert announcer.document()["pid"] is None and _vips(director) == set()
         assert third is not None and not Path(f"/proc/{third}").exists()
+
+    asyncio.run(main())
+
+
+def _deprecated6(ns: str) -> dict[str, bool]:
+    """The global IPv6 /128s on eth0 -> deprecated (preferred_lft 0)."""
+    out = subprocess.run(
+        ["ip", "-n", ns, "-6", "addr", "show", "dev", "eth0", "scope", "global"],
+        capture_output=True,
+        text=True,
+    )
+    found = {}
+    for line in out.stdout.splitlines():
+        words = line.split()
+        if words and words[0] == "inet6" and words[1].endswith("/128"):
+            found[words[1]] = "deprecated" in words
+    return found
+
+
+@pytest.mark.netns
+def test_ipv6_vips_are_held_deprecated_beside_ipv4_ones_and_alone(
+    make_netns: Callable[[str], str], tmp_path: Path
+) -> None:
+    """The real keepalived: an IPv6 VIP beside an IPv4 one, then one alone (adverts over
+    IPv6 multicast), each held on the master as a deprecated /128 (never the director's
+    source address: docs/ipv6.md), released when the director stops."""
+    director, peer = make_netns("dir6"), make_netns("peer6")
+    iproute.add_veth(director, "eth0", "eth0", peer_netns=peer)
+    for ns, address in ((director, "10.9.0.1/24"), (peer, "10.9.0.2/24")):
+        iproute.add_address(ns, "eth0", address)
+        iproute.set_link_up(ns, "eth0")
+    subprocess.run(["ip", "-n", director, "addr", "add", "fd00:9::1/64", "dev", "eth0", "nodad"], check=True)
+    spec = VrrpSpec(interface="eth0", advert_interval=0.1)
+    announcer = VrrpAnnouncer(tmp_path / "vrrp6", netns=director, priority=150, router_id="t6")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(announcer.run(stop))
+        announcer.update(spec, ["10.9.0.201", "fd00:9::201"])
+        await until(
+            lambda: announcer.master and _deprecated6(director) == {"fd00:9::201/128": True}, timeout=15
+        )
+        assert _vips(director) == {"10.9.0.201/32"}
+        announcer.update(spec, ["fd00:9::202"])
+        await until(
+            lambda: (
+                announcer.master
+                and _deprecated6(director) == {"fd00:9::202/128": True}
+                and not _vips(director)
+            ),
+            timeout=20,
+        )
+        stop.set()
+        await task
+        assert _deprecated6(director) == {}
 
     asyncio.run(main())
 

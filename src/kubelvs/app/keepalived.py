@@ -28,7 +28,11 @@ ADVERTISED_VIPS = 20
 class Instance:
     virtual_router_id: int
     priority: int
-    vips: tuple[str, ...]  # sorted; IPv4 only
+    vips: tuple[str, ...]  # IPv4 then IPv6, each in numeric order
+
+
+def _host(vip: str) -> str:
+    return f"{vip}/128" if ":" in vip else f"{vip}/32"
 
 
 def instance_name(virtual_router_id: int) -> str:
@@ -38,17 +42,18 @@ def instance_name(virtual_router_id: int) -> str:
 def instances(spec: VrrpSpec, vips: Iterable[str], *, priority: int | None = None) -> list[Instance]:
     """The virtual routers that hold at least one of ``vips``. ``priority`` (the command
     line's ``--vrrp-priority``) replaces the top-level one: the same config on every
-    director, one number apart. IPv6 VIPs are left out (not moved by VRRP yet: docs/ha.md)."""
+    director, one number apart. An instance of IPv6 VIPs only is left out when the
+    unicast peers are IPv4 (keepalived would refuse it: its adverts are of its VIPs'
+    family; docs/ha.md)."""
     wanted = {ipaddress.ip_address(v) for v in vips}
-    wanted = {v for v in wanted if v.version == 4}
     default = priority if priority is not None else spec.priority
     out = []
     grouped: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
     for group in spec.groups:
         members = {ipaddress.ip_address(v) for v in group.vips}
         grouped |= members
-        held = sorted(wanted & members)
-        if held:
+        held = sorted(wanted & members, key=_numeric)
+        if held and _runs(spec, held):
             out.append(
                 Instance(
                     group.virtual_router_id,
@@ -56,10 +61,21 @@ def instances(spec: VrrpSpec, vips: Iterable[str], *, priority: int | None = Non
                     tuple(str(v) for v in held),
                 )
             )
-    rest = sorted(wanted - grouped)
-    if rest:
+    rest = sorted(wanted - grouped, key=_numeric)
+    if rest and _runs(spec, rest):
         out.append(Instance(spec.virtual_router_id, default, tuple(str(v) for v in rest)))
     return sorted(out, key=lambda i: i.virtual_router_id)
+
+
+def _numeric(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, int]:
+    return address.version, int(address)
+
+
+def _runs(spec: VrrpSpec, vips: list[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> bool:
+    """An instance of these VIPs can run: it has an IPv4 one, or its adverts may be IPv6
+    (no IPv4 unicast source)."""
+    unicast4 = spec.unicast_src_ip is not None and ipaddress.ip_address(spec.unicast_src_ip).version == 4
+    return any(v.version == 4 for v in vips) or not unicast4
 
 
 def render(spec: VrrpSpec, held: list[Instance], *, fifo: Path, router_id: str) -> str:
@@ -91,9 +107,21 @@ def render(spec: VrrpSpec, held: list[Instance], *, fifo: Path, router_id: str) 
             lines.append(f"  unicast_src_ip {spec.unicast_src_ip}")
         if spec.unicast_peers:
             lines += ["  unicast_peer {", *(f"    {peer}" for peer in spec.unicast_peers), "  }"]
-        shown, excluded = inst.vips[:ADVERTISED_VIPS], inst.vips[ADVERTISED_VIPS:]
+        # The adverts carry addresses of one family: the IPv4 VIPs when there are any, the
+        # IPv6 ones (held beside them, excluded from the adverts) otherwise. keepalived
+        # adds an IPv6 /128 deprecated (preferred_lft 0), so that the director never takes
+        # it as a source address (docs/ipv6.md).
+        family4 = [v for v in inst.vips if ":" not in v]
+        family6 = [v for v in inst.vips if ":" in v]
+        advertised = family4 or family6
+        shown = advertised[:ADVERTISED_VIPS]
+        excluded = advertised[ADVERTISED_VIPS:] + (family6 if family4 else [])
         for block, addresses in (("virtual_ipaddress", shown), ("virtual_ipaddress_excluded", excluded)):
             if addresses:
-                lines += [f"  {block} {{", *(f"    {v}/32 dev {spec.interface}" for v in addresses), "  }"]
+                lines += [
+                    f"  {block} {{",
+                    *(f"    {_host(v)} dev {spec.interface}" for v in addresses),
+                    "  }",
+                ]
         lines.append("}")
     return "\n".join(lines) + "\n"
