@@ -61,17 +61,24 @@ def test_cli_bad_bundle(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
     assert "no bundle files" in capsys.readouterr().err
 
 
-@pytest.mark.netns
-def test_collect_and_live_in_a_namespace(make_netns: Callable[[str], str], tmp_path: Path) -> None:
-    ns = make_netns("dr")
-    peer = make_netns("seg")
+def _node_on_a_segment(make_netns: Callable[[str], str], suffix: str, address: str, segment: str) -> str:
+    """A DR node's namespace: eth1 with ``address``, on a segment (another namespace) that
+    has ``segment``. Addresses without duplicate address detection: usable at once."""
+    ns, peer = make_netns(f"dr{suffix}"), make_netns(f"seg{suffix}")
     subprocess.run(
         ["ip", "-n", peer, "link", "add", "to-node", "type", "veth", "peer", "name", "eth1", "netns", ns],
         check=True,
     )
-    for n, dev, addr in ((peer, "to-node", "10.240.0.200/24"), (ns, "eth1", "10.240.0.101/24")):
-        subprocess.run(["ip", "-n", n, "addr", "add", addr, "dev", dev], check=True)
+    nodad = ["nodad"] if ":" in address else []
+    for n, dev, addr in ((peer, "to-node", segment), (ns, "eth1", address)):
+        subprocess.run(["ip", "-n", n, "addr", "add", addr, "dev", dev, *nodad], check=True)
         subprocess.run(["ip", "-n", n, "link", "set", dev, "up"], check=True)
+    return ns
+
+
+@pytest.mark.netns
+def test_collect_and_live_in_a_namespace(make_netns: Callable[[str], str], tmp_path: Path) -> None:
+    ns = _node_on_a_segment(make_netns, "", "10.240.0.101/24", "10.240.0.200/24")
     subprocess.run(["ip", "-n", ns, "addr", "add", "10.240.0.201/32", "dev", "lo"], check=True)
     # arp_ignore left at 0: the real server answers ARP for its VIP
     written = collect(str(tmp_path / "b"), netns=ns, role="node", kubectl=False)
@@ -99,15 +106,7 @@ def test_collect_and_live_in_a_namespace(make_netns: Callable[[str], str], tmp_p
 def test_a_proxy_neighbour_entry_for_an_ipv6_vip_is_found_live_and_its_fix_works(
     make_netns: Callable[[str], str], tmp_path: Path
 ) -> None:
-    ns = make_netns("dr6")
-    peer = make_netns("seg6")
-    subprocess.run(
-        ["ip", "-n", peer, "link", "add", "to-node", "type", "veth", "peer", "name", "eth1", "netns", ns],
-        check=True,
-    )
-    for n, dev, addr in ((peer, "to-node", "fd00:240::200/64"), (ns, "eth1", "fd00:240::101/64")):
-        subprocess.run(["ip", "-n", n, "addr", "add", addr, "dev", dev, "nodad"], check=True)
-        subprocess.run(["ip", "-n", n, "link", "set", dev, "up"], check=True)
+    ns = _node_on_a_segment(make_netns, "6", "fd00:240::101/64", "fd00:240::200/64")
     subprocess.run(["ip", "-n", ns, "addr", "add", "fd00:240::201/128", "dev", "lo"], check=True)
     subprocess.run(
         ["ip", "-n", ns, "-6", "neigh", "add", "proxy", "fd00:240::201", "dev", "eth1"], check=True

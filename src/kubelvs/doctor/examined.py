@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .analyse import REPORTS
 from .bundle import Bundle
 from .checks_dr import expected_vips
 from .findings import FINDING_IDS, Finding
@@ -173,17 +174,9 @@ def _relevant(absent: list[str], bundle: Bundle) -> list[str]:
     return absent
 
 
-#: Findings about a DR/TUN real server itself: not what a director's missing input decides.
-_REAL_SERVER_ONLY = frozenset(
-    {
-        "local-vip-loop",
-        "dr-vip-not-on-realserver",
-        "dr-arp-ignore",
-        "dr-arp-announce",
-        "dr-ipv6-vip-on-lan",
-        "dr-ipv6-vip-proxy-ndp",
-    }
-)
+#: Findings about a DR/TUN real server itself (what check_dr_realserver reports): not what
+#: a director's missing input decides.
+_REAL_SERVER_ONLY = frozenset(REPORTS["check_dr_realserver"])
 
 
 def _capture_next(absent: list[str], *, director: bool, confirmed: set[str]) -> tuple[Capture, ...]:
