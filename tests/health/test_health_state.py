@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kubelvs.app.health import HealthChecker
-from kubelvs.model import DesiredState, Forward, Ownership, RealServer, ServiceKey, VirtualService
+from kubelvs.model import DesiredState, Forward, Ownership, Protocol, RealServer, ServiceKey, VirtualService
 from kubelvs.model.health import CheckKind, CheckMode, HealthCheck, OnFailure
-from kubelvs.roles.health import HealthOverlay, Status, TargetKey, TargetState, effective, record
+from kubelvs.roles.health import HealthOverlay, Status, TargetKey, TargetState, effective, record, target_of
 
 TCP = HealthCheck(kind=CheckKind.TCP, rise=2, fall=3)
 
@@ -143,3 +143,17 @@ def test_the_checker_probes_each_target_at_its_interval() -> None:
     assert {str(t.address) for c in changes for t in c} == {
         f"10.1.0.{i}" for i in range(1, 51)
     }  # up, one down
+
+
+def test_a_vip_mode_check_of_an_ipv6_vip_is_direct() -> None:
+    """One annotation covers both VIPs of a dual-stack Service; the data-path probe builds
+    IPv4 packets, so the IPv6 VIP's real servers are probed on their own address."""
+    check = HealthCheck(kind=CheckKind.TCP, mode=CheckMode.VIP)
+    v4 = ServiceKey(4, Protocol.TCP, ipaddress.ip_address("10.240.0.201"), 80)
+    v6 = ServiceKey(6, Protocol.TCP, ipaddress.ip_address("fd00:240::201"), 80)
+    rs4 = RealServer(ipaddress.ip_address("10.240.0.101"), 80, 1, Forward.DR)
+    rs6 = RealServer(ipaddress.ip_address("fd00:240::101"), 80, 1, Forward.DR)
+    through = target_of(v4, rs4, check)
+    direct = target_of(v6, rs6, check)
+    assert through is not None and through.vip == v4.address
+    assert direct is not None and direct.vip is None and str(direct.address) == "fd00:240::101"

@@ -67,10 +67,18 @@ class TargetKey:
 
 
 def target_of(key: ServiceKey, rs: RealServer, check: HealthCheck) -> TargetKey | None:
-    """The probe of real server ``rs`` of service ``key``; None when it is not checked."""
+    """The probe of real server ``rs`` of service ``key``; None when it is not checked.
+    The data-path probe (probes/vip.py) builds IPv4 packets: the IPv6 VIP of a dual-stack
+    Service whose annotation asks for ``vip`` is checked direct (the config file refuses
+    ``mode: vip`` on an IPv6 service instead)."""
     if not check.enabled:
         return None
-    if check.mode is CheckMode.VIP and rs.forward in (Forward.DR, Forward.TUN) and key.address is not None:
+    if (
+        check.mode is CheckMode.VIP
+        and rs.forward in (Forward.DR, Forward.TUN)
+        and key.address is not None
+        and key.address.version == 4
+    ):
         port = check.port or key.port
         return TargetKey(rs.address, port, check, vip=key.address, forward=rs.forward)
     return _direct_target(rs, check, key.port)
