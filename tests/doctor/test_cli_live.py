@@ -76,6 +76,10 @@ def _node_on_a_segment(make_netns: Callable[[str], str], suffix: str, address: s
     return ns
 
 
+def _sysctl(ns: str, *settings: str) -> None:
+    subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", *settings], check=True)
+
+
 @pytest.mark.netns
 def test_collect_and_live_in_a_namespace(make_netns: Callable[[str], str], tmp_path: Path) -> None:
     ns = _node_on_a_segment(make_netns, "", "10.240.0.101/24", "10.240.0.200/24")
@@ -86,19 +90,7 @@ def test_collect_and_live_in_a_namespace(make_netns: Callable[[str], str], tmp_p
     from_files = analyse(Bundle.load(str(tmp_path / "b")))
     live = analyse(live_bundle(ns, kubectl=False))
     assert ids(from_files) == ids(live) == ["dr-arp-ignore", "dr-arp-announce"]
-    subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "sysctl",
-            "-qw",
-            "net.ipv4.conf.eth1.arp_ignore=1",
-            "net.ipv4.conf.eth1.arp_announce=2",
-        ],
-        check=True,
-    )
+    _sysctl(ns, "net.ipv4.conf.eth1.arp_ignore=1", "net.ipv4.conf.eth1.arp_announce=2")
     assert analyse(live_bundle(ns, kubectl=False)) == []
 
 
@@ -111,19 +103,7 @@ def test_a_proxy_neighbour_entry_for_an_ipv6_vip_is_found_live_and_its_fix_works
     subprocess.run(
         ["ip", "-n", ns, "-6", "neigh", "add", "proxy", "fd00:240::201", "dev", "eth1"], check=True
     )
-    subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.all.proxy_ndp=1",
-            "net.ipv6.conf.eth1.forwarding=1",
-        ],
-        check=True,
-    )
+    _sysctl(ns, "net.ipv6.conf.all.proxy_ndp=1", "net.ipv6.conf.eth1.forwarding=1")
     vips = ("fd00:240::201",)  # as a director's table names it (a site): no Kubernetes data here
     collect(str(tmp_path / "b"), netns=ns, role="node", kubectl=False)
     assert (tmp_path / "b" / "ip-neigh-proxy.txt").read_text() == "fd00:240::201 dev eth1 proxy \n"

@@ -59,7 +59,7 @@ def check_ipv6_vip_source(bundle: Bundle) -> Iterator[Finding]:
     services = bundle.services or []
     vips = {svc.key.address for svc in services if svc.key.address is not None}
     hit: dict[tuple[str, str], list[RealServer]] = {}  # (interface, VIP) -> real servers
-    chosen: dict[tuple[str, str], Address] = {}
+    chosen: dict[tuple[str, str], tuple[Interface, Address]] = {}
     for svc in services:
         for rs in svc.realservers:
             if rs.address.version != 6 or rs.forward not in (Forward.DR, Forward.TUN):
@@ -70,18 +70,14 @@ def check_ipv6_vip_source(bundle: Bundle) -> Iterator[Finding]:
             if iface is None or source is None or source.ip not in vips:
                 continue
             key = (iface.name, str(source.ip))
-            chosen[key] = source
+            chosen[key] = (iface, source)
             if rs not in hit.setdefault(key, []):
                 hit[key].append(rs)
     for (device, vip), realservers in sorted(hit.items()):
-        source = chosen[(device, vip)]
+        iface, source = chosen[(device, vip)]
         tunnel = any(rs.forward is Forward.TUN for rs in realservers)
         names = ", ".join(ipvsadm_rs(rs) for rs in realservers[:4]) + (" ..." if len(realservers) > 4 else "")
-        own = [
-            a
-            for a in next(i for i in bundle.interfaces or [] if i.name == device).addresses
-            if a.ip.version == 6 and a.scope == "global" and a.ip not in vips
-        ]
+        own = [a for a in iface.addresses if a.ip.version == 6 and a.scope == "global" and a.ip not in vips]
         yield Finding(
             id="director-ipv6-vip-source",
             severity=Severity.ERROR if tunnel else Severity.WARNING,
