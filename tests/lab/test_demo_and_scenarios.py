@@ -235,3 +235,30 @@ def test_director_loss_breaks_no_flow_with_mh_and_some_without(backend: str, pre
     # (docs/ha.md): 4.1 s and 5.1 s were seen there; the target is held on the machine.
     assert 0 < doc["mh"]["reconverge_ms"] < (5000 if backend == "nftables" else 10000)
     assert lab_namespaces(prefix) == []
+
+
+@pytest.mark.parametrize("backend", BOTH_BACKENDS)
+def test_dual_stack_demo_proves_dr_over_both_families(prefix: str, backend: str) -> None:
+    """``kubelvs demo --ip-family dual``: requests to the Service's IPv4 and IPv6 VIPs, each
+    family spread over both nodes' pods and answered around the director."""
+    result = _kubelvs(
+        "demo", "--ip-family", "dual", "--backend", backend, "--prefix", prefix, "-n", "40", "-o", "json"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["ok"] and doc["ip_family"] == "dual" and doc["backend"] == backend
+    v4, v6 = doc, doc["ipv6"]
+    assert (v4["vip"], v6["vip"]) == ("10.240.0.201", "fd00:240::201")
+    assert (v4["client"], v6["client"]) == ("10.240.0.10", "fd00:240::10")
+    for family in (v4, v6):
+        assert family["requests"] == family["succeeded"] == 40
+        assert set(family["by_node"]) == {"node1", "node2"}
+        assert family["replies_via_director"] == 0  # DR: no reply crossed the director ...
+        assert family["requests_via_director"] >= 40 * 3  # ... while every request did
+    (v6_service,) = [s for s in v6["top"]["services"] if s["what"] == "TCP [fd00:240::201]:80"]
+    assert v6_service["name"] == "whoami-v6"
+    assert {rs["what"] for rs in v6_service["realservers"] if rs["in_packets_per_s"] > 0} == {
+        "[fd00:240::101]:80",
+        "[fd00:240::102]:80",
+    }
+    assert lab_namespaces(prefix) == []

@@ -142,6 +142,12 @@ def test_bad_specs_are_refused_naming_the_field_before_anything_is_made(prefix: 
         (LabSpec(prefix=prefix, directors=2), "directors"),
         (LabSpec(prefix=prefix, nodes=0), "nodes"),
         (LabSpec(prefix=prefix, topology="xdp"), "topology"),  # type: ignore[arg-type]
+        (LabSpec(prefix=prefix, ip_family="ipv5"), "ip_family"),  # type: ignore[arg-type]
+        (LabSpec(prefix=prefix, ip_family="dual", topology="nat"), "topology"),
+        (LabSpec(prefix=prefix, ip_family="ipv6", vrrp=True), "vrrp"),
+        (LabSpec(prefix=prefix, ip_family="dual", vip6="10.240.0.9"), "vip6"),
+        (LabSpec(prefix=prefix, ip_family="dual", vip6="fd00:240::101"), "vip6"),  # node1's
+        (LabSpec(prefix=prefix, ip_family="dual", vip6="fd00:999::1"), "vip6"),
     ]:
         with pytest.raises(LabError, match=f"^{field}: "):
             build(spec)
@@ -186,6 +192,36 @@ def test_generated_config_and_kube_proxy_rules_follow_the_whoami_setup() -> None
     assert "dnat to 10.230.1.10:8080" in rules and "masquerade" in rules
     nat = director_config(LabSpec(topology="nat"), nodes)
     assert "forward: nat" in nat and "port: 8080" in nat
+
+
+def test_dual_stack_config_and_kube_proxy_rules_have_a_service_and_a_table_per_family() -> None:
+    from kubelvs.lab.topology import NodeInfo, PodInfo
+    from kubelvs.sources.config import parse_config, parse_yaml, to_desired
+
+    spec = LabSpec(ip_family="dual")
+    nodes = [
+        NodeInfo(
+            f"node{i}",
+            f"ns{i}",
+            f"10.240.0.10{i}",
+            "",
+            f"10.230.{i}.0/24",
+            (PodInfo(f"whoami-node{i}-1", f"node{i}", "p", f"10.230.{i}.10", f"fd00:230:{i}::10"),),
+            ip6=f"fd00:240::10{i}",
+        )
+        for i in (1, 2)
+    ]
+    desired = to_desired(parse_config(parse_yaml(director_config(spec, nodes), source="lab")))
+    assert {str(k): [str(r) for r in s.realservers] for k, s in desired.services.items()} == {
+        "TCP 10.240.0.201:80": ["10.240.0.101:80 dr w=1", "10.240.0.102:80 dr w=1"],
+        "TCP [fd00:240::201]:80": ["[fd00:240::101]:80 dr w=1", "[fd00:240::102]:80 dr w=1"],
+    }
+    rules = proxy_ruleset(spec, nodes[0])
+    assert "table ip kubelvs_lab_proxy" in rules and "table ip6 kubelvs_lab_proxy" in rules
+    assert "ip6 daddr fd00:240::201 tcp dport 80 fib saddr type != local goto svc" in rules
+    assert "dnat to [fd00:230:1::10]:8080" in rules
+    only6 = director_config(LabSpec(ip_family="ipv6"), nodes)
+    assert "10.240.0.201" not in only6 and "owned_cidrs: [fd00:240::201/128]" in only6
 
 
 def test_state_dir_is_under_run(prefix: str) -> None:

@@ -26,9 +26,11 @@ from kubelvs.model import (
     VirtualService,
 )
 
-OWN = Ownership(cidrs=(ipaddress.ip_network("10.0.0.0/24"),))
+OWN = Ownership(cidrs=(ipaddress.ip_network("10.0.0.0/24"), ipaddress.ip_network("fd00::/120")))
 DR_POOL = [f"10.0.1.{i}" for i in range(2, 7)]
 NAT_POOL = [f"10.0.2.{i}" for i in range(2, 7)]
+NAT6_POOL = [f"fd00:2::{i}" for i in range(2, 7)]
+DR6_POOL = [f"fd00:1::{i}" for i in range(2, 7)]
 
 
 def make_desired(*services: VirtualService, timeouts: Timeouts | None = None) -> DesiredState:
@@ -58,7 +60,8 @@ def make_service(
     proto: Protocol = Protocol.TCP,
     flags: frozenset[str] = frozenset(),
 ) -> VirtualService:
-    key = ServiceKey(4, proto, ipaddress.ip_address(vip), port)
+    address = ipaddress.ip_address(vip)
+    key = ServiceKey(address.version, proto, address, port)
     return VirtualService(key=key, scheduler=sched, flags=flags).with_realservers(
         RealServer(ipaddress.ip_address(a), p, w, f) for a, p, w, f in rss
     )
@@ -67,14 +70,19 @@ def make_service(
 @st.composite
 def services(draw: st.DrawFn, forwards: Sequence[Forward] = (Forward.DR, Forward.NAT)) -> VirtualService:
     """One service whose real servers all use one method drawn from ``forwards``
-    (repeat a method to draw it more often)."""
-    vip = draw(st.sampled_from(["10.0.0.1", "10.0.0.2"]))
+    (repeat a method to draw it more often); DR and NAT services may be IPv6 (the
+    backend does not tunnel IPv6)."""
+    forward = draw(st.sampled_from(forwards))
+    ipv6 = forward is not Forward.TUN and draw(st.booleans())
+    vip = draw(st.sampled_from(["fd00::1", "fd00::2"] if ipv6 else ["10.0.0.1", "10.0.0.2"]))
     proto = draw(st.sampled_from([Protocol.TCP, Protocol.UDP]))
     port = draw(st.sampled_from([80, 443]))
     sched = draw(st.sampled_from(["rr", "wrr", "sh", "mh"]))
     flags = frozenset({f"{sched}-port"}) if sched in ("sh", "mh") and draw(st.booleans()) else frozenset()
-    forward = draw(st.sampled_from(forwards))
-    pool = NAT_POOL if forward is Forward.NAT else DR_POOL
+    if forward is Forward.NAT:
+        pool = NAT6_POOL if ipv6 else NAT_POOL
+    else:
+        pool = DR6_POOL if ipv6 else DR_POOL
     addrs = draw(st.lists(st.sampled_from(pool), unique=True, max_size=4))
     rss = [
         (

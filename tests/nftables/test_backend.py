@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from kubelvs.backends.base import ipvs_available, open_backend
 from kubelvs.backends.nftables import NftablesBackend, readback
 from kubelvs.backends.nftables import backend as backend_module
-from kubelvs.backends.nftables.elements import layout, service_key
+from kubelvs.backends.nftables.elements import layout, mark_of, service_key
 from kubelvs.backends.nftables.maglev import MAGLEV_SIZE, maglev_table
 from kubelvs.backends.nftables.netlink import NftNetlink
 from kubelvs.backends.nftables.partial import Culprits
@@ -92,19 +92,20 @@ def test_read_back_equals_the_last_desired_state(
 def cluster_states(draw: st.DrawFn) -> DesiredState:
     """DR services drawn from a few real-server sets (as a cluster's Services share the
     nodes): services share tables, move between them, and whole tables change."""
-    sets = [
-        [("10.0.1.2", 1), ("10.0.1.3", 1), ("10.0.1.4", 1)],
-        [("10.0.1.2", 1), ("10.0.1.3", 1)],
-        [("10.0.1.2", 2), ("10.0.1.3", 1), ("10.0.1.4", 0)],
-    ]
+    sets = [[(2, 1), (3, 1), (4, 1)], [(2, 1), (3, 1)], [(2, 2), (3, 1), (4, 0)]]  # (host, weight)
     keys = draw(
-        st.lists(st.sampled_from([("10.0.0.1", 80), ("10.0.0.1", 443), ("10.0.0.2", 80)]), unique=True)
+        st.lists(
+            st.sampled_from([("10.0.0.1", 80), ("10.0.0.1", 443), ("10.0.0.2", 80), ("fd00::1", 80)]),
+            unique=True,
+        )
     )
     sched = draw(st.sampled_from(["mh", "rr", "wrr"]))
     services = []
     for vip, port in keys:
         members = draw(st.sampled_from(sets))
-        services.append(make_service(vip, port, sched, [(a, port, w, Forward.DR) for a, w in members]))
+        net = "fd00:1::" if ":" in vip else "10.0.1."  # IPv6 real servers: ids, not addresses, in the slots
+        rss = [(f"{net}{host}", port, w, Forward.DR) for host, w in members]
+        services.append(make_service(vip, port, sched, rss))
     return make_desired(*services)
 
 
@@ -134,7 +135,11 @@ def _assert_tables_are_shared(ns: str, desired: DesiredState) -> None:
         parsed, _, _ = read_tables(nl, ns)
     tables = tables_of(parsed.by_set.get("dr_slots", ()))
     contents = {tid: tuple(slots[i] for i in range(len(slots))) for tid, slots in tables.items()}
-    named = {service_key(e.key): int(e.value) for e in parsed.by_set.get("dr_tab", ())}  # type: ignore[arg-type]
+    named = {
+        service_key(e.key): int(e.value)  # type: ignore[arg-type]
+        for name in ("dr_tab", "dr6_tab")
+        for e in parsed.by_set.get(name, ())
+    }
     expected = {key: layout(svc).content for key, svc in desired.services.items()}
     assert named == {key: named.get(key) for key, content in expected.items() if content is not None}
     for key, tid in named.items():
@@ -153,7 +158,7 @@ def _assert_netlink_read_equals_nft(ns: str, backend: NftablesBackend) -> None:
             text=True,
             check=False,
         )
-        for family in ("ip", "netdev")
+        for family in ("ip", "ip6", "netdev")
     ]
     docs = [json.loads(p.stdout) for p in listings if p.returncode == 0]  # no table before the first apply
     by_nft = readback.parse_tables(docs)
@@ -413,6 +418,31 @@ def test_a_dr_realserver_without_a_neighbour_is_left_out_naming_it(nsb: tuple[st
     applied = [op for i, op in enumerate(ops) if i not in err.value.failed_indexes]
     assert NftablesBackend(netns=ns).read().services == apply_ops(before, applied).services
     assert not backend.changed_elsewhere()  # the picture is exact: nothing was refused by nft
+
+
+def test_ipv6_realservers_whose_ids_collide_are_not_both_used(nsb: tuple[str, NftablesBackend]) -> None:
+    """An IPv6 DR real server's mark is a 32-bit hash of its address: a real server whose
+    id is that of one in use (a pair found by search) is left out naming it, and the one
+    in use keeps its slots."""
+    ns, backend = nsb
+    used, newcomer = "fd00:1::1:69f9", "fd00:1::2800"
+    assert mark_of(ipaddress.ip_address(used)) == mark_of(ipaddress.ip_address(newcomer))
+    for i, address in enumerate((used, newcomer)):
+        mac = f"02:00:00:00:06:{i:02x}"
+        _sh(ns, "ip", "neigh", "replace", address, "lladdr", mac, "dev", "v0", "nud", "permanent")
+    Director(backend).sync(make_desired(make_service("fd00::1", 80, "rr", [(used, 80, 1, Forward.DR)])))
+    svc = make_service("fd00::1", 80, "rr", [(used, 80, 1, Forward.DR), (newcomer, 80, 1, Forward.DR)])
+    ops = plan(make_desired(svc), backend.read()).ops
+    with pytest.raises(PartialApplyError) as err:
+        backend.apply(ops)
+    assert [(ops[f.index], f.reason) for f in err.value.failures] == [
+        (
+            AddRealServer(svc.key, RealServer(ipaddress.ip_address(newcomer), 80, 1, Forward.DR)),
+            f"DR real server {newcomer}: its id (a hash of the address) is that of {used}",
+        )
+    ]
+    served = NftablesBackend(netns=ns).read().services[svc.key].realservers
+    assert [str(rs.address) for rs in served] == [used]
 
 
 def test_a_restarted_director_keeps_one_ingress_hook_per_device(nsb: tuple[str, NftablesBackend]) -> None:

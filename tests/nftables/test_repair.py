@@ -11,6 +11,7 @@ is checked in tests/scenarios/test_nftables_repair.py.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from kubelvs.backends.nftables import NftablesBackend
+from kubelvs.backends.nftables.elements import mark_of
 from kubelvs.errors import BackendError
 from kubelvs.model import Forward, Timeouts
 from kubelvs.planner import plan
@@ -35,8 +37,13 @@ WEIGHTED = make_service(
     "10.0.0.1", 443, "wrr", [("10.0.2.2", 8443, 3, Forward.NAT), ("10.0.2.3", 8443, 0, Forward.NAT)]
 )
 DR = make_service("10.0.0.2", 80, "mh", [("10.0.1.2", 80, 1, Forward.DR), ("10.0.1.3", 80, 2, Forward.DR)])
-DESIRED = make_desired(NAT, WEIGHTED, DR, timeouts=Timeouts(900, 30, 300))
+NAT6 = make_service(
+    "fd00::1", 80, "mh", [("fd00:2::2", 8080, 1, Forward.NAT), ("fd00:2::3", 8080, 2, Forward.NAT)]
+)
+DR6 = make_service("fd00::2", 80, "mh", [("fd00:1::2", 80, 1, Forward.DR), ("fd00:1::3", 80, 2, Forward.DR)])
+DESIRED = make_desired(NAT, WEIGHTED, DR, NAT6, DR6, timeouts=Timeouts(900, 30, 300))
 RS_MARK = 167772418  # 10.0.1.2 as the DR mark (u32)
+RS6_MARK = mark_of(ipaddress.ip_address("fd00:1::2"))  # its id
 
 
 def _nft(ns: str, script: str) -> None:
@@ -59,12 +66,12 @@ def _strip(value: Any) -> Any:
 
 
 def snapshot(ns: str) -> dict[str, Any]:
-    """Both kubelvs tables as nft lists them, in a form that does not depend on the order
+    """The kubelvs tables as nft lists them, in a form that does not depend on the order
     objects were made in: the table comment, every set and map with its declaration and
     sorted elements, every chain with its hook and its rules in order, every ct timeout
     object, and each ingress hook's device (nft 1.0.6's JSON leaves it out)."""
     out: dict[str, Any] = {}
-    for family in ("ip", "netdev"):
+    for family in ("ip", "ip6", "netdev"):
         proc = subprocess.run(
             ["ip", "netns", "exec", ns, "nft", "-j", "list", "table", family, "kubelvs"],
             capture_output=True,
@@ -173,6 +180,35 @@ DAMAGE = [
         "flush chain ip kubelvs nat_timeouts\ndelete ct timeout ip kubelvs kl_udp",
     ),
     ("the timeout rules deleted", "flush chain ip kubelvs nat_timeouts"),
+    ("ip6 table deleted", "delete table ip6 kubelvs"),
+    ("ip6 prerouting hook deleted", "delete chain ip6 kubelvs nat_pre"),
+    # A NAT scheduler chain that lost its rules: its table is made again whole (needs_rebuild).
+    ("ip6 scheduler chain's rules deleted", "flush chain ip6 kubelvs nat_mh"),
+    (
+        "both NAT tables' scheduler rules deleted",
+        "flush chain ip kubelvs nat_rr_2\nflush chain ip6 kubelvs nat_mh",
+    ),
+    ("an ip6 slot deleted", "delete element ip6 kubelvs nat_slots { fd00::1 . tcp . 80 . 0 }"),
+    (
+        "an ip6 weight changed",
+        "delete element ip6 kubelvs nat_rs { fd00::1 . tcp . 80 . fd00:2::3 . 8080 }\n"
+        "add element ip6 kubelvs nat_rs { fd00::1 . tcp . 80 . fd00:2::3 . 8080 : 7 }",
+    ),
+    (
+        "the ip6 ct timeout objects deleted",
+        "flush chain ip6 kubelvs nat_timeouts\n"
+        "delete ct timeout ip6 kubelvs kl_tcp\ndelete ct timeout ip6 kubelvs kl_udp",
+    ),
+    ("the ip6 marker chain deleted", "delete chain ip6 kubelvs kubelvs_v1"),
+    ("a dr6 scheduler chain's rules deleted", "flush chain netdev kubelvs dr6_mh"),
+    ("a dr6 table entry deleted", "delete element netdev kubelvs dr6_tab { fd00::2 . tcp . 80 }"),
+    ("dr6_out's rule deleted", "flush chain netdev kubelvs dr6_out"),
+    (
+        "an IPv6 neighbour's address changed",
+        f"delete element netdev kubelvs dr6_addr {{ {RS6_MARK} }}\n"
+        f"add element netdev kubelvs dr6_addr {{ {RS6_MARK} : fd00:1::9 }}",
+    ),
+    ("an IPv6 neighbour's MAC deleted", f"delete element netdev kubelvs dr6_mac {{ {RS6_MARK} }}"),
 ]
 
 
@@ -252,7 +288,7 @@ def test_changed_elsewhere_follows_other_programs_commits(nsb: tuple[str, Nftabl
     assert not backend.changed_elsewhere()
     _nft(ns, "add table inet unrelated\n")  # anyone's commit, in any table, moves the generation
     assert backend.changed_elsewhere()
-    assert len(observed.services) == 4
+    assert len(observed.services) == len(DESIRED.services) + 1  # and the foreign element's
 
 
 def test_a_commit_by_someone_else_during_ours_is_noticed(nsb: tuple[str, NftablesBackend]) -> None:

@@ -8,13 +8,16 @@ Topology (namespaces ``kubelvs-t<token>-<role>``, no DAD on the lab's interfaces
     TUN: the same, and the node agent's ip6tnl0 up (IPv6 in IPv6)
     NAT: rs1, rs2 fd00:11::11-12/64, default route via the director
 
-IPVS runs it in the VM tier. The nftables backend has no IPv6 yet: its test asserts the
-refusal, by field and reason, and that nothing was programmed (docs/ipv6.md).
+IPVS runs all three in the VM tier, the nftables backend DR (``dr6_*`` maps of the
+netdev table) and NAT (its ``ip6 kubelvs`` table) on the machine's kernel. TUN over
+IPv6 it refuses: that test asserts the refusal, by field and reason, and that nothing
+was programmed (docs/ipv6.md).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -23,12 +26,21 @@ from pathlib import Path
 
 import pytest
 
-from kubelvs.backends import open_backend
+from kubelvs.backends import BackendName, open_backend
 from kubelvs.errors import CapabilityError
 from kubelvs.kernel.netns import entered
 from kubelvs.lab.netlab import Host, Lab
 from kubelvs.lab.servers import Answer, probe
-from kubelvs.model import DesiredState, Forward, Ownership, Protocol, RealServer, ServiceKey, VirtualService
+from kubelvs.model import (
+    DesiredState,
+    Forward,
+    Ownership,
+    Protocol,
+    RealServer,
+    ServiceKey,
+    Timeouts,
+    VirtualService,
+)
 from kubelvs.planner import plan
 from kubelvs.roles.director import Director
 from kubelvs.roles.node import NodeAgent
@@ -116,13 +128,13 @@ def env6(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env6]:
 
 
 def _wait_stats(
-    backend_netns: str, done: Callable[[int, int], bool], timeout: float = 8.0
+    backend_name: BackendName, backend_netns: str, done: Callable[[int, int], bool], timeout: float = 8.0
 ) -> tuple[int, int]:
     """(in packets, out packets) of the VIP's real servers once ``done`` says so: IPVS folds
     per-CPU counters at its estimator's tick, not at every packet."""
     deadline = time.monotonic() + timeout
     while True:
-        with open_backend("ipvs", netns=backend_netns) as backend:
+        with open_backend(backend_name, netns=backend_netns) as backend:
             stats = backend.read().stats
         totals = (sum(s.in_packets for s in stats.values()), sum(s.out_packets for s in stats.values()))
         if done(*totals) or time.monotonic() > deadline:
@@ -130,13 +142,20 @@ def _wait_stats(
         time.sleep(0.2)
 
 
-@pytest.mark.kernel_ipvs
 @pytest.mark.parametrize(
-    "env6", [Forward.DR, Forward.TUN, Forward.NAT], ids=["dr", "tun", "nat"], indirect=True
+    ("backend_name", "env6"),
+    [
+        pytest.param("ipvs", Forward.DR, marks=pytest.mark.kernel_ipvs, id="ipvs-dr"),
+        pytest.param("ipvs", Forward.TUN, marks=pytest.mark.kernel_ipvs, id="ipvs-tun"),
+        pytest.param("ipvs", Forward.NAT, marks=pytest.mark.kernel_ipvs, id="ipvs-nat"),
+        pytest.param("nftables", Forward.DR, marks=pytest.mark.netns, id="nftables-dr"),
+        pytest.param("nftables", Forward.NAT, marks=pytest.mark.netns, id="nftables-nat"),
+    ],
+    indirect=["env6"],
 )
-def test_ipv6_through_the_vip_on_ipvs(env6: Env6) -> None:
+def test_ipv6_through_the_vip(backend_name: BackendName, env6: Env6) -> None:
     desired = env6.desired()
-    with open_backend("ipvs", netns=env6.director.netns) as backend:
+    with open_backend(backend_name, netns=env6.director.netns) as backend:
         Director(backend).sync(desired)
         assert plan(desired, backend.read()).ops == (), "the kernel reads back as desired"
 
@@ -149,26 +168,49 @@ def test_ipv6_through_the_vip_on_ipvs(env6: Env6) -> None:
         # MAC; TUN: the packet came out of ip6tnl0 as it went in) ...
         assert {a.local for a in answers} == {f"[{VIP6}]:80"}
         # ... and answered the client directly: the director saw no reply.
-        inbound, outbound = _wait_stats(env6.director.netns, lambda i, o: i >= 20 * 3)
+        inbound, outbound = _wait_stats(backend_name, env6.director.netns, lambda i, o: i >= 20 * 3)
         assert inbound >= 20 * 3 and outbound == 0
     else:
         assert {a.local for a in answers} == {f"[{rs.ip}]:8080" for rs in env6.realservers}
-        inbound, outbound = _wait_stats(env6.director.netns, lambda i, o: i >= 20 * 3 and o >= 20 * 2)
+        inbound, outbound = _wait_stats(
+            backend_name, env6.director.netns, lambda i, o: i >= 20 * 3 and o >= 20 * 2
+        )
         assert inbound >= 20 * 3 and outbound >= 20 * 2
 
 
 @pytest.mark.netns
-@pytest.mark.parametrize("env6", [Forward.DR, Forward.NAT], ids=["dr", "nat"], indirect=True)
-def test_nftables_refuses_ipv6_services_by_field_and_changes_nothing(env6: Env6) -> None:
-    desired = env6.desired()
-    with open_backend("nftables", netns=env6.director.netns) as backend:
-        problems = backend.problems(desired)
-        assert [(p.field, p.reason) for p in problems] == [
-            (
-                "services[TCP [fd00:10::200]:80].vip",
-                "IPv6 services are not supported by the nftables backend yet",
-            )
-        ]
-        with pytest.raises(CapabilityError, match=r"services\[TCP \[fd00:10::200\]:80\]\.vip: IPv6"):
+def test_nftables_refuses_ipv6_tun_by_field_and_changes_nothing(make_netns: Callable[[str], str]) -> None:
+    ns = make_netns("dir")
+    rss = [RealServer(ipaddress.ip_address("fd00:10::11"), 80, 1, Forward.TUN)]
+    svc = VirtualService(
+        key=ServiceKey(6, Protocol.TCP, ipaddress.ip_address(VIP6), 80), scheduler="rr"
+    ).with_realservers(rss)
+    desired = DesiredState(services={svc.key: svc}, ownership=OWNED)
+    with open_backend("nftables", netns=ns) as backend:
+        problems = [(p.field, p.reason) for p in backend.problems(desired)]
+        assert (
+            "services[TCP [fd00:10::200]:80].realservers",
+            "IPv6 services forward by dr or nat on the nftables backend (tun over IPv6 needs ipvs)",
+        ) in problems
+        assert {field for field, _ in problems} == {"services[TCP [fd00:10::200]:80].realservers"}
+        with pytest.raises(CapabilityError, match=r"services\[TCP \[fd00:10::200\]:80\]\.realservers: "):
             Director(backend).sync(desired)
         assert not backend.read().services
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("env6", [Forward.NAT], ids=["nat"], indirect=True)
+def test_nftables_timeouts_apply_to_ipv6_nat_connections(env6: Env6) -> None:
+    """``ipvsadm --set 900 30 300``'s tcpfin reaches IPv6 connections too: the ip6 table has
+    its own ct timeout objects (conntrack's default for TIME_WAIT is 120 s)."""
+    desired = env6.desired()
+    desired = DesiredState(services=desired.services, ownership=OWNED, timeouts=Timeouts(900, 30, 300))
+    with open_backend("nftables", netns=env6.director.netns) as backend:
+        Director(backend).sync(desired)
+        assert backend.read().timeouts == Timeouts(900, 30, 300)
+    assert len(env6.ask(4)) == 4
+    listing = env6.lab.run(
+        env6.director.netns, "conntrack", "-L", "-f", "ipv6", "-p", "tcp", "--orig-dst", VIP6
+    ).stdout
+    closing = [int(t) for t in re.findall(r"^tcp\s+\d+\s+(\d+)\s+TIME_WAIT", listing, re.MULTILINE)]
+    assert len(closing) == 4 and all(t <= 30 for t in closing), listing

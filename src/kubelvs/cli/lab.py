@@ -48,6 +48,13 @@ def _spec_args(p: argparse.ArgumentParser, *, prefix: str) -> None:
         f":{AGENT_METRICS_PORT}, in their namespaces",
     )
     p.add_argument("--vip", default="10.240.0.201")
+    p.add_argument(
+        "--ip-family",
+        choices=("ipv4", "ipv6", "dual"),
+        default="ipv4",
+        help="the Service's address families (ipv6, dual: the DR segment with one director)",
+    )
+    p.add_argument("--vip6", default="fd00:240::201", help="the Service's IPv6 VIP (--ip-family ipv6|dual)")
     p.add_argument("--scheduler", default="rr")
     p.add_argument(
         "--backend",
@@ -69,6 +76,8 @@ def _spec(args: argparse.Namespace, **overrides: object) -> LabSpec:
         "bgp": args.bgp,
         "metrics": args.metrics,
         "vip": args.vip,
+        "ip_family": args.ip_family,
+        "vip6": args.vip6,
         "scheduler": args.scheduler,
         "backend": args.backend,
     }
@@ -161,17 +170,30 @@ def cmd_up(args: argparse.Namespace) -> int:
         return _err(str(exc))
     info = running.info
     print(f"lab {info.spec.prefix} is up ({info.spec.topology}, director backend {info.backend})")
-    print(f"  client {info.client_ip}    VIP {info.spec.vip}:{info.spec.port}")
+    vips = ", ".join(_hostport(vip, info.spec.port) for vip in info.spec.vips)
+    print(f"  client {_both(info.client_ip, info.client_ip6)}    VIP {vips}")
     for name, ip in info.director_ips.items():
         print(f"  {name} {ip}")
     for node in info.nodes:
-        print(f"  {node.name} {node.ip}  pods: " + ", ".join(f"{p.name} {p.ip}" for p in node.pods))
-    print(
-        "  try: kubelvs lab exec client -- python3 -m kubelvs.lab.servers probe --target "
-        f"{info.spec.vip}:{info.spec.port} --count 6"
-    )
+        print(
+            f"  {node.name} {_both(node.ip, node.ip6)}  pods: "
+            + ", ".join(f"{p.name} {_both(p.ip, p.ip6)}" for p in node.pods)
+        )
+    for vip in info.spec.vips:
+        print(
+            "  try: kubelvs lab exec client -- python3 -m kubelvs.lab.servers probe --target "
+            f"{_hostport(vip, info.spec.port)} --count 6"
+        )
     print(f"  state and logs: {info.state_dir}; remove with: kubelvs lab down --prefix {info.spec.prefix}")
     return exit_codes.OK
+
+
+def _both(ip: str, ip6: str) -> str:
+    return f"{ip} {ip6}" if ip6 else ip
+
+
+def _hostport(vip: str, port: int) -> str:
+    return f"[{vip}]:{port}" if ":" in vip else f"{vip}:{port}"
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -220,7 +242,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(
             f"lab {args.prefix}: {info.spec.topology}, director backend {info.backend}, VIP "
-            f"{info.spec.vip}:{info.spec.port}"
+            + ", ".join(_hostport(vip, info.spec.port) for vip in info.spec.vips)
         )
         for role in info.roles():
             print(

@@ -280,7 +280,7 @@ class Bundle:
 
     @functools.cached_property
     def nft_services(self) -> list[VirtualService] | None:
-        """The kubelvs nftables data plane's table (``ip kubelvs`` / ``netdev kubelvs`` in
+        """The kubelvs nftables data plane's table (``ip``/``ip6``/``netdev kubelvs`` in
         nft.json), read back with the backend's own parser; None when nft.json has no such
         table. The same virtual services and real servers IPVS would hold."""
         nft = self.nft
@@ -291,7 +291,7 @@ class Bundle:
         ours = []
         for item in nft.entries:
             ((kind, body),) = item.items()
-            if not isinstance(body, dict) or body.get("family") not in ("ip", "netdev"):
+            if not isinstance(body, dict) or body.get("family") not in ruleset.FAMILIES:
                 continue
             if (body.get("name") if kind == "table" else body.get("table")) == ruleset.TABLE:
                 ours.append(item)

@@ -3,7 +3,9 @@
 Lab up (director running ``kubelvs director``, workers running ``kubelvs node``), N
 requests from the client to the VIP, a table of which pod and node answered (the
 ``curl http://VIP`` output, one row per request), the director's counters as the proof that replies
-bypassed it, lab down - also when something fails half-way.
+bypassed it, lab down - also when something fails half-way. ``--ip-family dual``: the
+same over the Service's IPv6 VIP after its IPv4 one (``ipv6`` in the JSON), each family
+proven on its own.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ class DemoResult:
     nodes: list[str] = field(default_factory=list)
     answers: list[dict[str, Any]] = field(default_factory=list)
     top: Frame | None = None  # ``kubelvs top`` over the requests (one director)
-    explain: dict[str, Any] | None = None  # ``kubelvs lab explain`` of the last answered request
+    explain: dict[str, Any] | None = None  # ``kubelvs lab explain`` of the last answered request (IPv4)
+    ip_family: str = "ipv4"  # the lab's: ipv4, ipv6 or dual
+    ipv6: DemoResult | None = None  # dual: the same measured over the IPv6 VIP
 
     @property
     def ok(self) -> bool:
@@ -59,7 +63,10 @@ class DemoResult:
             self.by_pod, self.pods, self.requests
         )
         path_ok = self.replies_via_director > 0 if self.topology == "nat" else self.replies_via_director == 0
-        return self.succeeded == self.requests and spread and path_ok and self.requests_via_director > 0
+        both = self.ipv6 is None or self.ipv6.ok
+        return (
+            self.succeeded == self.requests and spread and path_ok and self.requests_via_director > 0 and both
+        )
 
     def as_json(self) -> dict[str, Any]:
         out = {
@@ -74,6 +81,7 @@ class DemoResult:
             extra.pop(key)
         extra.pop("answers")
         extra["top"] = self.top.as_dict() if self.top is not None else None
+        extra["ipv6"] = self.ipv6.as_json() if self.ipv6 is not None else None
         return {**out, **extra, "ok": self.ok}
 
 
@@ -87,27 +95,37 @@ def _answered_all(answered: dict[str, int], expected: list[str], requests: int) 
 
 
 def measure(running: RunningLab, count: int) -> DemoResult:
-    """Send ``count`` requests through a built, running lab and collect the result."""
+    """Send ``count`` requests to each VIP of the lab's Service (IPv4 first) and collect
+    the result."""
+    first, *more = running.info.spec.vips
+    result = _measure(running, first, count)
+    if more:
+        result.ipv6 = _measure(running, more[0], count)
+    return result
+
+
+def _measure(running: RunningLab, vip: str, count: int) -> DemoResult:
+    """``count`` requests to ``vip`` through a built, running lab."""
     info = running.info
     spec = info.spec
+    ipv6 = ":" in vip
     sources = (
-        [(p.ip, spec.target_port) for n in info.nodes for p in n.pods]
+        [(p.ip6 if ipv6 else p.ip, spec.target_port) for n in info.nodes for p in n.pods]
         if spec.topology == "nat"
-        else [(n.ip, spec.port) for n in info.nodes]
+        else [(n.ip6 if ipv6 else n.ip, spec.port) for n in info.nodes]
     )
     counters = [
-        DirectorCounters(ns, vip=spec.vip, port=spec.port, reply_sources=sources)
-        for ns in info.directors.values()
+        DirectorCounters(ns, vip=vip, port=spec.port, reply_sources=sources) for ns in info.directors.values()
     ]
     window = _TopWindow(info.backend, info.directors["dir1"]) if len(info.directors) == 1 else None
-    results = requests(info.client, spec.vip, spec.port, count)
+    results = requests(info.client, vip, spec.port, count)
     top = window.frame() if window is not None else None
     answered = [r for r in results if r.ok]
     explained = None
-    if answered:
+    if answered and not ipv6:  # kubelvs explain hashes IPv4 flows (docs/observability.md)
         # The client's port as the pod saw it: the node's masquerading keeps it.
         port = int(answered[-1].client.rsplit(":", 1)[1])
-        key = ServiceKey.parse(f"TCP {spec.vip}:{spec.port}")
+        key = ServiceKey.parse(f"TCP {vip}:{spec.port}")
         try:
             explained = explain_directors(info, info.client_ip, port, key)
         except BackendError as exc:  # said in the result; the demo's traffic stands on its own
@@ -121,9 +139,9 @@ def measure(running: RunningLab, count: int) -> DemoResult:
     return DemoResult(
         topology=spec.topology,
         backend=info.backend,
-        vip=spec.vip,
+        vip=vip,
         port=spec.port,
-        client=info.client_ip,
+        client=info.client_ip6 if ipv6 else info.client_ip,
         requests=count,
         succeeded=sum(r.ok for r in results),
         by_pod=dict(sorted(by_pod.items())),
@@ -135,6 +153,7 @@ def measure(running: RunningLab, count: int) -> DemoResult:
         answers=[_answer(r, info.pod_node()) for r in results],
         top=top,
         explain=explained,
+        ip_family=spec.ip_family,
     )
 
 
@@ -183,8 +202,17 @@ def run_demo(spec: LabSpec, count: int, *, log: Any = None) -> DemoResult:
 
 
 def render(result: DemoResult) -> str:
+    text = _render_one(result)
+    if result.ipv6 is not None:
+        text += "\n" + _render_one(result.ipv6)
+        text += f"both families: {'OK' if result.ok else 'FAILED'}\n"
+    return text
+
+
+def _render_one(result: DemoResult) -> str:
+    host = f"[{result.vip}]" if ":" in result.vip else result.vip
     lines = [
-        f"$ curl http://{result.vip}"
+        f"$ curl http://{host}"
         + (f":{result.port}" if result.port != 80 else "")
         + f"   x{result.requests}, from the client {result.client}",
         f"  {'#':>3}  {'Hostname (pod)':<18} {'node':<7} RemoteAddr (as the pod saw it)",
@@ -202,7 +230,7 @@ def render(result: DemoResult) -> str:
     if missing:
         lines.append("pods that never answered: " + ", ".join(missing))
     lines.append(
-        f"director: {result.requests_via_director} request packets to {result.vip}:{result.port} arrived, "
+        f"director: {result.requests_via_director} request packets to {host}:{result.port} arrived, "
         f"{result.replies_via_director} reply packets came back through it"
     )
     if result.topology == "nat":

@@ -38,8 +38,10 @@ class Answer:
 
 
 def _hostport(addr: tuple[str, int] | tuple[str, int, int, int]) -> str:
-    """``10.0.0.10:80``; an IPv6 address in brackets: ``[fd00::10]:80``."""
-    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+    """``10.0.0.10:80``; an IPv6 address in brackets: ``[fd00::10]:80``. An IPv4 peer of a
+    dual-stack socket (``::ffff:10.0.0.10``) is shown as the IPv4 address it is."""
+    host = addr[0].removeprefix("::ffff:") if addr[0].startswith("::ffff:") and "." in addr[0] else addr[0]
+    return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
 
 
 # ---------------------------------------------------------------------- servers
@@ -214,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--port", type=int, required=True)
         p.add_argument("--bind", default="0.0.0.0")
     p = sub.add_parser("probe", help="send requests and print who answered, one JSON object per line")
-    p.add_argument("--target", required=True, help="HOST:PORT")
+    p.add_argument("--target", required=True, help="HOST:PORT or [IPv6]:PORT")
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--udp", action="store_true")
     p.add_argument("--source", default="", help="comma-separated source addresses to bind")
@@ -225,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve_udp(args.name, args.port, args.bind)
     else:
         host, _, port = args.target.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")  # [IPv6]:PORT
         sources = args.source.split(",") if args.source else [""]
         for answer in probe(host, int(port), count=args.count, udp=args.udp, sources=sources):
             print(

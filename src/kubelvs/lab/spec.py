@@ -42,6 +42,21 @@ METRICS_PORT = 9565
 AGENT_METRICS_PORT = 9566
 KUBECTL_FILE = "kubectl.json"  # in the state directory: the lab's Service for kubelvs doctor
 SEGMENT = ipaddress.ip_network("10.240.0.0/24")
+#: ``--ip-family ipv6|dual``: the segment's IPv6 network and node N's pods' network.
+SEGMENT6 = ipaddress.IPv6Network("fd00:240::/64")
+
+
+def pod_network6(node: int) -> ipaddress.IPv6Network:
+    return ipaddress.IPv6Network(f"fd00:230:{node}::/64")
+
+
+def host6(network: ipaddress.IPv6Network, number: int) -> ipaddress.IPv6Address:
+    """A lab host's IPv6 address, written with the digits of its IPv4 host number
+    (10.240.0.101 and fd00:240::101 are the same node)."""
+    return network.network_address + int(str(number), 16)
+
+
+IpFamily = Literal["ipv4", "ipv6", "dual"]
 CLIENT_NET = ipaddress.ip_network("192.168.58.0/24")
 MASQ_MARK = 0x4000  # KUBE-MARK-MASQ
 #: Seconds to wait for a lab process to be ready. Generous: in the VM tier (emulated CPU,
@@ -113,6 +128,10 @@ class LabSpec:
     flags: tuple[str, ...] = ()  # the Service's scheduler flags, e.g. ("mh-port",)
     extra_config: str = ""  # more top-level YAML for the director's config (scenarios' variants)
     metrics: bool = False  # directors and agents serve /metrics on their lab addresses (else none)
+    # The Service's families: ipv4 (the VIP), ipv6 (vip6) or dual (both). Every host has
+    # addresses of both families when IPv6 is on; only the Service's VIPs change.
+    ip_family: IpFamily = "ipv4"
+    vip6: str = "fd00:240::201"
 
     def check(self) -> None:
         """Raise LabError naming the field when the spec cannot be built."""
@@ -148,15 +167,52 @@ class LabSpec:
         vip = ipaddress.ip_address(self.vip)
         if vip not in SEGMENT or vip == SEGMENT.network_address or vip == SEGMENT.broadcast_address:
             raise LabError(f"vip: {self.vip} must be an address inside the segment {SEGMENT}")
-        taken = (
-            {2 + d for d in range(self.directors)} | {100 + n for n in range(1, self.nodes + 1)} | {10, 254}
-        )
-        if int(vip) - int(SEGMENT.network_address) in taken:
+        if int(vip) - int(SEGMENT.network_address) in self._host_numbers():
             raise LabError(f"vip: {self.vip} is a lab host's address")
         for name in ("port", "target_port"):
             value = getattr(self, name)
             if not 1 <= value <= 65535:
                 raise LabError(f"{name}: {value} is not a TCP port")
+        self._check_ipv6()
+
+    def _check_ipv6(self) -> None:
+        if self.ip_family not in ("ipv4", "ipv6", "dual"):
+            raise LabError(f"ip_family: {self.ip_family!r} is not ipv4, ipv6 or dual")
+        if self.ip_family == "ipv4":
+            return
+        # The IPv6 lab is the DR segment: the router, VRRP and BGP plumbing of the lab is IPv4
+        # (the product's VRRP and BGP move and announce IPv6 VIPs: docs/ha.md).
+        for name, used in (
+            ("topology", self.topology != "dr"),
+            ("router", self.with_router),
+            ("vrrp", self.vrrp),
+            ("bgp", self.bgp),
+            ("directors", self.directors > 1),
+        ):
+            if used:
+                raise LabError(f"{name}: the lab's IPv6 ({self.ip_family}) is one DR director on the segment")
+        try:
+            vip6 = ipaddress.IPv6Address(self.vip6)
+        except ValueError:
+            raise LabError(f"vip6: {self.vip6!r} is not an IPv6 address") from None
+        taken = {host6(SEGMENT6, n) for n in self._host_numbers()} | {SEGMENT6.network_address}
+        if vip6 not in SEGMENT6 or vip6 in taken:
+            raise LabError(f"vip6: {self.vip6} must be a free address inside the segment {SEGMENT6}")
+
+    def _host_numbers(self) -> set[int]:
+        return (
+            {2 + d for d in range(self.directors)} | {100 + n for n in range(1, self.nodes + 1)} | {10, 254}
+        )
+
+    @property
+    def vips(self) -> tuple[str, ...]:
+        """The Service's VIPs: IPv4 first."""
+        return {"ipv4": (self.vip,), "ipv6": (self.vip6,), "dual": (self.vip, self.vip6)}[self.ip_family]
+
+    @property
+    def ipv6(self) -> bool:
+        """The lab's hosts have IPv6 addresses too."""
+        return self.ip_family != "ipv4"
 
     @property
     def with_router(self) -> bool:
@@ -169,6 +225,7 @@ class PodInfo:
     node: str
     netns: str
     ip: str
+    ip6: str = ""  # with IPv6 on
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +236,7 @@ class NodeInfo:
     mac: str
     pod_cidr: str
     pods: tuple[PodInfo, ...]
+    ip6: str = ""  # with IPv6 on
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +256,7 @@ class LabInfo:
     namespaces: tuple[str, ...]
     pids: dict[str, int] = field(default_factory=dict)  # "director dir1", "agent node1", "pod whoami-node1-1"
     backend: str = ""  # what ``auto`` became
+    client_ip6: str = ""  # with IPv6 on
 
     def netns_of(self, role: str) -> str:
         """``client``, ``router``, ``dir1``, ``node1``, ``whoami-node1-1``/``node1-pod1``, or a full
@@ -248,13 +307,30 @@ def director_config(spec: LabSpec, nodes: list[NodeInfo]) -> str:
     """The director's YAML: the whoami Service's external IP over the workers (dr/tun)
     or over the pods with port mapping (nat)."""
     forward = {"dr": "dr", "tun": "tun", "nat": "nat"}[spec.topology]
-    if spec.topology == "nat":
-        rss = [f"      - address: {p.ip}\n        port: {spec.target_port}\n" for n in nodes for p in n.pods]
-    else:
-        rss = [f"      - address: {n.ip}\n" for n in nodes]
+    services = ""
+    for vip in spec.vips:
+        ipv6 = ":" in vip
+        if spec.topology == "nat":
+            rss = [
+                f"      - address: {p.ip6 if ipv6 else p.ip}\n        port: {spec.target_port}\n"
+                for n in nodes
+                for p in n.pods
+            ]
+        else:
+            rss = [f"      - address: {n.ip6 if ipv6 else n.ip}\n" for n in nodes]
+        services += (
+            f"  - name: whoami{'-v6' if ipv6 else ''}\n"
+            f"    vip: {vip}\n"
+            f"    port: {spec.port}\n"
+            f"    scheduler: {spec.scheduler}\n"
+            + (f"    flags: [{', '.join(spec.flags)}]\n" if spec.flags else "")
+            + f"    forward: {forward}\n"
+            "    realservers:\n" + "".join(rss)
+        )
+    owned = ", ".join(f"{vip}/{128 if ':' in vip else 32}" for vip in spec.vips)
     return (
         "# Written by kubelvs lab: the whoami Service, external IP on the segment.\n"
-        f"owned_cidrs: [{spec.vip}/32]\n"
+        f"owned_cidrs: [{owned}]\n"
         "# Above tcp_keepalive_time (7200 s), so an idle connection's entry outlives the first\n"
         "# keep-alive probe (kubelvs doctor: ipvs-timeout-below-keepalive); tcpfin 30 s: the\n"
         "# TIME_WAIT fix.\n"
@@ -275,28 +351,30 @@ def director_config(spec: LabSpec, nodes: list[NodeInfo]) -> str:
         )
         + spec.extra_config
         + "services:\n"
-        "  - name: whoami\n"
-        f"    vip: {spec.vip}\n"
-        f"    port: {spec.port}\n"
-        f"    scheduler: {spec.scheduler}\n"
-        + (f"    flags: [{', '.join(spec.flags)}]\n" if spec.flags else "")
-        + f"    forward: {forward}\n"
-        "    realservers:\n" + "".join(rss)
+        + services
     )
 
 
 def proxy_ruleset(spec: LabSpec, node: NodeInfo) -> str:
-    """What kube-proxy installs on a worker for the external IP (kube-proxy's iptables
-    rules in nftables form; physdev matching is left out: pods here are routed, not bridged)."""
-    vip, port = spec.vip, spec.port
-    match = f"ip daddr {vip} tcp dport {port}"
+    """What kube-proxy installs on a worker for the external IPs (kube-proxy's iptables
+    rules in nftables form, one table per family as kube-proxy has one proxier per
+    family; physdev matching is left out: pods here are routed, not bridged)."""
+    return "".join(_proxy_table(spec, node, vip) for vip in spec.vips)
+
+
+def _proxy_table(spec: LabSpec, node: NodeInfo, vip: str) -> str:
+    port = spec.port
+    family = "ip6" if ":" in vip else "ip"
+    match = f"{family} daddr {vip} tcp dport {port}"
     eps = "".join(
-        f"  chain ep{i} {{ meta l4proto tcp dnat to {p.ip}:{spec.target_port}; }}\n"
+        f"  chain ep{i} {{ meta l4proto tcp dnat to "
+        + (f"[{p.ip6}]" if family == "ip6" else p.ip)
+        + f":{spec.target_port}; }}\n"
         for i, p in enumerate(node.pods)
     )
     vmap = ", ".join(f"{i} : goto ep{i}" for i in range(len(node.pods)))
     return (
-        f"table ip {PROXY_TABLE} {{\n"
+        f"table {family} {PROXY_TABLE} {{\n"
         "  counter vip_forwarded { }\n"
         "  chain services {\n"
         f"    {match} meta mark set meta mark | {MASQ_MARK:#x}\n"  # KUBE-MARK-MASQ
@@ -310,6 +388,6 @@ def proxy_ruleset(spec: LabSpec, node: NodeInfo) -> str:
         "  chain postrouting { type nat hook postrouting priority srcnat; policy accept;\n"
         f"    meta mark & {MASQ_MARK:#x} == {MASQ_MARK:#x} masquerade; }}\n"
         "  chain forward { type filter hook forward priority filter; policy accept;\n"
-        f'    ip daddr {vip} counter name "vip_forwarded"; }}\n'
+        f'    {family} daddr {vip} counter name "vip_forwarded"; }}\n'
         "}\n"
     )

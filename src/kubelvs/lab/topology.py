@@ -55,13 +55,16 @@ from .spec import (
     PROXY_TABLE,
     READY_TIMEOUT,
     SEGMENT,
+    SEGMENT6,
     STATE_ROOT,
     LabInfo,
     LabSpec,
     NodeInfo,
     PodInfo,
     director_config,
+    host6,
     load_info,
+    pod_network6,
     proxy_ruleset,
     router_bird_config,
     state_dir,
@@ -163,6 +166,7 @@ class RunningLab:
             pod.name,
             "--port",
             str(self.info.spec.target_port),
+            *(("--bind", "::") if self.info.spec.ipv6 else ()),  # a dual-stack socket
             log=self.log(f"pod-{pod.name}"),
         )
         self.info.pids[f"pod {pod.name}"] = proc.pid
@@ -250,13 +254,14 @@ class RunningLab:
         timeout: float = READY_TIMEOUT,
     ) -> None:
         """Until ``ready()``, evaluated inside the node's namespace, holds; by default until
-        the node holds the VIP (the agent put it on lo or kubelvs0). Fails early, with the
+        the node holds the VIPs (the agent put them on lo or kubelvs0). Fails early, with the
         agent's log, when the agent exited."""
         ns = next(n.netns for n in self.info.nodes if n.name == node)
-        vip = f"{self.info.spec.vip}/32"
+        vips = {f"{vip}/{128 if ':' in vip else 32}" for vip in self.info.spec.vips}
+        vip = ", ".join(sorted(vips))
 
         def has_vip() -> bool:
-            return any(a.cidr == vip for a in iproute.addresses(ns))
+            return vips <= {a.cidr for a in iproute.addresses(ns)}
 
         def in_node() -> bool:
             assert ready is not None
@@ -337,6 +342,15 @@ def build(spec: LabSpec) -> RunningLab:
     return running
 
 
+def _host6(number: int) -> ipaddress.IPv6Address:
+    return host6(SEGMENT6, number)
+
+
+def _v6(spec: LabSpec, number: int) -> list[str]:
+    """A segment host's IPv6 address (CIDR form), when the lab has IPv6."""
+    return [f"{_host6(number)}/{SEGMENT6.prefixlen}"] if spec.ipv6 else []
+
+
 def _build(lab: Lab, spec: LabSpec, sdir: Path, backend: str) -> RunningLab:
     seg = SEGMENT.network_address
     plen = SEGMENT.prefixlen
@@ -358,7 +372,7 @@ def _build(lab: Lab, spec: LabSpec, sdir: Path, backend: str) -> RunningLab:
         lab.run(client_ns, "ip", "route", "add", "default", "via", str(CLIENT_NET.network_address + 254))
         lab.sysctl(router_ns, "net.ipv4.ip_forward", 1)
     else:
-        client = lab.host("client", [f"{seg + 10}/{plen}"])
+        client = lab.host("client", [f"{seg + 10}/{plen}", *_v6(spec, 10)])
         client_ns, client_ip = client.netns, client.ip
     directors: dict[str, str] = {}
     director_ips: dict[str, str] = {}
@@ -366,8 +380,19 @@ def _build(lab: Lab, spec: LabSpec, sdir: Path, backend: str) -> RunningLab:
     for d in range(1, spec.directors + 1):
         name = f"dir{d}"
         # With VRRP the VIP is keepalived's to add, on the master only.
-        host = lab.host(name, [f"{seg + 1 + d}/{plen}"] + ([] if spec.vrrp else [f"{vip}/32"]))
+        host = lab.host(
+            name,
+            [f"{seg + 1 + d}/{plen}"]
+            + ([] if spec.vrrp or vip not in spec.vips else [f"{vip}/32"])
+            + _v6(spec, 1 + d),
+        )
         directors[name], director_ips[name], director_macs[name] = host.netns, host.ip, host.mac
+        if spec.ipv6:
+            # Deprecated, as keepalived adds it: the director must not pick the VIP as the
+            # source of its own packets to the nodes (health checks; docs/ipv6.md).
+            lab.run(
+                host.netns, "ip", "-6", "addr", "add", f"{spec.vip6}/128", "dev", "eth0", "preferred_lft", "0"
+            )
         for key, value in (("net.ipv4.conf.all.send_redirects", 0), ("net.ipv4.conf.eth0.send_redirects", 0)):
             lab.sysctl(host.netns, key, value)
         if spec.with_router:
@@ -390,9 +415,11 @@ def _build(lab: Lab, spec: LabSpec, sdir: Path, backend: str) -> RunningLab:
     nodes: list[NodeInfo] = []
     for n in range(1, spec.nodes + 1):
         name = f"node{n}"
-        host = lab.host(name, [f"{seg + 100 + n}/{plen}"])
+        host = lab.host(name, [f"{seg + 100 + n}/{plen}", *_v6(spec, 100 + n)])
         ns = host.netns
         lab.sysctl(ns, "net.ipv4.ip_forward", 1)  # it routes its pods' traffic, as a k8s node does
+        if spec.ipv6:
+            lab.sysctl(ns, "net.ipv6.conf.all.forwarding", 1)
         if spec.with_router:
             via = director_ips["dir1"] if spec.topology == "nat" else str(seg + 254)
             lab.run(ns, "ip", "route", "add", str(CLIENT_NET), "via", via)
@@ -400,6 +427,9 @@ def _build(lab: Lab, spec: LabSpec, sdir: Path, backend: str) -> RunningLab:
         gw = pod_cidr.network_address + 1
         lab.run(ns, "ip", "link", "add", "cbr0", "type", "bridge")
         lab.run(ns, "ip", "addr", "add", f"{gw}/24", "dev", "cbr0")
+        pod_net6 = pod_network6(n)
+        if spec.ipv6:
+            lab.run(ns, "ip", "addr", "add", f"{host6(pod_net6, 1)}/64", "dev", "cbr0", "nodad")
         lab.run(ns, "ip", "link", "set", "cbr0", "up")
         pods = []
         for m in range(1, spec.pods + 1):
@@ -412,9 +442,20 @@ def _build(lab: Lab, spec: LabSpec, sdir: Path, backend: str) -> RunningLab:
             lab.run(pod_ns, "ip", "addr", "add", f"{pod_ip}/24", "dev", "eth0")
             lab.run(pod_ns, "ip", "link", "set", "eth0", "up")
             lab.run(pod_ns, "ip", "route", "add", "default", "via", str(gw))
-            pods.append(PodInfo(name=f"whoami-{name}-{m}", node=name, netns=pod_ns, ip=pod_ip))
+            pod_ip6 = ""
+            if spec.ipv6:
+                pod_ip6 = str(host6(pod_net6, 9 + m))
+                lab.run(pod_ns, "ip", "addr", "add", f"{pod_ip6}/64", "dev", "eth0", "nodad")
+                lab.run(pod_ns, "ip", "-6", "route", "add", "default", "via", str(host6(pod_net6, 1)))
+            pods.append(PodInfo(name=f"whoami-{name}-{m}", node=name, netns=pod_ns, ip=pod_ip, ip6=pod_ip6))
         node_info = NodeInfo(
-            name=name, netns=ns, ip=host.ip, mac=host.mac, pod_cidr=str(pod_cidr), pods=tuple(pods)
+            name=name,
+            netns=ns,
+            ip=host.ip,
+            mac=host.mac,
+            pod_cidr=str(pod_cidr),
+            pods=tuple(pods),
+            ip6=str(_host6(100 + n)) if spec.ipv6 else "",
         )
         nodes.append(node_info)
         # The first nft in a VM loads modules on an emulated CPU: allow minutes.
@@ -440,6 +481,7 @@ def _build(lab: Lab, spec: LabSpec, sdir: Path, backend: str) -> RunningLab:
         state_dir=str(sdir),
         namespaces=tuple(lab.namespaces),
         backend=backend,
+        client_ip6=str(_host6(10)) if spec.ipv6 and router_ns is None else "",
     )
     running = RunningLab(lab, info)
     running.save()

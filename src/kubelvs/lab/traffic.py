@@ -239,6 +239,9 @@ class DirectorCounters:
     - ``requests``: packets to VIP:port - the director's share of the work;
     - ``replies``: packets from VIP:port or from a real server's address:port - a reply
       that came back through the director (NAT must; DR/TUN must not).
+
+    One table per VIP family (an IPv6 VIP's: ``kubelvs_lab_count6``), so that both
+    families of a dual-stack Service are counted apart.
     """
 
     def __init__(
@@ -251,19 +254,22 @@ class DirectorCounters:
         device: str = "eth0",
     ) -> None:
         self.netns = netns
+        ipv6 = ":" in vip
+        self.table = COUNT_TABLE + ("6" if ipv6 else "")
+        l3, addr_type = ("ip6", "ipv6_addr") if ipv6 else ("ip", "ipv4_addr")
         sources = sorted({(vip, port), *reply_sources})
         elements = ", ".join(f"{a} . {p}" for a, p in sources)
         ruleset = (
-            f"table netdev {COUNT_TABLE} {{\n"
-            f"  set reply_src {{ type ipv4_addr . inet_service; elements = {{ {elements} }}; }}\n"
+            f"table netdev {self.table} {{\n"
+            f"  set reply_src {{ type {addr_type} . inet_service; elements = {{ {elements} }}; }}\n"
             "  counter requests { }\n"
             "  counter replies { }\n"
             "  counter syns { }\n"
             f'  chain ingress {{ type filter hook ingress device "{device}" priority -500; policy accept;\n'
-            f"    meta pkttype host ip daddr {vip} tcp dport {port} tcp flags & (syn | ack) == syn"
+            f"    meta pkttype host {l3} daddr {vip} tcp dport {port} tcp flags & (syn | ack) == syn"
             ' counter name "syns"\n'
-            f'    meta pkttype host ip daddr {vip} tcp dport {port} counter name "requests"\n'
-            '    meta pkttype host ip saddr . tcp sport @reply_src counter name "replies"\n'
+            f'    meta pkttype host {l3} daddr {vip} tcp dport {port} counter name "requests"\n'
+            f'    meta pkttype host {l3} saddr . tcp sport @reply_src counter name "replies"\n'
             "  }\n}\n"
         )
         subprocess.run(
@@ -277,13 +283,13 @@ class DirectorCounters:
     def read(self) -> tuple[int, int]:
         """(request packets, reply packets) so far."""
         return (
-            nft_counter(self.netns, "netdev", COUNT_TABLE, "requests"),
-            nft_counter(self.netns, "netdev", COUNT_TABLE, "replies"),
+            nft_counter(self.netns, "netdev", self.table, "requests"),
+            nft_counter(self.netns, "netdev", self.table, "replies"),
         )
 
     def syns(self) -> int:
         """SYNs to VIP:port that reached the director (connection attempts it saw)."""
-        return nft_counter(self.netns, "netdev", COUNT_TABLE, "syns")
+        return nft_counter(self.netns, "netdev", self.table, "syns")
 
 
 def arp_who_has(netns: str, ifname: str, target: str, *, timeout: float = 0.5) -> list[str]:

@@ -54,7 +54,7 @@ from .netlink import NftNetlink
 from .nft import Nft, NftError
 from .partial import Culprits, Failures, introducing, locate, unappliable
 from .picture import Picture
-from .schema import Element, Found, device_chain_name, device_chain_text, repair_text
+from .schema import DEVICE_CHAIN_RULES, Element, Found, device_chain_name, device_chain_text, repair_text
 from .transaction import Resolver, ServicesFailed, Transaction, build, key_of, touched_by
 
 __all__ = ["NftablesBackend", "tun_supported"]
@@ -562,7 +562,7 @@ def _hooks_made(pic: Picture, devices: dict[int, str]) -> None:
     """The picture after ingress hooks on ``devices`` were made (the others as they were)."""
     rules = dict(pic.found.rules)
     for ifindex in devices.keys() - pic.device_chains.keys():
-        rules[("netdev", device_chain_name(ifindex))] = 1
+        rules[("netdev", device_chain_name(ifindex))] = DEVICE_CHAIN_RULES
     pic.found = Found(
         pic.found.tables, pic.found.sets, rules, pic.found.objects, whole_for=pic.found.whole_for
     )

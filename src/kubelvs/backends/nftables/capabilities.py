@@ -87,11 +87,11 @@ _PLAIN_FLAGS = frozenset({"sh-port", "sh-fallback", "mh-port", "mh-fallback"})
 
 def _plainly_possible(svc: VirtualService) -> bool:
     """A quick test that passes for what the nftables backend can do without question
-    (IPv4, rr/wrr/sh/mh, one method of NAT or DR, no thresholds, ...): ``problems`` of a
+    (rr/wrr/sh/mh, one method of NAT or DR, no thresholds, ...): ``problems`` of a
     10,000-service state then costs a few microseconds per service. Anything else gets
     the full check below, which names each problem."""
     key = svc.key
-    if key.fwmark or key.family != 4 or svc.persistence or svc.scheduler not in SUPPORTED_SCHEDULERS:
+    if key.fwmark or svc.persistence or svc.scheduler not in SUPPORTED_SCHEDULERS:
         return False
     if svc.flags and not svc.flags <= _PLAIN_FLAGS:
         return False
@@ -121,9 +121,9 @@ def _service_problems(where: str, svc: VirtualService, tun_supported: Callable[[
     if key.fwmark:
         out.append(FieldError(f"{where}.fwmark", "fwmark services are not supported by the nftables backend"))
         return out
-    if key.family != 4:
-        out.append(FieldError(f"{where}.vip", "IPv6 services are not supported by the nftables backend yet"))
-        return out
+    if key.family != 4 and any(rs.forward is Forward.TUN for rs in svc.realservers):
+        reason = "IPv6 services forward by dr or nat on the nftables backend (tun over IPv6 needs ipvs)"
+        out.append(FieldError(f"{where}.realservers", reason))
     if svc.scheduler not in SUPPORTED_SCHEDULERS:
         out.append(
             FieldError(
@@ -176,7 +176,7 @@ def _service_problems(where: str, svc: VirtualService, tun_supported: Callable[[
             out.append(
                 FieldError(f"{at}.port", "a NAT real server needs a port (0 is not a port to DNAT to)")
             )
-        if rs.address.version != 4:  # only TUN may mix families (validated before)
+        if key.family == 4 and rs.address.version != 4:  # only TUN may mix families (validated before)
             out.append(
                 FieldError(
                     f"{at}.address",

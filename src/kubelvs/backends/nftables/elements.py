@@ -15,6 +15,7 @@ service that has them.
 from __future__ import annotations
 
 import functools
+import hashlib
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -23,7 +24,7 @@ from typing import NamedTuple
 
 from ...model import Forward, Protocol, RealServer, ServiceKey, VirtualService
 from .maglev import MAGLEV_SIZE, maglev_table, wrr_table
-from .schema import SUPPORTED_SCHEDULERS, TABLE, Element, Value, scheduler_chain
+from .schema import NAT_FAMILY, SUPPORTED_SCHEDULERS, TABLE, Element, Value, scheduler_chain
 from .slottables import Content
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "ip_text",
     "layout",
     "mark_address",
+    "mark_of",
     "neighbour_elements",
     "render_groups",
     "service_elements",
@@ -88,7 +90,7 @@ class Layout(NamedTuple):
     """What both renderings of a service (Element tuples, nft text) are made of
     (``layout``)."""
 
-    kind: str  # "nat" or "dr"
+    kind: str  # "nat", "dr" or "dr6" (DR over IPv6)
     family: str
     vip: str
     proto: str
@@ -120,7 +122,7 @@ def _dr_table(
 ) -> tuple[Sequence[str | None], Content | None]:
     """A DR service's slots by owner (address) and as marks, the table's content."""
     table = slot_order(scheduler, dict(weights))
-    marks = {name: int(ip_of(name)) for name, _ in weights}
+    marks = {name: mark_of(ip_of(name)) for name, _ in weights}
     return table, (tuple(marks[name] for name in table if name) if table else None)
 
 
@@ -129,8 +131,8 @@ def layout(svc: VirtualService) -> Layout:
     table's content): a transaction lays each service out once and passes it to both.
     ValueError when the backend cannot represent ``svc``."""
     key = svc.key
-    if key.fwmark or key.address is None or key.family != 4:
-        raise ValueError(f"service {key}: only IPv4 address services are supported by the nftables backend")
+    if key.fwmark or key.address is None:
+        raise ValueError(f"service {key}: only address services are supported by the nftables backend")
     if svc.scheduler not in SUPPORTED_SCHEDULERS:
         raise ValueError(
             f"service {key}: scheduler {svc.scheduler!r} is not supported by the nftables backend"
@@ -142,6 +144,8 @@ def layout(svc: VirtualService) -> Layout:
     if forward is not Forward.NAT and forward is not Forward.DR and forward is not Forward.TUN:
         service_forward(svc)  # raises: not supported by this backend
     nat = forward is Forward.NAT
+    if key.family != 4 and forward is Forward.TUN:
+        raise ValueError(f"service {key}: IPv6 services do not tunnel on the nftables backend")
     ntoa, IPv4 = socket.inet_ntoa, ipaddress.IPv4Address
     by_name: dict[str, tuple[RealServer, str]] = {}
     weights: dict[str, int] = {}
@@ -157,7 +161,7 @@ def layout(svc: VirtualService) -> Layout:
         name = f"{rip}:{rs.port}" if nat else rip
         by_name[name] = (rs, rip)
         weights[name] = rs.weight
-    kind = "nat" if nat else "dr"  # TUN: the DR path, then tun_out (tun_svc)
+    kind = "nat" if nat else "dr" if key.family == 4 else "dr6"  # TUN: the DR path, then tun_out (tun_svc)
     content: Content | None = None
     if nat:
         table = slot_order(svc.scheduler, weights)
@@ -165,7 +169,7 @@ def layout(svc: VirtualService) -> Layout:
         table, content = _dr_table(svc.scheduler, tuple(sorted(weights.items())))
     return Layout(
         kind,
-        "netdev" if kind == "dr" else "ip",
+        NAT_FAMILY[key.family] if nat else "netdev",
         ip_text(key.address),
         PROTO_TEXT[key.protocol],
         key.port,
@@ -207,18 +211,20 @@ def service_elements(svc: VirtualService, table_for: TableFor, lay: Layout | Non
             if name
         ]
     elif lay.content is not None:
-        own.append(Element(family, "dr_tab", (vip, proto, port), table_for(lay.content)))
+        own.append(Element(family, f"{kind}_tab", (vip, proto, port), table_for(lay.content)))
     in_table = set(lay.table)
     dr_addresses: set[str] = set()
     for name, (rs, rip) in lay.by_name.items():
-        if kind == "dr":
+        if kind != "nat":
             dr_addresses.add(rip)
         if _implicit(lay, rs, name, in_table):
             continue
         if kind == "nat":
             own.append(Element(family, "nat_rs", (vip, proto, port, rip, rs.port), rs.weight))
         else:
-            own.append(Element(family, "dr_rs", (vip, proto, port, int(rs.address)), (rs.port, rs.weight)))
+            own.append(
+                Element(family, f"{kind}_rs", (vip, proto, port, mark_of(rs.address)), (rs.port, rs.weight))
+            )
     if _is_tun(svc):  # the DR path, marked for tun_out; tunnels instead of neighbours
         own.append(Element(family, "tun_svc", (vip, proto, port)))
         dr_addresses.clear()
@@ -251,7 +257,7 @@ def service_text(
         if slots:
             _list(out, family, "nat_slots").extend(slots)
     elif lay.content is not None:
-        _list(out, family, "dr_tab").append(f"{prefix} : {table_for(lay.content)}")
+        _list(out, family, f"{kind}_tab").append(f"{prefix} : {table_for(lay.content)}")
     in_table = set(lay.table)
     for name, (rs, rip) in lay.by_name.items():
         if rs.weight == 1 and name in in_table and (kind == "nat" or rs.port == port):
@@ -259,8 +265,10 @@ def service_text(
         if kind == "nat":
             _list(out, family, "nat_rs").append(f"{prefix} . {rip} . {rs.port} : {rs.weight}")
         else:
-            _list(out, family, "dr_rs").append(f"{prefix} . {int(rs.address)} : {rs.port} . {rs.weight}")
-    if kind == "dr":
+            _list(out, family, f"{kind}_rs").append(
+                f"{prefix} . {mark_of(rs.address)} : {rs.port} . {rs.weight}"
+            )
+    if kind != "nat":
         if _is_tun(svc):
             _list(out, family, "tun_svc").append(prefix)
             return frozenset()
@@ -288,12 +296,22 @@ def ip_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
 
 
 def neighbour_elements(rip: str, nb: Neighbour) -> frozenset[Element]:
-    mark = int(ipaddress.IPv4Address(rip))
+    address = ip_of(rip)
+    mark = mark_of(address)
+    if address.version == 4:
+        return frozenset(
+            {
+                Element("netdev", "dr_mac", (mark,), nb.mac),
+                Element("netdev", "dr_smac", (mark,), nb.own_mac),
+                Element("netdev", "dr_dev", (mark,), nb.device),
+            }
+        )
     return frozenset(
         {
-            Element("netdev", "dr_mac", (mark,), nb.mac),
-            Element("netdev", "dr_smac", (mark,), nb.own_mac),
-            Element("netdev", "dr_dev", (mark,), nb.device),
+            Element("netdev", "dr6_mac", (mark,), nb.mac),
+            Element("netdev", "dr6_smac", (mark,), nb.own_mac),
+            Element("netdev", "dr6_dev", (mark,), nb.device),
+            Element("netdev", "dr6_addr", (mark,), rip),
         }
     )
 
@@ -301,7 +319,7 @@ def neighbour_elements(rip: str, nb: Neighbour) -> frozenset[Element]:
 def _fmt_value(set_name: str, value: Value) -> str:
     if isinstance(value, tuple):
         return " . ".join(map(str, value))
-    if set_name == "dr_dev" or set_name == "tun_dev":
+    if set_name == "dr_dev" or set_name == "tun_dev" or set_name == "dr6_dev":
         return f'"{value}"'  # an interface name
     return str(value)  # verdicts ("goto x", "drop"), MACs, numbers
 
@@ -341,8 +359,23 @@ def elements_text(verb: str, elements: Iterable[Element]) -> Iterator[str]:
 
 @functools.lru_cache(maxsize=1 << 16)
 def mark_address(mark: int) -> str:
-    """The real server address a DR mark (the RIP as u32) stands for."""
+    """The real server address an IPv4 DR mark (the RIP as u32) stands for."""
     return str(ipaddress.IPv4Address(mark))
+
+
+def mark_of(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    """The DR mark of a real server: its IPv4 address as u32, or for IPv6 its id, 32 bits
+    of a hash of the address: the same on every director (their tables must be equal),
+    and which address it stands for is kept in ``dr6_addr``. Two real servers whose ids
+    collide cannot both be used (transaction.build reports the second)."""
+    if type(address) is ipaddress.IPv4Address:
+        return int(address)
+    return _id6(address.packed)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _id6(packed: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(packed, digest_size=4).digest(), "big")
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -359,4 +392,5 @@ def service_key(key: tuple[str | int, ...]) -> ServiceKey:
     """The ServiceKey of an element key's ``VIP . proto . port`` (cached: a read meets each
     service once per slot)."""
     vip, proto, port = key
-    return ServiceKey(4, Protocol(str(proto)), ip_of(str(vip)), int(port))
+    address = ip_of(str(vip))
+    return ServiceKey(address.version, Protocol(str(proto)), address, int(port))

@@ -52,7 +52,7 @@ _NAMES = {
     NFT_MSG_GETOBJ: "NFT_MSG_GETOBJ",
 }
 #: nftables family name -> nfgenmsg family (NFPROTO_*)
-FAMILIES = {"ip": 2, "netdev": 5}
+FAMILIES = {"ip": 2, "ip6": 10, "netdev": 5}
 
 NFTA_TABLE_NAME, NFTA_TABLE_USERDATA = 1, 6
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN = 1, 2

@@ -181,8 +181,10 @@ def locate(exc: NftError, pieces: Sequence[Piece]) -> Culprits:
             out.services[service_key((parts[0], parts[1], int(parts[2])))] = what
         elif set_name in COUNTER_SETS:
             out.garbage = True
-        elif set_name in NEIGHBOUR_SETS or set_name == "tun_dev":
+        elif set_name in NEIGHBOUR_SETS[4] or set_name == "tun_dev":
             out.rips[mark_address(int(parts[0]))] = what
+        else:  # an IPv6 real server's id: the address is not in the line (bisect finds it)
+            return Culprits()
     except ValueError:  # the columns do not hold an element: bisect
         return Culprits()
     return out

@@ -29,12 +29,14 @@ from ...errors import BackendError
 from ...kernel.netns import entered
 from ...model import Forward, ObservedState, ServiceKey, VirtualService
 from . import tunnel
-from .elements import PROTO_TEXT, Neighbour, ip_text, layout, service_elements, service_key
+from .elements import PROTO_TEXT, Neighbour, ip_text, layout, mark_of, service_elements, service_key
 from .netlink import NftNetlink, RawElement
 from .readback import ParsedTables, decode_counters, parse_raw, stats_of
 from .schema import (
     COUNTER_SETS,
+    DEVICE_CHAIN_RULES,
     FAMILIES,
+    NAT_FAMILIES,
     NEIGHBOUR_SETS,
     PER_SERVICE_SETS,
     SETS,
@@ -59,7 +61,7 @@ _Dumped: TypeAlias = tuple[
     dict[str, str],
     dict[str, dict[str, int]],
     dict[tuple[str, str], list[RawElement]],
-    dict[str, dict[int, int]],
+    dict[tuple[str, str], dict[int, int]],
 ]
 
 
@@ -82,7 +84,8 @@ class Picture:
     neighbours: dict[str, Neighbour] = field(default_factory=dict)  # complete, on a device that exists
     strays: set[Element] = field(default_factory=set)  # other neighbour elements: deleted by the next apply
     device_chains: dict[int, str] = field(default_factory=dict)  # ingress hooks: ifindex -> device
-    rebuild: bool = False  # the ip table is made again whole by the next apply (schema.needs_rebuild)
+    # NAT tables made again whole by the next apply (schema.needs_rebuild)
+    rebuild: frozenset[str] = frozenset()
     tunnels: tunnel.TunnelState = field(default_factory=tunnel.TunnelState)  # TUN: IPIP devices, tun_dev
     tables: SlotTables = field(default_factory=SlotTables)  # the shared DR slot tables
     # The ruleset generation this picture is exact for (None: unknown). Every committed
@@ -99,7 +102,10 @@ class Picture:
         is missing or broken (the next apply repairs it)."""
         if self.strays or self.tables.damaged() or repair_text(self.found, tun=self.found.has_tun()):
             return True
-        return any(self.found.rules.get(("netdev", device_chain_name(i))) != 1 for i in self.device_chains)
+        return any(
+            self.found.rules.get(("netdev", device_chain_name(i))) != DEVICE_CHAIN_RULES
+            for i in self.device_chains
+        )
 
 
 def _dump(nl: NftNetlink) -> _Dumped:
@@ -107,7 +113,7 @@ def _dump(nl: NftNetlink) -> _Dumped:
     comments: dict[str, str] = {}
     rules: dict[str, dict[str, int]] = {}
     sets: dict[tuple[str, str], list[RawElement]] = {}
-    policies: dict[str, dict[int, int]] = {}
+    policies: dict[tuple[str, str], dict[int, int]] = {}
     for family in FAMILIES:
         comment = nl.table_comment(family, TABLE)
         if comment is None:
@@ -122,11 +128,11 @@ def _dump(nl: NftNetlink) -> _Dumped:
             raws = nl.elements(family, TABLE, name)
             if raws is not None:
                 sets[(family, name)] = raws
-        if family == "ip":
+        if family in NAT_FAMILIES:
             for name in TIMEOUT_OBJECTS:
                 policy = nl.ct_timeout(family, TABLE, name)
                 if policy is not None:
-                    policies[name] = policy
+                    policies[(family, name)] = policy
     return chains, comments, rules, sets, policies
 
 
@@ -174,13 +180,13 @@ def _picture(
     parsed: ParsedTables, found: Found, genid: int, netns: str | None, ifindex: Mapping[str, int]
 ) -> Picture:
     rebuild = needs_rebuild(found)
-    if rebuild:
-        # Pictured as the next apply leaves it before it adds anything: without the ip
+    for family in rebuild:
+        # Pictured as the next apply leaves it before it adds anything: without that NAT
         # table. Its services are still read as they are (a plan does not change them);
         # their elements, timeouts and counters are gone, and are written anew.
-        found = found.without("ip")
+        found = found.without(family)
         parsed.by_set = {
-            name: items for name, items in parsed.by_set.items() if not items or items[0].family != "ip"
+            name: [e for e in items if e.family != family] for name, items in parsed.by_set.items()
         }
     # Timeouts count only when their objects and the rules attaching them are all there;
     # otherwise the next SetTimeouts replaces whatever is left.
@@ -209,7 +215,10 @@ def _picture(
         if built.dr_addresses:
             pic.dr_of[key] = built.dr_addresses
             pic.dr_refs.update(built.dr_addresses)
-    named = {service_key(e.key): int(e.value) for e in parsed.by_set.get("dr_tab", ())}  # type: ignore[arg-type]
+    named = {
+        service_key(e.key): int(e.value)
+        for e in [*parsed.by_set.get("dr_tab", ()), *parsed.by_set.get("dr6_tab", ())]
+    }
     wanted: dict[int, list[Content]] = {}
     for key, content in contents.items():
         if key in named:
@@ -217,8 +226,9 @@ def _picture(
     tables = SlotTables.read(parsed.by_set.get("dr_slots", ()), wanted)
     for key, content in contents.items():
         head = (ip_text(key.address), PROTO_TEXT[key.protocol], key.port)  # type: ignore[arg-type]
-        expected.discard(Element("netdev", "dr_tab", head, 0))
-        expected.add(Element("netdev", "dr_tab", head, tables.lookup(content)))
+        tab = "dr_tab" if key.family == 4 else "dr6_tab"
+        expected.discard(Element("netdev", tab, head, 0))
+        expected.add(Element("netdev", tab, head, tables.lookup(content)))
     for tid in named.values():
         tables.use(tid)
     pic.tables = tables
@@ -247,24 +257,47 @@ def _no_table_yet(content: Content) -> int:
 
 
 def _neighbours(pic: Picture, parsed: ParsedTables, ifindex: Mapping[str, int]) -> None:
-    """A DR real server's neighbour is known when all three of its elements are there
-    and its device exists; any other neighbour element is a stray, deleted (and the
-    real server resolved again) by the next apply."""
-    by_mark: dict[int, dict[str, Element]] = {}
-    for name in NEIGHBOUR_SETS:
-        for e in parsed.by_set.get(name, ()):
-            by_mark.setdefault(int(e.key[0]), {})[e.set] = e
-    for mark, members in by_mark.items():
-        device = members.get("dr_dev")
-        if set(members) == NEIGHBOUR_SETS and device is not None and str(device.value) in ifindex:
-            pic.neighbours[str(ipaddress.IPv4Address(mark))] = Neighbour(
-                mac=str(members["dr_mac"].value),
-                own_mac=str(members["dr_smac"].value),
-                device=str(device.value),
-                ifindex=ifindex[str(device.value)],
-            )
-        else:
-            pic.strays.update(members.values())
+    """A DR real server's neighbour is known when all its elements are there (IPv6: and
+    its id is that of the address ``dr6_addr`` names) and its device exists; any other
+    neighbour element is a stray, deleted (and the real server resolved again) by the
+    next apply."""
+    for version, names in NEIGHBOUR_SETS.items():
+        prefix = "dr_" if version == 4 else "dr6_"
+        by_mark: dict[int, dict[str, Element]] = {}
+        for name in names:
+            for e in parsed.by_set.get(name, ()):
+                by_mark.setdefault(int(e.key[0]), {})[e.set] = e
+        for mark, members in by_mark.items():
+            device = members.get(f"{prefix}dev")
+            rip = _neighbour_address(version, mark, members.get("dr6_addr"))
+            if (
+                set(members) == names
+                and rip is not None
+                and device is not None
+                and str(device.value) in ifindex
+            ):
+                pic.neighbours[rip] = Neighbour(
+                    mac=str(members[f"{prefix}mac"].value),
+                    own_mac=str(members[f"{prefix}smac"].value),
+                    device=str(device.value),
+                    ifindex=ifindex[str(device.value)],
+                )
+            else:
+                pic.strays.update(members.values())
+
+
+def _neighbour_address(version: int, mark: int, named: Element | None) -> str | None:
+    """The real server a neighbour mark stands for (None: no address, or not its id)."""
+    if version == 4:
+        return str(ipaddress.IPv4Address(mark))
+    try:
+        address = ipaddress.IPv6Address(str(named.value)) if named is not None else None
+    except ValueError:
+        return None
+    return ip_text(address) if address is not None and mark_of(address) == mark else None
+
+
+_COUNTER_SETS = tuple((family, name) for family in FAMILIES for name in SETS[family] if name in COUNTER_SETS)
 
 
 def read_counters(nl: NftNetlink, pic: Picture) -> bool:
@@ -273,7 +306,7 @@ def read_counters(nl: NftNetlink, pic: Picture) -> bool:
 
     def dump() -> dict[tuple[str, str], list[RawElement]]:
         sets: dict[tuple[str, str], list[RawElement]] = {}
-        for family, name in (("ip", "nat_in"), ("ip", "nat_out"), ("netdev", "dr_in")):
+        for family, name in _COUNTER_SETS:
             raws = nl.elements(family, TABLE, name)
             if raws is not None:
                 sets[(family, name)] = raws
@@ -312,5 +345,5 @@ def stale_counters(
                 if rs.forward is Forward.NAT:
                     live.add((vip, proto, ip_text(rs.address), rs.port))
                 else:
-                    live.add((vip, proto, key.port, int(rs.address)))
+                    live.add((vip, proto, key.port, mark_of(rs.address)))
     return {c for c in counters if c.key not in live}

@@ -14,19 +14,22 @@ port) and its ``*_rs`` elements (everything else).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import operator
 import socket
 import struct
+import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from ...model import Forward, RealServer, RealServerKey, RealServerStats, ServiceKey, Timeouts, VirtualService
-from .elements import PROTO_TEXT, ip_of, ip_text, mark_address, service_key
+from .elements import PROTO_TEXT, ip_of, ip_text, mark_address, mark_of, service_key
 from .schema import (
     CT_DEFAULTS,
     MARKERS,
+    NAT_FAMILIES,
     TABLE,
     TABLE_COMMENTS,
     VERSIONS,
@@ -71,6 +74,7 @@ class ParsedTables:
 
 #: (set, element key) -> (packets, bytes) of the counter elements.
 Counters: TypeAlias = dict[tuple[str, tuple[str | int, ...]], tuple[int, int]]
+_DR_COUNTERS = {4: "dr_in", 6: "dr6_in"}  # a DR service's counter set, per IP version
 _ZERO_STATS = RealServerStats()  # frozen: one object for every real server without traffic
 
 
@@ -102,7 +106,7 @@ def parse_tables(documents: Sequence[Mapping[str, Any]]) -> ParsedTables:
     (the backend reads over netlink; ``kubelvs doctor`` reads a captured nft.json)."""
     out = ParsedTables()
     counters: Counters = {}
-    ct_policies: dict[str, dict[str, int]] = {}
+    ct_policies: dict[tuple[str, str], dict[str, int]] = {}
     for doc in documents:
         for item in doc.get("nftables", []):
             if "table" in item:
@@ -116,7 +120,7 @@ def parse_tables(documents: Sequence[Mapping[str, Any]]) -> ParsedTables:
                     out.device_chains[ifindex] = chain["dev"]
             elif "ct timeout" in item:
                 ct = item["ct timeout"]
-                ct_policies[ct["name"]] = dict(ct.get("policy") or {})
+                ct_policies[(ct["family"], ct["name"])] = dict(ct.get("policy") or {})
             elif "map" in item or "set" in item:
                 is_map = "map" in item
                 s = item["map" if is_map else "set"]
@@ -145,8 +149,8 @@ def parse_tables(documents: Sequence[Mapping[str, Any]]) -> ParsedTables:
                         parsed = _scalar(value)
                     items.append(Element(s["family"], s["name"], key, parsed, comment))
     _rebuild(out, counters)
-    if "kl_tcp" in ct_policies and "kl_udp" in ct_policies:
-        tcp, udp = ct_policies["kl_tcp"], ct_policies["kl_udp"]
+    if (found := _timeout_policies(ct_policies)) is not None:
+        tcp, udp = found
         out.timeouts = Timeouts(
             tcp=tcp.get("established", CT_DEFAULTS["established"]),
             tcpfin=tcp.get("fin_wait", CT_DEFAULTS["fin_wait"]),
@@ -160,13 +164,13 @@ def parse_tables(documents: Sequence[Mapping[str, Any]]) -> ParsedTables:
 #: CTA_TIMEOUT_* attribute numbers of the policy values the model uses.
 CTA_TCP_ESTABLISHED, CTA_TCP_FIN_WAIT, CTA_UDP_REPLIED = 3, 4, 2
 _PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
-# A concatenation stores every component in its own 4-byte register: VIP, protocol
-# (1 byte), port (2 bytes, network order). ``numgen``, ``meta mark``, ``meta oif``
-# are host-order 32-bit integers.
-_PREFIX = struct.Struct("!4sB3xH2x")
+# A concatenation stores every component in its own 4-byte registers: VIP (4 bytes,
+# 16 in the ip6 table), protocol (1 byte), port (2 bytes, network order). ``numgen``,
+# ``meta mark``, ``meta oif`` are host-order 32-bit integers.
+_PREFIX = {4: struct.Struct("!4sB3xH2x"), 16: struct.Struct("!16sB3xH2x")}
 _U32 = struct.Struct("=I")
 _BE16 = struct.Struct("!H")
-_NAT_TARGET = struct.Struct("!4sH2x")  # RIP . RPORT
+_NAT_TARGET = {4: struct.Struct("!4sH2x"), 16: struct.Struct("!16sH2x")}  # RIP . RPORT
 _DR_TARGET = struct.Struct("!H2x")  # RPORT (. weight: a host-order u32 after it)
 _VERDICTS = {0: "drop", 1: "accept", -1: "continue", -2: "break", -5: "return"}
 
@@ -180,23 +184,23 @@ class _RawDecoder:
         self._prefixes: dict[bytes, tuple[str, str, int]] = {}
         self._targets: dict[bytes, tuple[str, int]] = {}
 
-    def prefix(self, key: bytes) -> tuple[str, str, int]:
-        head = key[:12]
+    def prefix(self, key: bytes, size: int = 4) -> tuple[str, str, int]:
+        head = key[: size + 8]
         found = self._prefixes.get(head)
         if found is None:
-            vip, proto, port = _PREFIX.unpack(head)
-            found = self._prefixes[head] = (socket.inet_ntoa(vip), _PROTO_NAMES.get(proto, str(proto)), port)
+            vip, proto, port = _PREFIX[size].unpack(head)
+            found = self._prefixes[head] = (_ntoa(vip), _PROTO_NAMES.get(proto, str(proto)), port)
         return found
 
     def nat_target(self, value: bytes) -> tuple[str, int]:
         found = self._targets.get(value)
         if found is None:
-            rip, rport = _NAT_TARGET.unpack(value)
-            found = self._targets[value] = (socket.inet_ntoa(rip), rport)
+            rip, rport = _NAT_TARGET[len(value) - 4].unpack(value)
+            found = self._targets[value] = (_ntoa(rip), rport)
         return found
 
     def decode(self, family: str, name: str, raws: Iterable[Any]) -> tuple[list[Element], Counters]:
-        key_of, value_of = self._codec(name)
+        key_of, value_of = self._codec(name, 16 if family == "ip6" or name.startswith("dr6_") else 4)
         make = Element._make
         out: list[Element] = []
         counters: Counters = {}
@@ -212,24 +216,28 @@ class _RawDecoder:
             ) from exc
         return out, counters
 
-    def _codec(self, name: str) -> tuple[Callable[[bytes], tuple[str | int, ...]], Callable[[Any], Value]]:
-        prefix, u32, be16 = self.prefix, _U32.unpack_from, _BE16.unpack_from
-        ntoa = socket.inet_ntoa
-        if name in ("nat_svc", "dr_svc"):
+    def _codec(
+        self, name: str, size: int
+    ) -> tuple[Callable[[bytes], tuple[str | int, ...]], Callable[[Any], Value]]:
+        """Key and value decoders of set ``name`` whose addresses are ``size`` bytes."""
+        u32, be16, ntoa, end = _U32.unpack_from, _BE16.unpack_from, _ntoa, size + 8
+        prefix = self.prefix if size == 4 else functools.partial(self.prefix, size=size)
+        if name in ("nat_svc", "dr_svc", "dr6_svc"):
             return prefix, lambda raw: _verdict_text(raw.verdict)
-        if name == "dr_tab":
+        if name in ("dr_tab", "dr6_tab"):
             return prefix, lambda raw: u32(raw.data, 0)[0]
         if name == "tun_svc":
             return prefix, lambda raw: None
 
         def slot_key(k: bytes) -> tuple[str | int, ...]:  # VIP . proto . port . slot/mark
-            return (*prefix(k), *u32(k, 12))
+            return (*prefix(k), *u32(k, end))
 
         def realserver_key(k: bytes) -> tuple[str | int, ...]:  # VIP . proto . port . RIP . RPORT
-            return (*prefix(k), ntoa(k[12:16]), *be16(k, 16))
+            return (*prefix(k), ntoa(k[end : end + size]), *be16(k, end + size))
 
         def counter_key(k: bytes) -> tuple[str | int, ...]:  # VIP . proto . RIP . RPORT
-            return (ntoa(k[0:4]), _PROTO_NAMES.get(k[4], str(k[4])), ntoa(k[8:12]), *be16(k, 12))
+            proto = _PROTO_NAMES.get(k[size], str(k[size]))
+            return (ntoa(k[:size]), proto, ntoa(k[size + 4 : 2 * size + 4]), *be16(k, 2 * size + 4))
 
         def mark_key(k: bytes) -> tuple[str | int, ...]:
             return u32(k, 0)
@@ -240,25 +248,42 @@ class _RawDecoder:
         keyed: Callable[[bytes], tuple[str | int, ...]]
         if name == "dr_slots":
             keyed = table_key
-        elif name in ("nat_slots", "dr_in", "dr_rs"):
+        elif name in ("nat_slots", "dr_in", "dr_rs", "dr6_in", "dr6_rs"):
             keyed = slot_key
         elif name == "nat_rs":
             keyed = realserver_key
         elif name in ("nat_in", "nat_out"):
             keyed = counter_key
-        else:  # dr_mac, dr_smac, dr_dev, tun_dev: keyed by the mark
+        else:  # dr_mac, dr_smac, dr_dev, tun_dev, their dr6_ twins, dr6_addr: keyed by the mark
             keyed = mark_key
+
+        def mac(raw: Any) -> Value:
+            return ":".join(f"{b:02x}" for b in raw.data)
+
+        def device(raw: Any) -> Value:
+            return self.ifnames.get(u32(raw.data, 0)[0], str(u32(raw.data, 0)[0]))
+
         values: dict[str, Callable[[Any], Value]] = {
             "nat_slots": lambda raw: self.nat_target(raw.data),
             "dr_slots": lambda raw: u32(raw.data, 0)[0],
             "nat_rs": lambda raw: u32(raw.data, 0)[0],
             "dr_rs": lambda raw: be16(raw.data, 0) + u32(raw.data, 4),
-            "dr_mac": lambda raw: ":".join(f"{b:02x}" for b in raw.data),
-            "dr_smac": lambda raw: ":".join(f"{b:02x}" for b in raw.data),
-            "dr_dev": lambda raw: self.ifnames.get(u32(raw.data, 0)[0], str(u32(raw.data, 0)[0])),
-            "tun_dev": lambda raw: self.ifnames.get(u32(raw.data, 0)[0], str(u32(raw.data, 0)[0])),
+            "dr6_rs": lambda raw: be16(raw.data, 0) + u32(raw.data, 4),
+            "dr_mac": mac,
+            "dr_smac": mac,
+            "dr6_mac": mac,
+            "dr6_smac": mac,
+            "dr_dev": device,
+            "dr6_dev": device,
+            "tun_dev": device,
+            "dr6_addr": lambda raw: ntoa(raw.data),
         }
         return keyed, values.get(name, lambda raw: None)
+
+
+def _ntoa(packed: bytes) -> str:
+    """An address as nft (and ``elements.ip_text``) writes it."""
+    return socket.inet_ntoa(packed) if len(packed) == 4 else ip_text(ipaddress.IPv6Address(packed))
 
 
 def _verdict_text(verdict: tuple[int, str] | None) -> str:
@@ -275,14 +300,14 @@ def _verdict_text(verdict: tuple[int, str] | None) -> str:
 def parse_raw(
     chains: Mapping[str, Sequence[tuple[str, str | None]]],
     sets: Mapping[tuple[str, str], Iterable[Any]],
-    policies: Mapping[str, Mapping[int, int]],
+    policies: Mapping[tuple[str, str], Mapping[int, int]],
     ifnames: Mapping[int, str],
     comments: Mapping[str, str] | None = None,
 ) -> ParsedTables:
     """Rebuild the model from what the kernel holds (netlink.py reads it).
 
     ``chains``: family -> (name, hook device) of each existing ``kubelvs`` table's chains;
-    ``sets``: (family, set) -> its ``RawElement``s; ``policies``: ct timeout name -> CTA
+    ``sets``: (family, set) -> its ``RawElement``s; ``policies``: (family, ct timeout name) -> CTA
     attribute -> seconds; ``ifnames``: ifindex -> interface name in the namespace;
     ``comments``: family -> the table's comment. A table is ours when it has the marker
     chain or our comment (a marker chain deleted by hand is then made again).
@@ -300,17 +325,30 @@ def parse_raw(
     counters: Counters = {}
     for (family, name), raws in sets.items():
         items, found = decoder.decode(family, name, raws)
-        out.by_set[name] = items
+        out.by_set.setdefault(name, []).extend(items)  # ip and ip6 have the same sets
         counters.update(found)
     _rebuild(out, counters)
-    if "kl_tcp" in policies and "kl_udp" in policies:
-        tcp, udp = policies["kl_tcp"], policies["kl_udp"]
+    if (policy := _timeout_policies(policies)) is not None:
+        tcp, udp = policy
         out.timeouts = Timeouts(
             tcp=tcp.get(CTA_TCP_ESTABLISHED, CT_DEFAULTS["established"]),
             tcpfin=tcp.get(CTA_TCP_FIN_WAIT, CT_DEFAULTS["fin_wait"]),
             udp=udp.get(CTA_UDP_REPLIED, CT_DEFAULTS["replied"]),
         )
     return out
+
+
+_P = typing.TypeVar("_P")
+
+
+def _timeout_policies(policies: Mapping[tuple[str, str], _P]) -> tuple[_P, _P] | None:
+    """The tcp and udp policies of the ct timeout objects: the ip table's, else the ip6
+    table's (both are written with the same values)."""
+    for family in NAT_FAMILIES:
+        tcp, udp = policies.get((family, "kl_tcp")), policies.get((family, "kl_udp"))
+        if tcp is not None and udp is not None:
+            return tcp, udp
+    return None
 
 
 def decode_counters(sets: Mapping[tuple[str, str], Iterable[Any]]) -> tuple[list[Element], Counters]:
@@ -346,7 +384,8 @@ def stats_of(
                 pout, bout = counters.get(("nat_out", (vip, proto, rip, rs.port)), (0, 0))
                 found = RealServerStats(in_packets=pin, in_bytes=bin_, out_packets=pout, out_bytes=bout)
             else:
-                pin, bin_ = counters.get(("dr_in", (vip, proto, key.port, int(rs.address))), (0, 0))
+                counter = _DR_COUNTERS[key.family]
+                pin, bin_ = counters.get((counter, (vip, proto, key.port, mark_of(rs.address))), (0, 0))
                 found = RealServerStats(in_packets=pin, in_bytes=bin_)
             stats[(key, rs.key)] = found
     return stats
@@ -358,7 +397,7 @@ def _rebuild(
     """Services, real servers and stats from the elements in ``out.by_set``."""
     by_set = out.by_set
     heads: dict[tuple[str | int, ...], tuple[ServiceKey, str, frozenset[str]]] = {}
-    for e in [*by_set.get("nat_svc", ()), *by_set.get("dr_svc", ())]:
+    for e in [*by_set.get("nat_svc", ()), *by_set.get("dr_svc", ()), *by_set.get("dr6_svc", ())]:
         if isinstance(e.value, str) and e.value.startswith("goto "):
             parsed = parse_scheduler_chain(e.value[5:])
             if parsed is not None:
@@ -399,12 +438,19 @@ def _rebuild(
     owners = {
         tid: set(table.values()) for tid, table in tables_of(e for e in slots if len(e.key) == 2).items()
     }
-    for e in by_set.get("dr_tab", ()):
+    # An IPv6 real server's mark is its id: ``dr6_addr`` says which address it stands for
+    # (an id it does not name stands for no real server: the service is rewritten).
+    addresses6 = {int(e.key[0]): str(e.value) for e in by_set.get("dr6_addr", ())}
+
+    def rip_of(mark: int, dr6: bool) -> str | None:
+        return addresses6.get(mark) if dr6 else mark_address(mark)
+
+    for e in [*by_set.get("dr_tab", ()), *by_set.get("dr6_tab", ())]:
         m = members.get(e.key)
         if m is not None:
-            for mark in owners.get(int(e.value), ()):  # type: ignore[arg-type]
-                rip = mark_address(mark)
-                m[(rip, -1)] = real(rip, int(e.key[2]), 1, True)
+            for mark in owners.get(int(e.value), ()):
+                if (owner := rip_of(mark, e.set == "dr6_tab")) is not None:
+                    m[(owner, -1)] = real(owner, int(e.key[2]), 1, True)
     for e in slots:
         m = members.get(e.key[:3]) if len(e.key) == 4 else None
         if m is not None:
@@ -418,13 +464,13 @@ def _rebuild(
             assert isinstance(e.value, int)
             rip, rport = str(e.key[3]), int(e.key[4])
             m[(rip, rport)] = real(rip, rport, e.value, False)
-    for e in by_set.get("dr_rs", ()):
+    for e in [*by_set.get("dr_rs", ()), *by_set.get("dr6_rs", ())]:
         m = members.get(e.key[:3])
         if m is not None:
             assert isinstance(e.value, tuple)
             dr_port, weight = e.value
-            rip = mark_address(int(e.key[3]))
-            m[(rip, -1)] = real(rip, int(dr_port), int(weight), True)
+            if (owner := rip_of(int(e.key[3]), e.set == "dr6_rs")) is not None:
+                m[(owner, -1)] = real(owner, int(dr_port), int(weight), True)
     by_order = operator.itemgetter(2)
     stats = out.stats
     # TUN services are DR services marked in tun_svc (the packet path forks in dr_out).
@@ -453,5 +499,6 @@ def _rebuild(
                 )
             else:
                 # replies go from the real server straight to the client: no out counters
-                pin, bin_ = counters.get(("dr_in", (vip, proto, sk.port, int(rs.address))), (0, 0))
+                counter = _DR_COUNTERS[sk.family]
+                pin, bin_ = counters.get((counter, (vip, proto, sk.port, mark_of(rs.address))), (0, 0))
                 stats[(sk, rs.key)] = RealServerStats(in_packets=pin, in_bytes=bin_)

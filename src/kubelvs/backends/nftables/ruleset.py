@@ -30,6 +30,7 @@ from .elements import (
 from .readback import ParsedTables, decode_counters, parse_raw, parse_tables, stats_of
 from .schema import (
     CT_DEFAULTS,
+    FAMILIES,
     HASH_SEED,
     SETS,
     SKELETON_VERSION,
@@ -47,6 +48,7 @@ from .schema import (
 
 __all__ = [
     "CT_DEFAULTS",
+    "FAMILIES",
     "HASH_SEED",
     "SETS",
     "SKELETON_VERSION",

@@ -1,17 +1,20 @@
 """The fixed part of the kubelvs ruleset (nftables backend, pure): names, the maps and
 chains of the two tables, and the nft text that makes whatever of them is missing.
 
-Everything lives in two tables named ``kubelvs`` (one per nftables family; nftables
-ties a table to a family): ``ip kubelvs`` for NAT and timeouts, ``netdev kubelvs``
-for DR and TUN (only the netdev family can rewrite MACs and ``fwd`` a frame). Other
-tables are never named in anything this package emits.
+Everything lives in tables named ``kubelvs`` (one per nftables family; nftables ties
+a table to a family): ``ip kubelvs`` for IPv4 NAT and timeouts, ``ip6 kubelvs`` its
+IPv6 twin (same maps, same chains, IPv6 types: nft has no ``inet`` NAT map whose keys
+hold either family, and a second table keeps every IPv4 element as it was), and
+``netdev kubelvs`` for DR and TUN (only the netdev family can rewrite MACs and
+``fwd`` a frame). Other tables are never named in anything this package emits.
 
 The *skeleton* (maps, scheduler chains, hooks) is fixed; a service is nothing but map
 elements (elements.py), so any change is a small element transaction (a per-service
 chain costs ~10x more at 10,000 services):
 
 ``nat_svc``/``dr_svc``  ``VIP . proto . port -> goto <scheduler chain>``; the chain's name
-                        is the scheduler, flags and slot count (``nat_wrr_4``, ``dr_mh_p``)
+                        is the scheduler, flags and slot count (``nat_wrr_4``, ``dr_mh_p``,
+                        ``dr6_rr_3``)
 ``nat_slots``           ``VIP . proto . port . slot -> RIP . RPORT`` (dnat target)
 ``dr_tab``              ``VIP . proto . port -> table``: the DR slot table the service uses
 ``dr_slots``            ``table . slot -> mark`` where mark = the RIP as u32: a *shared* slot
@@ -25,6 +28,12 @@ chain costs ~10x more at 10,000 services):
                         (forward hook) when a real server first sees traffic
 ``dr_mac``/``dr_smac``/``dr_dev``  ``RIP -> real server MAC / own MAC / out device``
 ``tun_svc``/``tun_dev`` TUN: the DR services that tunnel; ``RIP -> IPIP device``
+``dr6_*``               DR over IPv6: ``dr6_svc``, ``dr6_tab``, ``dr6_rs``, ``dr6_in`` and the
+                        neighbour maps, keyed by the IPv6 VIP; the mark is the real server's
+                        *id* (``elements.mark_of``: 32 bits of a hash of its address, the same
+                        on every director), ``dr6_addr`` says which address an id stands for
+                        (the data path needs none: DR leaves the IP header alone). The slot
+                        tables (``dr_slots``) are shared with IPv4: a table is only marks.
 
 A DR scheduler chain looks the service's table up first (``meta mark set ... map
 @dr_tab``), then the slot in it (``meta mark set meta mark . <slot> map @dr_slots``): nft
@@ -62,9 +71,12 @@ __all__ = [
     "COUNTER_SETS",
     "COUNTER_SET_SIZE",
     "CT_DEFAULTS",
+    "DEVICE_CHAIN_RULES",
     "FAMILIES",
     "HASH_SEED",
     "MARKERS",
+    "NAT_FAMILIES",
+    "NAT_FAMILY",
     "NEIGHBOUR_SETS",
     "NETDEV_VERSION",
     "PER_SERVICE_SETS",
@@ -103,14 +115,17 @@ TABLE = "kubelvs"
 SKELETON_VERSION = "kubelvs_v1"
 #: The netdev table's marker since DR slot tables are shared (``dr_tab``).
 NETDEV_VERSION = "kubelvs_v2"
-VERSIONS = {"ip": SKELETON_VERSION, "netdev": NETDEV_VERSION}
+VERSIONS = {"ip": SKELETON_VERSION, "ip6": SKELETON_VERSION, "netdev": NETDEV_VERSION}
 #: Every version's marker: a table is of the version its marker names.
 MARKERS = frozenset({SKELETON_VERSION, NETDEV_VERSION})
 TABLE_COMMENTS = {
     family: f"managed by kubelvs (nftables backend v{version[-1]}), do not edit"
     for family, version in VERSIONS.items()
 }
-FAMILIES = ("ip", "netdev")
+FAMILIES = ("ip", "ip6", "netdev")
+#: The families whose table holds NAT services (and their ct timeouts), per IP version.
+NAT_FAMILIES = ("ip", "ip6")
+NAT_FAMILY = {4: "ip", 6: "ip6"}
 SUPPORTED_SCHEDULERS = frozenset({"rr", "wrr", "sh", "mh"})
 #: jhash seed of every hash chain: fixed, so every director computes the same slot.
 HASH_SEED = 0x6B6C7673
@@ -121,6 +136,7 @@ COUNTER_SET_SIZE = 1048576
 #: Every set and map of the skeleton, per family: what a read dumps.
 SETS = {
     "ip": ("nat_svc", "nat_slots", "nat_rs", "nat_in", "nat_out"),
+    "ip6": ("nat_svc", "nat_slots", "nat_rs", "nat_in", "nat_out"),
     "netdev": (
         "dr_svc",
         "dr_tab",
@@ -132,13 +148,29 @@ SETS = {
         "dr_dev",
         "tun_svc",
         "tun_dev",
+        "dr6_svc",
+        "dr6_tab",
+        "dr6_rs",
+        "dr6_in",
+        "dr6_mac",
+        "dr6_smac",
+        "dr6_dev",
+        "dr6_addr",
     ),
 }
 #: The maps that hold services, keyed by ``VIP . proto . port`` (elements.py), the shared
 #: DR slot tables (slottables.py), the DR neighbours, the packet path's counters.
-PER_SERVICE_SETS = frozenset({"nat_svc", "dr_svc", "nat_slots", "dr_tab", "nat_rs", "dr_rs", "tun_svc"})
-NEIGHBOUR_SETS = frozenset({"dr_mac", "dr_smac", "dr_dev"})
-COUNTER_SETS = ("nat_in", "nat_out", "dr_in")
+PER_SERVICE_SETS = frozenset(
+    {"nat_svc", "dr_svc", "nat_slots", "dr_tab", "nat_rs", "dr_rs", "tun_svc", "dr6_svc", "dr6_tab", "dr6_rs"}
+)
+#: A DR real server's neighbour elements, per IP version (IPv6: and its id's address).
+NEIGHBOUR_SETS = {
+    4: frozenset({"dr_mac", "dr_smac", "dr_dev"}),
+    6: frozenset({"dr6_mac", "dr6_smac", "dr6_dev", "dr6_addr"}),
+}
+COUNTER_SETS = ("nat_in", "nat_out", "dr_in", "dr6_in")
+#: The rules of an ingress hook chain: one lookup per IP version.
+DEVICE_CHAIN_RULES = 2
 #: TUN's part of the netdev table: added the first time a TUN service appears, so that
 #: tables made before TUN existed keep working (and a read of them runs no link dump).
 TUN_SETS = ("tun_svc", "tun_dev")
@@ -151,6 +183,12 @@ TIMEOUT_CHAIN = "nat_timeouts"
 CHAIN_DEVICE_PREFIX = "dr_in_"
 
 _KEY = "ip daddr . meta l4proto . th dport"
+
+
+def _key(family: str) -> str:
+    """``VIP . proto . port`` of a packet in ``family``'s table (netdev: IPv4)."""
+    return _KEY if family != "ip6" else "ip6 daddr . meta l4proto . th dport"
+
 
 Value: TypeAlias = tuple[str | int, ...] | str | int | None
 
@@ -183,7 +221,7 @@ def scheduler_chain(kind: str, scheduler: str, flags: frozenset[str], slots: int
 def parse_scheduler_chain(chain: str) -> tuple[str, frozenset[str]] | None:
     """Inverse of ``scheduler_chain``: (scheduler, flags), None for a foreign name."""
     parts = chain.split("_")
-    if len(parts) < 2 or parts[0] not in ("nat", "dr") or parts[1] not in SUPPORTED_SCHEDULERS:
+    if len(parts) < 2 or parts[0] not in ("nat", "dr", "dr6") or parts[1] not in SUPPORTED_SCHEDULERS:
         return None
     scheduler = parts[1]
     flags: set[str] = set()
@@ -227,25 +265,26 @@ class ChainDecl(NamedTuple):
     rules: tuple[str, ...] | None
 
 
-def _scheduler_chains(kind: str) -> list[ChainDecl]:
-    """Every scheduler chain of ``kind`` ("nat" or "dr")."""
+def _scheduler_chains(kind: str, family: str) -> list[ChainDecl]:
+    """Every scheduler chain of ``kind`` ("nat", "dr" or "dr6") in ``family``'s table."""
     seed = f"seed {HASH_SEED:#x}"
-    family = "ip" if kind == "nat" else "netdev"
+    l3 = "ip6" if family == "ip6" or kind == "dr6" else "ip"
+    key = _key(l3)
     if kind == "nat":
         # New connections only (nat chains see the first packet); conntrack keeps the rest.
         def pick(slot: str) -> tuple[str, ...]:
-            return (f"jump {TIMEOUT_CHAIN}", f"dnat ip to {_KEY} . {slot} map @nat_slots")
+            return (f"jump {TIMEOUT_CHAIN}", f"dnat {l3} to {key} . {slot} map @nat_slots")
 
         rr_slot = "numgen inc mod {n}"
     else:
         # No connection state in netdev: every packet of a flow must hash to the same slot.
         def pick(slot: str) -> tuple[str, ...]:
             return (
-                f"meta mark set {_KEY} map @dr_tab"
-                f" meta mark set meta mark . {slot} map @dr_slots goto dr_out",
+                f"meta mark set {key} map @{kind}_tab"
+                f" meta mark set meta mark . {slot} map @dr_slots goto {kind}_out",
             )
 
-        rr_slot = f"jhash ip saddr . th sport mod {{n}} {seed}"
+        rr_slot = f"jhash {l3} saddr . th sport mod {{n}} {seed}"
     chains: list[ChainDecl] = []
     for scheduler in ("rr", "wrr"):
         chains.append(ChainDecl(family, f"{kind}_{scheduler}_0", "", ("drop",)))
@@ -253,7 +292,7 @@ def _scheduler_chains(kind: str) -> list[ChainDecl]:
             chains.append(ChainDecl(family, f"{kind}_{scheduler}_{n}", "", pick(rr_slot.format(n=n))))
     for scheduler in ("sh", "mh"):
         for suffix in ("", "_p", "_f", "_pf"):
-            source = "ip saddr . th sport" if "p" in suffix else "ip saddr"
+            source = f"{l3} saddr . th sport" if "p" in suffix else f"{l3} saddr"
             chains.append(
                 ChainDecl(
                     family,
@@ -273,32 +312,33 @@ def declarations(family: str, *, tun: bool = False) -> tuple[tuple[SetDecl, ...]
     Cached: every apply compares what a read found with them."""
     counter_set = f"size {COUNTER_SET_SIZE}; flags dynamic; counter;"
     marker = ChainDecl(family, VERSIONS[family], "", ())
-    if family == "ip":
+    if family in NAT_FAMILIES:
+        key, l3 = _key(family), family
         sets = [
-            SetDecl(family, "map", "nat_svc", f"typeof {_KEY} : verdict;"),
-            SetDecl(family, "map", "nat_slots", f"typeof {_KEY} . numgen inc mod 2 : ip daddr . th dport;"),
-            SetDecl(family, "map", "nat_rs", f"typeof {_KEY} . ip daddr . th dport : meta mark;"),
+            SetDecl(family, "map", "nat_svc", f"typeof {key} : verdict;"),
+            SetDecl(family, "map", "nat_slots", f"typeof {key} . numgen inc mod 2 : {l3} daddr . th dport;"),
+            SetDecl(family, "map", "nat_rs", f"typeof {key} . {l3} daddr . th dport : meta mark;"),
             # Counters appear when traffic flows (``update`` from the packet path): a sync
             # writes none of them, which halves the elements of a cold sync.
             SetDecl(
                 family,
                 "set",
                 "nat_in",
-                f"typeof ip daddr . meta l4proto . ip daddr . th dport; {counter_set}",
+                f"typeof {l3} daddr . meta l4proto . {l3} daddr . th dport; {counter_set}",
             ),
             SetDecl(
                 family,
                 "set",
                 "nat_out",
-                f"typeof ip daddr . meta l4proto . ip daddr . th dport; {counter_set}",
+                f"typeof {l3} daddr . meta l4proto . {l3} daddr . th dport; {counter_set}",
             ),
         ]
-        lookup = (f"{_KEY} vmap @nat_svc",)
+        lookup = (f"{key} vmap @nat_svc",)
         chains = [
             marker,
             # ct timeout rules (SetTimeouts); run for new NAT connections, before confirmation.
             ChainDecl(family, TIMEOUT_CHAIN, "", None),
-            *_scheduler_chains("nat"),
+            *_scheduler_chains("nat", family),
             # New connections to a VIP, from outside (prerouting) and from the director itself.
             ChainDecl(family, "nat_pre", "type nat hook prerouting priority dstnat; policy accept;", lookup),
             ChainDecl(family, "nat_local", "type nat hook output priority -100; policy accept;", lookup),
@@ -309,9 +349,9 @@ def declarations(family: str, *, tun: bool = False) -> tuple[tuple[SetDecl, ...]
                 "type filter hook forward priority filter; policy accept;",
                 (
                     "ct status dnat ct direction original update @nat_in"
-                    " { ct original ip daddr . meta l4proto . ip daddr . th dport }",
+                    f" {{ ct original {l3} daddr . meta l4proto . {l3} daddr . th dport }}",
                     "ct status dnat ct direction reply update @nat_out"
-                    " { ct original ip daddr . meta l4proto . ip saddr . th sport }",
+                    f" {{ ct original {l3} daddr . meta l4proto . {l3} saddr . th sport }}",
                 ),
             ),
         ]
@@ -360,7 +400,31 @@ def declarations(family: str, *, tun: bool = False) -> tuple[tuple[SetDecl, ...]
         chains.append(ChainDecl(family, "dr_out", "", (f"{_KEY} @tun_svc goto {TUN_CHAIN}", dr_rule)))
     else:
         chains.append(ChainDecl(family, "dr_out", "", (dr_rule,)))
-    chains += _scheduler_chains("dr")
+    chains += _scheduler_chains("dr", family)
+    # DR over IPv6: the same, keyed by the IPv6 VIP, its own neighbour maps.
+    key6 = _key("ip6")
+    sets += [
+        SetDecl(family, "map", "dr6_svc", f"typeof {key6} : verdict;"),
+        SetDecl(family, "map", "dr6_tab", f"typeof {key6} : meta mark;"),
+        SetDecl(family, "map", "dr6_rs", f"typeof {key6} . meta mark : th dport . meta mark;"),
+        SetDecl(family, "set", "dr6_in", f"typeof {key6} . meta mark; {counter_set}"),
+        SetDecl(family, "map", "dr6_mac", "typeof meta mark : ether daddr;"),
+        SetDecl(family, "map", "dr6_smac", "typeof meta mark : ether saddr;"),
+        SetDecl(family, "map", "dr6_dev", "typeof meta mark : meta oif;"),
+        SetDecl(family, "map", "dr6_addr", "typeof meta mark : ip6 daddr;"),
+    ]
+    chains.append(
+        ChainDecl(
+            family,
+            "dr6_out",
+            "",
+            (
+                f"update @dr6_in {{ {key6} . meta mark }} ether saddr set meta mark map @dr6_smac"
+                " ether daddr set meta mark map @dr6_mac fwd to meta mark map @dr6_dev",
+            ),
+        )
+    )
+    chains += _scheduler_chains("dr6", family)
     return tuple(sets), tuple(chains)
 
 
@@ -374,7 +438,7 @@ class Found:
     tables: frozenset[str] = frozenset()  # families that have a kubelvs table of ours
     sets: frozenset[tuple[str, str]] = frozenset()  # (family, name) of the sets and maps
     rules: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (family, chain) -> its rules
-    objects: frozenset[str] = frozenset()  # ct timeout objects of the ip table
+    objects: frozenset[tuple[str, str]] = frozenset()  # (family, name) of the ct timeout objects
     # Made by ``whole``: known whole for this ``tun`` (what a commit leaves), so the next
     # apply need not compare (~0.15 ms, a tenth of a one-real-server change's CPU).
     whole_for: bool | None = field(default=None, compare=False)
@@ -389,15 +453,14 @@ class Found:
             tables=self.tables - {family},
             sets=frozenset(s for s in self.sets if s[0] != family),
             rules={k: n for k, n in self.rules.items() if k[0] != family},
-            objects=frozenset() if family == "ip" else self.objects,
+            objects=frozenset(o for o in self.objects if o[0] != family),
         )
 
     def timeouts_whole(self) -> bool:
-        """Both ct timeout objects, and the two rules that attach them."""
-        return set(TIMEOUT_OBJECTS) <= self.objects and self.rules.get(("ip", TIMEOUT_CHAIN)) == 2
-
-    def timeouts_absent(self) -> bool:
-        return not self.objects and not self.rules.get(("ip", TIMEOUT_CHAIN))
+        """Both ct timeout objects, and the two rules that attach them, in both NAT tables."""
+        return self.objects >= _TIMEOUT_PARTS and all(
+            self.rules.get((family, TIMEOUT_CHAIN)) == 2 for family in NAT_FAMILIES
+        )
 
     @staticmethod
     def whole(*, tun: bool, timeouts: bool, devices: Iterable[int] = ()) -> Found:
@@ -405,11 +468,15 @@ class Found:
         the timeouts and the ingress hooks on ``devices``, when those were written too)."""
         sets, rules = _whole(tun)
         rules = dict(rules)
-        rules[("ip", TIMEOUT_CHAIN)] = 2 if timeouts else 0
+        for family in NAT_FAMILIES:
+            rules[(family, TIMEOUT_CHAIN)] = 2 if timeouts else 0
         for ifindex in devices:
-            rules[("netdev", device_chain_name(ifindex))] = 1
-        objects = frozenset(TIMEOUT_OBJECTS) if timeouts else frozenset()
+            rules[("netdev", device_chain_name(ifindex))] = DEVICE_CHAIN_RULES
+        objects = _TIMEOUT_PARTS if timeouts else frozenset()
         return Found(tables=frozenset(FAMILIES), sets=sets, rules=rules, objects=objects, whole_for=tun)
+
+
+_TIMEOUT_PARTS = frozenset((family, name) for family in NAT_FAMILIES for name in TIMEOUT_OBJECTS)
 
 
 @functools.lru_cache(maxsize=2)
@@ -455,23 +522,26 @@ def repair_text(found: Found, *, tun: bool) -> str:
     return "".join(tables + sets + chains + rules)
 
 
-def needs_rebuild(found: Found) -> bool:
-    """The ip table exists but a NAT scheduler chain in it lacks its rules: it must be
-    made again whole (``delete table`` and everything anew, in one transaction).
+def needs_rebuild(found: Found) -> frozenset[str]:
+    """The NAT tables (``ip``, ``ip6``) that exist but have a scheduler chain that lacks
+    its rules: each must be made again whole (``delete table`` and everything anew, in
+    one transaction).
 
     nft 1.0.6 cannot add a rule that uses ``nat_slots`` once that map exists in the
     kernel: it reads the map's ``typeof ... : ip daddr . th dport`` back without the
     protocol context and fails with "conflicting protocols specified: ip vs. th" (a
     whole table block sent again fails the same way). In a transaction that makes the
     map too, the rules are added as in a cold sync."""
-    if "ip" not in found.tables:
-        return False
-    _, chains = declarations("ip")
-    return any(
-        c.rules
-        and any("@nat_slots" in rule for rule in c.rules)
-        and found.rules.get(("ip", c.name)) != len(c.rules)
-        for c in chains
+    return frozenset(
+        family
+        for family in NAT_FAMILIES
+        if family in found.tables
+        and any(
+            c.rules
+            and any("@nat_slots" in rule for rule in c.rules)
+            and found.rules.get((family, c.name)) != len(c.rules)
+            for c in declarations(family)[1]
+        )
     )
 
 
@@ -486,10 +556,13 @@ def skeleton_text(*, tun: bool = False) -> str:
 
 def device_chain_text(device: str, ifindex: int, *, exists: bool = False) -> str:
     """The ingress hook on one device: frames for a DR VIP go to the service's scheduler.
-    ``exists``: the chain is there but lost its rule (only the rule is written again: a
+    ``exists``: the chain is there but lost a rule (only the rules are written again: a
     second ``add chain`` could hook another device into it)."""
     name = device_chain_name(ifindex)
-    rule = f"add rule netdev {TABLE} {name} meta pkttype host {_KEY} vmap @dr_svc\n"
+    rule = (
+        f"add rule netdev {TABLE} {name} meta pkttype host {_KEY} vmap @dr_svc\n"
+        f"add rule netdev {TABLE} {name} meta pkttype host {_key('ip6')} vmap @dr6_svc\n"
+    )
     if exists:
         return f"flush chain netdev {TABLE} {name}\n" + rule
     return (
@@ -503,25 +576,35 @@ def delete_device_chain_text(ifindex: int) -> str:
     return f"flush chain netdev {TABLE} {name}\ndelete chain netdev {TABLE} {name}\n"
 
 
-def timeouts_text(timeouts: Timeouts, *, existing: Iterable[str] = ()) -> str:
+def timeouts_text(timeouts: Timeouts, *, existing: Iterable[tuple[str, str]] = ()) -> str:
     """ct timeout objects for NAT connections to a VIP, and the rules attaching them.
 
     IPVS ``tcp`` is conntrack's established timeout, ``udp`` both UDP timeouts, and
     ``tcpfin`` the states of a closing connection (fin_wait and time_wait): after the
     usual ``ipvsadm --set 900 30 300`` a closed connection leaves the table after 30 s.
     The rules live in ``nat_timeouts``, which every NAT scheduler chain jumps to, so they
-    apply to new connections to a VIP only. ``existing``: the objects there now, replaced
-    (an ``add`` of an existing ct timeout object leaves its old values).
+    apply to new connections to a VIP only; a ct timeout object belongs to one table, so
+    both NAT tables get their own. ``existing``: (family, name) of the objects there now,
+    replaced (an ``add`` of an existing ct timeout object leaves its old values).
     """
-    out = [f"flush chain ip {TABLE} {TIMEOUT_CHAIN}"]
-    out += [f"delete ct timeout ip {TABLE} {name}" for name in TIMEOUT_OBJECTS if name in set(existing)]
     t = timeouts
-    out += [
-        f"add ct timeout ip {TABLE} kl_tcp {{ protocol tcp; l3proto ip; policy = {{ established: {t.tcp},"
-        f" fin_wait: {t.tcpfin}, time_wait: {t.tcpfin} }}; }}",
-        f"add ct timeout ip {TABLE} kl_udp {{ protocol udp; l3proto ip;"
-        f" policy = {{ unreplied: {t.udp}, replied: {t.udp} }}; }}",
-    ]
-    for proto in ("tcp", "udp"):
-        out.append(f'add rule ip {TABLE} {TIMEOUT_CHAIN} meta l4proto {proto} ct timeout set "kl_{proto}"')
+    there = set(existing)
+    out: list[str] = []
+    for family in NAT_FAMILIES:  # the same timeouts in both NAT tables
+        out.append(f"flush chain {family} {TABLE} {TIMEOUT_CHAIN}")
+        out += [
+            f"delete ct timeout {family} {TABLE} {name}"
+            for name in TIMEOUT_OBJECTS
+            if (family, name) in there
+        ]
+        out += [
+            f"add ct timeout {family} {TABLE} kl_tcp {{ protocol tcp; l3proto {family};"
+            f" policy = {{ established: {t.tcp}, fin_wait: {t.tcpfin}, time_wait: {t.tcpfin} }}; }}",
+            f"add ct timeout {family} {TABLE} kl_udp {{ protocol udp; l3proto {family};"
+            f" policy = {{ unreplied: {t.udp}, replied: {t.udp} }}; }}",
+        ]
+        for proto in ("tcp", "udp"):
+            out.append(
+                f'add rule {family} {TABLE} {TIMEOUT_CHAIN} meta l4proto {proto} ct timeout set "kl_{proto}"'
+            )
     return "\n".join(out) + "\n"

@@ -44,8 +44,10 @@ from .elements import (
     Layout,
     Neighbour,
     group_elements,
+    ip_of,
     ip_text,
     layout,
+    mark_of,
     neighbour_elements,
     render_groups,
     service_elements,
@@ -53,6 +55,8 @@ from .elements import (
 )
 from .picture import Picture, stale_counters
 from .schema import (
+    DEVICE_CHAIN_RULES,
+    NAT_FAMILIES,
     TABLE,
     TIMEOUT_CHAIN,
     Element,
@@ -174,7 +178,13 @@ def build(
     needed = {rip for rip, n in dr_refs.items() if n > 0}
     neighbours = {rip: nb for rip, nb in pic.neighbours.items() if rip in needed}
     unresolved: dict[str, str] = {}
+    # An IPv6 real server's mark is a 32-bit hash of its address: two that collide cannot
+    # both be told apart in the slots and neighbour maps; the second one is refused.
+    ids = {mark_of(ip_of(rip)): rip for rip in neighbours if ":" in rip}
     for rip in sorted(needed - neighbours.keys()):
+        if ":" in rip and (other := ids.setdefault(mark_of(ip_of(rip)), rip)) != rip:
+            unresolved[rip] = f"DR real server {rip}: its id (a hash of the address) is that of {other}"
+            continue
         resolved = resolve(rip)
         if isinstance(resolved, Neighbour):
             neighbours[rip] = resolved
@@ -197,7 +207,7 @@ def build(
     pieces: list[Piece] = []
     for ifindex, device in sorted(devices.items()):
         rules = pic.found.rules.get(("netdev", device_chain_name(ifindex)))
-        if rules != 1:  # missing, or lost its rule: never a second hook on a device
+        if rules != DEVICE_CHAIN_RULES:  # missing, or lost a rule: never a second hook on a device
             pieces.append(("devices", device_chain_text(device, ifindex, exists=rules is not None)))
     # Deletions first: an element whose value changed is deleted and re-added.
     pieces += [
@@ -220,8 +230,8 @@ def build(
         skeleton = repair_text(pic.found, tun=tun_part)
         if skeleton:
             pieces.insert(0, ("skeleton", skeleton))
-        if pic.rebuild:
-            pieces.insert(0, ("skeleton", f"delete table ip {TABLE}\n"))
+        for family in sorted(pic.rebuild, reverse=True):
+            pieces.insert(0, ("skeleton", f"delete table {family} {TABLE}\n"))
         found = _found_after(pic.found, tun=tun_part, timeouts=timeouts is not None, devices=devices)
     return Transaction(
         pieces=pieces,
@@ -276,7 +286,7 @@ def _service_elements(
             continue
         olds[key] = old
         for e in old:
-            if e.set == "dr_tab":
+            if e.set == "dr_tab" or e.set == "dr6_tab":
                 lay = lays.get(key)
                 moves.append((int(e.value), lay.content if lay is not None else None))  # type: ignore[arg-type]
                 tables.release(int(e.value))  # type: ignore[arg-type]
@@ -327,11 +337,11 @@ def _found_after(before: Found, *, tun: bool, timeouts: bool, devices: Mapping[i
     whole = Found.whole(tun=tun, timeouts=timeouts or before.timeouts_whole(), devices=devices)
     if timeouts or before.timeouts_whole():
         return whole
-    left = before.rules.get(("ip", TIMEOUT_CHAIN), 0)
+    left = {(family, TIMEOUT_CHAIN): before.rules.get((family, TIMEOUT_CHAIN), 0) for family in NAT_FAMILIES}
     return Found(
         whole.tables,
         whole.sets,
-        {**whole.rules, ("ip", TIMEOUT_CHAIN): left},
+        {**whole.rules, **left},
         before.objects,
         whole.whole_for,
     )
@@ -355,7 +365,7 @@ def commit(pic: Picture, tx: Transaction) -> None:
     # Counters are those of the last read: every read recomputes them.
     pic.state = ObservedState(services=services, timeouts=tx.timeouts, stats=pic.state.stats)
     pic.found = tx.found
-    pic.rebuild = False
+    pic.rebuild = frozenset()
     pic.actual = {}
     pic.strays = set()
     if tx.garbage:

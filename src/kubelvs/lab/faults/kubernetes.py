@@ -37,7 +37,7 @@ def switch_to_kubernetes(suite: Suite, api: StandInApi) -> None:
     info = suite.info
     suite.running.stop("director dir1")
     if suite.backend == "nftables":
-        for family in ("ip", "netdev"):
+        for family in ("ip", "ip6", "netdev"):
             suite.running.run("dir1", "nft", "delete", "table", family, "kubelvs", check=False)
     else:
         suite.running.run("dir1", "ipvsadm", "-C")
