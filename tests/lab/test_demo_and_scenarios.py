@@ -257,8 +257,9 @@ def test_dual_stack_demo_proves_dr_over_both_families(prefix: str, backend: str)
         assert family["requests_via_director"] >= 40 * 3  # ... while every request did
     (v6_service,) = [s for s in v6["top"]["services"] if s["what"] == "TCP [fd00:240::201]:80"]
     assert v6_service["name"] == "whoami-v6"
-    assert {rs["what"] for rs in v6_service["realservers"] if rs["in_packets_per_s"] > 0} == {
-        "[fd00:240::101]:80",
-        "[fd00:240::102]:80",
-    }
+    if backend == "nftables":  # IPVS folds its counters every 2 s: not within the demo's window
+        assert {rs["what"] for rs in v6_service["realservers"] if rs["in_packets_per_s"] > 0} == {
+            "[fd00:240::101]:80",
+            "[fd00:240::102]:80",
+        }
     assert lab_namespaces(prefix) == []

@@ -15,6 +15,8 @@ import pytest
 from kubelvs.lab.netlab import LabError
 from kubelvs.lab.topology import (
     LabSpec,
+    NodeInfo,
+    PodInfo,
     build,
     director_config,
     lab_namespaces,
@@ -22,6 +24,7 @@ from kubelvs.lab.topology import (
     proxy_ruleset,
     state_dir,
 )
+from kubelvs.sources.config import parse_config, parse_yaml, to_desired
 
 from .conftest import alive, root_links
 
@@ -166,22 +169,25 @@ def test_a_second_up_with_the_same_prefix_is_refused(prefix: str) -> None:
         running.teardown()
 
 
-def test_generated_config_and_kube_proxy_rules_follow_the_whoami_setup() -> None:
-    from kubelvs.lab.topology import NodeInfo, PodInfo
-    from kubelvs.sources.config import parse_config, parse_yaml, to_desired
-
-    spec = LabSpec()
-    nodes = [
+def _nodes() -> list[NodeInfo]:
+    """Two workers with one pod each, as a dual-stack lab records them."""
+    return [
         NodeInfo(
             f"node{i}",
             f"ns{i}",
             f"10.240.0.10{i}",
             "",
             f"10.230.{i}.0/24",
-            (PodInfo(f"whoami-node{i}-1", f"node{i}", "p", f"10.230.{i}.10"),),
+            (PodInfo(f"whoami-node{i}-1", f"node{i}", "p", f"10.230.{i}.10", f"fd00:230:{i}::10"),),
+            ip6=f"fd00:240::10{i}",
         )
         for i in (1, 2)
     ]
+
+
+def test_generated_config_and_kube_proxy_rules_follow_the_whoami_setup() -> None:
+    spec = LabSpec()
+    nodes = _nodes()
     desired = to_desired(parse_config(parse_yaml(director_config(spec, nodes), source="lab")))
     (svc,) = desired.services.values()
     assert str(svc.key) == "TCP 10.240.0.201:80" and svc.scheduler == "rr"
@@ -195,22 +201,8 @@ def test_generated_config_and_kube_proxy_rules_follow_the_whoami_setup() -> None
 
 
 def test_dual_stack_config_and_kube_proxy_rules_have_a_service_and_a_table_per_family() -> None:
-    from kubelvs.lab.topology import NodeInfo, PodInfo
-    from kubelvs.sources.config import parse_config, parse_yaml, to_desired
-
     spec = LabSpec(ip_family="dual")
-    nodes = [
-        NodeInfo(
-            f"node{i}",
-            f"ns{i}",
-            f"10.240.0.10{i}",
-            "",
-            f"10.230.{i}.0/24",
-            (PodInfo(f"whoami-node{i}-1", f"node{i}", "p", f"10.230.{i}.10", f"fd00:230:{i}::10"),),
-            ip6=f"fd00:240::10{i}",
-        )
-        for i in (1, 2)
-    ]
+    nodes = _nodes()
     desired = to_desired(parse_config(parse_yaml(director_config(spec, nodes), source="lab")))
     assert {str(k): [str(r) for r in s.realservers] for k, s in desired.services.items()} == {
         "TCP 10.240.0.201:80": ["10.240.0.101:80 dr w=1", "10.240.0.102:80 dr w=1"],

@@ -183,8 +183,7 @@ def locate(exc: NftError, pieces: Sequence[Piece]) -> Culprits:
             out.garbage = True
         elif set_name in NEIGHBOUR_SETS[4] or set_name == "tun_dev":
             out.rips[mark_address(int(parts[0]))] = what
-        else:  # an IPv6 real server's id: the address is not in the line (bisect finds it)
-            return Culprits()
+        # An IPv6 neighbour element names its real server's id, not its address: bisect.
     except ValueError:  # the columns do not hold an element: bisect
         return Culprits()
     return out
