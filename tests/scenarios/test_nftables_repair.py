@@ -14,6 +14,7 @@ import json
 
 import pytest
 
+from kubelvs.backends.nftables.elements import mark_of
 from kubelvs.errors import PartialApplyError
 from kubelvs.kernel.netns import entered
 from kubelvs.lab.servers import http_get
@@ -37,7 +38,7 @@ def _refused(env: Env, source: str = "") -> bool:
     stack answers it with a reset, or nothing answers)."""
     try:
         with entered(env.client.netns):
-            http_get(VIP, 80, source=source, timeout=2.0)
+            http_get(env.vip, 80, source=source, timeout=2.0)
     except OSError:
         return True
     return False
@@ -48,17 +49,19 @@ def _ifindex(env: Env, device: str) -> int:
     return int(json.loads(out)[0]["ifindex"])
 
 
+#: ``{dr}``: the DR maps of the environment's family (``dr``, ``dr6``); ``{nat}``: its NAT
+#: table's family (``ip``, ``ip6``).
 DR_DAMAGE = {
     "netdev table deleted": "delete table netdev kubelvs",
     "ingress hook deleted": "delete chain netdev kubelvs dr_in_{eth0}",
-    "a neighbour's MAC deleted": "delete element netdev kubelvs dr_mac {{ {mark} }}",
-    "the forwarding rule deleted": "flush chain netdev kubelvs dr_out",
+    "a neighbour's MAC deleted": "delete element netdev kubelvs {dr}_mac {{ {mark} }}",
+    "the forwarding rule deleted": "flush chain netdev kubelvs {dr}_out",
 }
 NAT_DAMAGE = {
-    "ip table deleted": "delete table ip kubelvs",
-    "prerouting hook deleted": "delete chain ip kubelvs nat_pre",
-    "the scheduler chain's rules deleted": "flush chain ip kubelvs nat_rr_3",
-    "the service's entry deleted": "delete element ip kubelvs nat_svc {{ {vip} . tcp . 80 }}",
+    "NAT table deleted": "delete table {nat} kubelvs",
+    "prerouting hook deleted": "delete chain {nat} kubelvs nat_pre",
+    "the scheduler chain's rules deleted": "flush chain {nat} kubelvs nat_rr_3",
+    "the service's entry deleted": "delete element {nat} kubelvs nat_svc {{ {vip} . tcp . 80 }}",
 }
 
 
@@ -70,11 +73,14 @@ def test_damage_stops_traffic_and_the_next_full_sync_restores_it(env: Env, damag
         pytest.skip(f"{damage}: not a {env.mode.value} table")
     desired = env.sync(env.service("rr", [1, 1, 1]))
     assert set(env.tally(env.ask(30))) == {"rs1", "rs2", "rs3"}
-    mark = int(ipaddress.ip_address(env.rs_ip(0)))
-    env.lab.run(env.director.netns, "nft", script.format(eth0=_ifindex(env, "eth0"), mark=mark, vip=VIP))
+    mark = mark_of(ipaddress.ip_address(env.rs_ip(0)))
+    names = {"dr": "dr", "nat": "ip"} if env.family == 4 else {"dr": "dr6", "nat": "ip6"}
+    script = script.format(eth0=_ifindex(env, "eth0"), mark=mark, vip=env.vip, **names)
+    env.lab.run(env.director.netns, "nft", script)
     # Broken now: every request fails - with one MAC gone, every one hashed to rs1: one
     # of 40 client addresses misses rs1 with probability (2/3)^40, about 1e-7.
-    assert any(_refused(env, source) for source in (CLIENT_SOURCES if "MAC" in damage else [""]))
+    sources = env.sources(CLIENT_SOURCES) if "MAC" in damage else [""]
+    assert any(_refused(env, source) for source in sources)
     assert env.backend.changed_elsewhere()
     env.sync(*desired.services.values())  # a full sync: refresh, read, plan, apply
     assert set(env.tally(env.ask(30))) == {"rs1", "rs2", "rs3"}

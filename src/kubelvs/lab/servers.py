@@ -115,23 +115,36 @@ def serve_http(name: str, port: int, bind: str = "0.0.0.0") -> None:
 
 
 def serve_udp(name: str, port: int, bind: str = "0.0.0.0") -> None:
-    """Echo server that answers *from the address it was reached on* (IP_PKTINFO), as
-    DNS servers do: in DR mode that is the VIP on lo, not the interface's address."""
-    ip_pktinfo = getattr(socket, "IP_PKTINFO", 8)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    """Echo server that answers *from the address it was reached on* (IP_PKTINFO,
+    IPV6_PKTINFO), as DNS servers do: in DR mode that is the VIP on lo, not the
+    interface's address. ``bind`` ``::``: IPv6 only (run a second one for IPv4)."""
+    ipv6 = ":" in bind
+    family, level = (socket.AF_INET6, socket.IPPROTO_IPV6) if ipv6 else (socket.AF_INET, socket.IPPROTO_IP)
+    kind = socket.IPV6_PKTINFO if ipv6 else getattr(socket, "IP_PKTINFO", 8)
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_IP, ip_pktinfo, 1)
+        if ipv6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, kind, 1)
         sock.bind((bind, port))
         while True:
-            data, ancdata, _flags, peer = sock.recvmsg(65535, socket.CMSG_SPACE(12))
+            data, ancdata, _flags, peer = sock.recvmsg(65535, socket.CMSG_SPACE(20))
             local = ""
             cmsgs = []
-            for level, kind, raw in ancdata:
-                if level == socket.IPPROTO_IP and kind == ip_pktinfo and len(raw) >= 12:
+            for cmsg_level, cmsg_kind, raw in ancdata:
+                if cmsg_level != level or cmsg_kind != kind:
+                    continue
+                # Reply with source = the destination we were reached on.
+                if ipv6 and len(raw) >= 20:  # struct in6_pktinfo: address, ifindex
+                    dst = raw[:16]
+                    local = _hostport((socket.inet_ntop(socket.AF_INET6, dst), port))
+                    cmsgs.append((level, kind, dst + struct.pack("=I", 0)))
+                elif not ipv6 and len(raw) >= 12:  # struct in_pktinfo: ifindex, spec_dst, addr
                     _ifindex, _spec, dst = struct.unpack("=I4s4s", raw[:12])
                     local = f"{socket.inet_ntoa(dst)}:{port}"
-                    # Reply with source = the destination we were reached on.
-                    cmsgs.append((socket.IPPROTO_IP, ip_pktinfo, struct.pack("=I4s4s", 0, dst, b"\0" * 4)))
+                    cmsgs.append((level, kind, struct.pack("=I4s4s", 0, dst, b"\0" * 4)))
             reply = json.dumps(
                 {
                     "server": name,
@@ -178,7 +191,7 @@ def udp_ask(
     host: str, port: int, *, source: str = "", timeout: float = 2.0, payload: bytes = b"ping"
 ) -> Answer:
     """One datagram from a new socket (a new source port: a new flow)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         sock.bind((source, 0))
         sock.sendto(payload, (host, port))
