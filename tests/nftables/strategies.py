@@ -70,10 +70,9 @@ def make_service(
 @st.composite
 def services(draw: st.DrawFn, forwards: Sequence[Forward] = (Forward.DR, Forward.NAT)) -> VirtualService:
     """One service whose real servers all use one method drawn from ``forwards``
-    (repeat a method to draw it more often); DR and NAT services may be IPv6 (the
-    backend does not tunnel IPv6)."""
+    (repeat a method to draw it more often), IPv4 or IPv6."""
     forward = draw(st.sampled_from(forwards))
-    ipv6 = forward is not Forward.TUN and draw(st.booleans())
+    ipv6 = draw(st.booleans())
     vip = draw(st.sampled_from(["fd00::1", "fd00::2"] if ipv6 else ["10.0.0.1", "10.0.0.2"]))
     proto = draw(st.sampled_from([Protocol.TCP, Protocol.UDP]))
     port = draw(st.sampled_from([80, 443]))

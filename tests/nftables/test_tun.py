@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from kubelvs.backends.nftables import NftablesBackend, elements, readback
 from kubelvs.backends.nftables.backend import tun_supported
 from kubelvs.backends.nftables.schema import Element
-from kubelvs.backends.nftables.tunnel import address_of, device_name, list_tunnels
+from kubelvs.backends.nftables.tunnel import address_of, device_name, is_ours, list_tunnels
 from kubelvs.errors import CapabilityError, PartialApplyError
 from kubelvs.kernel.netns import entered
 from kubelvs.lab.netlab import Host, Lab
@@ -102,6 +102,24 @@ def test_device_names_are_the_address_and_nothing_else_is_ours() -> None:
     assert address_of("kvt0a00000b") == "10.0.0.11"
     for foreign in ("kvt0a00000", "kvt0a00000bb", "kvtxyz00000", "tunl0", "kvt0A00000B", "xkvt0a00000b"):
         assert address_of(foreign) is None
+        assert not is_ours(foreign)
+    # IPv6: the id that marks the real server (its address does not fit in a name).
+    assert device_name("fd00::11") == f"kv6{elements.mark_of(ipaddress.ip_address('fd00::11')):08x}"
+    assert len(device_name("fd00::11")) == 11 and is_ours(device_name("fd00::11"))
+    assert address_of(device_name("fd00::11")) is None and not is_ours("ip6tnl0")
+
+
+def test_ipv6_tun_elements_are_the_dr6_path_plus_tun6_svc_and_parse_back() -> None:
+    rss = [("fd00::11", 80, 1, Forward.TUN), ("fd00::12", 80, 3, Forward.TUN)]
+    tun = make_service("fd00::200", 80, "mh", rss)
+    dr = make_service("fd00::200", 80, "mh", [(a, p, w, Forward.DR) for a, p, w, _ in rss])
+    (built, with_table, _), (_, dr_with_table, _) = written(tun), written(dr)
+    assert with_table == dr_with_table | {Element("netdev", "tun6_svc", ("fd00::200", "tcp", 80))}
+    assert built.dr_addresses == frozenset()  # tunnels, not neighbours
+    # The tunnels' elements (tunnel.py) say which address each id in the slots stands for.
+    named = {Element("netdev", "tun6_addr", (elements.mark_of(ipaddress.ip_address(a)),), a) for a, *_ in rss}
+    assert readback.parse_tables([as_nft_json(with_table)]).services[tun.key].realservers == ()
+    assert readback.parse_tables([as_nft_json(with_table | named)]).services == {tun.key: tun}
 
 
 # ---------------------------------------------------------------- machine tier
@@ -322,7 +340,8 @@ def test_a_tun_realserver_without_a_route_is_left_out_and_the_rest_applied(tunla
 # ---------------------------------------------------------------- VM tier: read back
 
 
-# Half the services tunnel; the others are DR or NAT, next to them in the same state.
+# Half the services tunnel (IPIP, or ip6ip6 for an IPv6 service); the others are DR or
+# NAT, next to them in the same state.
 TUN_STATES = desired_states((Forward.TUN, Forward.TUN, Forward.DR, Forward.NAT))
 
 
@@ -363,7 +382,7 @@ def test_read_back_with_tun_equals_the_last_desired_state(
                 check=False,
             )
             by_nft = readback.parse_tables([json.loads(listing.stdout)] if listing.returncode == 0 else [])
-            names = {e.value for e in by_nft.by_set.get("tun_dev", ())}
+            names = {e.value for name in ("tun_dev", "tun6_dev") for e in by_nft.by_set.get(name, ())}
             assert names == {device_name(rip) for rip in tun}
             assert {
                 s for s in by_nft.services.values() if any(r.forward is Forward.TUN for r in s.realservers)

@@ -43,6 +43,7 @@ __all__ = [
     "add_address",
     "add_bridge",
     "add_dummy",
+    "add_ip6tnl",
     "add_ipip",
     "add_veth",
     "addresses",
@@ -115,9 +116,9 @@ class LinkKindUnsupported(KernelError):
 
 @dataclass(frozen=True, slots=True)
 class IpipParams:
-    """An ipip device's tunnel ends; ``underlay``: ifindex it is bound to (0: none)."""
+    """An ipip (or ip6tnl) device's tunnel ends; ``underlay``: ifindex it is bound to (0: none)."""
 
-    remote: str  # "0.0.0.0": any (the fallback device tunl0)
+    remote: str  # "0.0.0.0" ("::"): any (the fallback devices tunl0, ip6tnl0)
     local: str
     underlay: int
 
@@ -204,14 +205,15 @@ def _link(msg: Any) -> Link:
     info = msg.get_attr("IFLA_LINKINFO")
     kind = str(info.get_attr("IFLA_INFO_KIND") or "") if info is not None else ""
     ipip = None
-    if kind == "ipip":
+    if kind in ("ipip", "ip6tnl"):
         data = info.get_attr("IFLA_INFO_DATA")
+        # pyroute2 names the kernel's IFLA_IPTUN_* attributes IFLA_IPIP_* (IFLA_IP6TNL_*).
+        attr, any_address = ("IFLA_IPIP", "0.0.0.0") if kind == "ipip" else ("IFLA_IP6TNL", "::")
         if data is not None:
             ipip = IpipParams(
-                # pyroute2 names the kernel's IFLA_IPTUN_* attributes IFLA_IPIP_*.
-                remote=str(data.get_attr("IFLA_IPIP_REMOTE") or "0.0.0.0"),
-                local=str(data.get_attr("IFLA_IPIP_LOCAL") or "0.0.0.0"),
-                underlay=int(data.get_attr("IFLA_IPIP_LINK") or 0),
+                remote=str(data.get_attr(f"{attr}_REMOTE") or any_address),
+                local=str(data.get_attr(f"{attr}_LOCAL") or any_address),
+                underlay=int(data.get_attr(f"{attr}_LINK") or 0),
             )
     ifi_type = int(msg["ifi_type"])
     return Link(
@@ -287,6 +289,33 @@ def add_ipip(netns: str | None, name: str, *, remote: str, local: str, underlay:
             if rtnl.code_of(exc) == errno.EOPNOTSUPP:
                 raise LinkKindUnsupported(
                     f"{what}{rtnl.where(netns)}: this kernel has no ipip link type (no ipip module)", "ipip"
+                ) from exc
+            raise
+
+    rtnl.call(netns, what, add)
+
+
+def add_ip6tnl(netns: str | None, name: str, *, remote: str, local: str, underlay: str) -> None:
+    """``ip link add NAME type ip6tnl mode ip6ip6 remote R local L dev UNDERLAY`` (left down)."""
+    what = f"add link {name} type ip6tnl mode ip6ip6 remote {remote} local {local} dev {underlay}"
+
+    def add(ipr: Any) -> None:
+        index = rtnl.index_of(ipr, netns, underlay)
+        try:
+            ipr.link(
+                "add",
+                ifname=name,
+                kind="ip6tnl",
+                ip6tnl_remote=remote,
+                ip6tnl_local=local,
+                ip6tnl_link=index,
+                ip6tnl_proto=socket.IPPROTO_IPV6,  # ip6ip6
+            )
+        except rtnl.netlink_error() as exc:
+            if rtnl.code_of(exc) == errno.EOPNOTSUPP:
+                raise LinkKindUnsupported(
+                    f"{what}{rtnl.where(netns)}: this kernel has no ip6tnl link type (no ip6_tunnel module)",
+                    "ip6tnl",
                 ) from exc
             raise
 

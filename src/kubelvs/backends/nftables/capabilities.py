@@ -23,14 +23,23 @@ from .schema import SUPPORTED_SCHEDULERS
 __all__ = ["Capabilities", "tun_supported"]
 
 
-def tun_supported() -> bool:
-    """True when the kernel can make IPIP tunnels (built in, or the ipip module loads)."""
-    if os.path.exists("/sys/module/ipip") or os.path.exists("/proc/sys/net/ipv4/conf/tunl0"):
+#: The module of the tunnels TUN needs, and the fallback device it makes, per IP version.
+_TUNNEL_MODULES = {
+    4: ("ipip", "/proc/sys/net/ipv4/conf/tunl0"),
+    6: ("ip6_tunnel", "/proc/sys/net/ipv6/conf/ip6tnl0"),
+}
+
+
+def tun_supported(version: int = 4) -> bool:
+    """True when the kernel can make the tunnels TUN needs for real servers of IP
+    ``version``: IPIP (4), ip6ip6 (6); built in, or the module loads."""
+    module, fallback = _TUNNEL_MODULES[version]
+    if os.path.exists(f"/sys/module/{module}") or os.path.exists(fallback):
         return True
     import subprocess
 
-    subprocess.run(["modprobe", "-q", "ipip"], check=False, capture_output=True)
-    return os.path.exists("/sys/module/ipip")
+    subprocess.run(["modprobe", "-q", module], check=False, capture_output=True)
+    return os.path.exists(f"/sys/module/{module}")
 
 
 class Capabilities:
@@ -40,7 +49,7 @@ class Capabilities:
         self._netns = netns
         self._checked: dict[int, tuple[VirtualService, Sequence[FieldError]]] = {}
         self._troubled: dict[int, Sequence[FieldError]] = {}  # the checked services with problems
-        self._tun: bool | None = None
+        self._tun: dict[int, bool] = {}
 
     def problems(self, desired: DesiredState) -> list[FieldError]:
         with no_gc():
@@ -76,10 +85,10 @@ class Capabilities:
                 problems += self._troubled.get(sid, ())
         return problems
 
-    def tun_supported(self) -> bool:
-        if self._tun is None:
-            self._tun = tun_supported()
-        return self._tun
+    def tun_supported(self, version: int = 4) -> bool:
+        if version not in self._tun:
+            self._tun[version] = tun_supported(version)
+        return self._tun[version]
 
 
 _PLAIN_FLAGS = frozenset({"sh-port", "sh-fallback", "mh-port", "mh-fallback"})
@@ -109,21 +118,24 @@ def _plainly_possible(svc: VirtualService) -> bool:
     return False
 
 
-def _service_problems(where: str, svc: VirtualService, tun_supported: Callable[[], bool]) -> list[FieldError]:
+_NO_TUNNELS = {
+    4: "forward tun needs IPIP tunnels, and this kernel has no ipip support "
+    "(CONFIG_NET_IPIP unset, no ipip module); use dr or nat",
+    6: "forward tun over IPv6 needs ip6ip6 tunnels, and this kernel has no ip6_tunnel support "
+    "(CONFIG_IPV6_TUNNEL unset, no ip6_tunnel module); use dr or nat",
+}
+
+
+def _service_problems(
+    where: str, svc: VirtualService, tun_supported: Callable[[int], bool]
+) -> list[FieldError]:
     out: list[FieldError] = []
-    if any(rs.forward is Forward.TUN for rs in svc.realservers) and not tun_supported():
-        reason = (
-            "forward tun needs IPIP tunnels, and this kernel has no ipip support "
-            "(CONFIG_NET_IPIP unset, no ipip module); use dr or nat"
-        )
-        out.append(FieldError(f"{where}.realservers", reason))
     key = svc.key
+    if any(rs.forward is Forward.TUN for rs in svc.realservers) and not tun_supported(key.family):
+        out.append(FieldError(f"{where}.realservers", _NO_TUNNELS[key.family]))
     if key.fwmark:
         out.append(FieldError(f"{where}.fwmark", "fwmark services are not supported by the nftables backend"))
         return out
-    if key.family != 4 and any(rs.forward is Forward.TUN for rs in svc.realservers):
-        reason = "IPv6 services forward by dr or nat on the nftables backend (tun over IPv6 needs ipvs)"
-        out.append(FieldError(f"{where}.realservers", reason))
     if svc.scheduler not in SUPPORTED_SCHEDULERS:
         out.append(
             FieldError(
@@ -176,13 +188,13 @@ def _service_problems(where: str, svc: VirtualService, tun_supported: Callable[[
             out.append(
                 FieldError(f"{at}.port", "a NAT real server needs a port (0 is not a port to DNAT to)")
             )
-        if key.family == 4 and rs.address.version != 4:  # only TUN may mix families (validated before)
-            out.append(
-                FieldError(
-                    f"{at}.address",
-                    f"{rs.address} is IPv6: the nftables backend tunnels IPv4 in IPv4 only (IPIP)",
-                )
+        if rs.address.version != key.family:  # only TUN may mix families (validated before)
+            reason = (
+                f"{rs.address} is IPv6: the nftables backend tunnels IPv4 in IPv4 only (IPIP)"
+                if key.family == 4
+                else f"{rs.address} is IPv4: the nftables backend tunnels IPv6 in IPv6 only (ip6ip6)"
             )
+            out.append(FieldError(f"{at}.address", reason))
         if rs.forward is Forward.DR or rs.forward is Forward.TUN:
             if rs.address in seen:
                 out.append(

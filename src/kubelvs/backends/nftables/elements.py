@@ -144,8 +144,6 @@ def layout(svc: VirtualService) -> Layout:
     if forward is not Forward.NAT and forward is not Forward.DR and forward is not Forward.TUN:
         service_forward(svc)  # raises: not supported by this backend
     nat = forward is Forward.NAT
-    if key.family != 4 and forward is Forward.TUN:
-        raise ValueError(f"service {key}: IPv6 services do not tunnel on the nftables backend")
     ntoa, IPv4 = socket.inet_ntoa, ipaddress.IPv4Address
     by_name: dict[str, tuple[RealServer, str]] = {}
     weights: dict[str, int] = {}
@@ -161,7 +159,8 @@ def layout(svc: VirtualService) -> Layout:
         name = f"{rip}:{rs.port}" if nat else rip
         by_name[name] = (rs, rip)
         weights[name] = rs.weight
-    kind = "nat" if nat else "dr" if key.family == 4 else "dr6"  # TUN: the DR path, then tun_out (tun_svc)
+    # TUN: the DR path, then tun_out (tun_svc; IPv6: tun6_out, tun6_svc)
+    kind = "nat" if nat else "dr" if key.family == 4 else "dr6"
     content: Content | None = None
     if nat:
         table = slot_order(svc.scheduler, weights)
@@ -226,9 +225,12 @@ def service_elements(svc: VirtualService, table_for: TableFor, lay: Layout | Non
                 Element(family, f"{kind}_rs", (vip, proto, port, mark_of(rs.address)), (rs.port, rs.weight))
             )
     if _is_tun(svc):  # the DR path, marked for tun_out; tunnels instead of neighbours
-        own.append(Element(family, "tun_svc", (vip, proto, port)))
+        own.append(Element(family, _TUN_SET[kind], (vip, proto, port)))
         dr_addresses.clear()
     return ServiceElements(frozenset(own), frozenset(dr_addresses))
+
+
+_TUN_SET = {"dr": "tun_svc", "dr6": "tun6_svc"}  # a DR kind's set of the services that tunnel
 
 
 def _is_tun(svc: VirtualService) -> bool:
@@ -270,7 +272,7 @@ def service_text(
             )
     if kind != "nat":
         if _is_tun(svc):
-            _list(out, family, "tun_svc").append(prefix)
+            _list(out, family, _TUN_SET[kind]).append(prefix)
             return frozenset()
         return frozenset(rip for _, rip in lay.by_name.values())
     return frozenset()
@@ -316,10 +318,13 @@ def neighbour_elements(rip: str, nb: Neighbour) -> frozenset[Element]:
     )
 
 
+_DEVICE_MAPS = frozenset({"dr_dev", "tun_dev", "dr6_dev", "tun6_dev"})  # values: interface names
+
+
 def _fmt_value(set_name: str, value: Value) -> str:
     if isinstance(value, tuple):
         return " . ".join(map(str, value))
-    if set_name == "dr_dev" or set_name == "tun_dev" or set_name == "dr6_dev":
+    if set_name in _DEVICE_MAPS:
         return f'"{value}"'  # an interface name
     return str(value)  # verdicts ("goto x", "drop"), MACs, numbers
 

@@ -200,7 +200,8 @@ class _RawDecoder:
         return found
 
     def decode(self, family: str, name: str, raws: Iterable[Any]) -> tuple[list[Element], Counters]:
-        key_of, value_of = self._codec(name, 16 if family == "ip6" or name.startswith("dr6_") else 4)
+        ipv6 = family == "ip6" or name.startswith("dr6_") or name == "tun6_svc"
+        key_of, value_of = self._codec(name, 16 if ipv6 else 4)
         make = Element._make
         out: list[Element] = []
         counters: Counters = {}
@@ -226,7 +227,7 @@ class _RawDecoder:
             return prefix, lambda raw: _verdict_text(raw.verdict)
         if name in ("dr_tab", "dr6_tab"):
             return prefix, lambda raw: u32(raw.data, 0)[0]
-        if name == "tun_svc":
+        if name in ("tun_svc", "tun6_svc"):
             return prefix, lambda raw: None
 
         def slot_key(k: bytes) -> tuple[str | int, ...]:  # VIP . proto . port . slot/mark
@@ -254,7 +255,7 @@ class _RawDecoder:
             keyed = realserver_key
         elif name in ("nat_in", "nat_out"):
             keyed = counter_key
-        else:  # dr_mac, dr_smac, dr_dev, tun_dev, their dr6_ twins, dr6_addr: keyed by the mark
+        else:  # dr_mac, dr_smac, dr_dev, tun_dev, their IPv6 twins, dr6_addr: keyed by the mark
             keyed = mark_key
 
         def mac(raw: Any) -> Value:
@@ -276,7 +277,9 @@ class _RawDecoder:
             "dr_dev": device,
             "dr6_dev": device,
             "tun_dev": device,
+            "tun6_dev": device,
             "dr6_addr": lambda raw: ntoa(raw.data),
+            "tun6_addr": lambda raw: ntoa(raw.data),
         }
         return keyed, values.get(name, lambda raw: None)
 
@@ -438,9 +441,11 @@ def _rebuild(
     owners = {
         tid: set(table.values()) for tid, table in tables_of(e for e in slots if len(e.key) == 2).items()
     }
-    # An IPv6 real server's mark is its id: ``dr6_addr`` says which address it stands for
+    # An IPv6 real server's mark is its id: ``dr6_addr`` (TUN: ``tun6_addr``) says which address it stands for
     # (an id it does not name stands for no real server: the service is rewritten).
-    addresses6 = {int(e.key[0]): str(e.value) for e in by_set.get("dr6_addr", ())}
+    addresses6 = {
+        int(e.key[0]): str(e.value) for e in [*by_set.get("dr6_addr", ()), *by_set.get("tun6_addr", ())]
+    }
 
     def rip_of(mark: int, dr6: bool) -> str | None:
         return addresses6.get(mark) if dr6 else mark_address(mark)
@@ -473,9 +478,10 @@ def _rebuild(
                 m[(owner, -1)] = real(owner, int(dr_port), int(weight), True)
     by_order = operator.itemgetter(2)
     stats = out.stats
-    # TUN services are DR services marked in tun_svc (the packet path forks in dr_out).
-    dr_heads = {e.key for e in by_set.get("dr_svc", ())}
-    tun = {e.key for e in by_set.get("tun_svc", ())} & dr_heads
+    # TUN services are DR services marked in tun_svc (the packet path forks in dr_out;
+    # IPv6: tun6_svc, dr6_out).
+    dr_heads = {e.key for e in [*by_set.get("dr_svc", ()), *by_set.get("dr6_svc", ())]}
+    tun = {e.key for e in [*by_set.get("tun_svc", ()), *by_set.get("tun6_svc", ())]} & dr_heads
     for head, (sk, scheduler, flags) in heads.items():
         triples = sorted(members[head].values(), key=by_order)
         if head in tun:

@@ -156,12 +156,18 @@ SETS = {
         "dr6_smac",
         "dr6_dev",
         "dr6_addr",
+        "tun6_svc",
+        "tun6_dev",
+        "tun6_addr",
     ),
 }
 #: The maps that hold services, keyed by ``VIP . proto . port`` (elements.py), the shared
 #: DR slot tables (slottables.py), the DR neighbours, the packet path's counters.
 PER_SERVICE_SETS = frozenset(
-    {"nat_svc", "dr_svc", "nat_slots", "dr_tab", "nat_rs", "dr_rs", "tun_svc", "dr6_svc", "dr6_tab", "dr6_rs"}
+    {
+        *("nat_svc", "dr_svc", "nat_slots", "dr_tab", "nat_rs", "dr_rs", "tun_svc"),
+        *("dr6_svc", "dr6_tab", "dr6_rs", "tun6_svc"),
+    }
 )
 #: A DR real server's neighbour elements, per IP version (IPv6: and its id's address).
 NEIGHBOUR_SETS = {
@@ -173,8 +179,9 @@ COUNTER_SETS = ("nat_in", "nat_out", "dr_in", "dr6_in")
 DEVICE_CHAIN_RULES = 2
 #: TUN's part of the netdev table: added the first time a TUN service appears, so that
 #: tables made before TUN existed keep working (and a read of them runs no link dump).
-TUN_SETS = ("tun_svc", "tun_dev")
+TUN_SETS = ("tun_svc", "tun_dev", "tun6_svc", "tun6_dev", "tun6_addr")
 TUN_CHAIN = "tun_out"
+TUN6_CHAIN = "tun6_out"
 #: ``SetTimeouts``: two ct timeout objects, attached to new NAT connections by the rules
 #: of this chain (every NAT scheduler chain jumps to it).
 TIMEOUT_OBJECTS = ("kl_tcp", "kl_udp")
@@ -413,17 +420,32 @@ def declarations(family: str, *, tun: bool = False) -> tuple[tuple[SetDecl, ...]
         SetDecl(family, "map", "dr6_dev", "typeof meta mark : meta oif;"),
         SetDecl(family, "map", "dr6_addr", "typeof meta mark : ip6 daddr;"),
     ]
-    chains.append(
-        ChainDecl(
-            family,
-            "dr6_out",
-            "",
-            (
-                f"update @dr6_in {{ {key6} . meta mark }} ether saddr set meta mark map @dr6_smac"
-                " ether daddr set meta mark map @dr6_mac fwd to meta mark map @dr6_dev",
-            ),
-        )
+    dr6_rule = (
+        f"update @dr6_in {{ {key6} . meta mark }} ether saddr set meta mark map @dr6_smac"
+        " ether daddr set meta mark map @dr6_mac fwd to meta mark map @dr6_dev"
     )
+    if tun:
+        # TUN over IPv6, as tun_out: the packet goes to the real server's ip6tnl device.
+        sets += [
+            SetDecl(family, "set", "tun6_svc", f"typeof {key6};"),
+            SetDecl(family, "map", "tun6_dev", "typeof meta mark : meta oif;"),
+            SetDecl(family, "map", "tun6_addr", "typeof meta mark : ip6 daddr;"),  # as dr6_addr
+        ]
+        chains.append(
+            ChainDecl(
+                family,
+                TUN6_CHAIN,
+                "",
+                (
+                    f"update @dr6_in {{ {key6} . meta mark }}"
+                    " fwd ip6 to ip6 daddr device meta mark map @tun6_dev",
+                    "drop",
+                ),
+            )
+        )
+        chains.append(ChainDecl(family, "dr6_out", "", (f"{key6} @tun6_svc goto {TUN6_CHAIN}", dr6_rule)))
+    else:
+        chains.append(ChainDecl(family, "dr6_out", "", (dr6_rule,)))
     chains += _scheduler_chains("dr6", family)
     return tuple(sets), tuple(chains)
 
@@ -445,7 +467,9 @@ class Found:
 
     def has_tun(self) -> bool:
         """Any of TUN's part exists (then all of it is kept whole)."""
-        return any(("netdev", name) in self.sets for name in TUN_SETS) or ("netdev", TUN_CHAIN) in self.rules
+        return any(("netdev", name) in self.sets for name in TUN_SETS) or any(
+            ("netdev", chain) in self.rules for chain in (TUN_CHAIN, TUN6_CHAIN)
+        )
 
     def without(self, family: str) -> Found:
         """As if ``family``'s table did not exist."""

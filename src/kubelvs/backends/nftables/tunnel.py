@@ -16,6 +16,11 @@ Devices are named from the address itself (``kvt0a00000b`` = 10.0.0.11, 11 of th
 characters a name may have): no collisions, and a read knows which real server a
 device is for. Only links of type ipip whose name is ours are ever changed or removed.
 
+TUN over IPv6 is the same with an ``ip6tnl`` device in ``ip6ip6`` mode per real server,
+``kv6`` + its id in hex (an IPv6 address does not fit in a name; the id is the one that
+marks it, ``elements.mark_of``, and the device's ``remote`` says which address it is
+for), handed the packet by ``fwd ip6 to ip6 daddr device ...`` from ``tun6_out``.
+
 Each tunnel is bound to the device its real server is routed through (``dev``), and
 the ingress hook goes on that device, as for DR: a one-armed director, clients
 arrive on the device that leads to the real servers.
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field
 from ...errors import KernelError
 from ...kernel import iproute
 from ...model import Forward, ServiceKey, VirtualService
+from .elements import ip_of, ip_text, mark_of
 from .ruleset import Element
 
 __all__ = [
@@ -49,7 +55,9 @@ __all__ = [
 ]
 
 PREFIX = "kvt"
+PREFIX6 = "kv6"
 _NAME = re.compile(rf"^{PREFIX}([0-9a-f]{{8}})$")
+_NAME6 = re.compile(rf"^{PREFIX6}[0-9a-f]{{8}}$")
 
 
 class TunnelError(KernelError):
@@ -72,20 +80,25 @@ class Tunnel:
 
 
 def device_name(rip: str) -> str:
-    return f"{PREFIX}{int(ipaddress.IPv4Address(rip)):08x}"
+    address = ip_of(rip)
+    return f"{PREFIX if address.version == 4 else PREFIX6}{mark_of(address):08x}"
 
 
 def address_of(name: str) -> str | None:
-    """The real server a device name of ours is for; None for any other name."""
+    """The IPv4 real server a device name of ours is for; None for any other name."""
     m = _NAME.match(name)
     return str(ipaddress.IPv4Address(int(m.group(1), 16))) if m else None
+
+
+def is_ours(name: str) -> bool:
+    return bool(_NAME.match(name) or _NAME6.match(name))
 
 
 def tun_addresses(svc: VirtualService | None) -> frozenset[str]:
     """The TUN real servers of ``svc`` (one forwarding method per service: ``problems``)."""
     if svc is None or not svc.realservers or svc.realservers[0].forward is not Forward.TUN:
         return frozenset()
-    return frozenset(str(rs.address) for rs in svc.realservers)
+    return frozenset(ip_text(rs.address) for rs in svc.realservers)
 
 
 def resolve(netns: str | None, rip: str) -> Tunnel:
@@ -106,7 +119,9 @@ def resolve(netns: str | None, rip: str) -> Tunnel:
 
 
 def list_tunnels(netns: str | None) -> dict[str, Tunnel]:
-    """Our IPIP devices in the namespace, by real server address (none without ipip)."""
+    """Our tunnel devices in the namespace, by real server address (none without ipip).
+    An ``ip6tnl`` device of ours whose name is not its remote's is keyed by its name:
+    no real server needs it, so it is removed."""
     try:
         links = iproute.links(netns)
     except KernelError as exc:
@@ -114,8 +129,16 @@ def list_tunnels(netns: str | None) -> dict[str, Tunnel]:
     names = {link.index: link.name for link in links}
     out: dict[str, Tunnel] = {}
     for link in links:
-        rip = address_of(link.name)
-        if rip is None or link.kind != "ipip" or link.ipip is None:
+        if link.ipip is None:
+            continue
+        if link.kind == "ipip":
+            rip = address_of(link.name)
+        elif link.kind == "ip6tnl" and _NAME6.match(link.name):
+            remote = ip_text(ipaddress.ip_address(link.ipip.remote))
+            rip = remote if device_name(remote) == link.name else link.name
+        else:
+            continue
+        if rip is None:
             continue
         # Down, or bound to a device that is gone: not usable as it is, so recreated.
         underlay = names.get(link.ipip.underlay, "") if link.up and link.ipip.underlay else ""
@@ -124,11 +147,25 @@ def list_tunnels(netns: str | None) -> dict[str, Tunnel]:
     return out
 
 
-def _create(netns: str | None, t: Tunnel) -> None:
+def _address6(e: Element | None) -> str | None:
+    """The IPv6 address a ``tun6_addr`` element names, as nft writes it (None: not one)."""
     try:
-        iproute.add_ipip(netns, t.name, remote=t.remote, local=t.local, underlay=t.underlay)
+        return ip_text(ipaddress.IPv6Address(str(e.value))) if e is not None else None
+    except ValueError:
+        return None
+
+
+def _create(netns: str | None, t: Tunnel) -> None:
+    ipv6 = ":" in t.remote
+    add = iproute.add_ip6tnl if ipv6 else iproute.add_ipip
+    try:
+        add(netns, t.name, remote=t.remote, local=t.local, underlay=t.underlay)
     except iproute.LinkKindUnsupported as exc:
-        raise TunnelError("this kernel has no ipip support (CONFIG_NET_IPIP unset, no ipip module)") from exc
+        raise TunnelError(
+            "this kernel has no ip6_tunnel support (CONFIG_IPV6_TUNNEL unset, no ip6_tunnel module)"
+            if ipv6
+            else "this kernel has no ipip support (CONFIG_NET_IPIP unset, no ipip module)"
+        ) from exc
     except KernelError as exc:
         raise TunnelError(str(exc)) from exc
     try:
@@ -139,15 +176,20 @@ def _create(netns: str | None, t: Tunnel) -> None:
 
 
 def _delete(netns: str | None, name: str) -> None:
-    if address_of(name) is None:  # never touch a device that is not ours
+    if not is_ours(name):  # never touch a device that is not ours
         raise ValueError(f"{name} is not a kubelvs tunnel device")
     # Already gone (or its namespace is): nothing of ours is left to remove.
     with contextlib.suppress(KernelError):
         iproute.delete_link(netns, name)
 
 
-def _element(rip: str, name: str | int) -> Element:
-    return Element("netdev", "tun_dev", (int(ipaddress.IPv4Address(rip)),), name)
+def _elements(rip: str, name: str | int) -> set[Element]:
+    """``rip``'s device element; for IPv6 keyed by its id, which ``tun6_addr`` maps back."""
+    address = ip_of(rip)
+    mark = (mark_of(address),)
+    if address.version == 4:
+        return {Element("netdev", "tun_dev", mark, name)}
+    return {Element("netdev", "tun6_dev", mark, name), Element("netdev", "tun6_addr", mark, rip)}
 
 
 @dataclass
@@ -161,6 +203,7 @@ class TunnelState:
     of: dict[ServiceKey, frozenset[str]] = field(default_factory=dict)
     refs: Counter[str] = field(default_factory=Counter)
     extension: bool = False  # the tables have tun_svc, tun_dev and tun_out
+    strays: set[Element] = field(default_factory=set)  # IPv6 elements without their twin, or inconsistent
 
     @classmethod
     def load(
@@ -183,6 +226,17 @@ class TunnelState:
             if addresses:
                 state.of[key] = addresses
                 state.refs.update(addresses)
+        # An IPv6 real server's device element is keyed by its id; tun6_addr says whose.
+        named = {int(e.key[0]): e for e in by_set.get("tun6_addr", ())}
+        for e in by_set.get("tun6_dev", ()):
+            assert isinstance(e.value, (str, int))
+            address = named.pop(int(e.key[0]), None)
+            rip = _address6(address)
+            if address is None or rip is None or mark_of(ip_of(rip)) != int(e.key[0]):
+                state.strays.update(x for x in (e, address) if x is not None)
+            else:
+                state.elements[rip] = e.value
+        state.strays.update(named.values())
         return state
 
     def change(
@@ -230,11 +284,12 @@ class TunnelState:
             change.devices[rip] = want
             if have != want or self.elements.get(rip) != want.name:
                 if rip in self.elements:
-                    change.deletes.add(_element(rip, self.elements[rip]))
-                change.adds.add(_element(rip, want.name))
+                    change.deletes |= _elements(rip, self.elements[rip])
+                change.adds |= _elements(rip, want.name)
         for rip, value in self.elements.items():
             if rip not in change.devices:
-                change.deletes.add(_element(rip, value))
+                change.deletes |= _elements(rip, value)
+        change.deletes |= self.strays
         change.remove = [t for rip, t in devices.items() if rip not in change.devices]
         change.extension = bool(needed) and not self.extension
         return change
