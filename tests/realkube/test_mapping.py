@@ -52,13 +52,14 @@ def test_every_mapping_row_with_objects_the_api_server_made(kube: Cluster) -> No
 
     created = {
         "whoami": kube.create(for_create(k.service("whoami", external_ips=["10.240.0.201"]))),
+        # Local: weights from the ready endpoints on each node; the server allocates the
+        # health-check NodePort. Created before "nat" so that it is the older one, or of
+        # the same second and first by name: either way the pool's first address is its.
+        "local": kube.create(for_create(k.service("local", type="LoadBalancer", local=True))),
         # NAT: to the NodePort the API server allocated.
         "nat": kube.create(
             for_create(k.service("nat", type="LoadBalancer", annotations={ANN + "forward": "nat"}))
         ),
-        # Local: weights from the ready endpoints on each node; the server allocates the
-        # health-check NodePort.
-        "local": kube.create(for_create(k.service("local", type="LoadBalancer", local=True))),
         # Another controller's class: never touched.
         "other": kube.create(for_create(k.service("other", type="LoadBalancer", lb_class="metallb.io/x"))),
         # A requested address (the deprecated spec field; the annotation is the same path).
@@ -98,8 +99,8 @@ def test_every_mapping_row_with_objects_the_api_server_made(kube: Cluster) -> No
         try:
             want = {
                 "TCP 10.240.0.201:80": [("10.240.0.101", 80, 1, "dr"), ("10.240.0.102", 80, 1, "dr")],
-                # The pool's first address to the oldest Service; these were created in the
-                # same second (creationTimestamp counts seconds): then by name.
+                # The pool's first address to the oldest Service (creationTimestamp counts
+                # seconds; within one second, by name).
                 "TCP 10.240.0.225:80": [("10.240.0.101", 80, 2, "dr"), ("10.240.0.102", 80, 1, "dr")],
                 "TCP 10.240.0.226:80": [
                     ("10.240.0.101", nat_port, 1, "nat"),
