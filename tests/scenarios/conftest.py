@@ -46,6 +46,7 @@ from kubelvs.model import (
     ServiceKey,
     Timeouts,
     VirtualService,
+    hostport,
 )
 from kubelvs.model.sysctls import kernel_version, recommended_sysctls
 from kubelvs.planner import plan
@@ -105,7 +106,7 @@ class Env:
 
     def hostport(self, host: str, port: int) -> str:
         """As the servers write a peer: ``[IPv6]:port``."""
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return hostport(host, port)
 
     @property
     def http_key(self) -> ServiceKey:

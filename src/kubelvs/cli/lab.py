@@ -10,6 +10,7 @@ import sys
 from ..errors import LabError
 from ..lab.spec import AGENT_METRICS_PORT, METRICS_PORT
 from ..lab.topology import DEFAULT_PREFIX, LabSpec, build, down, lab_namespaces, load_info
+from ..model import hostport
 from . import exit_codes
 
 __all__ = ["register"]
@@ -170,7 +171,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         return _err(str(exc))
     info = running.info
     print(f"lab {info.spec.prefix} is up ({info.spec.topology}, director backend {info.backend})")
-    vips = ", ".join(_hostport(vip, info.spec.port) for vip in info.spec.vips)
+    vips = ", ".join(hostport(vip, info.spec.port) for vip in info.spec.vips)
     print(f"  client {_both(info.client_ip, info.client_ip6)}    VIP {vips}")
     for name, ip in info.director_ips.items():
         print(f"  {name} {ip}")
@@ -182,7 +183,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     for vip in info.spec.vips:
         print(
             "  try: kubelvs lab exec client -- python3 -m kubelvs.lab.servers probe --target "
-            f"{_hostport(vip, info.spec.port)} --count 6"
+            f"{hostport(vip, info.spec.port)} --count 6"
         )
     print(f"  state and logs: {info.state_dir}; remove with: kubelvs lab down --prefix {info.spec.prefix}")
     return exit_codes.OK
@@ -190,10 +191,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _both(ip: str, ip6: str) -> str:
     return f"{ip} {ip6}" if ip6 else ip
-
-
-def _hostport(vip: str, port: int) -> str:
-    return f"[{vip}]:{port}" if ":" in vip else f"{vip}:{port}"
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -242,7 +239,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(
             f"lab {args.prefix}: {info.spec.topology}, director backend {info.backend}, VIP "
-            + ", ".join(_hostport(vip, info.spec.port) for vip in info.spec.vips)
+            + ", ".join(hostport(vip, info.spec.port) for vip in info.spec.vips)
         )
         for role in info.roles():
             print(

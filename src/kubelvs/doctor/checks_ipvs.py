@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from ..formats.ipvs_conn import ConnTable
 from ..formats.ipvsadm_list import Listing
 from ..formats.kube import ServicePort
-from ..model import SCHED_FLAGS, Forward, Protocol, RealServer, ServiceKey, Timeouts, VirtualService
+from ..model import SCHED_FLAGS, Forward, Protocol, RealServer, ServiceKey, Timeouts, VirtualService, hostport
 from .bundle import Bundle
 from .findings import Finding, Severity
 
@@ -39,12 +39,11 @@ def ipvsadm_service(key: ServiceKey) -> str:
     if key.fwmark:
         return f"-f {key.fwmark}" + (" -6" if key.family == 6 else "")
     assert key.address is not None
-    host = f"[{key.address}]" if key.family == 6 else str(key.address)
-    return f"{_SWITCH[key.protocol]} {host}:{key.port}"
+    return f"{_SWITCH[key.protocol]} {hostport(key.address, key.port)}"
 
 
 def ipvsadm_rs(rs: RealServer) -> str:
-    return f"[{rs.address}]:{rs.port}" if rs.address.version == 6 else f"{rs.address}:{rs.port}"
+    return hostport(rs.address, rs.port)
 
 
 def ipvsadm_add(key: ServiceKey, rs: RealServer) -> str:

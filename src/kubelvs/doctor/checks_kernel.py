@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from ..model import Forward
+from ..model import Forward, hostport
 from .bundle import Bundle
 from .findings import Finding, Severity
 
@@ -403,12 +403,11 @@ def check_ip_forward(bundle: Bundle) -> Iterator[Finding]:
         if not nat:
             continue
         svc, rs = nat[0]
-        shown = f"[{rs.address}]:{rs.port}" if family == 6 else f"{rs.address}:{rs.port}"
         yield Finding(
             id="ip-forward-off",
             severity=Severity.ERROR,
             summary=f"{name} = 0 on a NAT director ({len(nat)}{' IPv6' if family == 6 else ''} Masq real "
-            f"server(s), e.g. {shown})",
+            f"server(s), e.g. {hostport(rs.address, rs.port)})",
             explanation=(
                 "In NAT mode the real servers' replies come back through the director, which must forward "
                 "them to the client. With forwarding off they are dropped: clients send SYNs and never get "

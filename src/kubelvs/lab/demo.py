@@ -22,7 +22,7 @@ from ..errors import BackendError
 from ..formats.explain import render_site
 from ..formats.top import Frame, frame
 from ..formats.top import render as render_top
-from ..model import ServiceKey
+from ..model import ServiceKey, host_text, hostport
 from .explain import explain_directors
 from .topology import LabSpec, RunningLab, build, down, lab_namespaces
 from .traffic import DirectorCounters, Result, requests, tally
@@ -210,9 +210,8 @@ def render(result: DemoResult) -> str:
 
 
 def _render_one(result: DemoResult) -> str:
-    host = f"[{result.vip}]" if ":" in result.vip else result.vip
     lines = [
-        f"$ curl http://{host}"
+        f"$ curl http://{host_text(result.vip)}"
         + (f":{result.port}" if result.port != 80 else "")
         + f"   x{result.requests}, from the client {result.client}",
         f"  {'#':>3}  {'Hostname (pod)':<18} {'node':<7} RemoteAddr (as the pod saw it)",
@@ -230,7 +229,8 @@ def _render_one(result: DemoResult) -> str:
     if missing:
         lines.append("pods that never answered: " + ", ".join(missing))
     lines.append(
-        f"director: {result.requests_via_director} request packets to {host}:{result.port} arrived, "
+        f"director: {result.requests_via_director} request packets to "
+        f"{hostport(result.vip, result.port)} arrived, "
         f"{result.replies_via_director} reply packets came back through it"
     )
     if result.topology == "nat":

@@ -26,6 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from ..model import hostport
+
 __all__ = ["Answer", "HttpConnection", "http_get", "main", "udp_ask"]
 
 
@@ -41,7 +43,7 @@ def _hostport(addr: tuple[str, int] | tuple[str, int, int, int]) -> str:
     """``10.0.0.10:80``; an IPv6 address in brackets: ``[fd00::10]:80``. An IPv4 peer of a
     dual-stack socket (``::ffff:10.0.0.10``) is shown as the IPv4 address it is."""
     host = addr[0].removeprefix("::ffff:") if addr[0].startswith("::ffff:") and "." in addr[0] else addr[0]
-    return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+    return hostport(host, addr[1])
 
 
 # ---------------------------------------------------------------------- servers

@@ -39,6 +39,8 @@ __all__ = [
     "Timeouts",
     "VirtualService",
     "desired_flags",
+    "host_text",
+    "hostport",
     "parse_address",
     "split_hostport",
 ]
@@ -128,7 +130,7 @@ class RealServerKey:
 
     def __str__(self) -> str:
         if not self._text:
-            object.__setattr__(self, "_text", _hostport(self.address, self.port))
+            object.__setattr__(self, "_text", hostport(self.address, self.port))
         return self._text
 
     @staticmethod
@@ -228,7 +230,7 @@ class ServiceKey:
                 text = f"FWM {self.fwmark}" + (" IPv6" if self.family == 6 else "")
             else:
                 assert self.address is not None
-                text = f"{self.protocol.upper()} {_hostport(self.address, self.port)}"
+                text = f"{self.protocol.upper()} {hostport(self.address, self.port)}"
             object.__setattr__(self, "_text", text)
         return self._text
 
@@ -377,8 +379,17 @@ def split_hostport(text: str) -> tuple[IPAddress, int]:
     return ipaddress.ip_address(host), int(port)
 
 
-def _hostport(address: IPAddress, port: int) -> str:
-    return f"{_address_text(address)}:{port}"
+def hostport(address: IPAddress | str, port: int) -> str:
+    """``10.0.0.1:80``; an IPv6 address in brackets: ``[2001:db8::1]:80`` (split_hostport's
+    inverse, and how ipvsadm, curl and the lab's servers write one)."""
+    return f"{host_text(address)}:{port}"
+
+
+def host_text(address: IPAddress | str) -> str:
+    """An address as the host part of an address:port or a URL: IPv6 in brackets."""
+    if isinstance(address, str):
+        return f"[{address}]" if ":" in address else address
+    return _address_text(address)
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -15,7 +15,7 @@ import ssl
 from collections.abc import Awaitable
 
 from ..kernel.netns import entered
-from ..model import IPAddress
+from ..model import IPAddress, host_text
 from ..model.health import CheckKind, HealthCheck
 
 __all__ = ["probe_direct"]
@@ -81,7 +81,7 @@ async def _http(address: IPAddress, port: int, check: HealthCheck, netns: str | 
         context = ssl.create_default_context()
         context.check_hostname = False  # real servers are addressed by IP: no name to check
         context.verify_mode = ssl.CERT_NONE
-    host = check.host or (f"[{address}]" if address.version == 6 else str(address))
+    host = check.host or host_text(address)
     reader, writer = await asyncio.open_connection(
         sock=sock, ssl=context, server_hostname=host if context else None
     )
