@@ -365,89 +365,64 @@ def declarations(family: str, *, tun: bool = False) -> tuple[tuple[SetDecl, ...]
         return tuple(sets), tuple(chains)
     if family != "netdev":
         raise ValueError(f"no {TABLE} table in family {family!r}")
+    sets4, chains4 = _dr_path(4, tun=tun, counter_set=counter_set)
+    sets6, chains6 = _dr_path(6, tun=tun, counter_set=counter_set)
+    return (*sets4, *sets6), (marker, *chains4, *chains6)
+
+
+def _dr_path(version: int, *, tun: bool, counter_set: str) -> tuple[list[SetDecl], list[ChainDecl]]:
+    """The netdev table's sets and chains for DR (and TUN) over one IP version: ``dr_*``,
+    ``tun_*`` for IPv4; ``dr6_*``, ``tun6_*`` for IPv6, keyed by the IPv6 VIP, with their
+    own neighbour maps. The slot tables (``dr_slots``) are shared; an IPv6 real server's
+    mark is an id, not its address, so ``dr6_addr``/``tun6_addr`` map it back for reads."""
+    family = "netdev"
+    dr, tun_, ip = ("dr", "tun", "ip") if version == 4 else ("dr6", "tun6", "ip6")
+    key = _key(ip)
     sets = [
-        SetDecl(family, "map", "dr_svc", f"typeof {_KEY} : verdict;"),
-        SetDecl(family, "map", "dr_tab", f"typeof {_KEY} : meta mark;"),
-        SetDecl(family, "map", "dr_slots", "typeof meta mark . numgen inc mod 2 : meta mark;"),
-        SetDecl(family, "map", "dr_rs", f"typeof {_KEY} . meta mark : th dport . meta mark;"),
-        SetDecl(family, "set", "dr_in", f"typeof {_KEY} . meta mark; {counter_set}"),
-        SetDecl(family, "map", "dr_mac", "typeof meta mark : ether daddr;"),
-        SetDecl(family, "map", "dr_smac", "typeof meta mark : ether saddr;"),
-        SetDecl(family, "map", "dr_dev", "typeof meta mark : meta oif;"),
+        SetDecl(family, "map", f"{dr}_svc", f"typeof {key} : verdict;"),
+        SetDecl(family, "map", f"{dr}_tab", f"typeof {key} : meta mark;"),
     ]
+    if version == 4:
+        sets.append(SetDecl(family, "map", "dr_slots", "typeof meta mark . numgen inc mod 2 : meta mark;"))
+    sets += [
+        SetDecl(family, "map", f"{dr}_rs", f"typeof {key} . meta mark : th dport . meta mark;"),
+        SetDecl(family, "set", f"{dr}_in", f"typeof {key} . meta mark; {counter_set}"),
+        SetDecl(family, "map", f"{dr}_mac", "typeof meta mark : ether daddr;"),
+        SetDecl(family, "map", f"{dr}_smac", "typeof meta mark : ether saddr;"),
+        SetDecl(family, "map", f"{dr}_dev", "typeof meta mark : meta oif;"),
+    ]
+    if version == 6:
+        sets.append(SetDecl(family, "map", "dr6_addr", "typeof meta mark : ip6 daddr;"))
     # The real server gets the frame unchanged but for the MACs: dst = its MAC, src = ours
     # (else the bridge learns the client's MAC on our port and the real server's replies
     # come back to us instead of going to the client).
     dr_rule = (
-        f"update @dr_in {{ {_KEY} . meta mark }} ether saddr set meta mark map @dr_smac"
-        " ether daddr set meta mark map @dr_mac fwd to meta mark map @dr_dev"
+        f"update @{dr}_in {{ {key} . meta mark }} ether saddr set meta mark map @{dr}_smac"
+        f" ether daddr set meta mark map @{dr}_mac fwd to meta mark map @{dr}_dev"
     )
-    chains = [marker]
+    chains = []
     if tun:
         sets += [
-            SetDecl(family, "set", "tun_svc", f"typeof {_KEY};"),
-            SetDecl(family, "map", "tun_dev", "typeof meta mark : meta oif;"),
+            SetDecl(family, "set", f"{tun_}_svc", f"typeof {key};"),
+            SetDecl(family, "map", f"{tun_}_dev", "typeof meta mark : meta oif;"),
         ]
+        if version == 6:
+            sets.append(SetDecl(family, "map", "tun6_addr", "typeof meta mark : ip6 daddr;"))
         # A DR-scheduled packet of a service in ``tun_svc`` goes to ``tun_out``, which hands
-        # it to the real server's IPIP device (``tun_dev``, tunnel.py). ``fwd ip to`` and not
-        # ``fwd to``: the latter pushes the Ethernet header back and the tunnel would
-        # encapsulate it. No device for the mark (edited by hand): not to our own stack.
+        # it to the real server's tunnel device (``tun_dev``, tunnel.py: IPIP, or ip6tnl in
+        # ip6ip6 mode). ``fwd ip to`` and not ``fwd to``: the latter pushes the Ethernet
+        # header back and the tunnel would encapsulate it. No device for the mark (edited by
+        # hand): not to our own stack.
+        tun_chain = TUN_CHAIN if version == 4 else TUN6_CHAIN
+        forward = f"fwd {ip} to {ip} daddr device meta mark map @{tun_}_dev"
         chains.append(
-            ChainDecl(
-                family,
-                TUN_CHAIN,
-                "",
-                (
-                    f"update @dr_in {{ {_KEY} . meta mark }}"
-                    " fwd ip to ip daddr device meta mark map @tun_dev",
-                    "drop",
-                ),
-            )
+            ChainDecl(family, tun_chain, "", (f"update @{dr}_in {{ {key} . meta mark }} {forward}", "drop"))
         )
-        chains.append(ChainDecl(family, "dr_out", "", (f"{_KEY} @tun_svc goto {TUN_CHAIN}", dr_rule)))
+        chains.append(ChainDecl(family, f"{dr}_out", "", (f"{key} @{tun_}_svc goto {tun_chain}", dr_rule)))
     else:
-        chains.append(ChainDecl(family, "dr_out", "", (dr_rule,)))
-    chains += _scheduler_chains("dr", family)
-    # DR over IPv6: the same, keyed by the IPv6 VIP, its own neighbour maps.
-    key6 = _key("ip6")
-    sets += [
-        SetDecl(family, "map", "dr6_svc", f"typeof {key6} : verdict;"),
-        SetDecl(family, "map", "dr6_tab", f"typeof {key6} : meta mark;"),
-        SetDecl(family, "map", "dr6_rs", f"typeof {key6} . meta mark : th dport . meta mark;"),
-        SetDecl(family, "set", "dr6_in", f"typeof {key6} . meta mark; {counter_set}"),
-        SetDecl(family, "map", "dr6_mac", "typeof meta mark : ether daddr;"),
-        SetDecl(family, "map", "dr6_smac", "typeof meta mark : ether saddr;"),
-        SetDecl(family, "map", "dr6_dev", "typeof meta mark : meta oif;"),
-        SetDecl(family, "map", "dr6_addr", "typeof meta mark : ip6 daddr;"),
-    ]
-    dr6_rule = (
-        f"update @dr6_in {{ {key6} . meta mark }} ether saddr set meta mark map @dr6_smac"
-        " ether daddr set meta mark map @dr6_mac fwd to meta mark map @dr6_dev"
-    )
-    if tun:
-        # TUN over IPv6, as tun_out: the packet goes to the real server's ip6tnl device.
-        sets += [
-            SetDecl(family, "set", "tun6_svc", f"typeof {key6};"),
-            SetDecl(family, "map", "tun6_dev", "typeof meta mark : meta oif;"),
-            SetDecl(family, "map", "tun6_addr", "typeof meta mark : ip6 daddr;"),  # as dr6_addr
-        ]
-        chains.append(
-            ChainDecl(
-                family,
-                TUN6_CHAIN,
-                "",
-                (
-                    f"update @dr6_in {{ {key6} . meta mark }}"
-                    " fwd ip6 to ip6 daddr device meta mark map @tun6_dev",
-                    "drop",
-                ),
-            )
-        )
-        chains.append(ChainDecl(family, "dr6_out", "", (f"{key6} @tun6_svc goto {TUN6_CHAIN}", dr6_rule)))
-    else:
-        chains.append(ChainDecl(family, "dr6_out", "", (dr6_rule,)))
-    chains += _scheduler_chains("dr6", family)
-    return tuple(sets), tuple(chains)
+        chains.append(ChainDecl(family, f"{dr}_out", "", (dr_rule,)))
+    chains += _scheduler_chains(dr, family)
+    return sets, chains
 
 
 # ---------------------------------------------------------------------- what a read found
