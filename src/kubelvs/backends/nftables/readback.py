@@ -35,6 +35,7 @@ from .schema import (
     VERSIONS,
     Element,
     Value,
+    address_size,
     parse_device_chain,
     parse_scheduler_chain,
 )
@@ -200,8 +201,7 @@ class _RawDecoder:
         return found
 
     def decode(self, family: str, name: str, raws: Iterable[Any]) -> tuple[list[Element], Counters]:
-        ipv6 = family == "ip6" or name.startswith("dr6_") or name == "tun6_svc"
-        key_of, value_of = self._codec(name, 16 if ipv6 else 4)
+        key_of, value_of = self._codec(name, address_size(family, name))
         make = Element._make
         out: list[Element] = []
         counters: Counters = {}

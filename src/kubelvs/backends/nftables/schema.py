@@ -94,6 +94,7 @@ __all__ = [
     "Found",
     "SetDecl",
     "Value",
+    "address_size",
     "declarations",
     "delete_device_chain_text",
     "device_chain_name",
@@ -368,6 +369,16 @@ def declarations(family: str, *, tun: bool = False) -> tuple[tuple[SetDecl, ...]
     sets4, chains4 = _dr_path(4, tun=tun, counter_set=counter_set)
     sets6, chains6 = _dr_path(6, tun=tun, counter_set=counter_set)
     return (*sets4, *sets6), (marker, *chains4, *chains6)
+
+
+@functools.lru_cache(maxsize=64)
+def address_size(family: str, name: str) -> int:
+    """Bytes of an address in the elements of set ``name`` of ``family``'s table: 16 where
+    its declaration holds IPv6 addresses (key or value), else 4."""
+    for decl in declarations(family, tun=True)[0]:
+        if decl.name == name:
+            return 16 if "ip6 daddr" in decl.body else 4
+    raise KeyError(f"no set {name!r} in the {family} {TABLE} table")
 
 
 def _dr_path(version: int, *, tun: bool, counter_set: str) -> tuple[list[SetDecl], list[ChainDecl]]:
