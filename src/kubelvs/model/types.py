@@ -157,9 +157,19 @@ class RealServer:
     # ask for it several times per real server, and building it each time was the
     # largest single cost of a 100,000-real-server sync.
     key: RealServerKey = field(init=False, repr=False, compare=False)
+    # Cached as the keys' hashes: the nftables backend looks a service's real servers up
+    # as one tuple (elements._owners), and a dataclass hash would hash the address anew.
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", _realserver_key(self.address, self.port))
+        key = _realserver_key(self.address, self.port)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(
+            self, "_hash", hash((key._hash, self.weight, self.forward, self.u_thresh, self.l_thresh))
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __str__(self) -> str:
         text = f"{self.key} {self.forward} w={self.weight}"

@@ -97,8 +97,26 @@ class Layout(NamedTuple):
     port: int
     chain: str
     table: Sequence[str | None]  # slot -> owner's name (NAT "RIP:RPORT", DR "RIP"), None = empty
-    by_name: dict[str, tuple[RealServer, str]]  # owner's name -> (real server, RIP text)
+    by_name: Mapping[str, tuple[RealServer, str]]  # owner's name -> (real server, RIP text)
     content: Content | None  # DR: the slots as the shared table holds them (None: no slots)
+    # The real servers the slots cannot describe (not weight 1, no slot, or DR on another
+    # port than the VIP's): one ``*_rs`` element each, its key after ``VIP . proto . port``
+    # (NAT: RIP . RPORT, DR: the mark) and its value (NAT: weight, DR: RPORT . weight).
+    explicit: tuple[tuple[tuple[str | int, ...], Value], ...]
+    dr_addresses: frozenset[str]  # DR real servers that need neighbour elements (TUN: none)
+    tun: bool  # the DR path, marked for tun_out (tun_svc); tunnels instead of neighbours
+
+
+class _Owners(NamedTuple):
+    """The part of a layout that a service's real servers decide, given its scheduler and
+    port (``_owners``): the same for every Service of a cluster that has the same nodes."""
+
+    table: Sequence[str | None]
+    by_name: Mapping[str, tuple[RealServer, str]]
+    content: Content | None
+    explicit: tuple[tuple[tuple[str | int, ...], Value], ...]
+    dr_addresses: frozenset[str]
+    tun: bool
 
 
 #: DR tables computed and kept (``_dr_table``): they are shared, so a cluster has few
@@ -137,19 +155,40 @@ def layout(svc: VirtualService) -> Layout:
         raise ValueError(
             f"service {key}: scheduler {svc.scheduler!r} is not supported by the nftables backend"
         )
-    # One pass: each real server's address is formatted once (str(IPv4Address) is slow),
-    # and the forwarding method checked on the way (service_forward says what is wrong).
     rss = svc.realservers
     forward = rss[0].forward if rss else Forward.NAT
-    if forward is not Forward.NAT and forward is not Forward.DR and forward is not Forward.TUN:
-        service_forward(svc)  # raises: not supported by this backend
+    if forward is Forward.NAT:
+        owners = _owners(svc.scheduler, key.port, rss, forward)
+    elif forward is Forward.DR or forward is Forward.TUN:
+        # Kept: a node change makes every Service's real servers the same new tuple.
+        owners = _dr_owners(svc.scheduler, key.port, rss, forward)
+    else:
+        owners = None
+    if owners is None:
+        service_forward(svc)  # raises: what is wrong with the forwarding methods
+        raise AssertionError(f"service {key}: service_forward accepted {forward}")
+    kind = "nat" if forward is Forward.NAT else "dr" if key.family == 4 else "dr6"
+    return Layout(
+        kind,
+        NAT_FAMILY[key.family] if kind == "nat" else "netdev",
+        ip_text(key.address),
+        PROTO_TEXT[key.protocol],
+        key.port,
+        scheduler_chain(kind, svc.scheduler, svc.flags, len(owners.table)),
+        *owners,
+    )
+
+
+def _owners(scheduler: str, port: int, rss: tuple[RealServer, ...], forward: Forward) -> _Owners | None:
+    """``rss``'s part of a layout, all forwarded by ``forward`` (None when they are not)."""
     nat = forward is Forward.NAT
+    # One pass: each real server's address is formatted once (str(IPv4Address) is slow).
     ntoa, IPv4 = socket.inet_ntoa, ipaddress.IPv4Address
     by_name: dict[str, tuple[RealServer, str]] = {}
     weights: dict[str, int] = {}
     for rs in rss:
         if rs.forward is not forward:
-            service_forward(svc)  # raises: the real servers mix forwarding methods
+            return None
         address = rs.address
         rip = (
             ntoa(int(address).to_bytes(4, "big")) if type(address) is IPv4 else str(address)
@@ -159,35 +198,31 @@ def layout(svc: VirtualService) -> Layout:
         name = f"{rip}:{rs.port}" if nat else rip
         by_name[name] = (rs, rip)
         weights[name] = rs.weight
-    # TUN: the DR path, then tun_out (tun_svc; IPv6: tun6_out, tun6_svc)
-    kind = "nat" if nat else "dr" if key.family == 4 else "dr6"
     content: Content | None = None
     if nat:
-        table = slot_order(svc.scheduler, weights)
+        table = slot_order(scheduler, weights)
     else:
-        table, content = _dr_table(svc.scheduler, tuple(sorted(weights.items())))
-    return Layout(
-        kind,
-        NAT_FAMILY[key.family] if nat else "netdev",
-        ip_text(key.address),
-        PROTO_TEXT[key.protocol],
-        key.port,
-        scheduler_chain(kind, svc.scheduler, svc.flags, len(table)),
-        table,
-        by_name,
-        content,
-    )
+        table, content = _dr_table(scheduler, tuple(sorted(weights.items())))
+    in_table = set(table)
+    explicit: list[tuple[tuple[str | int, ...], Value]] = []
+    for name, (rs, rip) in by_name.items():
+        if rs.weight == 1 and name in in_table and (nat or rs.port == port):
+            continue  # the slots say all there is to know about it
+        explicit.append(
+            ((rip, rs.port), rs.weight) if nat else ((mark_of(rs.address),), (rs.port, rs.weight))
+        )
+    tun = forward is Forward.TUN
+    dr_addresses = frozenset() if nat or tun else frozenset(by_name)
+    return _Owners(table, by_name, content, tuple(explicit), dr_addresses, tun)
 
+
+#: DR owners, kept: NAT owners carry each Service's NodePorts (all distinct), DR ones the
+#: nodes' addresses, so a cluster has few distinct ones.
+_dr_owners = functools.lru_cache(maxsize=_ORDER_CACHE)(_owners)
 
 #: The table a service's slots are in, given their content (slottables.TableChange.acquire
 #: when writing, SlotTables.lookup when comparing a read with the model).
 TableFor = Callable[[Content], int]
-
-
-def _implicit(lay: Layout, rs: RealServer, name: str, in_table: set[str | None]) -> bool:
-    """True when the slots say all there is to know about ``rs``: weight 1, at least one
-    slot, and (DR) the VIP's port. Only the others get a ``*_rs`` element."""
-    return rs.weight == 1 and name in in_table and (lay.kind == "nat" or rs.port == lay.port)
 
 
 def service_elements(svc: VirtualService, table_for: TableFor, lay: Layout | None = None) -> ServiceElements:
@@ -196,45 +231,26 @@ def service_elements(svc: VirtualService, table_for: TableFor, lay: Layout | Non
     table's, not the service's). ``service_text`` renders the same elements straight to
     nft text. ``lay``: ``layout(svc)``, when the caller has it already."""
     lay = lay or layout(svc)
-    kind, family, vip, proto, port = lay.kind, lay.family, lay.vip, lay.proto, lay.port
-    own: list[Element] = [Element(family, f"{kind}_svc", (vip, proto, port), f"goto {lay.chain}")]
+    kind, family = lay.kind, lay.family
+    prefix = (lay.vip, lay.proto, lay.port)
+    own: list[Element] = [Element(family, f"{kind}_svc", prefix, f"goto {lay.chain}")]
     if kind == "nat":
         own += [
-            Element(
-                family,
-                "nat_slots",
-                (vip, proto, port, slot),
-                (lay.by_name[name][1], lay.by_name[name][0].port),
-            )
+            Element(family, "nat_slots", (*prefix, slot), (lay.by_name[name][1], lay.by_name[name][0].port))
             for slot, name in enumerate(lay.table)
             if name
         ]
     elif lay.content is not None:
-        own.append(Element(family, f"{kind}_tab", (vip, proto, port), table_for(lay.content)))
-    in_table = set(lay.table)
-    dr_addresses: set[str] = set()
-    for name, (rs, rip) in lay.by_name.items():
-        if kind != "nat":
-            dr_addresses.add(rip)
-        if _implicit(lay, rs, name, in_table):
-            continue
-        if kind == "nat":
-            own.append(Element(family, "nat_rs", (vip, proto, port, rip, rs.port), rs.weight))
-        else:
-            own.append(
-                Element(family, f"{kind}_rs", (vip, proto, port, mark_of(rs.address)), (rs.port, rs.weight))
-            )
-    if _is_tun(svc):  # the DR path, marked for tun_out; tunnels instead of neighbours
-        own.append(Element(family, _TUN_SET[kind], (vip, proto, port)))
-        dr_addresses.clear()
-    return ServiceElements(frozenset(own), frozenset(dr_addresses))
+        own.append(Element(family, f"{kind}_tab", prefix, table_for(lay.content)))
+    if lay.explicit:
+        rs_set = f"{kind}_rs"
+        own += [Element(family, rs_set, (*prefix, *tail), value) for tail, value in lay.explicit]
+    if lay.tun:
+        own.append(Element(family, _TUN_SET[kind], prefix))
+    return ServiceElements(frozenset(own), lay.dr_addresses)
 
 
 _TUN_SET = {"dr": "tun_svc", "dr6": "tun6_svc"}  # a DR kind's set of the services that tunnel
-
-
-def _is_tun(svc: VirtualService) -> bool:
-    return bool(svc.realservers) and svc.realservers[0].forward is Forward.TUN
 
 
 def service_text(
@@ -260,22 +276,15 @@ def service_text(
             _list(out, family, "nat_slots").extend(slots)
     elif lay.content is not None:
         _list(out, family, f"{kind}_tab").append(f"{prefix} : {table_for(lay.content)}")
-    in_table = set(lay.table)
-    for name, (rs, rip) in lay.by_name.items():
-        if rs.weight == 1 and name in in_table and (kind == "nat" or rs.port == port):
-            continue  # _implicit, inlined: this loop runs for every real server of a cold sync
-        if kind == "nat":
-            _list(out, family, "nat_rs").append(f"{prefix} . {rip} . {rs.port} : {rs.weight}")
-        else:
-            _list(out, family, f"{kind}_rs").append(
-                f"{prefix} . {mark_of(rs.address)} : {rs.port} . {rs.weight}"
-            )
-    if kind != "nat":
-        if _is_tun(svc):
-            _list(out, family, _TUN_SET[kind]).append(prefix)
-            return frozenset()
-        return frozenset(rip for _, rip in lay.by_name.values())
-    return frozenset()
+    if lay.explicit:
+        rs_set = f"{kind}_rs"
+        _list(out, family, rs_set).extend(
+            f"{prefix} . {' . '.join(map(str, tail))} : {_fmt_value(rs_set, value)}"
+            for tail, value in lay.explicit
+        )
+    if lay.tun:
+        _list(out, family, _TUN_SET[kind]).append(prefix)
+    return lay.dr_addresses
 
 
 def _list(out: dict[tuple[str, str], list[str]], family: str, name: str) -> list[str]:
