@@ -171,6 +171,23 @@ class RealServer:
     def __hash__(self) -> int:
         return self._hash
 
+    def __eq__(self, other: object) -> bool:
+        # The generated __eq__ compares field tuples (the address in Python); services
+        # with the same nodes compare their real servers often (health, the nftables
+        # layouts): the cached hash and the shared key first.
+        if self is other:
+            return True
+        if type(other) is not RealServer:
+            return NotImplemented
+        return (
+            self._hash == other._hash
+            and (self.key is other.key or self.key == other.key)
+            and self.weight == other.weight
+            and self.forward is other.forward
+            and self.u_thresh == other.u_thresh
+            and self.l_thresh == other.l_thresh
+        )
+
     def __str__(self) -> str:
         text = f"{self.key} {self.forward} w={self.weight}"
         if self.u_thresh or self.l_thresh:  # rare: skip the concatenations otherwise

@@ -29,6 +29,7 @@ import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from ..model import DesiredState, Forward, IPAddress, RealServer, RealServerKey, ServiceKey, VirtualService
 from ..model.health import NO_CHECK, CheckMode, HealthCheck, OnFailure
@@ -206,6 +207,11 @@ class HealthOverlay:
             self._adjusted.clear()
             self.no_healthy.clear()
         services = dict(desired.services)
+        # The services of a cluster mostly have equal real servers and checks: each
+        # distinct (real servers, targets, check) is adjusted once per call, and the
+        # services that share it share the adjusted tuple too (which makes the layers
+        # below compare and look it up by identity).
+        memo: dict[_MemoKey, _Adjusted] = {}
         for key in recompute:
             vs = desired.services.get(key)
             if vs is None:
@@ -213,50 +219,81 @@ class HealthOverlay:
                 self._ramping.pop(key, None)
                 self.no_healthy.discard(key)
                 continue
-            self._adjusted[key] = self._adjust(vs, desired.health.get(key, NO_CHECK), states, now)
+            self._adjusted[key] = self._adjust(vs, desired.health.get(key, NO_CHECK), states, now, memo)
         for key, vs in self._adjusted.items():
             if key in services:
                 services[key] = vs
         return replace(desired, services=services)
 
     def _adjust(
-        self, vs: VirtualService, check: HealthCheck, states: Mapping[TargetKey, TargetState], now: float
+        self,
+        vs: VirtualService,
+        check: HealthCheck,
+        states: Mapping[TargetKey, TargetState],
+        now: float,
+        memo: dict[_MemoKey, _Adjusted],
     ) -> VirtualService:
-        pairs = self._targets.get(vs.key, ())
-        self.no_healthy.discard(vs.key)
+        key = vs.key
+        pairs = self._targets.get(key, ())
+        self.no_healthy.discard(key)
         if not pairs:
-            self._ramping.pop(vs.key, None)
+            self._ramping.pop(key, None)
             return vs
-        realservers = vs.realservers
-        if len(pairs) == len(realservers) and all(p[0] is rs.key for p, rs in zip(pairs, realservers)):
-            targets = [t for _, t in pairs]  # the usual case: built from this very value, in its order
-        else:
-            by_key = dict(pairs)
-            targets = [by_key.get(rs.key) for rs in realservers]  # type: ignore[misc]
-        got_states = [states.get(t) if t is not None else None for t in targets]
-        if all(st is not None and st.status is Status.DOWN for st in got_states):
-            self.no_healthy.add(vs.key)  # fail open: see the module docstring
-            self._ramping.pop(vs.key, None)
-            return vs
-        out: list[RealServer] = []
-        ramp_end = 0.0
-        changed = False
-        for rs, state in zip(realservers, got_states):
-            if state is None or state.status is Status.UNKNOWN:
-                out.append(rs)
-                continue
-            got = effective(rs, state, check, now)
-            if got is not rs:
-                changed = True
-            if got is not None:
-                out.append(got)
-            if state.came_back is not None and check.slow_start > 0:
-                ramp_end = max(ramp_end, state.came_back + check.slow_start)
+        # The targets carry the check: equal targets, equal check.
+        memo_key = (vs.realservers, pairs)
+        got = memo.get(memo_key)
+        if got is None:
+            got = memo[memo_key] = _adjusted(vs.realservers, pairs, check, states, now)
+        realservers, ramp_end, no_healthy = got
+        if no_healthy:
+            self.no_healthy.add(key)  # fail open: see the module docstring
         if ramp_end > now:
-            self._ramping[vs.key] = ramp_end
+            self._ramping[key] = ramp_end
         else:
-            self._ramping.pop(vs.key, None)
-        if not changed:
+            self._ramping.pop(key, None)
+        if realservers is None:
             return vs
         # Same order as before (sorted by key): no sort, no dataclasses.replace.
-        return VirtualService(vs.key, vs.scheduler, vs.persistence, vs.netmask, vs.flags, tuple(out), vs.name)
+        return VirtualService(key, vs.scheduler, vs.persistence, vs.netmask, vs.flags, realservers, vs.name)
+
+
+_MemoKey = tuple[tuple[RealServer, ...], tuple[tuple[RealServerKey, TargetKey], ...]]
+
+
+class _Adjusted(NamedTuple):
+    realservers: tuple[RealServer, ...] | None  # None: as they were
+    ramp_end: float  # when the slowest slow-start ramp ends (0: none in progress)
+    no_healthy: bool  # every checked real server is down: left as they were (fail open)
+
+
+def _adjusted(
+    realservers: tuple[RealServer, ...],
+    pairs: tuple[tuple[RealServerKey, TargetKey], ...],
+    check: HealthCheck,
+    states: Mapping[TargetKey, TargetState],
+    now: float,
+) -> _Adjusted:
+    """The real servers with the weights their targets' states give."""
+    if len(pairs) == len(realservers) and all(p[0] is rs.key for p, rs in zip(pairs, realservers)):
+        targets = [t for _, t in pairs]  # the usual case: built from this very value, in its order
+    else:
+        by_key = dict(pairs)
+        targets = [by_key.get(rs.key) for rs in realservers]  # type: ignore[misc]
+    got_states = [states.get(t) if t is not None else None for t in targets]
+    if all(st is not None and st.status is Status.DOWN for st in got_states):
+        return _Adjusted(None, 0.0, True)
+    out: list[RealServer] = []
+    ramp_end = 0.0
+    changed = False
+    for rs, state in zip(realservers, got_states):
+        if state is None or state.status is Status.UNKNOWN:
+            out.append(rs)
+            continue
+        got = effective(rs, state, check, now)
+        if got is not rs:
+            changed = True
+        if got is not None:
+            out.append(got)
+        if state.came_back is not None and check.slow_start > 0:
+            ramp_end = max(ramp_end, state.came_back + check.slow_start)
+    return _Adjusted(tuple(out) if changed else None, ramp_end, False)
