@@ -212,11 +212,12 @@ class DirectorHealth:
             text = (
                 f"real server {target.address}:{target.port} is {word} ({target.check.kind} check: {detail})"
             )
-            for key in sorted(self.overlay.users.get(target, ()), key=ServiceKey.sort_key):
-                if len(out) < limit:
-                    out.append((key, word, text))
-                else:
-                    more += 1
+            users = self.overlay.users.get(target, ())
+            room = limit - len(out)
+            # The first ones in order, not all 10,000 users of a node sorted.
+            first = heapq.nsmallest(room, users, key=ServiceKey.sort_key) if room > 0 else []
+            out += [(key, word, text) for key in first]
+            more += len(users) - len(first)
         return out, more
 
     # ------------------------------------------------------------------ probing

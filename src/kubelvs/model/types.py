@@ -42,6 +42,7 @@ __all__ = [
     "host_text",
     "hostport",
     "parse_address",
+    "shared_realservers",
     "split_hostport",
 ]
 
@@ -301,7 +302,7 @@ class VirtualService:
             persistence=self.persistence,
             netmask=self.netmask,
             flags=self.flags,
-            realservers=tuple(sorted(realservers, key=_BY_KEY)),
+            realservers=shared_realservers(tuple(sorted(realservers, key=_BY_KEY))),
             name=self.name,
         )
 
@@ -385,6 +386,14 @@ class ObservedState(LBState):
 
 
 _BY_KEY = operator.attrgetter("key._order")  # real servers in key order, in C
+
+
+@functools.lru_cache(maxsize=4096)
+def shared_realservers(realservers: tuple[RealServer, ...]) -> tuple[RealServer, ...]:
+    """The one tuple of its value: most Services of a cluster have the same real servers
+    (every node, weight 1), and sharing the tuple makes them one object in memory and
+    lets every layer compare and look them up by identity."""
+    return realservers
 
 
 @functools.lru_cache(maxsize=1 << 16)

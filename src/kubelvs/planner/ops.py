@@ -20,6 +20,7 @@ from ..model import (
     ServiceKey,
     Timeouts,
     VirtualService,
+    shared_realservers,
 )
 
 __all__ = [
@@ -241,8 +242,8 @@ def apply_ops_in_place(state: ObservedState, ops: Iterable[Operation]) -> Observ
     for key, changed in edits.items():
         old = services[key]
         if sum(1 for rs in old.realservers if rs.key in changed) == len(changed):
-            new_realservers = tuple(
-                [changed.get(rs.key, rs) for rs in old.realservers]
+            new_realservers = shared_realservers(
+                tuple([changed.get(rs.key, rs) for rs in old.realservers])
             )  # same keys, same order
             services[key] = VirtualService(
                 old.key, old.scheduler, old.persistence, old.netmask, old.flags, new_realservers, old.name

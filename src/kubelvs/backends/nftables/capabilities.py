@@ -9,6 +9,7 @@ not a field path per service per sync.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from ...bulk import no_gc
 from ...errors import FieldError
 from ...kernel import sysctl
 from ...kernel.netns import entered
-from ...model import DesiredState, Forward, VirtualService
+from ...model import DesiredState, Forward, RealServer, VirtualService
 from .schema import SUPPORTED_SCHEDULERS
 
 __all__ = ["Capabilities", "tun_supported"]
@@ -104,7 +105,13 @@ def _plainly_possible(svc: VirtualService) -> bool:
         return False
     if svc.flags and not svc.flags <= _PLAIN_FLAGS:
         return False
-    rss = svc.realservers
+    return _plain_realservers(svc.realservers)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain_realservers(rss: tuple[RealServer, ...]) -> bool:
+    """``_plainly_possible`` of the real servers (kept: the Services of a cluster share
+    their real servers, and a node change gives every Service the same new tuple)."""
     if not rss:
         return True
     forward = rss[0].forward
