@@ -224,6 +224,8 @@ class ServiceKey:
     _hash: int = field(init=False, repr=False, compare=False)  # cached, as RealServerKey's
     # Filled on first use: a plan prints the service's key once per real server.
     _text: str = field(default="", init=False, repr=False, compare=False)
+    # Filled on first use too: every plan sorts the keys it compares.
+    _order: tuple[int, int, str, int, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -264,7 +266,11 @@ class ServiceKey:
 
     def sort_key(self) -> tuple[int, int, str, int, int]:
         # Total order across families and fwmark services (None is not orderable).
-        return (self.family, self.fwmark, str(self.protocol), int(self.address or 0), self.port)
+        order = self._order
+        if order is None:
+            order = (self.family, self.fwmark, str(self.protocol), int(self.address or 0), self.port)
+            object.__setattr__(self, "_order", order)
+        return order
 
 
 @dataclass(frozen=True, slots=True)

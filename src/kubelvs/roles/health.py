@@ -172,7 +172,7 @@ class HealthOverlay:
                 if rs_target is not None:
                     pairs.append((rs.key, rs_target))
                     self.users.setdefault(rs_target, set()).add(key)
-            self._targets[key] = tuple(pairs)
+            self._targets[key] = _shared_pairs(tuple(pairs))
 
     def pairs(self) -> dict[ServiceKey, tuple[tuple[RealServerKey, TargetKey], ...]]:
         """Per checked service, each real server and its target."""
@@ -239,8 +239,10 @@ class HealthOverlay:
         if not pairs:
             self._ramping.pop(key, None)
             return vs
-        # The targets carry the check: equal targets, equal check.
-        memo_key = (vs.realservers, pairs)
+        # By identity (both are shared by value: shared_realservers, _shared_pairs), alive
+        # for the length of the call (``desired`` and ``_targets`` hold them). The targets
+        # carry the check: the same targets, the same check.
+        memo_key = (id(vs.realservers), id(pairs))
         got = memo.get(memo_key)
         if got is None:
             got = memo[memo_key] = _adjusted(vs.realservers, pairs, check, states, now)
@@ -257,7 +259,15 @@ class HealthOverlay:
         return VirtualService(key, vs.scheduler, vs.persistence, vs.netmask, vs.flags, realservers, vs.name)
 
 
-_MemoKey = tuple[tuple[RealServer, ...], tuple[tuple[RealServerKey, TargetKey], ...]]
+_MemoKey = tuple[int, int]
+_Pairs = tuple[tuple[RealServerKey, TargetKey], ...]
+
+
+@functools.lru_cache(maxsize=4096)
+def _shared_pairs(pairs: _Pairs) -> _Pairs:
+    """The one tuple of its value (a service's real servers and their targets): most
+    services have the same, and ``HealthOverlay.apply`` adjusts each distinct one once."""
+    return pairs
 
 
 class _Adjusted(NamedTuple):
