@@ -33,6 +33,7 @@ __all__ = [
     "Neighbour",
     "ServiceElements",
     "TableFor",
+    "dr_changes",
     "elements_text",
     "group_elements",
     "ip_of",
@@ -268,6 +269,35 @@ def service_elements(svc: VirtualService, table_for: TableFor, lay: Layout | Non
 
 
 _TUN_SET = {"dr": "tun_svc", "dr6": "tun6_svc"}  # a DR kind's set of the services that tunnel
+
+
+def dr_changes(
+    old: Layout, old_table: int | None, new: Layout, new_table: int | None
+) -> tuple[list[Element], list[Element]]:
+    """(deletes, adds) that turn the elements of a DR service laid out as ``old``, naming
+    table ``old_table``, into those of ``new`` (same service key) naming ``new_table``:
+    what the difference of their ``service_elements`` would be, without building either.
+    A node change edits every Service: most of them differ in one ``*_rs`` element."""
+    kind, family = new.kind, new.family
+    prefix = (new.vip, new.proto, new.port)
+    deletes: list[Element] = []
+    adds: list[Element] = []
+    if old.chain != new.chain:
+        deletes.append(Element(family, f"{kind}_svc", prefix, f"goto {old.chain}"))
+        adds.append(Element(family, f"{kind}_svc", prefix, f"goto {new.chain}"))
+    if old_table != new_table:
+        if old_table is not None:
+            deletes.append(Element(family, f"{kind}_tab", prefix, old_table))
+        if new_table is not None:
+            adds.append(Element(family, f"{kind}_tab", prefix, new_table))
+    if old.explicit is not new.explicit and old.explicit != new.explicit:
+        rs_set = f"{kind}_rs"
+        before, after = set(old.explicit), set(new.explicit)
+        deletes += [Element(family, rs_set, (*prefix, *tail), value) for tail, value in before - after]
+        adds += [Element(family, rs_set, (*prefix, *tail), value) for tail, value in after - before]
+    if old.tun != new.tun:
+        (adds if new.tun else deletes).append(Element(family, _TUN_SET[kind], prefix))
+    return deletes, adds
 
 
 def service_text(

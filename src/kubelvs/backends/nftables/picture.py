@@ -29,7 +29,7 @@ from ...errors import BackendError
 from ...kernel.netns import entered
 from ...model import Forward, ObservedState, ServiceKey, VirtualService
 from . import tunnel
-from .elements import PROTO_TEXT, Neighbour, ip_text, layout, mark_of, service_elements, service_key
+from .elements import PROTO_TEXT, Layout, Neighbour, ip_text, layout, mark_of, service_elements, service_key
 from .netlink import NftNetlink, RawElement
 from .readback import ParsedTables, decode_counters, parse_raw, stats_of
 from .schema import (
@@ -80,6 +80,10 @@ class Picture:
     counters: dict[tuple[str | int, str | int], set[Element]] = field(default_factory=dict)
     stale: set[Element] = field(default_factory=set)
     dr_of: dict[ServiceKey, frozenset[str]] = field(default_factory=dict)  # DR services only
+    # layout(services[key]) of the services that have one, kept from the read or the apply
+    # that wrote them: the next change of a service diffs against it without laying it
+    # out again (a node change touches every Service).
+    layouts: dict[ServiceKey, Layout] = field(default_factory=dict)
     dr_refs: Counter[str] = field(default_factory=Counter)  # DR real server -> services using it
     neighbours: dict[str, Neighbour] = field(default_factory=dict)  # complete, on a device that exists
     strays: set[Element] = field(default_factory=set)  # other neighbour elements: deleted by the next apply
@@ -209,6 +213,7 @@ def _picture(
         except ValueError:
             pic.actual[key] = frozenset()  # filled below: rewritten (or removed) at the next apply
             continue
+        pic.layouts[key] = lay
         expected.update(built.own)
         if lay.content is not None:
             contents[key] = lay.content

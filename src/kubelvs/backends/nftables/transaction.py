@@ -43,6 +43,7 @@ from . import neigh, tunnel
 from .elements import (
     Layout,
     Neighbour,
+    dr_changes,
     group_elements,
     ip_of,
     ip_text,
@@ -111,6 +112,7 @@ class Transaction:
     garbage: set[Element]
     found: Found  # what a read would find of the fixed part once this is committed
     tables: TableChange  # what it does to the shared DR slot tables
+    layouts: dict[ServiceKey, Layout]  # of the touched services after the plan
     unresolved: dict[str, str] = field(default_factory=dict)  # DR real server -> why it has no neighbour
 
     @property
@@ -163,7 +165,8 @@ def build(
     deletes: set[Element] = set()
     add_text: dict[tuple[str, str], list[str]] = {}  # new services, rendered directly
     tables = TableChange(pic.tables)
-    dr_of = _service_elements(pic, touched, new_services, adds, deletes, add_text, tables)
+    layouts: dict[ServiceKey, Layout] = {}
+    dr_of = _service_elements(pic, touched, new_services, adds, deletes, add_text, tables, layouts)
     table_adds, table_deletes = tables.elements()
     adds |= table_adds
     deletes |= table_deletes
@@ -246,6 +249,7 @@ def build(
         garbage=gone,
         found=found,
         tables=tables,
+        layouts=layouts,
         unresolved=unresolved,
     )
 
@@ -258,53 +262,74 @@ def _service_elements(
     deletes: set[Element],
     add_text: dict[tuple[str, str], list[str]],
     tables: TableChange,
+    lays: dict[ServiceKey, Layout],
 ) -> dict[ServiceKey, frozenset[str]]:
     """The element changes of the touched services (into ``adds``/``deletes``, new
     services as text into ``add_text``), and the DR slot tables they leave and take
-    (``tables``); returns the DR real servers of each."""
+    (``tables``), and their layouts (into ``lays``); returns the DR real servers of each."""
     dr_of: dict[ServiceKey, frozenset[str]] = {}
     failed: dict[ServiceKey, str] = {}
     old_services = pic.services
     # First where each service goes: which table it names now and which slots it needs
     # (TableChange.plan decides which tables are rewritten in place), then its elements.
-    olds: dict[ServiceKey, frozenset[Element]] = {}
-    lays: dict[ServiceKey, Layout] = {}
+    # A DR service that stays DR is diffed by its layouts (dr_changes); the others by
+    # their elements: as read (repairs), as the model implies, or none (new).
+    olds: dict[ServiceKey, frozenset[Element] | tuple[Layout, int | None]] = {}
     moves: list[tuple[int, Content | None]] = []
     for key in touched:
         svc = new_services.get(key)
         try:
             old = pic.actual.get(key)
-            if old is None:
-                old_svc = old_services.get(key)
-                # Its elements are what its model implies (written so, or read and compared):
-                # it names the table that holds its slots.
-                old = service_elements(old_svc, pic.tables.lookup).own if old_svc is not None else frozenset()
-            if svc is not None:
-                lays[key] = layout(svc)
+            old_svc = old_services.get(key) if old is None else None
+            old_lay = (pic.layouts.get(key) or layout(old_svc)) if old_svc is not None else None
+            lay = layout(svc) if svc is not None else None
         except ValueError as exc:
             failed[key] = str(exc)
             continue
+        if lay is not None:
+            lays[key] = lay
+        if old_lay is not None and lay is not None and old_lay.kind == lay.kind and lay.kind != "nat":
+            # Its elements are what its model implies (written so, or read and compared):
+            # it names the table that holds its slots.
+            old_table = pic.tables.lookup(old_lay.content) if old_lay.content is not None else None
+            olds[key] = (old_lay, old_table)
+            if old_table is not None:
+                moves.append((old_table, lay.content))
+                tables.release(old_table)
+            continue
+        if old is None:
+            old = (
+                service_elements(old_svc, pic.tables.lookup, old_lay).own
+                if old_svc is not None
+                else frozenset()
+            )
         olds[key] = old
         for e in old:
             if e.set == "dr_tab" or e.set == "dr6_tab":
-                lay = lays.get(key)
                 moves.append((int(e.value), lay.content if lay is not None else None))  # type: ignore[arg-type]
                 tables.release(int(e.value))  # type: ignore[arg-type]
     if failed:
         raise ServicesFailed(failed)
     tables.plan(moves)
-    for key, old in olds.items():
+    for key, before in olds.items():
         svc = new_services.get(key)
-        if svc is None:
-            deletes |= old
+        if isinstance(before, tuple):
+            new_lay = lays[key]
+            new_table = tables.acquire(new_lay.content) if new_lay.content is not None else None
+            gone, made = dr_changes(before[0], before[1], new_lay, new_table)
+            deletes.update(gone)
+            adds.update(made)
+            dr_of[key] = new_lay.dr_addresses
+        elif svc is None:
+            deletes |= before
             dr_of[key] = frozenset()
-        elif not old:
+        elif not before:
             # A new service: nothing to diff against (the cold-sync path).
             dr_of[key] = service_text(svc, add_text, tables.acquire, lays[key])
         else:
             built = service_elements(svc, tables.acquire, lays[key])
-            deletes |= old - built.own
-            adds |= built.own - old
+            deletes |= before - built.own
+            adds |= built.own - before
             dr_of[key] = built.dr_addresses
     return dr_of
 
@@ -358,6 +383,11 @@ def commit(pic: Picture, tx: Transaction) -> None:
             services.pop(key, None)
         else:
             services[key] = svc
+        lay = tx.layouts.get(key)
+        if lay is not None:
+            pic.layouts[key] = lay
+        else:
+            pic.layouts.pop(key, None)
         if tx.dr_of.get(key):
             pic.dr_of[key] = tx.dr_of[key]
         else:
