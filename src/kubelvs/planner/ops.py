@@ -23,6 +23,9 @@ from ..model import (
     shared_realservers,
 )
 
+_Members = tuple[RealServer, ...]
+_Edit = tuple[tuple[RealServerKey, RealServer], ...]
+
 __all__ = [
     "AddRealServer",
     "AddService",
@@ -239,14 +242,24 @@ def apply_ops_in_place(state: ObservedState, ops: Iterable[Operation]) -> Observ
     for key, (svc, count) in fresh.items():
         if count != len(svc.realservers):
             services[key] = svc.with_realservers(svc.realservers[:count])
+    # A node change is the same edit of the same (shared) real servers in every Service:
+    # worked out once per distinct (real servers, edit). An entry holds the old tuple, so
+    # that its id is not reused while the loop replaces the services that had it.
+    edited: dict[tuple[int, _Edit], tuple[_Members, _Members | None]] = {}
     for key, changed in edits.items():
         old = services[key]
-        if sum(1 for rs in old.realservers if rs.key in changed) == len(changed):
-            new_realservers = shared_realservers(
-                tuple([changed.get(rs.key, rs) for rs in old.realservers])
-            )  # same keys, same order
+        memo_key = (id(old.realservers), tuple(changed.items()))
+        found = edited.get(memo_key)
+        if found is None or found[0] is not old.realservers:
+            new_realservers: _Members | None = None
+            if sum(1 for rs in old.realservers if rs.key in changed) == len(changed):
+                new_realservers = shared_realservers(
+                    tuple([changed.get(rs.key, rs) for rs in old.realservers])
+                )  # same keys, same order
+            found = edited[memo_key] = (old.realservers, new_realservers)
+        if found[1] is not None:
             services[key] = VirtualService(
-                old.key, old.scheduler, old.persistence, old.netmask, old.flags, new_realservers, old.name
+                old.key, old.scheduler, old.persistence, old.netmask, old.flags, found[1], old.name
             )
         else:  # an edit of a real server the service lacks: the kernel would refuse; add it as before
             services[key] = old.with_realservers({**old.realserver_map(), **changed}.values())

@@ -142,7 +142,7 @@ def _dr_table(
     """A DR service's slots by owner (address) and as marks, the table's content."""
     table = slot_order(scheduler, dict(weights))
     marks = {name: mark_of(ip_of(name)) for name, _ in weights}
-    return table, (tuple(marks[name] for name in table if name) if table else None)
+    return table, (Content(marks[name] for name in table if name) if table else None)
 
 
 def layout(svc: VirtualService) -> Layout:

@@ -20,8 +20,21 @@ from .schema import Element
 
 __all__ = ["Content", "SlotTables", "TableChange", "slot_elements", "tables_of"]
 
-#: A table's slots in order, each the owner's mark (the RIP as u32).
-Content = tuple[int, ...]
+
+class Content(tuple[int, ...]):
+    """A table's slots in order, each the owner's mark (the RIP as u32). Hashed once: a
+    node change looks each Service's old and new slots up several times, and hashing
+    509 marks costs more than the rest of a lookup."""
+
+    _hash: int
+
+    def __new__(cls, marks: Iterable[int]) -> Content:
+        content = super().__new__(cls, marks)
+        content._hash = tuple.__hash__(content)
+        return content
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 def slot_elements(tid: int, content: Content) -> Iterator[Element]:
@@ -46,7 +59,7 @@ def _content(slots: Mapping[int, int]) -> Content | None:
     n = len(slots)
     if any(i not in slots for i in range(n)):
         return None
-    return tuple(slots[i] for i in range(n))
+    return Content(slots[i] for i in range(n))
 
 
 @dataclass
