@@ -212,6 +212,14 @@ def apply_ops_in_place(state: ObservedState, ops: Iterable[Operation]) -> Observ
                 members(k)[r.key] = r
             stats.setdefault((k, r.key), _NO_TRAFFIC)
             continue
+        if type(op) is EditRealServer:  # all of a node change's plan
+            k, r = op.service, op.realserver
+            if k in touched or k in fresh:
+                members(k)[r.key] = r
+            else:
+                edits.setdefault(k, {})[r.key] = r
+            stats.setdefault((k, r.key), _NO_TRAFFIC)
+            continue
         match op:
             case AddService(service=s) if s.key not in services:
                 fresh[s.key] = [s, 0]
@@ -226,12 +234,6 @@ def apply_ops_in_place(state: ObservedState, ops: Iterable[Operation]) -> Observ
                     stats.pop((k, rk), None)
                 del touched[k]
                 del services[k]
-            case EditRealServer(service=k, realserver=r):
-                if k in touched or k in fresh:
-                    members(k)[r.key] = r
-                else:
-                    edits.setdefault(k, {})[r.key] = r
-                stats.setdefault((k, r.key), _NO_TRAFFIC)
             case DeleteRealServer(service=k, realserver=rk):
                 del members(k)[rk]
                 stats.pop((k, rk), None)

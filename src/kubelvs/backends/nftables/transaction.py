@@ -176,8 +176,10 @@ def build(
     # DR real servers: their neighbours, and an ingress hook on every device they sit on.
     dr_refs = Counter(pic.dr_refs)  # O(distinct DR real servers), not O(services)
     for key in touched:
-        dr_refs.subtract(pic.dr_of.get(key, ()))
-        dr_refs.update(dr_of[key])
+        had, has = pic.dr_of.get(key, frozenset()), dr_of[key]
+        if had != has:  # mostly the same (shared) set: a weight edit keeps the real servers
+            dr_refs.subtract(had)
+            dr_refs.update(has)
     needed = {rip for rip, n in dr_refs.items() if n > 0}
     neighbours = {rip: nb for rip, nb in pic.neighbours.items() if rip in needed}
     unresolved: dict[str, str] = {}
