@@ -158,8 +158,9 @@ class RealServer:
     # ask for it several times per real server, and building it each time was the
     # largest single cost of a 100,000-real-server sync.
     key: RealServerKey = field(init=False, repr=False, compare=False)
-    # Cached as the keys' hashes: the nftables backend looks a service's real servers up
-    # as one tuple (elements._owners), and a dataclass hash would hash the address anew.
+    # Cached as the keys' hashes: tuples of real servers are looked up by value
+    # (shared_realservers, the health overlay, the nftables layouts), and a dataclass
+    # hash would hash the address anew every time.
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
