@@ -356,22 +356,15 @@ def ip_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
 def neighbour_elements(rip: str, nb: Neighbour) -> frozenset[Element]:
     address = ip_of(rip)
     mark = mark_of(address)
-    if address.version == 4:
-        return frozenset(
-            {
-                Element("netdev", "dr_mac", (mark,), nb.mac),
-                Element("netdev", "dr_smac", (mark,), nb.own_mac),
-                Element("netdev", "dr_dev", (mark,), nb.device),
-            }
-        )
-    return frozenset(
-        {
-            Element("netdev", "dr6_mac", (mark,), nb.mac),
-            Element("netdev", "dr6_smac", (mark,), nb.own_mac),
-            Element("netdev", "dr6_dev", (mark,), nb.device),
-            Element("netdev", "dr6_addr", (mark,), rip),
-        }
-    )
+    dr = "dr" if address.version == 4 else "dr6"
+    elements = {
+        Element("netdev", f"{dr}_mac", (mark,), nb.mac),
+        Element("netdev", f"{dr}_smac", (mark,), nb.own_mac),
+        Element("netdev", f"{dr}_dev", (mark,), nb.device),
+    }
+    if address.version == 6:  # the id back to the address it stands for
+        elements.add(Element("netdev", "dr6_addr", (mark,), rip))
+    return frozenset(elements)
 
 
 _DEVICE_MAPS = frozenset({"dr_dev", "tun_dev", "dr6_dev", "tun6_dev"})  # values: interface names
