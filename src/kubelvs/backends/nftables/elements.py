@@ -218,24 +218,9 @@ def _owners(scheduler: str, port: int, rss: tuple[RealServer, ...], forward: For
 
 
 #: DR owners, kept: NAT owners carry each Service's NodePorts (all distinct), DR ones the
-#: nodes' addresses, so a cluster has few distinct ones.
-_dr_owners_of_value = functools.lru_cache(maxsize=_ORDER_CACHE)(_owners)
-#: The same by the tuple's identity first (tuples are shared: model.shared_realservers),
-#: which spares hashing ten real servers per lookup; an entry holds its tuple, so that
-#: the id is not reused while it is there.
-_DR_OWNERS: dict[tuple[int, str, int], tuple[tuple[RealServer, ...], _Owners | None]] = {}
-
-
-def _dr_owners(scheduler: str, port: int, rss: tuple[RealServer, ...], forward: Forward) -> _Owners | None:
-    key = (id(rss), scheduler, port)
-    found = _DR_OWNERS.get(key)
-    if found is not None and found[0] is rss:
-        return found[1]
-    if len(_DR_OWNERS) >= _ORDER_CACHE:
-        _DR_OWNERS.clear()
-    owners = _dr_owners_of_value(scheduler, port, rss, forward)
-    _DR_OWNERS[key] = (rss, owners)
-    return owners
+#: nodes' addresses, so a cluster has few distinct ones (and shares their tuple:
+#: model.shared_realservers).
+_dr_owners = functools.lru_cache(maxsize=_ORDER_CACHE)(_owners)
 
 
 #: The table a service's slots are in, given their content (slottables.TableChange.acquire
