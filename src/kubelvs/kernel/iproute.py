@@ -253,14 +253,30 @@ def link(netns: str | None, name: str) -> Link | None:
     return rtnl.call(netns, f"read link {name}", get)
 
 
-def _add_link(netns: str | None, what: str, kind: str, name: str, **spec: Any) -> None:
+def _add_link(
+    netns: str | None,
+    what: str,
+    kind: str,
+    name: str,
+    *,
+    module: str = "",
+    underlay: tuple[str, str] | None = None,
+    **spec: Any,
+) -> None:
+    """``underlay``: (attribute, device) - the device's ifindex into that attribute, looked
+    up on the same connection. ``module``: the kernel module of ``kind`` (default: its name)."""
+
     def add(ipr: Any) -> None:
+        if underlay is not None:
+            spec[underlay[0]] = rtnl.index_of(ipr, netns, underlay[1])
         try:
             ipr.link("add", ifname=name, kind=kind, **spec)
         except rtnl.netlink_error() as exc:
             if rtnl.code_of(exc) == errno.EOPNOTSUPP:
                 raise LinkKindUnsupported(
-                    f"{what}{rtnl.where(netns)}: this kernel has no {kind} link type (no {kind} module)", kind
+                    f"{what}{rtnl.where(netns)}: this kernel has no {kind} link type "
+                    f"(no {module or kind} module)",
+                    kind,
                 ) from exc
             raise
 
@@ -280,46 +296,25 @@ def add_bridge(netns: str | None, name: str) -> None:
 def add_ipip(netns: str | None, name: str, *, remote: str, local: str, underlay: str) -> None:
     """``ip link add NAME type ipip remote R local L dev UNDERLAY`` (left down)."""
     what = f"add link {name} type ipip remote {remote} local {local} dev {underlay}"
-
-    def add(ipr: Any) -> None:
-        index = rtnl.index_of(ipr, netns, underlay)
-        try:
-            ipr.link("add", ifname=name, kind="ipip", ipip_remote=remote, ipip_local=local, ipip_link=index)
-        except rtnl.netlink_error() as exc:
-            if rtnl.code_of(exc) == errno.EOPNOTSUPP:
-                raise LinkKindUnsupported(
-                    f"{what}{rtnl.where(netns)}: this kernel has no ipip link type (no ipip module)", "ipip"
-                ) from exc
-            raise
-
-    rtnl.call(netns, what, add)
+    _add_link(
+        netns, what, "ipip", name, underlay=("ipip_link", underlay), ipip_remote=remote, ipip_local=local
+    )
 
 
 def add_ip6tnl(netns: str | None, name: str, *, remote: str, local: str, underlay: str) -> None:
     """``ip link add NAME type ip6tnl mode ip6ip6 remote R local L dev UNDERLAY`` (left down)."""
     what = f"add link {name} type ip6tnl mode ip6ip6 remote {remote} local {local} dev {underlay}"
-
-    def add(ipr: Any) -> None:
-        index = rtnl.index_of(ipr, netns, underlay)
-        try:
-            ipr.link(
-                "add",
-                ifname=name,
-                kind="ip6tnl",
-                ip6tnl_remote=remote,
-                ip6tnl_local=local,
-                ip6tnl_link=index,
-                ip6tnl_proto=socket.IPPROTO_IPV6,  # ip6ip6
-            )
-        except rtnl.netlink_error() as exc:
-            if rtnl.code_of(exc) == errno.EOPNOTSUPP:
-                raise LinkKindUnsupported(
-                    f"{what}{rtnl.where(netns)}: this kernel has no ip6tnl link type (no ip6_tunnel module)",
-                    "ip6tnl",
-                ) from exc
-            raise
-
-    rtnl.call(netns, what, add)
+    _add_link(
+        netns,
+        what,
+        "ip6tnl",
+        name,
+        module="ip6_tunnel",
+        underlay=("ip6tnl_link", underlay),
+        ip6tnl_remote=remote,
+        ip6tnl_local=local,
+        ip6tnl_proto=socket.IPPROTO_IPV6,  # ip6ip6
+    )
 
 
 def add_veth(netns: str | None, name: str, peer: str, *, peer_netns: str | None = None) -> None:
