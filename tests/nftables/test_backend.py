@@ -25,7 +25,7 @@ from kubelvs.backends.nftables.maglev import MAGLEV_SIZE, maglev_table
 from kubelvs.backends.nftables.netlink import NftNetlink
 from kubelvs.backends.nftables.partial import Culprits
 from kubelvs.backends.nftables.picture import read_tables
-from kubelvs.backends.nftables.slottables import tables_of
+from kubelvs.backends.nftables.slottables import Content, tables_of, weights_of
 from kubelvs.errors import PartialApplyError
 from kubelvs.model import (
     DesiredState,
@@ -134,7 +134,12 @@ def _assert_tables_are_shared(ns: str, desired: DesiredState) -> None:
     with NftNetlink(ns) as nl:
         parsed, _, _ = read_tables(nl, ns)
     tables = tables_of(parsed.by_set.get("dr_slots", ()))
-    contents = {tid: tuple(slots[i] for i in range(len(slots))) for tid, slots in tables.items()}
+    weights = weights_of(parsed.by_set.get("dr_weights", ()))
+    assert weights.keys() <= tables.keys()
+    contents = {
+        tid: Content((slots[i] for i in range(len(slots))), weights.get(tid, {}).items())
+        for tid, slots in tables.items()
+    }
     named = {
         service_key(e.key): int(e.value)  # type: ignore[arg-type]
         for name in ("dr_tab", "dr6_tab")
@@ -217,12 +222,29 @@ def test_services_with_the_same_real_servers_share_one_slot_table(
     written = {
         line.split(" {")[0]: line.count(",") + 1 for line in script.splitlines() if " element " in line
     }
-    assert written == {  # each moved slot deleted and added; each service's weight 2 for .4
+    assert written == {  # each moved slot deleted and added; the table's weight 2 for .4
         "delete element netdev kubelvs dr_slots": moved,
         "add element netdev kubelvs dr_slots": moved,
-        "add element netdev kubelvs dr_rs": 3,
+        "add element netdev kubelvs dr_weights": 1,
     }
     assert NftablesBackend(netns=ns).read().services == make_desired(a2, b2, c2).services
+    # A health check's weight 0 for .4 in all three: the table again, nothing of theirs.
+    down = [*heavier[:2], ("10.0.1.4", 0)]
+    a0, b0, c0 = svc("10.0.0.1", 80, down), svc("10.0.0.1", 443, down), svc("10.0.0.2", 80, down)
+    director.sync(make_desired(a0, b0, c0), changed={a0.key, b0.key, c0.key})
+    script = scripts[-1]
+    written = {
+        line.split(" {")[0]: line.count(",") + 1 for line in script.splitlines() if " element " in line
+    }
+    moved = sum(1 for x, y in zip(after, maglev_table(dict(down)), strict=True) if x != y)
+    assert written == {
+        "delete element netdev kubelvs dr_slots": moved,
+        "add element netdev kubelvs dr_slots": moved,
+        "delete element netdev kubelvs dr_weights": 1,
+        "add element netdev kubelvs dr_weights": 1,
+    }
+    assert "0x0a000104 : 0x00000000" in _sh(ns, "nft", "list", "map", "netdev", "kubelvs", "dr_weights")
+    assert NftablesBackend(netns=ns).read().services == make_desired(a0, b0, c0).services
     # c leaves the set: a table of its own; then a and b leave theirs: table 1 is deleted.
     c3 = svc("10.0.0.2", 80, nodes[:2])
     director.sync(make_desired(a2, b2, c3), changed={c3.key})

@@ -149,6 +149,14 @@ DAMAGE = [
     ),
     ("a DR service's table entry deleted", "delete element netdev kubelvs dr_tab { 10.0.0.2 . tcp . 80 }"),
     ("a table no service names", "add element netdev kubelvs dr_slots { 9 . 0 : 167772420 }"),
+    ("a DR table's weight deleted", "delete element netdev kubelvs dr_weights { 1 . 167772419 }"),
+    (
+        "a DR table's weight changed",
+        "delete element netdev kubelvs dr_weights { 1 . 167772419 }\n"
+        "add element netdev kubelvs dr_weights { 1 . 167772419 : 5 }",
+    ),
+    ("weights of a table without slots", "add element netdev kubelvs dr_weights { 9 . 167772419 : 0 }"),
+    ("the DR weights map deleted", "delete map netdev kubelvs dr_weights"),
     (
         "a service entry changed",
         "delete element ip kubelvs nat_svc { 10.0.0.1 . tcp . 80 }\n"

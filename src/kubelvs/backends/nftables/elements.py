@@ -7,7 +7,7 @@ A service is nothing but elements of the maps schema.py declares: its entry in
 ``nat_svc``/``dr_svc`` (``goto`` the scheduler chain), its slots (wrr order or Maglev
 table, maglev.py: NAT one ``nat_slots`` element per slot, DR one ``dr_tab`` element
 naming a shared table, slottables.py), a ``*_rs`` element for each real server the
-slots cannot describe, and for TUN its key in ``tun_svc``. DR real servers
+slots (or the DR table's weights) cannot describe, and for TUN its key in ``tun_svc``. DR real servers
 also need neighbour elements (``dr_mac``/``dr_smac``/``dr_dev``), shared by every
 service that has them.
 """
@@ -99,10 +99,11 @@ class Layout(NamedTuple):
     chain: str
     table: Sequence[str | None]  # slot -> owner's name (NAT "RIP:RPORT", DR "RIP"), None = empty
     by_name: Mapping[str, tuple[RealServer, str]]  # owner's name -> (real server, RIP text)
-    content: Content | None  # DR: the slots as the shared table holds them (None: no slots)
-    # The real servers the slots cannot describe (not weight 1, no slot, or DR on another
-    # port than the VIP's): one ``*_rs`` element each, its key after ``VIP . proto . port``
-    # (NAT: RIP . RPORT, DR: the mark) and its value (NAT: weight, DR: RPORT . weight).
+    content: Content | None  # DR: the shared table (slots, weights) it names (None: no slots)
+    # The real servers the slots cannot describe (NAT: not weight 1 or no slot; DR: on
+    # another port than the VIP's, or no table): one ``*_rs`` element each, its key after
+    # ``VIP . proto . port`` (NAT: RIP . RPORT, DR: the mark) and its value (NAT: weight,
+    # DR: RPORT . weight). A DR table holds the weights its slots do not say.
     explicit: tuple[tuple[tuple[str | int, ...], Value], ...]
     dr_addresses: frozenset[str]  # DR real servers that need neighbour elements (TUN: none)
     tun: bool  # the DR path, marked for tun_out (tun_svc); tunnels instead of neighbours
@@ -139,10 +140,17 @@ def slot_order(scheduler: str, weights: Mapping[str, int]) -> Sequence[str | Non
 def _dr_table(
     scheduler: str, weights: tuple[tuple[str, int], ...]
 ) -> tuple[Sequence[str | None], Content | None]:
-    """A DR service's slots by owner (address) and as marks, the table's content."""
+    """A DR service's slots by owner (address), and its table: the slots as marks, and the
+    weights they do not say (weight 0, or other than 1)."""
     table = slot_order(scheduler, dict(weights))
+    if not table:
+        return table, None
     marks = {name: mark_of(ip_of(name)) for name, _ in weights}
-    return table, (Content(marks[name] for name in table if name) if table else None)
+    slotted = set(table)
+    return table, Content(
+        (marks[name] for name in table if name),
+        ((marks[name], weight) for name, weight in weights if weight != 1 or name not in slotted),
+    )
 
 
 def layout(svc: VirtualService) -> Layout:
@@ -207,8 +215,10 @@ def _owners(scheduler: str, port: int, rss: tuple[RealServer, ...], forward: For
     in_table = set(table)
     explicit: list[tuple[tuple[str | int, ...], Value]] = []
     for name, (rs, rip) in by_name.items():
-        if rs.weight == 1 and name in in_table and (nat or rs.port == port):
+        if nat and rs.weight == 1 and name in in_table:
             continue  # the slots say all there is to know about it
+        if not nat and content is not None and rs.port == port:
+            continue  # the table does: its slots and weights
         explicit.append(
             ((rip, rs.port), rs.weight) if nat else ((mark_of(rs.address),), (rs.port, rs.weight))
         )

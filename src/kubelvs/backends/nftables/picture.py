@@ -228,7 +228,7 @@ def _picture(
     for key, content in contents.items():
         if key in named:
             wanted.setdefault(named[key], []).append(content)
-    tables = SlotTables.read(parsed.by_set.get("dr_slots", ()), wanted)
+    tables = SlotTables.read(parsed.by_set.get("dr_slots", ()), parsed.by_set.get("dr_weights", ()), wanted)
     for key, content in contents.items():
         head = (ip_text(key.address), PROTO_TEXT[key.protocol], key.port)  # type: ignore[arg-type]
         tab = "dr_tab" if key.family == 4 else "dr6_tab"

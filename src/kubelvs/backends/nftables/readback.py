@@ -8,8 +8,9 @@ servers those elements describe, their counters, and the timeouts.
 
 A service is recognised by its ``nat_svc``/``dr_svc`` element (``goto`` a scheduler
 chain, whose name is the scheduler and flags); its real servers come from its slots
-(NAT ``nat_slots``, DR the shared table its ``dr_tab`` names; weight 1, DR port = VIP
-port) and its ``*_rs`` elements (everything else).
+(NAT ``nat_slots``: weight 1; DR the shared table its ``dr_tab`` names: its slots'
+owners and its ``dr_weights``, port = VIP port) and its ``*_rs`` elements (everything
+else).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .schema import (
     parse_device_chain,
     parse_scheduler_chain,
 )
-from .slottables import tables_of
+from .slottables import tables_of, weights_of
 
 __all__ = [
     "CTA_TCP_ESTABLISHED",
@@ -247,7 +248,7 @@ class _RawDecoder:
             return u32(k, 0) + u32(k, 4)
 
         keyed: Callable[[bytes], tuple[str | int, ...]]
-        if name == "dr_slots":
+        if name == "dr_slots" or name == "dr_weights":
             keyed = table_key
         elif name in ("nat_slots", "dr_in", "dr_rs", "dr6_in", "dr6_rs"):
             keyed = slot_key
@@ -267,6 +268,7 @@ class _RawDecoder:
         values: dict[str, Callable[[Any], Value]] = {
             "nat_slots": lambda raw: self.nat_target(raw.data),
             "dr_slots": lambda raw: u32(raw.data, 0)[0],
+            "dr_weights": lambda raw: u32(raw.data, 0)[0],
             "nat_rs": lambda raw: u32(raw.data, 0)[0],
             "dr_rs": lambda raw: be16(raw.data, 0) + u32(raw.data, 4),
             "dr6_rs": lambda raw: be16(raw.data, 0) + u32(raw.data, 4),
@@ -438,9 +440,13 @@ def _rebuild(
     # DR: the owners of the service's shared table (``dr_tab``, slottables.py). A capture
     # of an older director (``kubelvs doctor``) has per-service slots: VIP . proto . port . slot.
     slots = by_set.get("dr_slots", ())
-    owners = {
-        tid: set(table.values()) for tid, table in tables_of(e for e in slots if len(e.key) == 2).items()
+    owners: dict[int, dict[int, int]] = {  # table -> mark -> weight: its slots' owners, then its weights
+        tid: dict.fromkeys(table.values(), 1)
+        for tid, table in tables_of(e for e in slots if len(e.key) == 2).items()
     }
+    for tid, weights in weights_of(by_set.get("dr_weights", ())).items():
+        if tid in owners:
+            owners[tid].update(weights)
     # An IPv6 real server's mark is its id: ``dr6_addr`` (TUN: ``tun6_addr``) says which address it stands for
     # (an id it does not name stands for no real server: the service is rewritten).
     addresses6 = {
@@ -453,9 +459,9 @@ def _rebuild(
     for e in [*by_set.get("dr_tab", ()), *by_set.get("dr6_tab", ())]:
         m = members.get(e.key)
         if m is not None:
-            for mark in owners.get(int(e.value), ()):
+            for mark, weight in owners.get(int(e.value), {}).items():
                 if (owner := rip_of(mark, e.set == "dr6_tab")) is not None:
-                    m[(owner, -1)] = real(owner, int(e.key[2]), 1, True)
+                    m[(owner, -1)] = real(owner, int(e.key[2]), weight, True)
     for e in slots:
         m = members.get(e.key[:3]) if len(e.key) == 4 else None
         if m is not None:

@@ -20,9 +20,12 @@ chain costs ~10x more at 10,000 services):
 ``dr_slots``            ``table . slot -> mark`` where mark = the RIP as u32: a *shared* slot
                         table (slottables.py): every DR service whose real servers have
                         the same addresses and weights uses the same one
+``dr_weights``          ``table . mark -> weight``: the table's members its slots do not
+                        describe (weight != 1, or no slot: weight 0); read back only
 ``nat_rs``              ``VIP . proto . port . RIP . RPORT -> weight``, only for real servers
                         the slots do not describe (weight != 1, or no slot: weight 0)
-``dr_rs``               ``VIP . proto . port . RIP -> RPORT . weight``, likewise (and port != VIP's)
+``dr_rs``               ``VIP . proto . port . RIP -> RPORT . weight``: DR real servers on
+                        another port than the VIP's, or of a service without slots
 ``dr_in``               ``VIP . proto . port . RIP`` with a counter, added by the packet path
 ``nat_in``/``nat_out``  ``VIP . proto . RIP . RPORT`` with counters, added by the packet path
                         (forward hook) when a real server first sees traffic
@@ -33,7 +36,8 @@ chain costs ~10x more at 10,000 services):
                         *id* (``elements.mark_of``: 32 bits of a hash of its address, the same
                         on every director), ``dr6_addr`` says which address an id stands for
                         (the data path needs none: DR leaves the IP header alone). The slot
-                        tables (``dr_slots``) are shared with IPv4: a table is only marks.
+                        tables (``dr_slots``, ``dr_weights``) are shared with IPv4: a table is
+                        only marks.
 
 A DR scheduler chain looks the service's table up first (``meta mark set ... map
 @dr_tab``), then the slot in it (``meta mark set meta mark . <slot> map @dr_slots``): nft
@@ -142,6 +146,7 @@ SETS = {
         "dr_svc",
         "dr_tab",
         "dr_slots",
+        "dr_weights",
         "dr_rs",
         "dr_in",
         "dr_mac",
@@ -394,7 +399,10 @@ def _dr_path(version: int, *, tun: bool, counter_set: str) -> tuple[list[SetDecl
         SetDecl(family, "map", f"{dr}_tab", f"typeof {key} : meta mark;"),
     ]
     if version == 4:
-        sets.append(SetDecl(family, "map", "dr_slots", "typeof meta mark . numgen inc mod 2 : meta mark;"))
+        sets += [
+            SetDecl(family, "map", "dr_slots", "typeof meta mark . numgen inc mod 2 : meta mark;"),
+            SetDecl(family, "map", "dr_weights", "typeof meta mark . meta mark : meta mark;"),
+        ]
     sets += [
         SetDecl(family, "map", f"{dr}_rs", f"typeof {key} . meta mark : th dport . meta mark;"),
         SetDecl(family, "set", f"{dr}_in", f"typeof {key} . meta mark; {counter_set}"),

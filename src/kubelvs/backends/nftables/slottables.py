@@ -4,10 +4,13 @@ each, and what one transaction changes of that.
 A DR service's slots are a *table* (``dr_slots``: ``table . slot -> RIP``) that its
 ``dr_tab`` element names. Services whose real servers have the same addresses and
 weights (and so the same Maglev or wrr order: maglev.py names DR owners by address) use
-one table: in a cluster that is almost every Service (all nodes, weight 1). A table
-lives while a service uses it; the last one to leave deletes its slots in the same
-transaction. Table numbers are local to a director (only the slots' contents must
-agree between directors, and they do: they are a pure function of the real servers).
+one table: in a cluster that is almost every Service (all nodes, weight 1). A table also
+holds the weights its slots do not say (``dr_weights``: ``table . RIP -> weight``: weight
+0, or other than 1), so that a node's weight going to 0 and back changes the table, not
+the elements of each service that uses it. A table lives while a service uses it; the
+last one to leave deletes it in the same transaction. Table numbers are local to a
+director (only the tables' contents must agree between directors, and they do: they are
+a pure function of the real servers).
 """
 
 from __future__ import annotations
@@ -18,35 +21,52 @@ from dataclasses import dataclass, field
 
 from .schema import Element
 
-__all__ = ["Content", "SlotTables", "TableChange", "slot_elements", "tables_of"]
+__all__ = ["Content", "SlotTables", "TableChange", "table_elements", "tables_of", "weights_of"]
 
 
 class Content(tuple[int, ...]):
-    """A table's slots in order, each the owner's mark (the RIP as u32). Hashed once: a
-    node change looks each Service's old and new slots up several times, and hashing
-    509 marks costs more than the rest of a lookup."""
+    """A table: its slots in order, each the owner's mark (the RIP as u32), and in
+    ``weights`` the (mark, weight) of the members the slots do not describe (weight 0 or
+    other than 1), by mark; two tables are equal when both are. Hashed once: a node
+    change looks each Service's old and new table up several times, and hashing 509
+    marks costs more than the rest of a lookup."""
 
+    weights: tuple[tuple[int, int], ...]
     _hash: int
 
-    def __new__(cls, marks: Iterable[int]) -> Content:
+    def __new__(cls, marks: Iterable[int], weights: Iterable[tuple[int, int]] = ()) -> Content:
         content = super().__new__(cls, marks)
-        content._hash = tuple.__hash__(content)
+        content.weights = tuple(sorted(weights))
+        content._hash = hash((tuple.__hash__(content), content.weights))
         return content
 
     def __hash__(self) -> int:
         return self._hash
 
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Content):
+            return NotImplemented
+        return self._hash == other._hash and self.weights == other.weights and tuple.__eq__(self, other)
 
-def slot_elements(tid: int, content: Content) -> Iterator[Element]:
-    return (Element("netdev", "dr_slots", (tid, slot), mark) for slot, mark in enumerate(content))
+    def __ne__(self, other: object) -> bool:
+        return not self == other
 
 
-def _elements(tid: int, members: Mapping[int, int]) -> Iterator[Element]:
-    return (Element("netdev", "dr_slots", (tid, slot), mark) for slot, mark in members.items())
+def table_elements(tid: int, content: Content) -> Iterator[Element]:
+    """The elements of table ``tid`` holding ``content``: its slots and its weights."""
+    yield from (Element("netdev", "dr_slots", (tid, slot), mark) for slot, mark in enumerate(content))
+    yield from (Element("netdev", "dr_weights", (tid, mark), weight) for mark, weight in content.weights)
+
+
+def _elements(tid: int, slots: Mapping[int, int], weights: Mapping[int, int]) -> Iterator[Element]:
+    yield from (Element("netdev", "dr_slots", (tid, slot), mark) for slot, mark in slots.items())
+    yield from (Element("netdev", "dr_weights", (tid, mark), weight) for mark, weight in weights.items())
 
 
 def tables_of(slots: Iterable[Element]) -> dict[int, dict[int, int]]:
-    """The tables as read: table -> slot -> mark (``dr_slots`` elements)."""
+    """The tables' slots as read: table -> slot -> mark (``dr_slots`` elements)."""
     out: dict[int, dict[int, int]] = {}
     for e in slots:
         tid, slot = e.key
@@ -54,12 +74,21 @@ def tables_of(slots: Iterable[Element]) -> dict[int, dict[int, int]]:
     return out
 
 
-def _content(slots: Mapping[int, int]) -> Content | None:
-    """The slots as a table, None when some slot is missing (damaged: never reused)."""
+def weights_of(weights: Iterable[Element]) -> dict[int, dict[int, int]]:
+    """The tables' weights as read: table -> mark -> weight (``dr_weights`` elements)."""
+    out: dict[int, dict[int, int]] = {}
+    for e in weights:
+        tid, mark = e.key
+        out.setdefault(int(tid), {})[int(mark)] = int(e.value)  # type: ignore[arg-type]
+    return out
+
+
+def _content(slots: Mapping[int, int], weights: Mapping[int, int]) -> Content | None:
+    """The table as read, None when some slot is missing (damaged: never reused)."""
     n = len(slots)
     if any(i not in slots for i in range(n)):
         return None
-    return Content(slots[i] for i in range(n))
+    return Content((slots[i] for i in range(n)), weights.items())
 
 
 @dataclass
@@ -80,36 +109,45 @@ class SlotTables:
         return bool(self.orphans or self.repairs or self.idle())
 
     @staticmethod
-    def read(slots: Iterable[Element], expected: Mapping[int, Iterable[Content]]) -> SlotTables:
-        """The tables a read found. ``expected``: table -> the slots each service that
-        names it should find there. A table holds what its services expect (its own
-        slots when some expect them, else the least of their expectations: slots edited
-        by hand are put back in place, in ``repairs``); a table with missing slots that
-        no service names, or a second one with the same slots, is an orphan. The
-        services that name a table are counted by ``use``."""
+    def read(
+        slots: Iterable[Element], weights: Iterable[Element], expected: Mapping[int, Iterable[Content]]
+    ) -> SlotTables:
+        """The tables a read found (``dr_slots``, ``dr_weights``). ``expected``: table ->
+        the table each service that names it should find there. A table holds what its
+        services expect (its own slots and weights when some expect them, else the least
+        of their expectations: slots edited by hand are put back in place, in
+        ``repairs``); a table with missing slots that no service names, or a second one
+        with the same content, is an orphan. The services that name a table are counted
+        by ``use``."""
         out = SlotTables()
-        unclaimed: dict[int, dict[int, int]] = {}
-        for tid, members in sorted(tables_of(slots).items()):
+        unclaimed: dict[int, tuple[dict[int, int], dict[int, int]]] = {}
+        read_slots, read_weights = tables_of(slots), weights_of(weights)
+        # A table is its slots: weights without slots are an orphan's.
+        for tid in read_weights.keys() - read_slots.keys():
             out.next_tid = max(out.next_tid, tid + 1)
-            have = _content(members)
+            out.orphans[tid] = frozenset(_elements(tid, {}, read_weights[tid]))
+        for tid, members in sorted(read_slots.items()):
+            out.next_tid = max(out.next_tid, tid + 1)
+            table_weights = read_weights.get(tid, {})
+            have = _content(members, table_weights)
             wanted = set(expected.get(tid, ()))
             content = have if have in wanted else min(wanted, default=None)
             if content is None or content in out.by_content:
-                unclaimed[tid] = members
+                unclaimed[tid] = (members, table_weights)
                 continue
             out.content[tid] = content
             out.by_content[content] = tid
             if content != have:
-                out.repairs[tid] = frozenset(_elements(tid, members))
+                out.repairs[tid] = frozenset(_elements(tid, members, table_weights))
         # A whole table no service names (its entry was edited, say) stays live: the
         # next apply deletes it unless a service takes it (the one whose entry is put back).
-        for tid, members in unclaimed.items():
-            have = _content(members)
+        for tid, (members, table_weights) in unclaimed.items():
+            have = _content(members, table_weights)
             if have is not None and have not in out.by_content:
                 out.content[tid] = have
                 out.by_content[have] = tid
             else:
-                out.orphans[tid] = frozenset(_elements(tid, members))
+                out.orphans[tid] = frozenset(_elements(tid, members, table_weights))
         return out
 
     def idle(self) -> list[int]:
@@ -134,10 +172,11 @@ class TableChange:
     only when the transaction is committed): ``plan`` where the touched services go,
     then ``acquire`` a table for each one's new slots and ``release`` the one it named.
 
-    A table all of whose services move to the same new slots is *rewritten in place*:
-    its number stays and only the slots that change are written. When a node fails,
-    10,000 services that share a table change no element of their own; the table
-    changes the slots the node held (a tenth of 509 with 10 nodes)."""
+    A table all of whose services move to the same new table is *rewritten in place*:
+    its number stays and only the slots and weights that change are written. When a
+    node fails, 10,000 services that share a table change no element of their own; the
+    table changes the slots the node held (a tenth of 509 with 10 nodes) and gains the
+    node's weight 0."""
 
     def __init__(self, base: SlotTables) -> None:
         self.base = base
@@ -196,17 +235,17 @@ class TableChange:
         deletes: set[Element] = set()
         for content, tid in self.new.items():
             if self._refs(tid) > 0:
-                adds.update(slot_elements(tid, content))
+                adds.update(table_elements(tid, content))
         for tid in set(self.delta) | base.repairs.keys() | set(base.idle()):
             if tid not in base.content:
                 continue
             have = base.repairs.get(tid)
             if have is None:
-                have = frozenset(slot_elements(tid, base.content[tid]))
+                have = frozenset(table_elements(tid, base.content[tid]))
             if self._refs(tid) <= 0:
                 deletes |= have
                 continue
-            want = frozenset(slot_elements(tid, self.rewrite.get(tid, base.content[tid])))
+            want = frozenset(table_elements(tid, self.rewrite.get(tid, base.content[tid])))
             adds |= want - have
             deletes |= have - want
         for members in base.orphans.values():
