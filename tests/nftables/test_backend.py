@@ -365,6 +365,27 @@ def test_one_realserver_change_is_a_small_transaction(
     assert script.count("\n") <= 12, script
 
 
+def test_a_draining_director_deletes_at_once_without_asking_for_connections(
+    nsb: tuple[str, NftablesBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nftables keeps no connections to wait for: a graceful director deletes a leaving
+    real server in the same sync, and does not read counters to learn that."""
+    ns, backend = nsb
+    nodes = [("10.0.1.2", 80, 1, Forward.DR), ("10.0.1.3", 80, 1, Forward.DR)]
+    svc = make_service("10.0.0.1", 80, "mh", nodes)
+    director = Director(backend, graceful=True)
+    director.sync(make_desired(svc))
+
+    def asked(keys: object) -> None:
+        raise AssertionError(f"read_stats({keys}) on a backend that tracks no connections")
+
+    monkeypatch.setattr(backend, "read_stats", asked)
+    left = make_service("10.0.0.1", 80, "mh", nodes[:1])
+    result = director.sync(make_desired(left), changed={left.key})
+    assert result.ok and not result.plan.draining
+    assert NftablesBackend(netns=ns).read().services == make_desired(left).services
+
+
 def test_elements_edited_by_hand_are_seen_and_rewritten(nsb: tuple[str, NftablesBackend]) -> None:
     """A comment, a changed slot and a foreign element in our maps: read marks those
     services, and the next apply writes exactly what the model says."""

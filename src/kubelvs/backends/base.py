@@ -33,6 +33,11 @@ class Backend(Protocol):
     """A kernel load-balancing data plane in one network namespace."""
 
     name: str
+    #: Whether a real server's connections are the kernel's to count and end with it
+    #: (IPVS: its connection entries), so that a drain waits for them. False: a leaving
+    #: real server has none to wait for (``read_stats`` would say 0), and the director
+    #: does not ask.
+    tracks_connections: bool
 
     def read(self, *, sysctls: Iterable[str] = ()) -> ObservedState:
         """The whole table: services, real servers, counters, timeouts, and the named sysctls."""

@@ -55,6 +55,7 @@ class MemoryBackend:
     a worker thread while tests read the table)."""
 
     name = "memory"
+    tracks_connections = True  # as IPVS, which it stands in for: tests give real servers connections
 
     def __init__(self, *, refuse: Refusal | None = None) -> None:
         self.state = ObservedState()

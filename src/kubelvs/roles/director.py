@@ -180,9 +180,11 @@ class Director:
                 keys |= {k for k, _ in self._drains}  # their connections may have ended
         expired = self._expired(desired, now) if self.graceful else frozenset()
         the_plan = plan(desired, observed, graceful=self.graceful, keys=keys, expired=expired)
-        if self.graceful and not full and not dry_run:
+        if self.graceful and not full and not dry_run and self.backend.tracks_connections:
             # The picture's counters are from the last full read: whether a leaving real
-            # server still has connections is asked of the kernel, for those services only.
+            # server still has connections is asked of the kernel, for those services only
+            # (nftables keeps none to ask about: a node NotReady at 10,000 services spent
+            # 0.17 s learning that every count is 0).
             leaving = {k for k, _ in the_plan.draining} | {
                 service_of(op) for op in the_plan.ops if isinstance(op, (DeleteRealServer, DeleteService))
             }

@@ -50,6 +50,7 @@ class IpvsBackend:
     """IPVS in one network namespace. Not thread-safe: one user of the socket at a time."""
 
     name = "ipvs"
+    tracks_connections = True
 
     def __init__(self, *, netns: str | None = None) -> None:
         self._netns = netns

@@ -75,6 +75,7 @@ class NftablesBackend:
     NftablesBackend(netns=...) as backend:`` closes it on exit."""
 
     name = "nftables"
+    tracks_connections = False  # see read_stats
 
     def __init__(self, *, netns: str | None = None) -> None:
         self._netns = netns
