@@ -305,6 +305,35 @@ def test_mapper_recomputes_only_changed_services() -> None:
     assert rs_table(r, "10.240.0.200", 80) == [("10.240.0.102", 80, 1, "dr")]
 
 
+def test_cluster_services_share_one_realserver_tuple_local_ones_their_own() -> None:
+    """Services with externalTrafficPolicy Cluster on the same port have the same real
+    servers: made once per node set (one tuple object), and made again when a node
+    leaves; a Local Service's come from its endpoints, never from that tuple."""
+    objs = [
+        *NODES,
+        *(k.service(f"s{i}", external_ips=[f"10.240.0.{200 + i}"]) for i in range(3)),
+        k.service("l", external_ips=["10.240.0.210"], local=True),
+        k.endpointslice("l", [k.endpoint("node2", "10.230.2.5")]),
+    ]
+    m = Mapper(settings())
+    r = m.map(snapshot(objs))
+    cluster = [r.desired.services[key(f"10.240.0.{200 + i}", 80)].realservers for i in range(3)]
+    assert cluster[0] is cluster[1] is cluster[2]
+    assert rs_table(r, "10.240.0.200", 80) == [("10.240.0.101", 80, 1, "dr"), ("10.240.0.102", 80, 1, "dr")]
+    assert rs_table(r, "10.240.0.210", 80) == [("10.240.0.102", 80, 1, "dr")]
+    objs[0] = k.node("node1", "10.240.0.101", ready=False)
+    r = m.map(snapshot(objs))
+    after = [r.desired.services[key(f"10.240.0.{200 + i}", 80)].realservers for i in range(3)]
+    assert after[0] is after[1] is after[2]
+    assert rs_table(r, "10.240.0.202", 80) == [("10.240.0.102", 80, 1, "dr")]
+    assert rs_table(r, "10.240.0.210", 80) == [("10.240.0.102", 80, 1, "dr")]
+    objs[1] = k.node("node2", "10.240.0.102", ready=False)
+    objs[0] = k.node("node1", "10.240.0.101")
+    r = m.map(snapshot(objs))
+    assert rs_table(r, "10.240.0.201", 80) == [("10.240.0.101", 80, 1, "dr")]
+    assert key("10.240.0.210", 80) not in r.desired.services or rs_table(r, "10.240.0.210", 80) == []
+
+
 def test_node_agent_view_tun_vips_and_transient_node_states() -> None:
     from kubelvs.app.node import NodeVips
     from kubelvs.model import Forward

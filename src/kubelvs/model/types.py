@@ -41,6 +41,7 @@ __all__ = [
     "desired_flags",
     "host_text",
     "hostport",
+    "in_key_order",
     "parse_address",
     "shared_realservers",
     "split_hostport",
@@ -309,7 +310,7 @@ class VirtualService:
             persistence=self.persistence,
             netmask=self.netmask,
             flags=self.flags,
-            realservers=shared_realservers(tuple(sorted(realservers, key=_BY_KEY))),
+            realservers=in_key_order(realservers),
             name=self.name,
         )
 
@@ -393,6 +394,11 @@ class ObservedState(LBState):
 
 
 _BY_KEY = operator.attrgetter("key._order")  # real servers in key order, in C
+
+
+def in_key_order(realservers: Iterable[RealServer]) -> tuple[RealServer, ...]:
+    """Real servers as a virtual service holds them: in key order, the shared tuple."""
+    return shared_realservers(tuple(sorted(realservers, key=_BY_KEY)))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -37,7 +37,7 @@ from ...model import (
 )
 from .ipam import IpamResult, allocate, ipam_key
 from .objects import EndpointSlice, EventSpec, ObjectId
-from .service import event, node_targets, service_check, service_fragment, service_vips
+from .service import EveryNode, event, node_targets, service_check, service_fragment, service_vips
 from .settings import KubeSettings
 from .snapshot import MappingResult, NodeTarget, Snapshot, SnapshotChanges
 
@@ -74,6 +74,7 @@ class Mapper:
         self.settings = settings
         self._cache: dict[ObjectId, tuple[tuple[object, ...], _Fragment]] = {}
         self._targets: tuple[NodeTarget, ...] = ()
+        self._every_node: EveryNode = {}  # the Cluster-policy real servers for _targets
         self._ipam: IpamResult | None = None
         self._ipam_keys: dict[ObjectId, tuple[object, ...]] = {}
         # Incremental state, valid for the snapshot ``_seen`` names.
@@ -167,6 +168,7 @@ class Mapper:
         targets = node_targets(snap.nodes.values(), settings)
         if targets != self._targets:
             self._cache.clear()  # the node set changed: every Service's real servers may change
+            self._every_node = {}
             self._targets = targets
             dirty |= set(snap.services)
 
@@ -193,7 +195,7 @@ class Mapper:
             else:
                 recomputed += 1
                 vips, ev1 = service_vips(svc, assigned, settings)
-                vss, ev2 = service_fragment(svc, vips, slices, targets, settings)
+                vss, ev2 = service_fragment(svc, vips, slices, targets, settings, self._every_node)
                 check, ev3 = service_check(svc, settings, vss)
                 frag = _Fragment(tuple(vss), tuple(ev1 + ev2 + ev3), check if vss else None)
                 self._cache[sid] = (inputs, frag)

@@ -24,6 +24,7 @@ from ...model import (
     ServiceKey,
     VirtualService,
     desired_flags,
+    in_key_order,
 )
 from ...model.validate import MAX_TIMEOUT, MAX_WEIGHT
 from . import annotations as ann
@@ -31,7 +32,7 @@ from .objects import EndpointSlice, EventSpec, Node, Service
 from .settings import KubeSettings
 from .snapshot import NodeTarget
 
-__all__ = ["event", "node_targets", "service_check", "service_fragment", "service_vips"]
+__all__ = ["EveryNode", "event", "node_targets", "service_check", "service_fragment", "service_vips"]
 
 
 def node_targets(nodes: Iterable[Node], settings: KubeSettings) -> tuple[NodeTarget, ...]:
@@ -171,14 +172,24 @@ def service_check(
     return check, []
 
 
+#: The real servers of every ``externalTrafficPolicy: Cluster`` Service with the same IP
+#: family, port and forwarding method, for one set of targets: (family, port, method) ->
+#: the sorted, shared tuple (``service_fragment``'s ``every_node``).
+EveryNode = dict[tuple[int, int, Forward], tuple[RealServer, ...]]
+
+
 def service_fragment(
     svc: Service,
     vips: Sequence[IPAddress],
     slices: Sequence[EndpointSlice],
     targets: Sequence[NodeTarget],
     settings: KubeSettings,
+    every_node: EveryNode | None = None,
 ) -> tuple[list[VirtualService], list[EventSpec]]:
-    """The virtual services of one Service (before conflicts between Services are resolved)."""
+    """The virtual services of one Service (before conflicts between Services are
+    resolved). ``every_node``: the real servers already made for ``targets`` (the mapper
+    keeps it while the nodes stay the same): a node going NotReady remaps every Service,
+    and all but the Local ones get the same few tuples."""
     events: list[EventSpec] = []
     if not vips or not svc.ports:
         return [], events
@@ -221,21 +232,26 @@ def service_fragment(
         rs_port = port.node_port if forward is Forward.NAT else port.port
         assert rs_port is not None
         for vip in vips:
-            weights = _weights(svc, port.name, vip.version, slices, targets)
-            realservers = []
-            for target, weight in weights:
-                address = target.address(vip.version)
-                assert address is not None
-                realservers.append(_realserver(address, rs_port, weight, forward))
-            key = ServiceKey(vip.version, port.protocol, vip, port.port)
+            shared = None if svc.local_traffic or every_node is None else (vip.version, rs_port, forward)
+            realservers = every_node.get(shared) if shared is not None and every_node is not None else None
+            if realservers is None:
+                made = []
+                for target, weight in _weights(svc, port.name, vip.version, slices, targets):
+                    address = target.address(vip.version)
+                    assert address is not None
+                    made.append(_realserver(address, rs_port, weight, forward))
+                realservers = in_key_order(made)
+                if shared is not None and every_node is not None:
+                    every_node[shared] = realservers
             out.append(
                 VirtualService(
-                    key=key,
+                    key=ServiceKey(vip.version, port.protocol, vip, port.port),
                     scheduler=scheduler,
                     persistence=persistence,
                     flags=desired_flags(scheduler, flags),
+                    realservers=realservers,
                     name=f"{svc.namespace}/{svc.name}:{port.name or port.port}",
-                ).with_realservers(realservers)
+                )
             )
     return out, events
 
