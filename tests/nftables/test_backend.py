@@ -25,7 +25,7 @@ from kubelvs.backends.nftables.maglev import MAGLEV_SIZE, maglev_table
 from kubelvs.backends.nftables.netlink import NftNetlink
 from kubelvs.backends.nftables.partial import Culprits
 from kubelvs.backends.nftables.picture import read_tables
-from kubelvs.backends.nftables.slottables import Content, tables_of, weights_of
+from kubelvs.backends.nftables.slottables import Content, tables_of
 from kubelvs.errors import PartialApplyError
 from kubelvs.model import (
     DesiredState,
@@ -134,7 +134,7 @@ def _assert_tables_are_shared(ns: str, desired: DesiredState) -> None:
     with NftNetlink(ns) as nl:
         parsed, _, _ = read_tables(nl, ns)
     tables = tables_of(parsed.by_set.get("dr_slots", ()))
-    weights = weights_of(parsed.by_set.get("dr_weights", ()))
+    weights = tables_of(parsed.by_set.get("dr_weights", ()))
     assert weights.keys() <= tables.keys()
     contents = {
         tid: Content((slots[i] for i in range(len(slots))), weights.get(tid, {}).items())

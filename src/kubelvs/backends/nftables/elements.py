@@ -6,8 +6,8 @@ element``/``delete element`` lines.
 A service is nothing but elements of the maps schema.py declares: its entry in
 ``nat_svc``/``dr_svc`` (``goto`` the scheduler chain), its slots (wrr order or Maglev
 table, maglev.py: NAT one ``nat_slots`` element per slot, DR one ``dr_tab`` element
-naming a shared table, slottables.py), a ``*_rs`` element for each real server the
-slots (or the DR table's weights) cannot describe, and for TUN its key in ``tun_svc``. DR real servers
+naming a shared table of slots and weights, slottables.py), a ``*_rs`` element for each
+real server those cannot describe, and for TUN its key in ``tun_svc``. DR real servers
 also need neighbour elements (``dr_mac``/``dr_smac``/``dr_dev``), shared by every
 service that has them.
 """

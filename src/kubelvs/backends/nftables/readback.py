@@ -40,7 +40,7 @@ from .schema import (
     parse_device_chain,
     parse_scheduler_chain,
 )
-from .slottables import tables_of, weights_of
+from .slottables import tables_of
 
 __all__ = [
     "CTA_TCP_ESTABLISHED",
@@ -444,7 +444,7 @@ def _rebuild(
         tid: dict.fromkeys(table.values(), 1)
         for tid, table in tables_of(e for e in slots if len(e.key) == 2).items()
     }
-    for tid, weights in weights_of(by_set.get("dr_weights", ())).items():
+    for tid, weights in tables_of(by_set.get("dr_weights", ())).items():
         if tid in owners:
             owners[tid].update(weights)
     # An IPv6 real server's mark is its id: ``dr6_addr`` (TUN: ``tun6_addr``) says which address it stands for

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from .schema import Element
 
-__all__ = ["Content", "SlotTables", "TableChange", "table_elements", "tables_of", "weights_of"]
+__all__ = ["Content", "SlotTables", "TableChange", "table_elements", "tables_of"]
 
 
 class Content(tuple[int, ...]):
@@ -65,21 +65,13 @@ def _elements(tid: int, slots: Mapping[int, int], weights: Mapping[int, int]) ->
     yield from (Element("netdev", "dr_weights", (tid, mark), weight) for mark, weight in weights.items())
 
 
-def tables_of(slots: Iterable[Element]) -> dict[int, dict[int, int]]:
-    """The tables' slots as read: table -> slot -> mark (``dr_slots`` elements)."""
+def tables_of(elements: Iterable[Element]) -> dict[int, dict[int, int]]:
+    """The tables as read, by table: ``dr_slots`` elements as slot -> mark, ``dr_weights``
+    ones as mark -> weight."""
     out: dict[int, dict[int, int]] = {}
-    for e in slots:
-        tid, slot = e.key
-        out.setdefault(int(tid), {})[int(slot)] = int(e.value)  # type: ignore[arg-type]
-    return out
-
-
-def weights_of(weights: Iterable[Element]) -> dict[int, dict[int, int]]:
-    """The tables' weights as read: table -> mark -> weight (``dr_weights`` elements)."""
-    out: dict[int, dict[int, int]] = {}
-    for e in weights:
-        tid, mark = e.key
-        out.setdefault(int(tid), {})[int(mark)] = int(e.value)  # type: ignore[arg-type]
+    for e in elements:
+        tid, second = e.key
+        out.setdefault(int(tid), {})[int(second)] = int(e.value)  # type: ignore[arg-type]
     return out
 
 
@@ -121,7 +113,7 @@ class SlotTables:
         by ``use``."""
         out = SlotTables()
         unclaimed: dict[int, tuple[dict[int, int], dict[int, int]]] = {}
-        read_slots, read_weights = tables_of(slots), weights_of(weights)
+        read_slots, read_weights = tables_of(slots), tables_of(weights)
         # A table is its slots: weights without slots are an orphan's.
         for tid in read_weights.keys() - read_slots.keys():
             out.next_tid = max(out.next_tid, tid + 1)

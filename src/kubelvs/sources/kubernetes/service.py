@@ -216,6 +216,7 @@ def service_fragment(
         return [], events
     forward = Forward(forward_text) if forward_text else settings.default_forward
     persistence = min(svc.affinity_timeout, MAX_TIMEOUT)
+    memo = None if svc.local_traffic else every_node  # Local: real servers from its endpoints
 
     out: list[VirtualService] = []
     for port in svc.ports:
@@ -232,8 +233,8 @@ def service_fragment(
         rs_port = port.node_port if forward is Forward.NAT else port.port
         assert rs_port is not None
         for vip in vips:
-            shared = None if svc.local_traffic or every_node is None else (vip.version, rs_port, forward)
-            realservers = every_node.get(shared) if shared is not None and every_node is not None else None
+            shared = (vip.version, rs_port, forward)
+            realservers = memo.get(shared) if memo is not None else None
             if realservers is None:
                 made = []
                 for target, weight in _weights(svc, port.name, vip.version, slices, targets):
@@ -241,8 +242,8 @@ def service_fragment(
                     assert address is not None
                     made.append(_realserver(address, rs_port, weight, forward))
                 realservers = in_key_order(made)
-                if shared is not None and every_node is not None:
-                    every_node[shared] = realservers
+                if memo is not None:
+                    memo[shared] = realservers
             out.append(
                 VirtualService(
                     key=ServiceKey(vip.version, port.protocol, vip, port.port),
