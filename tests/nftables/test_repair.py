@@ -158,6 +158,11 @@ DAMAGE = [
     ("weights of a table without slots", "add element netdev kubelvs dr_weights { 9 . 167772419 : 0 }"),
     ("the DR weights map deleted", "delete map netdev kubelvs dr_weights"),
     (
+        "a weight where an earlier version wrote it",  # per service in dr_rs, not in the table
+        "delete element netdev kubelvs dr_weights { 1 . 167772419 }\n"
+        "add element netdev kubelvs dr_rs { 10.0.0.2 . tcp . 80 . 167772419 : 80 . 2 }",
+    ),
+    (
         "a service entry changed",
         "delete element ip kubelvs nat_svc { 10.0.0.1 . tcp . 80 }\n"
         "add element ip kubelvs nat_svc { 10.0.0.1 . tcp . 80 : goto nat_rr_7 }",
