@@ -170,3 +170,38 @@ def test_model_objects_copy_and_pickle_with_their_cached_text() -> None:
     assert fresh == svc and copy.deepcopy(svc) == svc
     assert str(fresh.key) == "TCP 10.0.0.1:80" and str(fresh.realservers[0]) == "10.0.0.2:80 dr w=1"
     assert str(copy.deepcopy(key)) == str(key) == "TCP 10.0.0.1:80"
+
+
+def test_a_node_leaving_services_that_share_real_servers() -> None:
+    """Services with one shared tuple of real servers lose the same node: the plan deletes
+    it from each (its diff worked out once), and ``apply_ops`` leaves them one shared tuple
+    again, equal to the desired one; a deletion followed by an add of the same real server
+    in one plan keeps it, and deleting a real server a service lacks is refused."""
+    from kubelvs.model import in_key_order
+
+    nodes = [RealServer(parse_address(f"10.0.0.{i}"), 80) for i in (1, 2, 3)]
+    keys = [ServiceKey(4, Protocol.TCP, parse_address(f"10.240.0.{200 + i}"), 80) for i in range(4)]
+    before, after = in_key_order(nodes), in_key_order(nodes[1:])
+    ownership = OWNED
+    first = DesiredState(
+        services={k: VirtualService(k, realservers=before) for k in keys}, ownership=ownership
+    )
+    state = apply_ops(ObservedState(), plan(first, ObservedState()).ops)
+    second = DesiredState(
+        services={k: VirtualService(k, realservers=after) for k in keys}, ownership=ownership
+    )
+    ops = plan(second, state).ops
+    assert ops == tuple(DeleteRealServer(k, nodes[0].key) for k in keys)
+    reached = apply_ops(state, ops)
+    assert reached.services == second.services
+    assert len({id(vs.realservers) for vs in reached.services.values()}) == 1
+    assert not any(k_ == nodes[0].key for _, k_ in reached.stats)
+
+    again = apply_ops(reached, (DeleteRealServer(keys[0], nodes[1].key), AddRealServer(keys[0], nodes[1])))
+    assert again.services[keys[0]].realservers == after
+    try:
+        apply_ops(reached, (DeleteRealServer(keys[1], nodes[0].key),))
+    except KeyError:
+        pass
+    else:
+        raise AssertionError("deleting a real server the service lacks was accepted")

@@ -98,6 +98,7 @@ def plan(
 
     draining: list[tuple[ServiceKey, RealServerKey]] = []
     service_ops: list[Operation] = []
+    diffs: _Diffs = {}
     removed = False
     for key in sorted(candidates, key=ServiceKey.sort_key):
         if not ownership.owns(key):
@@ -115,13 +116,21 @@ def plan(
             continue
         if not want.attributes_equal(have):
             service_ops.append(EditService(want))
-        service_ops += _realserver_ops(want, have, observed, graceful, draining, expired)
+        service_ops += _realserver_ops(want, have, observed, graceful, draining, expired, diffs)
     # Deletions of whole services first: they free nothing the adds need, but doing them
     # early means a failed add later in the plan never leaves a stale service behind.
     if removed:
         service_ops.sort(key=lambda op: not isinstance(op, DeleteService))  # stable: keeps the rest in order
     ops += service_ops
     return Plan(ops=tuple(ops), foreign=tuple(foreign), draining=tuple(draining))
+
+
+#: How one tuple of real servers becomes another: the ones to remove, then the ones to
+#: add (True) or edit (False), in order.
+_Diff = tuple[tuple[RealServer, ...], tuple[tuple[bool, RealServer], ...]]
+#: Per plan: (id of the wanted tuple, id of the held one) -> their diff. Both tuples live
+#: in the desired and observed states for the whole plan, so their ids stay theirs.
+_Diffs = dict[tuple[int, int], _Diff]
 
 
 def _realserver_ops(
@@ -131,6 +140,7 @@ def _realserver_ops(
     graceful: bool,
     draining: list[tuple[ServiceKey, RealServerKey]],
     expired: Collection[tuple[ServiceKey, RealServerKey]],
+    diffs: _Diffs,
 ) -> list[Operation]:
     key = want.key
     if want.realservers == have.realservers:  # in C, and mostly by identity: the common case
@@ -141,19 +151,31 @@ def _realserver_ops(
         # The same real servers (keys are shared objects), only values differ: e.g. a node
         # going down is one weight edit in each of 10,000 services, no dict per service.
         return [EditRealServer(key, a) for a, b in zip(want.realservers, have.realservers) if a != b]
-    wanted = want.realserver_map()
+    # Real servers are shared tuples (a node leaving is the same removal in every
+    # Service): each distinct pair is compared once per plan.
+    pair = (id(want.realservers), id(have.realservers))
+    diff = diffs.get(pair)
+    if diff is None:
+        diff = diffs[pair] = _diff(want.realservers, have.realservers)
+    removed, kept = diff
     ops: list[Operation] = []
-    for rs in have.realservers:
-        if rs.key not in wanted:
-            ops += _remove_realserver(key, rs, observed, graceful, draining, expired)
-    existing = have.realserver_map()
-    for rs in want.realservers:
+    for rs in removed:
+        ops += _remove_realserver(key, rs, observed, graceful, draining, expired)
+    ops += [AddRealServer(key, rs) if added else EditRealServer(key, rs) for added, rs in kept]
+    return ops
+
+
+def _diff(want: tuple[RealServer, ...], have: tuple[RealServer, ...]) -> _Diff:
+    wanted = {rs.key for rs in want}
+    existing = {rs.key: rs for rs in have}
+    kept: list[tuple[bool, RealServer]] = []
+    for rs in want:
         old = existing.get(rs.key)
         if old is None:
-            ops.append(AddRealServer(key, rs))
+            kept.append((True, rs))
         elif old != rs:
-            ops.append(EditRealServer(key, rs))
-    return ops
+            kept.append((False, rs))
+    return tuple(rs for rs in have if rs.key not in wanted), tuple(kept)
 
 
 def _remove_realserver(

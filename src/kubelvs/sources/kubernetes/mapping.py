@@ -37,7 +37,16 @@ from ...model import (
 )
 from .ipam import IpamResult, allocate, ipam_key
 from .objects import EndpointSlice, EventSpec, ObjectId
-from .service import EveryNode, event, node_targets, service_check, service_fragment, service_vips
+from .service import (
+    EveryNode,
+    NodeShape,
+    event,
+    node_targets,
+    on_nodes,
+    service_check,
+    service_fragment,
+    service_vips,
+)
 from .settings import KubeSettings
 from .snapshot import MappingResult, NodeTarget, Snapshot, SnapshotChanges
 
@@ -58,6 +67,10 @@ class _Fragment:
     services: tuple[VirtualService, ...]
     events: tuple[EventSpec, ...]
     check: HealthCheck | None = None  # the health check of every virtual service of the Service
+    # Set when the real servers are every node (externalTrafficPolicy Cluster): the shape
+    # of each virtual service's, so that a node change only swaps them (``on_nodes``).
+    shapes: tuple[NodeShape, ...] | None = None
+    targets: tuple[NodeTarget, ...] = ()  # the nodes it was made for
 
 
 class Mapper:
@@ -166,9 +179,10 @@ class Mapper:
             ipam = self._ipam
 
         targets = node_targets(snap.nodes.values(), settings)
-        if targets != self._targets:
-            self._cache.clear()  # the node set changed: every Service's real servers may change
-            self._every_node = {}
+        if targets == self._targets:
+            targets = self._targets  # the fragments made for them hold this object
+        else:
+            self._every_node = {}  # the node set changed: every Service's real servers may change
             self._targets = targets
             dirty |= set(snap.services)
 
@@ -190,14 +204,26 @@ class Mapper:
             assigned = ipam.assigned.get(sid, ())
             inputs = (svc, assigned, tuple(slices) if svc.local_traffic else ())
             cached = self._cache.get(sid)
-            if cached is not None and _same(cached[0], inputs):
-                frag = cached[1]
-            else:
+            frag = cached[1] if cached is not None and _same(cached[0], inputs) else None
+            if frag is None or frag.targets is not targets:
                 recomputed += 1
-                vips, ev1 = service_vips(svc, assigned, settings)
-                vss, ev2 = service_fragment(svc, vips, slices, targets, settings, self._every_node)
-                check, ev3 = service_check(svc, settings, vss)
-                frag = _Fragment(tuple(vss), tuple(ev1 + ev2 + ev3), check if vss else None)
+                if frag is not None and frag.shapes is not None:
+                    # Only the nodes changed: nothing but the real servers can differ.
+                    services = on_nodes(frag.services, frag.shapes, targets, self._every_node)
+                    frag = replace(frag, services=services, targets=targets)
+                else:
+                    vips, ev1 = service_vips(svc, assigned, settings)
+                    vss, shapes, ev2 = service_fragment(
+                        svc, vips, slices, targets, settings, self._every_node
+                    )
+                    check, ev3 = service_check(svc, settings, shapes)
+                    frag = _Fragment(
+                        tuple(vss),
+                        tuple(ev1 + ev2 + ev3),
+                        check if vss else None,
+                        None if svc.local_traffic else tuple(shapes),
+                        targets,
+                    )
                 self._cache[sid] = (inputs, frag)
             updates.append((sid, frag))
         self.recomputed = recomputed
@@ -253,8 +279,26 @@ class Mapper:
         placed, claims, services, owners = self._placed, self._claims, self._services, self._owners
         touched: set[ServiceKey] = set()
         recheck: set[ObjectId] = set()  # Services whose conflict events may have changed
+        changed: set[ServiceKey] = set()
         for sid, frag in updates:
-            old = placed.pop(sid, None)
+            old = placed.get(sid)
+            if (
+                old is not None
+                and frag is not None
+                and old.events is frag.events
+                and old.check is frag.check
+                and len(old.services) == len(frag.services)
+                and all(a.key == b.key for a, b in zip(old.services, frag.services))
+            ):
+                # The same keys, events and check (a node change): the claims and the
+                # conflicts stay; the virtual services the Service holds are replaced.
+                placed[sid] = frag
+                for vs in frag.services:
+                    if owners.get(vs.key) == sid and services[vs.key] != vs:
+                        services[vs.key] = vs
+                        changed.add(vs.key)
+                continue
+            placed.pop(sid, None)
             self._frag_events.pop(sid, None)
             self._conflicts.pop(sid, None)
             if old is not None:
@@ -273,7 +317,6 @@ class Mapper:
                 if owns(vs.key):
                     claims.setdefault(vs.key, set()).add(sid)
                     touched.add(vs.key)
-        changed: set[ServiceKey] = set()
         health = self._health
         for key in touched:
             before = services.get(key), health.get(key)

@@ -32,7 +32,17 @@ from .objects import EndpointSlice, EventSpec, Node, Service
 from .settings import KubeSettings
 from .snapshot import NodeTarget
 
-__all__ = ["EveryNode", "event", "node_targets", "service_check", "service_fragment", "service_vips"]
+__all__ = [
+    "EveryNode",
+    "NodeShape",
+    "event",
+    "every_node",
+    "node_targets",
+    "on_nodes",
+    "service_check",
+    "service_fragment",
+    "service_vips",
+]
 
 
 def node_targets(nodes: Iterable[Node], settings: KubeSettings) -> tuple[NodeTarget, ...]:
@@ -121,7 +131,7 @@ _CHECK_KINDS = {"tcp": CheckKind.TCP, "http": CheckKind.HTTP, "https": CheckKind
 
 
 def service_check(
-    svc: Service, settings: KubeSettings, services: Sequence[VirtualService]
+    svc: Service, settings: KubeSettings, shapes: Sequence[NodeShape]
 ) -> tuple[HealthCheck | None, list[EventSpec]]:
     """The check of the Service's real servers (the nodes): by default kube-proxy's
     ``/healthz`` on its health port for externalTrafficPolicy Cluster (is the node's
@@ -160,7 +170,7 @@ def service_check(
                 f"{ann.HEALTH_MODE}: vip probes a TCP handshake through the data path: use "
                 f"{ann.HEALTH_CHECK}: tcp"
             )
-        elif any(rs.forward is Forward.NAT for vs in services for rs in vs.realservers):
+        elif any(forward is Forward.NAT for _, _, forward in shapes):
             bad.append(f"{ann.HEALTH_MODE}: vip needs forward dr or tun")
         else:
             check = replace(check, mode=CheckMode.VIP)
@@ -172,10 +182,52 @@ def service_check(
     return check, []
 
 
-#: The real servers of every ``externalTrafficPolicy: Cluster`` Service with the same IP
-#: family, port and forwarding method, for one set of targets: (family, port, method) ->
-#: the sorted, shared tuple (``service_fragment``'s ``every_node``).
-EveryNode = dict[tuple[int, int, Forward], tuple[RealServer, ...]]
+#: What a virtual service's real servers are made of: the nodes' addresses of one IP
+#: family, with one port and forwarding method.
+NodeShape = tuple[int, int, Forward]
+
+#: The real servers of every ``externalTrafficPolicy: Cluster`` Service of the same shape,
+#: for one set of targets: shape -> the sorted, shared tuple (``every_node``'s memo).
+EveryNode = dict[NodeShape, tuple[RealServer, ...]]
+
+
+def every_node(targets: Sequence[NodeTarget], shape: NodeShape, memo: EveryNode) -> tuple[RealServer, ...]:
+    """The real servers of a Cluster-policy virtual service of ``shape``: every target
+    with an address of its family, weight 1; made once per shape while ``memo`` lives (a
+    node going NotReady remaps every Service, and all but the Local ones get the same
+    few tuples)."""
+    found = memo.get(shape)
+    if found is None:
+        family, port, forward = shape
+        made = []
+        for target in targets:
+            address = target.address(family)
+            if address is not None:
+                made.append(_realserver(address, port, 1, forward))
+        found = memo[shape] = in_key_order(made)
+    return found
+
+
+def on_nodes(
+    services: Sequence[VirtualService],
+    shapes: Sequence[NodeShape],
+    targets: Sequence[NodeTarget],
+    memo: EveryNode,
+) -> tuple[VirtualService, ...]:
+    """A Cluster-policy Service's virtual services with the real servers of ``targets``:
+    all that a node change changes in them (see ``service_fragment``)."""
+    return tuple(
+        VirtualService(
+            vs.key,
+            vs.scheduler,
+            vs.persistence,
+            vs.netmask,
+            vs.flags,
+            every_node(targets, shape, memo),
+            vs.name,
+        )
+        for vs, shape in zip(services, shapes, strict=True)
+    )
 
 
 def service_fragment(
@@ -184,15 +236,15 @@ def service_fragment(
     slices: Sequence[EndpointSlice],
     targets: Sequence[NodeTarget],
     settings: KubeSettings,
-    every_node: EveryNode | None = None,
-) -> tuple[list[VirtualService], list[EventSpec]]:
+    memo: EveryNode,
+) -> tuple[list[VirtualService], list[NodeShape], list[EventSpec]]:
     """The virtual services of one Service (before conflicts between Services are
-    resolved). ``every_node``: the real servers already made for ``targets`` (the mapper
-    keeps it while the nodes stay the same): a node going NotReady remaps every Service,
-    and all but the Local ones get the same few tuples."""
+    resolved), each with the shape of its real servers. ``memo``: the Cluster-policy real
+    servers already made for ``targets`` (``every_node``)."""
     events: list[EventSpec] = []
+    shapes: list[NodeShape] = []
     if not vips or not svc.ports:
-        return [], events
+        return [], shapes, events
     forward_text = svc.annotation(ann.FORWARD)
     chosen = svc.annotation(ann.SCHEDULER)
     scheduler = chosen or settings.default_scheduler
@@ -213,10 +265,9 @@ def service_fragment(
         )
     if bad:
         events.append(event(svc, "InvalidAnnotation", "; ".join(bad) + "; the Service is not programmed"))
-        return [], events
+        return [], shapes, events
     forward = Forward(forward_text) if forward_text else settings.default_forward
     persistence = min(svc.affinity_timeout, MAX_TIMEOUT)
-    memo = None if svc.local_traffic else every_node  # Local: real servers from its endpoints
 
     out: list[VirtualService] = []
     for port in svc.ports:
@@ -233,17 +284,12 @@ def service_fragment(
         rs_port = port.node_port if forward is Forward.NAT else port.port
         assert rs_port is not None
         for vip in vips:
-            shared = (vip.version, rs_port, forward)
-            realservers = memo.get(shared) if memo is not None else None
-            if realservers is None:
-                made = []
-                for target, weight in _weights(svc, port.name, vip.version, slices, targets):
-                    address = target.address(vip.version)
-                    assert address is not None
-                    made.append(_realserver(address, rs_port, weight, forward))
-                realservers = in_key_order(made)
-                if memo is not None:
-                    memo[shared] = realservers
+            shape = (vip.version, rs_port, forward)
+            if svc.local_traffic:
+                realservers = _local(svc, port.name, shape, slices, targets)
+            else:
+                realservers = every_node(targets, shape, memo)
+            shapes.append(shape)
             out.append(
                 VirtualService(
                     key=ServiceKey(vip.version, port.protocol, vip, port.port),
@@ -254,7 +300,7 @@ def service_fragment(
                     name=f"{svc.namespace}/{svc.name}:{port.name or port.port}",
                 )
             )
-    return out, events
+    return out, shapes, events
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -265,12 +311,17 @@ def _realserver(address: IPAddress, port: int, weight: int, forward: Forward) ->
     return RealServer(address, port, weight, forward)
 
 
-def _weights(
-    svc: Service, port_name: str, family: int, slices: Sequence[EndpointSlice], targets: Sequence[NodeTarget]
-) -> list[tuple[NodeTarget, int]]:
-    usable = [t for t in targets if t.address(family) is not None]
-    if not svc.local_traffic:
-        return [(t, 1) for t in usable]
+def _local(
+    svc: Service,
+    port_name: str,
+    shape: NodeShape,
+    slices: Sequence[EndpointSlice],
+    targets: Sequence[NodeTarget],
+) -> tuple[RealServer, ...]:
+    """``externalTrafficPolicy: Local``: the nodes with a ready endpoint of the port,
+    weighted by their number; a node left with only terminating (still serving) endpoints
+    gets weight 0: established connections finish, new ones go elsewhere."""
+    family, port, forward = shape
     ready: dict[str, int] = {}
     terminating: dict[str, int] = {}
     address_type = f"IPv{family}"
@@ -286,10 +337,13 @@ def _weights(
                 ready[ep.node_name] = ready.get(ep.node_name, 0) + 1
             elif ep.serving and ep.terminating:
                 terminating[ep.node_name] = terminating.get(ep.node_name, 0) + 1
-    out = []
-    for t in usable:
-        if ready.get(t.name):
-            out.append((t, min(ready[t.name], MAX_WEIGHT)))
-        elif terminating.get(t.name):
-            out.append((t, 0))  # weight 0: established connections finish, new ones go elsewhere
-    return out
+    made = []
+    for target in targets:
+        address = target.address(family)
+        if address is None:
+            continue
+        if ready.get(target.name):
+            made.append(_realserver(address, port, min(ready[target.name], MAX_WEIGHT), forward))
+        elif terminating.get(target.name):
+            made.append(_realserver(address, port, 0, forward))
+    return in_key_order(made)
