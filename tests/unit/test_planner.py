@@ -173,10 +173,11 @@ def test_model_objects_copy_and_pickle_with_their_cached_text() -> None:
 
 
 def test_a_node_leaving_services_that_share_real_servers() -> None:
-    """Services with one shared tuple of real servers lose the same node: the plan deletes
-    it from each (its diff worked out once), and ``apply_ops`` leaves them one shared tuple
-    again, equal to the desired one; a deletion followed by an add of the same real server
-    in one plan keeps it, and deleting a real server a service lacks is refused."""
+    """Services with one shared tuple of real servers lose the same node, then get it
+    back: the plan deletes (adds) it in each (its diff worked out once), and ``apply_ops``
+    leaves them one shared tuple again, equal to the desired one; a deletion followed by
+    an add of the same real server in one plan keeps it, and deleting a real server a
+    service lacks is refused."""
     from kubelvs.model import in_key_order
 
     nodes = [RealServer(parse_address(f"10.0.0.{i}"), 80) for i in (1, 2, 3)]
@@ -196,6 +197,12 @@ def test_a_node_leaving_services_that_share_real_servers() -> None:
     assert reached.services == second.services
     assert len({id(vs.realservers) for vs in reached.services.values()}) == 1
     assert not any(k_ == nodes[0].key for _, k_ in reached.stats)
+
+    back_ops = plan(first, reached).ops  # the node comes back
+    assert back_ops == tuple(AddRealServer(k, nodes[0]) for k in keys)
+    back = apply_ops(reached, back_ops)
+    assert back.services == first.services
+    assert {id(vs.realservers) for vs in back.services.values()} == {id(before)}
 
     again = apply_ops(reached, (DeleteRealServer(keys[0], nodes[1].key), AddRealServer(keys[0], nodes[1])))
     assert again.services[keys[0]].realservers == after

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends import Backend, BackendName, open_backend
-from ..bulk import BulkLoad
+from ..bulk import BulkLoad, no_gc
 from ..errors import BackendError, CapabilityError
 from ..model import (
     ACTIVE_ACTIVE_IPVS,
@@ -162,6 +162,12 @@ class DirectorProgram:
     def step(self, full: bool) -> float | None:
         """Sync once (``full``: read the kernel and compare everything). Returns the
         seconds until the director must run again (a retry or a held deletion)."""
+        # The whole step, mapping included: a node change remaps and replans every
+        # Service, ~a million short-lived objects and no cycle (kubelvs.bulk).
+        with no_gc():
+            return self._step(full)
+
+    def _step(self, full: bool) -> float | None:
         self._outcome = SyncOutcome(synced=False, failing=self._failing())
         update = self.source.current(full=full)
         self._vrrp_spec, self._bgp_spec = update.vrrp, update.bgp

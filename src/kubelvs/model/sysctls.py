@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from .types import Forward, ServiceKey, VirtualService
+from .types import Forward, RealServer, ServiceKey, VirtualService, last_by_identity
 
 __all__ = ["ACTIVE_ACTIVE_IPVS", "RecommendedSysctls", "kernel_version", "recommended_sysctls"]
 
@@ -78,4 +78,9 @@ class RecommendedSysctls:
 
 
 def _uses_nat(vs: VirtualService) -> bool:
-    return any(rs.forward is Forward.NAT for rs in vs.realservers)
+    return _nat_among(vs.realservers)
+
+
+@last_by_identity
+def _nat_among(realservers: tuple[RealServer, ...]) -> bool:
+    return any(rs.forward is Forward.NAT for rs in realservers)

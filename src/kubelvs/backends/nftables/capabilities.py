@@ -18,7 +18,7 @@ from ...bulk import no_gc
 from ...errors import FieldError
 from ...kernel import sysctl
 from ...kernel.netns import entered
-from ...model import DesiredState, Forward, RealServer, VirtualService
+from ...model import DesiredState, Forward, RealServer, VirtualService, last_by_identity
 from .schema import SUPPORTED_SCHEDULERS
 
 __all__ = ["Capabilities", "tun_supported"]
@@ -108,6 +108,7 @@ def _plainly_possible(svc: VirtualService) -> bool:
     return _plain_realservers(svc.realservers)
 
 
+@last_by_identity
 @functools.lru_cache(maxsize=1024)
 def _plain_realservers(rss: tuple[RealServer, ...]) -> bool:
     """``_plainly_possible`` of the real servers (kept: the Services of a cluster share

@@ -157,6 +157,7 @@ def layout(svc: VirtualService) -> Layout:
     """What ``service_elements`` and ``service_text`` render ``svc`` from (its slots, its
     table's content): a transaction lays each service out once and passes it to both.
     ValueError when the backend cannot represent ``svc``."""
+    global _last_dr
     key = svc.key
     if key.fwmark or key.address is None:
         raise ValueError(f"service {key}: only address services are supported by the nftables backend")
@@ -169,8 +170,14 @@ def layout(svc: VirtualService) -> Layout:
     if forward is Forward.NAT:
         owners = _owners(svc.scheduler, key.port, rss, forward)
     elif forward is Forward.DR or forward is Forward.TUN:
-        # Kept: a node change makes every Service's real servers the same new tuple.
-        owners = _dr_owners(svc.scheduler, key.port, rss, forward)
+        # Kept: a node change makes every Service's real servers the same new tuple, laid
+        # out for one Service after another (the last one by identity: no tuple hashed).
+        last = _last_dr
+        if last[0] is rss and last[1] == svc.scheduler and last[2] == key.port:
+            owners = last[3]
+        else:
+            owners = _dr_owners(svc.scheduler, key.port, rss, forward)
+            _last_dr = (rss, svc.scheduler, key.port, owners)
     else:
         owners = None
     if owners is None:
@@ -231,6 +238,7 @@ def _owners(scheduler: str, port: int, rss: tuple[RealServer, ...], forward: For
 #: nodes' addresses, so a cluster has few distinct ones (and shares their tuple:
 #: model.shared_realservers).
 _dr_owners = functools.lru_cache(maxsize=_ORDER_CACHE)(_owners)
+_last_dr: tuple[tuple[RealServer, ...], str, int, _Owners | None] = ((), "", -1, None)
 
 
 #: The table a service's slots are in, given their content (slottables.TableChange.acquire

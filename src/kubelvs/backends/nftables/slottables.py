@@ -193,7 +193,7 @@ class TableChange:
                 or len(contents) != base.refs.get(tid, 0)
                 or first in base.by_content
                 or first in self._rewritten
-                or any(c != first for c in contents)
+                or any(c is not first and c != first for c in contents)  # mostly one object
             ):
                 continue
             self.rewrite[tid] = first

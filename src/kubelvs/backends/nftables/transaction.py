@@ -175,11 +175,16 @@ def build(
 
     # DR real servers: their neighbours, and an ingress hook on every device they sit on.
     dr_refs = Counter(pic.dr_refs)  # O(distinct DR real servers), not O(services)
-    for key in touched:
-        had, has = pic.dr_of.get(key, frozenset()), dr_of[key]
-        if had != has:  # mostly the same (shared) set: a weight edit keeps the real servers
-            dr_refs.subtract(had)
-            dr_refs.update(has)
+    # Mostly the same (shared) sets: a weight edit keeps the real servers, a node leaving
+    # is the same move in every service. Each distinct move is counted once.
+    moves = Counter(
+        (had, has) for key in touched if (had := pic.dr_of.get(key, frozenset())) != (has := dr_of[key])
+    )
+    for (had, has), times in moves.items():
+        for rip in had:
+            dr_refs[rip] -= times
+        for rip in has:
+            dr_refs[rip] += times
     needed = {rip for rip, n in dr_refs.items() if n > 0}
     neighbours = {rip: nb for rip, nb in pic.neighbours.items() if rip in needed}
     unresolved: dict[str, str] = {}

@@ -24,7 +24,7 @@ Services claim, so a burst of changes costs O(changed Services), not O(all Servi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from ...model import (
@@ -178,6 +178,9 @@ class Mapper:
         else:
             ipam = self._ipam
 
+        # The Services whose own inputs (object, slices, addresses) may have changed; a
+        # node change makes the others dirty too, but only their real servers can change.
+        inputs_dirty = set(dirty) if incremental else None
         targets = node_targets(snap.nodes.values(), settings)
         if targets == self._targets:
             targets = self._targets  # the fragments made for them hold this object
@@ -194,24 +197,34 @@ class Mapper:
                 if sid not in snap.services:
                     del self._cache[sid]
         updates: list[tuple[ObjectId, _Fragment | None]] = []
+        remapped: dict[ObjectId, _Fragment] = {}  # Service -> the fragment its nodes were swapped in
         for sid in dirty:
             svc = snap.services.get(sid)
             if svc is None:
                 self._cache.pop(sid, None)
                 updates.append((sid, None))
                 continue
-            slices = sorted(self._slices.get(sid, {}).values(), key=lambda s: s.name)
-            assigned = ipam.assigned.get(sid, ())
-            inputs = (svc, assigned, tuple(slices) if svc.local_traffic else ())
             cached = self._cache.get(sid)
-            frag = cached[1] if cached is not None and _same(cached[0], inputs) else None
+            frag: _Fragment | None
+            if cached is not None and inputs_dirty is not None and sid not in inputs_dirty:
+                inputs, frag = cached  # the same inputs as when it was made
+            else:
+                inputs = (
+                    svc,
+                    ipam.assigned.get(sid, ()),
+                    tuple(self._slices_of(sid)) if svc.local_traffic else (),
+                )
+                frag = cached[1] if cached is not None and _same(cached[0], inputs) else None
             if frag is None or frag.targets is not targets:
                 recomputed += 1
                 if frag is not None and frag.shapes is not None:
                     # Only the nodes changed: nothing but the real servers can differ.
                     services = on_nodes(frag.services, frag.shapes, targets, self._every_node)
-                    frag = replace(frag, services=services, targets=targets)
+                    remapped[sid] = frag
+                    frag = _Fragment(services, frag.events, frag.check, frag.shapes, targets)
                 else:
+                    assigned = ipam.assigned.get(sid, ())
+                    slices = self._slices_of(sid)
                     vips, ev1 = service_vips(svc, assigned, settings)
                     vss, shapes, ev2 = service_fragment(
                         svc, vips, slices, targets, settings, self._every_node
@@ -230,7 +243,7 @@ class Mapper:
         if not incremental:
             # Oldest first, so that the desired state's order does not depend on the store's.
             updates.sort(key=lambda u: snap.services[u[0]].age_key)
-        changed = self._resolve(updates, snap)
+        changed = self._resolve(updates, snap, remapped)
 
         # Events in an order that does not depend on the store's: IPAM's, then each
         # Service's own, then the VIP:port conflicts, oldest Service first.
@@ -255,6 +268,9 @@ class Mapper:
             self._seen = (changes.store, changes.since + 1)
         return result
 
+    def _slices_of(self, sid: ObjectId) -> list[EndpointSlice]:
+        return sorted(self._slices.get(sid, {}).values(), key=lambda s: s.name)
+
     def _reindex_slices(self, ids: Iterable[ObjectId], snap: Snapshot, dirty: set[ObjectId]) -> None:
         """Move the slices ``ids`` to their current Service's group; both Services get dirty."""
         for slice_id in ids:
@@ -272,9 +288,15 @@ class Mapper:
                 self._slice_service[slice_id] = sid
                 dirty.add(sid)
 
-    def _resolve(self, updates: list[tuple[ObjectId, _Fragment | None]], snap: Snapshot) -> set[ServiceKey]:
+    def _resolve(
+        self,
+        updates: list[tuple[ObjectId, _Fragment | None]],
+        snap: Snapshot,
+        remapped: Mapping[ObjectId, _Fragment],
+    ) -> set[ServiceKey]:
         """Place the updated fragments; a VIP:port claimed by several Services goes to
-        the oldest. Returns the keys whose virtual service changed."""
+        the oldest. ``remapped``: the fragments whose real servers were swapped (all else
+        the same). Returns the keys whose virtual service changed."""
         owns = self.settings.ownership.owns
         placed, claims, services, owners = self._placed, self._claims, self._services, self._owners
         touched: set[ServiceKey] = set()
@@ -282,19 +304,12 @@ class Mapper:
         changed: set[ServiceKey] = set()
         for sid, frag in updates:
             old = placed.get(sid)
-            if (
-                old is not None
-                and frag is not None
-                and old.events is frag.events
-                and old.check is frag.check
-                and len(old.services) == len(frag.services)
-                and all(a.key == b.key for a, b in zip(old.services, frag.services))
-            ):
-                # The same keys, events and check (a node change): the claims and the
+            if old is not None and frag is not None and remapped.get(sid) is old:
+                # Only its real servers changed (a node change): the claims and the
                 # conflicts stay; the virtual services the Service holds are replaced.
                 placed[sid] = frag
                 for vs in frag.services:
-                    if owners.get(vs.key) == sid and services[vs.key] != vs:
+                    if owners.get(vs.key) == sid and services[vs.key].realservers != vs.realservers:
                         services[vs.key] = vs
                         changed.add(vs.key)
                 continue
