@@ -342,7 +342,7 @@ def markdown(r: dict[str, Any]) -> str:
     for f in r["node_failure"]:
         lines.append(
             f"| {f['backend']} | {f['services']} x {f['nodes']} | {f['cold_sync_s']} s | "
-            f"{f['down_to_programmed_ms']} ms | {f['up_to_programmed_ms']} ms | "
+            f"{f['down_to_programmed_ms']:.1f} ms | {f['up_to_programmed_ms']:.1f} ms | "
             f"{len(f['down_samples_ms'])} | "
             f"{f.get('services_with_weight_0_read_back', '-')} |"
         )

@@ -206,7 +206,6 @@ class HealthOverlay:
         if keys is None:
             self._adjusted.clear()
             self.no_healthy.clear()
-        services = dict(desired.services)
         # The services of a cluster mostly have equal real servers and checks: each
         # distinct (real servers, targets, check) is adjusted once per call, and the
         # services that share it share the adjusted tuple too (which makes the layers
@@ -219,7 +218,14 @@ class HealthOverlay:
                 self._ramping.pop(key, None)
                 self.no_healthy.discard(key)
                 continue
-            self._adjusted[key] = self._adjust(vs, desired.health.get(key, NO_CHECK), states, now, memo)
+            adjusted = self._adjust(vs, desired.health.get(key, NO_CHECK), states, now, memo)
+            if adjusted is vs:
+                self._adjusted.pop(key, None)  # health changes nothing in it: the desired one
+            else:
+                self._adjusted[key] = adjusted
+        if not self._adjusted:
+            return desired  # no check changes a weight (or no service is checked)
+        services = dict(desired.services)
         for key, vs in self._adjusted.items():
             if key in services:
                 services[key] = vs
