@@ -308,14 +308,13 @@ class VirtualService:
         return self.netmask if self.netmask is not None else (32 if self.key.family == 4 else 128)
 
     def with_realservers(self, realservers: Iterable[RealServer]) -> VirtualService:
+        return self.holding(in_key_order(realservers))
+
+    def holding(self, realservers: tuple[RealServer, ...]) -> VirtualService:
+        """This service with ``realservers``, already in key order (a shared tuple that a
+        node change or a health verdict gives 10,000 services: no sort per service)."""
         return VirtualService(
-            key=self.key,
-            scheduler=self.scheduler,
-            persistence=self.persistence,
-            netmask=self.netmask,
-            flags=self.flags,
-            realservers=in_key_order(realservers),
-            name=self.name,
+            self.key, self.scheduler, self.persistence, self.netmask, self.flags, realservers, self.name
         )
 
 

@@ -263,9 +263,7 @@ def apply_ops_in_place(state: ObservedState, ops: Iterable[Operation]) -> Observ
         found = edited.get(memo_key)
         if found is None or found[0] is not old.realservers:
             found = edited[memo_key] = (old.realservers, _changed_members(old.realservers, changed))
-        services[key] = VirtualService(
-            old.key, old.scheduler, old.persistence, old.netmask, old.flags, found[1], old.name
-        )
+        services[key] = old.holding(found[1])
     for key, realservers in touched.items():
         services[key] = services[key].with_realservers(realservers.values())
     if timeouts == state.timeouts:

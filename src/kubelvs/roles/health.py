@@ -261,8 +261,7 @@ class HealthOverlay:
             self._ramping.pop(key, None)
         if realservers is None:
             return vs
-        # Same order as before (sorted by key): no sort, no dataclasses.replace.
-        return VirtualService(key, vs.scheduler, vs.persistence, vs.netmask, vs.flags, realservers, vs.name)
+        return vs.holding(realservers)  # same order as before (sorted by key): no sort
 
 
 _MemoKey = tuple[int, int]

@@ -217,16 +217,7 @@ def on_nodes(
     """A Cluster-policy Service's virtual services with the real servers of ``targets``:
     all that a node change changes in them (see ``service_fragment``)."""
     return tuple(
-        VirtualService(
-            vs.key,
-            vs.scheduler,
-            vs.persistence,
-            vs.netmask,
-            vs.flags,
-            every_node(targets, shape, memo),
-            vs.name,
-        )
-        for vs, shape in zip(services, shapes, strict=True)
+        vs.holding(every_node(targets, shape, memo)) for vs, shape in zip(services, shapes, strict=True)
     )
 
 
