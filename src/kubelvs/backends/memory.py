@@ -46,6 +46,8 @@ from ..planner import (
 
 __all__ = ["MemoryBackend"]
 
+_NO_TRAFFIC = RealServerStats()  # frozen: one object for every real server without counters
+
 #: Decides whether the "kernel" refuses an operation: the reason, or None to accept it.
 Refusal = Callable[[Operation], str | None]
 
@@ -93,10 +95,12 @@ class MemoryBackend:
     ) -> dict[tuple[ServiceKey, RealServerKey], RealServerStats]:
         with self.lock:
             out = {}
+            services, stats = self.state.services, self.state.stats
             for key in keys:
-                vs = self.state.services.get(key)
+                vs = services.get(key)
                 for rs in vs.realservers if vs is not None else ():
-                    out[(key, rs.key)] = self.state.stats.get((key, rs.key), RealServerStats())
+                    pair = (key, rs.key)
+                    out[pair] = stats.get(pair, _NO_TRAFFIC)
             return out
 
     def set_stats(self, key: ServiceKey, realserver: RealServerKey, stats: RealServerStats) -> None:

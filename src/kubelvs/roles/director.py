@@ -187,12 +187,10 @@ class Director:
         if graceful and not full and not dry_run:
             # The picture's counters are from the last full read: whether a leaving real
             # server still has connections is asked of the kernel, for those services only.
-            leaving = {k for k, _ in the_plan.draining} | {
-                service_of(op) for op in the_plan.ops if isinstance(op, (DeleteRealServer, DeleteService))
-            }
+            leaving = _leaving(the_plan, observed)
             # The plan asks only whether a real server has connections: planned again only
             # when a refreshed answer differs.
-            if leaving and self._refresh_stats(observed, leaving):  # type: ignore[arg-type]
+            if leaving and self._refresh_stats(observed, leaving):
                 the_plan = plan(desired, observed, graceful=True, keys=keys, expired=expired)
         if dry_run:
             return SyncResult(plan=the_plan, full=full)
@@ -246,22 +244,21 @@ class Director:
             pair for pair, since in self._drains.items() if now - since >= desired.drain_timeout_of(pair[0])
         )
 
-    def _refresh_stats(self, observed: ObservedState, keys: set[ServiceKey]) -> bool:
-        """Read these services' counters into the picture; True when a real server got
-        or lost connections (what the planner asks of them)."""
-        fresh = self.backend.read_stats(keys)
+    def _refresh_stats(self, observed: ObservedState, pairs: set[Pair]) -> bool:
+        """Read the counters of these real servers into the picture; True when one got or
+        lost connections (what the planner asks of them). Only the leaving ones are
+        compared: a node going NotReady at 10,000 services looked at all 100,000 real
+        servers here (0.25 s) to learn about the 10,000 that leave."""
+        fresh = self.backend.read_stats({key for key, _ in pairs})
         stats = observed.stats
         assert isinstance(stats, dict)  # the picture is ours: updated in place
         flipped = False
-        for key in keys:
-            vs = observed.services.get(key)
-            for rs in vs.realservers if vs is not None else ():
-                pair = (key, rs.key)
-                new = fresh.get(pair, _IDLE)
-                old = stats.get(pair, _IDLE)
-                if (old.active_conns + old.inactive_conns > 0) != (new.active_conns + new.inactive_conns > 0):
-                    flipped = True
-                stats[pair] = new
+        for pair in pairs:
+            new = fresh.get(pair, _IDLE)
+            old = stats.get(pair, _IDLE)
+            if (old.active_conns + old.inactive_conns > 0) != (new.active_conns + new.inactive_conns > 0):
+                flipped = True
+            stats[pair] = new
         return flipped
 
     def _track_drains(
@@ -339,6 +336,17 @@ class Director:
                 continue
             if key in touched or (full and key not in planned):
                 del self._failures[key]
+
+
+def _leaving(the_plan: Plan, observed: ObservedState) -> set[Pair]:
+    """The real servers this plan drains or deletes (those of deleted services too)."""
+    leaving = set(the_plan.draining)
+    for op in the_plan.ops:
+        if type(op) is DeleteRealServer:
+            leaving.add((op.service, op.realserver))
+        elif type(op) is DeleteService:
+            leaving.update((op.key, rs.key) for rs in observed.services[op.key].realservers)
+    return leaving
 
 
 def _finished_drains(
