@@ -77,6 +77,24 @@ def test_a_leaving_real_server_drains_until_its_connections_end() -> None:
     assert director.sync(desired(service((101,))), changed=[]).drains_finished == ()
 
 
+def test_the_counters_of_every_real_server_are_asked_before_its_service_goes() -> None:
+    # The picture's counters are from the last full read (none then): the connections a
+    # real server got since are asked before its service is deleted, and it drains. Only
+    # the leaving real servers are asked, and a whole service's are all leaving.
+    clock, backend = Clock(), MemoryBackend()
+    director = Director(backend, graceful=True, clock=clock)
+    director.sync(desired(service((101, 102))))
+    busy(backend, 102, active=1)
+    gone = DesiredState(services={}, ownership=OWNED, drain_timeout=30.0)
+    result = director.sync(gone, changed=[service((101,)).key])
+    assert weights(backend) == {"10.240.0.101": 1, "10.240.0.102": 0}
+    assert list(result.plan.draining) == [(service((101,)).key, service((102,)).realservers[0].key)]
+    clock.now += DRAIN_POLL
+    busy(backend, 102, active=0)
+    director.sync(gone, changed=[])
+    assert backend.table() == {}
+
+
 def test_a_drain_ends_at_the_timeout_whatever_the_connections() -> None:
     clock, backend = Clock(), MemoryBackend()
     director = Director(backend, graceful=True, clock=clock)
