@@ -43,7 +43,7 @@ from prometheus_client.exposition import generate_latest
 from .. import __version__
 from ..backends import Backend
 from ..errors import ConfigError, FieldError, KubelvsError
-from ..model import ObservedState, RealServerKey, RealServerStats, ServiceKey
+from ..model import NO_TRAFFIC, ObservedState, RealServerKey, RealServerStats, ServiceKey
 from ..planner import (
     AddRealServer,
     AddService,
@@ -284,7 +284,7 @@ class DirectorCollector:
             departed = self._totals.departed.get(key)
             total = replace(departed) if departed is not None else _Departed()
             for rs in vs.realservers:
-                st = stats.get((key, rs.key), _ZERO)
+                st = stats.get((key, rs.key), NO_TRAFFIC)
                 total.add(st)
                 labels = f'{base},remote_address="{rs.address}",remote_port="{rs.port}"'
                 rs_sched.append(f"{{{labels}}} {st.conns}")
@@ -347,9 +347,6 @@ class DirectorCollector:
             ipam.add_metric([pool, "in_use"], in_use)
             ipam.add_metric([pool, "free"], free)
         yield from (restarts, ipam)
-
-
-_ZERO = RealServerStats()
 
 
 #: The kernel's families: name -> (type, help), in page order.

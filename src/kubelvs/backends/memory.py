@@ -22,6 +22,7 @@ from typing import Self
 
 from ..errors import ApplyError, BackendError, FieldError, PartialApplyError
 from ..model import (
+    NO_TRAFFIC,
     ConnectionSync,
     DesiredState,
     FlowEntry,
@@ -46,7 +47,6 @@ from ..planner import (
 
 __all__ = ["MemoryBackend"]
 
-_NO_TRAFFIC = RealServerStats()  # frozen: one object for every real server without counters
 
 #: Decides whether the "kernel" refuses an operation: the reason, or None to accept it.
 Refusal = Callable[[Operation], str | None]
@@ -100,7 +100,7 @@ class MemoryBackend:
                 vs = services.get(key)
                 for rs in vs.realservers if vs is not None else ():
                     pair = (key, rs.key)
-                    out[pair] = stats.get(pair, _NO_TRAFFIC)
+                    out[pair] = stats.get(pair, NO_TRAFFIC)
             return out
 
     def set_stats(self, key: ServiceKey, realserver: RealServerKey, stats: RealServerStats) -> None:

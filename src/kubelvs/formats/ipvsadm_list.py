@@ -33,6 +33,7 @@ import socket
 from dataclasses import dataclass, field
 
 from ..model import (
+    NO_TRAFFIC,
     Forward,
     Protocol,
     RealServer,
@@ -422,7 +423,7 @@ def format_listing(listing: Listing, *, hexa: bool = False) -> str:
             head += " ops"
         lines.append(head)
         for rs in svc.realservers:
-            st = listing.stats.get((svc.key, rs.key), RealServerStats())
+            st = listing.stats.get((svc.key, rs.key), NO_TRAFFIC)
             lines.append(
                 f"  -> {_fmt_hostport(rs.address, rs.port, hexa):<28} {_FORWARD_NAME[rs.forward]:<7} "
                 f"{rs.weight:<6} {st.active_conns:<10} {st.inactive_conns}"

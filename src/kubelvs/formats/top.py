@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..model import ObservedState, RealServerStats, ServiceKey
+from ..model import NO_TRAFFIC, ObservedState, RealServerStats, ServiceKey
 from .director_state import health_of
 
 __all__ = ["SORT_KEYS", "Frame", "Row", "frame", "render"]
@@ -82,8 +82,8 @@ def frame(
         vs = after.services[key]
         rows = []
         for rs in vs.realservers:
-            a = after.stats.get((key, rs.key), _ZERO)
-            b = before.stats.get((key, rs.key), _ZERO)
+            a = after.stats.get((key, rs.key), NO_TRAFFIC)
+            b = before.stats.get((key, rs.key), NO_TRAFFIC)
             health = health_of(director, key, rs)
             drain = drains.get((str(key), str(rs.key)))
             rows.append(
@@ -110,9 +110,6 @@ def frame(
         )
         services.append(total)
     return Frame(backend, seconds, services, counts_connections=backend != "nftables")
-
-
-_ZERO = RealServerStats()
 
 
 def _rates(a: RealServerStats, b: RealServerStats, seconds: float) -> dict[str, Any]:

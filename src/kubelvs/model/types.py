@@ -22,6 +22,7 @@ from .health import HealthCheck
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
     "KNOWN_SCHEDULERS",
+    "NO_TRAFFIC",
     "SCHED_FLAGS",
     "ConnectionSync",
     "DesiredState",
@@ -216,6 +217,10 @@ class RealServerStats:
     out_packets: int = 0
     in_bytes: int = 0
     out_bytes: int = 0
+
+
+#: The counters of a real server that has seen no traffic (frozen: one object serves all).
+NO_TRAFFIC = RealServerStats()
 
 
 @dataclass(frozen=True, slots=True)

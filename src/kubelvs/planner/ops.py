@@ -13,10 +13,10 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeAlias
 
 from ..model import (
+    NO_TRAFFIC,
     ObservedState,
     RealServer,
     RealServerKey,
-    RealServerStats,
     ServiceKey,
     Timeouts,
     VirtualService,
@@ -151,10 +151,6 @@ def _service_attrs(s: VirtualService) -> str:
     return " ".join(parts)
 
 
-#: The counters of a real server that has seen no traffic (frozen: one object for all).
-_NO_TRAFFIC = RealServerStats()
-
-
 def apply_ops(state: ObservedState, ops: Iterable[Operation]) -> ObservedState:
     """The state the kernel holds after applying ``ops`` to ``state`` without error.
 
@@ -214,7 +210,7 @@ def apply_ops_in_place(state: ObservedState, ops: Iterable[Operation]) -> Observ
                 members(k)[r.key] = r
             else:
                 edits.setdefault(k, {})[r.key] = r
-            stats.setdefault((k, r.key), _NO_TRAFFIC)
+            stats.setdefault((k, r.key), NO_TRAFFIC)
             continue
         if type(op) is EditRealServer:  # all of a node change's plan
             k, r = op.service, op.realserver
@@ -222,7 +218,7 @@ def apply_ops_in_place(state: ObservedState, ops: Iterable[Operation]) -> Observ
                 members(k)[r.key] = r
             else:
                 edits.setdefault(k, {})[r.key] = r
-            stats.setdefault((k, r.key), _NO_TRAFFIC)
+            stats.setdefault((k, r.key), NO_TRAFFIC)
             continue
         if type(op) is DeleteRealServer:  # all of a node removal's plan
             k, rk = op.service, op.realserver

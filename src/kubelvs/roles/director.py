@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from ..backends import Backend
 from ..bulk import no_gc
 from ..errors import CapabilityError, KubelvsError, PartialApplyError
-from ..model import DesiredState, ErrorList, ObservedState, RealServerKey, RealServerStats, ServiceKey
+from ..model import NO_TRAFFIC, DesiredState, ErrorList, ObservedState, RealServerKey, ServiceKey
 from ..planner import (
     AddService,
     DeleteRealServer,
@@ -51,7 +51,6 @@ RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
 #: Seconds between two looks at the connections of the real servers draining.
 DRAIN_POLL = 1.0
-_IDLE = RealServerStats()
 
 #: A real server of a virtual service.
 Pair = tuple[ServiceKey, RealServerKey]
@@ -254,8 +253,8 @@ class Director:
         assert isinstance(stats, dict)  # the picture is ours: updated in place
         flipped = False
         for pair in pairs:
-            new = fresh.get(pair, _IDLE)
-            old = stats.get(pair, _IDLE)
+            new = fresh.get(pair, NO_TRAFFIC)
+            old = stats.get(pair, NO_TRAFFIC)
             if (old.active_conns + old.inactive_conns > 0) != (new.active_conns + new.inactive_conns > 0):
                 flipped = True
             stats[pair] = new

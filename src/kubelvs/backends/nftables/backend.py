@@ -35,6 +35,7 @@ from ...errors import BackendError, CapabilityError, FieldError
 from ...kernel import sysctl
 from ...kernel.netns import entered
 from ...model import (
+    NO_TRAFFIC,
     ConnectionSync,
     DesiredState,
     FlowEntry,
@@ -67,7 +68,6 @@ _TCP_STATES = (
 )  # fmt: skip
 
 _GEN_MASK = 0xFFFFFFFF
-_NO_CONNECTIONS = RealServerStats()
 
 
 class NftablesBackend:
@@ -153,7 +153,7 @@ class NftablesBackend:
         for key in keys:
             vs = pic.state.services.get(key)
             for rs in vs.realservers if vs is not None else ():
-                out[(key, rs.key)] = _NO_CONNECTIONS
+                out[(key, rs.key)] = NO_TRAFFIC
         return out
 
     def _load(self) -> Picture:

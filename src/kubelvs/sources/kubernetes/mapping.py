@@ -221,7 +221,13 @@ class Mapper:
                     # Only the nodes changed: nothing but the real servers can differ.
                     services = on_nodes(frag.services, frag.shapes, targets, self._every_node)
                     remapped[sid] = frag
-                    frag = _Fragment(services, frag.events, frag.check, frag.shapes, targets)
+                    frag = _Fragment(
+                        services=services,
+                        events=frag.events,
+                        check=frag.check,
+                        shapes=frag.shapes,
+                        targets=targets,
+                    )
                 else:
                     assigned = ipam.assigned.get(sid, ())
                     slices = self._slices_of(sid)
@@ -231,11 +237,11 @@ class Mapper:
                     )
                     check, ev3 = service_check(svc, settings, shapes)
                     frag = _Fragment(
-                        tuple(vss),
-                        tuple(ev1 + ev2 + ev3),
-                        check if vss else None,
-                        None if svc.local_traffic else tuple(shapes),
-                        targets,
+                        services=tuple(vss),
+                        events=tuple(ev1 + ev2 + ev3),
+                        check=check if vss else None,
+                        shapes=None if svc.local_traffic else tuple(shapes),
+                        targets=targets,
                     )
                 self._cache[sid] = (inputs, frag)
             updates.append((sid, frag))
