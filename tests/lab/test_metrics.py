@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kubelvs.backends import open_backend
 from kubelvs.lab.spec import AGENT_METRICS_PORT, METRICS_PORT
 from kubelvs.lab.topology import load_info
-from kubelvs.model import ServiceKey
+from kubelvs.model import RealServerKey, RealServerStats, ServiceKey
 
 from .test_demo_and_scenarios import BOTH_BACKENDS, _kubelvs
 
@@ -70,6 +70,24 @@ def _wait_for_packets(backend: str, netns: str, key: ServiceKey, above: float) -
             time.sleep(0.2)
 
 
+def _scrape_while_the_kernel_holds_still(
+    backend: str, netns: str, prefix: str, url: str
+) -> tuple[
+    dict[tuple[str, frozenset[tuple[str, str]]], float],
+    dict[tuple[ServiceKey, RealServerKey], RealServerStats],
+]:
+    """A scrape of ``url`` and the kernel's counters, read before and after it and equal:
+    a scrape that straddles one of IPVS's summing rounds is taken again."""
+    deadline = time.monotonic() + 60
+    with open_backend(backend, netns=netns) as kernel:  # type: ignore[arg-type]
+        while True:
+            first = kernel.read().stats
+            page = _scrape(prefix, url)
+            if kernel.read().stats == first:
+                return page, dict(first)
+            assert time.monotonic() < deadline, "the kernel's counters never held still for a scrape"
+
+
 def _requests(prefix: str, count: int) -> list[str]:
     probe = _kubelvs(
         "lab", "exec", "--prefix", prefix, "client", "--", sys.executable, "-m", "kubelvs.lab.servers",
@@ -90,9 +108,12 @@ def test_lab_metrics_follow_the_kernel_and_the_config(backend: str, prefix: str)
     before = _scrape(prefix, director)
     served = _requests(prefix, 12)
     assert len(served) == 12
-    after = _scrape(prefix, director)
-    with open_backend(backend, netns=info.directors["dir1"]) as kernel:  # type: ignore[arg-type]
-        stats = kernel.read().stats
+    # IPVS sums its per-CPU counters into the ones it exports every two seconds (its rate
+    # estimator; later still on the VM's emulated CPU right after the services were made):
+    # wait until the requests show, then scrape between two equal reads of the kernel.
+    at_least = _value(before, "kubelvs_virtual_service_packets_total", direction="in", **WEB) + 12 * 3
+    _wait_for_packets(backend, info.directors["dir1"], key, above=at_least - 1)
+    after, stats = _scrape_while_the_kernel_holds_still(backend, info.directors["dir1"], prefix, director)
     # Every real server's counters on /metrics are the kernel's (no traffic in between),
     # and the virtual service's are their sums; the requests moved them.
     vs_in = 0.0

@@ -228,13 +228,14 @@ def _stats_after(
     before: dict[tuple[ServiceKey, RealServerKey], RealServerStats],
     done: Callable[[Pairs], bool],
 ) -> Pairs:
-    """Per real server (before, now) counters once ``done`` holds for them (or after 8 s).
+    """Per real server (before, now) counters once ``done`` holds for them (or after 30 s).
 
     IPVS folds its per-CPU counters into what netlink reports every 2 s (the estimator,
-    which folds each real server at its own tick, so one can lag the other), nftables
-    counts at once; polling for a few seconds holds both to one behaviour."""
+    which folds each real server at its own tick, so one can lag the other; on the VM's
+    emulated CPU, later right after the service was made), nftables counts at once;
+    polling holds both to one behaviour."""
     keys = [(env.http_key, rs.key) for rs in env.service("rr", [1, 1]).realservers]
-    deadline = time.monotonic() + 8
+    deadline = time.monotonic() + 30
     while True:
         stats = env.backend.read().stats
         pairs = [(before.get(k, RealServerStats()), stats[k]) for k in keys]

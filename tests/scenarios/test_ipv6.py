@@ -130,7 +130,7 @@ def env6(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env6]:
 
 
 def _wait_stats(
-    backend_name: BackendName, backend_netns: str, done: Callable[[int, int], bool], timeout: float = 8.0
+    backend_name: BackendName, backend_netns: str, done: Callable[[int, int], bool], timeout: float = 30.0
 ) -> tuple[int, int]:
     """(in packets, out packets) of the VIP's real servers once ``done`` says so: IPVS folds
     per-CPU counters at its estimator's tick, not at every packet."""
