@@ -56,15 +56,20 @@ VIP0 = int(ipaddress.IPv4Address("10.96.0.0"))
 RIP0 = int(ipaddress.IPv4Address("10.128.0.0"))
 
 
-def services(n: int, per: int, scheduler: str, dr: bool = False) -> dict[ServiceKey, VirtualService]:
-    """NAT: each service its own ``per`` real servers. DR: every service on the same
-    ``per`` nodes (RIP0 + 1 ...), as a cluster's Services are."""
+def services(
+    n: int, per: int, scheduler: str, dr: bool = False, nodes: bool = False
+) -> dict[ServiceKey, VirtualService]:
+    """NAT: each service its own ``per`` real servers, or with ``nodes`` the same ``per``
+    nodes (RIP0 + 1 ...) at a port of its own (a NodePort), as a cluster's Services are.
+    DR: every service on the same nodes."""
     out = {}
     for i in range(n):
         key = ServiceKey(4, Protocol.TCP, ipaddress.IPv4Address(VIP0 + i), 80)
         rss = [
             RealServer(ipaddress.IPv4Address(RIP0 + 1 + j), 80, 1, Forward.DR)
             if dr
+            else RealServer(ipaddress.IPv4Address(RIP0 + 1 + j), 30000 + i % 2768, 1, Forward.NAT)
+            if nodes
             else RealServer(ipaddress.IPv4Address(RIP0 + i * per + j), 8080, 1, Forward.NAT)
             for j in range(per)
         ]
@@ -116,8 +121,10 @@ def nodes_link(ns: str, per: int) -> None:
         )
 
 
-def case(n: int, per: int, scheduler: str, rounds: int, tag: str, dr: bool = False) -> dict[str, object]:
-    want = services(n, per, scheduler, dr)
+def case(
+    n: int, per: int, scheduler: str, rounds: int, tag: str, dr: bool = False, nodes: bool = False
+) -> dict[str, object]:
+    want = services(n, per, scheduler, dr, nodes)
     desired = DesiredState(services=want, ownership=OWN)
     scripts: list[str] = []
     real_run = nftmod.Nft.run_script
@@ -131,6 +138,7 @@ def case(n: int, per: int, scheduler: str, rounds: int, tag: str, dr: bool = Fal
         "realservers_per_service": per,
         "scheduler": scheduler,
         "forward": "dr" if dr else "nat",
+        "realservers": "nodes" if dr or nodes else "own",
     }
     with Netns(f"kubelvs-bench-{tag}-a") as ns:
         if dr:
@@ -159,6 +167,8 @@ def case(n: int, per: int, scheduler: str, rounds: int, tag: str, dr: bool = Fal
         extra = (
             RealServer(ipaddress.IPv4Address(RIP0 + 1 + per), 80, 1, Forward.DR)
             if dr
+            else RealServer(ipaddress.IPv4Address(RIP0 + 1 + per), base.realservers[0].port, 1, Forward.NAT)
+            if nodes
             else RealServer(ipaddress.IPv4Address(RIP0 + n * per + 1), 8080, 1, Forward.NAT)
         )
         times, cpus = [], []
@@ -179,7 +189,7 @@ def case(n: int, per: int, scheduler: str, rounds: int, tag: str, dr: bool = Fal
         result["full_resync_s"] = time.perf_counter() - t
         result["full_resync_cpu_s"] = cpu() - c
         assert resync.full and not resync.plan.ops
-        if dr:
+        if dr or nodes:
             # A node fails: it leaves every service (all of them change at once).
             gone = {k: v.with_realservers(v.realservers[1:]) for k, v in want.items()}
             t, c = time.perf_counter(), cpu()
@@ -242,6 +252,11 @@ def main() -> int:
         rows.append(case(large, args.per, scheduler, args.rounds, f"dr{scheduler}{large}", dr=True))
         print(json.dumps(rows[-1]), flush=True)
     dr_rr, dr_mh = rows[-2], rows[-1]
+    # NAT Services on the nodes (a NodePort each): shared slot tables too.
+    rows.append(case(large, args.per, "mh", args.rounds, f"natmh{large}", nodes=True))
+    print(json.dumps(rows[-1]), flush=True)
+    nat_mh = rows[-1]
+    nat_vs_rr = float(nat_mh["cold_sync_cpu_s"]) / float(dr_rr["cold_sync_cpu_s"])  # type: ignore[arg-type]
     mh_vs_rr = float(dr_mh["cold_sync_cpu_s"]) / float(dr_rr["cold_sync_cpu_s"])  # type: ignore[arg-type]
     chains = per_service_chains(small, args.per)
     load_after = _loadavg()
@@ -255,6 +270,7 @@ def main() -> int:
         "cases": rows,
         "per_service_chains_baseline": {"services": small, "nft_f_s": chains[0], "nft_f_cpu_s": chains[1]},
         "dr_mh_vs_rr_cold_sync_cpu": mh_vs_rr,
+        "nat_nodes_mh_vs_dr_rr_cold_sync_cpu": nat_vs_rr,
         "targets": {
             "cold_sync_10000_s": 2.0,
             "one_rs_change_ms": 20.0,
@@ -273,22 +289,23 @@ def main() -> int:
             f"Kernel {report['kernel']}, {report['nft']}; {report['cpus']} CPUs; load average (1, 5, 15 min) "
             f"before: {' '.join(load_before)}, after: {' '.join(load_after)}."
         ),
-        "Each case in a fresh network namespace; 10 real servers per service: NAT ones of its own,",
-        "or (DR) the same 10 nodes for every service, as a cluster's Services are.",
+        "Each case in a fresh network namespace; 10 real servers per service: NAT ones of its own",
+        "(`own`), or the same 10 nodes for every service (`nodes`; NAT: a NodePort each), as a",
+        "cluster's Services are.",
         "",
         "CPU = user + sys seconds of the process and its children (kubelvs runs transactions through",
         "libnftables in its own process; the baseline runs the nft command; either way the kernel's",
         "work on a transaction is charged to whoever sent it): the stable measure on a shared machine.",
         "Wall = elapsed, inflated by the load above.",
         "",
-        "| services | sched | forward | elements | cold sync CPU (wall) s "
+        "| services | sched | forward | real servers | elements | cold sync CPU (wall) s "
         "| bare `nft -f` of the same text CPU (wall) s | ratio (CPU) | read back CPU (wall) s "
         "| full resync, no change CPU (wall) s | one-RS change CPU median; wall median / p95 (ms) |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         md.append(
-            f"| {r['services']} | {r['scheduler']} | {r['forward']} | {r['elements']} "
+            f"| {r['services']} | {r['scheduler']} | {r['forward']} | {r['realservers']} | {r['elements']} "
             f"| {r['cold_sync_cpu_s']:.2f} ({r['cold_sync_s']:.2f}) "
             f"| {r['baseline_nft_f_cpu_s']:.2f} ({r['baseline_nft_f_s']:.2f}) "
             f"| {r['cold_vs_bare_nft_cpu']:.2f} "
@@ -311,6 +328,12 @@ def main() -> int:
         f"`Director.sync` of all): rr {dr_rr['node_failure_cpu_s']:.2f} s CPU "
         f"({dr_rr['node_failure_s']:.2f} s wall), "
         f"mh {dr_mh['node_failure_cpu_s']:.2f} s CPU ({dr_mh['node_failure_s']:.2f} s wall).",
+        "",
+        f"NAT, {large} `mh` services on the same {args.per} nodes (a NodePort each: shared slot tables, "
+        f"one `nat_rport` element per service): cold sync CPU {nat_mh['cold_sync_cpu_s']:.2f} s, "
+        f"{nat_vs_rr:.2f}x DR `rr`'s; read back "
+        f"{nat_mh['read_cpu_s']:.2f} s CPU; a node failure {nat_mh['node_failure_cpu_s']:.2f} s CPU "
+        f"({nat_mh['node_failure_s']:.2f} s wall).",
         "",
         "Targets: cold sync of 10,000 services under 2 s; one-real-server change under 20 ms (issue 3);",
         "10,000 DR mh services: cold sync CPU at most 1.5x rr's, one change under 20 ms, read back under 2 s",

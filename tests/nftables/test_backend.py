@@ -25,7 +25,8 @@ from kubelvs.backends.nftables.maglev import MAGLEV_SIZE, maglev_table
 from kubelvs.backends.nftables.netlink import NftNetlink
 from kubelvs.backends.nftables.partial import Culprits
 from kubelvs.backends.nftables.picture import read_tables
-from kubelvs.backends.nftables.slottables import Content, tables_of
+from kubelvs.backends.nftables.schema import nat_table_map, parse_nat_table_chain, parse_nat_table_map
+from kubelvs.backends.nftables.slottables import Content, nat_tag, tables_of
 from kubelvs.errors import PartialApplyError
 from kubelvs.model import (
     DesiredState,
@@ -129,26 +130,44 @@ def test_shared_tables_follow_any_sequence_of_cluster_states(
 
 
 def _assert_tables_are_shared(ns: str, desired: DesiredState) -> None:
-    """The DR slot tables: each service names the one that holds its slots, every table
-    is named by some service, and no two tables hold the same slots."""
+    """The shared slot tables (DR in netdev, NAT on one port in ip and ip6, each table
+    numbering its own): each service names the one that holds its slots, every table is
+    named by some service, no two tables hold the same slots, and a NAT table is its map
+    and its chain (nothing of one is left alone)."""
     with NftNetlink(ns) as nl:
-        parsed, _, _ = read_tables(nl, ns)
-    tables = tables_of(parsed.by_set.get("dr_slots", ()))
-    weights = tables_of(parsed.by_set.get("dr_weights", ()))
+        parsed, found, _ = read_tables(nl, ns)
+    tables = {("netdev", tid): slots for tid, slots in tables_of(parsed.by_set.get("dr_slots", ())).items()}
+    tags = dict.fromkeys(tables, "")
+    weights = {("netdev", tid): w for tid, w in tables_of(parsed.by_set.get("dr_weights", ())).items()}
+    for family in ("ip", "ip6"):
+        nat_weights = [e for e in parsed.by_set.get("nat_weights", ()) if e.family == family]
+        weights.update(((family, tid), w) for tid, w in tables_of(nat_weights).items())
+    for family, chain in found.rules:
+        if (nat_chain := parse_nat_table_chain(chain)) is not None:
+            base, tid = nat_chain
+            assert (family, tid) not in tags and found.rules[(family, chain)] == 2
+            tags[(family, tid)] = nat_tag(family, base)
+            members = [e for e in parsed.by_set.get(nat_table_map(tid), ()) if e.family == family]
+            tables[(family, tid)] = {int(e.key[0]): int(ip(str(e.value))) for e in members}
+    maps = {(family, parse_nat_table_map(name)) for family, name in found.sets if name.startswith("nat_tab_")}
+    assert maps == {space for space, tag in tags.items() if tag}
     assert weights.keys() <= tables.keys()
     contents = {
-        tid: Content((slots[i] for i in range(len(slots))), weights.get(tid, {}).items())
-        for tid, slots in tables.items()
+        space: Content((slots[i] for i in range(len(slots))), weights.get(space, {}).items(), tags[space])
+        for space, slots in tables.items()
     }
     named = {
-        service_key(e.key): int(e.value)  # type: ignore[arg-type]
+        service_key(e.key): ("netdev", int(e.value))  # type: ignore[arg-type]
         for name in ("dr_tab", "dr6_tab")
         for e in parsed.by_set.get(name, ())
     }
+    for e in parsed.by_set.get("nat_svc", ()):
+        if (nat_chain := parse_nat_table_chain(str(e.value)[5:])) is not None:
+            named[service_key(e.key)] = (e.family, nat_chain[1])
     expected = {key: layout(svc).content for key, svc in desired.services.items()}
     assert named == {key: named.get(key) for key, content in expected.items() if content is not None}
-    for key, tid in named.items():
-        assert contents[tid] == expected[key], key
+    for key, space in named.items():
+        assert contents[space] == expected[key], key
     assert set(named.values()) == set(contents)
     assert len(set(contents.values())) == len(contents)
 
@@ -254,6 +273,71 @@ def test_services_with_the_same_real_servers_share_one_slot_table(
     _assert_tables_are_shared(ns, make_desired(c3))
 
 
+def test_nat_services_on_one_port_share_one_slot_table(
+    nsb: tuple[str, NftablesBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NAT services whose real servers use one port each (a Service's NodePort, another
+    per Service) share one table: a map of 509 slots and a chain that DNATs with it. A
+    third service is two elements (its entry, which goes to the table's chain, and its
+    port); a node's weight change rewrites the slots it owns, in place; the last service
+    to leave a table deletes its map and its chain. A service on several ports keeps
+    slots of its own."""
+    ns, backend = nsb
+    nodes = [("10.0.2.2", 1), ("10.0.2.3", 1), ("10.0.2.4", 1)]
+
+    def svc(vip: str, port: int, node_port: int, weights: list[tuple[str, int]]) -> VirtualService:
+        return make_service(vip, port, "mh", [(a, node_port, w, Forward.NAT) for a, w in weights])
+
+    a, b = svc("10.0.0.1", 80, 30080, nodes), svc("10.0.0.1", 443, 30443, nodes)
+    c = svc("10.0.0.2", 80, 30081, nodes)
+    director = Director(backend)
+    director.sync(make_desired(a, b))
+    assert _sh(ns, "nft", "list", "map", "ip", "kubelvs", "nat_tab_1").count(" : 10.0.2.") == MAGLEV_SIZE
+    assert "dnat to jhash ip saddr mod 509" in _sh(ns, "nft", "list", "chain", "ip", "kubelvs", "nat_mh_t1")
+    assert "elements" not in _sh(ns, "nft", "list", "map", "ip", "kubelvs", "nat_slots")
+    scripts: list[str] = []
+    original = backend._nft.run_script
+
+    def recorded(script: str, *args: Any, **kwargs: Any) -> Any:
+        scripts.append(script)
+        return original(script, *args, **kwargs)
+
+    monkeypatch.setattr(backend._nft, "run_script", recorded)
+    director.sync(make_desired(a, b, c), changed={c.key})
+    assert scripts[-1] == (
+        "add element ip kubelvs nat_rport { 10.0.0.2 . tcp . 80 : 30081 }\n"
+        "add element ip kubelvs nat_svc { 10.0.0.2 . tcp . 80 : goto nat_mh_t1 }\n"
+    )
+    heavier = [*nodes[:2], ("10.0.2.4", 2)]
+    changed = [svc(s.key.address.exploded, s.key.port, s.realservers[0].port, heavier) for s in (a, b, c)]  # type: ignore[union-attr]
+    director.sync(make_desired(*changed), changed={s.key for s in changed})
+    written = {
+        line.split(" {")[0]: line.count(",") + 1 for line in scripts[-1].splitlines() if " element " in line
+    }
+    moved = sum(
+        1
+        for x, y in zip(maglev_table({n: 1 for n, _ in nodes}), maglev_table(dict(heavier)), strict=True)
+        if x != y
+    )
+    assert written == {  # the table changed, not the services: each moved slot, and .4's weight 2
+        "delete element ip kubelvs nat_tab_1": moved,
+        "add element ip kubelvs nat_tab_1": moved,
+        "add element ip kubelvs nat_weights": 1,
+    }
+    assert NftablesBackend(netns=ns).read().services == make_desired(*changed).services
+    _assert_tables_are_shared(ns, make_desired(*changed))
+    # A service on two ports: slots of its own; the others leave table 1: it is deleted.
+    mixed = make_service(
+        "10.0.0.2", 80, "mh", [("10.0.2.2", 30081, 1, Forward.NAT), ("10.0.2.3", 30082, 1, Forward.NAT)]
+    )
+    director.sync(make_desired(mixed), changed={s.key for s in changed} | {mixed.key})
+    assert _sh(ns, "nft", "list", "map", "ip", "kubelvs", "nat_slots").count(" : 10.0.2.") == MAGLEV_SIZE
+    assert "nat_tab_1" not in _sh(ns, "nft", "list", "table", "ip", "kubelvs")
+    assert "nat_mh_t1" not in _sh(ns, "nft", "list", "table", "ip", "kubelvs")
+    assert NftablesBackend(netns=ns).read().services == make_desired(mixed).services
+    _assert_tables_are_shared(ns, make_desired(mixed))
+
+
 def test_a_refused_service_is_left_out_the_rest_is_applied_and_the_next_sync_converges(
     nsb: tuple[str, NftablesBackend],
 ) -> None:
@@ -261,8 +345,11 @@ def test_a_refused_service_is_left_out_the_rest_is_applied_and_the_next_sync_con
     back): that service's operation is reported, every other one is applied in the
     same transaction, and the next full sync repairs what the other program left."""
     ns, backend = nsb
+    # a on a shared table (one port), b with slots of its own (two ports)
     a = make_service("10.0.0.1", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT)])
-    b = make_service("10.0.0.2", 80, "rr", [("10.0.2.3", 8080, 1, Forward.NAT)])
+    b = make_service(
+        "10.0.0.2", 80, "rr", [("10.0.2.3", 8080, 1, Forward.NAT), ("10.0.2.5", 8081, 1, Forward.NAT)]
+    )
     Director(backend).sync(make_desired(a, b))
     _sh(ns, "nft", "delete", "element", "ip", "kubelvs", "nat_svc", "{ 10.0.0.2 . tcp . 80 }")
     added = RealServer(ip("10.0.2.4"), 8080, 1, Forward.NAT)
@@ -390,8 +477,8 @@ def test_elements_edited_by_hand_are_seen_and_rewritten(nsb: tuple[str, Nftables
     """A comment, a changed slot and a foreign element in our maps: read marks those
     services, and the next apply writes exactly what the model says."""
     ns, backend = nsb
-    a = make_service(
-        "10.0.0.1", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT), ("10.0.2.3", 8080, 1, Forward.NAT)]
+    a = make_service(  # on two ports: slots of its own
+        "10.0.0.1", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT), ("10.0.2.3", 8081, 1, Forward.NAT)]
     )
     b = make_service("10.0.0.2", 80, "mh", [("10.0.1.2", 80, 1, Forward.DR), ("10.0.1.3", 80, 2, Forward.DR)])
     director = Director(backend)

@@ -30,8 +30,13 @@ from .strategies import make_desired, make_service
 
 pytestmark = pytest.mark.netns
 
+# NAT and WEIGHTED (rr, wrr): slots of their own (nat_slots, nat_rs); MAGLEV and NAT6 (mh,
+# one port): shared tables (nat_tab_1 and its chain in ip and in ip6, nat_weights, nat_rport).
 NAT = make_service(
     "10.0.0.1", 80, "rr", [("10.0.2.2", 8080, 1, Forward.NAT), ("10.0.2.3", 8080, 1, Forward.NAT)]
+)
+MAGLEV = make_service(
+    "10.0.0.1", 8000, "mh", [("10.0.2.2", 9000, 1, Forward.NAT), ("10.0.2.3", 9000, 2, Forward.NAT)]
 )
 WEIGHTED = make_service(
     "10.0.0.1", 443, "wrr", [("10.0.2.2", 8443, 3, Forward.NAT), ("10.0.2.3", 8443, 0, Forward.NAT)]
@@ -41,7 +46,7 @@ NAT6 = make_service(
     "fd00::1", 80, "mh", [("fd00:2::2", 8080, 1, Forward.NAT), ("fd00:2::3", 8080, 2, Forward.NAT)]
 )
 DR6 = make_service("fd00::2", 80, "mh", [("fd00:1::2", 80, 1, Forward.DR), ("fd00:1::3", 80, 2, Forward.DR)])
-DESIRED = make_desired(NAT, WEIGHTED, DR, NAT6, DR6, timeouts=Timeouts(900, 30, 300))
+DESIRED = make_desired(NAT, WEIGHTED, MAGLEV, DR, NAT6, DR6, timeouts=Timeouts(900, 30, 300))
 RS_MARK = 167772418  # 10.0.1.2 as the DR mark (u32)
 RS6_MARK = mark_of(ipaddress.ip_address("fd00:1::2"))  # its id
 
@@ -172,6 +177,38 @@ DAMAGE = [
         "delete element ip kubelvs nat_rs { 10.0.0.1 . tcp . 443 . 10.0.2.2 . 8443 }\n"
         "add element ip kubelvs nat_rs { 10.0.0.1 . tcp . 443 . 10.0.2.2 . 8443 : 5 }",
     ),
+    (
+        "a NAT table's slot changed",
+        "delete element ip kubelvs nat_tab_1 { 0 }\nadd element ip kubelvs nat_tab_1 { 0 : 10.0.2.9 }",
+    ),
+    (
+        "a NAT table's weight changed",
+        "delete element ip kubelvs nat_weights { 1 . 10.0.2.3 }\n"
+        "add element ip kubelvs nat_weights { 1 . 10.0.2.3 : 5 }",
+    ),
+    ("a NAT table's weight deleted", "delete element ip kubelvs nat_weights { 1 . 10.0.2.3 }"),
+    ("a NAT table's chain lost its rules", "flush chain ip kubelvs nat_mh_t1"),
+    ("a NAT table's map deleted", "flush chain ip kubelvs nat_mh_t1\ndelete map ip kubelvs nat_tab_1"),
+    ("a NAT service's port deleted", "delete element ip kubelvs nat_rport { 10.0.0.1 . tcp . 8000 }"),
+    (
+        "a NAT service's port changed",
+        "delete element ip kubelvs nat_rport { 10.0.0.1 . tcp . 8000 }\n"
+        "add element ip kubelvs nat_rport { 10.0.0.1 . tcp . 8000 : 9999 }",
+    ),
+    (
+        "a NAT service's entry names another table",
+        "delete element ip kubelvs nat_svc { 10.0.0.1 . tcp . 8000 }\n"
+        "add element ip kubelvs nat_svc { 10.0.0.1 . tcp . 8000 : goto nat_rr_2 }",
+    ),
+    (
+        "a NAT table no service names",
+        "add map ip kubelvs nat_tab_7 { typeof numgen inc mod 2 : ip daddr; }\n"
+        "add chain ip kubelvs nat_mh_t7",
+    ),
+    (
+        "a NAT table's map without its chain",
+        "add map ip kubelvs nat_tab_8 { typeof numgen inc mod 2 : ip daddr; }",
+    ),
     ("a neighbour's MAC deleted", f"delete element netdev kubelvs dr_mac {{ {RS_MARK} }}"),
     (
         "a neighbour's MAC changed",
@@ -201,12 +238,13 @@ DAMAGE = [
         "both NAT tables' scheduler rules deleted",
         "flush chain ip kubelvs nat_rr_2\nflush chain ip6 kubelvs nat_mh",
     ),
-    ("an ip6 slot deleted", "delete element ip6 kubelvs nat_slots { fd00::1 . tcp . 80 . 0 }"),
+    ("an ip6 slot deleted", "delete element ip6 kubelvs nat_tab_1 { 0 }"),
     (
         "an ip6 weight changed",
-        "delete element ip6 kubelvs nat_rs { fd00::1 . tcp . 80 . fd00:2::3 . 8080 }\n"
-        "add element ip6 kubelvs nat_rs { fd00::1 . tcp . 80 . fd00:2::3 . 8080 : 7 }",
+        "delete element ip6 kubelvs nat_weights { 1 . fd00:2::3 }\n"
+        "add element ip6 kubelvs nat_weights { 1 . fd00:2::3 : 7 }",
     ),
+    ("an ip6 NAT table's chain lost its rules", "flush chain ip6 kubelvs nat_mh_t1"),
     (
         "the ip6 ct timeout objects deleted",
         "flush chain ip6 kubelvs nat_timeouts\n"

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kubelvs.backends.nftables import elements, readback, schema
-from kubelvs.backends.nftables.maglev import MAGLEV_SIZE
+from kubelvs.backends.nftables.maglev import MAGLEV_SIZE, maglev_table
 from kubelvs.backends.nftables.schema import Element, parse_scheduler_chain, scheduler_chain
 from kubelvs.model import Forward, Protocol, Timeouts
 
@@ -60,7 +60,46 @@ def _as_nft_json(
     return {"nftables": out}
 
 
-def test_nat_service_elements() -> None:
+def test_nat_service_on_one_port_names_a_shared_table() -> None:
+    svc = make_service(
+        "10.0.0.1",
+        80,
+        "mh",
+        [
+            ("10.1.0.2", 8080, 3, Forward.NAT),
+            ("10.1.0.3", 8080, 1, Forward.NAT),
+            ("10.1.0.4", 8080, 0, Forward.NAT),
+        ],
+        flags=frozenset({"mh-port"}),
+    )
+    built, with_table, _ = written(svc)
+    # Its entry goes to table 1's chain, its port is in nat_rport; the slots are the table's.
+    assert built.own == {
+        Element("ip", "nat_svc", ("10.0.0.1", "tcp", 80), "goto nat_mh_p_t1"),
+        Element("ip", "nat_rport", ("10.0.0.1", "tcp", 80), 8080),
+    }
+    table = with_table - built.own
+    slots = {e.key[0]: e.value for e in table if e.set == "nat_tab_1"}
+    owners = maglev_table({"10.1.0.2": 3, "10.1.0.3": 1, "10.1.0.4": 0}, MAGLEV_SIZE)
+    assert slots == dict(enumerate(owners)) and set(owners) == {"10.1.0.2", "10.1.0.3"}
+    # Weight 3 and the slot-less weight-0 server are the table's; weight 1 is implied.
+    assert {e.key: e.value for e in table if e.set == "nat_weights"} == {
+        (1, "10.1.0.2"): 3,
+        (1, "10.1.0.4"): 0,
+    }
+    assert {e.set for e in table} == {"nat_tab_1", "nat_weights"}
+    # The map and the chain the table needs (made by the transaction that first uses it).
+    text = schema.nat_table_text("ip", "nat_mh_p", 1)
+    assert "add map ip kubelvs nat_tab_1 { typeof numgen inc mod 2 : ip daddr; }" in text
+    assert (
+        "add rule ip kubelvs nat_mh_p_t1 meta l4proto { tcp, udp, sctp } dnat ip to jhash ip saddr . th sport"
+        " mod 509 seed 0x6b6c7673 map @nat_tab_1 : ip daddr . meta l4proto . th dport map @nat_rport" in text
+    )
+    assert schema.parse_nat_table_chain("nat_mh_p_t1") == ("nat_mh_p", 1)
+    assert parse_scheduler_chain("nat_mh_p_t1") == ("mh", frozenset({"mh-port"}))
+
+
+def test_nat_service_with_rr_or_on_several_ports_has_its_own_slots() -> None:
     svc = make_service(
         "10.0.0.1",
         80,
@@ -68,7 +107,7 @@ def test_nat_service_elements() -> None:
         [
             ("10.1.0.2", 8080, 3, Forward.NAT),
             ("10.1.0.3", 8080, 1, Forward.NAT),
-            ("10.1.0.4", 8080, 0, Forward.NAT),
+            ("10.1.0.4", 8081, 0, Forward.NAT),
         ],
     )
     built, _, _ = written(svc)
@@ -80,7 +119,7 @@ def test_nat_service_elements() -> None:
     slots = sorted(e.value for e in by_set["nat_slots"])  # type: ignore[type-var]
     assert slots == [("10.1.0.2", 8080)] * 3 + [("10.1.0.3", 8080)]
     # Weight 3 and the slot-less weight-0 server are stored; the weight-1 one is implied.
-    assert {e.key[3:]: e.value for e in by_set["nat_rs"]} == {("10.1.0.2", 8080): 3, ("10.1.0.4", 8080): 0}
+    assert {e.key[3:]: e.value for e in by_set["nat_rs"]} == {("10.1.0.2", 8080): 3, ("10.1.0.4", 8081): 0}
     assert built.dr_addresses == frozenset()
 
 

@@ -61,18 +61,28 @@ NAT_DAMAGE = {
     "NAT table deleted": "delete table {nat} kubelvs",
     "prerouting hook deleted": "delete chain {nat} kubelvs nat_pre",
     "the scheduler chain's rules deleted": "flush chain {nat} kubelvs nat_rr_3",
+}
+#: Damage to a shared NAT table (an mh service on one port: table 1, a map and a chain).
+NAT_TABLE_DAMAGE = {
+    "the table's chain lost its rules": "flush chain {nat} kubelvs nat_mh_t1",
+    "the table's slots deleted": "flush map {nat} kubelvs nat_tab_1",
+    "the service's port deleted": "delete element {nat} kubelvs nat_rport {{ {vip} . tcp . 80 }}",
     "the service's entry deleted": "delete element {nat} kubelvs nat_svc {{ {vip} . tcp . 80 }}",
 }
 
 
-@pytest.mark.parametrize("damage", list(DR_DAMAGE) + list(NAT_DAMAGE))
+@pytest.mark.parametrize("damage", list(DR_DAMAGE) + list(NAT_DAMAGE) + list(NAT_TABLE_DAMAGE))
 def test_damage_stops_traffic_and_the_next_full_sync_restores_it(env: Env, damage: str) -> None:
     _only_nftables(env)
-    script = DR_DAMAGE.get(damage) if env.mode is Forward.DR else NAT_DAMAGE.get(damage)
+    nat = {**NAT_DAMAGE, **NAT_TABLE_DAMAGE}
+    script = DR_DAMAGE.get(damage) if env.mode is Forward.DR else nat.get(damage)
     if script is None:
         pytest.skip(f"{damage}: not a {env.mode.value} table")
-    desired = env.sync(env.service("rr", [1, 1, 1]))
-    assert set(env.tally(env.ask(30))) == {"rs1", "rs2", "rs3"}
+    # mh hashes the client's address: requests from many addresses reach every real server.
+    maglev = damage in NAT_TABLE_DAMAGE
+    clients = env.sources(CLIENT_SOURCES) if maglev else ("",)
+    desired = env.sync(env.service("mh" if maglev else "rr", [1, 1, 1]))
+    assert set(env.tally(env.ask(1 if maglev else 30, sources=clients))) == {"rs1", "rs2", "rs3"}
     mark = mark_of(ipaddress.ip_address(env.rs_ip(0)))
     names = {"dr": "dr", "nat": "ip"} if env.family == 4 else {"dr": "dr6", "nat": "ip6"}
     script = script.format(eth0=_ifindex(env, "eth0"), mark=mark, vip=env.vip, **names)
@@ -83,7 +93,7 @@ def test_damage_stops_traffic_and_the_next_full_sync_restores_it(env: Env, damag
     assert any(_refused(env, source) for source in sources)
     assert env.backend.changed_elsewhere()
     env.sync(*desired.services.values())  # a full sync: refresh, read, plan, apply
-    assert set(env.tally(env.ask(30))) == {"rs1", "rs2", "rs3"}
+    assert set(env.tally(env.ask(1 if maglev else 30, sources=clients))) == {"rs1", "rs2", "rs3"}
     assert not env.backend.changed_elsewhere()
 
 

@@ -5,11 +5,12 @@ element``/``delete element`` lines.
 
 A service is nothing but elements of the maps schema.py declares: its entry in
 ``nat_svc``/``dr_svc`` (``goto`` the scheduler chain), its slots (wrr order or Maglev
-table, maglev.py: NAT one ``nat_slots`` element per slot, DR one ``dr_tab`` element
-naming a shared table of slots and weights, slottables.py), a ``*_rs`` element for each
-real server those cannot describe, and for TUN its key in ``tun_svc``. DR real servers
-also need neighbour elements (``dr_mac``/``dr_smac``/``dr_dev``), shared by every
-service that has them.
+table, maglev.py: DR one ``dr_tab`` element naming a shared table of slots and weights,
+slottables.py; NAT, when its real servers use one port, a shared table too, whose chain
+its ``nat_svc`` element goes to, and its port in ``nat_rport``; otherwise one
+``nat_slots`` element per slot), a ``*_rs`` element for each real server those cannot
+describe, and for TUN its key in ``tun_svc``. DR real servers also need neighbour
+elements (``dr_mac``/``dr_smac``/``dr_dev``), shared by every service that has them.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import NamedTuple
 
 from ...model import Forward, Protocol, RealServer, ServiceKey, VirtualService
 from .maglev import MAGLEV_SIZE, maglev_table, wrr_table
-from .schema import NAT_FAMILY, SUPPORTED_SCHEDULERS, TABLE, Element, Value, scheduler_chain
-from .slottables import Content
+from .schema import NAT_FAMILY, SUPPORTED_SCHEDULERS, TABLE, Element, Value, nat_table_chain, scheduler_chain
+from .slottables import Content, nat_tag
 
 __all__ = [
     "PROTO_TEXT",
@@ -42,11 +43,13 @@ __all__ = [
     "mark_address",
     "mark_of",
     "neighbour_elements",
+    "owner_names",
     "render_groups",
     "service_elements",
     "service_forward",
     "service_key",
     "service_text",
+    "shares_nat_table",
     "slot_order",
 ]
 
@@ -97,9 +100,12 @@ class Layout(NamedTuple):
     proto: str
     port: int
     chain: str
-    table: Sequence[str | None]  # slot -> owner's name (NAT "RIP:RPORT", DR "RIP"), None = empty
+    table: Sequence[
+        str | None
+    ]  # slot -> owner's name ("RIP", NAT on several ports "RIP:RPORT"), None = empty
     by_name: Mapping[str, tuple[RealServer, str]]  # owner's name -> (real server, RIP text)
-    content: Content | None  # DR: the shared table (slots, weights) it names (None: no slots)
+    # The shared table (slots, weights) it names (None: no slots, or NAT on several ports)
+    content: Content | None
     # The real servers the slots cannot describe (NAT: not weight 1 or no slot; DR: on
     # another port than the VIP's, or no table): one ``*_rs`` element each, its key after
     # ``VIP . proto . port`` (NAT: RIP . RPORT, DR: the mark) and its value (NAT: weight,
@@ -121,8 +127,8 @@ class _Owners(NamedTuple):
     tun: bool
 
 
-#: DR tables computed and kept (``_dr_table``): they are shared, so a cluster has few
-#: distinct ones. NAT tables carry every service's ports (each distinct): never kept.
+#: Shared tables computed and kept (``_dr_table``, ``_nat_table``): a cluster has few
+#: distinct ones. NAT tables of services on several ports carry their ports: never kept.
 _ORDER_CACHE = 1024
 
 
@@ -153,6 +159,44 @@ def _dr_table(
     )
 
 
+@functools.lru_cache(maxsize=_ORDER_CACHE)
+def _nat_table(
+    scheduler: str, flags: frozenset[str], family: int, weights: tuple[tuple[str, int], ...]
+) -> tuple[Sequence[str | None], Content | None]:
+    """A shared NAT table: its slots by owner (address), and its content (the owners'
+    addresses as integers, tagged with the family and the chain that DNATs with it)."""
+    table = slot_order(scheduler, dict(weights))
+    if not table:
+        return table, None
+    marks = {name: int(ip_of(name)) for name, _ in weights}
+    slotted = set(table)
+    tag = nat_tag(NAT_FAMILY[family], scheduler_chain("nat", scheduler, flags, len(table)))
+    return table, Content(
+        (marks[name] for name in table if name),
+        ((marks[name], weight) for name, weight in weights if weight != 1 or name not in slotted),
+        tag,
+    )
+
+
+def shares_nat_table(scheduler: str, rss: Sequence[RealServer]) -> bool:
+    """A NAT service's slots are a shared table when it hashes into 509 slots (sh, mh)
+    and its real servers use one port. rr and wrr keep their few slots (at most 64) per
+    service: a table is a map and a chain of its own, one more of each for every service
+    whose real servers no other service has, and 10,000 chains cost nft ~10x more than
+    elements (docs/nftables.md)."""
+    return scheduler in ("sh", "mh") and bool(rss) and all(rs.port == rss[0].port for rs in rss)
+
+
+def owner_names(svc: VirtualService) -> dict[str, RealServer]:
+    """The real servers of ``svc`` by the names its slot table gives them: their
+    addresses, or "RIP:RPORT" for a NAT service that has slots of its own.
+    ``explain``'s prediction uses them."""
+    rss = svc.realservers
+    if rss and rss[0].forward is Forward.NAT and not shares_nat_table(svc.scheduler, rss):
+        return {f"{ip_text(rs.address)}:{rs.port}": rs for rs in rss}
+    return {ip_text(rs.address): rs for rs in rss}
+
+
 def layout(svc: VirtualService) -> Layout:
     """What ``service_elements`` and ``service_text`` render ``svc`` from (its slots, its
     table's content): a transaction lays each service out once and passes it to both.
@@ -168,7 +212,7 @@ def layout(svc: VirtualService) -> Layout:
     rss = svc.realservers
     forward = rss[0].forward if rss else Forward.NAT
     if forward is Forward.NAT:
-        owners = _owners(svc.scheduler, key.port, rss, forward)
+        owners = _nat_owners(svc.scheduler, svc.flags, key.family, rss)
     elif forward is Forward.DR or forward is Forward.TUN:
         # Kept: a node change makes every Service's real servers the same new tuple, laid
         # out for one Service after another (the last one by identity: no tuple hashed).
@@ -234,6 +278,27 @@ def _owners(scheduler: str, port: int, rss: tuple[RealServer, ...], forward: For
     return _Owners(table, by_name, content, tuple(explicit), dr_addresses, tun)
 
 
+def _nat_owners(
+    scheduler: str, flags: frozenset[str], family: int, rss: tuple[RealServer, ...]
+) -> _Owners | None:
+    """The owners of a NAT service: on a shared table (``shares_nat_table``: named by
+    address, the port in ``nat_rport``), else its own slots (``_owners``)."""
+    port = rss[0].port if rss else -1
+    if not shares_nat_table(scheduler, rss):
+        return _owners(scheduler, port, rss, Forward.NAT)
+    by_name: dict[str, tuple[RealServer, str]] = {}
+    for rs in rss:
+        if rs.forward is not Forward.NAT:
+            return None
+        rip = ip_text(rs.address)
+        by_name[rip] = (rs, rip)
+    weights = tuple(sorted((name, rs.weight) for name, (rs, _) in by_name.items()))
+    table, content = _nat_table(scheduler, flags, family, weights)
+    if content is None:  # no slots: every real server in nat_rs (the service's own layout)
+        return _owners(scheduler, port, rss, Forward.NAT)
+    return _Owners(table, by_name, content, (), frozenset(), False)
+
+
 #: DR owners, kept: NAT owners carry each Service's NodePorts (all distinct), DR ones the
 #: nodes' addresses, so a cluster has few distinct ones (and shares their tuple:
 #: model.shared_realservers).
@@ -254,6 +319,14 @@ def service_elements(svc: VirtualService, table_for: TableFor, lay: Layout | Non
     lay = lay or layout(svc)
     kind, family = lay.kind, lay.family
     prefix = (lay.vip, lay.proto, lay.port)
+    if kind == "nat" and lay.content is not None:
+        # A shared NAT table: its chain is the service's entry, its port is in nat_rport.
+        chain = nat_table_chain(lay.chain, table_for(lay.content))
+        port = next(iter(lay.by_name.values()))[0].port
+        entry = Element(family, "nat_svc", prefix, f"goto {chain}")
+        return ServiceElements(
+            frozenset((entry, Element(family, "nat_rport", prefix, port))), lay.dr_addresses
+        )
     own: list[Element] = [Element(family, f"{kind}_svc", prefix, f"goto {lay.chain}")]
     if kind == "nat":
         own += [
@@ -318,6 +391,11 @@ def service_text(
     lay = lay or layout(svc)
     kind, family, port = lay.kind, lay.family, lay.port
     prefix = f"{lay.vip} . {lay.proto} . {port}"
+    if kind == "nat" and lay.content is not None:  # a shared NAT table (service_elements)
+        chain = nat_table_chain(lay.chain, table_for(lay.content))
+        _list(out, family, "nat_svc").append(f"{prefix} : goto {chain}")
+        _list(out, family, "nat_rport").append(f"{prefix} : {next(iter(lay.by_name.values()))[0].port}")
+        return lay.dr_addresses
     _list(out, family, f"{kind}_svc").append(f"{prefix} : goto {lay.chain}")
     if kind == "nat":
         values = {name: f"{rip} . {rs.port}" for name, (rs, rip) in lay.by_name.items()}

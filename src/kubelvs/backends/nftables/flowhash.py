@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 
 from ...model import Forward, Prediction, VirtualService
-from .elements import slot_order
+from .elements import owner_names, slot_order
 from .schema import HASH_SEED
 
 __all__ = ["flow_key", "jhash", "predict", "slot"]
@@ -104,8 +104,7 @@ def slot(source: str, source_port: int | None, modulus: int, seed: int) -> int:
 def predict(svc: VirtualService, client: str, client_port: int | None) -> Prediction:
     """What the nftables data plane does with a new flow from ``client`` to ``svc``."""
     nat = bool(svc.realservers) and svc.realservers[0].forward is Forward.NAT
-    # The owners as the backend names them (elements.py): NAT "RIP:RPORT", DR the address.
-    names = {(f"{rs.address}:{rs.port}" if nat else str(rs.address)): rs for rs in svc.realservers}
+    names = owner_names(svc)  # as the backend names them in its slot tables
     weights = {name: rs.weight for name, rs in names.items()}
     if svc.scheduler in ("rr", "wrr"):
         if nat:

@@ -40,6 +40,7 @@ _SUBSYS = 10 << 8  # NFNL_SUBSYS_NFTABLES
 NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE = 0, 1
 NFT_MSG_NEWCHAIN, NFT_MSG_GETCHAIN = 3, 4
 NFT_MSG_NEWRULE, NFT_MSG_GETRULE = 6, 7
+NFT_MSG_NEWSET, NFT_MSG_GETSET = 9, 10
 NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM = 12, 13
 NFT_MSG_NEWGEN, NFT_MSG_GETGEN = 15, 16
 NFT_MSG_NEWOBJ, NFT_MSG_GETOBJ = 18, 19
@@ -47,6 +48,7 @@ _NAMES = {
     NFT_MSG_GETTABLE: "NFT_MSG_GETTABLE",
     NFT_MSG_GETCHAIN: "NFT_MSG_GETCHAIN",
     NFT_MSG_GETRULE: "NFT_MSG_GETRULE",
+    NFT_MSG_GETSET: "NFT_MSG_GETSET",
     NFT_MSG_GETSETELEM: "NFT_MSG_GETSETELEM",
     NFT_MSG_GETGEN: "NFT_MSG_GETGEN",
     NFT_MSG_GETOBJ: "NFT_MSG_GETOBJ",
@@ -57,6 +59,7 @@ FAMILIES = {"ip": 2, "ip6": 10, "netdev": 5}
 NFTA_TABLE_NAME, NFTA_TABLE_USERDATA = 1, 6
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN = 1, 2
 NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK = 1, 3, 4
+NFTA_SET_TABLE, NFTA_SET_NAME = 1, 2
 NFTA_HOOK_DEV, NFTA_HOOK_DEVS = 3, 4
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_USERDATA = 1, 2, 6
@@ -268,6 +271,20 @@ class NftNetlink:
                                 break
             if owner == table and name is not None:
                 out.append((name, device))
+        return out
+
+    def set_names(self, family: str, table: str) -> list[str]:
+        """The names of every set and map of ``table`` (anonymous ones included)."""
+        out: list[str] = []
+        for msg in self._request(NFT_MSG_GETSET, FAMILIES[family], b"", dump=True) or []:
+            owner = name = None
+            for kind, start, end in _attrs(msg, 0, len(msg)):
+                if kind == NFTA_SET_TABLE:
+                    owner = _cstr(msg, start, end)
+                elif kind == NFTA_SET_NAME:
+                    name = _cstr(msg, start, end)
+            if owner == table and name is not None:
+                out.append(name)
         return out
 
     def ct_timeout(self, family: str, table: str, name: str) -> dict[int, int] | None:

@@ -29,7 +29,17 @@ from ...errors import BackendError
 from ...kernel.netns import entered
 from ...model import Forward, ObservedState, ServiceKey, VirtualService
 from . import tunnel
-from .elements import PROTO_TEXT, Layout, Neighbour, ip_text, layout, mark_of, service_elements, service_key
+from .elements import (
+    PROTO_TEXT,
+    Layout,
+    Neighbour,
+    ip_of,
+    ip_text,
+    layout,
+    mark_of,
+    service_elements,
+    service_key,
+)
 from .netlink import NftNetlink, RawElement
 from .readback import ParsedTables, decode_counters, parse_raw, stats_of
 from .schema import (
@@ -37,6 +47,8 @@ from .schema import (
     DEVICE_CHAIN_RULES,
     FAMILIES,
     NAT_FAMILIES,
+    NAT_FAMILY,
+    NAT_TABLE_RULES,
     NEIGHBOUR_SETS,
     PER_SERVICE_SETS,
     SETS,
@@ -46,11 +58,17 @@ from .schema import (
     VERSIONS,
     Element,
     Found,
+    delete_nat_table_text,
     device_chain_name,
+    nat_table_chain,
+    nat_table_map,
+    nat_table_text,
     needs_rebuild,
+    parse_nat_table_chain,
+    parse_nat_table_map,
     repair_text,
 )
-from .slottables import Content, SlotTables
+from .slottables import SPACES, Content, NatRead, SlotTables, TableSpaces, nat_tag
 
 __all__ = ["Picture", "load", "read_counters", "read_tables", "stale_counters"]
 
@@ -91,7 +109,7 @@ class Picture:
     # NAT tables made again whole by the next apply (schema.needs_rebuild)
     rebuild: frozenset[str] = frozenset()
     tunnels: tunnel.TunnelState = field(default_factory=tunnel.TunnelState)  # TUN: IPIP devices, tun_dev
-    tables: SlotTables = field(default_factory=SlotTables)  # the shared DR slot tables
+    tables: TableSpaces = field(default_factory=TableSpaces)  # the shared slot tables
     # The ruleset generation this picture is exact for (None: unknown). Every committed
     # nftables transaction in the namespace, anyone's, increments it; as long as it has
     # not moved, the tables are as pictured and a read only needs the counters.
@@ -128,7 +146,10 @@ def _dump(nl: NftNetlink) -> _Dumped:
         version = VERSIONS[family]
         if not any(name == version for name, _ in chains[family]) and comment != TABLE_COMMENTS[family]:
             continue  # not ours: refused by ``load``, its elements are not even read
-        for name in SETS[family]:
+        names = list(SETS[family])
+        if family in NAT_FAMILIES:  # and the maps of its shared tables
+            names += sorted(n for n in nl.set_names(family, TABLE) if parse_nat_table_map(n) is not None)
+        for name in names:
             raws = nl.elements(family, TABLE, name)
             if raws is not None:
                 sets[(family, name)] = raws
@@ -220,22 +241,50 @@ def _picture(
         if built.dr_addresses:
             pic.dr_of[key] = built.dr_addresses
             pic.dr_refs.update(built.dr_addresses)
-    named = {
-        service_key(e.key): int(e.value)
+    named: dict[ServiceKey, tuple[str, int]] = {  # service -> (space, table it names)
+        service_key(e.key): ("netdev", int(e.value))
         for e in [*parsed.by_set.get("dr_tab", ()), *parsed.by_set.get("dr6_tab", ())]
     }
-    wanted: dict[int, list[Content]] = {}
+    for e in parsed.by_set.get("nat_svc", ()):
+        if isinstance(e.value, str) and (chain := parse_nat_table_chain(e.value[5:])) is not None:
+            named[service_key(e.key)] = (e.family, chain[1])
+    wanted: dict[str, dict[int, list[Content]]] = {space: {} for space in SPACES}
     for key, content in contents.items():
-        if key in named:
-            wanted.setdefault(named[key], []).append(content)
-    tables = SlotTables.read(parsed.by_set.get("dr_slots", ()), parsed.by_set.get("dr_weights", ()), wanted)
+        if (space_table := named.get(key)) is not None:
+            wanted[space_table[0]].setdefault(space_table[1], []).append(content)
+    nat = _nat_tables(parsed, found)
+    weights = parsed.by_set.get("nat_weights", ())
+    tables = TableSpaces(
+        {
+            "netdev": SlotTables.read(
+                parsed.by_set.get("dr_slots", ()), parsed.by_set.get("dr_weights", ()), wanted["netdev"]
+            ),
+            **{
+                family: SlotTables.read(
+                    (),
+                    [e for e in weights if e.family == family],
+                    wanted[family],
+                    nat.get(family, {}),
+                    {tid for space, tid in named.values() if space == family},
+                )
+                for family in NAT_FAMILIES
+            },
+        }
+    )
     for key, content in contents.items():
         head = (ip_text(key.address), PROTO_TEXT[key.protocol], key.port)  # type: ignore[arg-type]
+        if content.tag:  # a shared NAT table: the service's entry goes to its chain
+            base = content.tag.split(" ")[1]
+            family = NAT_FAMILY[key.family]
+            expected.discard(Element(family, "nat_svc", head, f"goto {nat_table_chain(base, 0)}"))
+            entry = f"goto {nat_table_chain(base, tables.lookup(content))}"
+            expected.add(Element(family, "nat_svc", head, entry))
+            continue
         tab = "dr_tab" if key.family == 4 else "dr6_tab"
         expected.discard(Element("netdev", tab, head, 0))
         expected.add(Element("netdev", tab, head, tables.lookup(content)))
-    for tid in named.values():
-        tables.use(tid)
+    for space, tid in named.values():
+        tables.spaces[space].use(tid)
     pic.tables = tables
     present = {e for name in PER_SERVICE_SETS for e in parsed.by_set.get(name, ())}
     differ = present.symmetric_difference(expected)
@@ -255,6 +304,35 @@ def _picture(
     _neighbours(pic, parsed, ifindex)
     pic.tunnels = tunnel.TunnelState.load(netns, parsed.by_set, parsed.services)
     return pic
+
+
+def _nat_tables(parsed: ParsedTables, found: Found) -> dict[str, dict[int, NatRead]]:
+    """The shared NAT tables a read found, per family, whole or not: a chain
+    (``nat_mh_t3``) with its rules and its map (``nat_tab_3``)."""
+    chains: dict[tuple[str, int], list[str]] = {}
+    for family, name in found.rules:
+        if family in NAT_FAMILIES and (chain := parse_nat_table_chain(name)) is not None:
+            chains.setdefault((family, chain[1]), []).append(name)
+    maps = {
+        (family, tid)
+        for family, name in found.sets
+        if family in NAT_FAMILIES and (tid := parse_nat_table_map(name)) is not None
+    }
+    out: dict[str, dict[int, NatRead]] = {}
+    for family, tid in chains.keys() | maps:
+        names, has_map = chains.get((family, tid), []), (family, tid) in maps
+        delete = "".join(delete_nat_table_text(family, name, tid, has_map=False) for name in names)
+        delete += delete_nat_table_text(family, None, tid) if has_map else ""
+        if len(names) != 1:
+            out.setdefault(family, {})[tid] = NatRead("", {}, "", delete)  # no chain, or two: deleted
+            continue
+        base = names[0].rpartition("_t")[0]
+        members = [e for e in parsed.by_set.get(nat_table_map(tid), ()) if e.family == family]
+        slots = {int(e.key[0]): int(ip_of(str(e.value))) for e in members}
+        whole = has_map and found.rules[(family, names[0])] == NAT_TABLE_RULES
+        fix = "" if whole else nat_table_text(family, base, tid, fix=(has_map, True))
+        out.setdefault(family, {})[tid] = NatRead(nat_tag(family, base), slots, fix, delete)
+    return out
 
 
 def _no_table_yet(content: Content) -> int:

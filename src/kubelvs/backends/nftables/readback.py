@@ -8,9 +8,10 @@ servers those elements describe, their counters, and the timeouts.
 
 A service is recognised by its ``nat_svc``/``dr_svc`` element (``goto`` a scheduler
 chain, whose name is the scheduler and flags); its real servers come from its slots
-(NAT ``nat_slots``: weight 1; DR the shared table its ``dr_tab`` names: its slots'
-owners and its ``dr_weights``, port = VIP port) and its ``*_rs`` elements (everything
-else).
+(NAT ``nat_slots``: weight 1; NAT on a shared table, the table its chain names: its
+slots' owners and its ``nat_weights``, port from ``nat_rport``; DR the shared table its
+``dr_tab`` names: its slots' owners and its ``dr_weights``, port = VIP port) and its
+``*_rs`` elements (everything else).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from .schema import (
     Value,
     address_size,
     parse_device_chain,
+    parse_nat_table_chain,
+    parse_nat_table_map,
     parse_scheduler_chain,
 )
 from .slottables import tables_of
@@ -202,7 +205,12 @@ class _RawDecoder:
         return found
 
     def decode(self, family: str, name: str, raws: Iterable[Any]) -> tuple[list[Element], Counters]:
-        key_of, value_of = self._codec(name, address_size(family, name))
+        key_of: Callable[[bytes], tuple[str | int, ...]]
+        value_of: Callable[[Any], Value]
+        if parse_nat_table_map(name) is not None:  # a shared NAT table: slot -> RIP
+            key_of, value_of = _U32.unpack_from, functools.partial(_nat_owner, 16 if family == "ip6" else 4)
+        else:
+            key_of, value_of = self._codec(name, address_size(family, name))
         make = Element._make
         out: list[Element] = []
         counters: Counters = {}
@@ -230,6 +238,10 @@ class _RawDecoder:
             return prefix, lambda raw: u32(raw.data, 0)[0]
         if name in ("tun_svc", "tun6_svc"):
             return prefix, lambda raw: None
+        if name == "nat_rport":
+            return prefix, lambda raw: be16(raw.data, 0)[0]
+        if name == "nat_weights":  # table . RIP -> weight
+            return lambda k: (*u32(k, 0), ntoa(k[4 : 4 + size])), lambda raw: u32(raw.data, 0)[0]
 
         def slot_key(k: bytes) -> tuple[str | int, ...]:  # VIP . proto . port . slot/mark
             return (*prefix(k), *u32(k, end))
@@ -284,6 +296,11 @@ class _RawDecoder:
             "tun6_addr": lambda raw: ntoa(raw.data),
         }
         return keyed, values.get(name, lambda raw: None)
+
+
+def _nat_owner(size: int, raw: Any) -> Value:
+    """The owner of a shared NAT table's slot: its address (``size`` bytes)."""
+    return _ntoa(raw.data[:size])
 
 
 def _ntoa(packed: bytes) -> str:
@@ -468,6 +485,23 @@ def _rebuild(
             rip = mark_address(int(e.value))  # type: ignore[arg-type]
             if (rip, -1) not in m:
                 m[(rip, -1)] = real(rip, int(e.key[2]), 1, True)
+    # NAT services on a shared table: its owners (``nat_tab_<table>``) and its weights
+    # (``nat_weights``), at the service's port (``nat_rport``; without it, none).
+    rports = {e.key: int(e.value) for e in by_set.get("nat_rport", ())}  # type: ignore[arg-type]
+    nat_tables: dict[tuple[str, int], dict[str, int]] = {}  # (family, table) -> RIP -> weight
+    for name, items in by_set.items():
+        if (table_id := parse_nat_table_map(name)) is not None:
+            for e in items:  # ip and ip6 number their tables each
+                nat_tables.setdefault((e.family, table_id), {})[str(e.value)] = 1
+    for e in by_set.get("nat_weights", ()):
+        if (nat_table := nat_tables.get((e.family, int(e.key[0])))) is not None:
+            nat_table[str(e.key[1])] = int(e.value)  # type: ignore[arg-type]
+    for e in by_set.get("nat_svc", ()):
+        m = members.get(e.key)
+        chain = parse_nat_table_chain(e.value[5:]) if isinstance(e.value, str) else None
+        if m is not None and chain is not None and (service_port := rports.get(e.key)) is not None:
+            for rip, weight in nat_tables.get((e.family, chain[1]), {}).items():
+                m[(rip, service_port)] = real(rip, service_port, weight, False)
     # ... and what the slots cannot say: weights other than 1, slot-less real servers, DR ports.
     for e in by_set.get("nat_rs", ()):
         m = members.get(e.key[:3])

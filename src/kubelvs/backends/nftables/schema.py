@@ -24,6 +24,14 @@ chain costs ~10x more at 10,000 services):
                         describe (weight != 1, or no slot: weight 0); read back only
 ``nat_rs``              ``VIP . proto . port . RIP . RPORT -> weight``, only for real servers
                         the slots do not describe (weight != 1, or no slot: weight 0)
+``nat_rport``           ``VIP . proto . port -> RPORT``: the port of an sh/mh NAT service whose
+                        real servers all use one port (a Kubernetes Service's NodePort); its
+                        slots are then a *shared* table (slottables.py): ``nat_tab_<table>``
+                        (``slot -> RIP``, one map per table) and a chain per (scheduler, table)
+                        (``nat_mh_t3``, ``nat_sh_p_t7``) that DNATs to the slot's owner at the
+                        service's port, which its ``nat_svc`` element goes to
+``nat_weights``         ``table . RIP -> weight``: a shared NAT table's members its slots do
+                        not describe (as ``dr_weights``); read back only
 ``dr_rs``               ``VIP . proto . port . RIP -> RPORT . weight``: DR real servers on
                         another port than the VIP's, or of a service without slots
 ``dr_in``               ``VIP . proto . port . RIP`` with a counter, added by the packet path
@@ -45,8 +53,13 @@ cannot nest two lookups in one expression, so the mark carries the table number 
 them (DR owns the mark: it is the RIP from there on, and the frame leaves by ``fwd``).
 In a cluster almost every Service has the same real servers (the nodes), so 10,000
 ``mh`` services are 10,000 ``dr_tab`` elements and one 509-slot table, not 5 million slots.
-NAT keeps per-service slots: its mark belongs to the host's routing (kube-proxy's
-masquerade bit, policy routing), so nothing is left to carry a table number in.
+NAT cannot carry the number in the mark: after DNAT the mark belongs to the host's
+routing (kube-proxy's masquerade bit, policy routing). Its shared tables therefore each
+have a chain of their own, which the services' ``nat_svc`` elements go to: the chain *is*
+the table number, and its DNAT takes the address from the table's map and the port from
+``nat_rport`` (two lookups, one for each half of the target, which nft takes where it
+refuses one lookup inside another). rr/wrr NAT services and those whose real servers use
+several ports keep per-service slots (``nat_slots``: elements.shares_nat_table says why).
 
 A scheduler chain turns the packet into a slot: ``numgen inc mod N`` (NAT rr/wrr: per
 new connection, conntrack keeps the rest), ``jhash`` of the flow ``mod N`` (DR rr/wrr:
@@ -81,6 +94,7 @@ __all__ = [
     "MARKERS",
     "NAT_FAMILIES",
     "NAT_FAMILY",
+    "NAT_TABLE_RULES",
     "NEIGHBOUR_SETS",
     "NETDEV_VERSION",
     "PER_SERVICE_SETS",
@@ -101,10 +115,16 @@ __all__ = [
     "address_size",
     "declarations",
     "delete_device_chain_text",
+    "delete_nat_table_text",
     "device_chain_name",
     "device_chain_text",
+    "nat_table_chain",
+    "nat_table_map",
+    "nat_table_text",
     "needs_rebuild",
     "parse_device_chain",
+    "parse_nat_table_chain",
+    "parse_nat_table_map",
     "parse_scheduler_chain",
     "repair_text",
     "scheduler_chain",
@@ -140,8 +160,8 @@ CT_DEFAULTS = {"established": 432000, "fin_wait": 120, "time_wait": 120, "replie
 COUNTER_SET_SIZE = 1048576
 #: Every set and map of the skeleton, per family: what a read dumps.
 SETS = {
-    "ip": ("nat_svc", "nat_slots", "nat_rs", "nat_in", "nat_out"),
-    "ip6": ("nat_svc", "nat_slots", "nat_rs", "nat_in", "nat_out"),
+    "ip": ("nat_svc", "nat_slots", "nat_rs", "nat_rport", "nat_weights", "nat_in", "nat_out"),
+    "ip6": ("nat_svc", "nat_slots", "nat_rs", "nat_rport", "nat_weights", "nat_in", "nat_out"),
     "netdev": (
         "dr_svc",
         "dr_tab",
@@ -171,7 +191,7 @@ SETS = {
 #: DR slot tables (slottables.py), the DR neighbours, the packet path's counters.
 PER_SERVICE_SETS = frozenset(
     {
-        *("nat_svc", "dr_svc", "nat_slots", "dr_tab", "nat_rs", "dr_rs", "tun_svc"),
+        *("nat_svc", "dr_svc", "nat_slots", "dr_tab", "nat_rs", "nat_rport", "dr_rs", "tun_svc"),
         *("dr6_svc", "dr6_tab", "dr6_rs", "tun6_svc"),
     }
 )
@@ -231,8 +251,36 @@ def scheduler_chain(kind: str, scheduler: str, flags: frozenset[str], slots: int
     return f"{kind}_{scheduler}" + (f"_{suffix}" if suffix else "") + ("" if slots else "_0")
 
 
+def nat_table_chain(chain: str, table: int) -> str:
+    """The chain of shared NAT table ``table`` for services of scheduler chain ``chain``."""
+    return f"{chain}_t{table}"
+
+
+def nat_table_map(table: int) -> str:
+    """The map of shared NAT table ``table``'s slots (``slot -> RIP``)."""
+    return f"nat_tab_{table}"
+
+
+def parse_nat_table_chain(chain: str) -> tuple[str, int] | None:
+    """Inverse of ``nat_table_chain``: (scheduler chain, table), None for any other name."""
+    base, sep, table = chain.rpartition("_t")
+    if not sep or not table.isdigit() or not base.startswith("nat_") or parse_scheduler_chain(base) is None:
+        return None
+    return base, int(table)
+
+
+def parse_nat_table_map(name: str) -> int | None:
+    """Inverse of ``nat_table_map``: the table, None for any other name."""
+    rest = name[len("nat_tab_") :]
+    return int(rest) if name.startswith("nat_tab_") and rest.isdigit() else None
+
+
 def parse_scheduler_chain(chain: str) -> tuple[str, frozenset[str]] | None:
-    """Inverse of ``scheduler_chain``: (scheduler, flags), None for a foreign name."""
+    """Inverse of ``scheduler_chain``: (scheduler, flags), None for a foreign name. The
+    chain of a shared NAT table (``nat_table_chain``) names its scheduler the same way."""
+    nat_table = chain.rpartition("_t")
+    if nat_table[1] and nat_table[2].isdigit():
+        chain = nat_table[0]
     parts = chain.split("_")
     if len(parts) < 2 or parts[0] not in ("nat", "dr", "dr6") or parts[1] not in SUPPORTED_SCHEDULERS:
         return None
@@ -276,6 +324,42 @@ class ChainDecl(NamedTuple):
     name: str
     head: str  # "type ... hook ...; policy ...;" for a base chain, "" otherwise
     rules: tuple[str, ...] | None
+
+
+def nat_table_text(family: str, chain: str, table: int, *, fix: tuple[bool, bool] | None = None) -> str:
+    """Make shared NAT table ``table`` for scheduler chain ``chain`` (``nat_mh``,
+    ``nat_sh_p``) in ``family``'s table: its map of slots and its chain, whose DNAT
+    takes the address from the map (the slot: a hash of the source, and its port with
+    a ``-port`` flag) and the port from ``nat_rport``. ``fix``: (its map is there, its
+    chain is there) when part of it is: only the rest is made, and the chain's rules are
+    written again."""
+    l3 = family
+    scheduler, flags = parse_scheduler_chain(chain) or ("mh", frozenset())
+    source = f"{l3} saddr . th sport" if f"{scheduler}-port" in flags else f"{l3} saddr"
+    name, tab = nat_table_chain(chain, table), nat_table_map(table)
+    has_map, has_chain = fix or (False, False)
+    out = "" if has_map else f"add map {family} {TABLE} {tab} {{ typeof numgen inc mod 2 : {l3} daddr; }}\n"
+    out += f"flush chain {family} {TABLE} {name}\n" if has_chain else f"add chain {family} {TABLE} {name}\n"
+    return out + (
+        f"add rule {family} {TABLE} {name} jump {TIMEOUT_CHAIN}\n"
+        f"add rule {family} {TABLE} {name} meta l4proto {{ tcp, udp, sctp }} dnat {l3} to"
+        f" jhash {source} mod {MAGLEV_SIZE} seed {HASH_SEED:#x} map @{tab} : {_key(family)} map @nat_rport\n"
+    )
+
+
+#: The rules of a shared NAT table's chain (``nat_table_text``).
+NAT_TABLE_RULES = 2
+
+
+def delete_nat_table_text(family: str, chain: str | None, table: int, *, has_map: bool = True) -> str:
+    """Delete shared NAT table ``table``: its chain (``chain``: its full name, None when
+    it has none) and its map. After the elements that go to the chain are deleted."""
+    out = ""
+    if chain is not None:
+        out += f"flush chain {family} {TABLE} {chain}\ndelete chain {family} {TABLE} {chain}\n"
+    if has_map:
+        out += f"delete map {family} {TABLE} {nat_table_map(table)}\n"
+    return out
 
 
 def _scheduler_chains(kind: str, family: str) -> list[ChainDecl]:
@@ -331,6 +415,8 @@ def declarations(family: str, *, tun: bool = False) -> tuple[tuple[SetDecl, ...]
             SetDecl(family, "map", "nat_svc", f"typeof {key} : verdict;"),
             SetDecl(family, "map", "nat_slots", f"typeof {key} . numgen inc mod 2 : {l3} daddr . th dport;"),
             SetDecl(family, "map", "nat_rs", f"typeof {key} . {l3} daddr . th dport : meta mark;"),
+            SetDecl(family, "map", "nat_rport", f"typeof {key} : th dport;"),
+            SetDecl(family, "map", "nat_weights", f"typeof meta mark . {l3} daddr : meta mark;"),
             # Counters appear when traffic flows (``update`` from the packet path): a sync
             # writes none of them, which halves the elements of a cold sync.
             SetDecl(

@@ -1,4 +1,4 @@
-"""Shared DR slot tables (nftables backend, pure): which tables exist, which services use
+"""Shared slot tables (nftables backend, pure): which tables exist, which services use
 each, and what one transaction changes of that.
 
 A DR service's slots are a *table* (``dr_slots``: ``table . slot -> RIP``) that its
@@ -11,33 +11,64 @@ the elements of each service that uses it. A table lives while a service uses it
 last one to leave deletes it in the same transaction. Table numbers are local to a
 director (only the tables' contents must agree between directors, and they do: they are
 a pure function of the real servers).
+
+NAT services whose real servers all use one port share tables the same way; such a
+table is a map of its own in a NAT family's table (``nat_tab_<table>``: ``slot -> RIP``),
+its weights are in ``nat_weights``, and a chain of its own (``nat_mh_t3``) does the
+DNAT (schema.nat_table_text). Its content carries a *tag*, the family and the scheduler
+chain (``ip nat_mh``): tables of different tags are different tables. Each kubelvs table
+(``netdev`` for DR, ``ip`` and ``ip6`` for NAT) numbers its slot tables itself
+(``TableSpaces``), so that a repair that makes one of them anew numbers its slot tables
+as before.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from .schema import Element
+from .schema import Element, delete_nat_table_text, nat_table_chain, nat_table_map, nat_table_text
 
-__all__ = ["Content", "SlotTables", "TableChange", "table_elements", "tables_of"]
+__all__ = [
+    "Content",
+    "NatRead",
+    "NatTable",
+    "SlotTables",
+    "TableChange",
+    "TableChanges",
+    "TableSpaces",
+    "nat_tag",
+    "space_of",
+    "table_elements",
+    "tables_of",
+]
+
+
+def nat_tag(family: str, chain: str) -> str:
+    """The tag of a shared NAT table's content: its family and scheduler chain."""
+    return f"{family} {chain}"
 
 
 class Content(tuple[int, ...]):
-    """A table: its slots in order, each the owner's mark (the RIP as u32), and in
-    ``weights`` the (mark, weight) of the members the slots do not describe (weight 0 or
-    other than 1), by mark; two tables are equal when both are. Hashed once: a node
-    change looks each Service's old and new table up several times, and hashing 509
-    marks costs more than the rest of a lookup."""
+    """A table: its slots in order, each the owner's mark (DR: the RIP as u32, or an
+    IPv6 real server's id; NAT: the RIP as an integer), and in ``weights`` the (mark,
+    weight) of the members the slots do not describe (weight 0 or other than 1), by
+    mark; ``tag`` is "" for a DR table and ``nat_tag`` for a NAT one. Two tables are
+    equal when all three are. Hashed once: a node change looks each Service's old and
+    new table up several times, and hashing 509 marks costs more than the rest of a
+    lookup."""
 
     weights: tuple[tuple[int, int], ...]
+    tag: str
     _hash: int
 
-    def __new__(cls, marks: Iterable[int], weights: Iterable[tuple[int, int]] = ()) -> Content:
+    def __new__(cls, marks: Iterable[int], weights: Iterable[tuple[int, int]] = (), tag: str = "") -> Content:
         content = super().__new__(cls, marks)
         content.weights = tuple(sorted(weights))
-        content._hash = hash((tuple.__hash__(content), content.weights))
+        content.tag = tag
+        content._hash = hash((tuple.__hash__(content), content.weights, tag))
         return content
 
     def __hash__(self) -> int:
@@ -48,81 +79,168 @@ class Content(tuple[int, ...]):
             return True
         if not isinstance(other, Content):
             return NotImplemented
-        return self._hash == other._hash and self.weights == other.weights and tuple.__eq__(self, other)
+        return (
+            self._hash == other._hash
+            and self.weights == other.weights
+            and self.tag == other.tag
+            and tuple.__eq__(self, other)
+        )
 
     def __ne__(self, other: object) -> bool:
         return not self == other
 
+    @property
+    def nat(self) -> NatTable | None:
+        """Where a NAT table lives (None for a DR table)."""
+        if not self.tag:
+            return None
+        family, chain = self.tag.split(" ")
+        return NatTable(family, chain)
+
+
+@dataclass(frozen=True, slots=True)
+class NatRead:
+    """A shared NAT table as a read found it: ``tag`` from its chain's name ("" when it
+    has no chain), its slots (slot -> owner's address as an integer; empty without a
+    map), ``fix``: the commands that make it whole again ("" when it is), ``delete``:
+    those that delete what there is of it."""
+
+    tag: str
+    slots: Mapping[int, int]
+    fix: str
+    delete: str
+
+
+@dataclass(frozen=True, slots=True)
+class NatTable:
+    """The family and scheduler chain of a shared NAT table."""
+
+    family: str
+    chain: str
+
+    def address(self, mark: int) -> str:
+        """The address text of a member's mark (its address as an integer)."""
+        if self.family == "ip":
+            return str(ipaddress.IPv4Address(mark))
+        return str(ipaddress.IPv6Address(mark))
+
 
 def table_elements(tid: int, content: Content) -> Iterator[Element]:
     """The elements of table ``tid`` holding ``content``: its slots and its weights."""
-    yield from (Element("netdev", "dr_slots", (tid, slot), mark) for slot, mark in enumerate(content))
-    yield from (Element("netdev", "dr_weights", (tid, mark), weight) for mark, weight in content.weights)
+    return _elements(tid, dict(enumerate(content)), dict(content.weights), content.nat)
 
 
-def _elements(tid: int, slots: Mapping[int, int], weights: Mapping[int, int]) -> Iterator[Element]:
-    yield from (Element("netdev", "dr_slots", (tid, slot), mark) for slot, mark in slots.items())
-    yield from (Element("netdev", "dr_weights", (tid, mark), weight) for mark, weight in weights.items())
+def _elements(
+    tid: int, slots: Mapping[int, int], weights: Mapping[int, int], nat: NatTable | None = None
+) -> Iterator[Element]:
+    if nat is None:
+        yield from (Element("netdev", "dr_slots", (tid, slot), mark) for slot, mark in slots.items())
+        yield from (Element("netdev", "dr_weights", (tid, mark), w) for mark, w in weights.items())
+        return
+    family, tab, address = nat.family, nat_table_map(tid), nat.address
+    yield from (Element(family, tab, (slot,), address(mark)) for slot, mark in slots.items())
+    yield from (Element(family, "nat_weights", (tid, address(mark)), w) for mark, w in weights.items())
 
 
 def tables_of(elements: Iterable[Element]) -> dict[int, dict[int, int]]:
     """The tables as read, by table: ``dr_slots`` elements as slot -> mark, ``dr_weights``
-    ones as mark -> weight."""
+    and ``nat_weights`` ones as mark -> weight (a NAT member's mark is its address)."""
     out: dict[int, dict[int, int]] = {}
     for e in elements:
         tid, second = e.key
-        out.setdefault(int(tid), {})[int(second)] = int(e.value)  # type: ignore[arg-type]
+        mark = int(ipaddress.ip_address(second)) if isinstance(second, str) else int(second)
+        out.setdefault(int(tid), {})[mark] = int(e.value)  # type: ignore[arg-type]
     return out
 
 
-def _content(slots: Mapping[int, int], weights: Mapping[int, int]) -> Content | None:
+def _weight_elements(tid: int, read: Iterable[Element]) -> frozenset[Element]:
+    """The weight elements of table ``tid`` as read."""
+    return frozenset(e for e in read if int(e.key[0]) == tid)
+
+
+def _delete_nat(tag: str, tid: int) -> str:
+    """The commands that delete NAT table ``tid`` of ``tag`` (its chain and its map)."""
+    family, chain = tag.split(" ")
+    return delete_nat_table_text(family, nat_table_chain(chain, tid), tid)
+
+
+def _content(slots: Mapping[int, int], weights: Mapping[int, int], tag: str) -> Content | None:
     """The table as read, None when some slot is missing (damaged: never reused)."""
     n = len(slots)
     if any(i not in slots for i in range(n)):
         return None
-    return Content((slots[i] for i in range(n)), weights.items())
+    return Content((slots[i] for i in range(n)), weights.items(), tag)
 
 
 @dataclass
 class SlotTables:
-    """The DR slot tables in the kernel: the live ones (a service uses them) and the
+    """The slot tables in the kernel: the live ones (a service uses them) and the
     others, deleted by the next apply."""
 
     content: dict[int, Content] = field(default_factory=dict)  # table -> its slots
     by_content: dict[Content, int] = field(default_factory=dict)
     refs: Counter[int] = field(default_factory=Counter)  # table -> services that use it
     orphans: dict[int, frozenset[Element]] = field(default_factory=dict)  # table -> its elements
+    # NAT tables read: the commands that delete what there is of them (a table made
+    # since is deleted whole: ``_delete_nat``); those that no service names and are not
+    # whole, or a map without its chain, are deleted by the next apply (``broken``);
+    # those that services name are made whole again (``fixes``: the commands).
+    deletes: dict[int, str] = field(default_factory=dict)
+    broken: set[int] = field(default_factory=set)
+    fixes: dict[int, str] = field(default_factory=dict)
     # Live tables whose slots were edited by hand: the kernel's slots as read, put back
     # by the next apply.
     repairs: dict[int, frozenset[Element]] = field(default_factory=dict)
     next_tid: int = 1
 
     def damaged(self) -> bool:
-        return bool(self.orphans or self.repairs or self.idle())
+        return bool(self.orphans or self.broken or self.fixes or self.repairs or self.idle())
 
     @staticmethod
     def read(
-        slots: Iterable[Element], weights: Iterable[Element], expected: Mapping[int, Iterable[Content]]
+        slots: Iterable[Element],
+        weights: Iterable[Element],
+        expected: Mapping[int, Iterable[Content]],
+        nat: Mapping[int, NatRead] | None = None,
+        named: Collection[int] = (),
     ) -> SlotTables:
-        """The tables a read found (``dr_slots``, ``dr_weights``). ``expected``: table ->
-        the table each service that names it should find there. A table holds what its
-        services expect (its own slots and weights when some expect them, else the least
-        of their expectations: slots edited by hand are put back in place, in
-        ``repairs``); a table with missing slots that no service names, or a second one
-        with the same content, is an orphan. The services that name a table are counted
-        by ``use``."""
+        """The tables a read found: DR ``dr_slots`` and ``dr_weights``; ``nat``: the NAT
+        tables (their weights are among ``weights``: ``nat_weights``, keyed by table .
+        RIP). ``expected``: table -> the table each service that names it should find
+        there. A table holds what its services expect (its own slots and weights when
+        some expect them, else the least of their expectations: slots edited by hand are
+        put back in place, in ``repairs``); a table with missing slots that no service
+        names, or a second one with the same content, is an orphan. The services that
+        name a table are counted by ``use``. ``named``: the tables that services name in
+        the kernel (a NAT table not whole that one of them names is made whole again, in
+        place)."""
         out = SlotTables()
         unclaimed: dict[int, tuple[dict[int, int], dict[int, int]]] = {}
+        weights = list(weights)
         read_slots, read_weights = tables_of(slots), tables_of(weights)
+        tags: dict[int, str] = {}
+        for tid, table in (nat or {}).items():
+            out.next_tid = max(out.next_tid, tid + 1)
+            out.deletes[tid] = table.delete
+            # A map without its chain, a table not whole that no service names: deleted.
+            # A table that services name is made whole again.
+            if not table.tag or (table.fix and tid not in named):
+                out.broken.add(tid)
+                continue
+            read_slots[tid] = dict(table.slots)
+            tags[tid] = table.tag
+            if table.fix:
+                out.fixes[tid] = table.fix
         # A table is its slots: weights without slots are an orphan's.
         for tid in read_weights.keys() - read_slots.keys():
             out.next_tid = max(out.next_tid, tid + 1)
-            out.orphans[tid] = frozenset(_elements(tid, {}, read_weights[tid]))
+            out.orphans[tid] = _weight_elements(tid, weights)
         for tid, members in sorted(read_slots.items()):
             out.next_tid = max(out.next_tid, tid + 1)
             table_weights = read_weights.get(tid, {})
-            have = _content(members, table_weights)
-            wanted = set(expected.get(tid, ()))
+            tag = tags.get(tid, "")
+            have = _content(members, table_weights, tag)
+            wanted = {c for c in expected.get(tid, ()) if c.tag == tag}
             content = have if have in wanted else min(wanted, default=None)
             if content is None or content in out.by_content:
                 unclaimed[tid] = (members, table_weights)
@@ -130,16 +248,26 @@ class SlotTables:
             out.content[tid] = content
             out.by_content[content] = tid
             if content != have:
-                out.repairs[tid] = frozenset(_elements(tid, members, table_weights))
+                out.repairs[tid] = frozenset(_elements(tid, members, table_weights, content.nat))
         # A whole table no service names (its entry was edited, say) stays live: the
         # next apply deletes it unless a service takes it (the one whose entry is put back).
         for tid, (members, table_weights) in unclaimed.items():
-            have = _content(members, table_weights)
+            tag = tags.get(tid, "")
+            have = _content(members, table_weights, tag)
             if have is not None and have not in out.by_content:
                 out.content[tid] = have
                 out.by_content[have] = tid
+            elif tag:
+                # A NAT table goes with its map and chain; its weights one by one.
+                out.broken.add(tid)
+                out.fixes.pop(tid, None)
+                out.orphans[tid] = _weight_elements(tid, weights)
             else:
                 out.orphans[tid] = frozenset(_elements(tid, members, table_weights))
+        if nat is not None:
+            # What is left of a NAT table that is not whole is deleted before anything is
+            # made: its number is free, and the table made again takes the one it had.
+            out.next_tid = max(out.content, default=0) + 1
         return out
 
     def idle(self) -> list[int]:
@@ -192,6 +320,7 @@ class TableChange:
                 first is None
                 or len(contents) != base.refs.get(tid, 0)
                 or first in base.by_content
+                or first.tag != base.content[tid].tag  # a NAT table's chain is of its tag
                 or first in self._rewritten
                 or any(c is not first and c != first for c in contents)  # mostly one object
             ):
@@ -235,7 +364,8 @@ class TableChange:
             if have is None:
                 have = frozenset(table_elements(tid, base.content[tid]))
             if self._refs(tid) <= 0:
-                deletes |= have
+                # A NAT table's slots go with its map (``scripts``).
+                deletes |= have if not base.content[tid].tag else {e for e in have if e.set == "nat_weights"}
                 continue
             want = frozenset(table_elements(tid, self.rewrite.get(tid, base.content[tid])))
             adds |= want - have
@@ -243,6 +373,27 @@ class TableChange:
         for members in base.orphans.values():
             deletes |= members
         return adds, deletes
+
+    def scripts(self) -> tuple[str, str]:
+        """(deletes, creates) of NAT tables' maps and chains: those of the tables nobody
+        uses any more and of the broken ones (after the elements that go to them are
+        deleted), and those of new tables (before the elements that go to them are added)."""
+        base = self.base
+        deletes = [base.deletes[tid] for tid in sorted(base.broken)]
+        creates = []
+        for tid in sorted(set(self.delta) | set(base.idle()) | base.fixes.keys()):
+            content = base.content.get(tid)
+            if content is None or not content.tag:
+                continue
+            if self._refs(tid) <= 0:
+                deletes.append(base.deletes.get(tid) or _delete_nat(content.tag, tid))
+            elif tid in base.fixes:
+                creates.append(base.fixes[tid])
+        for content, tid in self.new.items():
+            nat = content.nat
+            if nat is not None and self._refs(tid) > 0:
+                creates.append(nat_table_text(nat.family, nat.chain, tid))
+        return "".join(deletes), "".join(creates)
 
     def commit(self) -> SlotTables:
         """The tables once the transaction is in the kernel."""
@@ -263,3 +414,61 @@ class TableChange:
             refs=refs,
             next_tid=self.next_tid,
         )
+
+
+#: The kubelvs tables that hold slot tables, each numbering its own (DR: netdev).
+SPACES = ("netdev", "ip", "ip6")
+
+
+def space_of(content: Content) -> str:
+    """The kubelvs table (by family) that holds a table of ``content``."""
+    return content.tag.partition(" ")[0] if content.tag else "netdev"
+
+
+@dataclass
+class TableSpaces:
+    """The slot tables of every kubelvs table (``SPACES``)."""
+
+    spaces: dict[str, SlotTables] = field(default_factory=lambda: {s: SlotTables() for s in SPACES})
+
+    def lookup(self, content: Content) -> int:
+        return self.spaces[space_of(content)].lookup(content)
+
+    def damaged(self) -> bool:
+        return any(tables.damaged() for tables in self.spaces.values())
+
+
+class TableChanges:
+    """A ``TableChange`` per kubelvs table: what one transaction does to all of them."""
+
+    def __init__(self, base: TableSpaces) -> None:
+        self.changes = {space: TableChange(tables) for space, tables in base.spaces.items()}
+
+    def plan(self, moves: Iterable[tuple[str, int, Content | None]]) -> None:
+        by_space: dict[str, list[tuple[int, Content | None]]] = {}
+        for space, tid, content in moves:
+            by_space.setdefault(space, []).append((tid, content))
+        for space, changes in by_space.items():
+            self.changes[space].plan(changes)
+
+    def acquire(self, content: Content) -> int:
+        return self.changes[space_of(content)].acquire(content)
+
+    def release(self, space: str, tid: int) -> None:
+        self.changes[space].release(tid)
+
+    def elements(self) -> tuple[set[Element], set[Element]]:
+        adds: set[Element] = set()
+        deletes: set[Element] = set()
+        for change in self.changes.values():
+            more, fewer = change.elements()
+            adds |= more
+            deletes |= fewer
+        return adds, deletes
+
+    def scripts(self) -> tuple[str, str]:
+        parts = [change.scripts() for change in self.changes.values()]
+        return "".join(d for d, _ in parts), "".join(c for _, c in parts)
+
+    def commit(self) -> TableSpaces:
+        return TableSpaces({space: change.commit() for space, change in self.changes.items()})

@@ -65,16 +65,17 @@ from .schema import (
     delete_device_chain_text,
     device_chain_name,
     device_chain_text,
+    parse_nat_table_chain,
     repair_text,
     timeouts_text,
 )
-from .slottables import Content, TableChange
+from .slottables import Content, TableChanges
 
 __all__ = ["Piece", "Resolver", "ServicesFailed", "Transaction", "build", "commit", "key_of", "touched_by"]
 
 
 #: What a piece of the script is, for telling from nft's error which part it refused.
-Piece = tuple[str, str]  # (kind, text); kind: "skeleton", "devices", "elements", "timeouts"
+Piece = tuple[str, str]  # (kind, text); kind: "skeleton", "devices", "elements", "tables", "timeouts"
 
 
 class Resolver:
@@ -111,7 +112,7 @@ class Transaction:
     tun: tunnel.TunnelChange
     garbage: set[Element]
     found: Found  # what a read would find of the fixed part once this is committed
-    tables: TableChange  # what it does to the shared DR slot tables
+    tables: TableChanges  # what it does to the shared slot tables
     layouts: dict[ServiceKey, Layout]  # of the touched services after the plan
     unresolved: dict[str, str] = field(default_factory=dict)  # DR real server -> why it has no neighbour
 
@@ -164,7 +165,7 @@ def build(
     adds: set[Element] = set()
     deletes: set[Element] = set()
     add_text: dict[tuple[str, str], list[str]] = {}  # new services, rendered directly
-    tables = TableChange(pic.tables)
+    tables = TableChanges(pic.tables)
     layouts: dict[ServiceKey, Layout] = {}
     dr_of = _service_elements(pic, touched, new_services, adds, deletes, add_text, tables, layouts)
     table_adds, table_deletes = tables.elements()
@@ -223,6 +224,11 @@ def build(
     pieces += [
         ("elements", line) for line in render_groups("delete", group_elements(deletes, with_value=False))
     ]
+    # Shared NAT tables' maps and chains: deleted once nothing goes to them, made before
+    # anything does.
+    for text in tables.scripts():
+        if text:
+            pieces.append(("tables", text))
     pieces += [
         ("elements", line)
         for line in render_groups("add", group_elements(adds, with_value=True, into=add_text))
@@ -268,11 +274,11 @@ def _service_elements(
     adds: set[Element],
     deletes: set[Element],
     add_text: dict[tuple[str, str], list[str]],
-    tables: TableChange,
+    tables: TableChanges,
     lays: dict[ServiceKey, Layout],
 ) -> dict[ServiceKey, frozenset[str]]:
     """The element changes of the touched services (into ``adds``/``deletes``, new
-    services as text into ``add_text``), and the DR slot tables they leave and take
+    services as text into ``add_text``), and the slot tables they leave and take
     (``tables``), and their layouts (into ``lays``); returns the DR real servers of each."""
     dr_of: dict[ServiceKey, frozenset[str]] = {}
     failed: dict[ServiceKey, str] = {}
@@ -282,7 +288,7 @@ def _service_elements(
     # A DR service that stays DR is diffed by its layouts (dr_changes); the others by
     # their elements: as read (repairs), as the model implies, or none (new).
     olds: dict[ServiceKey, frozenset[Element] | tuple[Layout, int | None]] = {}
-    moves: list[tuple[int, Content | None]] = []
+    moves: list[tuple[str, int, Content | None]] = []  # (space, table it names, new slots)
     for key in touched:
         svc = new_services.get(key)
         try:
@@ -301,8 +307,8 @@ def _service_elements(
             old_table = pic.tables.lookup(old_lay.content) if old_lay.content is not None else None
             olds[key] = (old_lay, old_table)
             if old_table is not None:
-                moves.append((old_table, lay.content))
-                tables.release(old_table)
+                moves.append(("netdev", old_table, lay.content))
+                tables.release("netdev", old_table)
             continue
         if old is None:
             old = (
@@ -313,8 +319,13 @@ def _service_elements(
         olds[key] = old
         for e in old:
             if e.set == "dr_tab" or e.set == "dr6_tab":
-                moves.append((int(e.value), lay.content if lay is not None else None))  # type: ignore[arg-type]
-                tables.release(int(e.value))  # type: ignore[arg-type]
+                tid = int(e.value)  # type: ignore[arg-type]
+            elif e.set == "nat_svc" and (chain := parse_nat_table_chain(str(e.value)[5:])) is not None:
+                tid = chain[1]  # a shared NAT table: its chain names it
+            else:
+                continue
+            moves.append((e.family, tid, lay.content if lay is not None else None))
+            tables.release(e.family, tid)
     if failed:
         raise ServicesFailed(failed)
     tables.plan(moves)
