@@ -201,6 +201,19 @@ def _assert_netlink_read_equals_nft(ns: str, backend: NftablesBackend) -> None:
 # ---------------------------------------------------------------- transactions
 
 
+def _recorded_scripts(backend: NftablesBackend, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every nft script the backend runs from now on, in order (and run)."""
+    scripts: list[str] = []
+    original = backend._nft.run_script
+
+    def recorded(script: str, *args: Any, **kwargs: Any) -> Any:
+        scripts.append(script)
+        return original(script, *args, **kwargs)
+
+    monkeypatch.setattr(backend._nft, "run_script", recorded)
+    return scripts
+
+
 def test_services_with_the_same_real_servers_share_one_slot_table(
     nsb: tuple[str, NftablesBackend], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -218,14 +231,7 @@ def test_services_with_the_same_real_servers_share_one_slot_table(
     director = Director(backend)
     director.sync(make_desired(a, b))
     assert _sh(ns, "nft", "list", "map", "netdev", "kubelvs", "dr_slots").count(" : 0x") == MAGLEV_SIZE
-    scripts: list[str] = []
-    original = backend._nft.run_script
-
-    def recorded(script: str, *args: Any, **kwargs: Any) -> Any:
-        scripts.append(script)
-        return original(script, *args, **kwargs)
-
-    monkeypatch.setattr(backend._nft, "run_script", recorded)
+    scripts = _recorded_scripts(backend, monkeypatch)
     director.sync(make_desired(a, b, c), changed={c.key})
     assert scripts[-1] == (
         "add element netdev kubelvs dr_svc { 10.0.0.2 . tcp . 80 : goto dr_mh }\n"
@@ -295,14 +301,7 @@ def test_nat_services_on_one_port_share_one_slot_table(
     assert _sh(ns, "nft", "list", "map", "ip", "kubelvs", "nat_tab_1").count(" : 10.0.2.") == MAGLEV_SIZE
     assert "dnat to jhash ip saddr mod 509" in _sh(ns, "nft", "list", "chain", "ip", "kubelvs", "nat_mh_t1")
     assert "elements" not in _sh(ns, "nft", "list", "map", "ip", "kubelvs", "nat_slots")
-    scripts: list[str] = []
-    original = backend._nft.run_script
-
-    def recorded(script: str, *args: Any, **kwargs: Any) -> Any:
-        scripts.append(script)
-        return original(script, *args, **kwargs)
-
-    monkeypatch.setattr(backend._nft, "run_script", recorded)
+    scripts = _recorded_scripts(backend, monkeypatch)
     director.sync(make_desired(a, b, c), changed={c.key})
     assert scripts[-1] == (
         "add element ip kubelvs nat_rport { 10.0.0.2 . tcp . 80 : 30081 }\n"
@@ -435,14 +434,7 @@ def test_one_realserver_change_is_a_small_transaction(
     ]
     director = Director(backend)
     director.sync(make_desired(*svcs))
-    scripts: list[str] = []
-    real = backend._nft.run_script
-
-    def recorded(script: str) -> None:
-        scripts.append(script)
-        real(script)
-
-    monkeypatch.setattr(backend._nft, "run_script", recorded)
+    scripts = _recorded_scripts(backend, monkeypatch)
     changed = svcs[5].with_realservers(
         [*svcs[5].realservers, RealServer(ip(NAT_POOL[3]), 8080, 1, Forward.NAT)]
     )

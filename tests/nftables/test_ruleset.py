@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kubelvs.backends.nftables import elements, readback, schema
+from kubelvs.backends.nftables.elements import layout
 from kubelvs.backends.nftables.maglev import MAGLEV_SIZE, maglev_table
 from kubelvs.backends.nftables.schema import Element, parse_scheduler_chain, scheduler_chain
-from kubelvs.model import Forward, Protocol, Timeouts
+from kubelvs.model import Forward, Protocol, Timeouts, VirtualService
 
 from .strategies import make_service, written
 
@@ -60,18 +61,16 @@ def _as_nft_json(
     return {"nftables": out}
 
 
-def test_nat_service_on_one_port_names_a_shared_table() -> None:
-    svc = make_service(
-        "10.0.0.1",
-        80,
-        "mh",
-        [
-            ("10.1.0.2", 8080, 3, Forward.NAT),
-            ("10.1.0.3", 8080, 1, Forward.NAT),
-            ("10.1.0.4", 8080, 0, Forward.NAT),
-        ],
-        flags=frozenset({"mh-port"}),
+def _nat_service(scheduler: str, last_port: int, flags: frozenset[str] = frozenset()) -> VirtualService:
+    """Real servers of weight 3, 1 and 0, the last one on ``last_port`` (the others 8080)."""
+    rss = [("10.1.0.2", 8080, 3, Forward.NAT), ("10.1.0.3", 8080, 1, Forward.NAT)]
+    return make_service(
+        "10.0.0.1", 80, scheduler, [*rss, ("10.1.0.4", last_port, 0, Forward.NAT)], flags=flags
     )
+
+
+def test_nat_service_on_one_port_names_a_shared_table() -> None:
+    svc = _nat_service("mh", 8080, frozenset({"mh-port"}))
     built, with_table, _ = written(svc)
     # Its entry goes to table 1's chain, its port is in nat_rport; the slots are the table's.
     assert built.own == {
@@ -100,16 +99,8 @@ def test_nat_service_on_one_port_names_a_shared_table() -> None:
 
 
 def test_nat_service_with_rr_or_on_several_ports_has_its_own_slots() -> None:
-    svc = make_service(
-        "10.0.0.1",
-        80,
-        "wrr",
-        [
-            ("10.1.0.2", 8080, 3, Forward.NAT),
-            ("10.1.0.3", 8080, 1, Forward.NAT),
-            ("10.1.0.4", 8081, 0, Forward.NAT),
-        ],
-    )
+    assert layout(_nat_service("wrr", 8080)).content is None  # rr, wrr: on one port too
+    svc = _nat_service("wrr", 8081)
     built, _, _ = written(svc)
     by_set: dict[str, list[Element]] = {}
     for e in built.own:
