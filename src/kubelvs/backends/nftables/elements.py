@@ -6,9 +6,9 @@ element``/``delete element`` lines.
 A service is nothing but elements of the maps schema.py declares: its entry in
 ``nat_svc``/``dr_svc`` (``goto`` the scheduler chain), its slots (wrr order or Maglev
 table, maglev.py: DR one ``dr_tab`` element naming a shared table of slots and weights,
-slottables.py; NAT, when its real servers use one port, a shared table too, whose chain
-its ``nat_svc`` element goes to, and its port in ``nat_rport``; otherwise one
-``nat_slots`` element per slot), a ``*_rs`` element for each real server those cannot
+slottables.py; an sh/mh NAT service whose real servers use one port, a shared table too,
+whose chain its ``nat_svc`` element goes to, and its port in ``nat_rport``; any other NAT
+service one ``nat_slots`` element per slot), a ``*_rs`` element for each real server those cannot
 describe, and for TUN its key in ``tun_svc``. DR real servers also need neighbour
 elements (``dr_mac``/``dr_smac``/``dr_dev``), shared by every service that has them.
 """
@@ -100,11 +100,10 @@ class Layout(NamedTuple):
     proto: str
     port: int
     chain: str
-    table: Sequence[
-        str | None
-    ]  # slot -> owner's name ("RIP", NAT on several ports "RIP:RPORT"), None = empty
+    # slot -> owner's name: "RIP", or "RIP:RPORT" for NAT slots of its own; None = empty
+    table: Sequence[str | None]
     by_name: Mapping[str, tuple[RealServer, str]]  # owner's name -> (real server, RIP text)
-    # The shared table (slots, weights) it names (None: no slots, or NAT on several ports)
+    # The shared table (slots, weights) it names (None: no slots, or NAT slots of its own)
     content: Content | None
     # The real servers the slots cannot describe (NAT: not weight 1 or no slot; DR: on
     # another port than the VIP's, or no table): one ``*_rs`` element each, its key after

@@ -222,9 +222,11 @@ def _picture(
     # The kernel's per-service elements against what the services' models imply, as
     # two sets at once (grouping 110,000 elements per service first cost more than
     # all the rest); only the services on either side of a difference are looked at.
-    # A DR service is expected to name the table that holds its slots: which table that
-    # is depends on what every service expects (slottables.SlotTables.read), so its
-    # ``dr_tab`` element is first built naming table 0 (never used) and then corrected.
+    # A DR service (or a NAT one on a shared table) is expected to name the table that
+    # holds its slots: which table that is depends on what every service expects
+    # (slottables.SlotTables.read), so its ``dr_tab`` element (its ``nat_svc`` element,
+    # which goes to the table's chain) is first built naming table 0 (never used) and
+    # then corrected.
     expected: set[Element] = set()
     contents: dict[ServiceKey, Content] = {}
     for key, svc in parsed.services.items():
