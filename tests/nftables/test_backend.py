@@ -26,7 +26,7 @@ from kubelvs.backends.nftables.netlink import NftNetlink
 from kubelvs.backends.nftables.partial import Culprits
 from kubelvs.backends.nftables.picture import read_tables
 from kubelvs.backends.nftables.schema import nat_table_map, parse_nat_table_chain, parse_nat_table_map
-from kubelvs.backends.nftables.slottables import Content, nat_tag, tables_of
+from kubelvs.backends.nftables.slottables import Content, NatTable, tables_of
 from kubelvs.errors import PartialApplyError
 from kubelvs.model import (
     DesiredState,
@@ -137,7 +137,7 @@ def _assert_tables_are_shared(ns: str, desired: DesiredState) -> None:
     with NftNetlink(ns) as nl:
         parsed, found, _ = read_tables(nl, ns)
     tables = {("netdev", tid): slots for tid, slots in tables_of(parsed.by_set.get("dr_slots", ())).items()}
-    tags = dict.fromkeys(tables, "")
+    nats: dict[tuple[str, int], NatTable | None] = dict.fromkeys(tables)
     weights = {("netdev", tid): w for tid, w in tables_of(parsed.by_set.get("dr_weights", ())).items()}
     for family in ("ip", "ip6"):
         nat_weights = [e for e in parsed.by_set.get("nat_weights", ()) if e.family == family]
@@ -145,15 +145,15 @@ def _assert_tables_are_shared(ns: str, desired: DesiredState) -> None:
     for family, chain in found.rules:
         if (nat_chain := parse_nat_table_chain(chain)) is not None:
             base, tid = nat_chain
-            assert (family, tid) not in tags and found.rules[(family, chain)] == 2
-            tags[(family, tid)] = nat_tag(family, base)
+            assert (family, tid) not in nats and found.rules[(family, chain)] == 2
+            nats[(family, tid)] = NatTable(family, base)
             members = [e for e in parsed.by_set.get(nat_table_map(tid), ()) if e.family == family]
             tables[(family, tid)] = {int(e.key[0]): int(ip(str(e.value))) for e in members}
     maps = {(family, parse_nat_table_map(name)) for family, name in found.sets if name.startswith("nat_tab_")}
-    assert maps == {space for space, tag in tags.items() if tag}
+    assert maps == {space for space, nat in nats.items() if nat is not None}
     assert weights.keys() <= tables.keys()
     contents = {
-        space: Content((slots[i] for i in range(len(slots))), weights.get(space, {}).items(), tags[space])
+        space: Content((slots[i] for i in range(len(slots))), weights.get(space, {}).items(), nats[space])
         for space, slots in tables.items()
     }
     named = {

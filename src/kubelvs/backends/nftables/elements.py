@@ -26,7 +26,7 @@ from typing import NamedTuple
 from ...model import Forward, Protocol, RealServer, ServiceKey, VirtualService
 from .maglev import MAGLEV_SIZE, maglev_table, wrr_table
 from .schema import NAT_FAMILY, SUPPORTED_SCHEDULERS, TABLE, Element, Value, nat_table_chain, scheduler_chain
-from .slottables import Content, nat_tag
+from .slottables import Content, NatTable
 
 __all__ = [
     "PROTO_TEXT",
@@ -163,17 +163,18 @@ def _nat_table(
     scheduler: str, flags: frozenset[str], family: int, weights: tuple[tuple[str, int], ...]
 ) -> tuple[Sequence[str | None], Content | None]:
     """A shared NAT table: its slots by owner (address), and its content (the owners'
-    addresses as integers, tagged with the family and the chain that DNATs with it)."""
+    addresses as integers, and where the table lives: the family and the chain that
+    DNATs with it)."""
     table = slot_order(scheduler, dict(weights))
     if not table:
         return table, None
     marks = {name: int(ip_of(name)) for name, _ in weights}
     slotted = set(table)
-    tag = nat_tag(NAT_FAMILY[family], scheduler_chain("nat", scheduler, flags, len(table)))
+    nat = NatTable(NAT_FAMILY[family], scheduler_chain("nat", scheduler, flags, len(table)))
     return table, Content(
         (marks[name] for name in table if name),
         ((marks[name], weight) for name, weight in weights if weight != 1 or name not in slotted),
-        tag,
+        nat,
     )
 
 

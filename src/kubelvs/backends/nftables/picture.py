@@ -68,7 +68,7 @@ from .schema import (
     parse_nat_table_map,
     repair_text,
 )
-from .slottables import SPACES, Content, NatRead, SlotTables, TableSpaces, nat_tag
+from .slottables import SPACES, Content, NatRead, NatTable, SlotTables, TableSpaces
 
 __all__ = ["Picture", "load", "read_counters", "read_tables", "stale_counters"]
 
@@ -275,8 +275,8 @@ def _picture(
     )
     for key, content in contents.items():
         head = (ip_text(key.address), PROTO_TEXT[key.protocol], key.port)  # type: ignore[arg-type]
-        if content.tag:  # a shared NAT table: the service's entry goes to its chain
-            base = content.tag.split(" ")[1]
+        if content.nat is not None:  # a shared NAT table: the service's entry goes to its chain
+            base = content.nat.chain
             family = NAT_FAMILY[key.family]
             expected.discard(Element(family, "nat_svc", head, f"goto {nat_table_chain(base, 0)}"))
             entry = f"goto {nat_table_chain(base, tables.lookup(content))}"
@@ -326,14 +326,14 @@ def _nat_tables(parsed: ParsedTables, found: Found) -> dict[str, dict[int, NatRe
         delete = "".join(delete_nat_table_text(family, name, tid, has_map=False) for name in names)
         delete += delete_nat_table_text(family, None, tid) if has_map else ""
         if len(names) != 1:
-            out.setdefault(family, {})[tid] = NatRead("", {}, "", delete)  # no chain, or two: deleted
+            out.setdefault(family, {})[tid] = NatRead(None, {}, "", delete)  # no chain, or two: deleted
             continue
         base = names[0].rpartition("_t")[0]
         members = [e for e in parsed.by_set.get(nat_table_map(tid), ()) if e.family == family]
         slots = {int(e.key[0]): int(ip_of(str(e.value))) for e in members}
         whole = has_map and found.rules[(family, names[0])] == NAT_TABLE_RULES
         fix = "" if whole else nat_table_text(family, base, tid, fix=(has_map, True))
-        out.setdefault(family, {})[tid] = NatRead(nat_tag(family, base), slots, fix, delete)
+        out.setdefault(family, {})[tid] = NatRead(NatTable(family, base), slots, fix, delete)
     return out
 
 

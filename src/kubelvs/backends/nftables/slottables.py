@@ -15,8 +15,9 @@ a pure function of the real servers).
 NAT services whose real servers all use one port share tables the same way; such a
 table is a map of its own in a NAT family's table (``nat_tab_<table>``: ``slot -> RIP``),
 its weights are in ``nat_weights``, and a chain of its own (``nat_mh_t3``) does the
-DNAT (schema.nat_table_text). Its content carries a *tag*, the family and the scheduler
-chain (``ip nat_mh``): tables of different tags are different tables. Each kubelvs table
+DNAT (schema.nat_table_text). Its content says where it lives (``NatTable``: the family
+and the scheduler chain, ``ip`` and ``nat_mh``): tables that live in different places are
+different tables. Each kubelvs table
 (``netdev`` for DR, ``ip`` and ``ip6`` for NAT) numbers its slot tables itself
 (``TableSpaces``), so that a repair that makes one of them anew numbers its slot tables
 as before.
@@ -39,36 +40,56 @@ __all__ = [
     "TableChange",
     "TableChanges",
     "TableSpaces",
-    "nat_tag",
-    "space_of",
     "table_elements",
     "tables_of",
 ]
 
 
-def nat_tag(family: str, chain: str) -> str:
-    """The tag of a shared NAT table's content: its family and scheduler chain."""
-    return f"{family} {chain}"
+@dataclass(frozen=True, slots=True)
+class NatTable:
+    """Where a shared NAT table lives: its family's kubelvs table and the scheduler chain
+    whose DNAT it serves (``nat_mh``; the table's own chain is ``nat_mh_t<table>``)."""
+
+    family: str
+    chain: str
+
+    def address(self, mark: int) -> str:
+        """The address text of a member's mark (its address as an integer)."""
+        if self.family == "ip":
+            return str(ipaddress.IPv4Address(mark))
+        return str(ipaddress.IPv6Address(mark))
+
+    def make_text(self, tid: int) -> str:
+        """The commands that make table ``tid`` here (its map and its chain)."""
+        return nat_table_text(self.family, self.chain, tid)
+
+    def delete_text(self, tid: int) -> str:
+        """The commands that delete table ``tid`` here, whole (its chain and its map)."""
+        return delete_nat_table_text(self.family, nat_table_chain(self.chain, tid), tid)
 
 
 class Content(tuple[int, ...]):
     """A table: its slots in order, each the owner's mark (DR: the RIP as u32, or an
     IPv6 real server's id; NAT: the RIP as an integer), and in ``weights`` the (mark,
     weight) of the members the slots do not describe (weight 0 or other than 1), by
-    mark; ``tag`` is "" for a DR table and ``nat_tag`` for a NAT one. Two tables are
-    equal when all three are. Hashed once: a node change looks each Service's old and
-    new table up several times, and hashing 509 marks costs more than the rest of a
-    lookup."""
+    mark; ``nat``: where a NAT table lives (None for a DR table), and ``space`` the
+    kubelvs table that holds it (``SPACES``). Two tables are equal when all three are.
+    Hashed once: a node change looks each Service's old and new table up several times,
+    and hashing 509 marks costs more than the rest of a lookup."""
 
     weights: tuple[tuple[int, int], ...]
-    tag: str
+    nat: NatTable | None
+    space: str
     _hash: int
 
-    def __new__(cls, marks: Iterable[int], weights: Iterable[tuple[int, int]] = (), tag: str = "") -> Content:
+    def __new__(
+        cls, marks: Iterable[int], weights: Iterable[tuple[int, int]] = (), nat: NatTable | None = None
+    ) -> Content:
         content = super().__new__(cls, marks)
         content.weights = tuple(sorted(weights))
-        content.tag = tag
-        content._hash = hash((tuple.__hash__(content), content.weights, tag))
+        content.nat = nat
+        content.space = "netdev" if nat is None else nat.family
+        content._hash = hash((tuple.__hash__(content), content.weights, nat))
         return content
 
     def __hash__(self) -> int:
@@ -82,47 +103,25 @@ class Content(tuple[int, ...]):
         return (
             self._hash == other._hash
             and self.weights == other.weights
-            and self.tag == other.tag
+            and self.nat == other.nat
             and tuple.__eq__(self, other)
         )
 
     def __ne__(self, other: object) -> bool:
         return not self == other
 
-    @property
-    def nat(self) -> NatTable | None:
-        """Where a NAT table lives (None for a DR table)."""
-        if not self.tag:
-            return None
-        family, chain = self.tag.split(" ")
-        return NatTable(family, chain)
-
 
 @dataclass(frozen=True, slots=True)
 class NatRead:
-    """A shared NAT table as a read found it: ``tag`` from its chain's name ("" when it
-    has no chain), its slots (slot -> owner's address as an integer; empty without a
-    map), ``fix``: the commands that make it whole again ("" when it is), ``delete``:
-    those that delete what there is of it."""
+    """A shared NAT table as a read found it: where it lives, from its chain's name (None
+    when it has no chain), its slots (slot -> owner's address as an integer; empty
+    without a map), ``fix``: the commands that make it whole again ("" when it is),
+    ``delete``: those that delete what there is of it."""
 
-    tag: str
+    table: NatTable | None
     slots: Mapping[int, int]
     fix: str
     delete: str
-
-
-@dataclass(frozen=True, slots=True)
-class NatTable:
-    """The family and scheduler chain of a shared NAT table."""
-
-    family: str
-    chain: str
-
-    def address(self, mark: int) -> str:
-        """The address text of a member's mark (its address as an integer)."""
-        if self.family == "ip":
-            return str(ipaddress.IPv4Address(mark))
-        return str(ipaddress.IPv6Address(mark))
 
 
 def table_elements(tid: int, content: Content) -> Iterator[Element]:
@@ -158,18 +157,12 @@ def _weight_elements(tid: int, read: Iterable[Element]) -> frozenset[Element]:
     return frozenset(e for e in read if int(e.key[0]) == tid)
 
 
-def _delete_nat(tag: str, tid: int) -> str:
-    """The commands that delete NAT table ``tid`` of ``tag`` (its chain and its map)."""
-    family, chain = tag.split(" ")
-    return delete_nat_table_text(family, nat_table_chain(chain, tid), tid)
-
-
-def _content(slots: Mapping[int, int], weights: Mapping[int, int], tag: str) -> Content | None:
+def _content(slots: Mapping[int, int], weights: Mapping[int, int], nat: NatTable | None) -> Content | None:
     """The table as read, None when some slot is missing (damaged: never reused)."""
     n = len(slots)
     if any(i not in slots for i in range(n)):
         return None
-    return Content((slots[i] for i in range(n)), weights.items(), tag)
+    return Content((slots[i] for i in range(n)), weights.items(), nat)
 
 
 @dataclass
@@ -181,10 +174,11 @@ class SlotTables:
     by_content: dict[Content, int] = field(default_factory=dict)
     refs: Counter[int] = field(default_factory=Counter)  # table -> services that use it
     orphans: dict[int, frozenset[Element]] = field(default_factory=dict)  # table -> its elements
-    # NAT tables read: the commands that delete what there is of them (a table made
-    # since is deleted whole: ``_delete_nat``); those that no service names and are not
-    # whole, or a map without its chain, are deleted by the next apply (``broken``);
-    # those that services name are made whole again (``fixes``: the commands).
+    # NAT tables read that are not whole: the commands that delete what there is of
+    # them (a whole one is deleted by ``NatTable.delete_text``); those that no service
+    # names, a map without its chain, or a second table of the same content, are deleted
+    # by the next apply (``broken``); those that services name are made whole again
+    # (``fixes``: the commands).
     deletes: dict[int, str] = field(default_factory=dict)
     broken: set[int] = field(default_factory=set)
     fixes: dict[int, str] = field(default_factory=dict)
@@ -218,17 +212,18 @@ class SlotTables:
         unclaimed: dict[int, tuple[dict[int, int], dict[int, int]]] = {}
         weights = list(weights)
         read_slots, read_weights = tables_of(slots), tables_of(weights)
-        tags: dict[int, str] = {}
+        nats: dict[int, NatTable] = {}
         for tid, table in (nat or {}).items():
             out.next_tid = max(out.next_tid, tid + 1)
-            out.deletes[tid] = table.delete
+            if table.table is None or table.fix:
+                out.deletes[tid] = table.delete
             # A map without its chain, a table not whole that no service names: deleted.
             # A table that services name is made whole again.
-            if not table.tag or (table.fix and tid not in named):
+            if table.table is None or (table.fix and tid not in named):
                 out.broken.add(tid)
                 continue
             read_slots[tid] = dict(table.slots)
-            tags[tid] = table.tag
+            nats[tid] = table.table
             if table.fix:
                 out.fixes[tid] = table.fix
         # A table is its slots: weights without slots are an orphan's.
@@ -238,9 +233,9 @@ class SlotTables:
         for tid, members in sorted(read_slots.items()):
             out.next_tid = max(out.next_tid, tid + 1)
             table_weights = read_weights.get(tid, {})
-            tag = tags.get(tid, "")
-            have = _content(members, table_weights, tag)
-            wanted = {c for c in expected.get(tid, ()) if c.tag == tag}
+            where = nats.get(tid)
+            have = _content(members, table_weights, where)
+            wanted = {c for c in expected.get(tid, ()) if c.nat == where}
             content = have if have in wanted else min(wanted, default=None)
             if content is None or content in out.by_content:
                 unclaimed[tid] = (members, table_weights)
@@ -252,14 +247,15 @@ class SlotTables:
         # A whole table no service names (its entry was edited, say) stays live: the
         # next apply deletes it unless a service takes it (the one whose entry is put back).
         for tid, (members, table_weights) in unclaimed.items():
-            tag = tags.get(tid, "")
-            have = _content(members, table_weights, tag)
+            where = nats.get(tid)
+            have = _content(members, table_weights, where)
             if have is not None and have not in out.by_content:
                 out.content[tid] = have
                 out.by_content[have] = tid
-            elif tag:
+            elif where is not None:
                 # A NAT table goes with its map and chain; its weights one by one.
                 out.broken.add(tid)
+                out.deletes.setdefault(tid, where.delete_text(tid))
                 out.fixes.pop(tid, None)
                 out.orphans[tid] = _weight_elements(tid, weights)
             else:
@@ -320,7 +316,7 @@ class TableChange:
                 first is None
                 or len(contents) != base.refs.get(tid, 0)
                 or first in base.by_content
-                or first.tag != base.content[tid].tag  # a NAT table's chain is of its tag
+                or first.nat != base.content[tid].nat  # a NAT table's chain is where it lives
                 or first in self._rewritten
                 or any(c is not first and c != first for c in contents)  # mostly one object
             ):
@@ -365,7 +361,9 @@ class TableChange:
                 have = frozenset(table_elements(tid, base.content[tid]))
             if self._refs(tid) <= 0:
                 # A NAT table's slots go with its map (``scripts``).
-                deletes |= have if not base.content[tid].tag else {e for e in have if e.set == "nat_weights"}
+                deletes |= (
+                    have if base.content[tid].nat is None else {e for e in have if e.set == "nat_weights"}
+                )
                 continue
             want = frozenset(table_elements(tid, self.rewrite.get(tid, base.content[tid])))
             adds |= want - have
@@ -383,16 +381,15 @@ class TableChange:
         creates = []
         for tid in sorted(set(self.delta) | set(base.idle()) | base.fixes.keys()):
             content = base.content.get(tid)
-            if content is None or not content.tag:
+            if content is None or content.nat is None:
                 continue
             if self._refs(tid) <= 0:
-                deletes.append(base.deletes.get(tid) or _delete_nat(content.tag, tid))
+                deletes.append(base.deletes.get(tid) or content.nat.delete_text(tid))
             elif tid in base.fixes:
                 creates.append(base.fixes[tid])
         for content, tid in self.new.items():
-            nat = content.nat
-            if nat is not None and self._refs(tid) > 0:
-                creates.append(nat_table_text(nat.family, nat.chain, tid))
+            if content.nat is not None and self._refs(tid) > 0:
+                creates.append(content.nat.make_text(tid))
         return "".join(deletes), "".join(creates)
 
     def commit(self) -> SlotTables:
@@ -420,11 +417,6 @@ class TableChange:
 SPACES = ("netdev", "ip", "ip6")
 
 
-def space_of(content: Content) -> str:
-    """The kubelvs table (by family) that holds a table of ``content``."""
-    return content.tag.partition(" ")[0] if content.tag else "netdev"
-
-
 @dataclass
 class TableSpaces:
     """The slot tables of every kubelvs table (``SPACES``)."""
@@ -432,7 +424,7 @@ class TableSpaces:
     spaces: dict[str, SlotTables] = field(default_factory=lambda: {s: SlotTables() for s in SPACES})
 
     def lookup(self, content: Content) -> int:
-        return self.spaces[space_of(content)].lookup(content)
+        return self.spaces[content.space].lookup(content)
 
     def damaged(self) -> bool:
         return any(tables.damaged() for tables in self.spaces.values())
@@ -452,7 +444,7 @@ class TableChanges:
             self.changes[space].plan(changes)
 
     def acquire(self, content: Content) -> int:
-        return self.changes[space_of(content)].acquire(content)
+        return self.changes[content.space].acquire(content)
 
     def release(self, space: str, tid: int) -> None:
         self.changes[space].release(tid)

@@ -289,6 +289,9 @@ def _service_elements(
     # their elements: as read (repairs), as the model implies, or none (new).
     olds: dict[ServiceKey, frozenset[Element] | tuple[Layout, int | None]] = {}
     moves: list[tuple[str, int, Content | None]] = []  # (space, table it names, new slots)
+    # A DR service's tables are netdev's: looked up there directly (10,000 of each on a
+    # node change).
+    dr_tables, dr_change = pic.tables.spaces["netdev"], tables.changes["netdev"]
     for key in touched:
         svc = new_services.get(key)
         try:
@@ -304,11 +307,11 @@ def _service_elements(
         if old_lay is not None and lay is not None and old_lay.kind == lay.kind and lay.kind != "nat":
             # Its elements are what its model implies (written so, or read and compared):
             # it names the table that holds its slots.
-            old_table = pic.tables.lookup(old_lay.content) if old_lay.content is not None else None
+            old_table = dr_tables.lookup(old_lay.content) if old_lay.content is not None else None
             olds[key] = (old_lay, old_table)
             if old_table is not None:
                 moves.append(("netdev", old_table, lay.content))
-                tables.release("netdev", old_table)
+                dr_change.release(old_table)
             continue
         if old is None:
             old = (
@@ -333,7 +336,7 @@ def _service_elements(
         svc = new_services.get(key)
         if isinstance(before, tuple):
             new_lay = lays[key]
-            new_table = tables.acquire(new_lay.content) if new_lay.content is not None else None
+            new_table = dr_change.acquire(new_lay.content) if new_lay.content is not None else None
             gone, made = dr_changes(before[0], before[1], new_lay, new_table)
             deletes.update(gone)
             adds.update(made)
