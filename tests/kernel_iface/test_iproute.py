@@ -246,6 +246,40 @@ def test_probe_of_an_absent_host_leaves_an_unusable_entry(pair: tuple[str, str])
     assert entry.states == frozenset(want["state"]) and "lladdr" not in want
 
 
+def test_resolve_on_link_finds_the_device_both_macs_and_the_source(pair: tuple[str, str]) -> None:
+    a, b = pair
+    found = iproute.resolve_on_link(a, "10.9.0.2")  # no entry yet: asked by ARP, then read
+    own, peer = _oracle_links(a)["eth0"], _oracle_links(b)["eth0"]
+    assert found == iproute.OnLink(
+        "10.9.0.2", "eth0", own["ifindex"], own["address"], peer["address"], "10.9.0.1"
+    )
+    (entry,) = _ipj(a, "neigh", "show", "10.9.0.2", "dev", "eth0")
+    assert entry["lladdr"] == peer["address"]
+
+
+def test_resolve_on_link_names_what_stands_in_the_way(pair: tuple[str, str]) -> None:
+    a, _ = pair
+    with pytest.raises(
+        KernelError, match=r"^10\.9\.0\.99 does not answer ARP on eth0 \(is the real server up\?\)$"
+    ):
+        iproute.resolve_on_link(a, "10.9.0.99", timeout=0.3)
+    _ip(a, "route", "add", "198.51.100.0/24", "via", "10.9.0.2")
+    with pytest.raises(
+        KernelError, match=r"^198\.51\.100\.7 is reached via gateway 10\.9\.0\.2, not on a link"
+    ):
+        iproute.resolve_on_link(a, "198.51.100.7")
+    with pytest.raises(
+        KernelError,
+        match=r"^no route to 203\.0\.113\.7 \(route get 203\.0\.113\.7 in network namespace .+: .+\)$",
+    ):
+        iproute.resolve_on_link(a, "203.0.113.7")
+    # Our own address: the kernel's route goes through lo.
+    with pytest.raises(
+        KernelError, match=r"^10\.9\.0\.1 is reached through lo, which is not an Ethernet device$"
+    ):
+        iproute.resolve_on_link(a, "10.9.0.1")
+
+
 # ---------------------------------------------------------------- errors
 
 

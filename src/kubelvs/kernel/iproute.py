@@ -523,12 +523,14 @@ def probe_neighbour(netns: str | None, address: str, device: str) -> None:
     dst = str(ipaddress.ip_address(address))
 
     def run(ipr: Any) -> None:
-        index = rtnl.index_of(ipr, netns, device)
-        family = socket.AF_INET6 if ":" in dst else socket.AF_INET
-        # replace = NLM_F_CREATE | NLM_F_REPLACE: works with or without an entry already there.
-        ipr.neigh("replace", dst=dst, ifindex=index, family=family, flags=_NTF_USE, state=0)
+        _probe(ipr, dst, socket.AF_INET6 if ":" in dst else socket.AF_INET, rtnl.index_of(ipr, netns, device))
 
     rtnl.call(netns, f"probe neighbour {dst} on {device}", run)
+
+
+def _probe(ipr: Any, dst: str, family: int, index: int) -> None:
+    # replace = NLM_F_CREATE | NLM_F_REPLACE: works with or without an entry already there.
+    ipr.neigh("replace", dst=dst, ifindex=index, family=family, flags=_NTF_USE, state=0)
 
 
 # ---------------------------------------------------------------------- resolving a neighbour
@@ -546,39 +548,66 @@ class OnLink:
     source: str | None  # the address the kernel would send from
 
 
-def _usable_mac(netns: str | None, address: str, device: str) -> str | None:
-    for entry in neighbours(netns, device=device, address=address):
-        if entry.usable and entry.mac:
-            return entry.mac
-    return None
-
-
 def resolve_on_link(netns: str | None, address: str, *, timeout: float = 1.5) -> OnLink:
     """``address`` as a neighbour on an Ethernet link of ours: when the kernel has no
     usable entry it is asked to resolve it (ARP, as a packet to it would cause) and
     the table is polled until the answer comes or ``timeout`` passes. KernelError when
-    it is behind a gateway, on no Ethernet link, or does not answer."""
+    it is behind a gateway, on no Ethernet link, or does not answer. One socket asks
+    for the route, the device and the entry (a socket each cost a new DR real server
+    ~6 ms, most of a one-real-server change)."""
     try:
-        route = route_get(netns, address)
-    except KernelError as exc:
-        raise KernelError(f"no route to {address} ({exc})") from exc
-    if route.gateway:
-        raise KernelError(f"{address} is reached via gateway {route.gateway}, not on a link of ours")
-    if not route.device:
-        raise KernelError(f"no route to {address} (route type {route.type})")
-    device = route.device
-    found = link(netns, device)
-    if found is None:
-        raise KernelError(f"{address} is reached through {device}, which is gone")
-    if found.link_type != "ether":
-        raise KernelError(f"{address} is reached through {device}, which is not an Ethernet device")
-    mac = _usable_mac(netns, address, device)
-    deadline = time.monotonic() + timeout
-    while mac is None:
-        # Asked again every round: after a FAILED entry the kernel starts over.
-        probe_neighbour(netns, address, device)
-        time.sleep(0.05)
-        mac = _usable_mac(netns, address, device)
-        if mac is None and time.monotonic() > deadline:
-            raise KernelError(f"{address} does not answer ARP on {device} (is the real server up?)")
-    return OnLink(address, device, found.index, found.mac.lower(), mac, route.prefsrc)
+        dst = str(ipaddress.ip_address(address))
+    except ValueError:
+        raise KernelError(f"{address!r} is not an IPv4 or IPv6 address") from None
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+
+    def run(ipr: Any) -> OnLink:
+        try:
+            (msg,) = ipr.route("get", dst=dst)
+        except rtnl.netlink_error() as exc:
+            raise KernelError(
+                f"no route to {address} (route get {dst}{rtnl.where(netns)}: {rtnl.reason(exc)})"
+            ) from exc
+        route = _route(msg, {}, dst)
+        if route.gateway:
+            raise KernelError(f"{address} is reached via gateway {route.gateway}, not on a link of ours")
+        if not route.index:
+            raise KernelError(f"no route to {address} (route type {route.type})")
+        try:
+            (link_msg,) = ipr.link("get", index=route.index)
+        except rtnl.netlink_error() as exc:
+            if rtnl.code_of(exc) == errno.ENODEV:
+                raise KernelError(
+                    f"{address} is reached through device {route.index}, which is gone"
+                ) from exc
+            raise
+        device = _link(link_msg)
+        if device.link_type != "ether":
+            raise KernelError(f"{address} is reached through {device.name}, which is not an Ethernet device")
+        mac = _usable_mac(ipr, dst, family, device.index)
+        deadline = time.monotonic() + timeout
+        while mac is None:
+            # Asked again every round: after a FAILED entry the kernel starts over.
+            _probe(ipr, dst, family, device.index)
+            time.sleep(0.05)
+            mac = _usable_mac(ipr, dst, family, device.index)
+            if mac is None and time.monotonic() > deadline:
+                raise KernelError(f"{address} does not answer ARP on {device.name} (is the real server up?)")
+        return OnLink(address, device.name, device.index, device.mac.lower(), mac, route.prefsrc)
+
+    return rtnl.call(netns, f"resolve {dst} on a link", run)
+
+
+def _usable_mac(ipr: Any, dst: str, family: int, index: int) -> str | None:
+    """The MAC of ``dst``'s usable entry on device ``index`` (``ip neigh get``), None
+    while there is none."""
+    try:
+        (msg,) = ipr.neigh("get", dst=dst, ifindex=index, family=family)
+    except rtnl.netlink_error() as exc:
+        if rtnl.code_of(exc) == errno.ENOENT:
+            return None
+        raise
+    mac = msg.get_attr("NDA_LLADDR")
+    state = int(msg["state"])
+    usable = any(state & bit for bit, name in _NUD.items() if name in USABLE_STATES)
+    return str(mac).lower() if mac and usable else None

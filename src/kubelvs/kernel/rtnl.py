@@ -25,7 +25,7 @@ from typing import Any, TypeVar, cast
 from ..errors import KernelError
 from . import netns as _netns
 
-__all__ = ["call", "code_of", "index_of", "names", "netlink_error", "where"]
+__all__ = ["call", "code_of", "index_of", "names", "netlink_error", "reason", "where"]
 
 T = TypeVar("T")
 
@@ -61,7 +61,8 @@ def where(netns: str | None) -> str:
     return f" in network namespace {netns}" if netns else ""
 
 
-def _reason(exc: Exception) -> str:
+def reason(exc: Exception) -> str:
+    """The kernel's reason of a NetlinkError, as text."""
     code = code_of(exc)
     text = str(exc.args[1]) if len(exc.args) > 1 and exc.args[1] else ""
     return text or (os.strerror(code) if code else str(exc))
@@ -105,7 +106,7 @@ def call(netns: str | None, what: str, fn: Callable[[Any], T]) -> T:
             try:
                 return fn(ipr)
             except netlink_error() as exc:
-                raise KernelError(f"{what}{where(netns)}: {_reason(exc)}") from exc
+                raise KernelError(f"{what}{where(netns)}: {reason(exc)}") from exc
 
     if not _loop_running():
         return run()
