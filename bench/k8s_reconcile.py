@@ -2,10 +2,12 @@
 
 The whole director runs in one process: watches against the stand-in API server
 (tests/kubernetes/apiserver.py, the real wire protocol over loopback HTTP), the store,
-the coalescer (100 ms), the mapping with IPAM, and the planner, with a data plane that
-is either the in-memory reference (``memory``: control-plane cost alone), nftables in
-a fresh network namespace (``nftables``: the kernel programmed), or IPVS in a fresh
-namespace (``ipvs``, in the VM: ``scripts/vm-run -- .venv/bin/python bench/k8s_reconcile.py --backend ipvs``).
+the coalescer (100 ms between steps, as kube-proxy's minSyncPeriod: each single change
+below comes after a quiet spell and goes at once; the burst's later events wait), the
+mapping with IPAM, and the planner, with a data plane that is either the in-memory
+reference (``memory``: control-plane cost alone), nftables in a fresh network namespace
+(``nftables``: the kernel programmed), or IPVS in a fresh namespace (``ipvs``, in the
+VM: ``scripts/vm-run -- .venv/bin/python bench/k8s_reconcile.py --backend ipvs``).
 
 Health checks are off (the nodes here are made-up addresses; bench/health.py measures a
 node failure by check). Measured: the time from the LAST event to the end of the sync that programmed it
@@ -330,7 +332,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"# Kubernetes source: {r['services']:,} Services x {r['nodes']} nodes, backend {r['backend']}",
         "",
         f"{r['virtual_services']:,} virtual services, {r['realservers']:,} real servers; "
-        "coalescing 100 ms (included in the latencies).",
+        "coalescing 100 ms between reconciles (kube-proxy's minSyncPeriod: a change after a "
+        "quiet spell, as each single one here, goes at once; a burst's later events wait; "
+        "included in the latencies).",
         f"Machine: {r['machine']}; {r['date']}; load average at the end {r.get('loadavg_1m_at_end', '?')}"
         " (absolute times depend on it; the ratios were measured in the same run).",
         *(

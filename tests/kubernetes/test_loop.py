@@ -1,7 +1,8 @@
-"""The running director against the stand-in API server: converges on changes with
-one coalesced reconcile, keeps the kernel through an outage, writes status and Events
-as the only leader among several active-active directors. The tests that need no fault
-only the stand-in can make run on a real kube-apiserver too (``SERVERS``)."""
+"""The running director against the stand-in API server: converges on changes (at
+once after a quiet spell, a burst in one coalesced reconcile), keeps the kernel through
+an outage, writes status and Events as the only leader among several active-active
+directors. The tests that need no fault only the stand-in can make run on a real
+kube-apiserver too (``SERVERS``)."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def test_converges_on_edits_incrementally(server_kind: str, request: pytest.Fixt
     run_on(server_kind, request, body)
 
 
-def test_burst_of_changes_is_one_reconcile() -> None:
+def test_burst_after_a_step_is_one_reconcile() -> None:
     async def body(server: FakeApiServer) -> None:
         whoami(server)
         d = DirectorStack(
@@ -88,16 +89,40 @@ def test_burst_of_changes_is_one_reconcile() -> None:
         )
         await d.start()
         await until(lambda: WHOAMI in d.backend.table())
-        await asyncio.sleep(0.2)
+        # A change, and the burst right after its step: the burst waits out the 300 ms
+        # since that step and goes into one step.
+        server.put(k.service("first", external_ips=["10.240.0.219"]))
+        await until(lambda: len(d.backend.table()) == 2, timeout=5)
         before = d.loop.steps
         applies = len(d.backend.applies)
         for i in range(20):
             server.put(k.service(f"burst{i}", external_ips=[f"10.240.0.{220 + i}"]))
-        await until(lambda: len(d.backend.table()) == 21, timeout=5)
+        await until(lambda: len(d.backend.table()) == 22, timeout=5)
         await asyncio.sleep(0.4)
         assert d.loop.steps - before == 1
         assert len(d.backend.applies) - applies == 1
         assert d.source.mapper.recomputed == 20  # only the new Services were mapped
+        await d.close()
+
+    run(body)
+
+
+def test_a_change_after_a_quiet_spell_is_programmed_at_once() -> None:
+    async def body(server: FakeApiServer) -> None:
+        whoami(server)
+        # A second of coalescing: a change that waited for it would take over a second.
+        d = DirectorStack(
+            server.url,
+            settings({"external_ip_cidrs": ["10.240.0.192/26"], "coalesce_ms": 1000}),
+            identity="d1",
+        )
+        await d.start()
+        await until(lambda: WHOAMI in d.backend.table())
+        await asyncio.sleep(1.2)  # quiet for longer than the coalescing delay
+        started = asyncio.get_running_loop().time()
+        server.put(k.service("single", external_ips=["10.240.0.220"]))
+        await until(lambda: "TCP 10.240.0.220:80" in d.backend.table(), timeout=5)
+        assert asyncio.get_running_loop().time() - started < 0.8
         await d.close()
 
     run(body)

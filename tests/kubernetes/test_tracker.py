@@ -58,8 +58,25 @@ def test_relist_finds_deletions_and_initialization() -> None:
     assert change.id == ("", "a") and change.current is None
 
 
-def test_coalescer_bounds_the_delay_under_continuous_churn() -> None:
-    async def body() -> tuple[float, int]:
+def test_coalescer_takes_a_change_after_a_quiet_spell_at_once() -> None:
+    async def body() -> list[float]:
+        c = Coalescer(0.2)
+        waits = []
+        for _ in range(2):  # the first change ever, then one long after the last step
+            c.poke()
+            t = time.monotonic()
+            assert await c.wait(timeout=1)
+            waits.append(time.monotonic() - t)
+            c.stepped()
+            await asyncio.sleep(0.25)
+        return waits
+
+    waits = asyncio.run(body())
+    assert all(w < 0.05 for w in waits), waits
+
+
+def test_coalescer_spaces_steps_and_bounds_the_delay_under_continuous_churn() -> None:
+    async def body() -> tuple[list[float], int]:
         c = Coalescer(0.1)
         stop = False
 
@@ -69,12 +86,18 @@ def test_coalescer_bounds_the_delay_under_continuous_churn() -> None:
                 await asyncio.sleep(0.01)
 
         task = asyncio.create_task(churn())
-        t = time.monotonic()
-        assert await c.wait(timeout=1)
-        elapsed = time.monotonic() - t
+        gaps = []  # from the end of one step to the next wakeup
+        assert await c.wait(timeout=1)  # the first change: at once
+        for _ in range(3):
+            c.stepped()
+            t = time.monotonic()
+            assert await c.wait(timeout=1)
+            gaps.append(time.monotonic() - t)
         stop = True
         await task
-        return elapsed, c.wakeups
+        return gaps, c.wakeups
 
-    elapsed, wakeups = asyncio.run(body())
-    assert 0.09 <= elapsed < 0.5 and wakeups == 1  # a debounce would never have fired
+    gaps, wakeups = asyncio.run(body())
+    # Each step waits the delay after the last one, never longer (a debounce that
+    # restarted on every change would never have fired under this churn).
+    assert all(0.09 <= g < 0.5 for g in gaps) and wakeups == 4, gaps

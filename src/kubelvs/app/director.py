@@ -10,7 +10,7 @@
                                                  master; ``bgp:``: bird announces the VIPs
                                                  served; both only after the first sync)
 
-    ReconcileLoop runs it: after each coalesced burst of changes, on the resync timer,
+    ReconcileLoop runs it: on changes (coalesced: app.loop.Coalescer), on the resync timer,
     when a failing service's retry comes due, and at once when the backend says its table
     was changed behind the director's back.
 

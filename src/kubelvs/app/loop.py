@@ -1,6 +1,6 @@
 """The control loop every long-running kubelvs program runs (director and node agent).
 
-    source changes -> wake() -> Coalescer (bounded delay)
+    source changes -> wake() -> Coalescer (at once after a quiet spell, else bounded delay)
         -> step(full) in a worker thread -> after() on the event loop -> wait
 
 Nothing runs before the source is ready (Kubernetes: every kind listed once; a missing
@@ -33,26 +33,38 @@ log = logging.getLogger("kubelvs.loop")
 
 
 class Coalescer:
-    """Wakes the loop at most ``delay`` seconds after the first change of a burst; every
-    change in that window goes into the same step. (A debounce that restarts its timer
-    on every change could postpone a step forever under churn; this one bounds it.)"""
+    """Spaces the steps that changes cause, as kube-proxy's ``minSyncPeriod`` does: a
+    change after a quiet spell wakes the loop at once (a node going NotReady, one
+    Service edit: nothing is gained by waiting for more); changes that come less than
+    ``delay`` seconds after the last step ended wait until ``delay`` has passed since
+    then, and all of them go into one step. A burst is so at most two steps (its first
+    change, then the rest), and churn at most one step per ``delay`` plus a step's time.
+    (A debounce that restarts its timer on every change could postpone a step forever
+    under churn; this one bounds it.)"""
 
     def __init__(self, delay: float) -> None:
         self.delay = delay
         self._event = asyncio.Event()
+        self._last_step = -float("inf")  # time.monotonic() when the last step ended
         self.wakeups = 0
 
     def poke(self) -> None:
         self._event.set()
 
+    def stepped(self) -> None:
+        """A step ended: changes from now on wait until ``delay`` has passed."""
+        self._last_step = time.monotonic()
+
     async def wait(self, timeout: float | None = None) -> bool:
-        """True when changes came in (after the coalescing delay), False on timeout."""
+        """True when changes came in (once ``delay`` has passed since the last step),
+        False on timeout."""
         try:
             await asyncio.wait_for(self._event.wait(), timeout)
         except TimeoutError:
             return False
-        if self.delay > 0:
-            await asyncio.sleep(self.delay)
+        hold = self._last_step + self.delay - time.monotonic()
+        if hold > 0:
+            await asyncio.sleep(hold)
         self._event.clear()
         self.wakeups += 1
         return True
@@ -104,7 +116,7 @@ class ReconcileLoop:
         self._changed_at: float | None = None  # the first change not yet taken by a step
 
     def wake(self) -> None:
-        """A change came in: run a step soon (after the coalescing delay)."""
+        """A change came in: run a step (at once after a quiet spell; see ``Coalescer``)."""
         if self._changed_at is None:
             self._changed_at = time.monotonic()
         self.coalescer.poke()
@@ -148,6 +160,7 @@ class ReconcileLoop:
                 full = True
                 wait = backoff.next()
                 log.error("sync failed, full sync again in %.1f s: %s", wait, exc)
+            self.coalescer.stepped()
             if self.after is not None:
                 await self.after()
             if await self._wait(stop, wait):

@@ -95,7 +95,8 @@ class DesiredSource(Protocol):
     resync_seconds: float
     """Seconds between full syncs with the kernel, unless the command line says otherwise."""
     coalesce_seconds: float
-    """A burst of changes is reconciled once, at most this long after its first change."""
+    """The least time between two reconciles that changes cause (``app.loop.Coalescer``):
+    a change after a quiet spell is reconciled at once, later ones together."""
 
     async def open(self) -> None:
         """Load the first complete desired state. Raises the project's errors (a bad
