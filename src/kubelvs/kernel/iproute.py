@@ -599,8 +599,8 @@ def resolve_on_link(netns: str | None, address: str, *, timeout: float = 1.5) ->
 
 
 def _usable_mac(ipr: Any, dst: str, family: int, index: int) -> str | None:
-    """The MAC of ``dst``'s usable entry on device ``index`` (``ip neigh get``), None
-    while there is none."""
+    """The MAC of ``dst``'s usable entry on device ``index`` (``ip neigh get``: one
+    entry asked for, which Linux answers since 4.20), None while there is none."""
     try:
         (msg,) = ipr.neigh("get", dst=dst, ifindex=index, family=family)
     except rtnl.netlink_error() as exc:

@@ -17,10 +17,9 @@ table is a map of its own in a NAT family's table (``nat_tab_<table>``: ``slot -
 its weights are in ``nat_weights``, and a chain of its own (``nat_mh_t3``) does the
 DNAT (schema.nat_table_text). Its content says where it lives (``NatTable``: the family
 and the scheduler chain, ``ip`` and ``nat_mh``): tables that live in different places are
-different tables. Each kubelvs table
-(``netdev`` for DR, ``ip`` and ``ip6`` for NAT) numbers its slot tables itself
-(``TableSpaces``), so that a repair that makes one of them anew numbers its slot tables
-as before.
+different tables. Each kubelvs table (``netdev`` for DR, ``ip`` and ``ip6`` for NAT)
+numbers its slot tables itself (``TableSpaces``), so that a repair that makes one of
+them anew numbers its slot tables as before.
 """
 
 from __future__ import annotations
