@@ -258,7 +258,8 @@ def main() -> int:
     nat_mh = rows[-1]
     nat_vs_rr = float(nat_mh["cold_sync_cpu_s"]) / float(dr_rr["cold_sync_cpu_s"])  # type: ignore[arg-type]
     mh_vs_rr = float(dr_mh["cold_sync_cpu_s"]) / float(dr_rr["cold_sync_cpu_s"])  # type: ignore[arg-type]
-    chains = per_service_chains(small, args.per)
+    # The per-service-chain layout at both sizes: its cost grows faster than the count.
+    chains = {n: per_service_chains(n, args.per) for n in (small, large)}
     load_after = _loadavg()
     report = {
         "benchmark": "nft_sync",
@@ -268,7 +269,9 @@ def main() -> int:
         "load_after": load_after,
         "cpus": os.cpu_count(),
         "cases": rows,
-        "per_service_chains_baseline": {"services": small, "nft_f_s": chains[0], "nft_f_cpu_s": chains[1]},
+        "per_service_chains_baseline": [
+            {"services": n, "nft_f_s": wall, "nft_f_cpu_s": cpu_s} for n, (wall, cpu_s) in chains.items()
+        ],
         "dr_mh_vs_rr_cold_sync_cpu": mh_vs_rr,
         "nat_nodes_mh_vs_dr_rr_cold_sync_cpu": nat_vs_rr,
         "targets": {
@@ -314,14 +317,17 @@ def main() -> int:
             f"| {r['one_rs_change_cpu_median_ms']:.1f}; {r['one_rs_change_median_ms']:.1f}"
             f" / {r['one_rs_change_p95_ms']:.1f} |"
         )
-    rr_small = next(r for r in rows if r["scheduler"] == "rr" and r["services"] == small)
-    rr_small_bare_cpu = rr_small["baseline_nft_f_cpu_s"]
-    assert isinstance(rr_small_bare_cpu, float)  # nft_f's CPU seconds
+    md.append("")
+    for n, (wall, cpu_s) in chains.items():
+        rr_n = next(r for r in rows if (r["scheduler"], r["forward"], r["services"]) == ("rr", "nat", n))
+        rr_bare_cpu = rr_n["baseline_nft_f_cpu_s"]
+        assert isinstance(rr_bare_cpu, float)  # nft_f's CPU seconds
+        md.append(
+            f"Per-service-chain layout (one chain + anonymous map per service), {n} services, bare "
+            f"`nft -f`: CPU {cpu_s:.2f} s (wall {wall:.2f} s), {cpu_s / rr_bare_cpu:.1f}x the element "
+            "layout's bare `nft -f` CPU for the same services."
+        )
     md += [
-        "",
-        f"Per-service-chain layout (one chain + anonymous map per service), {small} services, bare `nft -f`: "
-        f"CPU {chains[1]:.2f} s (wall {chains[0]:.2f} s), "
-        f"{chains[1] / rr_small_bare_cpu:.1f}x the element layout's bare `nft -f` CPU.",
         "",
         f"DR, {large} services on the same {args.per} nodes: `mh` cold sync CPU = {mh_vs_rr:.2f}x `rr`'s "
         "(shared slot tables; target <= 1.5x); a node failure (every service loses one node, "

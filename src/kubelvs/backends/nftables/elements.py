@@ -182,8 +182,8 @@ def shares_nat_table(scheduler: str, rss: Sequence[RealServer]) -> bool:
     """A NAT service's slots are a shared table when it hashes into 509 slots (sh, mh)
     and its real servers use one port. rr and wrr keep their few slots (at most 64) per
     service: a table is a map and a chain of its own, one more of each for every service
-    whose real servers no other service has, and 10,000 chains cost nft ~10x more than
-    elements (docs/nftables.md)."""
+    whose real servers no other service has, and 10,000 chains cost nft 9x more than
+    elements (bench/results/nft_sync.md)."""
     return scheduler in ("sh", "mh") and bool(rss) and all(rs.port == rss[0].port for rs in rss)
 
 
