@@ -508,7 +508,7 @@ def neighbours(
                     device=names.get(index, ""),
                     index=index,
                     mac=str(mac).lower() if mac else None,
-                    states=frozenset(name for bit, name in _NUD.items() if state & bit),
+                    states=_states(state),
                 )
             )
         return out
@@ -608,6 +608,9 @@ def _usable_mac(ipr: Any, dst: str, family: int, index: int) -> str | None:
             return None
         raise
     mac = msg.get_attr("NDA_LLADDR")
-    state = int(msg["state"])
-    usable = any(state & bit for bit, name in _NUD.items() if name in USABLE_STATES)
-    return str(mac).lower() if mac and usable else None
+    return str(mac).lower() if mac and _states(int(msg["state"])) & USABLE_STATES else None
+
+
+def _states(state: int) -> frozenset[str]:
+    """The names of an entry's NUD state bits (``ip neigh``'s REACHABLE, STALE, ...)."""
+    return frozenset(name for bit, name in _NUD.items() if state & bit)

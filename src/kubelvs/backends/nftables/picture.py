@@ -60,6 +60,7 @@ from .schema import (
     Found,
     delete_nat_table_text,
     device_chain_name,
+    nat_entry_table,
     nat_table_chain,
     nat_table_map,
     nat_table_text,
@@ -248,7 +249,7 @@ def _picture(
         for e in [*parsed.by_set.get("dr_tab", ()), *parsed.by_set.get("dr6_tab", ())]
     }
     for e in parsed.by_set.get("nat_svc", ()):
-        if isinstance(e.value, str) and (chain := parse_nat_table_chain(e.value[5:])) is not None:
+        if (chain := nat_entry_table(e.value)) is not None:
             named[service_key(e.key)] = (e.family, chain[1])
     wanted: dict[str, dict[int, list[Content]]] = {space: {} for space in SPACES}
     for key, content in contents.items():

@@ -38,8 +38,8 @@ from .schema import (
     Element,
     Value,
     address_size,
+    nat_entry_table,
     parse_device_chain,
-    parse_nat_table_chain,
     parse_nat_table_map,
     parse_scheduler_chain,
 )
@@ -498,7 +498,7 @@ def _rebuild(
             nat_table[str(e.key[1])] = int(e.value)  # type: ignore[arg-type]
     for e in by_set.get("nat_svc", ()):
         m = members.get(e.key)
-        chain = parse_nat_table_chain(e.value[5:]) if isinstance(e.value, str) else None
+        chain = nat_entry_table(e.value)
         if m is not None and chain is not None and (service_port := rports.get(e.key)) is not None:
             for rip, weight in nat_tables.get((e.family, chain[1]), {}).items():
                 m[(rip, service_port)] = real(rip, service_port, weight, False)

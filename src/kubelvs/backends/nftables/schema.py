@@ -118,6 +118,7 @@ __all__ = [
     "delete_nat_table_text",
     "device_chain_name",
     "device_chain_text",
+    "nat_entry_table",
     "nat_table_chain",
     "nat_table_map",
     "nat_table_text",
@@ -267,6 +268,12 @@ def parse_nat_table_chain(chain: str) -> tuple[str, int] | None:
     if not sep or not table.isdigit() or not base.startswith("nat_") or parse_scheduler_chain(base) is None:
         return None
     return base, int(table)
+
+
+def nat_entry_table(value: Value) -> tuple[str, int] | None:
+    """The shared NAT table a ``nat_svc`` entry goes to (``goto nat_mh_t3``: its scheduler
+    chain and table), None for an entry that goes to a scheduler chain itself."""
+    return parse_nat_table_chain(value[len("goto ") :]) if isinstance(value, str) else None
 
 
 def parse_nat_table_map(name: str) -> int | None:

@@ -65,7 +65,7 @@ from .schema import (
     delete_device_chain_text,
     device_chain_name,
     device_chain_text,
-    parse_nat_table_chain,
+    nat_entry_table,
     repair_text,
     timeouts_text,
 )
@@ -323,7 +323,7 @@ def _service_elements(
         for e in old:
             if e.set == "dr_tab" or e.set == "dr6_tab":
                 tid = int(e.value)  # type: ignore[arg-type]
-            elif e.set == "nat_svc" and (chain := parse_nat_table_chain(str(e.value)[5:])) is not None:
+            elif e.set == "nat_svc" and (chain := nat_entry_table(e.value)) is not None:
                 tid = chain[1]  # a shared NAT table: its chain names it
             else:
                 continue
